@@ -1,0 +1,496 @@
+//! The plugin configuration: the JSON document (`*Spec` types, field names as in the README) and its
+//! compilation into the [`Config`] the data path uses.
+//!
+//! Loading either yields a fully compiled configuration or every error found, each naming the JSON path
+//! of the field (`destinations[0].policies[1].action: ...`). There is no partial or permissive result.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::destination::DestinationTable;
+use crate::policy::{LayerKind, PolicyLayer};
+use crate::spiffe_id::validate_trust_domain;
+
+/// One configuration error: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field, e.g. `gateway.policies[0].action`; `.` for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Collects errors while compiling.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(ConfigError::new(path, message.to_string()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The JSON document.
+
+/// The whole plugin configuration document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginConfigSpec {
+    pub trust_domains: Vec<String>,
+    #[serde(default = "default_principal_sources")]
+    pub principal_sources: Vec<PrincipalSource>,
+    #[serde(default)]
+    pub headers: HeaderNamesSpec,
+    #[serde(default = "default_port")]
+    pub default_port: u16,
+    #[serde(default = "default_cache_size")]
+    pub certificate_cache_size: usize,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    pub destinations: Vec<DestinationSpec>,
+}
+
+/// Where the caller's principal comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalSource {
+    /// The downstream TLS peer certificate (`connection.peer_certificate`).
+    PeerCertificate,
+    /// The filter state `io.istio.peer_principal` set by an Istio (ambient) waypoint.
+    IstioPeerPrincipal,
+}
+
+fn default_principal_sources() -> Vec<PrincipalSource> {
+    vec![PrincipalSource::PeerCertificate, PrincipalSource::IstioPeerPrincipal]
+}
+
+fn default_port() -> u16 {
+    443
+}
+
+fn default_cache_size() -> usize {
+    1024
+}
+
+pub const DEFAULT_PRINCIPAL_HEADER: &str = "x-egress-identity-principal";
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-egress-identity-cluster";
+const MAX_CACHE_SIZE: usize = 1_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderNamesSpec {
+    #[serde(default = "default_principal_header")]
+    pub principal: String,
+    #[serde(default = "default_cluster_header")]
+    pub cluster: String,
+}
+
+impl Default for HeaderNamesSpec {
+    fn default() -> Self {
+        Self { principal: default_principal_header(), cluster: default_cluster_header() }
+    }
+}
+
+fn default_principal_header() -> String {
+    DEFAULT_PRINCIPAL_HEADER.into()
+}
+
+fn default_cluster_header() -> String {
+    DEFAULT_CLUSTER_HEADER.into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub ports: Vec<u32>,
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+    #[serde(default)]
+    pub identities: Vec<IdentitySpec>,
+    #[serde(default)]
+    pub default_identity: Option<ExternalIdentitySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    pub name: String,
+    pub cluster: String,
+    pub principals: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalIdentitySpec {
+    pub name: String,
+    pub cluster: String,
+}
+
+/// An Istio-style authorization policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    pub name: String,
+    pub action: Action,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Action {
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub from: Vec<FromSpec>,
+    #[serde(default)]
+    pub to: Vec<ToSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FromSpec {
+    #[serde(default)]
+    pub source: SourceSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ToSpec {
+    #[serde(default)]
+    pub operation: OperationSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSpec {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OperationSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub not_ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+}
+
+/// A port in an operation: a number, or a string as Istio writes it (`"443"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a port number or a string holding one")]
+pub enum PortSpec {
+    Number(u64),
+    Text(String),
+}
+
+impl PortSpec {
+    pub fn to_port(&self) -> Result<u16, String> {
+        let n = match self {
+            Self::Number(n) => *n,
+            Self::Text(s) => s.parse::<u64>().map_err(|_| format!("{s:?} is not a port number"))?,
+        };
+        u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The compiled configuration.
+
+/// Names of the internal headers the filter sets and the route removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNames {
+    pub principal: Box<str>,
+    pub cluster: Box<str>,
+}
+
+/// The configuration the data path runs on: validated, with every policy compiled.
+#[derive(Debug)]
+pub struct Config {
+    pub trust_domains: HashSet<Box<str>>,
+    pub principal_sources: Vec<PrincipalSource>,
+    pub headers: HeaderNames,
+    pub default_port: u16,
+    pub certificate_cache_size: usize,
+    pub gateway: PolicyLayer,
+    pub destinations: DestinationTable,
+}
+
+impl Config {
+    /// Parses and compiles a configuration document. Returns every error found.
+    pub fn load(json: &[u8]) -> Result<Self, Vec<ConfigError>> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let spec: PluginConfigSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            vec![ConfigError::new(path, e.into_inner().to_string())]
+        })?;
+        Self::compile(&spec)
+    }
+
+    /// Validates and compiles a parsed document.
+    pub fn compile(spec: &PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Errors::default();
+
+        if spec.trust_domains.is_empty() {
+            errors.push("trustDomains", "must list at least one trust domain");
+        }
+        let mut trust_domains = HashSet::new();
+        for (i, td) in spec.trust_domains.iter().enumerate() {
+            if let Err(e) = validate_trust_domain(td) {
+                errors.push(format!("trustDomains[{i}]"), format!("{td:?}: {e}"));
+            } else if !trust_domains.insert(Box::<str>::from(td.as_str())) {
+                errors.push(format!("trustDomains[{i}]"), format!("{td:?} is listed twice"));
+            }
+        }
+
+        if spec.principal_sources.is_empty() {
+            errors.push("principalSources", "must list at least one source");
+        }
+        let mut seen = HashSet::new();
+        for (i, source) in spec.principal_sources.iter().enumerate() {
+            if !seen.insert(source) {
+                errors.push(format!("principalSources[{i}]"), "source is listed twice");
+            }
+        }
+
+        validate_header_name(&mut errors, "headers.principal", &spec.headers.principal);
+        validate_header_name(&mut errors, "headers.cluster", &spec.headers.cluster);
+        if spec.headers.principal.eq_ignore_ascii_case(&spec.headers.cluster) {
+            errors.push("headers.cluster", "must differ from headers.principal");
+        }
+        if spec.default_port == 0 {
+            errors.push("defaultPort", "must be a port (1-65535)");
+        }
+        if spec.certificate_cache_size == 0 || spec.certificate_cache_size > MAX_CACHE_SIZE {
+            errors.push("certificateCacheSize", format!("must be between 1 and {MAX_CACHE_SIZE}"));
+        }
+
+        let gateway = PolicyLayer::compile(&spec.gateway.policies, LayerKind::Gateway, "gateway.policies", &mut errors);
+        let destinations = DestinationTable::compile(&spec.destinations, &mut errors);
+
+        if !errors.is_empty() {
+            return Err(errors.into_vec());
+        }
+        Ok(Self {
+            trust_domains,
+            principal_sources: spec.principal_sources.clone(),
+            headers: HeaderNames {
+                principal: spec.headers.principal.as_str().into(),
+                cluster: spec.headers.cluster.as_str().into(),
+            },
+            default_port: spec.default_port,
+            certificate_cache_size: spec.certificate_cache_size,
+            gateway,
+            destinations,
+        })
+    }
+}
+
+fn validate_header_name(errors: &mut Errors, path: &str, name: &str) {
+    let token = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.');
+    if name.is_empty() || !name.bytes().all(token) {
+        errors.push(path, format!("{name:?} is not a lower-case HTTP header name"));
+    }
+}
+
+/// Checks that a value will be a valid header value and Envoy cluster name (visible ASCII, no spaces).
+pub fn validate_cluster_name(errors: &mut Errors, path: &str, name: &str) {
+    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
+        errors.push(path, format!("{name:?} is not a cluster name (visible ASCII, no spaces)"));
+    }
+}
+
+/// Reports names that are empty or used twice within one list.
+pub fn validate_unique_names<'a>(errors: &mut Errors, path: &str, names: impl IntoIterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if name.is_empty() {
+            errors.push(format!("{path}[{i}].name"), "must not be empty");
+        } else if !seen.insert(name) {
+            errors.push(format!("{path}[{i}].name"), format!("{name:?} is used twice"));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    /// A complete, valid configuration used across the core's tests.
+    pub(crate) const EXAMPLE: &str = r#"{
+      "trustDomains": ["cluster.local"],
+      "gateway": { "policies": [
+        { "name": "deny-quarantine", "action": "DENY",
+          "rules": [ { "from": [ { "source": { "namespaces": ["quarantine"] } } ] } ] },
+        { "name": "allow-mesh-workloads", "action": "ALLOW",
+          "rules": [ { "from": [ { "source": { "namespaces": ["team", "quarantine"] } } ] } ] }
+      ] },
+      "destinations": [ {
+        "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+        "policies": [
+          { "name": "deny-admin-paths", "action": "DENY",
+            "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
+          { "name": "allow-team-apps", "action": "ALLOW",
+            "rules": [ { "from": [ { "source": { "principals":
+              ["cluster.local/ns/team/sa/app1", "spiffe://cluster.local/ns/team/sa/app2"] } } ] } ] }
+        ],
+        "identities": [
+          { "name": "team.app1", "cluster": "partner-api|team.app1",
+            "principals": ["spiffe://cluster.local/ns/team/sa/app1"] },
+          { "name": "team.app2", "cluster": "partner-api|team.app2",
+            "principals": ["cluster.local/ns/team/sa/app2"] }
+        ]
+      } ]
+    }"#;
+
+    fn errors_of(json: &str) -> Vec<String> {
+        match Config::load(json.as_bytes()) {
+            Ok(_) => panic!("expected errors for {json}"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn with(patch: &str, value: serde_json::Value) -> String {
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        let (parent, key) = patch.rsplit_once('/').unwrap();
+        match doc.pointer_mut(parent).unwrap() {
+            serde_json::Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+            object => object[key] = value,
+        }
+        doc.to_string()
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn example_loads_with_defaults() {
+        let config = Config::load(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(&*config.headers.principal, DEFAULT_PRINCIPAL_HEADER);
+        assert_eq!(&*config.headers.cluster, DEFAULT_CLUSTER_HEADER);
+        assert_eq!(config.default_port, 443);
+        assert_eq!(config.certificate_cache_size, 1024);
+        assert_eq!(config.principal_sources, default_principal_sources());
+        assert!(config.trust_domains.contains("cluster.local"));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn syntax_and_type_errors_name_the_field() {
+        let e = errors_of(&with("/gateway/policies/0/action", "ALOW".into()));
+        assert!(e[0].starts_with("gateway.policies[0].action: unknown variant `ALOW`"), "{e:?}");
+        let e = errors_of(&with("/destinations/0/ports/0", "https".into()));
+        assert!(e[0].starts_with("destinations[0].ports[0]: invalid type"), "{e:?}");
+        let e = errors_of(&with("/defaultPort", 70000.into()));
+        assert!(e[0].starts_with("defaultPort:"), "{e:?}");
+        let e = errors_of("{ not json");
+        assert_eq!(e.len(), 1);
+        let e = errors_of(r#"{"destinations": []}"#);
+        assert!(e[0].contains("missing field `trustDomains`"), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn unsupported_istio_fields_are_rejected_not_ignored() {
+        let e = errors_of(&with("/gateway/policies/1/rules/0/when", serde_json::json!([{"key": "k"}])));
+        assert!(e[0].starts_with("gateway.policies[1].rules[0].when: unknown field `when`"), "{e:?}");
+        let e = errors_of(&with(
+            "/gateway/policies/1/rules/0/from/0/source/ipBlocks",
+            serde_json::json!(["10.0.0.0/8"]),
+        ));
+        assert!(e[0].starts_with("gateway.policies[1].rules[0].from[0].source.ipBlocks: unknown field `ipBlocks`"), "{e:?}");
+        let e = errors_of(&with("/trustDomain", "x".into()));
+        assert!(e[0].starts_with("trustDomain: unknown field `trustDomain`"), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn semantic_errors_are_all_reported_with_paths() {
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        doc["trustDomains"] = serde_json::json!(["Cluster.local", "ok.example", "ok.example"]);
+        doc["headers"] = serde_json::json!({"principal": "X-Bad Header", "cluster": "x-egress-identity-cluster"});
+        doc["certificateCacheSize"] = 0.into();
+        doc["gateway"]["policies"][0]["name"] = "allow-mesh-workloads".into();
+        let e = errors_of(&doc.to_string());
+        let paths: Vec<&str> = e.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            ["trustDomains[0]", "trustDomains[2]", "headers.principal", "certificateCacheSize", "gateway.policies[1].name"],
+            "{e:?}"
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn empty_lists_that_would_deny_everything_by_mistake_are_errors() {
+        let e = errors_of(&with("/trustDomains", serde_json::json!([])));
+        assert!(e[0].starts_with("trustDomains: must list"), "{e:?}");
+        let e = errors_of(&with("/principalSources", serde_json::json!([])));
+        assert!(e[0].starts_with("principalSources: must list"), "{e:?}");
+        let e = errors_of(&with("/headers", serde_json::json!({"principal": "x-a", "cluster": "X-A"})));
+        assert!(e.iter().any(|m| m.starts_with("headers.cluster:")), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn ports_accept_numbers_and_istio_strings() {
+        assert_eq!(PortSpec::Number(443).to_port(), Ok(443));
+        assert_eq!(PortSpec::Text("8443".into()).to_port(), Ok(8443));
+        assert!(PortSpec::Number(0).to_port().is_err());
+        assert!(PortSpec::Number(65536).to_port().is_err());
+        assert!(PortSpec::Text("https".into()).to_port().is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! The decision for one request: principal → trust domain → gateway layer → destination → destination
+//! layer → external identity. Every denial names the layer, the policy (if one decided) and a reason code.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::config::Config;
+use crate::identity_mapping::ExternalIdentity;
+use crate::peer_certificate::CertificateError;
+use crate::policy::{Attributes, Verdict};
+use crate::spiffe_id::{SpiffeId, SpiffeIdError};
+
+/// The HTTP request attributes the decision needs, as the proxy sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// `:authority` (`host` or `host:port`).
+    pub authority: &'a str,
+    pub method: &'a str,
+    /// `:path`, query string included (it is ignored).
+    pub path: &'a str,
+}
+
+/// Why no principal could be established for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrincipalError {
+    /// No configured source yielded a principal (e.g. no client certificate).
+    Missing,
+    /// The peer certificate is not an acceptable X.509-SVID.
+    Certificate(CertificateError),
+    /// A principal from another source (filter state) is not a SPIFFE ID.
+    InvalidSpiffeId(SpiffeIdError),
+}
+
+/// The layer that decided a denial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// The request itself cannot be evaluated (e.g. a header that is not UTF-8).
+    Request,
+    Principal,
+    Gateway,
+    Destination,
+    Identity,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Principal => "principal",
+            Self::Gateway => "gateway",
+            Self::Destination => "destination",
+            Self::Identity => "identity",
+        }
+    }
+}
+
+/// Why a request was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `:authority`, `:method` or `:path` is not UTF-8: fail closed rather than match a mangled value.
+    MalformedRequest,
+    Principal(PrincipalError),
+    UntrustedTrustDomain,
+    UnknownDestination,
+    DeniedByPolicy,
+    NoMatchingAllow,
+    NoIdentityMapping,
+}
+
+impl Reason {
+    /// The stable reason code of the deny response, logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MalformedRequest => "malformed_request",
+            Self::Principal(PrincipalError::Missing) => "no_principal",
+            Self::Principal(PrincipalError::Certificate(e)) => e.code(),
+            Self::Principal(PrincipalError::InvalidSpiffeId(_)) => "invalid_spiffe_id",
+            Self::UntrustedTrustDomain => "untrusted_trust_domain",
+            Self::UnknownDestination => "unknown_destination",
+            Self::DeniedByPolicy => "denied_by_policy",
+            Self::NoMatchingAllow => "no_matching_allow",
+            Self::NoIdentityMapping => "no_identity_mapping",
+        }
+    }
+}
+
+/// A denial: which layer, which policy (if a DENY policy decided) and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial<'c> {
+    pub layer: Layer,
+    pub policy: Option<&'c str>,
+    pub reason: Reason,
+}
+
+impl Denial<'_> {
+    /// The JSON body of the 403 response.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "decision": "deny",
+            "layer": self.layer.as_str(),
+            "policy": self.policy,
+            "reason": self.reason.code(),
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Display for Denial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "deny layer={} policy={} reason={}", self.layer.as_str(), self.policy.unwrap_or("-"), self.reason.code())
+    }
+}
+
+/// An allowed request: the policies that allowed it and the external identity to present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed<'c> {
+    pub destination: &'c str,
+    pub gateway_policy: &'c str,
+    pub destination_policy: &'c str,
+    pub identity: &'c ExternalIdentity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'c> {
+    Allow(Allowed<'c>),
+    Deny(Denial<'c>),
+}
+
+fn deny(layer: Layer, policy: Option<&str>, reason: Reason) -> Decision<'_> {
+    Decision::Deny(Denial { layer, policy, reason })
+}
+
+impl Config {
+    /// Decides one request from the caller's principal (or why there is none).
+    pub fn decide<'c>(&'c self, principal: Result<&SpiffeId, PrincipalError>, request: &Request<'_>) -> Decision<'c> {
+        let principal = match principal {
+            Ok(p) => p,
+            Err(e) => return deny(Layer::Principal, None, Reason::Principal(e)),
+        };
+        if !self.trust_domains.contains(principal.trust_domain()) {
+            return deny(Layer::Principal, None, Reason::UntrustedTrustDomain);
+        }
+        let Some((host, port)) = split_authority(request.authority, self.default_port) else {
+            return deny(Layer::Destination, None, Reason::UnknownDestination);
+        };
+        let attributes = Attributes {
+            principal: principal.principal(),
+            trust_domain: principal.trust_domain(),
+            namespace: principal.namespace(),
+            host: &host,
+            port,
+            method: request.method,
+            path: path_without_query(request.path),
+        };
+
+        let gateway_policy = match self.gateway.evaluate(&attributes) {
+            Verdict::Allow { policy } => policy,
+            verdict => return denied_by(Layer::Gateway, verdict),
+        };
+        let Some(destination) = self.destinations.lookup(&host, port) else {
+            return deny(Layer::Destination, None, Reason::UnknownDestination);
+        };
+        let destination_policy = match destination.policies.evaluate(&attributes) {
+            Verdict::Allow { policy } => policy,
+            verdict => return denied_by(Layer::Destination, verdict),
+        };
+        match destination.identities.select(attributes.principal) {
+            Some(identity) => Decision::Allow(Allowed {
+                destination: &destination.name,
+                gateway_policy,
+                destination_policy,
+                identity,
+            }),
+            None => deny(Layer::Identity, None, Reason::NoIdentityMapping),
+        }
+    }
+}
+
+fn denied_by(layer: Layer, verdict: Verdict<'_>) -> Decision<'_> {
+    match verdict {
+        Verdict::DeniedByPolicy { policy } => deny(layer, Some(policy), Reason::DeniedByPolicy),
+        Verdict::NoMatchingAllow | Verdict::Allow { .. } => deny(layer, None, Reason::NoMatchingAllow),
+    }
+}
+
+/// Splits `host[:port]` into a lower-case host without trailing dot and a port (`default_port` if none).
+/// `None` for an empty host or a port that is not a number.
+pub fn split_authority(authority: &str, default_port: u16) -> Option<(Cow<'_, str>, u16)> {
+    let (host, port) = match authority.rsplit_once(':') {
+        // "[::1]" alone has a ':' but no port.
+        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok().filter(|p| *p != 0)?),
+        _ => (authority, default_port),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    let host = if host.bytes().any(|c| c.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Some((host, port))
+}
+
+fn path_without_query(path: &str) -> &str {
+    path.find(['?', '#']).and_then(|end| path.get(..end)).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::EXAMPLE;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn config() -> Config {
+        Config::load(EXAMPLE.as_bytes()).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    fn get(authority: &str, path: &str) -> Request<'static> {
+        Request { authority: Box::leak(authority.into()), method: "GET", path: Box::leak(path.into()) }
+    }
+
+    fn denial(d: Decision<'_>) -> (Layer, Option<String>, &'static str) {
+        match d {
+            Decision::Deny(d) => (d.layer, d.policy.map(String::from), d.reason.code()),
+            Decision::Allow(a) => panic!("expected a denial, got {a:?}"),
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn app1_and_app2_get_their_own_external_identity() {
+        let c = config();
+        for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+            let p = id(&format!("spiffe://cluster.local/ns/team/sa/{who}"));
+            match c.decide(Ok(&p), &get("api.partner.example", "/v1/items?x=1")) {
+                Decision::Allow(a) => {
+                    assert_eq!(&*a.identity.cluster, cluster);
+                    assert_eq!(a.gateway_policy, "allow-mesh-workloads");
+                    assert_eq!(a.destination_policy, "allow-team-apps");
+                    assert_eq!(a.destination, "partner-api");
+                }
+                d => panic!("{who}: {d:?}"),
+            }
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn each_layer_denies_with_its_reason() {
+        let c = config();
+        let app1 = id("spiffe://cluster.local/ns/team/sa/app1");
+        let ok = get("api.partner.example", "/v1");
+        assert_eq!(denial(c.decide(Err(PrincipalError::Missing), &ok)), (Layer::Principal, None, "no_principal"));
+        assert_eq!(
+            denial(c.decide(Err(PrincipalError::Certificate(CertificateError::MultipleUriSans)), &ok)),
+            (Layer::Principal, None, "multiple_uri_sans")
+        );
+        let foreign = id("spiffe://evil.example/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&foreign), &ok)), (Layer::Principal, None, "untrusted_trust_domain"));
+        let sandbox = id("spiffe://cluster.local/ns/sandbox/sa/intruder");
+        assert_eq!(denial(c.decide(Ok(&sandbox), &ok)), (Layer::Gateway, None, "no_matching_allow"));
+        let quarantined = id("spiffe://cluster.local/ns/quarantine/sa/app1");
+        assert_eq!(
+            denial(c.decide(Ok(&quarantined), &ok)),
+            (Layer::Gateway, Some("deny-quarantine".into()), "denied_by_policy")
+        );
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("unknown.example", "/"))),
+            (Layer::Destination, None, "unknown_destination")
+        );
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("api.partner.example:8443", "/"))),
+            (Layer::Destination, None, "unknown_destination")
+        );
+        let app3 = id("spiffe://cluster.local/ns/team/sa/app3");
+        assert_eq!(denial(c.decide(Ok(&app3), &ok)), (Layer::Destination, None, "no_matching_allow"));
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("api.partner.example", "/admin/users"))),
+            (Layer::Destination, Some("deny-admin-paths".into()), "denied_by_policy")
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn allowed_caller_without_mapping_is_denied_at_identity_layer() {
+        let json = EXAMPLE.replace("\"cluster.local/ns/team/sa/app2\"] }", "\"cluster.local/ns/team/sa/other\"] }");
+        let c = Config::load(json.as_bytes()).unwrap();
+        let app2 = id("spiffe://cluster.local/ns/team/sa/app2");
+        assert_eq!(
+            denial(c.decide(Ok(&app2), &get("api.partner.example", "/"))),
+            (Layer::Identity, None, "no_identity_mapping")
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn authority_forms() {
+        assert_eq!(split_authority("API.Partner.Example", 443), Some((Cow::Owned("api.partner.example".into()), 443)));
+        assert_eq!(split_authority("api.partner.example.:8443", 443), Some((Cow::Borrowed("api.partner.example"), 8443)));
+        assert_eq!(split_authority("[::1]", 443), Some((Cow::Borrowed("[::1]"), 443)));
+        assert_eq!(split_authority("[::1]:80", 443), Some((Cow::Borrowed("[::1]"), 80)));
+        assert_eq!(split_authority("host:https", 443), None);
+        assert_eq!(split_authority("host:0", 443), None);
+        assert_eq!(split_authority(":443", 443), None);
+        assert_eq!(split_authority("", 443), None);
+        assert_eq!(path_without_query("/a/b?c=d#e"), "/a/b");
+        assert_eq!(path_without_query("/a#e"), "/a");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn denial_json_names_layer_policy_and_reason() {
+        let d = Denial { layer: Layer::Gateway, policy: Some("deny \"x\""), reason: Reason::DeniedByPolicy };
+        let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"decision": "deny", "layer": "gateway", "policy": "deny \"x\"", "reason": "denied_by_policy"}));
+        let d = Denial { layer: Layer::Principal, policy: None, reason: Reason::Principal(PrincipalError::Missing) };
+        assert_eq!(d.to_string(), "deny layer=principal policy=- reason=no_principal");
+    }
+}

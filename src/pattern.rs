@@ -1,0 +1,158 @@
+//! Istio value patterns: exact, `prefix*`, `*suffix`, and `*` (any non-empty value).
+//!
+//! A [`PatternSet`] compiles the values of one policy field once, at configure time: exact values go
+//! into a hash set, so a field with thousands of principals costs one lookup per request.
+
+use std::collections::HashSet;
+use std::fmt;
+
+/// Why a pattern is not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatternError {
+    Empty,
+    /// `*` anywhere but at the start or the end, or at both (Istio has no such match).
+    MisplacedWildcard,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("empty value"),
+            Self::MisplacedWildcard => f.write_str(
+                "'*' is only allowed alone, as a prefix (\"*suffix\") or as a suffix (\"prefix*\")",
+            ),
+        }
+    }
+}
+
+/// How pattern values are compared with request values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    Sensitive,
+    /// Patterns are stored lower-cased; callers pass lower-cased values (hosts).
+    Insensitive,
+}
+
+/// The compiled values of one field (e.g. `principals`). Matches when any value matches.
+#[derive(Clone, Debug, Default)]
+pub struct PatternSet {
+    exact: HashSet<Box<str>>,
+    prefixes: Vec<Box<str>>,
+    suffixes: Vec<Box<str>>,
+    any_present: bool,
+}
+
+impl PatternSet {
+    /// Compiles `values`; `normalize` may rewrite each value first (e.g. strip `spiffe://`).
+    /// On error, returns the index of the bad value.
+    pub fn compile<'a, I>(values: I, case: Case, normalize: fn(&str) -> &str) -> Result<Self, (usize, PatternError)>
+    where
+        I: IntoIterator<Item = &'a String>,
+    {
+        let mut set = Self::default();
+        for (index, raw) in values.into_iter().enumerate() {
+            set.add(normalize(raw), case).map_err(|e| (index, e))?;
+        }
+        Ok(set)
+    }
+
+    fn add(&mut self, value: &str, case: Case) -> Result<(), PatternError> {
+        let value: Box<str> = match case {
+            Case::Sensitive => value.into(),
+            Case::Insensitive => value.to_ascii_lowercase().into(),
+        };
+        if value.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if &*value == "*" {
+            self.any_present = true;
+            return Ok(());
+        }
+        let stars = value.matches('*').count();
+        if let Some(prefix) = value.strip_suffix('*').filter(|_| stars == 1) {
+            self.prefixes.push(prefix.into());
+        } else if let Some(suffix) = value.strip_prefix('*').filter(|_| stars == 1) {
+            self.suffixes.push(suffix.into());
+        } else if stars == 0 {
+            self.exact.insert(value);
+        } else {
+            return Err(PatternError::MisplacedWildcard);
+        }
+        Ok(())
+    }
+
+    /// Whether `value` matches any pattern. An absent value matches nothing.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let Some(value) = value else { return false };
+        (self.any_present && !value.is_empty())
+            || self.exact.contains(value)
+            || self.prefixes.iter().any(|p| value.starts_with(&**p))
+            || self.suffixes.iter().any(|s| value.ends_with(&**s))
+    }
+}
+
+/// Leaves a value as it is.
+pub fn verbatim(value: &str) -> &str {
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn set(values: &[&str]) -> PatternSet {
+        let owned: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap()
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn exact_prefix_suffix_and_presence() {
+        let s = set(&["GET", "/api/*", "*.json"]);
+        assert!(s.matches(Some("GET")));
+        assert!(!s.matches(Some("get")), "exact match is case-sensitive");
+        assert!(s.matches(Some("/api/v1")));
+        assert!(s.matches(Some("/api/")));
+        assert!(!s.matches(Some("/ap")));
+        assert!(s.matches(Some("/x/y.json")));
+        assert!(!s.matches(Some("/x/y.jsonl")));
+        assert!(!s.matches(None));
+        let any = set(&["*"]);
+        assert!(any.matches(Some("x")));
+        assert!(!any.matches(Some("")), "'*' means present and non-empty");
+        assert!(!any.matches(None));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn empty_set_matches_nothing() {
+        assert!(!PatternSet::default().matches(Some("x")));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn case_insensitive_sets_store_lower_case() {
+        let owned = vec!["API.Partner.Example".to_string(), "*.Other.Example".to_string()];
+        let s = PatternSet::compile(&owned, Case::Insensitive, verbatim).unwrap();
+        assert!(s.matches(Some("api.partner.example")));
+        assert!(s.matches(Some("a.other.example")));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn rejects_bad_patterns_with_their_index() {
+        let owned = vec!["ok".to_string(), "a*b".to_string()];
+        assert_eq!(
+            PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err(),
+            (1, PatternError::MisplacedWildcard)
+        );
+        let owned = vec!["*a*".to_string()];
+        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err().1, PatternError::MisplacedWildcard);
+        let owned = vec![String::new()];
+        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err().1, PatternError::Empty);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn normalize_is_applied_before_compiling() {
+        let owned = vec!["spiffe://td/ns/a/sa/b".to_string()];
+        let s = PatternSet::compile(&owned, Case::Sensitive, |v| v.strip_prefix("spiffe://").unwrap_or(v)).unwrap();
+        assert!(s.matches(Some("td/ns/a/sa/b")));
+    }
+}

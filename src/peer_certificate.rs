@@ -1,0 +1,148 @@
+//! The caller's principal from its TLS peer certificate, with the SPIFFE X.509-SVID checks Envoy does not
+//! make: exactly one URI SAN, a valid SPIFFE ID, and a leaf that is not a CA.
+//!
+//! Envoy has already verified the chain and validity period; this module only reads the leaf. Parsing is
+//! the expensive part of the filter, so the adapter caches results by certificate digest.
+
+use std::fmt;
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::pem::parse_x509_pem;
+
+use crate::spiffe_id::{SpiffeId, SpiffeIdError};
+
+/// Why a peer certificate does not yield a principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateError {
+    /// Not a PEM X.509 certificate, or an extension that cannot be decoded (or appears twice).
+    Unparsable,
+    NoUriSan,
+    MultipleUriSans,
+    InvalidSpiffeId(SpiffeIdError),
+    /// basicConstraints CA=true, or keyUsage keyCertSign or cRLSign: an X.509-SVID leaf must be neither.
+    CaCertificate,
+}
+
+impl CertificateError {
+    /// The deny reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Unparsable => "unparsable_certificate",
+            Self::NoUriSan => "no_uri_san",
+            Self::MultipleUriSans => "multiple_uri_sans",
+            Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
+            Self::CaCertificate => "ca_certificate",
+        }
+    }
+}
+
+impl fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unparsable => f.write_str("peer certificate cannot be parsed"),
+            Self::NoUriSan => f.write_str("peer certificate has no URI SAN"),
+            Self::MultipleUriSans => f.write_str("peer certificate has more than one URI SAN"),
+            Self::InvalidSpiffeId(e) => write!(f, "peer certificate URI SAN is not a SPIFFE ID: {e}"),
+            Self::CaCertificate => f.write_str("peer certificate is a CA or may sign certificates or CRLs"),
+        }
+    }
+}
+
+/// Validates a PEM-encoded leaf certificate and returns its SPIFFE ID.
+///
+/// Envoy may hand the PEM URL-encoded (as `%DOWNSTREAM_PEER_CERT%` does); both forms are accepted.
+pub fn principal_from_pem(pem: &[u8]) -> Result<SpiffeId, CertificateError> {
+    let decoded;
+    let pem = if pem.contains(&b'%') {
+        decoded = percent_decode(pem).ok_or(CertificateError::Unparsable)?;
+        &decoded[..]
+    } else {
+        pem
+    };
+    let (_, pem) = parse_x509_pem(pem).map_err(|_| CertificateError::Unparsable)?;
+    let cert = pem.parse_x509().map_err(|_| CertificateError::Unparsable)?;
+
+    let is_ca = cert.basic_constraints().map_err(|_| CertificateError::Unparsable)?.is_some_and(|bc| bc.value.ca);
+    let signs = cert
+        .key_usage()
+        .map_err(|_| CertificateError::Unparsable)?
+        .is_some_and(|ku| ku.value.key_cert_sign() || ku.value.crl_sign());
+    if is_ca || signs {
+        return Err(CertificateError::CaCertificate);
+    }
+
+    let san = cert.subject_alternative_name().map_err(|_| CertificateError::Unparsable)?;
+    let mut uris = san.iter().flat_map(|san| san.value.general_names.iter()).filter_map(|name| match name {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    let uri = uris.next().ok_or(CertificateError::NoUriSan)?;
+    if uris.next().is_some() {
+        return Err(CertificateError::MultipleUriSans);
+    }
+    SpiffeId::parse(uri).map_err(CertificateError::InvalidSpiffeId)
+}
+
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut bytes = input.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let hi = char::from(*bytes.next()?).to_digit(16)?;
+            let lo = char::from(*bytes.next()?).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    // Fixed test certificates, made by tests/certs/generate.sh.
+    // (Native e2e tests make their own PKI at run time; these fixed ones let the core run on wasm too.)
+    pub(crate) const APP1: &str = include_str!("../tests/certs/app1.pem");
+    const TWO_URIS: &str = include_str!("../tests/certs/two-uris.pem");
+    const NO_URI: &str = include_str!("../tests/certs/no-uri.pem");
+    const CA: &str = include_str!("../tests/certs/ca.pem");
+    const KEY_CERT_SIGN: &str = include_str!("../tests/certs/key-cert-sign.pem");
+    const BAD_ID: &str = include_str!("../tests/certs/bad-spiffe-id.pem");
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn valid_svid_yields_its_spiffe_id() {
+        let id = principal_from_pem(APP1.as_bytes()).unwrap();
+        assert_eq!(id.as_str(), "spiffe://cluster.local/ns/team/sa/app1");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn url_encoded_pem_is_accepted() {
+        let encoded = APP1.replace('\n', "%0A").replace(' ', "%20").replace('+', "%2B").replace('/', "%2F");
+        assert_eq!(principal_from_pem(encoded.as_bytes()).unwrap().as_str(), "spiffe://cluster.local/ns/team/sa/app1");
+        assert_eq!(principal_from_pem(b"%zz"), Err(CertificateError::Unparsable));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn non_svids_are_rejected_with_their_reason() {
+        assert_eq!(principal_from_pem(TWO_URIS.as_bytes()), Err(CertificateError::MultipleUriSans));
+        assert_eq!(principal_from_pem(NO_URI.as_bytes()), Err(CertificateError::NoUriSan));
+        assert_eq!(principal_from_pem(CA.as_bytes()), Err(CertificateError::CaCertificate));
+        assert_eq!(principal_from_pem(KEY_CERT_SIGN.as_bytes()), Err(CertificateError::CaCertificate));
+        assert_eq!(
+            principal_from_pem(BAD_ID.as_bytes()),
+            Err(CertificateError::InvalidSpiffeId(SpiffeIdError::DotSegment))
+        );
+        assert_eq!(principal_from_pem(b"not a certificate"), Err(CertificateError::Unparsable));
+        let truncated = &APP1[..APP1.len() / 2];
+        assert_eq!(principal_from_pem(truncated.as_bytes()), Err(CertificateError::Unparsable));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn codes_are_stable() {
+        assert_eq!(CertificateError::MultipleUriSans.code(), "multiple_uri_sans");
+        assert_eq!(CertificateError::InvalidSpiffeId(SpiffeIdError::WrongScheme).code(), "invalid_spiffe_id");
+    }
+}

@@ -1,0 +1,441 @@
+//! Authorization policies with Istio AuthorizationPolicy semantics, compiled for the data path.
+//!
+//! Per layer: any matching DENY policy denies; otherwise any matching ALLOW policy allows; otherwise the
+//! request is denied. A policy without rules matches nothing; a rule `{}` matches everything. Within a
+//! `source`/`operation` all present fields must match; within a field any value may; `notX` matches when
+//! no value matches. A rule matches when any of its `from` and any of its `to` entries match.
+
+use crate::config::{Action, Errors, OperationSpec, PolicySpec, PortSpec, SourceSpec};
+use crate::pattern::{verbatim, Case, PatternSet};
+
+/// What the policies of a layer see of a request. Hosts are lower-case, paths carry no query string.
+#[derive(Clone, Copy, Debug)]
+pub struct Attributes<'a> {
+    /// The caller's principal in Istio form, `td/ns/x/sa/y`.
+    pub principal: &'a str,
+    pub trust_domain: &'a str,
+    pub namespace: Option<&'a str>,
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// Which layer a set of policies belongs to (the gateway layer alone may match hosts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    Gateway,
+    Destination,
+}
+
+/// The verdict of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict<'c> {
+    /// Allowed by the named ALLOW policy.
+    Allow { policy: &'c str },
+    /// Denied by the named DENY policy.
+    DeniedByPolicy { policy: &'c str },
+    /// No ALLOW policy matched (including: the layer has none).
+    NoMatchingAllow,
+}
+
+/// The compiled policies of one layer, DENY policies first.
+#[derive(Debug, Default)]
+pub struct PolicyLayer {
+    deny: Vec<Policy>,
+    allow: Vec<Policy>,
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: Box<str>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    /// Empty: any source.
+    from: Vec<Source>,
+    /// Empty: any operation.
+    to: Vec<Operation>,
+}
+
+/// A field and its negation; `None` means the field was not given and does not constrain.
+#[derive(Debug, Default)]
+struct Constraint {
+    any_of: Option<PatternSet>,
+    none_of: Option<PatternSet>,
+}
+
+impl Constraint {
+    fn matches(&self, value: Option<&str>) -> bool {
+        self.any_of.as_ref().is_none_or(|set| set.matches(value))
+            && self.none_of.as_ref().is_none_or(|set| !set.matches(value))
+    }
+}
+
+#[derive(Debug, Default)]
+struct PortConstraint {
+    any_of: Option<Vec<u16>>,
+    none_of: Option<Vec<u16>>,
+}
+
+impl PortConstraint {
+    fn matches(&self, port: u16) -> bool {
+        self.any_of.as_ref().is_none_or(|ports| ports.contains(&port))
+            && self.none_of.as_ref().is_none_or(|ports| !ports.contains(&port))
+    }
+}
+
+#[derive(Debug)]
+struct Source {
+    principals: Constraint,
+    namespaces: Constraint,
+    trust_domains: Constraint,
+}
+
+#[derive(Debug)]
+struct Operation {
+    hosts: Constraint,
+    ports: PortConstraint,
+    methods: Constraint,
+    paths: Constraint,
+}
+
+/// Accepts principals written `spiffe://td/path` or `td/path`; both match the `td/path` form.
+pub fn principal_form(value: &str) -> &str {
+    value.strip_prefix("spiffe://").unwrap_or(value)
+}
+
+impl PolicyLayer {
+    /// Compiles the policies of one layer; errors are reported under `path` (e.g. `gateway.policies`).
+    pub fn compile(specs: &[PolicySpec], kind: LayerKind, path: &str, errors: &mut Errors) -> Self {
+        crate::config::validate_unique_names(errors, path, specs.iter().map(|p| p.name.as_str()));
+        let mut layer = Self::default();
+        for (i, spec) in specs.iter().enumerate() {
+            let path = format!("{path}[{i}]");
+            let rules = spec
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(r, rule)| {
+                    let path = format!("{path}.rules[{r}]");
+                    Rule {
+                        from: rule
+                            .from
+                            .iter()
+                            .enumerate()
+                            .map(|(f, from)| Source::compile(&from.source, &format!("{path}.from[{f}].source"), errors))
+                            .collect(),
+                        to: rule
+                            .to
+                            .iter()
+                            .enumerate()
+                            .map(|(t, to)| {
+                                Operation::compile(&to.operation, kind, &format!("{path}.to[{t}].operation"), errors)
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let policy = Policy { name: spec.name.as_str().into(), rules };
+            match spec.action {
+                Action::Deny => layer.deny.push(policy),
+                Action::Allow => layer.allow.push(policy),
+            }
+        }
+        layer
+    }
+
+    /// Evaluates the layer: DENY first, then ALLOW, else deny.
+    pub fn evaluate(&self, request: &Attributes<'_>) -> Verdict<'_> {
+        if let Some(policy) = self.deny.iter().find(|p| p.matches(request)) {
+            return Verdict::DeniedByPolicy { policy: &policy.name };
+        }
+        match self.allow.iter().find(|p| p.matches(request)) {
+            Some(policy) => Verdict::Allow { policy: &policy.name },
+            None => Verdict::NoMatchingAllow,
+        }
+    }
+
+    /// Number of policies in the layer.
+    pub fn len(&self) -> usize {
+        self.deny.len() + self.allow.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Policy {
+    fn matches(&self, request: &Attributes<'_>) -> bool {
+        self.rules.iter().any(|rule| rule.matches(request))
+    }
+}
+
+impl Rule {
+    fn matches(&self, request: &Attributes<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(request)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(request)))
+    }
+}
+
+impl Source {
+    fn compile(spec: &SourceSpec, path: &str, errors: &mut Errors) -> Self {
+        let field = |values: &[String], name: &str, normalize: fn(&str) -> &str, errors: &mut Errors| {
+            compile_field(values, Case::Sensitive, normalize, &format!("{path}.{name}"), errors)
+        };
+        Self {
+            principals: Constraint {
+                any_of: field(&spec.principals, "principals", principal_form, errors),
+                none_of: field(&spec.not_principals, "notPrincipals", principal_form, errors),
+            },
+            namespaces: Constraint {
+                any_of: field(&spec.namespaces, "namespaces", verbatim, errors),
+                none_of: field(&spec.not_namespaces, "notNamespaces", verbatim, errors),
+            },
+            trust_domains: Constraint {
+                any_of: field(&spec.trust_domains, "trustDomains", verbatim, errors),
+                none_of: field(&spec.not_trust_domains, "notTrustDomains", verbatim, errors),
+            },
+        }
+    }
+
+    fn matches(&self, request: &Attributes<'_>) -> bool {
+        self.principals.matches(Some(request.principal))
+            && self.namespaces.matches(request.namespace)
+            && self.trust_domains.matches(Some(request.trust_domain))
+    }
+}
+
+impl Operation {
+    fn compile(spec: &OperationSpec, kind: LayerKind, path: &str, errors: &mut Errors) -> Self {
+        if kind == LayerKind::Destination {
+            for (name, values) in [("hosts", &spec.hosts), ("notHosts", &spec.not_hosts)] {
+                if !values.is_empty() {
+                    errors.push(
+                        format!("{path}.{name}"),
+                        "not allowed in a destination's policies: the destination's hosts already apply",
+                    );
+                }
+            }
+        }
+        let field = |values: &[String], name: &str, case: Case, errors: &mut Errors| {
+            compile_field(values, case, verbatim, &format!("{path}.{name}"), errors)
+        };
+        Self {
+            hosts: Constraint {
+                any_of: field(&spec.hosts, "hosts", Case::Insensitive, errors),
+                none_of: field(&spec.not_hosts, "notHosts", Case::Insensitive, errors),
+            },
+            ports: PortConstraint {
+                any_of: compile_ports(&spec.ports, &format!("{path}.ports"), errors),
+                none_of: compile_ports(&spec.not_ports, &format!("{path}.notPorts"), errors),
+            },
+            methods: Constraint {
+                any_of: field(&spec.methods, "methods", Case::Sensitive, errors),
+                none_of: field(&spec.not_methods, "notMethods", Case::Sensitive, errors),
+            },
+            paths: Constraint {
+                any_of: field(&spec.paths, "paths", Case::Sensitive, errors),
+                none_of: field(&spec.not_paths, "notPaths", Case::Sensitive, errors),
+            },
+        }
+    }
+
+    fn matches(&self, request: &Attributes<'_>) -> bool {
+        self.hosts.matches(Some(request.host))
+            && self.ports.matches(request.port)
+            && self.methods.matches(Some(request.method))
+            && self.paths.matches(Some(request.path))
+    }
+}
+
+/// An empty list is treated as absent, as Istio does.
+fn compile_field(
+    values: &[String],
+    case: Case,
+    normalize: fn(&str) -> &str,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<PatternSet> {
+    if values.is_empty() {
+        return None;
+    }
+    match PatternSet::compile(values, case, normalize) {
+        Ok(set) => Some(set),
+        Err((index, e)) => {
+            errors.push(format!("{path}[{index}]"), e);
+            None
+        }
+    }
+}
+
+fn compile_ports(values: &[PortSpec], path: &str, errors: &mut Errors) -> Option<Vec<u16>> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut ports = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        match value.to_port() {
+            Ok(port) => ports.push(port),
+            Err(e) => errors.push(format!("{path}[{i}]"), e),
+        }
+    }
+    Some(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn layer(kind: LayerKind, policies: serde_json::Value) -> Result<PolicyLayer, Vec<String>> {
+        let specs: Vec<PolicySpec> = serde_json::from_value(policies).unwrap();
+        let mut errors = Errors::default();
+        let layer = PolicyLayer::compile(&specs, kind, "p", &mut errors);
+        if errors.is_empty() {
+            Ok(layer)
+        } else {
+            Err(errors.into_vec().iter().map(ToString::to_string).collect())
+        }
+    }
+
+    fn gw(policies: serde_json::Value) -> PolicyLayer {
+        layer(LayerKind::Gateway, policies).unwrap()
+    }
+
+    fn req(principal: &'static str) -> Attributes<'static> {
+        let (td, path) = principal.split_once('/').unwrap_or((principal, ""));
+        let namespace = path.strip_prefix("ns/").and_then(|p| p.split('/').next());
+        Attributes {
+            principal,
+            trust_domain: td,
+            namespace,
+            host: "api.partner.example",
+            port: 443,
+            method: "GET",
+            path: "/v1/items",
+        }
+    }
+
+    const APP1: &str = "cluster.local/ns/team/sa/app1";
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn no_policies_deny() {
+        assert_eq!(gw(json!([])).evaluate(&req(APP1)), Verdict::NoMatchingAllow);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn allow_policy_without_rules_allows_nothing_and_empty_rule_allows_all() {
+        let l = gw(json!([{"name": "empty", "action": "ALLOW"}]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::NoMatchingAllow);
+        let l = gw(json!([{"name": "all", "action": "ALLOW", "rules": [{}]}]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "all" });
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn deny_policy_without_rules_never_matches() {
+        let l = gw(json!([
+            {"name": "d", "action": "DENY"},
+            {"name": "a", "action": "ALLOW", "rules": [{}]}
+        ]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" });
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn deny_beats_allow_whatever_the_order() {
+        let l = gw(json!([
+            {"name": "a", "action": "ALLOW", "rules": [{}]},
+            {"name": "d", "action": "DENY", "rules": [{"from": [{"source": {"principals": [APP1]}}]}]}
+        ]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::DeniedByPolicy { policy: "d" });
+        assert_eq!(l.evaluate(&req("cluster.local/ns/team/sa/app2")), Verdict::Allow { policy: "a" });
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn principals_match_with_or_without_scheme_and_wildcards() {
+        for pattern in ["spiffe://cluster.local/ns/team/sa/app1", APP1, "cluster.local/ns/team/*", "*/sa/app1", "*"] {
+            let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": [pattern]}}]}]}]));
+            assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" }, "{pattern}");
+            assert_eq!(l.evaluate(&req("other.td/ns/x/sa/y")) == Verdict::Allow { policy: "a" }, pattern == "*", "{pattern}");
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn not_fields_and_absent_namespace() {
+        let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"notNamespaces": ["legacy"]}}]}]}]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" });
+        assert_eq!(l.evaluate(&req("cluster.local/ns/legacy/sa/x")), Verdict::NoMatchingAllow);
+        // A principal without /ns/ has no namespace: `namespaces` cannot match it, `notNamespaces` does.
+        assert_eq!(l.evaluate(&req("cluster.local/billing")), Verdict::Allow { policy: "a" });
+        let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["*"]}}]}]}]));
+        assert_eq!(l.evaluate(&req("cluster.local/billing")), Verdict::NoMatchingAllow);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn fields_are_anded_values_ored_entries_ored() {
+        let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{
+            "from": [
+                {"source": {"namespaces": ["team"], "principals": ["*/sa/app1"]}},
+                {"source": {"trustDomains": ["partner.local"]}}
+            ],
+            "to": [
+                {"operation": {"methods": ["GET", "HEAD"], "paths": ["/v1/*"]}},
+                {"operation": {"ports": ["8443"]}}
+            ]
+        }]}]));
+        let allow = Verdict::Allow { policy: "a" };
+        assert_eq!(l.evaluate(&req(APP1)), allow);
+        assert_eq!(l.evaluate(&req("cluster.local/ns/team/sa/app2")), Verdict::NoMatchingAllow, "principal AND namespace");
+        assert_eq!(l.evaluate(&req("partner.local/ns/x/sa/y")), allow, "second from entry");
+        let mut post = req(APP1);
+        post.method = "POST";
+        assert_eq!(l.evaluate(&post), Verdict::NoMatchingAllow, "method AND path");
+        post.port = 8443;
+        assert_eq!(l.evaluate(&post), allow, "second to entry");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn operation_fields() {
+        let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"to": [{"operation": {
+            "hosts": ["*.Partner.Example"], "notPorts": [80], "notMethods": ["DELETE"], "notPaths": ["/admin*"]
+        }}]}]}]));
+        let allow = Verdict::Allow { policy: "a" };
+        assert_eq!(l.evaluate(&req(APP1)), allow);
+        let mut r = req(APP1);
+        r.host = "api.other.example";
+        assert_eq!(l.evaluate(&r), Verdict::NoMatchingAllow);
+        let mut r = req(APP1);
+        r.port = 80;
+        assert_eq!(l.evaluate(&r), Verdict::NoMatchingAllow);
+        let mut r = req(APP1);
+        r.method = "DELETE";
+        assert_eq!(l.evaluate(&r), Verdict::NoMatchingAllow);
+        let mut r = req(APP1);
+        r.path = "/admin/users";
+        assert_eq!(l.evaluate(&r), Verdict::NoMatchingAllow);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn destination_layer_rejects_hosts_and_errors_carry_paths() {
+        let e = layer(LayerKind::Destination, json!([
+            {"name": "a", "action": "ALLOW", "rules": [{"to": [{"operation": {"hosts": ["x"]}}]}]}
+        ]))
+        .unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("p[0].rules[0].to[0].operation.hosts: not allowed"), "{e:?}");
+        let e = layer(LayerKind::Gateway, json!([
+            {"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["ok", "a*b"]}}],
+                                                        "to": [{"operation": {"ports": [0]}}]}]},
+            {"name": "a", "action": "DENY"}
+        ]))
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("p[1].name: \"a\" is used twice"), "{e:?}");
+        assert!(e[1].starts_with("p[0].rules[0].from[0].source.principals[1]: '*'"), "{e:?}");
+        assert!(e[2].starts_with("p[0].rules[0].to[0].operation.ports[0]: 0 is not a port"), "{e:?}");
+    }
+}
