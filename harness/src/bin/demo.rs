@@ -1,0 +1,148 @@
+//! `demo`: generate the test PKI into `target/demo/`, start the gateway and the partner server, make a few
+//! requests and tell what happened. Exits 0 only if every outcome was the expected one.
+
+use std::process::ExitCode;
+
+use egress_identity_harness::client::{Call, Response};
+use egress_identity_harness::pki::EXTERNAL_HOST;
+use egress_identity_harness::repo_root;
+use egress_identity_harness::topology::{
+    Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT,
+};
+
+enum Expect {
+    /// Forwarded; the partner sees this client certificate subject.
+    Allow(&'static str),
+    /// 403 with this layer, reason and policy.
+    Deny(&'static str, &'static str, Option<&'static str>),
+}
+
+struct Step {
+    who: &'static str,
+    workload: &'static str,
+    path: &'static str,
+    why: &'static str,
+    expect: Expect,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        who: "spiffe://cluster.local/ns/team/sa/app1",
+        workload: "team-app1",
+        path: "/v1/orders",
+        why: "team/app1 is allowed and mapped to the external identity team.app1",
+        expect: Expect::Allow("CN=team.app1"),
+    },
+    Step {
+        who: "spiffe://cluster.local/ns/team/sa/app2",
+        workload: "team-app2",
+        path: "/v1/invoices",
+        why: "same destination, another caller: the partner must see team.app2",
+        expect: Expect::Allow("CN=team.app2"),
+    },
+    Step {
+        who: "spiffe://cluster.local/ns/sandbox/sa/default",
+        workload: "sandbox-default",
+        path: "/v1/reports",
+        why: "the sandbox namespace may not use the egress gateway at all",
+        expect: Expect::Deny("gateway", "no_matching_allow", None),
+    },
+    Step {
+        who: "spiffe://cluster.local/ns/team/sa/app1",
+        workload: "team-app1",
+        path: "/admin/users",
+        why: "nobody may reach the partner's admin paths",
+        expect: Expect::Deny("destination", "denied_by_policy", Some("deny-admin-paths")),
+    },
+];
+
+fn describe(r: &Response) -> String {
+    match (&r.json, r.status) {
+        (_, 0) => format!("no HTTP response ({})", r.stderr.trim()),
+        (Some(j), 403) => format!(
+            "DENY (HTTP 403) layer={} reason={} policy={}",
+            j.get("layer").and_then(|v| v.as_str()).unwrap_or("?"),
+            j.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),
+            j.get("policy").and_then(|v| v.as_str()).unwrap_or("-"),
+        ),
+        (_, s) if (200..300).contains(&s) => format!("ALLOW (HTTP {s}, forwarded to the partner)"),
+        (_, s) => format!("HTTP {s}: {}", r.body.trim()),
+    }
+}
+
+fn run() -> Result<bool, egress_identity_harness::Error> {
+    let run_dir = repo_root().join("target/demo");
+    println!("egress-identity demo");
+    println!("  run directory  {}", run_dir.display());
+    println!("  gateway        Envoy on 127.0.0.1:{GATEWAY_PORT} (envoy/gateway.yaml, admin :{ADMIN_PORT}) + egress-identity filter");
+    println!("  partner        nginx on 127.0.0.1:{EXTERNAL_PORT} as {EXTERNAL_HOST}, accepts only partner-CA client certificates");
+    println!("starting (fresh test PKI in {}/pki) ...", run_dir.display());
+    let topo = Topology::start(&Options::new(&run_dir))?;
+    let client = topo.client();
+    let mut ok = 0;
+    for (i, step) in STEPS.iter().enumerate() {
+        let call = Call::get(&topo.pki().workload(step.workload), step.path);
+        let r = client.send(&call)?;
+        println!();
+        println!(
+            "{}. {} calls GET https://{EXTERNAL_HOST}{}",
+            i + 1,
+            step.who,
+            step.path
+        );
+        println!("   ({})", step.why);
+        println!("   gateway decided: {}", describe(&r));
+        let seen = topo.external_requests_for(step.path);
+        let subject = seen
+            .first()
+            .and_then(|s| s.get("client_subject"))
+            .and_then(|v| v.as_str());
+        match subject {
+            Some(s) => println!("   partner saw client certificate subject: {s}"),
+            None => println!("   partner: the request never arrived"),
+        }
+        let good = match &step.expect {
+            Expect::Allow(cn) => {
+                r.status == 200 && r.field("client_subject") == Some(cn) && subject == Some(cn)
+            }
+            Expect::Deny(layer, reason, policy) => {
+                r.status == 403
+                    && r.field("layer") == Some(layer)
+                    && r.field("reason") == Some(reason)
+                    && r.field("policy") == *policy
+                    && seen.is_empty()
+            }
+        };
+        if good {
+            ok += 1;
+            println!("   as expected");
+        } else {
+            let want = match &step.expect {
+                Expect::Allow(cn) => format!("200 and the partner seeing {cn}"),
+                Expect::Deny(l, r, p) => format!(
+                    "403 {l}/{r}/{} and nothing at the partner",
+                    p.unwrap_or("-")
+                ),
+            };
+            println!("   NOT AS EXPECTED: wanted {want}; got {}", r.summary());
+        }
+    }
+    println!();
+    println!(
+        "{ok} of {} outcomes as expected (logs in {}/logs)",
+        STEPS.len(),
+        run_dir.display()
+    );
+    Ok(ok == STEPS.len())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

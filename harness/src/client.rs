@@ -1,0 +1,164 @@
+//! Calls the gateway as a workload, with the `curl` binary (`$CURL_BIN`, else `curl`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::pki::{CertFiles, GATEWAY_HOST};
+use crate::topology::GATEWAY_PORT;
+use crate::{err, Result};
+
+/// One request to the gateway.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Client certificate to present (`None`: no client certificate).
+    pub identity: Option<CertFiles>,
+    /// HTTP method.
+    pub method: String,
+    /// `Host` header, i.e. the external destination (`api.partner.example`).
+    pub host: String,
+    /// Path and query, sent as is.
+    pub path: String,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Call {
+    /// `GET https://api.partner.example<path>` through the gateway as `identity`.
+    pub fn get(identity: &CertFiles, path: &str) -> Call {
+        Call {
+            identity: Some(identity.clone()),
+            method: "GET".into(),
+            host: crate::pki::EXTERNAL_HOST.into(),
+            path: path.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Replace the `Host` header.
+    pub fn host(mut self, host: &str) -> Call {
+        self.host = host.into();
+        self
+    }
+
+    /// Replace the method.
+    pub fn method(mut self, method: &str) -> Call {
+        self.method = method.into();
+        self
+    }
+
+    /// Add a request header.
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Present no client certificate.
+    pub fn without_certificate(mut self) -> Call {
+        self.identity = None;
+        self
+    }
+}
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status; 0 if there was no HTTP response (e.g. TLS handshake failure).
+    pub status: u16,
+    /// Response body.
+    pub body: String,
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<serde_json::Value>,
+    /// curl's exit code (0 on any HTTP response).
+    pub curl_exit: i32,
+    /// curl's error output.
+    pub stderr: String,
+}
+
+impl Response {
+    /// A top-level string field of the JSON body.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.json.as_ref()?.get(name)?.as_str()
+    }
+
+    /// One-line summary for assertion messages.
+    pub fn summary(&self) -> String {
+        if self.status == 0 {
+            format!(
+                "no HTTP response (curl exit {}): {}",
+                self.curl_exit,
+                self.stderr.trim()
+            )
+        } else {
+            format!("HTTP {} {}", self.status, self.body.trim())
+        }
+    }
+}
+
+/// Talks to the gateway on 127.0.0.1:10443 as `egress-gateway.local`, trusting the mesh CA.
+#[derive(Debug, Clone)]
+pub struct Client {
+    ca: PathBuf,
+    port: u16,
+}
+
+const STATUS_MARK: &str = "\n@@egress-identity-harness-status:";
+
+impl Client {
+    /// A client trusting `mesh_ca` for the gateway's server certificate.
+    pub fn new(mesh_ca: PathBuf) -> Client {
+        Client {
+            ca: mesh_ca,
+            port: GATEWAY_PORT,
+        }
+    }
+
+    /// Send `call` (HTTP/1.1, 20 s timeout).
+    pub fn send(&self, call: &Call) -> Result<Response> {
+        let curl = std::env::var_os("CURL_BIN").unwrap_or_else(|| "curl".into());
+        let mut cmd = Command::new(&curl);
+        cmd.args([
+            "-sS",
+            "--http1.1",
+            "--path-as-is",
+            "--max-time",
+            "20",
+            "--cacert",
+        ])
+        .arg(&self.ca)
+        .arg("--resolve")
+        .arg(format!("{GATEWAY_HOST}:{}:127.0.0.1", self.port));
+        if let Some(id) = &call.identity {
+            cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
+        }
+        cmd.arg("-X")
+            .arg(&call.method)
+            .arg("-H")
+            .arg(format!("Host: {}", call.host));
+        for (k, v) in &call.headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        cmd.arg("-w").arg(format!("{STATUS_MARK}%{{http_code}}"));
+        cmd.arg(format!("https://{GATEWAY_HOST}:{}{}", self.port, call.path));
+        let out = cmd
+            .output()
+            .map_err(|e| err(format!("running {curl:?}: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = match stdout.rfind(STATUS_MARK) {
+            Some(i) => {
+                let code = stdout.get(i + STATUS_MARK.len()..).unwrap_or("").trim();
+                (
+                    stdout.get(..i).unwrap_or("").to_string(),
+                    code.parse().unwrap_or(0),
+                )
+            }
+            None => (stdout, 0),
+        };
+        Ok(Response {
+            status,
+            json: serde_json::from_str(&body).ok(),
+            body,
+            curl_exit: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}

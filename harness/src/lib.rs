@@ -1,0 +1,37 @@
+//! Test and demo harness for egress-identity.
+//!
+//! * [`pki`]: a throw-away test PKI (mesh CA, partner CA, gateway/server/client certificates).
+//! * [`topology`]: the real gateway Envoy (`envoy/gateway.yaml`) with the filter wasm and an external
+//!   mTLS server (nginx, `envoy/external-server/nginx.conf`), started natively on fixed loopback ports.
+//! * [`client`]: calls the gateway as a workload with the `curl` binary.
+//!
+//! Everything runs in a *run directory* laid out as
+//!
+//! ```text
+//! <run>/pki/...                      certificates and keys (see pki::layout)
+//! <run>/dist/egress_identity.wasm    the filter (a copy)
+//! <run>/logs/                        gateway-envoy.log, gateway-access.log, external-access.log, ...
+//! ```
+//!
+//! and every path inside the Envoy and nginx configurations is relative to it, so the same configuration
+//! files work unchanged in a container whose working directory holds that layout.
+
+pub mod client;
+pub mod pki;
+pub mod process;
+pub mod topology;
+
+/// Boxed error used across the harness.
+pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// Result used across the harness.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The repository root (the parent of the harness crate).
+pub fn repo_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+pub(crate) fn err(msg: impl Into<String>) -> Error {
+    msg.into().into()
+}

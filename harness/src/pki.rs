@@ -1,0 +1,367 @@
+//! Throw-away test PKI, written as PEM files.
+//!
+//! Two independent CAs:
+//!
+//! * the **mesh CA** (trust domain `cluster.local`) signs the gateway's server certificate and the workload
+//!   (caller) client certificates, whose identity is a URI SAN (`spiffe://cluster.local/ns/<ns>/sa/<sa>`);
+//! * the **partner CA** (the external party's PKI) signs the external server's certificate
+//!   (`api.partner.example`) and the external-identity client certificates the gateway presents upstream
+//!   (`CN=team.app1`, `CN=team.app2`).
+//!
+//! File names inside the PKI directory are the constants of [`layout`]; the Envoy and nginx configurations
+//! refer to them as `pki/<name>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::{err, Result};
+
+/// File names, relative to the PKI directory (`<run>/pki`).
+pub mod layout {
+    /// Mesh CA certificate: the gateway listener validates callers against it, callers validate the gateway.
+    pub const MESH_CA_CERT: &str = "mesh-ca.crt";
+    /// Mesh CA key (kept so more workload certificates can be issued later, see `Pki::load`).
+    pub const MESH_CA_KEY: &str = "mesh-ca.key";
+    /// Gateway server certificate (DNS `egress-gateway.local`, `localhost`, IP `127.0.0.1`).
+    pub const GATEWAY_CERT: &str = "gateway.crt";
+    /// Gateway server key.
+    pub const GATEWAY_KEY: &str = "gateway.key";
+    /// Partner CA certificate: the gateway validates the external server against it, the external server
+    /// validates the gateway's external-identity client certificates against it.
+    pub const PARTNER_CA_CERT: &str = "partner-ca.crt";
+    /// Partner CA key.
+    pub const PARTNER_CA_KEY: &str = "partner-ca.key";
+    /// External server certificate (DNS `api.partner.example`).
+    pub const EXTERNAL_SERVER_CERT: &str = "external/api.partner.example.crt";
+    /// External server key.
+    pub const EXTERNAL_SERVER_KEY: &str = "external/api.partner.example.key";
+    /// Directory of external-identity client certificates (`<identity>.crt`, `<identity>.key`).
+    pub const EXTERNAL_DIR: &str = "external";
+    /// Directory of workload (caller) certificates (`<name>.crt`, `<name>.key`).
+    pub const WORKLOADS_DIR: &str = "workloads";
+}
+
+/// Trust domain of the mesh CA.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// DNS name of the gateway (its server certificate and the name callers use).
+pub const GATEWAY_HOST: &str = "egress-gateway.local";
+/// DNS name of the external server.
+pub const EXTERNAL_HOST: &str = "api.partner.example";
+/// External identities issued by [`Pki::generate`] (certificate subject `CN=<name>`).
+pub const EXTERNAL_IDENTITIES: &[&str] = &["team.app1", "team.app2"];
+
+const MESH_CA_CN: &str = "mesh CA (cluster.local)";
+const PARTNER_CA_CN: &str = "partner CA";
+const PARTNER_ORG: &str = "Partner Example";
+
+/// Workloads issued by [`Pki::generate`]: (file name, SPIFFE ID).
+pub const STANDARD_WORKLOADS: &[(&str, &str)] = &[
+    ("team-app1", "spiffe://cluster.local/ns/team/sa/app1"),
+    ("team-app2", "spiffe://cluster.local/ns/team/sa/app2"),
+    ("team-app3", "spiffe://cluster.local/ns/team/sa/app3"),
+    (
+        "sandbox-default",
+        "spiffe://cluster.local/ns/sandbox/sa/default",
+    ),
+    (
+        "quarantine-default",
+        "spiffe://cluster.local/ns/quarantine/sa/default",
+    ),
+];
+
+/// A certificate and its key on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8).
+    pub key: PathBuf,
+}
+
+/// What to put in a workload certificate; every variant is signed by the mesh CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// URI SANs, in order (0, 1 or more; a valid workload has exactly one SPIFFE ID).
+    pub uri_sans: Vec<String>,
+    /// DNS SANs.
+    pub dns_sans: Vec<String>,
+    /// Subject common name (none by default, as for SPIFFE X.509-SVIDs).
+    pub common_name: Option<String>,
+    /// Mark the leaf as a CA (`basicConstraints CA:TRUE`).
+    pub is_ca: bool,
+    /// Add `keyCertSign` to the key usage.
+    pub key_cert_sign: bool,
+}
+
+impl WorkloadSpec {
+    /// A regular workload certificate with exactly one URI SAN.
+    pub fn spiffe(id: &str) -> Self {
+        WorkloadSpec {
+            uri_sans: vec![id.to_string()],
+            ..Default::default()
+        }
+    }
+}
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A test PKI rooted at a directory.
+pub struct Pki {
+    dir: PathBuf,
+    mesh: Ca,
+    partner: Ca,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validity(params: &mut CertificateParams) {
+    // A fixed window that is valid now and stays within UTCTime.
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+}
+
+fn ca_params(cn: &str, org: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    validity(&mut params);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, org);
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn ia5(s: &str) -> Result<rcgen::string::Ia5String> {
+    rcgen::string::Ia5String::try_from(s.to_string())
+        .map_err(|e| err(format!("invalid IA5 string {s:?}: {e}")))
+}
+
+fn write_pem(path: &Path, contents: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(path, contents).map_err(|e| err(format!("writing {}: {e}", path.display())))?;
+    // Test material only: world-readable so an unprivileged Envoy/nginx (e.g. in a container) can read it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+impl Ca {
+    fn generate(cn: &str, org: &str, dir: &Path, cert_name: &str, key_name: &str) -> Result<Ca> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(cn, org);
+        let cert = params.self_signed(&key)?;
+        write_pem(&dir.join(cert_name), &cert.pem())?;
+        write_pem(&dir.join(key_name), &key.serialize_pem())?;
+        Ok(Ca {
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Re-open a CA written by [`Ca::generate`]: its parameters are deterministic but for the key, so the
+    /// issuer name and key identifier match the certificate on disk.
+    fn load(cn: &str, org: &str, dir: &Path, cert_name: &str, key_name: &str) -> Result<Ca> {
+        if !dir.join(cert_name).is_file() {
+            return Err(err(format!("{} not found", dir.join(cert_name).display())));
+        }
+        let key = KeyPair::from_pem(&fs::read_to_string(dir.join(key_name))?)?;
+        Ok(Ca {
+            issuer: Issuer::new(ca_params(cn, org), key),
+        })
+    }
+
+    fn issue(&self, params: &CertificateParams, out: &CertFiles) -> Result<()> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        write_pem(&out.cert, &cert.pem())?;
+        write_pem(&out.key, &key.serialize_pem())?;
+        Ok(())
+    }
+}
+
+fn leaf_params(cn: Option<&str>, server: bool) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    validity(&mut params);
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = cn {
+        dn.push(DnType::CommonName, cn);
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+impl Pki {
+    /// Generate a fresh PKI into `dir` (created if needed): both CAs, the gateway and external server
+    /// certificates, the external identities [`EXTERNAL_IDENTITIES`] and the [`STANDARD_WORKLOADS`].
+    pub fn generate(dir: impl AsRef<Path>) -> Result<Pki> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let mesh = Ca::generate(
+            MESH_CA_CN,
+            TRUST_DOMAIN,
+            &dir,
+            layout::MESH_CA_CERT,
+            layout::MESH_CA_KEY,
+        )?;
+        let partner = Ca::generate(
+            PARTNER_CA_CN,
+            PARTNER_ORG,
+            &dir,
+            layout::PARTNER_CA_CERT,
+            layout::PARTNER_CA_KEY,
+        )?;
+        let pki = Pki { dir, mesh, partner };
+
+        let mut gw = leaf_params(Some(GATEWAY_HOST), true);
+        gw.subject_alt_names = vec![
+            SanType::DnsName(ia5(GATEWAY_HOST)?),
+            SanType::DnsName(ia5("localhost")?),
+            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        ];
+        pki.mesh.issue(&gw, &pki.gateway_cert())?;
+
+        let mut ext = leaf_params(Some(EXTERNAL_HOST), true);
+        ext.subject_alt_names = vec![SanType::DnsName(ia5(EXTERNAL_HOST)?)];
+        pki.partner.issue(&ext, &pki.external_server_cert())?;
+
+        for identity in EXTERNAL_IDENTITIES {
+            pki.issue_external_identity(identity)?;
+        }
+        for (name, id) in STANDARD_WORKLOADS {
+            pki.issue_workload(name, &WorkloadSpec::spiffe(id))?;
+        }
+        Ok(pki)
+    }
+
+    /// Open a PKI previously written by [`Pki::generate`] (to issue more certificates with the same CAs).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Pki> {
+        let dir = dir.as_ref().to_path_buf();
+        let mesh = Ca::load(
+            MESH_CA_CN,
+            TRUST_DOMAIN,
+            &dir,
+            layout::MESH_CA_CERT,
+            layout::MESH_CA_KEY,
+        )?;
+        let partner = Ca::load(
+            PARTNER_CA_CN,
+            PARTNER_ORG,
+            &dir,
+            layout::PARTNER_CA_CERT,
+            layout::PARTNER_CA_KEY,
+        )?;
+        Ok(Pki { dir, mesh, partner })
+    }
+
+    /// The PKI directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Mesh CA certificate (what callers trust for the gateway).
+    pub fn mesh_ca_cert(&self) -> PathBuf {
+        self.dir.join(layout::MESH_CA_CERT)
+    }
+
+    /// Partner CA certificate.
+    pub fn partner_ca_cert(&self) -> PathBuf {
+        self.dir.join(layout::PARTNER_CA_CERT)
+    }
+
+    /// Gateway server certificate and key.
+    pub fn gateway_cert(&self) -> CertFiles {
+        CertFiles {
+            cert: self.dir.join(layout::GATEWAY_CERT),
+            key: self.dir.join(layout::GATEWAY_KEY),
+        }
+    }
+
+    /// External server certificate and key.
+    pub fn external_server_cert(&self) -> CertFiles {
+        CertFiles {
+            cert: self.dir.join(layout::EXTERNAL_SERVER_CERT),
+            key: self.dir.join(layout::EXTERNAL_SERVER_KEY),
+        }
+    }
+
+    /// Paths of an external-identity client certificate (`external/<name>.{crt,key}`).
+    pub fn external_identity(&self, name: &str) -> CertFiles {
+        let d = self.dir.join(layout::EXTERNAL_DIR);
+        CertFiles {
+            cert: d.join(format!("{name}.crt")),
+            key: d.join(format!("{name}.key")),
+        }
+    }
+
+    /// Issue an external-identity client certificate `CN=<name>` signed by the partner CA.
+    pub fn issue_external_identity(&self, name: &str) -> Result<CertFiles> {
+        let out = self.external_identity(name);
+        self.partner.issue(&leaf_params(Some(name), false), &out)?;
+        Ok(out)
+    }
+
+    /// Paths of a workload certificate (`workloads/<name>.{crt,key}`), e.g. `team-app1`.
+    pub fn workload(&self, name: &str) -> CertFiles {
+        let d = self.dir.join(layout::WORKLOADS_DIR);
+        CertFiles {
+            cert: d.join(format!("{name}.crt")),
+            key: d.join(format!("{name}.key")),
+        }
+    }
+
+    /// Issue a workload (client) certificate signed by the mesh CA, as described by `spec`
+    /// (any number of URI SANs, optionally CA:TRUE or keyCertSign, for negative tests).
+    pub fn issue_workload(&self, name: &str, spec: &WorkloadSpec) -> Result<CertFiles> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(err(format!("invalid workload file name {name:?}")));
+        }
+        let mut params = leaf_params(spec.common_name.as_deref(), false);
+        for uri in &spec.uri_sans {
+            params.subject_alt_names.push(SanType::URI(ia5(uri)?));
+        }
+        for dns in &spec.dns_sans {
+            params.subject_alt_names.push(SanType::DnsName(ia5(dns)?));
+        }
+        if spec.is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        if spec.key_cert_sign {
+            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
+        let out = self.workload(name);
+        self.mesh.issue(&params, &out)?;
+        Ok(out)
+    }
+}

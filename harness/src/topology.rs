@@ -1,0 +1,447 @@
+//! The gateway Envoy and the external mTLS server, started natively on fixed loopback ports.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::pki::Pki;
+use crate::process::{self, Supervised};
+use crate::{err, repo_root, Result};
+
+/// Gateway listener (mTLS from callers).
+pub const GATEWAY_PORT: u16 = 10443;
+/// Gateway admin interface.
+pub const ADMIN_PORT: u16 = 9901;
+/// External partner server (mTLS from the gateway).
+pub const EXTERNAL_PORT: u16 = 18443;
+
+/// Run-directory relative location of the filter (as referenced by `envoy/gateway.yaml`).
+pub const WASM_IN_RUN_DIR: &str = "dist/egress_identity.wasm";
+/// Run-directory relative copy of the nginx configuration (nginx resolves relative `ssl_*` paths against
+/// the directory of its configuration file, so it must live in the run directory).
+pub const NGINX_CONF_IN_RUN_DIR: &str = "external-server.nginx.conf";
+
+/// Envoy binary: `$ENVOY_BIN`, else `<repo>/.venv/bin/envoy`, else `envoy` on `PATH`.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".venv/bin/envoy");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("envoy")
+}
+
+/// nginx binary: `$NGINX_BIN`, else `/usr/sbin/nginx`, else `nginx` on `PATH`.
+pub fn nginx_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NGINX_BIN") {
+        return PathBuf::from(p);
+    }
+    let sbin = PathBuf::from("/usr/sbin/nginx");
+    if sbin.exists() {
+        return sbin;
+    }
+    PathBuf::from("nginx")
+}
+
+/// The filter: `$EGRESS_IDENTITY_WASM`, else `<repo>/dist/egress_identity.wasm` (built by `make build`).
+pub fn wasm_path() -> PathBuf {
+    std::env::var_os("EGRESS_IDENTITY_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist/egress_identity.wasm"))
+}
+
+/// How to start a [`Topology`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Run directory (created; its `pki/`, `dist/`, `logs/` are replaced).
+    pub run_dir: PathBuf,
+    /// The filter to copy to `<run>/dist/egress_identity.wasm`.
+    pub wasm: PathBuf,
+    /// Envoy bootstrap (default `<repo>/envoy/gateway.yaml`).
+    pub gateway_config: PathBuf,
+    /// nginx configuration (default `<repo>/envoy/external-server/nginx.conf`).
+    pub nginx_config: PathBuf,
+    /// Envoy binary.
+    pub envoy: PathBuf,
+    /// nginx binary.
+    pub nginx: PathBuf,
+    /// How long to wait for each process to become ready.
+    pub startup_timeout: Duration,
+}
+
+impl Options {
+    /// Defaults for a run directory.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Options {
+        let root = repo_root();
+        Options {
+            run_dir: run_dir.into(),
+            wasm: wasm_path(),
+            gateway_config: root.join("envoy/gateway.yaml"),
+            nginx_config: root.join("envoy/external-server/nginx.conf"),
+            envoy: envoy_bin(),
+            nginx: nginx_bin(),
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running gateway + external server. Both processes are stopped on drop (and die with the harness
+/// process in any case, see [`crate::process`]).
+#[derive(Debug)]
+pub struct Topology {
+    run_dir: PathBuf,
+    pki: Pki,
+    // Field order = drop order: the gateway stops before the server it forwards to.
+    envoy: Supervised,
+    nginx: Supervised,
+}
+
+fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Plain HTTP/1.1 GET (Connection: close) on 127.0.0.1:`port`; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn envoy_ready(admin_port: u16) -> bool {
+    matches!(http_get(admin_port, "/ready"), Some((200, _)))
+}
+
+/// Fails if something listens on `port`, after giving a previous run's processes (which shut down
+/// asynchronously once their harness exits) up to 15 s to go away.
+fn ensure_free(port: u16, what: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while port_open(port) {
+        if std::time::Instant::now() >= deadline {
+            return Err(err(format!(
+                "127.0.0.1:{port} ({what}) is already in use: another topology (demo, e2e test) is running?"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(from, to).map_err(|e| {
+        err(format!(
+            "copying {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })?;
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// Create `run_dir` with fresh `logs/`, `dist/` (filter copied in) and, if `pki` is true, a fresh `pki/`.
+pub fn prepare_run_dir(run_dir: &Path, wasm: &Path) -> Result<()> {
+    if !wasm.is_file() {
+        return Err(err(format!(
+            "filter not found at {} (build it with `make build`, or set EGRESS_IDENTITY_WASM)",
+            wasm.display()
+        )));
+    }
+    fs::create_dir_all(run_dir)?;
+    for d in ["logs", "dist", "pki"] {
+        let p = run_dir.join(d);
+        if p.exists() {
+            fs::remove_dir_all(&p)?;
+        }
+        fs::create_dir_all(&p)?;
+    }
+    copy_file(wasm, &run_dir.join(WASM_IN_RUN_DIR))
+}
+
+impl Topology {
+    /// Generate a fresh PKI in `<run>/pki`, then start the external server and the gateway and wait until
+    /// both are ready.
+    pub fn start(opts: &Options) -> Result<Topology> {
+        let run_dir = absolute(&opts.run_dir)?;
+        ensure_free(GATEWAY_PORT, "gateway listener")?;
+        ensure_free(ADMIN_PORT, "gateway admin")?;
+        ensure_free(EXTERNAL_PORT, "external server")?;
+        prepare_run_dir(&run_dir, &opts.wasm)?;
+        let pki = Pki::generate(run_dir.join("pki"))?;
+        copy_file(&opts.nginx_config, &run_dir.join(NGINX_CONF_IN_RUN_DIR))?;
+        let logs = run_dir.join("logs");
+
+        let mut nginx = Supervised::spawn(
+            "external server (nginx)",
+            &opts.nginx,
+            &[
+                "-p".into(),
+                format!("{}/", run_dir.display()),
+                "-c".into(),
+                NGINX_CONF_IN_RUN_DIR.into(),
+                "-e".into(),
+                "logs/external-error.log".into(),
+            ],
+            &run_dir,
+            &logs.join("external-nginx.out"),
+        )?;
+        let nginx_log = logs.join("external-error.log");
+        nginx
+            .wait_ready(opts.startup_timeout, || port_open(EXTERNAL_PORT))
+            .map_err(|e| {
+                err(format!(
+                    "{e}\n--- {}:\n{}",
+                    nginx_log.display(),
+                    process::tail(&process::read_lossy(&nginx_log), 30)
+                ))
+            })?;
+
+        let mut envoy = Supervised::spawn(
+            "gateway (envoy)",
+            &opts.envoy,
+            &[
+                "-c".into(),
+                absolute(&opts.gateway_config)?.display().to_string(),
+                "--disable-hot-restart".into(),
+                "--concurrency".into(),
+                "2".into(),
+                "--log-level".into(),
+                "info".into(),
+            ],
+            &run_dir,
+            &logs.join("gateway-envoy.log"),
+        )?;
+        envoy.wait_ready(opts.startup_timeout, || {
+            envoy_ready(ADMIN_PORT) && port_open(GATEWAY_PORT)
+        })?;
+        Ok(Topology {
+            run_dir,
+            pki,
+            envoy,
+            nginx,
+        })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The PKI in `<run>/pki` (issue more workload certificates with it).
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// A client for the gateway that trusts the mesh CA.
+    pub fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(self.pki.mesh_ca_cert())
+    }
+
+    /// The external server's access log (one JSON object per request).
+    pub fn external_access_log(&self) -> PathBuf {
+        self.run_dir.join("logs/external-access.log")
+    }
+
+    /// Requests the external server has logged so far.
+    pub fn external_requests(&self) -> Vec<serde_json::Value> {
+        process::read_lossy(&self.external_access_log())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Requests the external server has logged whose request URI starts with `path`.
+    pub fn external_requests_for(&self, path: &str) -> Vec<serde_json::Value> {
+        self.external_requests()
+            .into_iter()
+            .filter(|r| {
+                r.get("uri")
+                    .and_then(|u| u.as_str())
+                    .is_some_and(|u| u.starts_with(path))
+            })
+            .collect()
+    }
+
+    /// The gateway's access log (one JSON object per request).
+    pub fn gateway_access_log(&self) -> String {
+        process::read_lossy(&self.run_dir.join("logs/gateway-access.log"))
+    }
+
+    /// The gateway's own log (Envoy stderr, includes the filter's log lines).
+    pub fn gateway_log(&self) -> String {
+        self.envoy.log()
+    }
+
+    /// `Some(status)` if the gateway has exited.
+    pub fn gateway_exited(&mut self) -> Option<ExitStatus> {
+        self.envoy.exited()
+    }
+
+    /// `Some(status)` if the external server has exited.
+    pub fn external_exited(&mut self) -> Option<ExitStatus> {
+        self.nginx.exited()
+    }
+
+    /// A gateway admin endpoint (e.g. `/stats?filter=wasm`), plain text.
+    pub fn admin(&self, path: &str) -> Option<String> {
+        http_get(ADMIN_PORT, path).map(|(_, b)| b)
+    }
+
+    /// Stop both processes now (also done on drop).
+    pub fn stop(&mut self) {
+        self.envoy.stop();
+        self.nginx.stop();
+    }
+}
+
+/// Outcome of [`try_start_envoy`].
+#[derive(Debug)]
+pub struct StartAttempt {
+    /// Envoy reached `/ready` (it was then stopped).
+    pub started: bool,
+    /// Exit status if Envoy exited by itself.
+    pub exit: Option<ExitStatus>,
+    /// Envoy's log (stderr).
+    pub log: String,
+}
+
+impl StartAttempt {
+    /// The log lines worth reading: warnings, errors and the filter's own lines (last 40).
+    pub fn summary(&self) -> String {
+        let keep: Vec<&str> = self
+            .log
+            .lines()
+            .filter(|l| {
+                ["][warning][", "][error][", "][critical][", "][wasm]["]
+                    .iter()
+                    .any(|m| l.contains(m))
+                    || !l.starts_with('[')
+            })
+            .collect();
+        process::tail(&keep.join("\n"), 40)
+    }
+}
+
+/// Admin port of the bootstrap made by [`minimal_bootstrap`].
+pub const PROBE_ADMIN_PORT: u16 = 19901;
+/// Listener port of the bootstrap made by [`minimal_bootstrap`].
+pub const PROBE_LISTENER_PORT: u16 = 19080;
+
+/// A minimal bootstrap: plain-HTTP listener on 127.0.0.1:19080 with the filter (plugin configuration
+/// `plugin_config`, `fail_open: false`) in front of a direct response; admin on 127.0.0.1:19901.
+pub fn minimal_bootstrap(plugin_config: &str) -> serde_json::Value {
+    serde_json::json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": PROBE_ADMIN_PORT } } },
+        "static_resources": {
+            "listeners": [{
+                "name": "probe",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": PROBE_LISTENER_PORT } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "probe",
+                        "route_config": { "virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{ "match": { "prefix": "/" }, "direct_response": { "status": 204 } }]
+                        }] },
+                        "http_filters": [
+                            { "name": "envoy.filters.http.wasm", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                "config": {
+                                    "name": "egress-identity",
+                                    "root_id": "egress-identity",
+                                    "fail_open": false,
+                                    "vm_config": {
+                                        "vm_id": "egress-identity",
+                                        "runtime": "envoy.wasm.runtime.v8",
+                                        "code": { "local": { "filename": WASM_IN_RUN_DIR } }
+                                    },
+                                    "configuration": {
+                                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": plugin_config
+                                    }
+                                }
+                            } },
+                            { "name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
+                        ]
+                    }
+                }] }]
+            }]
+        }
+    })
+}
+
+/// Start Envoy on [`minimal_bootstrap`] with the given plugin configuration in a fresh `run_dir` (filter
+/// copied from `wasm`) and report whether it became ready within `timeout`, with its log. Envoy is stopped
+/// before returning. Uses ports 19901/19080, so it can run next to a [`Topology`].
+pub fn try_start_envoy(
+    run_dir: &Path,
+    wasm: &Path,
+    plugin_config: &str,
+    timeout: Duration,
+) -> Result<StartAttempt> {
+    let run_dir = absolute(run_dir)?;
+    ensure_free(PROBE_ADMIN_PORT, "probe envoy admin")?;
+    ensure_free(PROBE_LISTENER_PORT, "probe envoy listener")?;
+    prepare_run_dir(&run_dir, wasm)?;
+    let bootstrap = run_dir.join("bootstrap.json");
+    fs::write(
+        &bootstrap,
+        serde_json::to_string_pretty(&minimal_bootstrap(plugin_config))?,
+    )?;
+    let mut envoy = Supervised::spawn(
+        "probe envoy",
+        &envoy_bin(),
+        &[
+            "-c".into(),
+            bootstrap.display().to_string(),
+            "--disable-hot-restart".into(),
+            "--concurrency".into(),
+            "1".into(),
+            "--log-level".into(),
+            "info".into(),
+        ],
+        &run_dir,
+        &run_dir.join("logs/envoy.log"),
+    )?;
+    let started = envoy
+        .wait_ready(timeout, || envoy_ready(PROBE_ADMIN_PORT))
+        .is_ok();
+    let exit = envoy.exited();
+    envoy.stop();
+    Ok(StartAttempt {
+        started,
+        exit,
+        log: envoy.log(),
+    })
+}
