@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO_ROOT / "examples"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 
-# Internal headers of the filter (docs/configuration.md) that every route must strip before forwarding.
+# Internal headers of the filter (README.md (Configuration reference)) that every route must strip before forwarding.
 CLUSTER_HEADER = "x-egress-identity-cluster"
 PRINCIPAL_HEADER = "x-egress-identity-principal"
 HEADERS_TO_REMOVE = {CLUSTER_HEADER, PRINCIPAL_HEADER, "x-forwarded-client-cert"}
