@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::destination::DestinationTable;
 use crate::policy::{LayerKind, PolicyLayer};
-use crate::spiffe_id::validate_trust_domain;
+use crate::trust_domain::TrustDomains;
 
 /// One configuration error: where, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +58,13 @@ impl Errors {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginConfigSpec {
+    /// Accepted trust domains besides the local one and its aliases (federation).
+    #[serde(default)]
     pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub local_trust_domain: Option<String>,
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
     #[serde(default = "default_principal_sources")]
     pub principal_sources: Vec<PrincipalSource>,
     #[serde(default)]
@@ -267,7 +273,7 @@ pub struct HeaderNames {
 /// The configuration the data path runs on: validated, with every policy compiled.
 #[derive(Debug)]
 pub struct Config {
-    pub trust_domains: HashSet<Box<str>>,
+    pub trust_domains: TrustDomains,
     pub principal_sources: Vec<PrincipalSource>,
     pub headers: HeaderNames,
     pub default_port: u16,
@@ -291,17 +297,17 @@ impl Config {
     pub fn compile(spec: &PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
 
-        if spec.trust_domains.is_empty() {
-            errors.push("trustDomains", "must list at least one trust domain");
-        }
-        let mut trust_domains = HashSet::new();
-        for (i, td) in spec.trust_domains.iter().enumerate() {
-            if let Err(e) = validate_trust_domain(td) {
-                errors.push(format!("trustDomains[{i}]"), format!("{td:?}: {e}"));
-            } else if !trust_domains.insert(Box::<str>::from(td.as_str())) {
-                errors.push(format!("trustDomains[{i}]"), format!("{td:?} is listed twice"));
+        let trust_domains = TrustDomains::new(
+            &spec.trust_domains,
+            spec.local_trust_domain.as_deref(),
+            &spec.trust_domain_aliases,
+        )
+        .unwrap_or_else(|trust_errors| {
+            for (path, message) in trust_errors {
+                errors.push(path, message);
             }
-        }
+            TrustDomains::default()
+        });
 
         if spec.principal_sources.is_empty() {
             errors.push("principalSources", "must list at least one source");
@@ -325,8 +331,14 @@ impl Config {
             errors.push("certificateCacheSize", format!("must be between 1 and {MAX_CACHE_SIZE}"));
         }
 
-        let gateway = PolicyLayer::compile(&spec.gateway.policies, LayerKind::Gateway, "gateway.policies", &mut errors);
-        let destinations = DestinationTable::compile(&spec.destinations, &mut errors);
+        let gateway = PolicyLayer::compile(
+            &spec.gateway.policies,
+            LayerKind::Gateway,
+            "gateway.policies",
+            &trust_domains,
+            &mut errors,
+        );
+        let destinations = DestinationTable::compile(&spec.destinations, &trust_domains, &mut errors);
 
         if !errors.is_empty() {
             return Err(errors.into_vec());
@@ -429,7 +441,7 @@ pub(crate) mod tests {
         assert_eq!(config.default_port, 443);
         assert_eq!(config.certificate_cache_size, 1024);
         assert_eq!(config.principal_sources, default_principal_sources());
-        assert!(config.trust_domains.contains("cluster.local"));
+        assert!(config.trust_domains.accepts("cluster.local"));
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -442,8 +454,8 @@ pub(crate) mod tests {
         assert!(e[0].starts_with("defaultPort:"), "{e:?}");
         let e = errors_of("{ not json");
         assert_eq!(e.len(), 1);
-        let e = errors_of(r#"{"destinations": []}"#);
-        assert!(e[0].contains("missing field `trustDomains`"), "{e:?}");
+        let e = errors_of("{}");
+        assert!(e[0].contains("missing field `destinations`"), "{e:?}");
     }
 
     #[wasm_bindgen_test(unsupported = test)]

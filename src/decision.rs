@@ -137,15 +137,16 @@ impl Config {
             Ok(p) => p,
             Err(e) => return deny(Layer::Principal, None, Reason::Principal(e)),
         };
-        if !self.trust_domains.contains(principal.trust_domain()) {
+        if !self.trust_domains.accepts(principal.trust_domain()) {
             return deny(Layer::Principal, None, Reason::UntrustedTrustDomain);
         }
         let Some((host, port)) = split_authority(request.authority, self.default_port) else {
             return deny(Layer::Destination, None, Reason::UnknownDestination);
         };
+        let canonical_principal = self.trust_domains.canonical_principal(principal);
         let attributes = Attributes {
-            principal: principal.principal(),
-            trust_domain: principal.trust_domain(),
+            principal: &canonical_principal,
+            trust_domain: self.trust_domains.canonical(principal.trust_domain()),
             namespace: principal.namespace(),
             host: &host,
             port,
@@ -293,6 +294,32 @@ mod tests {
             denial(c.decide(Ok(&app2), &get("api.partner.example", "/"))),
             (Layer::Identity, None, "no_identity_mapping")
         );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn workload_keeps_policy_matches_and_identity_across_a_trust_domain_migration() {
+        // Policies name the placeholder (cluster.local), the old and the new trust domain.
+        let json = EXAMPLE
+            .replace(r#""trustDomains": ["cluster.local"]"#,
+                     r#""localTrustDomain": "example.org", "trustDomainAliases": ["example.com"], "trustDomains": ["partner.example"]"#)
+            .replace(r#""spiffe://cluster.local/ns/team/sa/app2"]"#, r#""spiffe://example.com/ns/team/sa/app2"]"#)
+            .replace(r#""cluster.local/ns/team/sa/app2"]"#, r#""example.org/ns/team/sa/app2"]"#);
+        let c = Config::load(json.as_bytes()).unwrap();
+        for td in ["example.com", "example.org"] {
+            for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+                let p = id(&format!("spiffe://{td}/ns/team/sa/{who}"));
+                match c.decide(Ok(&p), &get("api.partner.example", "/v1")) {
+                    Decision::Allow(a) => assert_eq!(&*a.identity.cluster, cluster, "{td} {who}"),
+                    d => panic!("{td} {who}: {d:?}"),
+                }
+            }
+        }
+        // A federated trust domain is accepted but is not the local family: its app1 matches nothing.
+        let fed = id("spiffe://partner.example/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&fed), &get("api.partner.example", "/v1"))).2, "no_matching_allow");
+        // cluster.local itself is only a placeholder, not a trusted trust domain here.
+        let literal = id("spiffe://cluster.local/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&literal), &get("api.partner.example", "/v1"))).2, "untrusted_trust_domain");
     }
 
     #[wasm_bindgen_test(unsupported = test)]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::config::{DestinationSpec, Errors};
 use crate::identity_mapping::IdentityMapping;
 use crate::policy::{LayerKind, PolicyLayer};
+use crate::trust_domain::TrustDomains;
 
 /// One external destination, compiled.
 #[derive(Debug)]
@@ -27,7 +28,7 @@ pub struct DestinationTable {
 
 impl DestinationTable {
     /// Compiles `destinations`; a host:port declared twice is an error.
-    pub fn compile(specs: &[DestinationSpec], errors: &mut Errors) -> Self {
+    pub fn compile(specs: &[DestinationSpec], trust: &TrustDomains, errors: &mut Errors) -> Self {
         if specs.is_empty() {
             errors.push("destinations", "must declare at least one destination");
         }
@@ -73,9 +74,16 @@ impl DestinationTable {
                     &spec.policies,
                     LayerKind::Destination,
                     &format!("{path}.policies"),
+                    trust,
                     errors,
                 ),
-                identities: IdentityMapping::compile(&spec.identities, spec.default_identity.as_ref(), &path, errors),
+                identities: IdentityMapping::compile(
+                    &spec.identities,
+                    spec.default_identity.as_ref(),
+                    &path,
+                    trust,
+                    errors,
+                ),
             });
         }
         table
@@ -141,7 +149,7 @@ mod tests {
     fn table(specs: serde_json::Value) -> Result<DestinationTable, Vec<String>> {
         let specs: Vec<DestinationSpec> = serde_json::from_value(specs).unwrap();
         let mut errors = Errors::default();
-        let t = DestinationTable::compile(&specs, &mut errors);
+        let t = DestinationTable::compile(&specs, &TrustDomains::default(), &mut errors);
         if errors.is_empty() {
             Ok(t)
         } else {

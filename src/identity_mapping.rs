@@ -5,8 +5,8 @@
 //! certificate `CN=team.app1`).
 
 use crate::config::{validate_cluster_name, Errors, ExternalIdentitySpec, IdentitySpec};
-use crate::pattern::{Case, PatternSet};
-use crate::policy::principal_form;
+use crate::pattern::{normalizer, Case, PatternSet};
+use crate::trust_domain::TrustDomains;
 
 /// An external identity: its name (as the partner knows it) and the cluster that presents it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,7 @@ impl IdentityMapping {
         identities: &[IdentitySpec],
         default: Option<&ExternalIdentitySpec>,
         path: &str,
+        trust: &TrustDomains,
         errors: &mut Errors,
     ) -> Self {
         if identities.is_empty() && default.is_none() {
@@ -48,7 +49,7 @@ impl IdentityMapping {
             if spec.principals.is_empty() {
                 errors.push(format!("{path}.principals"), "must list at least one principal pattern");
             }
-            match PatternSet::compile(&spec.principals, Case::Sensitive, principal_form) {
+            match PatternSet::compile(&spec.principals, Case::Sensitive, &normalizer(|v| trust.canonical_principal_pattern(v))) {
                 Ok(set) => entries.push((set, identity(&spec.name, &spec.cluster))),
                 Err((index, e)) => errors.push(format!("{path}.principals[{index}]"), e),
             }
@@ -92,7 +93,7 @@ mod tests {
         let specs: Vec<IdentitySpec> = serde_json::from_value(identities).unwrap();
         let default: Option<ExternalIdentitySpec> = default.map(|d| serde_json::from_value(d).unwrap());
         let mut errors = Errors::default();
-        let m = IdentityMapping::compile(&specs, default.as_ref(), "d", &mut errors);
+        let m = IdentityMapping::compile(&specs, default.as_ref(), "d", &TrustDomains::default(), &mut errors);
         if errors.is_empty() {
             Ok(m)
         } else {

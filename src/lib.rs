@@ -18,6 +18,7 @@ pub mod peer_certificate;
 pub mod policy;
 pub mod principal_cache;
 pub mod spiffe_id;
+pub mod trust_domain;
 
 #[cfg(feature = "filter")]
 pub mod filter;

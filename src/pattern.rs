@@ -3,6 +3,7 @@
 //! A [`PatternSet`] compiles the values of one policy field once, at configure time: exact values go
 //! into a hash set, so a field with thousands of principals costs one lookup per request.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -45,13 +46,13 @@ pub struct PatternSet {
 impl PatternSet {
     /// Compiles `values`; `normalize` may rewrite each value first (e.g. strip `spiffe://`).
     /// On error, returns the index of the bad value.
-    pub fn compile<'a, I>(values: I, case: Case, normalize: fn(&str) -> &str) -> Result<Self, (usize, PatternError)>
+    pub fn compile<'a, I>(values: I, case: Case, normalize: &dyn Fn(&'a str) -> Cow<'a, str>) -> Result<Self, (usize, PatternError)>
     where
         I: IntoIterator<Item = &'a String>,
     {
         let mut set = Self::default();
         for (index, raw) in values.into_iter().enumerate() {
-            set.add(normalize(raw), case).map_err(|e| (index, e))?;
+            set.add(&normalize(raw), case).map_err(|e| (index, e))?;
         }
         Ok(set)
     }
@@ -91,9 +92,14 @@ impl PatternSet {
     }
 }
 
+/// Gives a closure the higher-ranked signature a value normalizer needs (closures do not infer it).
+pub fn normalizer<F: for<'x> Fn(&'x str) -> Cow<'x, str>>(f: F) -> F {
+    f
+}
+
 /// Leaves a value as it is.
-pub fn verbatim(value: &str) -> &str {
-    value
+pub fn verbatim(value: &str) -> Cow<'_, str> {
+    Cow::Borrowed(value)
 }
 
 #[cfg(test)]
@@ -103,7 +109,7 @@ mod tests {
 
     fn set(values: &[&str]) -> PatternSet {
         let owned: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap()
+        PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap()
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -131,7 +137,7 @@ mod tests {
     #[wasm_bindgen_test(unsupported = test)]
     fn case_insensitive_sets_store_lower_case() {
         let owned = vec!["API.Partner.Example".to_string(), "*.Other.Example".to_string()];
-        let s = PatternSet::compile(&owned, Case::Insensitive, verbatim).unwrap();
+        let s = PatternSet::compile(&owned, Case::Insensitive, &verbatim).unwrap();
         assert!(s.matches(Some("api.partner.example")));
         assert!(s.matches(Some("a.other.example")));
     }
@@ -140,19 +146,19 @@ mod tests {
     fn rejects_bad_patterns_with_their_index() {
         let owned = vec!["ok".to_string(), "a*b".to_string()];
         assert_eq!(
-            PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err(),
+            PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err(),
             (1, PatternError::MisplacedWildcard)
         );
         let owned = vec!["*a*".to_string()];
-        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err().1, PatternError::MisplacedWildcard);
+        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::MisplacedWildcard);
         let owned = vec![String::new()];
-        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, verbatim).unwrap_err().1, PatternError::Empty);
+        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::Empty);
     }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn normalize_is_applied_before_compiling() {
         let owned = vec!["spiffe://td/ns/a/sa/b".to_string()];
-        let s = PatternSet::compile(&owned, Case::Sensitive, |v| v.strip_prefix("spiffe://").unwrap_or(v)).unwrap();
+        let s = PatternSet::compile(&owned, Case::Sensitive, &|v| Cow::Borrowed(v.strip_prefix("spiffe://").unwrap_or(v))).unwrap();
         assert!(s.matches(Some("td/ns/a/sa/b")));
     }
 }

@@ -5,14 +5,18 @@
 //! `source`/`operation` all present fields must match; within a field any value may; `notX` matches when
 //! no value matches. A rule matches when any of its `from` and any of its `to` entries match.
 
+use std::borrow::Cow;
+
 use crate::config::{Action, Errors, OperationSpec, PolicySpec, PortSpec, SourceSpec};
-use crate::pattern::{verbatim, Case, PatternSet};
+use crate::pattern::{normalizer, verbatim, Case, PatternSet};
+use crate::trust_domain::TrustDomains;
 
 /// What the policies of a layer see of a request. Hosts are lower-case, paths carry no query string.
 #[derive(Clone, Copy, Debug)]
 pub struct Attributes<'a> {
-    /// The caller's principal in Istio form, `td/ns/x/sa/y`.
+    /// The caller's principal in Istio form, `td/ns/x/sa/y`, with an alias trust domain made local.
     pub principal: &'a str,
+    /// The caller's trust domain, an alias made local.
     pub trust_domain: &'a str,
     pub namespace: Option<&'a str>,
     pub host: &'a str,
@@ -102,14 +106,9 @@ struct Operation {
     paths: Constraint,
 }
 
-/// Accepts principals written `spiffe://td/path` or `td/path`; both match the `td/path` form.
-pub fn principal_form(value: &str) -> &str {
-    value.strip_prefix("spiffe://").unwrap_or(value)
-}
-
 impl PolicyLayer {
     /// Compiles the policies of one layer; errors are reported under `path` (e.g. `gateway.policies`).
-    pub fn compile(specs: &[PolicySpec], kind: LayerKind, path: &str, errors: &mut Errors) -> Self {
+    pub fn compile(specs: &[PolicySpec], kind: LayerKind, path: &str, trust: &TrustDomains, errors: &mut Errors) -> Self {
         crate::config::validate_unique_names(errors, path, specs.iter().map(|p| p.name.as_str()));
         let mut layer = Self::default();
         for (i, spec) in specs.iter().enumerate() {
@@ -125,7 +124,9 @@ impl PolicyLayer {
                             .from
                             .iter()
                             .enumerate()
-                            .map(|(f, from)| Source::compile(&from.source, &format!("{path}.from[{f}].source"), errors))
+                            .map(|(f, from)| {
+                                Source::compile(&from.source, &format!("{path}.from[{f}].source"), trust, errors)
+                            })
                             .collect(),
                         to: rule
                             .to
@@ -182,22 +183,24 @@ impl Rule {
 }
 
 impl Source {
-    fn compile(spec: &SourceSpec, path: &str, errors: &mut Errors) -> Self {
-        let field = |values: &[String], name: &str, normalize: fn(&str) -> &str, errors: &mut Errors| {
+    fn compile(spec: &SourceSpec, path: &str, trust: &TrustDomains, errors: &mut Errors) -> Self {
+        let principal = normalizer(|v| trust.canonical_principal_pattern(v));
+        let trust_domain = normalizer(|v| trust.canonical_trust_domain_pattern(v));
+        let field = |values: &[String], name: &str, normalize: &dyn Fn(&str) -> Cow<'_, str>, errors: &mut Errors| {
             compile_field(values, Case::Sensitive, normalize, &format!("{path}.{name}"), errors)
         };
         Self {
             principals: Constraint {
-                any_of: field(&spec.principals, "principals", principal_form, errors),
-                none_of: field(&spec.not_principals, "notPrincipals", principal_form, errors),
+                any_of: field(&spec.principals, "principals", &principal, errors),
+                none_of: field(&spec.not_principals, "notPrincipals", &principal, errors),
             },
             namespaces: Constraint {
-                any_of: field(&spec.namespaces, "namespaces", verbatim, errors),
-                none_of: field(&spec.not_namespaces, "notNamespaces", verbatim, errors),
+                any_of: field(&spec.namespaces, "namespaces", &verbatim, errors),
+                none_of: field(&spec.not_namespaces, "notNamespaces", &verbatim, errors),
             },
             trust_domains: Constraint {
-                any_of: field(&spec.trust_domains, "trustDomains", verbatim, errors),
-                none_of: field(&spec.not_trust_domains, "notTrustDomains", verbatim, errors),
+                any_of: field(&spec.trust_domains, "trustDomains", &trust_domain, errors),
+                none_of: field(&spec.not_trust_domains, "notTrustDomains", &trust_domain, errors),
             },
         }
     }
@@ -222,7 +225,7 @@ impl Operation {
             }
         }
         let field = |values: &[String], name: &str, case: Case, errors: &mut Errors| {
-            compile_field(values, case, verbatim, &format!("{path}.{name}"), errors)
+            compile_field(values, case, &verbatim, &format!("{path}.{name}"), errors)
         };
         Self {
             hosts: Constraint {
@@ -256,7 +259,7 @@ impl Operation {
 fn compile_field(
     values: &[String],
     case: Case,
-    normalize: fn(&str) -> &str,
+    normalize: &dyn Fn(&str) -> Cow<'_, str>,
     path: &str,
     errors: &mut Errors,
 ) -> Option<PatternSet> {
@@ -295,7 +298,8 @@ mod tests {
     fn layer(kind: LayerKind, policies: serde_json::Value) -> Result<PolicyLayer, Vec<String>> {
         let specs: Vec<PolicySpec> = serde_json::from_value(policies).unwrap();
         let mut errors = Errors::default();
-        let layer = PolicyLayer::compile(&specs, kind, "p", &mut errors);
+        let trust = TrustDomains::new(&["cluster.local".into(), "other.td".into(), "partner.local".into()], None, &[]).unwrap();
+        let layer = PolicyLayer::compile(&specs, kind, "p", &trust, &mut errors);
         if errors.is_empty() {
             Ok(layer)
         } else {

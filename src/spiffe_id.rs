@@ -28,10 +28,20 @@ pub enum SpiffeIdError {
     EmptyTrustDomain,
     /// The trust domain is longer than 255 bytes.
     TrustDomainTooLong,
-    /// A trust-domain character outside `a-z 0-9 . - _` (upper case, `:` of a port, `@` of userinfo, `%`...).
+    /// A trust-domain character outside `a-z 0-9 . - _` (e.g. upper case).
     BadTrustDomainChar(char),
-    /// A path character outside `a-z A-Z 0-9 . - _` (`%` of percent-encoding, `?` query, `#` fragment...).
+    /// A path character outside `a-z A-Z 0-9 . - _`.
     BadPathChar(char),
+    /// `:` after the trust domain: SPIFFE IDs carry no port.
+    Port,
+    /// `@` in the authority: SPIFFE IDs carry no userinfo.
+    UserInfo,
+    /// `%`: SPIFFE IDs are never percent-encoded.
+    PercentEncoding,
+    /// `?`: SPIFFE IDs carry no query.
+    Query,
+    /// `#`: SPIFFE IDs carry no fragment.
+    Fragment,
     /// `//` in the path.
     EmptySegment,
     /// A path segment that is `.` or `..`.
@@ -51,6 +61,11 @@ impl SpiffeIdError {
             Self::TrustDomainTooLong => "trust_domain_too_long",
             Self::BadTrustDomainChar(_) => "bad_trust_domain_char",
             Self::BadPathChar(_) => "bad_path_char",
+            Self::Port => "port",
+            Self::UserInfo => "userinfo",
+            Self::PercentEncoding => "percent_encoding",
+            Self::Query => "query",
+            Self::Fragment => "fragment",
             Self::EmptySegment => "empty_path_segment",
             Self::DotSegment => "dot_path_segment",
             Self::TrailingSlash => "trailing_slash",
@@ -65,16 +80,17 @@ impl fmt::Display for SpiffeIdError {
             Self::WrongScheme => f.write_str("scheme must be \"spiffe://\""),
             Self::EmptyTrustDomain => f.write_str("trust domain is empty"),
             Self::TrustDomainTooLong => write!(f, "trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes"),
-            Self::BadTrustDomainChar(c) => write!(
-                f,
-                "trust domain contains {c:?}; only lower-case letters, digits, '.', '-' and '_' are allowed \
-                 (no port, userinfo or percent-encoding)"
-            ),
-            Self::BadPathChar(c) => write!(
-                f,
-                "path contains {c:?}; only letters, digits, '.', '-' and '_' are allowed in segments \
-                 (no percent-encoding, query or fragment)"
-            ),
+            Self::BadTrustDomainChar(c) => {
+                write!(f, "trust domain contains {c:?}; only lower-case letters, digits, '.', '-' and '_' are allowed")
+            }
+            Self::BadPathChar(c) => {
+                write!(f, "path contains {c:?}; only letters, digits, '.', '-' and '_' are allowed in segments")
+            }
+            Self::Port => f.write_str("a SPIFFE ID has no port"),
+            Self::UserInfo => f.write_str("a SPIFFE ID has no userinfo (\"user@\")"),
+            Self::PercentEncoding => f.write_str("a SPIFFE ID is never percent-encoded"),
+            Self::Query => f.write_str("a SPIFFE ID has no query (\"?\")"),
+            Self::Fragment => f.write_str("a SPIFFE ID has no fragment (\"#\")"),
             Self::EmptySegment => f.write_str("path contains an empty segment (\"//\")"),
             Self::DotSegment => f.write_str("path contains a \".\" or \"..\" segment"),
             Self::TrailingSlash => f.write_str("path ends with \"/\""),
@@ -138,8 +154,24 @@ impl SpiffeId {
         if id.len() > MAX_ID_LEN {
             return Err(SpiffeIdError::TooLong);
         }
+        // URI parts a SPIFFE ID must not have get their own reasons, before the character rules.
+        if rest.contains('%') {
+            return Err(SpiffeIdError::PercentEncoding);
+        }
+        if rest.contains('?') {
+            return Err(SpiffeIdError::Query);
+        }
+        if rest.contains('#') {
+            return Err(SpiffeIdError::Fragment);
+        }
         let td_len = rest.find('/').unwrap_or(rest.len());
         let (td, path) = rest.split_at(td_len);
+        if td.contains('@') {
+            return Err(SpiffeIdError::UserInfo);
+        }
+        if td.contains(':') {
+            return Err(SpiffeIdError::Port);
+        }
         validate_trust_domain(td)?;
         validate_path(path)?;
         Ok(Self { id: id.into(), path_start: SCHEME.len() + td_len })
@@ -230,10 +262,13 @@ mod tests {
         assert_eq!(err(&long), SpiffeIdError::TrustDomainTooLong);
         assert!(SpiffeId::parse(&format!("spiffe://{}/a", "a".repeat(255))).is_ok());
         assert_eq!(err("spiffe://Cluster.local/a"), SpiffeIdError::BadTrustDomainChar('C'));
-        assert_eq!(err("spiffe://cluster.local:8080/a"), SpiffeIdError::BadTrustDomainChar(':'));
-        assert_eq!(err("spiffe://user@cluster.local/a"), SpiffeIdError::BadTrustDomainChar('@'));
-        assert_eq!(err("spiffe://clu%73ter.local/a"), SpiffeIdError::BadTrustDomainChar('%'));
-        assert_eq!(err("spiffe://cluster.local?x=1"), SpiffeIdError::BadTrustDomainChar('?'));
+        assert!(SpiffeId::parse("spiffe://cluster_1.local-2/a").is_ok());
+        assert_eq!(err("spiffe://cluster.local:8080/a"), SpiffeIdError::Port);
+        assert_eq!(err("spiffe://user@cluster.local/a"), SpiffeIdError::UserInfo);
+        assert_eq!(err("spiffe://user:pw@cluster.local/a"), SpiffeIdError::UserInfo);
+        assert_eq!(err("spiffe://clu%73ter.local/a"), SpiffeIdError::PercentEncoding);
+        assert_eq!(err("spiffe://cluster.local?x=1"), SpiffeIdError::Query);
+        assert_eq!(err("spiffe://cluster.local#f"), SpiffeIdError::Fragment);
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -243,9 +278,11 @@ mod tests {
         assert_eq!(err("spiffe://td/ns/.."), SpiffeIdError::DotSegment);
         assert_eq!(err("spiffe://td/ns/a/"), SpiffeIdError::TrailingSlash);
         assert_eq!(err("spiffe://td/"), SpiffeIdError::TrailingSlash);
-        assert_eq!(err("spiffe://td/ns/a%2Fb"), SpiffeIdError::BadPathChar('%'));
-        assert_eq!(err("spiffe://td/ns/a?x=1"), SpiffeIdError::BadPathChar('?'));
-        assert_eq!(err("spiffe://td/ns/a#frag"), SpiffeIdError::BadPathChar('#'));
+        assert_eq!(err("spiffe://td/ns/a%2Fb"), SpiffeIdError::PercentEncoding);
+        assert_eq!(err("spiffe://td/ns/a?x=1"), SpiffeIdError::Query);
+        assert_eq!(err("spiffe://td/ns/a#frag"), SpiffeIdError::Fragment);
+        assert_eq!(err("spiffe://td/ns/a@b"), SpiffeIdError::BadPathChar('@'));
+        assert_eq!(err("spiffe://td/ns/a:b"), SpiffeIdError::BadPathChar(':'));
         assert_eq!(err("spiffe://td/ns/a b"), SpiffeIdError::BadPathChar(' '));
         assert!(SpiffeId::parse("spiffe://td/.../a").is_ok(), "'...' is a legal segment");
     }
@@ -268,9 +305,15 @@ mod tests {
             SpiffeIdError::DotSegment,
             SpiffeIdError::TrailingSlash,
             SpiffeIdError::TooLong,
+            SpiffeIdError::Port,
+            SpiffeIdError::UserInfo,
+            SpiffeIdError::PercentEncoding,
+            SpiffeIdError::Query,
+            SpiffeIdError::Fragment,
         ];
         let codes: std::collections::HashSet<_> = all.iter().map(|e| e.code()).collect();
         assert_eq!(codes.len(), all.len());
-        assert!(SpiffeIdError::BadTrustDomainChar(':').to_string().contains("port"));
+        let messages: std::collections::HashSet<_> = all.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), all.len());
     }
 }
