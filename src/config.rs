@@ -10,6 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::destination::DestinationTable;
+use crate::peer_certificate::SanPolicy;
 use crate::policy::{LayerKind, PolicyLayer};
 use crate::trust_domain::TrustDomains;
 
@@ -73,6 +74,9 @@ pub struct PluginConfigSpec {
     pub default_port: u16,
     #[serde(default = "default_cache_size")]
     pub certificate_cache_size: usize,
+    /// Accept Kuma's legacy certificates (one `spiffe://` plus `kuma://` URI SANs).
+    #[serde(default)]
+    pub accept_legacy_kuma_sans: bool,
     #[serde(default)]
     pub gateway: GatewaySpec,
     pub destinations: Vec<DestinationSpec>,
@@ -278,6 +282,7 @@ pub struct Config {
     pub headers: HeaderNames,
     pub default_port: u16,
     pub certificate_cache_size: usize,
+    pub san_policy: SanPolicy,
     pub gateway: PolicyLayer,
     pub destinations: DestinationTable,
 }
@@ -352,6 +357,7 @@ impl Config {
             },
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
+            san_policy: if spec.accept_legacy_kuma_sans { SanPolicy::AcceptLegacyKuma } else { SanPolicy::Strict },
             gateway,
             destinations,
         })
@@ -442,6 +448,9 @@ pub(crate) mod tests {
         assert_eq!(config.certificate_cache_size, 1024);
         assert_eq!(config.principal_sources, default_principal_sources());
         assert!(config.trust_domains.accepts("cluster.local"));
+        assert_eq!(config.san_policy, SanPolicy::Strict, "legacy Kuma SANs are opt-in");
+        let legacy = EXAMPLE.replacen('{', r#"{"acceptLegacyKumaSans": true,"#, 1);
+        assert_eq!(Config::load(legacy.as_bytes()).unwrap().san_policy, SanPolicy::AcceptLegacyKuma);
     }
 
     #[wasm_bindgen_test(unsupported = test)]

@@ -10,11 +10,11 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{Config, PrincipalSource};
 use crate::decision::{Decision, Denial, Layer, PrincipalError, Reason, Request};
-use crate::peer_certificate::{principal_from_pem, CertificateError};
+use crate::peer_certificate::{principal_from_pem, CertificateError, SanPolicy, ValidatedCertificate};
 use crate::principal_cache::PrincipalCache;
 use crate::spiffe_id::SpiffeId;
 
@@ -27,11 +27,16 @@ const PEER_CERTIFICATE: [&str; 2] = ["connection", "peer_certificate"];
 const PEER_CERTIFICATE_DIGEST: [&str; 2] = ["connection", "sha256_peer_certificate_digest"];
 const ISTIO_PEER_PRINCIPAL: [&str; 2] = ["filter_state", "io.istio.peer_principal"];
 
-/// Per-VM (per worker) state: the loaded configuration and the certificate cache.
+/// Counter of requests from callers accepted only by legacy mode (`acceptLegacyKumaSans`); Envoy shows
+/// it as `wasmcustom.egress_identity.legacy_kuma_san_requests`.
+const LEGACY_KUMA_SAN_REQUESTS: &str = "egress_identity.legacy_kuma_san_requests";
+
+/// Per-VM (per worker) state: the loaded configuration, the certificate cache and metric ids.
 #[derive(Default)]
 struct EgressIdentityRoot {
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<PrincipalCache>>>,
+    legacy_counter: Option<u32>,
 }
 
 impl Context for EgressIdentityRoot {}
@@ -53,6 +58,9 @@ impl RootContext for EgressIdentityRoot {
                     config.destinations.iter().count()
                 );
                 self.cache = Some(Rc::new(RefCell::new(PrincipalCache::new(config.certificate_cache_size))));
+                if self.legacy_counter.is_none() {
+                    self.legacy_counter = hostcalls::define_metric(MetricType::Counter, LEGACY_KUMA_SAN_REQUESTS).ok();
+                }
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -66,7 +74,11 @@ impl RootContext for EgressIdentityRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EgressIdentityFilter { config: self.config.clone(), cache: self.cache.clone() }))
+        Some(Box::new(EgressIdentityFilter {
+            config: self.config.clone(),
+            cache: self.cache.clone(),
+            legacy_counter: self.legacy_counter,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -77,6 +89,22 @@ impl RootContext for EgressIdentityRoot {
 struct EgressIdentityFilter {
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<PrincipalCache>>>,
+    legacy_counter: Option<u32>,
+}
+
+/// The caller's principal and where it came from.
+enum Caller {
+    Certificate(Rc<ValidatedCertificate>),
+    FilterState(SpiffeId),
+}
+
+impl Caller {
+    fn id(&self) -> &SpiffeId {
+        match self {
+            Self::Certificate(c) => &c.id,
+            Self::FilterState(id) => id,
+        }
+    }
 }
 
 impl Context for EgressIdentityFilter {}
@@ -98,15 +126,20 @@ impl HttpContext for EgressIdentityFilter {
         }
 
         let principal = self.principal(&config);
+        if let (Ok(Caller::Certificate(cert)), Some(counter)) = (&principal, self.legacy_counter) {
+            if cert.legacy_kuma_sans && hostcalls::increment_metric(counter, 1).is_err() {
+                log::warn!("egress-identity: cannot increment {LEGACY_KUMA_SAN_REQUESTS}");
+            }
+        }
         let (authority, method, path) = (header(":authority"), header(":method"), header(":path"));
         let (Some(authority), Some(method), Some(path)) = (text(&authority), text(&method), text(&path)) else {
             return deny(&Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest });
         };
         let request = Request { authority, method, path };
 
-        match config.decide(principal.as_deref().map_err(|e| *e), &request) {
+        match config.decide(principal.as_ref().map(Caller::id).map_err(|e| *e), &request) {
             Decision::Allow(allowed) => {
-                let principal_id = principal.as_ref().map(|p| p.as_str()).unwrap_or_default();
+                let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
                 let set = |name: &str, value: &str| {
                     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
                 };
@@ -127,7 +160,7 @@ impl HttpContext for EgressIdentityFilter {
             Decision::Deny(denial) => {
                 log::debug!(
                     "egress-identity: {denial} principal={} authority={}",
-                    principal.as_ref().map(|p| p.as_str()).unwrap_or("-"),
+                    principal.as_ref().map(|p| p.id().as_str()).unwrap_or("-"),
                     request.authority
                 );
                 deny(&denial)
@@ -138,17 +171,19 @@ impl HttpContext for EgressIdentityFilter {
 
 impl EgressIdentityFilter {
     /// The caller's principal from the first configured source that has one.
-    fn principal(&self, config: &Config) -> Result<Rc<SpiffeId>, PrincipalError> {
+    fn principal(&self, config: &Config) -> Result<Caller, PrincipalError> {
         for source in &config.principal_sources {
             match source {
                 PrincipalSource::PeerCertificate => {
-                    if let Some(result) = self.peer_certificate_principal() {
-                        return result.map_err(PrincipalError::Certificate);
+                    if let Some(result) = self.peer_certificate(config.san_policy) {
+                        return result.map(Caller::Certificate).map_err(PrincipalError::Certificate);
                     }
                 }
                 PrincipalSource::IstioPeerPrincipal => {
                     if let Some(value) = property(&ISTIO_PEER_PRINCIPAL) {
-                        return istio_peer_principal(&value).map(Rc::new).map_err(PrincipalError::InvalidSpiffeId);
+                        return istio_peer_principal(&value)
+                            .map(Caller::FilterState)
+                            .map_err(PrincipalError::InvalidSpiffeId);
                     }
                 }
             }
@@ -156,11 +191,11 @@ impl EgressIdentityFilter {
         Err(PrincipalError::Missing)
     }
 
-    /// `None` when the connection has no peer certificate.
-    fn peer_certificate_principal(&self) -> Option<Result<Rc<SpiffeId>, CertificateError>> {
+    /// The validated peer certificate (from the cache when seen before); `None` when there is none.
+    fn peer_certificate(&self, sans: SanPolicy) -> Option<Result<Rc<ValidatedCertificate>, CertificateError>> {
         let digest = property(&PEER_CERTIFICATE_DIGEST);
         let validate = || match property(&PEER_CERTIFICATE) {
-            Some(pem) => principal_from_pem(&pem),
+            Some(pem) => principal_from_pem(&pem, sans),
             None => Err(CertificateError::Unparsable),
         };
         match (digest.as_deref().and_then(|d| std::str::from_utf8(d).ok()), &self.cache) {
@@ -169,7 +204,7 @@ impl EgressIdentityFilter {
                 Err(_) => Some(validate().map(Rc::new)),
             },
             // No digest: either no certificate, or a host that does not expose the digest.
-            _ => property(&PEER_CERTIFICATE).map(|pem| principal_from_pem(&pem).map(Rc::new)),
+            _ => property(&PEER_CERTIFICATE).map(|pem| principal_from_pem(&pem, sans).map(Rc::new)),
         }
     }
 }

@@ -4,10 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::peer_certificate::CertificateError;
-use crate::spiffe_id::SpiffeId;
+use crate::peer_certificate::{CertificateError, ValidatedCertificate};
 
-pub type CachedPrincipal = Result<Rc<SpiffeId>, CertificateError>;
+pub type CachedPrincipal = Result<Rc<ValidatedCertificate>, CertificateError>;
 
 /// Bounded digest → validation result cache (failures are cached too: a bad certificate stays bad).
 #[derive(Debug)]
@@ -33,7 +32,11 @@ impl PrincipalCache {
     }
 
     /// The cached result for `digest`, or the result of `validate` (then cached).
-    pub fn get_or_validate(&mut self, digest: &str, validate: impl FnOnce() -> Result<SpiffeId, CertificateError>) -> CachedPrincipal {
+    pub fn get_or_validate(
+        &mut self,
+        digest: &str,
+        validate: impl FnOnce() -> Result<ValidatedCertificate, CertificateError>,
+    ) -> CachedPrincipal {
         if let Some(found) = self.entries.get(digest) {
             self.hits += 1;
             return found.clone();
@@ -67,10 +70,12 @@ impl PrincipalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spiffe_id::SpiffeId;
     use wasm_bindgen_test::wasm_bindgen_test;
 
-    fn id(n: u32) -> Result<SpiffeId, CertificateError> {
-        Ok(SpiffeId::parse(&format!("spiffe://td/w{n}")).unwrap())
+    fn id(n: u32) -> Result<ValidatedCertificate, CertificateError> {
+        let id = SpiffeId::parse(&format!("spiffe://td/w{n}")).unwrap();
+        Ok(ValidatedCertificate { id, legacy_kuma_sans: false })
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -82,7 +87,7 @@ mod tests {
                 calls += 1;
                 id(1)
             });
-            assert_eq!(got.unwrap().as_str(), "spiffe://td/w1");
+            assert_eq!(got.unwrap().id.as_str(), "spiffe://td/w1");
         }
         assert_eq!(calls, 1);
         assert_eq!(cache.stats(), (4, 1));

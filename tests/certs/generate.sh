@@ -21,3 +21,6 @@ leaf no-uri 'subjectAltName=DNS:app1.team.svc'
 leaf key-cert-sign 'subjectAltName=URI:spiffe://cluster.local/ns/team/sa/app1
 keyUsage=critical,digitalSignature,keyCertSign'
 leaf bad-spiffe-id 'subjectAltName=URI:spiffe://cluster.local/ns/../sa/app1'
+leaf kuma-legacy 'subjectAltName=URI:spiffe://default/backend,URI:kuma://kuma.io/service/backend,URI:kuma://version/v1'
+leaf kuma-two-spiffe 'subjectAltName=URI:spiffe://default/backend,URI:spiffe://default/other,URI:kuma://version/v1'
+leaf kuma-other-scheme 'subjectAltName=URI:spiffe://default/backend,URI:https://backend.example'
