@@ -173,6 +173,9 @@ pub struct ExternalIdentitySpec {
 pub struct PolicySpec {
     pub name: String,
     pub action: Action,
+    /// Evaluated, logged and counted, never enforced (Istio's `istio.io/dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
 }

@@ -130,18 +130,60 @@ fn deny(layer: Layer, policy: Option<&str>, reason: Reason) -> Decision<'_> {
     Decision::Deny(Denial { layer, policy, reason })
 }
 
+/// The decision and what each layer said on the way: for `explain`, metrics and the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evaluation<'c> {
+    pub decision: Decision<'c>,
+    /// The gateway layer's verdict, if it was reached.
+    pub gateway: Option<Verdict<'c>>,
+    /// The destination the request addressed, if one is declared for its host:port.
+    pub destination: Option<&'c str>,
+    /// The destination layer's verdict, if it was reached.
+    pub destination_verdict: Option<Verdict<'c>>,
+    /// Verdicts with dry-run policies enforced too, for layers that were reached and have any.
+    pub gateway_shadow: Option<Verdict<'c>>,
+    pub destination_shadow: Option<Verdict<'c>>,
+}
+
+impl Evaluation<'_> {
+    fn of(decision: Decision<'_>) -> Evaluation<'_> {
+        Evaluation {
+            decision,
+            gateway: None,
+            destination: None,
+            destination_verdict: None,
+            gateway_shadow: None,
+            destination_shadow: None,
+        }
+    }
+
+    /// Whether dry-run policies would have denied (`Some(false)`) or allowed (`Some(true)`) the request
+    /// at every layer they were evaluated in; `None` when no dry-run policy was evaluated.
+    pub fn shadow_allowed(&self) -> Option<bool> {
+        match (self.gateway_shadow, self.destination_shadow) {
+            (None, None) => None,
+            (g, d) => Some(g.is_none_or(|v| v.is_allow()) && d.is_none_or(|v| v.is_allow())),
+        }
+    }
+}
+
 impl Config {
     /// Decides one request from the caller's principal (or why there is none).
     pub fn decide<'c>(&'c self, principal: Result<&SpiffeId, PrincipalError>, request: &Request<'_>) -> Decision<'c> {
+        self.evaluate(principal, request).decision
+    }
+
+    /// Decides one request and reports each layer's verdict, dry-run (shadow) verdicts included.
+    pub fn evaluate<'c>(&'c self, principal: Result<&SpiffeId, PrincipalError>, request: &Request<'_>) -> Evaluation<'c> {
         let principal = match principal {
             Ok(p) => p,
-            Err(e) => return deny(Layer::Principal, None, Reason::Principal(e)),
+            Err(e) => return Evaluation::of(deny(Layer::Principal, None, Reason::Principal(e))),
         };
         if !self.trust_domains.accepts(principal.trust_domain()) {
-            return deny(Layer::Principal, None, Reason::UntrustedTrustDomain);
+            return Evaluation::of(deny(Layer::Principal, None, Reason::UntrustedTrustDomain));
         }
         let Some((host, port)) = split_authority(request.authority, self.default_port) else {
-            return deny(Layer::Destination, None, Reason::UnknownDestination);
+            return Evaluation::of(deny(Layer::Destination, None, Reason::UnknownDestination));
         };
         let canonical_principal = self.trust_domains.canonical_principal(principal);
         let attributes = Attributes {
@@ -154,18 +196,27 @@ impl Config {
             path: path_without_query(request.path),
         };
 
-        let gateway_policy = match self.gateway.evaluate(&attributes) {
-            Verdict::Allow { policy } => policy,
-            verdict => return denied_by(Layer::Gateway, verdict),
+        let mut evaluation = Evaluation::of(deny(Layer::Gateway, None, Reason::NoMatchingAllow));
+        let gateway = self.gateway.evaluate(&attributes);
+        evaluation.gateway = Some(gateway);
+        evaluation.gateway_shadow = self.gateway.evaluate_shadow(&attributes);
+        let Verdict::Allow { policy: gateway_policy, .. } = gateway else {
+            evaluation.decision = denied_by(Layer::Gateway, gateway);
+            return evaluation;
         };
         let Some(destination) = self.destinations.lookup(&host, port) else {
-            return deny(Layer::Destination, None, Reason::UnknownDestination);
+            evaluation.decision = deny(Layer::Destination, None, Reason::UnknownDestination);
+            return evaluation;
         };
-        let destination_policy = match destination.policies.evaluate(&attributes) {
-            Verdict::Allow { policy } => policy,
-            verdict => return denied_by(Layer::Destination, verdict),
+        evaluation.destination = Some(&destination.name);
+        let verdict = destination.policies.evaluate(&attributes);
+        evaluation.destination_verdict = Some(verdict);
+        evaluation.destination_shadow = destination.policies.evaluate_shadow(&attributes);
+        let Verdict::Allow { policy: destination_policy, .. } = verdict else {
+            evaluation.decision = denied_by(Layer::Destination, verdict);
+            return evaluation;
         };
-        match destination.identities.select(attributes.principal) {
+        evaluation.decision = match destination.identities.select(attributes.principal) {
             Some(identity) => Decision::Allow(Allowed {
                 destination: &destination.name,
                 gateway_policy,
@@ -173,13 +224,14 @@ impl Config {
                 identity,
             }),
             None => deny(Layer::Identity, None, Reason::NoIdentityMapping),
-        }
+        };
+        evaluation
     }
 }
 
 fn denied_by(layer: Layer, verdict: Verdict<'_>) -> Decision<'_> {
     match verdict {
-        Verdict::DeniedByPolicy { policy } => deny(layer, Some(policy), Reason::DeniedByPolicy),
+        Verdict::DeniedByPolicy { policy, .. } => deny(layer, Some(policy), Reason::DeniedByPolicy),
         Verdict::NoMatchingAllow | Verdict::Allow { .. } => deny(layer, None, Reason::NoMatchingAllow),
     }
 }
@@ -320,6 +372,40 @@ mod tests {
         // cluster.local itself is only a placeholder, not a trusted trust domain here.
         let literal = id("spiffe://cluster.local/ns/team/sa/app1");
         assert_eq!(denial(c.decide(Ok(&literal), &get("api.partner.example", "/v1"))).2, "untrusted_trust_domain");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn dry_run_policies_are_evaluated_but_never_enforced() {
+        // A dry-run DENY for app1 at the gateway, a dry-run ALLOW for app3 at the destination.
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        doc["gateway"]["policies"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "shadow-deny-app1", "action": "DENY", "dryRun": true,
+             "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app1"]}}]}]}));
+        doc["destinations"][0]["policies"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "shadow-allow-app3", "action": "ALLOW", "dryRun": true,
+             "rules": [{}, {"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app3"]}}]}]}));
+        let c = Config::load(doc.to_string().as_bytes()).unwrap();
+        let req = get("api.partner.example", "/v1");
+
+        let app1 = id("spiffe://cluster.local/ns/team/sa/app1");
+        let e = c.evaluate(Ok(&app1), &req);
+        assert!(matches!(e.decision, Decision::Allow(_)), "dry-run DENY is not enforced: {e:?}");
+        assert_eq!(e.gateway_shadow, Some(Verdict::DeniedByPolicy { policy: "shadow-deny-app1", rule: 0 }));
+        assert_eq!(e.shadow_allowed(), Some(false));
+
+        let app3 = id("spiffe://cluster.local/ns/team/sa/app3");
+        let e = c.evaluate(Ok(&app3), &req);
+        assert_eq!(denial(e.decision), (Layer::Destination, None, "no_matching_allow"), "dry-run ALLOW is not enforced");
+        assert_eq!(e.destination_shadow, Some(Verdict::Allow { policy: "shadow-allow-app3", rule: 0 }));
+        assert_eq!(e.gateway_shadow, Some(Verdict::Allow { policy: "allow-mesh-workloads", rule: 0 }));
+        assert_eq!(e.shadow_allowed(), Some(true));
+
+        let app2 = id("spiffe://cluster.local/ns/team/sa/app2");
+        let e = c.evaluate(Ok(&app2), &req);
+        assert_eq!(e.shadow_allowed(), Some(true));
+        assert_eq!(e.destination, Some("partner-api"));
+        assert_eq!(e.gateway, Some(Verdict::Allow { policy: "allow-mesh-workloads", rule: 0 }));
+        assert_eq!(config().evaluate(Ok(&app2), &req).shadow_allowed(), None, "no dry-run policies");
     }
 
     #[wasm_bindgen_test(unsupported = test)]

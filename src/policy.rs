@@ -35,19 +35,28 @@ pub enum LayerKind {
 /// The verdict of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict<'c> {
-    /// Allowed by the named ALLOW policy.
-    Allow { policy: &'c str },
-    /// Denied by the named DENY policy.
-    DeniedByPolicy { policy: &'c str },
+    /// Allowed by the named ALLOW policy; `rule` is the index of its first matching rule.
+    Allow { policy: &'c str, rule: usize },
+    /// Denied by the named DENY policy; `rule` is the index of its first matching rule.
+    DeniedByPolicy { policy: &'c str, rule: usize },
     /// No ALLOW policy matched (including: the layer has none).
     NoMatchingAllow,
 }
 
-/// The compiled policies of one layer, DENY policies first.
+impl Verdict<'_> {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+/// The compiled policies of one layer. Dry-run policies (Istio's `istio.io/dry-run`) are kept apart:
+/// they never change the enforced verdict, only the shadow one.
 #[derive(Debug, Default)]
 pub struct PolicyLayer {
     deny: Vec<Policy>,
     allow: Vec<Policy>,
+    dry_run_deny: Vec<Policy>,
+    dry_run_allow: Vec<Policy>,
 }
 
 #[derive(Debug)]
@@ -140,28 +149,37 @@ impl PolicyLayer {
                 })
                 .collect();
             let policy = Policy { name: spec.name.as_str().into(), rules };
-            match spec.action {
-                Action::Deny => layer.deny.push(policy),
-                Action::Allow => layer.allow.push(policy),
+            match (spec.action, spec.dry_run) {
+                (Action::Deny, false) => layer.deny.push(policy),
+                (Action::Allow, false) => layer.allow.push(policy),
+                (Action::Deny, true) => layer.dry_run_deny.push(policy),
+                (Action::Allow, true) => layer.dry_run_allow.push(policy),
             }
         }
         layer
     }
 
-    /// Evaluates the layer: DENY first, then ALLOW, else deny.
+    /// Evaluates the enforced policies: DENY first, then ALLOW, else deny.
     pub fn evaluate(&self, request: &Attributes<'_>) -> Verdict<'_> {
-        if let Some(policy) = self.deny.iter().find(|p| p.matches(request)) {
-            return Verdict::DeniedByPolicy { policy: &policy.name };
-        }
-        match self.allow.iter().find(|p| p.matches(request)) {
-            Some(policy) => Verdict::Allow { policy: &policy.name },
-            None => Verdict::NoMatchingAllow,
-        }
+        evaluate(self.deny.iter(), self.allow.iter(), request)
     }
 
-    /// Number of policies in the layer.
+    /// The verdict the layer would give if its dry-run policies were enforced too; `None` when the
+    /// layer has no dry-run policy.
+    pub fn evaluate_shadow(&self, request: &Attributes<'_>) -> Option<Verdict<'_>> {
+        if self.dry_run_deny.is_empty() && self.dry_run_allow.is_empty() {
+            return None;
+        }
+        Some(evaluate(
+            self.dry_run_deny.iter().chain(&self.deny),
+            self.allow.iter().chain(&self.dry_run_allow),
+            request,
+        ))
+    }
+
+    /// Number of policies in the layer, dry-run ones included.
     pub fn len(&self) -> usize {
-        self.deny.len() + self.allow.len()
+        self.deny.len() + self.allow.len() + self.dry_run_deny.len() + self.dry_run_allow.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,9 +187,24 @@ impl PolicyLayer {
     }
 }
 
+fn evaluate<'c>(
+    mut deny: impl Iterator<Item = &'c Policy>,
+    mut allow: impl Iterator<Item = &'c Policy>,
+    request: &Attributes<'_>,
+) -> Verdict<'c> {
+    if let Some((policy, rule)) = deny.find_map(|p| p.matching_rule(request).map(|r| (p, r))) {
+        return Verdict::DeniedByPolicy { policy: &policy.name, rule };
+    }
+    match allow.find_map(|p| p.matching_rule(request).map(|r| (p, r))) {
+        Some((policy, rule)) => Verdict::Allow { policy: &policy.name, rule },
+        None => Verdict::NoMatchingAllow,
+    }
+}
+
 impl Policy {
-    fn matches(&self, request: &Attributes<'_>) -> bool {
-        self.rules.iter().any(|rule| rule.matches(request))
+    /// Index of the first rule that matches.
+    fn matching_rule(&self, request: &Attributes<'_>) -> Option<usize> {
+        self.rules.iter().position(|rule| rule.matches(request))
     }
 }
 
@@ -337,7 +370,7 @@ mod tests {
         let l = gw(json!([{"name": "empty", "action": "ALLOW"}]));
         assert_eq!(l.evaluate(&req(APP1)), Verdict::NoMatchingAllow);
         let l = gw(json!([{"name": "all", "action": "ALLOW", "rules": [{}]}]));
-        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "all" });
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "all", rule: 0 });
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -346,7 +379,7 @@ mod tests {
             {"name": "d", "action": "DENY"},
             {"name": "a", "action": "ALLOW", "rules": [{}]}
         ]));
-        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" });
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a", rule: 0 });
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -355,26 +388,26 @@ mod tests {
             {"name": "a", "action": "ALLOW", "rules": [{}]},
             {"name": "d", "action": "DENY", "rules": [{"from": [{"source": {"principals": [APP1]}}]}]}
         ]));
-        assert_eq!(l.evaluate(&req(APP1)), Verdict::DeniedByPolicy { policy: "d" });
-        assert_eq!(l.evaluate(&req("cluster.local/ns/team/sa/app2")), Verdict::Allow { policy: "a" });
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::DeniedByPolicy { policy: "d", rule: 0 });
+        assert_eq!(l.evaluate(&req("cluster.local/ns/team/sa/app2")), Verdict::Allow { policy: "a", rule: 0 });
     }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn principals_match_with_or_without_scheme_and_wildcards() {
         for pattern in ["spiffe://cluster.local/ns/team/sa/app1", APP1, "cluster.local/ns/team/*", "*/sa/app1", "*"] {
             let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": [pattern]}}]}]}]));
-            assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" }, "{pattern}");
-            assert_eq!(l.evaluate(&req("other.td/ns/x/sa/y")) == Verdict::Allow { policy: "a" }, pattern == "*", "{pattern}");
+            assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a", rule: 0 }, "{pattern}");
+            assert_eq!(l.evaluate(&req("other.td/ns/x/sa/y")) == Verdict::Allow { policy: "a", rule: 0 }, pattern == "*", "{pattern}");
         }
     }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn not_fields_and_absent_namespace() {
         let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"notNamespaces": ["legacy"]}}]}]}]));
-        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a" });
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "a", rule: 0 });
         assert_eq!(l.evaluate(&req("cluster.local/ns/legacy/sa/x")), Verdict::NoMatchingAllow);
         // A principal without /ns/ has no namespace: `namespaces` cannot match it, `notNamespaces` does.
-        assert_eq!(l.evaluate(&req("cluster.local/billing")), Verdict::Allow { policy: "a" });
+        assert_eq!(l.evaluate(&req("cluster.local/billing")), Verdict::Allow { policy: "a", rule: 0 });
         let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["*"]}}]}]}]));
         assert_eq!(l.evaluate(&req("cluster.local/billing")), Verdict::NoMatchingAllow);
     }
@@ -391,7 +424,7 @@ mod tests {
                 {"operation": {"ports": ["8443"]}}
             ]
         }]}]));
-        let allow = Verdict::Allow { policy: "a" };
+        let allow = Verdict::Allow { policy: "a", rule: 0 };
         assert_eq!(l.evaluate(&req(APP1)), allow);
         assert_eq!(l.evaluate(&req("cluster.local/ns/team/sa/app2")), Verdict::NoMatchingAllow, "principal AND namespace");
         assert_eq!(l.evaluate(&req("partner.local/ns/x/sa/y")), allow, "second from entry");
@@ -407,7 +440,7 @@ mod tests {
         let l = gw(json!([{"name": "a", "action": "ALLOW", "rules": [{"to": [{"operation": {
             "hosts": ["*.Partner.Example"], "notPorts": [80], "notMethods": ["DELETE"], "notPaths": ["/admin*"]
         }}]}]}]));
-        let allow = Verdict::Allow { policy: "a" };
+        let allow = Verdict::Allow { policy: "a", rule: 0 };
         assert_eq!(l.evaluate(&req(APP1)), allow);
         let mut r = req(APP1);
         r.host = "api.other.example";
