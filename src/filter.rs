@@ -1,19 +1,22 @@
 //! The proxy-wasm host adapter: the only module that talks to Envoy.
 //!
 //! It reads the configuration, the caller's principal and the request attributes from the host, asks the
-//! core for a [`Decision`], and applies it: a 403 with a JSON body, or the internal headers that make the
-//! route pick the per-identity cluster. Every host call is checked; none can panic the VM. If the
-//! configuration did not load, every request is answered with 500 (fail closed).
+//! core for an [`Evaluation`], and applies it: a 403 with a JSON body, or the internal headers that make
+//! the route pick the per-identity cluster. It also records the decision in Envoy's filter state (for the
+//! access log) and in metrics. Every host call is checked; none can panic the VM. If the configuration
+//! did not load, every request is answered with 500 (fail closed).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{Config, PrincipalSource};
-use crate::decision::{Decision, Denial, Layer, PrincipalError, Reason, Request};
+use crate::decision::{Decision, Denial, Evaluation, Layer, PrincipalError, Reason, Request};
+use crate::metrics;
 use crate::peer_certificate::{principal_from_pem, CertificateError, SanPolicy, ValidatedCertificate};
 use crate::principal_cache::PrincipalCache;
 use crate::spiffe_id::SpiffeId;
@@ -26,17 +29,111 @@ proxy_wasm::main! {{
 const PEER_CERTIFICATE: [&str; 2] = ["connection", "peer_certificate"];
 const PEER_CERTIFICATE_DIGEST: [&str; 2] = ["connection", "sha256_peer_certificate_digest"];
 const ISTIO_PEER_PRINCIPAL: [&str; 2] = ["filter_state", "io.istio.peer_principal"];
+/// Shared data (across this VM's workers) holding `<fingerprint> <generation>` of the loaded config.
+const GENERATION_KEY: &str = "egress_identity.config_generation";
 
-/// Counter of requests from callers accepted only by legacy mode (`acceptLegacyKumaSans`); Envoy shows
-/// it as `wasmcustom.egress_identity.legacy_kuma_san_requests`.
-const LEGACY_KUMA_SAN_REQUESTS: &str = "egress_identity.legacy_kuma_san_requests";
+/// Filter-state keys of the audit record; Envoy stores them as `wasm.<key>`, so an access log reads
+/// e.g. `%FILTER_STATE(wasm.egress_identity.decision:PLAIN)%`.
+mod audit {
+    pub const DECISION: &str = "egress_identity.decision";
+    pub const PRINCIPAL: &str = "egress_identity.principal";
+    pub const LAYER: &str = "egress_identity.layer";
+    pub const POLICY: &str = "egress_identity.policy";
+    pub const REASON: &str = "egress_identity.reason";
+    pub const IDENTITY: &str = "egress_identity.identity";
+    pub const DRY_RUN: &str = "egress_identity.dry_run";
+}
+
+/// Metric ids, defined once per configuration.
+#[derive(Default)]
+struct Metrics {
+    allowed: Option<u32>,
+    denied: Option<u32>,
+    denied_by: HashMap<(&'static str, &'static str), u32>,
+    /// Cluster → counter of requests forwarded as that external identity.
+    identities: HashMap<Box<str>, u32>,
+    cache_hits: Option<u32>,
+    cache_misses: Option<u32>,
+    shadow_allow: Option<u32>,
+    shadow_deny: Option<u32>,
+    legacy_kuma_sans: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("egress-identity: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+fn increment(metric: Option<u32>) {
+    if let Some(id) = metric {
+        if let Err(status) = hostcalls::increment_metric(id, 1) {
+            log::warn!("egress-identity: cannot increment metric {id}: {status:?}");
+        }
+    }
+}
+
+impl Metrics {
+    fn define(config: &Config) -> Self {
+        Self {
+            allowed: counter(metrics::REQUESTS_ALLOWED),
+            denied: counter(metrics::REQUESTS_DENIED),
+            denied_by: metrics::DENIALS
+                .iter()
+                .filter_map(|&(layer, reason)| Some(((layer, reason), counter(&metrics::denied(layer, reason))?)))
+                .collect(),
+            identities: metrics::identities(config)
+                .filter_map(|(destination, identity, cluster)| {
+                    Some((cluster.into(), counter(&metrics::identity_requests(destination, identity))?))
+                })
+                .collect(),
+            cache_hits: counter(metrics::CERTIFICATE_CACHE_HITS),
+            cache_misses: counter(metrics::CERTIFICATE_CACHE_MISSES),
+            shadow_allow: counter(metrics::DRY_RUN_SHADOW_ALLOW),
+            shadow_deny: counter(metrics::DRY_RUN_SHADOW_DENY),
+            legacy_kuma_sans: counter(metrics::LEGACY_KUMA_SAN_REQUESTS),
+        }
+    }
+}
+
+/// Sets the config-generation gauge: the generation stored in shared data if another worker already
+/// loaded this very configuration, else the next one.
+fn publish_config_generation(fingerprint: u64) {
+    let Ok(gauge) = hostcalls::define_metric(MetricType::Gauge, metrics::CONFIG_GENERATION) else { return };
+    for _ in 0..8 {
+        let (stored, cas) = hostcalls::get_shared_data(GENERATION_KEY).unwrap_or((None, None));
+        let (stored_fingerprint, stored_generation) = stored
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(f, g)| Some((f.parse::<u64>().ok()?, g.parse::<u64>().ok()?)))
+            .unwrap_or((0, 0));
+        let generation = if stored_fingerprint == fingerprint { stored_generation } else { stored_generation + 1 };
+        let value = format!("{fingerprint} {generation}");
+        match hostcalls::set_shared_data(GENERATION_KEY, Some(value.as_bytes()), cas) {
+            Ok(()) => {
+                let _ = hostcalls::record_metric(gauge, generation);
+                return;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                log::warn!("egress-identity: cannot store the config generation: {status:?}");
+                return;
+            }
+        }
+    }
+}
 
 /// Per-VM (per worker) state: the loaded configuration, the certificate cache and metric ids.
 #[derive(Default)]
 struct EgressIdentityRoot {
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<PrincipalCache>>>,
-    legacy_counter: Option<u32>,
+    metrics: Rc<Metrics>,
 }
 
 impl Context for EgressIdentityRoot {}
@@ -58,9 +155,8 @@ impl RootContext for EgressIdentityRoot {
                     config.destinations.iter().count()
                 );
                 self.cache = Some(Rc::new(RefCell::new(PrincipalCache::new(config.certificate_cache_size))));
-                if self.legacy_counter.is_none() {
-                    self.legacy_counter = hostcalls::define_metric(MetricType::Counter, LEGACY_KUMA_SAN_REQUESTS).ok();
-                }
+                self.metrics = Rc::new(Metrics::define(&config));
+                publish_config_generation(metrics::config_fingerprint(&bytes));
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -77,7 +173,7 @@ impl RootContext for EgressIdentityRoot {
         Some(Box::new(EgressIdentityFilter {
             config: self.config.clone(),
             cache: self.cache.clone(),
-            legacy_counter: self.legacy_counter,
+            metrics: Rc::clone(&self.metrics),
         }))
     }
 
@@ -89,7 +185,7 @@ impl RootContext for EgressIdentityRoot {
 struct EgressIdentityFilter {
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<PrincipalCache>>>,
-    legacy_counter: Option<u32>,
+    metrics: Rc<Metrics>,
 }
 
 /// The caller's principal and where it came from.
@@ -119,35 +215,39 @@ impl HttpContext for EgressIdentityFilter {
         // Whatever happens next, client-supplied copies of the internal headers must not survive.
         for name in [&*config.headers.principal, &*config.headers.cluster] {
             if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
-                log::error!("egress-identity: cannot remove header {name}; refusing the request");
-                respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"host_error"}"#);
-                return Action::Pause;
+                return self.host_error("cannot remove an internal header");
             }
         }
 
         let principal = self.principal(&config);
-        if let (Ok(Caller::Certificate(cert)), Some(counter)) = (&principal, self.legacy_counter) {
-            if cert.legacy_kuma_sans && hostcalls::increment_metric(counter, 1).is_err() {
-                log::warn!("egress-identity: cannot increment {LEGACY_KUMA_SAN_REQUESTS}");
+        if let Ok(Caller::Certificate(cert)) = &principal {
+            if cert.legacy_kuma_sans {
+                increment(self.metrics.legacy_kuma_sans);
             }
         }
+        let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
         let (authority, method, path) = (header(":authority"), header(":method"), header(":path"));
         let (Some(authority), Some(method), Some(path)) = (text(&authority), text(&method), text(&path)) else {
-            return deny(&Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest });
+            return self.deny(&Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest }, principal_id);
         };
         let request = Request { authority, method, path };
 
-        match config.decide(principal.as_ref().map(Caller::id).map_err(|e| *e), &request) {
+        let evaluation = config.evaluate(principal.as_ref().map(Caller::id).map_err(|e| *e), &request);
+        self.record_dry_run(&evaluation);
+        match evaluation.decision {
             Decision::Allow(allowed) => {
-                let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
                 let set = |name: &str, value: &str| {
                     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
                 };
                 if !(set(&config.headers.principal, principal_id) && set(&config.headers.cluster, &allowed.identity.cluster)) {
-                    log::error!("egress-identity: cannot set the internal headers; refusing the request");
-                    respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"host_error"}"#);
-                    return Action::Pause;
+                    return self.host_error("cannot set the internal headers");
                 }
+                increment(self.metrics.allowed);
+                increment(self.metrics.identities.get(&*allowed.identity.cluster).copied());
+                set_audit(audit::DECISION, "allow");
+                set_audit(audit::PRINCIPAL, principal_id);
+                set_audit(audit::POLICY, allowed.destination_policy);
+                set_audit(audit::IDENTITY, &allowed.identity.name);
                 log::debug!(
                     "egress-identity: allow principal={principal_id} destination={} identity={} gateway_policy={} destination_policy={}",
                     allowed.destination,
@@ -158,12 +258,8 @@ impl HttpContext for EgressIdentityFilter {
                 Action::Continue
             }
             Decision::Deny(denial) => {
-                log::debug!(
-                    "egress-identity: {denial} principal={} authority={}",
-                    principal.as_ref().map(|p| p.id().as_str()).unwrap_or("-"),
-                    request.authority
-                );
-                deny(&denial)
+                log::debug!("egress-identity: {denial} principal={principal_id} authority={}", request.authority);
+                self.deny(&denial, principal_id)
             }
         }
     }
@@ -199,13 +295,58 @@ impl EgressIdentityFilter {
             None => Err(CertificateError::Unparsable),
         };
         match (digest.as_deref().and_then(|d| std::str::from_utf8(d).ok()), &self.cache) {
-            (Some(digest), Some(cache)) => match cache.try_borrow_mut() {
-                Ok(mut cache) => Some(cache.get_or_validate(digest, validate)),
-                Err(_) => Some(validate().map(Rc::new)),
-            },
+            (Some(digest), Some(cache)) => {
+                let mut missed = false;
+                let result = match cache.try_borrow_mut() {
+                    Ok(mut cache) => cache.get_or_validate(digest, || {
+                        missed = true;
+                        validate()
+                    }),
+                    Err(_) => {
+                        missed = true;
+                        validate().map(Rc::new)
+                    }
+                };
+                increment(if missed { self.metrics.cache_misses } else { self.metrics.cache_hits });
+                Some(result)
+            }
             // No digest: either no certificate, or a host that does not expose the digest.
             _ => property(&PEER_CERTIFICATE).map(|pem| principal_from_pem(&pem, sans).map(Rc::new)),
         }
+    }
+
+    fn record_dry_run(&self, evaluation: &Evaluation<'_>) {
+        match evaluation.shadow_allowed() {
+            None => {}
+            Some(true) => {
+                increment(self.metrics.shadow_allow);
+                set_audit(audit::DRY_RUN, "allow");
+            }
+            Some(false) => {
+                increment(self.metrics.shadow_deny);
+                set_audit(audit::DRY_RUN, "deny");
+                log::info!("egress-identity: dry-run policies would deny this request: {evaluation:?}");
+            }
+        }
+    }
+
+    fn deny(&self, denial: &Denial<'_>, principal: &str) -> Action {
+        increment(self.metrics.denied);
+        increment(self.metrics.denied_by.get(&(denial.layer.as_str(), denial.reason.code())).copied());
+        set_audit(audit::DECISION, "deny");
+        set_audit(audit::PRINCIPAL, principal);
+        set_audit(audit::LAYER, denial.layer.as_str());
+        set_audit(audit::POLICY, denial.policy.unwrap_or_default());
+        set_audit(audit::REASON, denial.reason.code());
+        respond(403, &denial.to_json());
+        Action::Pause
+    }
+
+    fn host_error(&self, what: &str) -> Action {
+        log::error!("egress-identity: {what}; refusing the request");
+        increment(self.metrics.denied);
+        respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"host_error"}"#);
+        Action::Pause
     }
 }
 
@@ -216,6 +357,15 @@ fn istio_peer_principal(value: &[u8]) -> Result<SpiffeId, crate::spiffe_id::Spif
         SpiffeId::parse(text)
     } else {
         SpiffeId::parse(&format!("spiffe://{text}"))
+    }
+}
+
+/// Records one audit field in filter state (skipped when empty); failures only cost the audit field.
+fn set_audit(key: &str, value: &str) {
+    if !value.is_empty() {
+        if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
+            log::warn!("egress-identity: cannot record {key}: {status:?}");
+        }
     }
 }
 
@@ -234,11 +384,6 @@ fn text(value: &Option<Vec<u8>>) -> Option<&str> {
         Some(bytes) => std::str::from_utf8(bytes).ok(),
         None => Some(""),
     }
-}
-
-fn deny(denial: &Denial<'_>) -> Action {
-    respond(403, &denial.to_json());
-    Action::Pause
 }
 
 fn respond(status: u32, body: &str) {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision;
 pub mod destination;
 pub mod identity_mapping;
+pub mod metrics;
 pub mod pattern;
 pub mod peer_certificate;
 pub mod policy;
