@@ -55,3 +55,16 @@ clean:
 ## distclean: also the project's Python venv
 distclean: clean
 	rm -rf .venv
+
+## publish: push dist/egress_identity.wasm to an OCI registry in both layouts Istio's WasmPlugin accepts --
+## REGISTRY:TAG (Wasm variant) and REGISTRY:TAG-compat (compat variant) -- pull both back to check them, and print
+## their digests and the WasmPlugin `url: oci://REGISTRY@sha256:...`. PIN=1 also points
+## examples/istio/*/wasm-plugin.yaml at the pushed digest. Credentials: EGRESS_REGISTRY_USERNAME/_PASSWORD.
+##   make publish REGISTRY=ghcr.io/me/egress-identity TAG=0.1.0
+##   make publish REGISTRY=127.0.0.1:5000/egress-identity TAG=dev INSECURE=1   (local registry: scripts/registry.sh run)
+.PHONY: publish publish-args
+publish: publish-args build
+	REGISTRY='$(REGISTRY)' TAG='$(TAG)' INSECURE='$(INSECURE)' PIN='$(PIN)' CARGO='$(CARGO)' bash scripts/publish.sh
+
+publish-args:
+	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/publish.sh --check

@@ -88,7 +88,8 @@ apt_install() {
 
 if [ "$WASM_ONLY" = 0 ]; then
     missing=()
-    for pkg in nginx curl openssl ca-certificates; do
+    # docker-registry: the local OCI registry the publish test (publish/tests/registry.rs) pushes to and pulls from.
+    for pkg in nginx curl openssl ca-certificates docker-registry; do
         have_deb "$pkg" || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
