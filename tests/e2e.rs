@@ -17,12 +17,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::{Call, Response};
-use egress_identity_harness::pki::{CertFiles, Pki, WorkloadSpec};
+use egress_identity_harness::pki::{certificate_serial, CertFiles, Pki, WorkloadSpec};
 use egress_identity_harness::topology::{self, Options, Topology};
 use serde_json::Value;
 
 const APP1: &str = "spiffe://cluster.local/ns/team/sa/app1";
 const APP2: &str = "spiffe://cluster.local/ns/team/sa/app2";
+/// Counter of requests accepted only by `acceptLegacyKumaSans` (see tests/legacy_kuma.rs).
+const LEGACY_KUMA_METRIC: &str = "wasmcustom.egress_identity.legacy_kuma_san_requests";
 
 fn topo() -> &'static Topology {
     static TOPOLOGY: OnceLock<Result<Topology, String>> = OnceLock::new();
@@ -133,6 +135,13 @@ fn assert_forwarded_as(r: &Response, path: &str, cn: &str) {
         .as_ref()
         .unwrap_or_else(|| panic!("partner body is not JSON: {:?}", r.body));
     assert_eq!(field(j, "client_subject"), format!("CN={cn}"), "body {j}");
+    // The very certificate the harness issued for that identity and published through SDS.
+    let serial = certificate_serial(&topo().pki().external_identity(cn).cert).expect("serial");
+    assert_eq!(
+        egress_identity_harness::pki::normalize_serial(field(j, "client_serial")),
+        serial,
+        "body {j}"
+    );
     assert_eq!(field(j, "uri"), path, "body {j}");
     assert_eq!(field(j, "host"), "api.partner.example", "body {j}");
     for h in ["principal_header", "cluster_header", "xfcc"] {
@@ -209,11 +218,28 @@ fn admin_paths_are_denied_even_for_app1() {
 /// (or refused), so they are denied like "/admin" and never reach the partner.
 #[test]
 fn path_tricks_cannot_bypass_a_path_deny() {
-    for (n, trick) in ["//admin", "/./admin", "/x/../admin", "/%61dmin", "/admin%2F..%2Fok"].iter().enumerate() {
-        let path = format!("{trick}/{}", unique_path("", &format!("trick{n}")).trim_start_matches('/'));
+    for (n, trick) in [
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/admin%2F..%2Fok",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!(
+            "{trick}/{}",
+            unique_path("", &format!("trick{n}")).trim_start_matches('/')
+        );
         let r = send(&Call::get(&workload("team-app1"), &path));
         match r.status {
-            403 => assert_eq!(r.field("reason"), Some("denied_by_policy"), "{trick}: {}", r.summary()),
+            403 => assert_eq!(
+                r.field("reason"),
+                Some("denied_by_policy"),
+                "{trick}: {}",
+                r.summary()
+            ),
             400 => {} // refused by Envoy itself (escaped slash)
             _ => panic!("{trick} was not denied: {}", r.summary()),
         }
@@ -312,6 +338,49 @@ fn foreign_trust_domain_is_rejected() {
     let path = unique_path("/e2e", "evil");
     let r = send(&Call::get(&cert, &path));
     assert_denied(&r, &path, "principal", "untrusted_trust_domain", None);
+}
+
+/// `localTrustDomain: cluster.local` with aliases example.com and example.org: a workload of either
+/// alias matches the policies and the mapping written for cluster.local/ns/team/sa/app1.
+#[test]
+fn trust_domain_aliases_match_cluster_local_policies() {
+    for td in ["example.com", "example.org"] {
+        let cert = issue(
+            &format!("app1-{td}"),
+            WorkloadSpec::spiffe(&format!("spiffe://{td}/ns/team/sa/app1")),
+        );
+        let path = unique_path("/e2e", &format!("alias-{td}"));
+        assert_forwarded_as(&send(&Call::get(&cert, &path)), &path, "team.app1");
+        // Aliases are matched as the local trust domain for policies, not promoted to any other identity.
+        let app3 = issue(
+            &format!("app3-{td}"),
+            WorkloadSpec::spiffe(&format!("spiffe://{td}/ns/team/sa/app3")),
+        );
+        let path = unique_path("/e2e", &format!("alias-app3-{td}"));
+        let r = send(&Call::get(&app3, &path));
+        assert_denied(&r, &path, "destination", "no_matching_allow", None);
+    }
+}
+
+/// The default (strict) gateway refuses Kuma's legacy certificates (one SPIFFE ID plus kuma:// URI SANs)
+/// and does not count them as legacy requests.
+#[test]
+fn legacy_kuma_certificate_is_refused_by_the_strict_gateway() {
+    let cert = issue(
+        "kuma-legacy-strict",
+        WorkloadSpec {
+            uri_sans: vec![APP1.into(), "kuma://kuma.io/service/app1".into()],
+            ..Default::default()
+        },
+    );
+    let path = unique_path("/e2e", "kuma-legacy-strict");
+    let r = send(&Call::get(&cert, &path));
+    assert_denied(&r, &path, "principal", "multiple_uri_sans", None);
+    let counted = topo().stat(LEGACY_KUMA_METRIC).unwrap_or(0);
+    assert_eq!(
+        counted, 0,
+        "{LEGACY_KUMA_METRIC} counted a request on the strict gateway"
+    );
 }
 
 #[test]
@@ -436,4 +505,108 @@ fn invalid_plugin_config_stops_envoy_and_names_the_field() {
         "no log line names gateway.policies[0].action; log:\n{}",
         bad.summary()
     );
+}
+
+/// `envoy --mode validate` on both bootstraps, in a run directory with the filter and the SDS resources:
+/// envoy/gateway.yaml and the production SPIRE bootstrap envoy/spire/gateway.yaml (whose SPIRE agent
+/// need not exist for validation). Validation does load the filter and its configuration, and checks
+/// that the SDS files exist: the control run without sds/ must fail.
+#[test]
+fn gateway_bootstraps_validate() {
+    let run_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-validate");
+    let root = egress_identity_harness::repo_root();
+    topology::populate_run_dir(
+        &run_dir,
+        &topology::wasm_path(),
+        &root.join("envoy/external-server/nginx.conf"),
+    )
+    .expect("preparing the run directory");
+    for config in ["envoy/gateway.yaml", "envoy/spire/gateway.yaml"] {
+        let v = topology::validate_bootstrap(&root.join(config), &run_dir).expect("running envoy");
+        assert!(v.ok, "{config} does not validate:\n{}", v.output);
+        assert!(v.output.contains("OK"), "{config}: {}", v.output);
+    }
+
+    // Control: the same check without the SDS resources fails, so it does look at them.
+    std::fs::rename(run_dir.join("sds"), run_dir.join("sds.away")).unwrap();
+    for config in ["envoy/gateway.yaml", "envoy/spire/gateway.yaml"] {
+        let v = topology::validate_bootstrap(&root.join(config), &run_dir).expect("running envoy");
+        assert!(!v.ok, "{config} validated without sds/:\n{}", v.output);
+        assert!(v.output.contains("sds/"), "{config}: {}", v.output);
+    }
+    std::fs::rename(run_dir.join("sds.away"), run_dir.join("sds")).unwrap();
+}
+
+/// A gateway variant ([`topology::gateway_variant`]) differs from envoy/gateway.yaml only in the plugin
+/// configuration: every other line is identical, the old block parses as the original configuration and
+/// the new one as the replacement.
+#[test]
+fn gateway_variant_replaces_only_the_plugin_configuration() {
+    let original =
+        std::fs::read_to_string(egress_identity_harness::repo_root().join("envoy/gateway.yaml"))
+            .unwrap();
+    let config: Value = serde_json::from_str(&topology::plugin_config(&original).unwrap()).unwrap();
+    assert_eq!(config["localTrustDomain"], "cluster.local", "{config}");
+    let mut changed = config.clone();
+    changed["acceptLegacyKumaSans"] = Value::Bool(true);
+    let json = serde_json::to_string_pretty(&changed).unwrap();
+    let variant = topology::gateway_variant(&original, &json).unwrap();
+    assert_ne!(variant, original);
+    only_plugin_config_differs(&original, &variant, &config, &changed).unwrap();
+    // And the check cannot be fooled: a change elsewhere, or a different plugin configuration, is noticed.
+    let tampered = variant.replace("port_value: 18443", "port_value: 18444");
+    let e = only_plugin_config_differs(&original, &tampered, &config, &changed).unwrap_err();
+    assert!(e.contains("outside the plugin block"), "{e}");
+    let e = only_plugin_config_differs(&original, &variant, &config, &config).unwrap_err();
+    assert!(e.contains("variant's plugin configuration"), "{e}");
+}
+
+/// The lines where `variant` differs from `original` all lie inside the plugin configuration block (the
+/// block scalar after `value: |`, located here independently of the harness), and the blocks parse as
+/// `old` and `new`.
+fn only_plugin_config_differs(
+    original: &str,
+    variant: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), String> {
+    let a: Vec<&str> = original.lines().collect();
+    let b: Vec<&str> = variant.lines().collect();
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let tail = tail.min(a.len() - head).min(b.len() - head);
+    let block = |lines: &[&str]| -> (usize, usize) {
+        let v = lines
+            .iter()
+            .position(|l| l.trim() == "value: |")
+            .expect("no `value: |`");
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let base = indent(lines[v]);
+        let end = (v + 1..lines.len())
+            .find(|&i| !lines[i].trim().is_empty() && indent(lines[i]) <= base)
+            .unwrap_or(lines.len());
+        (v + 1, end)
+    };
+    for (name, lines, want) in [("original", &a, old), ("variant", &b, new)] {
+        let (start, end) = block(lines);
+        let differ_end = lines.len() - tail;
+        if !(start <= head && differ_end <= end) {
+            return Err(format!(
+                "{name}: lines {head}..{differ_end} differ, outside the plugin block {start}..{end}"
+            ));
+        }
+        let json: Value = serde_json::from_str(&lines[start..end].join("\n"))
+            .map_err(|e| format!("{name}'s plugin block is not JSON: {e}"))?;
+        if &json != want {
+            return Err(format!(
+                "{name}'s plugin configuration is {json}, not {want}"
+            ));
+        }
+    }
+    Ok(())
 }

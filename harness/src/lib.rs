@@ -4,11 +4,14 @@
 //! * [`topology`]: the real gateway Envoy (`envoy/gateway.yaml`) with the filter wasm and an external
 //!   mTLS server (nginx, `envoy/external-server/nginx.conf`), started natively on fixed loopback ports.
 //! * [`client`]: calls the gateway as a workload with the `curl` binary.
+//! * [`sds`]: the file-based SDS resources the gateway reads its certificates from (and rotation).
+//! * [`load`]: a bounded load generator (W workers x K requests per connection, switchable caller).
 //!
 //! Everything runs in a *run directory* laid out as
 //!
 //! ```text
 //! <run>/pki/...                      certificates and keys (see pki::layout)
+//! <run>/sds/<secret>.yaml            SDS resources for the gateway (see sds)
 //! <run>/dist/egress_identity.wasm    the filter (a copy)
 //! <run>/logs/                        gateway-envoy.log, gateway-access.log, external-access.log, ...
 //! ```
@@ -17,8 +20,10 @@
 //! files work unchanged in a container whose working directory holds that layout.
 
 pub mod client;
+pub mod load;
 pub mod pki;
 pub mod process;
+pub mod sds;
 pub mod topology;
 
 /// Boxed error used across the harness.

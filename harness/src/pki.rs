@@ -8,8 +8,13 @@
 //!   (`api.partner.example`) and the external-identity client certificates the gateway presents upstream
 //!   (`CN=team.app1`, `CN=team.app2`).
 //!
-//! File names inside the PKI directory are the constants of [`layout`]; the Envoy and nginx configurations
-//! refer to them as `pki/<name>`.
+//! File names inside the PKI directory are the constants of [`layout`]. nginx refers to them as
+//! `pki/<name>`; the gateway gets its certificates through file-based SDS resources written from them
+//! (see [`crate::sds`]).
+//!
+//! For rotation tests more material can be issued later: a second mesh CA ([`Pki::generate_mesh_ca`]) and
+//! certificates signed by it, a re-issued external identity (same subject, new key and serial,
+//! [`Pki::reissue_external_identity`]). [`certificate_serial`] reads a certificate's serial back.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -110,6 +115,27 @@ impl WorkloadSpec {
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
+}
+
+/// An additional mesh CA (same trust domain, its own key), e.g. the successor in a CA rotation.
+pub struct CertificateAuthority {
+    ca: Ca,
+    cert: PathBuf,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// The CA certificate (PEM).
+    pub fn cert(&self) -> &Path {
+        &self.cert
+    }
 }
 
 /// A test PKI rooted at a directory.
@@ -244,13 +270,7 @@ impl Pki {
         )?;
         let pki = Pki { dir, mesh, partner };
 
-        let mut gw = leaf_params(Some(GATEWAY_HOST), true);
-        gw.subject_alt_names = vec![
-            SanType::DnsName(ia5(GATEWAY_HOST)?),
-            SanType::DnsName(ia5("localhost")?),
-            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        ];
-        pki.mesh.issue(&gw, &pki.gateway_cert())?;
+        pki.mesh.issue(&gateway_params()?, &pki.gateway_cert())?;
 
         let mut ext = leaf_params(Some(EXTERNAL_HOST), true);
         ext.subject_alt_names = vec![SanType::DnsName(ia5(EXTERNAL_HOST)?)];
@@ -344,6 +364,63 @@ impl Pki {
     /// Issue a workload (client) certificate signed by the mesh CA, as described by `spec`
     /// (any number of URI SANs, optionally CA:TRUE or keyCertSign, for negative tests).
     pub fn issue_workload(&self, name: &str, spec: &WorkloadSpec) -> Result<CertFiles> {
+        self.issue_workload_with(&self.mesh, name, spec)
+    }
+
+    /// Like [`Pki::issue_workload`], signed by another mesh CA (see [`Pki::generate_mesh_ca`]).
+    pub fn issue_workload_by(
+        &self,
+        ca: &CertificateAuthority,
+        name: &str,
+        spec: &WorkloadSpec,
+    ) -> Result<CertFiles> {
+        self.issue_workload_with(&ca.ca, name, spec)
+    }
+
+    /// A new mesh CA for the same trust domain, written to `<stem>.crt` / `<stem>.key` in the PKI
+    /// directory, with subject `CN=<stem> (cluster.local)` (distinct from the original mesh CA's).
+    pub fn generate_mesh_ca(&self, stem: &str) -> Result<CertificateAuthority> {
+        check_stem(stem)?;
+        let cert_name = format!("{stem}.crt");
+        let ca = Ca::generate(
+            &format!("{stem} ({TRUST_DOMAIN})"),
+            TRUST_DOMAIN,
+            &self.dir,
+            &cert_name,
+            &format!("{stem}.key"),
+        )?;
+        Ok(CertificateAuthority {
+            ca,
+            cert: self.dir.join(cert_name),
+        })
+    }
+
+    /// A new gateway server certificate (same names as [`layout::GATEWAY_CERT`]) signed by `ca`, written
+    /// to `<stem>.crt` / `<stem>.key` in the PKI directory.
+    pub fn issue_gateway_cert_by(
+        &self,
+        ca: &CertificateAuthority,
+        stem: &str,
+    ) -> Result<CertFiles> {
+        check_stem(stem)?;
+        let out = CertFiles {
+            cert: self.dir.join(format!("{stem}.crt")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        ca.ca.issue(&gateway_params()?, &out)?;
+        Ok(out)
+    }
+
+    /// Re-issue the external identity `name` (subject `CN=<name>`, partner CA) with a new key, hence a new
+    /// serial, into `external/<stem>.{crt,key}`; the files of the current certificate are left alone.
+    pub fn reissue_external_identity(&self, name: &str, stem: &str) -> Result<CertFiles> {
+        check_stem(stem)?;
+        let out = self.external_identity(stem);
+        self.partner.issue(&leaf_params(Some(name), false), &out)?;
+        Ok(out)
+    }
+
+    fn issue_workload_with(&self, ca: &Ca, name: &str, spec: &WorkloadSpec) -> Result<CertFiles> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(err(format!("invalid workload file name {name:?}")));
         }
@@ -361,7 +438,66 @@ impl Pki {
             params.key_usages.push(KeyUsagePurpose::KeyCertSign);
         }
         let out = self.workload(name);
-        self.mesh.issue(&params, &out)?;
+        ca.issue(&params, &out)?;
         Ok(out)
+    }
+}
+
+fn check_stem(stem: &str) -> Result<()> {
+    if stem.is_empty() || stem.contains('/') || stem.starts_with('.') {
+        return Err(err(format!("invalid file name {stem:?}")));
+    }
+    Ok(())
+}
+
+fn gateway_params() -> Result<CertificateParams> {
+    let mut gw = leaf_params(Some(GATEWAY_HOST), true);
+    gw.subject_alt_names = vec![
+        SanType::DnsName(ia5(GATEWAY_HOST)?),
+        SanType::DnsName(ia5("localhost")?),
+        SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+    ];
+    Ok(gw)
+}
+
+fn parse_pem_certificate<T>(
+    path: &Path,
+    f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
+) -> Result<T> {
+    let pem_text = fs::read(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text)
+        .map_err(|e| err(format!("{}: not PEM: {e}", path.display())))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| err(format!("{}: not an X.509 certificate: {e}", path.display())))?;
+    Ok(f(&cert))
+}
+
+/// The serial number of the (first) certificate in a PEM file, as upper-case hex without leading zeros —
+/// the form nginx reports in `$ssl_client_serial` after [`normalize_serial`].
+pub fn certificate_serial(path: &Path) -> Result<String> {
+    let hex: String = parse_pem_certificate(path, |c| {
+        c.raw_serial().iter().map(|b| format!("{b:02X}")).collect()
+    })?;
+    Ok(normalize_serial(&hex))
+}
+
+/// The subject of the (first) certificate in a PEM file, RFC 4514 style (e.g. `CN=team.app1`).
+pub fn certificate_subject(path: &Path) -> Result<String> {
+    parse_pem_certificate(path, |c| c.subject().to_string())
+}
+
+/// A hex serial number in one canonical form: upper case, no separators, no leading zeros.
+pub fn normalize_serial(serial: &str) -> String {
+    let hex: String = serial
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.into()
     }
 }

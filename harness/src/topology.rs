@@ -18,6 +18,9 @@ pub const ADMIN_PORT: u16 = 9901;
 /// External partner server (mTLS from the gateway).
 pub const EXTERNAL_PORT: u16 = 18443;
 
+/// Run-directory relative copy of a gateway *variant* ([`Options::plugin_config`]).
+pub const GATEWAY_VARIANT_IN_RUN_DIR: &str = "gateway-variant.yaml";
+
 /// Run-directory relative location of the filter (as referenced by `envoy/gateway.yaml`).
 pub const WASM_IN_RUN_DIR: &str = "dist/egress_identity.wasm";
 /// Run-directory relative copy of the nginx configuration (nginx resolves relative `ssl_*` paths against
@@ -64,6 +67,9 @@ pub struct Options {
     pub wasm: PathBuf,
     /// Envoy bootstrap (default `<repo>/envoy/gateway.yaml`).
     pub gateway_config: PathBuf,
+    /// A different plugin configuration (JSON): the gateway then runs a copy of `gateway_config` written
+    /// to `<run>/gateway-variant.yaml` in which only the plugin configuration differs ([`gateway_variant`]).
+    pub plugin_config: Option<String>,
     /// nginx configuration (default `<repo>/envoy/external-server/nginx.conf`).
     pub nginx_config: PathBuf,
     /// Envoy binary.
@@ -82,11 +88,18 @@ impl Options {
             run_dir: run_dir.into(),
             wasm: wasm_path(),
             gateway_config: root.join("envoy/gateway.yaml"),
+            plugin_config: None,
             nginx_config: root.join("envoy/external-server/nginx.conf"),
             envoy: envoy_bin(),
             nginx: nginx_bin(),
             startup_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Run a gateway variant with this plugin configuration (see [`Options::plugin_config`]).
+    pub fn with_plugin_config(mut self, json: impl Into<String>) -> Options {
+        self.plugin_config = Some(json.into());
+        self
     }
 }
 
@@ -96,6 +109,7 @@ impl Options {
 pub struct Topology {
     run_dir: PathBuf,
     pki: Pki,
+    gateway_config: PathBuf,
     // Field order = drop order: the gateway stops before the server it forwards to.
     envoy: Supervised,
     nginx: Supervised,
@@ -167,7 +181,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Create `run_dir` with fresh `logs/`, `dist/` (filter copied in) and, if `pki` is true, a fresh `pki/`.
+/// Create `run_dir` with fresh (empty) `logs/`, `pki/`, `sds/` and `dist/` (filter copied in).
 pub fn prepare_run_dir(run_dir: &Path, wasm: &Path) -> Result<()> {
     if !wasm.is_file() {
         return Err(err(format!(
@@ -176,7 +190,7 @@ pub fn prepare_run_dir(run_dir: &Path, wasm: &Path) -> Result<()> {
         )));
     }
     fs::create_dir_all(run_dir)?;
-    for d in ["logs", "dist", "pki"] {
+    for d in ["logs", "dist", "pki", crate::sds::SDS_DIR_IN_RUN_DIR] {
         let p = run_dir.join(d);
         if p.exists() {
             fs::remove_dir_all(&p)?;
@@ -186,17 +200,168 @@ pub fn prepare_run_dir(run_dir: &Path, wasm: &Path) -> Result<()> {
     copy_file(wasm, &run_dir.join(WASM_IN_RUN_DIR))
 }
 
+/// A complete run directory for the gateway and the external server, without starting them: fresh
+/// `logs/`, `dist/` (filter), `pki/` (new test PKI), `sds/` (the gateway's SDS resources from that PKI)
+/// and the nginx configuration copy.
+pub fn populate_run_dir(run_dir: &Path, wasm: &Path, nginx_config: &Path) -> Result<Pki> {
+    prepare_run_dir(run_dir, wasm)?;
+    let pki = Pki::generate(run_dir.join("pki"))?;
+    crate::sds::write_gateway_secrets(&pki, &run_dir.join(crate::sds::SDS_DIR_IN_RUN_DIR))?;
+    copy_file(nginx_config, &run_dir.join(NGINX_CONF_IN_RUN_DIR))?;
+    Ok(pki)
+}
+
+/// The line range `[start, end)` of the plugin configuration inside a gateway bootstrap, and the
+/// indentation of its lines: the block scalar after the one `value: |` that follows
+/// `"@type": type.googleapis.com/google.protobuf.StringValue`.
+fn plugin_config_block(yaml: &str) -> Result<(usize, usize, usize)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut found = Vec::new();
+    for (i, pair) in lines.windows(2).enumerate() {
+        let [ty, value] = pair else { continue };
+        if ty.trim() == "\"@type\": type.googleapis.com/google.protobuf.StringValue"
+            && value.trim() == "value: |"
+        {
+            let base = indent(value);
+            let start = i + 2;
+            let mut end = start;
+            for (j, l) in lines.iter().enumerate().skip(start) {
+                if l.trim().is_empty() {
+                    continue;
+                }
+                if indent(l) <= base {
+                    break;
+                }
+                end = j + 1;
+            }
+            let block_indent = lines
+                .get(start..end)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| indent(l))
+                .min()
+                .unwrap_or(base + 2);
+            found.push((start, end, block_indent));
+        }
+    }
+    match found.as_slice() {
+        [one] if one.0 < one.1 => Ok(*one),
+        [] => Err(err(
+            "no plugin configuration (StringValue `value: |` block) in the gateway bootstrap",
+        )),
+        _ => Err(err(
+            "the gateway bootstrap must hold exactly one non-empty plugin configuration block",
+        )),
+    }
+}
+
+/// The plugin configuration (JSON text) of a gateway bootstrap such as `envoy/gateway.yaml`.
+pub fn plugin_config(gateway_yaml: &str) -> Result<String> {
+    let (start, end, indent) = plugin_config_block(gateway_yaml)?;
+    let lines: Vec<&str> = gateway_yaml.lines().collect();
+    Ok(lines
+        .get(start..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or("").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// A copy of a gateway bootstrap in which only the plugin configuration is replaced by `plugin_json`
+/// (every other line is kept byte for byte).
+pub fn gateway_variant(gateway_yaml: &str, plugin_json: &str) -> Result<String> {
+    serde_json::from_str::<serde_json::Value>(plugin_json).map_err(|e| {
+        err(format!(
+            "the variant's plugin configuration is not JSON: {e}"
+        ))
+    })?;
+    let (start, end, indent) = plugin_config_block(gateway_yaml)?;
+    let pad = " ".repeat(indent);
+    let lines: Vec<&str> = gateway_yaml.lines().collect();
+    let mut out: Vec<String> = lines
+        .get(..start)
+        .unwrap_or(&[])
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    out.extend(plugin_json.trim().lines().map(|l| {
+        if l.trim().is_empty() {
+            String::new()
+        } else {
+            format!("{pad}{}", l.trim_end())
+        }
+    }));
+    out.extend(
+        lines
+            .get(end..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|l| l.to_string()),
+    );
+    let mut text = out.join("\n");
+    if gateway_yaml.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Outcome of [`validate_bootstrap`].
+#[derive(Debug)]
+pub struct Validation {
+    /// `envoy --mode validate` exited 0.
+    pub ok: bool,
+    /// Its output.
+    pub output: String,
+}
+
+/// Run `envoy --mode validate -c <config>` in `run_dir` (relative paths in the configuration resolve
+/// against it).
+pub fn validate_bootstrap(config: &Path, run_dir: &Path) -> Result<Validation> {
+    let out = std::process::Command::new(envoy_bin())
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(absolute(config)?)
+        .arg("--disable-hot-restart")
+        .arg("--log-level")
+        .arg("warn")
+        .current_dir(run_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| err(format!("running {}: {e}", envoy_bin().display())))?;
+    Ok(Validation {
+        ok: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
 impl Topology {
-    /// Generate a fresh PKI in `<run>/pki`, then start the external server and the gateway and wait until
-    /// both are ready.
+    /// Generate a fresh PKI in `<run>/pki` and the gateway's SDS resources in `<run>/sds`, then start the
+    /// external server and the gateway (or its variant, see [`Options::plugin_config`]) and wait until both
+    /// are ready.
     pub fn start(opts: &Options) -> Result<Topology> {
         let run_dir = absolute(&opts.run_dir)?;
         ensure_free(GATEWAY_PORT, "gateway listener")?;
         ensure_free(ADMIN_PORT, "gateway admin")?;
         ensure_free(EXTERNAL_PORT, "external server")?;
-        prepare_run_dir(&run_dir, &opts.wasm)?;
-        let pki = Pki::generate(run_dir.join("pki"))?;
-        copy_file(&opts.nginx_config, &run_dir.join(NGINX_CONF_IN_RUN_DIR))?;
+        let pki = populate_run_dir(&run_dir, &opts.wasm, &opts.nginx_config)?;
+        let gateway_config = match &opts.plugin_config {
+            None => absolute(&opts.gateway_config)?,
+            Some(json) => {
+                let original = fs::read_to_string(&opts.gateway_config)
+                    .map_err(|e| err(format!("reading {}: {e}", opts.gateway_config.display())))?;
+                let variant = run_dir.join(GATEWAY_VARIANT_IN_RUN_DIR);
+                fs::write(&variant, gateway_variant(&original, json)?)?;
+                variant
+            }
+        };
         let logs = run_dir.join("logs");
 
         let mut nginx = Supervised::spawn(
@@ -229,7 +394,7 @@ impl Topology {
             &opts.envoy,
             &[
                 "-c".into(),
-                absolute(&opts.gateway_config)?.display().to_string(),
+                gateway_config.display().to_string(),
                 "--disable-hot-restart".into(),
                 "--concurrency".into(),
                 "2".into(),
@@ -245,8 +410,47 @@ impl Topology {
         Ok(Topology {
             run_dir,
             pki,
+            gateway_config,
             envoy,
             nginx,
+        })
+    }
+
+    /// The bootstrap the gateway runs (`envoy/gateway.yaml`, or the variant in the run directory).
+    pub fn gateway_config(&self) -> &Path {
+        &self.gateway_config
+    }
+
+    /// The directory of the gateway's SDS resource files (`<run>/sds`), see [`crate::sds`].
+    pub fn sds_dir(&self) -> PathBuf {
+        self.run_dir.join(crate::sds::SDS_DIR_IN_RUN_DIR)
+    }
+
+    /// A counter or gauge from the admin `/stats` endpoint (`None` if absent or the admin is down).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        // The filter is a regular expression: anchored, metacharacters escaped, then URL-encoded.
+        let mut regex = String::from("^");
+        for c in name.chars() {
+            if !c.is_ascii_alphanumeric() && c != '_' {
+                regex.push('\\');
+            }
+            regex.push(c);
+        }
+        regex.push('$');
+        let encoded: String = regex
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let body = self.admin(&format!("/stats?filter={encoded}"))?;
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k.trim() == name).then(|| v.trim().parse().ok()).flatten()
         })
     }
 

@@ -92,7 +92,13 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
         );
         println!("   ({})", step.why);
         println!("   gateway decided: {}", describe(&r));
-        let seen = topo.external_requests_for(step.path);
+        // nginx writes its access log after it has sent the response: give it a moment to show up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut seen = topo.external_requests_for(step.path);
+        while seen.is_empty() && r.status == 200 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            seen = topo.external_requests_for(step.path);
+        }
         let subject = seen
             .first()
             .and_then(|s| s.get("client_subject"))
