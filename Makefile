@@ -68,3 +68,19 @@ publish: publish-args build
 
 publish-args:
 	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/publish.sh --check
+
+## render: regenerate envoy/gateway.yaml and the manifests of examples/ from their policy files
+## (envoy/policy.json, examples/*/policy.json) with `egress-identity render`; tests/render.rs checks that
+## the committed files are exactly this output.
+RENDER := $(CARGO) run --quiet --bin egress-identity -- render
+DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --upstream partner-api=127.0.0.1:18443 --ca-secret partner-api=partner-ca
+ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml)
+.PHONY: render
+render:
+	$(RENDER) envoy envoy/policy.json $(DEMO_RENDER_FLAGS) > envoy/gateway.yaml.tmp
+	mv envoy/gateway.yaml.tmp envoy/gateway.yaml
+	$(RENDER) istio examples/istio/egress-gateway/policy.json --mode gateway \
+		--image "$(call ISTIO_IMAGE,examples/istio/egress-gateway)" --out-dir examples/istio/egress-gateway
+	$(RENDER) istio examples/istio/egress-waypoint/policy.json --mode waypoint \
+		--image "$(call ISTIO_IMAGE,examples/istio/egress-waypoint)" --out-dir examples/istio/egress-waypoint
+	$(RENDER) kuma examples/kuma/policy.json --upstream partner-api=api.partner.example:443 --out-dir examples/kuma

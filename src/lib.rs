@@ -18,6 +18,8 @@ pub mod pattern;
 pub mod peer_certificate;
 pub mod policy;
 pub mod principal_cache;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
 pub mod spiffe_id;
 pub mod trust_domain;
 

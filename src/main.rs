@@ -8,6 +8,10 @@ use egress_identity::config::Config;
 use egress_identity::decision::{Decision, Evaluation, PrincipalError, Request};
 use egress_identity::policy::Verdict;
 use egress_identity::spiffe_id::SpiffeId;
+use egress_identity::render::envoy::{name_value, EnvoyOptions, HostPort};
+use egress_identity::render::istio::{self, IstioMode, IstioOptions};
+use egress_identity::render::kuma::{self, KumaOptions};
+use egress_identity::render::{self, Policy};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -57,6 +61,90 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render what goes with a policy file: the Envoy bootstrap, or the Istio or Kuma manifests.
+    ///
+    /// The policy is validated first (errors with JSON paths, exit 1) and embedded verbatim. Output on
+    /// stdout; exit 2 when the valid policy cannot be rendered as asked.
+    Render {
+        #[command(subcommand)]
+        target: RenderTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum RenderTarget {
+    /// The Envoy v3 bootstrap: mTLS listener, header_mutation -> egress-identity -> router with
+    /// cluster_header, and one upstream cluster per external identity, every certificate from file SDS.
+    ///
+    /// SDS secrets: gateway-cert (listener certificate), mesh-ca (callers' CA), external-<identity name>
+    /// (each identity's client certificate), <destination>-ca (the partner's CA). SNI and the checked DNS
+    /// SAN are the destination's first exact host.
+    Envoy {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        /// Listener address.
+        #[arg(long, default_value = "0.0.0.0:10443", value_name = "ADDR:PORT")]
+        listen: HostPort,
+        /// Admin interface address.
+        #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT")]
+        admin: HostPort,
+        /// The filter module, relative to Envoy's working directory.
+        #[arg(long, default_value = "dist/egress_identity.wasm", value_name = "PATH")]
+        wasm: String,
+        /// Where a destination's clusters connect (default: its first exact host and first port; a host
+        /// name is resolved with LOGICAL_DNS, an IP address is STATIC). Repeatable.
+        #[arg(long, value_name = "DESTINATION=ADDR:PORT", value_parser = name_value::<HostPort>)]
+        upstream: Vec<(String, HostPort)>,
+        /// SDS secret of the CA that verifies a destination (default <destination>-ca). Repeatable.
+        #[arg(long = "ca-secret", value_name = "DESTINATION=SECRET", value_parser = name_value::<String>)]
+        ca_secret: Vec<(String, String)>,
+        /// Directory of the SDS resource files, relative to Envoy's working directory.
+        #[arg(long, default_value = "sds", value_name = "DIR")]
+        sds_dir: String,
+        /// Access log file (JSON lines with the audit record).
+        #[arg(long, default_value = "logs/gateway-access.log", value_name = "PATH")]
+        access_log: String,
+        /// Maximum life of an upstream connection, in seconds (bounds the use of a rotated-out certificate).
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        max_connection_duration: u32,
+    },
+    /// Istio manifests: egress gateway (sidecar mode) or ambient egress waypoint.
+    Istio {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "gateway")]
+        mode: IstioMode,
+        /// Namespace of the gateway or waypoint (default istio-egress, or egress-waypoint).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The filter's OCI image, pinned by digest.
+        #[arg(long, default_value = istio::DEFAULT_IMAGE, value_name = "oci://...@sha256:...")]
+        image: String,
+        /// Write one file per kind into this directory instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Kuma manifests for a mesh-scoped ZoneEgress.
+    Kuma {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        #[arg(long, default_value = "zone-1")]
+        zone: String,
+        /// Kuma's system namespace.
+        #[arg(long, default_value = "kuma-system")]
+        namespace: String,
+        /// The partner endpoint of a destination (default: its first exact host and port 443). Repeatable.
+        #[arg(long, value_name = "DESTINATION=HOST:PORT", value_parser = name_value::<HostPort>)]
+        upstream: Vec<(String, HostPort)>,
+        /// SHA-256 (hex) of the module the zone egress fetches.
+        #[arg(long, default_value = kuma::SHA256_PLACEHOLDER, value_name = "HEX")]
+        wasm_sha256: String,
+        /// Write one file per kind into this directory instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +159,77 @@ fn main() -> ExitCode {
             };
             let request = Request { authority: &authority, method: &method, path: &path };
             explain(&config, principal.as_deref(), &request, json)
+        }
+        Command::Render { target } => render_command(target),
+    }
+}
+
+fn load_policy(path: &PathBuf) -> Option<Policy> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", path.display());
+            return None;
+        }
+    };
+    match Policy::parse(&text) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{}: {error}", path.display());
+            }
+            None
+        }
+    }
+}
+
+fn render_command(target: RenderTarget) -> ExitCode {
+    let (config, result) = match target {
+        RenderTarget::Envoy { config, listen, admin, wasm, upstream, ca_secret, sds_dir, access_log, max_connection_duration } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts = EnvoyOptions {
+                listen,
+                admin,
+                wasm,
+                upstreams: upstream.into_iter().collect(),
+                ca_secrets: ca_secret.into_iter().collect(),
+                sds_dir,
+                access_log,
+                max_connection_duration,
+            };
+            (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
+        }
+        RenderTarget::Istio { config, mode, namespace, image, out_dir } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts = IstioOptions { namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()), mode, image };
+            (config, istio::render(&policy, &opts).map(|files| (out_dir, files)))
+        }
+        RenderTarget::Kuma { config, mesh, zone, namespace, upstream, wasm_sha256, out_dir } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts = KumaOptions { mesh, zone, namespace, upstreams: upstream.into_iter().collect(), wasm_sha256 };
+            (config, kuma::render(&policy, &opts).map(|files| (out_dir, files)))
+        }
+    };
+    match result {
+        Err(e) => {
+            eprintln!("{}: cannot render: {e}", config.display());
+            ExitCode::from(2)
+        }
+        Ok((None, files)) => {
+            let texts: Vec<&str> = files.iter().map(|(_, text)| text.as_str()).collect();
+            print!("{}", texts.join("---\n"));
+            ExitCode::SUCCESS
+        }
+        Ok((Some(dir), files)) => {
+            for (name, text) in files {
+                let path = dir.join(name);
+                if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+                    eprintln!("{}: cannot write: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
         }
     }
 }
