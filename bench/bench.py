@@ -1,0 +1,670 @@
+#!/usr/bin/env python3
+"""egress-identity end-to-end benchmark (`make bench`; see BENCHMARKS.md for what it measures and why).
+
+Starts, on loopback, one gateway Envoy per variant (all idle except the one under load), a client-side Envoy
+that turns wrk's plain HTTP into mTLS with the workload's real client certificate, and an nginx "partner"
+(mTLS, small fixed body). Then it runs rounds A B C D ... in alternation, each `DURATION` seconds of wrk, and
+takes the gateway process's CPU time (utime+stime, /proc/<pid>/stat) before and after each run.
+
+Usage: bench.py RUN_DIR [--rounds N] [--duration S] [--connections C] [--check]
+Environment: ENVOY (default .venv/bin/envoy), WRK (wrk), NGINX (nginx), BENCH_PORT_BASE (28400).
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import policy  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
+WRK = os.environ.get("WRK", "wrk")
+NGINX = os.environ.get("NGINX", "nginx")
+BASE = int(os.environ.get("BENCH_PORT_BASE", "28400"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+PARTNER_PORT = BASE + 43  # 28443
+CLIENT_ADMIN = BASE + 99  # 28499
+
+# name -> (kind, rules); the order is the round order.
+VARIANTS = {
+    "A": ("router", 0),
+    "B": ("rbac", 1000),
+    "C": ("empty_wasm", 0),
+    "D": ("egress_identity", 1000),
+    "D10": ("egress_identity", 10),
+    "D10k": ("egress_identity", 10000),
+}
+DESCRIPTION = {
+    "A": "Envoy router only",
+    "B": "native RBAC, equivalent policy, 1,000 rules",
+    "C": "empty proxy-wasm filter (Rust, V8)",
+    "D": "egress-identity, 1,000 rules",
+    "D10": "egress-identity, 10 rules",
+    "D10k": "egress-identity, 10,000 rules",
+}
+# Variants also measured with a new downstream connection per request.
+NEWCONN_VARIANTS = ["A", "C", "D"]
+
+
+def gw_port(i):
+    return BASE + i  # 28400..
+
+
+def gw_admin(i):
+    return BASE + 100 + i  # 28500..
+
+
+def client_port(i, newconn):
+    return BASE + (300 if newconn else 200) + i  # 28600.. keep-alive, 28700.. new connections
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+
+def sds(name):
+    return {
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": f"sds/{name}.yaml", "watched_directory": {"path": "sds"}},
+        },
+    }
+
+
+def gateway_bootstrap(i, kind, rules, run_dir):
+    """The gateway under test: envoy/gateway.yaml's listener (downstream mTLS from file SDS, header_mutation,
+    the variant's filter, router) and the caller's per-identity cluster (upstream mTLS to the partner).
+    No access log in any variant (it would dominate and is the same for all)."""
+    header_mutation = {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {
+                "request_mutations": [
+                    {"remove": "x-egress-identity-principal"},
+                    {"remove": "x-egress-identity-cluster"},
+                ]
+            },
+        },
+    }
+
+    def wasm(name, filename, configuration):
+        return {
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": name,
+                    "root_id": name,
+                    "fail_open": False,
+                    "vm_config": {
+                        "vm_id": name,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": filename}},
+                    },
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                },
+            },
+        }
+
+    filters = [header_mutation]
+    route = {"cluster": policy.CALLER_CLUSTER, "timeout": "30s"}
+    if kind == "rbac":
+        filters += policy.rbac_filters(rules)
+    elif kind == "empty_wasm":
+        filters.append(wasm("empty", os.path.join(run_dir, "empty_filter.wasm"), "{}"))
+    elif kind == "egress_identity":
+        filters.append(
+            wasm(
+                "egress-identity",
+                os.path.join(run_dir, "egress_identity.wasm"),
+                json.dumps(policy.plugin_config(rules), separators=(",", ":")),
+            )
+        )
+        route = {"cluster_header": "x-egress-identity-cluster", "timeout": "30s"}
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }
+    )
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "egress",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "forward_client_cert_details": "SANITIZE",
+        "route_config": {
+            "name": "egress",
+            "virtual_hosts": [
+                {
+                    "name": "egress",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": route,
+                            "request_headers_to_remove": [
+                                "x-egress-identity-principal",
+                                "x-egress-identity-cluster",
+                                "x-forwarded-client-cert",
+                            ],
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": filters,
+    }
+    return {
+        "node": {"id": f"bench-gateway-{i}", "cluster": "bench-gateway"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_admin(i)}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "egress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_port(i)}},
+                    "filter_chains": [
+                        {
+                            "transport_socket": {
+                                "name": "envoy.transport_sockets.tls",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                                    "require_client_certificate": True,
+                                    "common_tls_context": {
+                                        "alpn_protocols": ["h2", "http/1.1"],
+                                        "tls_certificate_sds_secret_configs": [sds("gateway-cert")],
+                                        "validation_context_sds_secret_config": sds("mesh-ca"),
+                                    },
+                                },
+                            },
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": policy.CALLER_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": policy.CALLER_CLUSTER,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": PARTNER_PORT}}}}]}],
+                    },
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                            "sni": policy.HOST,
+                            "common_tls_context": {
+                                "tls_certificate_sds_secret_configs": [sds("external-team.app1")],
+                                "combined_validation_context": {
+                                    "default_validation_context": {
+                                        "match_typed_subject_alt_names": [
+                                            {"san_type": "DNS", "matcher": {"exact": policy.HOST}}
+                                        ]
+                                    },
+                                    "validation_context_sds_secret_config": sds("partner-ca"),
+                                },
+                            },
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def client_bootstrap(names, pki):
+    """wrk -> (plain HTTP/1.1) -> client Envoy -> (mTLS with the workload certificate of app1) -> gateway.
+    Per gateway: a keep-alive listener/cluster and one whose upstream connections carry one request each."""
+    listeners, clusters = [], []
+    for i, _ in enumerate(names):
+        for newconn in (False, True):
+            cname = f"gw{i}{'-newconn' if newconn else ''}"
+            listeners.append(
+                {
+                    "name": f"to-{cname}",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": client_port(i, newconn)}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": cname,
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "all",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {"cluster": cname, "host_rewrite_literal": policy.HOST, "timeout": "30s"},
+                                                        }
+                                                    ],
+                                                }
+                                            ]
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            )
+            common = {"max_requests_per_connection": 1} if newconn else {}
+            clusters.append(
+                {
+                    "name": cname,
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}]},
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http_protocol_options": {}},
+                            "common_http_protocol_options": common,
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": cname,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_port(i)}}}}]}],
+                    },
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                            "sni": "egress-gateway.local",
+                            "common_tls_context": {
+                                "alpn_protocols": ["http/1.1"],
+                                "tls_certificates": [
+                                    {
+                                        "certificate_chain": {"filename": os.path.join(pki, "workloads/team-app1.crt")},
+                                        "private_key": {"filename": os.path.join(pki, "workloads/team-app1.key")},
+                                    }
+                                ],
+                                "validation_context": {"trusted_ca": {"filename": os.path.join(pki, "mesh-ca.crt")}},
+                            },
+                        },
+                    },
+                }
+            )
+    return {
+        "node": {"id": "bench-client", "cluster": "bench-client"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": CLIENT_ADMIN}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+pid logs/partner-nginx.pid;
+error_log logs/partner-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path logs/tmp-body; proxy_temp_path logs/tmp-proxy; fastcgi_temp_path logs/tmp-fastcgi;
+    uwsgi_temp_path logs/tmp-uwsgi; scgi_temp_path logs/tmp-scgi;
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {host};
+        ssl_certificate pki/external/api.partner.example.crt;
+        ssl_certificate_key pki/external/api.partner.example.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_client_certificate pki/partner-ca.crt;
+        ssl_verify_client on;
+        location / {{ default_type text/plain; return 200 "ok $ssl_client_s_dn\\n"; }}
+    }}
+}}
+"""
+
+# ------------------------------------------------------------------------------------------------- processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent():
+    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the benchmark
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def spawn(self, name, args, cwd, log):
+        f = open(log, "wb")
+        p = subprocess.Popen(args, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        p.bench_name, p.bench_log = name, log
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def wait_ready(proc, admin_port, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.bench_name} exited ({proc.returncode}); log {proc.bench_log}:\n{tail(proc.bench_log)}")
+        try:
+            if http_get(f"http://127.0.0.1:{admin_port}/ready", 1)[1].strip() == "LIVE":
+                return time.time() - start
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{proc.bench_name} not ready after {timeout}s; log {proc.bench_log}:\n{tail(proc.bench_log)}")
+
+
+def tail(path, n=30):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+
+
+def stats(admin_port, pattern):
+    body = http_get(f"http://127.0.0.1:{admin_port}/stats?filter={pattern}")[1]
+    out = {}
+    for line in body.splitlines():
+        k, _, v = line.partition(": ")
+        if v.strip().isdigit():
+            out[k] = int(v)
+    return out
+
+
+def rq_2xx(admin_port):
+    return stats(admin_port, r"^http\.egress\.downstream_rq_(2xx|completed)$")
+
+
+# ------------------------------------------------------------------------------------------------- wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(port, duration, connections):
+    args = [WRK, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {policy.HOST}", f"http://127.0.0.1:{port}/bench"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    res = {"raw": out}
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        res[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = m.group(1) if m else ""
+    return res
+
+
+def measure(name, i, pid, duration, connections, newconn):
+    before_rq = rq_2xx(gw_admin(i))
+    t0, c0 = time.time(), cpu_ticks(pid)
+    w = run_wrk(client_port(i, newconn), duration, connections)
+    c1, t1 = cpu_ticks(pid), time.time()
+    after_rq = rq_2xx(gw_admin(i))
+    ok = after_rq.get("http.egress.downstream_rq_2xx", 0) - before_rq.get("http.egress.downstream_rq_2xx", 0)
+    done = after_rq.get("http.egress.downstream_rq_completed", 0) - before_rq.get("http.egress.downstream_rq_completed", 0)
+    cpu_s = (c1 - c0) / CLK_TCK
+    return {
+        "variant": name,
+        "newconn": newconn,
+        "wall_s": t1 - t0,
+        "cpu_s": cpu_s,
+        "gateway_2xx": ok,
+        "gateway_completed": done,
+        "cpu_us_per_rq": cpu_s * 1e6 / ok if ok else float("nan"),
+        "cpu_cores": cpu_s / (t1 - t0),
+        **{k: v for k, v in w.items() if k != "raw"},
+    }
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0:3]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--newconn-rounds", type=int, default=3)
+    ap.add_argument("--newconn-duration", type=int, default=4)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--check", action="store_true", help="only write and validate every Envoy config (envoy --mode validate)")
+    a = ap.parse_args()
+    names = [v for v in a.variants.split(",") if v]
+    for v in names:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v}")
+    run = os.path.abspath(a.run_dir)
+    os.makedirs(os.path.join(run, "logs"), exist_ok=True)
+    pki = os.path.join(run, "pki")
+
+    configs = {}
+    for i, v in enumerate(names):
+        kind, rules = VARIANTS[v]
+        path = os.path.join(run, f"gateway-{v}.json")
+        with open(path, "w") as f:
+            json.dump(gateway_bootstrap(i, kind, rules, run), f)
+        configs[v] = path
+    client_cfg = os.path.join(run, "client.json")
+    with open(client_cfg, "w") as f:
+        json.dump(client_bootstrap(names, pki), f)
+    with open(os.path.join(run, "partner-nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(port=PARTNER_PORT, host=policy.HOST))
+
+    if a.check:
+        bad = 0
+        for v, path in list(configs.items()) + [("client", client_cfg)]:
+            r = subprocess.run([ENVOY, "--mode", "validate", "-c", path, "-l", "error"], cwd=run, capture_output=True, text=True)
+            print(f"  {v:6s} {os.path.basename(path)}: {'OK' if r.returncode == 0 else 'INVALID'}")
+            if r.returncode:
+                bad += 1
+                print(r.stdout[-3000:], r.stderr[-3000:])
+        r = subprocess.run([NGINX, "-t", "-p", run + "/", "-c", "partner-nginx.conf", "-e", "logs/partner-error.log"], capture_output=True, text=True)
+        print(f"  nginx  partner-nginx.conf: {'OK' if r.returncode == 0 else 'INVALID'}")
+        if r.returncode:
+            bad += 1
+            print(r.stderr[-2000:])
+        sys.exit(1 if bad else 0)
+
+    procs = Procs()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        procs.spawn("partner nginx", [NGINX, "-p", run + "/", "-c", "partner-nginx.conf", "-e", "logs/partner-error.log"], run, os.path.join(run, "logs/nginx.log"))
+        gateways, ready_s = {}, {}
+        for i, v in enumerate(names):
+            p = procs.spawn(
+                f"gateway {v}",
+                [ENVOY, "-c", configs[v], "--concurrency", "1", "--disable-hot-restart", "-l", "warning", "--log-path", os.path.join(run, f"logs/gateway-{v}.log")],
+                run,
+                os.path.join(run, f"logs/gateway-{v}.out"),
+            )
+            ready_s[v] = wait_ready(p, gw_admin(i))
+            gateways[v] = (i, p)
+            print(f"gateway {v:5s} ({DESCRIPTION[v]}): pid {p.pid}, port {gw_port(i)}, ready in {ready_s[v]:.1f}s, RSS {rss_mb(p.pid):.0f} MB", flush=True)
+        cp = procs.spawn("client envoy", [ENVOY, "-c", client_cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "warning"], run, os.path.join(run, "logs/client.out"))
+        wait_ready(cp, CLIENT_ADMIN)
+
+        # Smoke: every variant answers 200 from the partner, as team.app1.
+        for v, (i, _) in gateways.items():
+            for newconn in (False, True):
+                status, body = http_get(f"http://127.0.0.1:{client_port(i, newconn)}/bench")
+                if status != 200 or "team.app1" not in body:
+                    raise SystemExit(f"variant {v}: smoke request failed: {status} {body!r}")
+        print("smoke: every variant answers 200 from the partner as CN=team.app1", flush=True)
+
+        # Warm-up (V8 tiering, connection pools, caches): not measured.
+        for v, (i, p) in gateways.items():
+            run_wrk(client_port(i, False), 2, a.connections)
+
+        results = []
+        print(f"\n{a.rounds} rounds x {len(names)} variants x {a.duration:g}s, {a.connections} keep-alive connections, load {loadavg()}", flush=True)
+        for r in range(a.rounds):
+            for v in names:
+                i, p = gateways[v]
+                m = measure(v, i, p.pid, a.duration, a.connections, False)
+                m["round"] = r
+                results.append(m)
+                print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  gateway {m['cpu_cores']:.2f} cores  non2xx {m['non2xx']}", flush=True)
+        nc_names = [v for v in NEWCONN_VARIANTS if v in gateways]
+        if a.newconn_rounds and nc_names:
+            print(f"\nnew connection per request: {a.newconn_rounds} rounds x {nc_names} x {a.newconn_duration:g}s", flush=True)
+            for r in range(a.newconn_rounds):
+                for v in nc_names:
+                    i, p = gateways[v]
+                    m = measure(v, i, p.pid, a.newconn_duration, a.connections, True)
+                    m["round"] = r
+                    results.append(m)
+                    print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  non2xx {m['non2xx']}", flush=True)
+
+        cache = {}
+        for v, (i, _) in gateways.items():
+            if VARIANTS[v][0] == "egress_identity":
+                s = stats(gw_admin(i), "certificate_cache")
+                hits = sum(val for k, val in s.items() if k.endswith("certificate_cache.hits"))
+                misses = sum(val for k, val in s.items() if k.endswith("certificate_cache.misses"))
+                cache[v] = {"hits": hits, "misses": misses, "hit_rate": hits / (hits + misses) if hits + misses else float("nan")}
+        tls = {v: stats(gw_admin(i), r"^listener\.127\.0\.0\.1_\d+\.ssl\.handshake$") for v, (i, _) in gateways.items()}
+        rss = {v: rss_mb(p.pid) for v, (_, p) in gateways.items()}
+        errors = [m for m in results if m["non2xx"] or m["socket_errors"]]
+    finally:
+        procs.stop()
+
+    summary = summarize(results, names, nc_names, cache, ready_s, rss, tls, a)
+    with open(os.path.join(run, "results.json"), "w") as f:
+        json.dump({"results": results, "cache": cache, "ready_s": ready_s, "rss_mb": rss, "tls_handshakes": tls, "args": vars(a)}, f, indent=1)
+    with open(os.path.join(run, "summary.md"), "w") as f:
+        f.write(summary)
+    print("\n" + summary)
+    print(f"raw results: {os.path.join(run, 'results.json')}")
+    if errors:
+        print(f"WARNING: {len(errors)} measurements had non-2xx responses or socket errors", file=sys.stderr)
+        sys.exit(1)
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def summarize(results, names, nc_names, cache, ready_s, rss, tls, a):
+    def rows(newconn):
+        return [m for m in results if m["newconn"] == newconn]
+
+    out = []
+    out.append(f"Keep-alive: {a.rounds} rounds x {a.duration:g}s per variant, {a.connections} connections (medians over rounds)\n")
+    out.append("| variant | | gateway CPU µs/request | requests/s | p50 ms | p99 ms | gateway CPU (cores) | RSS MB | ready s |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for v in names:
+        ms = [m for m in rows(False) if m["variant"] == v]
+        out.append(
+            f"| {v} | {DESCRIPTION[v]} | {med([m['cpu_us_per_rq'] for m in ms]):.1f} | {med([m['rps'] for m in ms]):.0f} | "
+            f"{med([m['p50_ms'] for m in ms]):.2f} | {med([m['p99_ms'] for m in ms]):.2f} | {med([m['cpu_cores'] for m in ms]):.2f} | {rss.get(v, float('nan')):.0f} | {ready_s.get(v, float('nan')):.1f} |"
+        )
+
+    def paired(num, den, newconn=False, key="cpu_us_per_rq"):
+        by = {}
+        for m in rows(newconn):
+            by.setdefault(m["round"], {})[m["variant"]] = m[key]
+        rs = [d[num] / d[den] for d in by.values() if num in d and den in d and d[den]]
+        return med(rs), rs
+
+    out.append("\nPaired ratios of gateway CPU per request (per round, then the median; min-max over rounds):\n")
+    out.append("| ratio | median | range |")
+    out.append("|---|---:|---|")
+    for num, den in (("D", "A"), ("D", "B"), ("D", "C"), ("C", "A"), ("B", "A"), ("D10", "C"), ("D10k", "C"), ("D10k", "D10"), ("D", "D10")):
+        if num in names and den in names:
+            m, rs = paired(num, den)
+            out.append(f"| {num}/{den} | {m:.3f} | {min(rs):.3f}-{max(rs):.3f} |" if rs else f"| {num}/{den} | n/a | |")
+    if nc_names and any(m["newconn"] for m in results):
+        out.append("\nNew downstream connection (mTLS handshake, TLS session resumption allowed) per request:\n")
+        out.append("| variant | gateway CPU µs/request | requests/s | p50 ms | p99 ms |")
+        out.append("|---|---:|---:|---:|---:|")
+        for v in nc_names:
+            ms = [m for m in rows(True) if m["variant"] == v]
+            out.append(f"| {v} | {med([m['cpu_us_per_rq'] for m in ms]):.1f} | {med([m['rps'] for m in ms]):.0f} | {med([m['p50_ms'] for m in ms]):.2f} | {med([m['p99_ms'] for m in ms]):.2f} |")
+        for num, den in (("D", "A"), ("D", "C")):
+            if num in nc_names and den in nc_names:
+                m, rs = paired(num, den, True)
+                out.append(f"\nnew connections, paired {num}/{den}: {m:.3f} ({min(rs):.3f}-{max(rs):.3f})")
+    out.append("\nCertificate cache (egress-identity gateways, whole run incl. warm-up and smoke):\n")
+    for v, c in cache.items():
+        out.append(f"- {v}: hits {c['hits']}, misses {c['misses']}, hit rate {c['hit_rate']:.5f}; downstream TLS handshakes {sum(tls.get(v, {}).values())}")
+    out.append(f"\nload average at the end: {' '.join(loadavg())}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
