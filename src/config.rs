@@ -293,11 +293,18 @@ pub struct Config {
 impl Config {
     /// Parses and compiles a configuration document. Returns every error found.
     pub fn load(json: &[u8]) -> Result<Self, Vec<ConfigError>> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let spec: PluginConfigSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            vec![ConfigError::new(path, e.into_inner().to_string())]
-        })?;
+        // The fast path parses once; only a document that fails is parsed again to find the field's path.
+        let spec: PluginConfigSpec = match serde_json::from_slice(json) {
+            Ok(spec) => spec,
+            Err(_) => {
+                let de = &mut serde_json::Deserializer::from_slice(json);
+                let e = match serde_path_to_error::deserialize::<_, PluginConfigSpec>(de) {
+                    Err(e) => e,
+                    Ok(_) => return Err(vec![ConfigError::new(".", "inconsistent parse")]),
+                };
+                return Err(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]);
+            }
+        };
         Self::compile(&spec)
     }
 

@@ -34,10 +34,16 @@ pub enum Case {
     Insensitive,
 }
 
+/// Up to this many exact values are compared linearly rather than hashed.
+const LINEAR_EXACT_MAX: usize = 8;
+
 /// The compiled values of one field (e.g. `principals`). Matches when any value matches.
 #[derive(Clone, Debug, Default)]
 pub struct PatternSet {
-    exact: HashSet<Box<str>>,
+    /// Exact values while there are few (compared one by one: no hashing on the data path)...
+    exact: Vec<Box<str>>,
+    /// ... or all of them once there are more than [`LINEAR_EXACT_MAX`].
+    exact_set: HashSet<Box<str>>,
     prefixes: Vec<Box<str>>,
     suffixes: Vec<Box<str>>,
     any_present: bool,
@@ -53,6 +59,9 @@ impl PatternSet {
         let mut set = Self::default();
         for (index, raw) in values.into_iter().enumerate() {
             set.add(&normalize(raw), case).map_err(|e| (index, e))?;
+        }
+        if set.exact.len() > LINEAR_EXACT_MAX {
+            set.exact_set = std::mem::take(&mut set.exact).into_iter().collect();
         }
         Ok(set)
     }
@@ -75,7 +84,7 @@ impl PatternSet {
         } else if let Some(suffix) = value.strip_prefix('*').filter(|_| stars == 1) {
             self.suffixes.push(suffix.into());
         } else if stars == 0 {
-            self.exact.insert(value);
+            self.exact.push(value);
         } else {
             return Err(PatternError::MisplacedWildcard);
         }
@@ -86,7 +95,8 @@ impl PatternSet {
     pub fn matches(&self, value: Option<&str>) -> bool {
         let Some(value) = value else { return false };
         (self.any_present && !value.is_empty())
-            || self.exact.contains(value)
+            || self.exact.iter().any(|e| **e == *value)
+            || (!self.exact_set.is_empty() && self.exact_set.contains(value))
             || self.prefixes.iter().any(|p| value.starts_with(&**p))
             || self.suffixes.iter().any(|s| value.ends_with(&**s))
     }
@@ -127,6 +137,18 @@ mod tests {
         assert!(any.matches(Some("x")));
         assert!(!any.matches(Some("")), "'*' means present and non-empty");
         assert!(!any.matches(None));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn small_and_large_exact_sets_match_the_same() {
+        let values: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+        for n in [1, LINEAR_EXACT_MAX, LINEAR_EXACT_MAX + 1, 20] {
+            let s = PatternSet::compile(&values[..n], Case::Sensitive, &verbatim).unwrap();
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(s.matches(Some(v)), i < n, "{n} values, {v}");
+            }
+            assert!(!s.matches(Some("v")));
+        }
     }
 
     #[wasm_bindgen_test(unsupported = test)]
