@@ -25,7 +25,7 @@ demo: build
 	$(CARGO) run --release -p egress-identity-harness --bin demo
 
 ## test: native unit + e2e tests, core tests on wasm, manifest tests, clippy. Stops at the first failure.
-test: build test-native test-wasm test-manifests clippy
+test: build test-native test-wasm test-manifests clippy fuzz-smoke
 
 test-native:
 	$(CARGO) test --workspace
@@ -55,6 +55,23 @@ bench: build
 
 bench-check: build
 	CARGO='$(CARGO)' bash bench/run.sh --check
+
+## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_TIME seconds each (default 600), FUZZ_JOBS at a time.
+## fuzz-smoke: 20 s each (part of `make test`; prints SKIP where no nightly toolchain can be installed).
+## soak: SOAK_REQUESTS (default 1000000) through the real gateway with wrk, gateway RSS sampled
+## (tests/soak.rs, #[ignore]d so `make test-native` skips it; needs wrk).
+FUZZ_TIME ?= 600
+FUZZ_JOBS ?= 2
+SOAK_REQUESTS ?= 1000000
+.PHONY: fuzz fuzz-smoke soak
+fuzz: setup
+	FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz.sh $(FUZZ_TIME)
+
+fuzz-smoke: setup
+	FUZZ_SMOKE=1 FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz.sh 20
+
+soak: build
+	SOAK_REQUESTS=$(SOAK_REQUESTS) $(CARGO) test --release --test soak -- --ignored --nocapture --test-threads=1
 
 pki:
 	$(CARGO) run -p egress-identity-harness --bin pki -- envoy/pki

@@ -16,6 +16,7 @@
 #               lld-22 and wasi-libc (std is then built with -Zbuild-std; see scripts/wasm-env.sh).
 #     EGRESS_WASM_TOOLCHAIN=auto (default) | rustup | debian forces a mode.
 #   * wasm-bindgen-cli (wasm-bindgen-test-runner) at exactly the wasm-bindgen version in Cargo.lock.
+#   * for make fuzz / fuzz-smoke (best effort): rustup's nightly toolchain and cargo-fuzz.
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -235,6 +236,35 @@ if [ "$have_wb" != "$wb_version" ]; then
     CHANGED=1
 fi
 
+# ------------------------------------------------------------------- fuzzing (make fuzz, fuzz-smoke)
+# rustup's nightly toolchain (minimal profile) and cargo-fuzz. Best effort: where rustup cannot install
+# nightly, scripts/fuzz.sh prints a SKIP line for fuzz-smoke instead of failing `make test`.
+fuzz_state="fuzz: none"
+if [ "$WASM_ONLY" = 0 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
+    if command -v rustup >/dev/null && ! rustup run nightly rustc --version >/dev/null 2>&1 &&
+        [ ! -f target/.fuzz-nightly-failed ]; then
+        say "rustup toolchain install nightly (for cargo-fuzz; timeout ${RUSTUP_TIMEOUT}s)"
+        if timeout "$RUSTUP_TIMEOUT" rustup toolchain install nightly --profile minimal; then
+            CHANGED=1
+        else
+            say "warning: cannot install the nightly toolchain; make fuzz-smoke will SKIP"
+            touch target/.fuzz-nightly-failed # don't wait for it on every run
+        fi
+    fi
+    if rustup run nightly rustc --version >/dev/null 2>&1; then
+        if ! command -v cargo-fuzz >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+            say "installing cargo-fuzz; this takes a few minutes"
+            if cargo install --locked --quiet cargo-fuzz || cargo install --quiet cargo-fuzz; then
+                CHANGED=1
+            else
+                say "warning: cargo install cargo-fuzz failed; make fuzz-smoke will SKIP"
+            fi
+        fi
+        command -v cargo-fuzz >/dev/null || [ -x "$HOME/.cargo/bin/cargo-fuzz" ] && fuzz_state="fuzz: nightly + cargo-fuzz"
+    fi
+fi
+
 summary="wasm toolchain: $mode, wasm-bindgen-cli $wb_version"
+[ "$WASM_ONLY" = 1 ] || summary="$summary, $fuzz_state"
 [ "$WASM_ONLY" = 1 ] || summary="$summary, envoy $ENVOY_VERSION"
 if [ "$CHANGED" = 1 ]; then say "done ($summary)"; else say "ok ($summary)"; fi

@@ -207,6 +207,8 @@ impl Context for EgressIdentityFilter {}
 
 impl HttpContext for EgressIdentityFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        test_trap::maybe_trap(test_trap::Point::Entry);
         let Some(config) = self.config.clone() else {
             log::error!("egress-identity: request refused: the plugin has no valid configuration");
             respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"not_configured"}"#);
@@ -255,6 +257,8 @@ impl HttpContext for EgressIdentityFilter {
                     allowed.gateway_policy,
                     allowed.destination_policy
                 );
+                #[cfg(feature = "test-trap")]
+                test_trap::maybe_trap(test_trap::Point::AfterAllow);
                 Action::Continue
             }
             Decision::Deny(denial) => {
@@ -390,5 +394,43 @@ fn respond(status: u32, body: &str) {
     let headers = vec![("content-type", "application/json")];
     if let Err(status) = hostcalls::send_http_response(status, headers, Some(body.as_bytes())) {
         log::error!("egress-identity: cannot send the local response: {status:?}");
+    }
+}
+
+/// Test-only VM traps (cargo feature `test-trap`, never in dist/): `tests/fail_closed.rs` builds a variant
+/// that executes the wasm `unreachable` instruction when a request carries `x-egress-identity-test-trap:
+/// entry` (before anything else) or `after-allow` (after an allowed request's internal headers are set, just
+/// before the request would continue), to prove Envoy fails closed when the VM crashes.
+#[cfg(feature = "test-trap")]
+mod test_trap {
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::MapType;
+
+    #[derive(PartialEq, Eq)]
+    pub enum Point {
+        Entry,
+        AfterAllow,
+    }
+
+    pub fn maybe_trap(point: Point) {
+        let want = match point {
+            Point::Entry => "entry",
+            Point::AfterAllow => "after-allow",
+        };
+        let value = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-egress-identity-test-trap");
+        if matches!(value, Ok(Some(v)) if v == want) {
+            log::warn!("egress-identity: test-trap: trapping ({want})");
+            trap();
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn trap() -> ! {
+        core::arch::wasm32::unreachable()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn trap() -> ! {
+        std::process::abort()
     }
 }

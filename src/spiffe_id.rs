@@ -197,11 +197,13 @@ impl SpiffeId {
         self.id.get(SCHEME.len()..).unwrap_or_default()
     }
 
-    /// The Kubernetes namespace of an Istio-style ID (`/ns/<ns>/sa/<sa>`), if the path has that shape.
+    /// The Kubernetes namespace of an Istio-style workload ID: `Some(ns)` only when the path starts with
+    /// `/ns/<ns>/sa/<sa>`. Any other path has no namespace, so `namespaces` rules never match it (and
+    /// `notNamespaces` rules always do).
     pub fn namespace(&self) -> Option<&str> {
         let mut segments = self.path().split('/').skip(1);
-        match (segments.next(), segments.next()) {
-            (Some("ns"), Some(ns)) => Some(ns),
+        match (segments.next(), segments.next(), segments.next(), segments.next()) {
+            (Some("ns"), Some(ns), Some("sa"), Some(_)) => Some(ns),
             _ => None,
         }
     }
@@ -243,6 +245,12 @@ mod tests {
         assert_eq!(id.namespace(), None);
         let id = SpiffeId::parse("spiffe://example.org/Billing_Svc-1.v2").unwrap();
         assert_eq!(id.namespace(), None);
+        // Found by fuzzing: only the Istio workload shape /ns/<ns>/sa/<sa> carries a namespace.
+        for path in ["/ns/teapp1", "/ns/team/x/app1", "/ns/team/sa", "/x/ns/team/sa/app1"] {
+            assert_eq!(SpiffeId::parse(&format!("spiffe://td{path}")).unwrap().namespace(), None, "{path}");
+        }
+        let extra = SpiffeId::parse("spiffe://td/ns/team/sa/app1/extra").unwrap();
+        assert_eq!(extra.namespace(), Some("team"));
         assert_eq!(id.path(), "/Billing_Svc-1.v2");
     }
 

@@ -101,7 +101,12 @@ fn reference(config: &Value, principal: &str, authority: &str, method: &str, pat
         Some((h, p)) => (h.to_ascii_lowercase(), p.parse::<u16>().unwrap()),
         None => (authority.to_ascii_lowercase(), 443),
     };
-    let namespace = rest.strip_prefix("ns/").and_then(|r| r.split('/').next());
+    // Only an Istio-shaped path, ns/<ns>/sa/<sa>..., carries a namespace.
+    let segments: Vec<&str> = rest.split('/').collect();
+    let namespace = match segments.as_slice() {
+        ["ns", ns, "sa", _, ..] => Some(*ns),
+        _ => None,
+    };
     let path = path.split('?').next().unwrap();
     let r = Req { principal: id, trust_domain: td, namespace, host: &host, port, method, path };
     if let Err((policy, reason)) = layer(&config["gateway"]["policies"], &r) {
