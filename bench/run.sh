@@ -37,6 +37,7 @@ if [ "${E2E:-1}" != 0 ]; then
 fi
 if [ "${MICRO:-1}" != 0 ]; then
     echo "== criterion micro-benchmarks (native, release): benches/decision.rs"
-    "$CARGO" bench --bench decision -- --warm-up-time "${MICRO_WARMUP:-1}" --measurement-time "${MICRO_TIME:-3}" 2>&1 |
+    # criterion needs unwinding; the release profile (which `bench` inherits) aborts, as the Wasm build must.
+    CARGO_PROFILE_RELEASE_PANIC=unwind "$CARGO" bench --bench decision -- --warm-up-time "${MICRO_WARMUP:-1}" --measurement-time "${MICRO_TIME:-3}" 2>&1 |
         grep -E '^[a-z_/0-9 ]+time:|^[a-zA-Z_/0-9]+$|time:' || true
 fi

@@ -5,6 +5,7 @@
 //! certificate `CN=team.app1`).
 
 use crate::config::{validate_cluster_name, Errors, ExternalIdentitySpec, IdentitySpec};
+use crate::first_match_index::FirstMatchIndex;
 use crate::pattern::{normalizer, Case, PatternSet};
 use crate::trust_domain::TrustDomains;
 
@@ -19,6 +20,8 @@ pub struct ExternalIdentity {
 #[derive(Debug, Default)]
 pub struct IdentityMapping {
     entries: Vec<(PatternSet, ExternalIdentity)>,
+    /// Finds the first matching entry without scanning them all.
+    index: FirstMatchIndex,
     default: Option<ExternalIdentity>,
 }
 
@@ -61,14 +64,18 @@ impl IdentityMapping {
             validate_cluster_name(errors, &format!("{path}.defaultIdentity.cluster"), &spec.cluster);
             identity(&spec.name, &spec.cluster)
         });
-        Self { entries, default }
+        let mut index = FirstMatchIndex::default();
+        for (i, (patterns, _)) in entries.iter().enumerate() {
+            index.insert(patterns, i);
+        }
+        Self { entries, index, default }
     }
 
     /// The external identity for a principal (Istio form, `td/path`): first match, else the default.
     pub fn select(&self, principal: &str) -> Option<&ExternalIdentity> {
-        self.entries
-            .iter()
-            .find(|(patterns, _)| patterns.matches(Some(principal)))
+        self.index
+            .first_match(Some(principal))
+            .and_then(|i| self.entries.get(i))
             .map(|(_, identity)| identity)
             .or(self.default.as_ref())
     }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod decision;
 pub mod destination;
+pub mod first_match_index;
 pub mod identity_mapping;
 pub mod metrics;
 pub mod pattern;

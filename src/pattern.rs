@@ -91,6 +91,26 @@ impl PatternSet {
         Ok(())
     }
 
+    /// The exact values.
+    pub fn exact_values(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().chain(&self.exact_set).map(|v| &**v)
+    }
+
+    /// The `prefix*` patterns, without the `*`.
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.prefixes.iter().map(|v| &**v)
+    }
+
+    /// The `*suffix` patterns, without the `*`.
+    pub fn suffixes(&self) -> impl Iterator<Item = &str> {
+        self.suffixes.iter().map(|v| &**v)
+    }
+
+    /// Whether the set holds `*` (any non-empty value).
+    pub fn matches_any_present(&self) -> bool {
+        self.any_present
+    }
+
     /// Whether `value` matches any pattern. An absent value matches nothing.
     pub fn matches(&self, value: Option<&str>) -> bool {
         let Some(value) = value else { return false };

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use crate::config::{Action, Errors, OperationSpec, PolicySpec, PortSpec, SourceSpec};
+use crate::first_match_index::FirstMatchIndex;
 use crate::pattern::{normalizer, verbatim, Case, PatternSet};
 use crate::trust_domain::TrustDomains;
 
@@ -53,10 +54,68 @@ impl Verdict<'_> {
 /// they never change the enforced verdict, only the shadow one.
 #[derive(Debug, Default)]
 pub struct PolicyLayer {
-    deny: Vec<Policy>,
-    allow: Vec<Policy>,
+    deny: RuleList,
+    allow: RuleList,
     dry_run_deny: Vec<Policy>,
     dry_run_allow: Vec<Policy>,
+}
+
+/// The enforced policies of one action, in order, indexed for first-match evaluation: rules whose only
+/// constraint is `source.principals`, or only `operation.paths`, are found through a [`FirstMatchIndex`];
+/// the other rules are scanned, but only those that come before the first indexed match.
+#[derive(Debug, Default)]
+struct RuleList {
+    policies: Vec<Policy>,
+    /// Ordinal (a rule's position in policy-then-rule order) → (policy index, rule index).
+    ordinals: Vec<(usize, usize)>,
+    by_principal: FirstMatchIndex,
+    by_path: FirstMatchIndex,
+    /// Ordinals of the rules no index covers, ascending.
+    scanned: Vec<usize>,
+}
+
+impl RuleList {
+    fn push(&mut self, policy: Policy) {
+        let policy_index = self.policies.len();
+        for (rule_index, rule) in policy.rules.iter().enumerate() {
+            let ordinal = self.ordinals.len();
+            self.ordinals.push((policy_index, rule_index));
+            let indexed = match (rule.from.as_slice(), rule.to.as_slice()) {
+                ([source], []) => source.only_principals().map(|set| (&mut self.by_principal, set)),
+                ([], [operation]) => operation.only_paths().map(|set| (&mut self.by_path, set)),
+                _ => None,
+            };
+            match indexed {
+                Some((index, set)) => index.insert(set, ordinal),
+                None => self.scanned.push(ordinal),
+            }
+        }
+        self.policies.push(policy);
+    }
+
+    /// The first matching (policy, rule index), in policy-then-rule order.
+    fn first_match(&self, request: &Attributes<'_>) -> Option<(&Policy, usize)> {
+        let indexed = match (
+            self.by_principal.first_match(Some(request.principal)),
+            self.by_path.first_match(Some(request.path)),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let scanned = self
+            .scanned
+            .iter()
+            .take_while(|&&ordinal| indexed.is_none_or(|first| ordinal < first))
+            .find(|&&ordinal| self.rule(ordinal).is_some_and(|rule| rule.matches(request)))
+            .copied();
+        let &(policy, rule) = self.ordinals.get(scanned.or(indexed)?)?;
+        Some((self.policies.get(policy)?, rule))
+    }
+
+    fn rule(&self, ordinal: usize) -> Option<&Rule> {
+        let &(policy, rule) = self.ordinals.get(ordinal)?;
+        self.policies.get(policy)?.rules.get(rule)
+    }
 }
 
 #[derive(Debug)]
@@ -152,6 +211,7 @@ impl PolicyLayer {
             match (spec.action, spec.dry_run) {
                 (Action::Deny, false) => layer.deny.push(policy),
                 (Action::Allow, false) => layer.allow.push(policy),
+                // Dry-run policies are evaluated only for the shadow verdict, by a plain scan.
                 (Action::Deny, true) => layer.dry_run_deny.push(policy),
                 (Action::Allow, true) => layer.dry_run_allow.push(policy),
             }
@@ -161,7 +221,13 @@ impl PolicyLayer {
 
     /// Evaluates the enforced policies: DENY first, then ALLOW, else deny.
     pub fn evaluate(&self, request: &Attributes<'_>) -> Verdict<'_> {
-        evaluate(self.deny.iter(), self.allow.iter(), request)
+        if let Some((policy, rule)) = self.deny.first_match(request) {
+            return Verdict::DeniedByPolicy { policy: &policy.name, rule };
+        }
+        match self.allow.first_match(request) {
+            Some((policy, rule)) => Verdict::Allow { policy: &policy.name, rule },
+            None => Verdict::NoMatchingAllow,
+        }
     }
 
     /// The verdict the layer would give if its dry-run policies were enforced too; `None` when the
@@ -171,15 +237,15 @@ impl PolicyLayer {
             return None;
         }
         Some(evaluate(
-            self.dry_run_deny.iter().chain(&self.deny),
-            self.allow.iter().chain(&self.dry_run_allow),
+            self.dry_run_deny.iter().chain(&self.deny.policies),
+            self.allow.policies.iter().chain(&self.dry_run_allow),
             request,
         ))
     }
 
     /// Number of policies in the layer, dry-run ones included.
     pub fn len(&self) -> usize {
-        self.deny.len() + self.allow.len() + self.dry_run_deny.len() + self.dry_run_allow.len()
+        self.deny.policies.len() + self.allow.policies.len() + self.dry_run_deny.len() + self.dry_run_allow.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,6 +253,7 @@ impl PolicyLayer {
     }
 }
 
+/// Plain first-match evaluation over policies in order (the shadow verdict's path).
 fn evaluate<'c>(
     mut deny: impl Iterator<Item = &'c Policy>,
     mut allow: impl Iterator<Item = &'c Policy>,
@@ -238,6 +305,13 @@ impl Source {
         }
     }
 
+    /// The principals' patterns, if they are this source's only constraint.
+    fn only_principals(&self) -> Option<&PatternSet> {
+        let others = [&self.namespaces, &self.trust_domains];
+        let alone = self.principals.none_of.is_none() && others.iter().all(|c| c.any_of.is_none() && c.none_of.is_none());
+        self.principals.any_of.as_ref().filter(|_| alone)
+    }
+
     fn matches(&self, request: &Attributes<'_>) -> bool {
         self.principals.matches(Some(request.principal))
             && self.namespaces.matches(request.namespace)
@@ -278,6 +352,16 @@ impl Operation {
                 none_of: field(&spec.not_paths, "notPaths", Case::Sensitive, errors),
             },
         }
+    }
+
+    /// The paths' patterns, if they are this operation's only constraint.
+    fn only_paths(&self) -> Option<&PatternSet> {
+        let others = [&self.hosts, &self.methods];
+        let alone = self.paths.none_of.is_none()
+            && self.ports.any_of.is_none()
+            && self.ports.none_of.is_none()
+            && others.iter().all(|c| c.any_of.is_none() && c.none_of.is_none());
+        self.paths.any_of.as_ref().filter(|_| alone)
     }
 
     fn matches(&self, request: &Attributes<'_>) -> bool {

@@ -209,10 +209,25 @@ fn operation(with_hosts: bool) -> impl Strategy<Value = Value> {
 }
 
 fn policies(prefix: &'static str, with_hosts: bool) -> impl Strategy<Value = Value> {
-    let rule = (prop::collection::vec(source(), 0..=2), prop::collection::vec(operation(with_hosts), 0..=2))
+    let complex = (prop::collection::vec(source(), 0..=2), prop::collection::vec(operation(with_hosts), 0..=2))
         .prop_map(|(from, to)| json!({ "from": from, "to": to }));
-    let policy = (prop::bool::ANY, prop::bool::weighted(0.15), prop::collection::vec(rule, 0..=2));
-    prop::collection::vec(policy, 0..=4).prop_map(move |ps| {
+    // Rules with a single principals or paths constraint: the ones the engine's first-match index serves.
+    let principals: &'static [&'static str] = &[
+        "cluster.local/ns/team/sa/app1",
+        "spiffe://cluster.local/ns/team/sa/app2",
+        "cluster.local/ns/team/*",
+        "cluster.local/ns/legacy/*",
+        "*/sa/app1",
+        "*",
+    ];
+    let paths: &'static [&'static str] = &["/admin*", "/v1/x", "*/x", "/", "*"];
+    let by_principal = prop::collection::vec(prop::sample::select(principals), 1..=3)
+        .prop_map(|p| json!({ "from": [{ "source": { "principals": p } }] }));
+    let by_path = prop::collection::vec(prop::sample::select(paths), 1..=3)
+        .prop_map(|p| json!({ "to": [{ "operation": { "paths": p } }] }));
+    let rule = prop_oneof![2 => complex, 2 => by_principal, 1 => by_path];
+    let policy = (prop::bool::ANY, prop::bool::weighted(0.15), prop::collection::vec(rule, 0..=4));
+    prop::collection::vec(policy, 0..=5).prop_map(move |ps| {
         Value::Array(
             ps.into_iter()
                 .enumerate()
