@@ -16,7 +16,7 @@
 //!
 //! Plugin configuration failures: a configuration the plugin refuses makes Envoy refuse to start
 //! (`tests/e2e.rs`); through LDS it is a rejected update and the previous listener keeps serving
-//! (`tests/soak.rs`).
+//! (`tests/reload.rs`).
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

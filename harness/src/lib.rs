@@ -6,12 +6,14 @@
 //! * [`client`]: calls the gateway as a workload with the `curl` binary.
 //! * [`sds`]: the file-based SDS resources the gateway reads its certificates from (and rotation).
 //! * [`load`]: a bounded load generator (W workers x K requests per connection, switchable caller).
+//! * [`lds`]: the gateway's listener from file-based LDS, to push a new plugin configuration (reload).
 //!
 //! Everything runs in a *run directory* laid out as
 //!
 //! ```text
 //! <run>/pki/...                      certificates and keys (see pki::layout)
 //! <run>/sds/<secret>.yaml            SDS resources for the gateway (see sds)
+//! <run>/lds/listeners.yaml           the gateway's listener, with Options::with_lds (see lds)
 //! <run>/dist/egress_identity.wasm    the filter (a copy)
 //! <run>/logs/                        gateway-envoy.log, gateway-access.log, external-access.log, ...
 //! ```
@@ -20,6 +22,7 @@
 //! files work unchanged in a container whose working directory holds that layout.
 
 pub mod client;
+pub mod lds;
 pub mod load;
 pub mod pki;
 pub mod process;

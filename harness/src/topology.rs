@@ -70,6 +70,10 @@ pub struct Options {
     /// A different plugin configuration (JSON): the gateway then runs a copy of `gateway_config` written
     /// to `<run>/gateway-variant.yaml` in which only the plugin configuration differs ([`gateway_variant`]).
     pub plugin_config: Option<String>,
+    /// Serve the gateway's listener through file-based LDS (`<run>/lds/listeners.yaml`, bootstrap
+    /// `<run>/gateway-lds.json`, see [`crate::lds`]) so a new plugin configuration can be pushed with
+    /// [`Topology::push_plugin_config`].
+    pub lds: bool,
     /// nginx configuration (default `<repo>/envoy/external-server/nginx.conf`).
     pub nginx_config: PathBuf,
     /// Envoy binary.
@@ -89,6 +93,7 @@ impl Options {
             wasm: wasm_path(),
             gateway_config: root.join("envoy/gateway.yaml"),
             plugin_config: None,
+            lds: false,
             nginx_config: root.join("envoy/external-server/nginx.conf"),
             envoy: envoy_bin(),
             nginx: nginx_bin(),
@@ -99,6 +104,12 @@ impl Options {
     /// Run a gateway variant with this plugin configuration (see [`Options::plugin_config`]).
     pub fn with_plugin_config(mut self, json: impl Into<String>) -> Options {
         self.plugin_config = Some(json.into());
+        self
+    }
+
+    /// Serve the gateway's listener through file-based LDS (see [`Options::lds`]).
+    pub fn with_lds(mut self) -> Options {
+        self.lds = true;
         self
     }
 }
@@ -362,6 +373,11 @@ impl Topology {
                 variant
             }
         };
+        let gateway_config = if opts.lds {
+            crate::lds::split_bootstrap(&gateway_config, &run_dir)?
+        } else {
+            gateway_config
+        };
         let logs = run_dir.join("logs");
 
         let mut nginx = Supervised::spawn(
@@ -416,7 +432,8 @@ impl Topology {
         })
     }
 
-    /// The bootstrap the gateway runs (`envoy/gateway.yaml`, or the variant in the run directory).
+    /// The bootstrap the gateway runs (`envoy/gateway.yaml`, or the variant or LDS bootstrap in the run
+    /// directory).
     pub fn gateway_config(&self) -> &Path {
         &self.gateway_config
     }
@@ -424,6 +441,19 @@ impl Topology {
     /// The directory of the gateway's SDS resource files (`<run>/sds`), see [`crate::sds`].
     pub fn sds_dir(&self) -> PathBuf {
         self.run_dir.join(crate::sds::SDS_DIR_IN_RUN_DIR)
+    }
+
+    /// The directory of the gateway's LDS resource file (`<run>/lds`, with [`Options::with_lds`]).
+    pub fn lds_dir(&self) -> PathBuf {
+        self.run_dir.join(crate::lds::LDS_DIR_IN_RUN_DIR)
+    }
+
+    /// Push a new plugin configuration (JSON, taken verbatim) to the running gateway: the LDS resource
+    /// file with only the plugin configuration replaced, written atomically (needs
+    /// [`Options::with_lds`]). Envoy applies it within milliseconds, or rejects the whole update if the
+    /// filter refuses the configuration (`listener_manager.lds.update_rejected`).
+    pub fn push_plugin_config(&self, plugin_json: &str) -> Result<PathBuf> {
+        crate::lds::push_plugin_config(&self.lds_dir(), plugin_json)
     }
 
     /// A counter or gauge from the admin `/stats` endpoint (`None` if absent or the admin is down).
