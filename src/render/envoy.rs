@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{check_file_safe, commented, first_exact_host, int, map, s, strs, to_yaml, Policy, RenderError, Yaml};
+use super::{check_file_safe, commented, dns_san_validation, first_exact_host, int, map, s, strs, to_yaml, Policy, RenderError, Yaml};
 
 /// Where something listens or connects: a host name or IP address and a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,19 +314,7 @@ fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
                                     ),
                                     (
                                         "combined_validation_context",
-                                        map([
-                                            (
-                                                "default_validation_context",
-                                                map([(
-                                                    "match_typed_subject_alt_names",
-                                                    Yaml::Seq(vec![map([
-                                                        ("san_type", s("DNS")),
-                                                        ("matcher", map([("exact", s(&up.sni))])),
-                                                    ])]),
-                                                )]),
-                                            ),
-                                            ("validation_context_sds_secret_config", sds(&up.ca_secret, &opts.sds_dir)),
-                                        ]),
+                                        dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)),
                                     ),
                                 ]),
                             ),

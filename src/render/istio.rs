@@ -2,7 +2,7 @@
 //! or an ambient egress waypoint (`examples/istio/egress-waypoint/`) for one policy file.
 
 use super::envoy::{identity_clusters, IdentityCluster};
-use super::{commented, documents, first_exact_host, int, k8s_name, map, s, strs, Policy, RenderError, Yaml};
+use super::{commented, dns_san_validation, documents, first_exact_host, int, k8s_name, map, s, strs, Policy, RenderError, Yaml};
 use crate::config::PrincipalSource;
 
 /// The OCI image of the filter used when none is given (a placeholder registry, pinned by digest).
@@ -245,20 +245,7 @@ fn gateway(policy: &Policy, opts: &IstioOptions, clusters: &[IdentityCluster], d
                     "networking.istio.io/v1",
                     "ServiceEntry",
                     meta(&k8s_name(&d.host), ns),
-                    map([
-                        ("hosts", strs([d.host.as_str()])),
-                        ("location", s("MESH_EXTERNAL")),
-                        ("resolution", s("DNS")),
-                        (
-                            "ports",
-                            Yaml::Seq(vec![map([
-                                ("number", int(80)),
-                                ("name", s("http")),
-                                ("protocol", s("HTTP")),
-                                ("targetPort", int(d.port)),
-                            ])]),
-                        ),
-                    ]),
+                    external_service_entry_spec(&d.host, d.port),
                 ),
             )
         })
@@ -437,25 +424,13 @@ fn gateway(policy: &Policy, opts: &IstioOptions, clusters: &[IdentityCluster], d
                                                         ),
                                                         (
                                                             "combined_validation_context",
-                                                            map([
-                                                                (
-                                                                    "default_validation_context",
-                                                                    map([(
-                                                                        "match_typed_subject_alt_names",
-                                                                        Yaml::Seq(vec![map([
-                                                                            ("san_type", s("DNS")),
-                                                                            ("matcher", map([("exact", s(&d.host))])),
-                                                                        ])]),
-                                                                    )]),
-                                                                ),
-                                                                (
-                                                                    "validation_context_sds_secret_config",
-                                                                    map([
-                                                                        ("name", s(format!("kubernetes://{secret}-cacert"))),
-                                                                        ("sds_config", ads()),
-                                                                    ]),
-                                                                ),
-                                                            ]),
+                                                            dns_san_validation(
+                                                                &d.host,
+                                                                map([
+                                                                    ("name", s(format!("kubernetes://{secret}-cacert"))),
+                                                                    ("sds_config", ads()),
+                                                                ]),
+                                                            ),
                                                         ),
                                                     ]),
                                                 ),
@@ -600,20 +575,7 @@ fn waypoint(policy: &Policy, opts: &IstioOptions, clusters: &[IdentityCluster], 
                 ),
                 (
                     "spec",
-                    map([
-                        ("hosts", strs([d.host.as_str()])),
-                        ("location", s("MESH_EXTERNAL")),
-                        ("resolution", s("DNS")),
-                        (
-                            "ports",
-                            Yaml::Seq(vec![map([
-                                ("number", int(80)),
-                                ("name", s("http")),
-                                ("protocol", s("HTTP")),
-                                ("targetPort", int(d.port)),
-                            ])]),
-                        ),
-                    ]),
+                    external_service_entry_spec(&d.host, d.port),
                 ),
             ]),
         ));
@@ -740,6 +702,25 @@ fn waypoint(policy: &Policy, opts: &IstioOptions, clusters: &[IdentityCluster], 
         file("authorization-policy.yaml", m, vec![auth]),
         file("wasm-plugin.yaml", m, vec![plugin]),
     ]
+}
+
+/// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
+/// mesh), forwarded to the partner's `target_port`; shared by the gateway and the waypoint layouts.
+fn external_service_entry_spec(host: &str, target_port: u16) -> Yaml {
+    map([
+        ("hosts", strs([host])),
+        ("location", s("MESH_EXTERNAL")),
+        ("resolution", s("DNS")),
+        (
+            "ports",
+            Yaml::Seq(vec![map([
+                ("number", int(80)),
+                ("name", s("http")),
+                ("protocol", s("HTTP")),
+                ("targetPort", int(target_port)),
+            ])]),
+        ),
+    ])
 }
 
 #[cfg(test)]

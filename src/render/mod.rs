@@ -305,6 +305,21 @@ pub fn check_file_safe(what: &str, name: &str) -> Result<(), RenderError> {
     }
 }
 
+/// An upstream `combined_validation_context`: the partner's certificate must carry `host` as a DNS SAN and
+/// chain to the CA from `ca_secret` (an SDS secret config). Shared by the Envoy and Istio renderers.
+pub fn dns_san_validation(host: &str, ca_secret: Yaml) -> Yaml {
+    map([
+        (
+            "default_validation_context",
+            map([(
+                "match_typed_subject_alt_names",
+                Yaml::Seq(vec![map([("san_type", s("DNS")), ("matcher", map([("exact", s(host))]))])]),
+            )]),
+        ),
+        ("validation_context_sds_secret_config", ca_secret),
+    ])
+}
+
 /// A Kubernetes DNS-1123 label made from `name` (lower case; other characters become `-`).
 pub fn k8s_name(name: &str) -> String {
     let lowered: String = name
