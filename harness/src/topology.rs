@@ -512,14 +512,15 @@ impl Topology {
             .collect()
     }
 
-    /// Requests the external server has logged whose request URI starts with `path`.
+    /// Requests the external server has logged for exactly `path` (its query string, if any, ignored).
     pub fn external_requests_for(&self, path: &str) -> Vec<serde_json::Value> {
         self.external_requests()
             .into_iter()
             .filter(|r| {
                 r.get("uri")
                     .and_then(|u| u.as_str())
-                    .is_some_and(|u| u.starts_with(path))
+                    // Exactly this path (a query string may follow): "/x/1" must not match "/x/10".
+                    .is_some_and(|u| u.strip_prefix(path).is_some_and(|rest| rest.is_empty() || rest.starts_with('?')))
             })
             .collect()
     }
