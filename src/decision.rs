@@ -146,7 +146,8 @@ pub struct Evaluation<'c> {
 }
 
 impl Evaluation<'_> {
-    fn of(decision: Decision<'_>) -> Evaluation<'_> {
+    /// An evaluation that reached no layer (decided before the policies, e.g. a malformed request).
+    pub fn of(decision: Decision<'_>) -> Evaluation<'_> {
         Evaluation {
             decision,
             gateway: None,

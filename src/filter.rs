@@ -14,6 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
+use crate::audit;
 use crate::config::{Config, PrincipalSource};
 use crate::decision::{Decision, Denial, Evaluation, Layer, PrincipalError, Reason, Request};
 use crate::metrics;
@@ -31,18 +32,6 @@ const PEER_CERTIFICATE_DIGEST: [&str; 2] = ["connection", "sha256_peer_certifica
 const ISTIO_PEER_PRINCIPAL: [&str; 2] = ["filter_state", "io.istio.peer_principal"];
 /// Shared data (across this VM's workers) holding `<fingerprint> <generation>` of the loaded config.
 const GENERATION_KEY: &str = "egress_identity.config_generation";
-
-/// Filter-state keys of the audit record; Envoy stores them as `wasm.<key>`, so an access log reads
-/// e.g. `%FILTER_STATE(wasm.egress_identity.decision:PLAIN)%`.
-mod audit {
-    pub const DECISION: &str = "egress_identity.decision";
-    pub const PRINCIPAL: &str = "egress_identity.principal";
-    pub const LAYER: &str = "egress_identity.layer";
-    pub const POLICY: &str = "egress_identity.policy";
-    pub const REASON: &str = "egress_identity.reason";
-    pub const IDENTITY: &str = "egress_identity.identity";
-    pub const DRY_RUN: &str = "egress_identity.dry_run";
-}
 
 /// Metric ids, defined once per configuration.
 #[derive(Default)]
@@ -214,13 +203,8 @@ impl HttpContext for EgressIdentityFilter {
             respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"not_configured"}"#);
             return Action::Pause;
         };
-        // Whatever happens next, client-supplied copies of the internal headers must not survive.
-        for name in [&*config.headers.principal, &*config.headers.cluster] {
-            if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
-                return self.host_error("cannot remove an internal header");
-            }
-        }
-
+        // Client-supplied copies of the internal headers never survive: an allowed request gets both set
+        // below, and setting a header replaces every copy of it; any other request is answered here.
         let principal = self.principal(&config);
         if let Ok(Caller::Certificate(cert)) = &principal {
             if cert.legacy_kuma_sans {
@@ -230,12 +214,15 @@ impl HttpContext for EgressIdentityFilter {
         let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
         let (authority, method, path) = (header(":authority"), header(":method"), header(":path"));
         let (Some(authority), Some(method), Some(path)) = (text(&authority), text(&method), text(&path)) else {
-            return self.deny(&Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest }, principal_id);
+            let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
+            record_audit(&audit::record(&Evaluation::of(Decision::Deny(denial)), principal_id));
+            return self.deny(&denial);
         };
         let request = Request { authority, method, path };
 
         let evaluation = config.evaluate(principal.as_ref().map(Caller::id).map_err(|e| *e), &request);
-        self.record_dry_run(&evaluation);
+        self.count_dry_run(&evaluation);
+        record_audit(&audit::record(&evaluation, principal_id));
         match evaluation.decision {
             Decision::Allow(allowed) => {
                 let set = |name: &str, value: &str| {
@@ -246,10 +233,6 @@ impl HttpContext for EgressIdentityFilter {
                 }
                 increment(self.metrics.allowed);
                 increment(self.metrics.identities.get(&*allowed.identity.cluster).copied());
-                set_audit(audit::DECISION, "allow");
-                set_audit(audit::PRINCIPAL, principal_id);
-                set_audit(audit::POLICY, allowed.destination_policy);
-                set_audit(audit::IDENTITY, &allowed.identity.name);
                 log::debug!(
                     "egress-identity: allow principal={principal_id} destination={} identity={} gateway_policy={} destination_policy={}",
                     allowed.destination,
@@ -263,7 +246,7 @@ impl HttpContext for EgressIdentityFilter {
             }
             Decision::Deny(denial) => {
                 log::debug!("egress-identity: {denial} principal={principal_id} authority={}", request.authority);
-                self.deny(&denial, principal_id)
+                self.deny(&denial)
             }
         }
     }
@@ -319,29 +302,20 @@ impl EgressIdentityFilter {
         }
     }
 
-    fn record_dry_run(&self, evaluation: &Evaluation<'_>) {
+    fn count_dry_run(&self, evaluation: &Evaluation<'_>) {
         match evaluation.shadow_allowed() {
             None => {}
-            Some(true) => {
-                increment(self.metrics.shadow_allow);
-                set_audit(audit::DRY_RUN, "allow");
-            }
+            Some(true) => increment(self.metrics.shadow_allow),
             Some(false) => {
                 increment(self.metrics.shadow_deny);
-                set_audit(audit::DRY_RUN, "deny");
                 log::info!("egress-identity: dry-run policies would deny this request: {evaluation:?}");
             }
         }
     }
 
-    fn deny(&self, denial: &Denial<'_>, principal: &str) -> Action {
+    fn deny(&self, denial: &Denial<'_>) -> Action {
         increment(self.metrics.denied);
         increment(self.metrics.denied_by.get(&(denial.layer.as_str(), denial.reason.code())).copied());
-        set_audit(audit::DECISION, "deny");
-        set_audit(audit::PRINCIPAL, principal);
-        set_audit(audit::LAYER, denial.layer.as_str());
-        set_audit(audit::POLICY, denial.policy.unwrap_or_default());
-        set_audit(audit::REASON, denial.reason.code());
         respond(403, &denial.to_json());
         Action::Pause
     }
@@ -364,12 +338,10 @@ fn istio_peer_principal(value: &[u8]) -> Result<SpiffeId, crate::spiffe_id::Spif
     }
 }
 
-/// Records one audit field in filter state (skipped when empty); failures only cost the audit field.
-fn set_audit(key: &str, value: &str) {
-    if !value.is_empty() {
-        if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
-            log::warn!("egress-identity: cannot record {key}: {status:?}");
-        }
+/// Stores the audit record in filter state (one host call); a failure only costs the record.
+fn record_audit(record: &str) {
+    if let Err(status) = hostcalls::set_property(vec![audit::FILTER_STATE_KEY], Some(record.as_bytes())) {
+        log::warn!("egress-identity: cannot record the audit record: {status:?}");
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use egress_identity::audit;
 use egress_identity::config::Config;
 use egress_identity::decision::{Decision, Evaluation, PrincipalError, Request};
 use egress_identity::policy::Verdict;
@@ -259,7 +260,8 @@ fn explain(config: &Config, principal: Option<&str>, request: &Request<'_>, as_j
         Some(p) => SpiffeId::parse(p).map_err(PrincipalError::InvalidSpiffeId),
     };
     let evaluation = config.evaluate(parsed.as_ref().map_err(|e| *e), request);
-    let report = report(principal, request, &evaluation);
+    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
+    let report = report(principal, request, &evaluation, &audit_record);
     if as_json {
         println!("{report:#}");
     } else {
@@ -281,7 +283,7 @@ fn verdict(v: Option<Verdict<'_>>) -> Value {
 }
 
 /// The explanation as JSON: `decision` is exactly what the filter does (the 403 body on deny).
-fn report(principal: Option<&str>, request: &Request<'_>, e: &Evaluation<'_>) -> Value {
+fn report(principal: Option<&str>, request: &Request<'_>, e: &Evaluation<'_>, audit_record: &str) -> Value {
     let decision = match e.decision {
         Decision::Allow(a) => json!({
             "decision": "allow",
@@ -298,6 +300,7 @@ fn report(principal: Option<&str>, request: &Request<'_>, e: &Evaluation<'_>) ->
         "destinationPolicies": verdict(e.destination_verdict),
         "dryRun": {"gateway": verdict(e.gateway_shadow), "destination": verdict(e.destination_shadow)},
         "decision": decision,
+        "audit": audit_record,
     })
 }
 
@@ -331,6 +334,7 @@ fn print_text(report: &Value) {
     } else {
         println!("decision:     deny layer={} policy={} reason={}", s(&d["layer"]), s(&d["policy"]), s(&d["reason"]));
     }
+    println!("audit record: {}", s(&report["audit"]));
 }
 
 fn spiffe_id(id: &str) -> ExitCode {

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::topology::{self, Options, Topology};
@@ -153,38 +152,41 @@ fn dry_run_policies_are_counted_but_never_enforced() {
     assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
 }
 
-/// The gateway's access log line for a request path (Envoy flushes its access log about once a second).
 fn access_log_entry(s: &Setup, path: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = s.topology.gateway_access_log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| {
-            e["path"].as_str() == Some(path)
-        });
-        if let Some(entry) = found {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "no gateway access-log entry for {path}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.topology.gateway_access_log_entry(path).unwrap_or_else(|| panic!("no gateway access-log entry for {path}"))
 }
 
 #[test]
-fn the_access_log_carries_the_audit_record() {
+fn the_access_log_carries_the_audit_record_that_explain_predicts() {
     let (_lock, s) = setup();
-    assert_eq!(send(s, APP1.0, "api.partner.example", "/v1/audit-allow").status, 200);
-    assert_eq!(send(s, QUARANTINE.0, "api.partner.example", "/v1/audit-deny").status, 403);
-    assert_eq!(send(s, APP2.0, "api.partner.example", "/v1/audit-dry-run").status, 200);
-    let allow = access_log_entry(s, "/v1/audit-allow");
-    assert_eq!(allow["decision"], "allow", "{allow}");
-    assert_eq!(allow["principal"], APP1.1, "{allow}");
-    assert_eq!(allow["identity"], "team.app1", "{allow}");
-    assert_eq!(allow["policy"], "allow-team-apps", "{allow}");
-    let deny = access_log_entry(s, "/v1/audit-deny");
-    assert_eq!(deny["decision"], "deny", "{deny}");
-    assert_eq!(deny["principal"], QUARANTINE.1, "{deny}");
-    assert_eq!(deny["layer"], "gateway", "{deny}");
-    assert_eq!(deny["policy"], "deny-quarantine", "{deny}");
-    assert_eq!(deny["reason"], "denied_by_policy", "{deny}");
-    let dry = access_log_entry(s, "/v1/audit-dry-run");
-    assert_eq!(dry["dry_run"], "deny", "{dry}");
+    let cases = [
+        (APP1, "/v1/audit-allow", 200),
+        (QUARANTINE, "/v1/audit-deny", 403),
+        (APP2, "/v1/audit-dry-run", 200),
+        (SANDBOX, "/v1/audit-no-allow", 403),
+    ];
+    for ((who, principal), path, status) in cases {
+        assert_eq!(send(s, who, "api.partner.example", path).status, status, "{principal} {path}");
+        let logged = access_log_entry(s, path);
+        let predicted = explain(s, principal, "api.partner.example", path);
+        assert_eq!(logged["audit"], predicted["audit"], "{principal} {path}: access log vs explain");
+    }
+    let audit = |path| access_log_entry(s, path)["audit"].as_str().unwrap().to_owned();
+    assert_eq!(
+        audit("/v1/audit-allow"),
+        format!(
+            "decision=allow principal={} destination=partner-api gateway_policy=allow-mesh-workloads \
+             destination_policy=allow-team-apps identity=team.app1 dry_run=allow",
+            APP1.1
+        )
+    );
+    assert_eq!(
+        audit("/v1/audit-deny"),
+        format!("decision=deny principal={} layer=gateway policy=deny-quarantine reason=denied_by_policy dry_run=deny", QUARANTINE.1)
+    );
+    assert!(audit("/v1/audit-dry-run").ends_with(" identity=team.app2 dry_run=deny"), "{}", audit("/v1/audit-dry-run"));
+    assert_eq!(
+        audit("/v1/audit-no-allow"),
+        format!("decision=deny principal={} layer=gateway reason=no_matching_allow dry_run=deny", SANDBOX.1)
+    );
 }

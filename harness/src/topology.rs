@@ -530,6 +530,20 @@ impl Topology {
         process::read_lossy(&self.run_dir.join("logs/gateway-access.log"))
     }
 
+    /// The gateway's access-log entry for exactly `path`, waiting up to 10 s for it (Envoy flushes its
+    /// access log about once a second); `None` if none appeared.
+    pub fn gateway_access_log_entry(&self, path: &str) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.gateway_access_log();
+            let entry = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|e| e["path"] == path);
+            if entry.is_some() || std::time::Instant::now() > deadline {
+                return entry;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The gateway's own log (Envoy stderr, includes the filter's log lines).
     pub fn gateway_log(&self) -> String {
         self.envoy.log()

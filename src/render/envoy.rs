@@ -203,13 +203,7 @@ const AUDIT_FIELDS: &[(&str, &str)] = &[
     ("status", "%RESPONSE_CODE%"),
     ("details", "%RESPONSE_CODE_DETAILS%"),
     ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
-    ("decision", "%FILTER_STATE(wasm.egress_identity.decision:PLAIN)%"),
-    ("principal", "%FILTER_STATE(wasm.egress_identity.principal:PLAIN)%"),
-    ("layer", "%FILTER_STATE(wasm.egress_identity.layer:PLAIN)%"),
-    ("policy", "%FILTER_STATE(wasm.egress_identity.policy:PLAIN)%"),
-    ("reason", "%FILTER_STATE(wasm.egress_identity.reason:PLAIN)%"),
-    ("identity", "%FILTER_STATE(wasm.egress_identity.identity:PLAIN)%"),
-    ("dry_run", "%FILTER_STATE(wasm.egress_identity.dry_run:PLAIN)%"),
+    ("audit", "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%"),
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("duration_ms", "%DURATION%"),
 ];
@@ -668,7 +662,7 @@ mod tests {
             "forward_client_cert_details: SANITIZE",
             "cluster_header: x-egress-identity-cluster",
             "max_connection_duration: 10s",
-            "%FILTER_STATE(wasm.egress_identity.dry_run:PLAIN)%",
+            "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%",
         ] {
             assert!(out.contains(must), "{must}\n{out}");
         }
