@@ -6,7 +6,7 @@
 //! access log) and in metrics. Every host call is checked; none can panic the VM. If the configuration
 //! did not load, every request is answered with 500 (fail closed).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -33,59 +33,91 @@ const ISTIO_PEER_PRINCIPAL: [&str; 2] = ["filter_state", "io.istio.peer_principa
 /// Shared data (across this VM's workers) holding `<fingerprint> <generation>` of the loaded config.
 const GENERATION_KEY: &str = "egress_identity.config_generation";
 
-/// Metric ids, defined once per configuration.
+/// A counter whose increments stay in the VM until the next tick ([`metrics::FLUSH_INTERVAL`]): an
+/// `increment_metric` host call per request would cost about 1 µs of gateway CPU each.
+struct Counter {
+    id: u32,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn define(name: &str) -> Option<Counter> {
+        match hostcalls::define_metric(MetricType::Counter, name) {
+            Ok(id) => Some(Counter { id, pending: Cell::new(0) }),
+            Err(status) => {
+                log::warn!("egress-identity: cannot define metric {name}: {status:?}");
+                None
+            }
+        }
+    }
+
+    /// Hands the pending increments to Envoy; kept for the next flush if the host refuses.
+    fn flush(&self) {
+        let pending = self.pending.get();
+        if pending == 0 {
+            return;
+        }
+        match hostcalls::increment_metric(self.id, i64::try_from(pending).unwrap_or(i64::MAX)) {
+            Ok(()) => self.pending.set(0),
+            Err(status) => log::warn!("egress-identity: cannot increment metric {}: {status:?}", self.id),
+        }
+    }
+}
+
+fn increment(counter: Option<&Counter>) {
+    if let Some(c) = counter {
+        c.pending.set(c.pending.get().saturating_add(1));
+    }
+}
+
+/// The filter's counters, defined once per configuration.
 #[derive(Default)]
 struct Metrics {
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    denied_by: HashMap<(&'static str, &'static str), u32>,
+    allowed: Option<Counter>,
+    denied: Option<Counter>,
+    denied_by: HashMap<(&'static str, &'static str), Counter>,
     /// Cluster → counter of requests forwarded as that external identity.
-    identities: HashMap<Box<str>, u32>,
-    cache_hits: Option<u32>,
-    cache_misses: Option<u32>,
-    shadow_allow: Option<u32>,
-    shadow_deny: Option<u32>,
-    legacy_kuma_sans: Option<u32>,
-}
-
-fn counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("egress-identity: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-fn increment(metric: Option<u32>) {
-    if let Some(id) = metric {
-        if let Err(status) = hostcalls::increment_metric(id, 1) {
-            log::warn!("egress-identity: cannot increment metric {id}: {status:?}");
-        }
-    }
+    identities: HashMap<Box<str>, Counter>,
+    cache_hits: Option<Counter>,
+    cache_misses: Option<Counter>,
+    shadow_allow: Option<Counter>,
+    shadow_deny: Option<Counter>,
+    legacy_kuma_sans: Option<Counter>,
 }
 
 impl Metrics {
     fn define(config: &Config) -> Self {
         Self {
-            allowed: counter(metrics::REQUESTS_ALLOWED),
-            denied: counter(metrics::REQUESTS_DENIED),
+            allowed: Counter::define(metrics::REQUESTS_ALLOWED),
+            denied: Counter::define(metrics::REQUESTS_DENIED),
             denied_by: metrics::DENIALS
                 .iter()
-                .filter_map(|&(layer, reason)| Some(((layer, reason), counter(&metrics::denied(layer, reason))?)))
+                .filter_map(|&(layer, reason)| Some(((layer, reason), Counter::define(&metrics::denied(layer, reason))?)))
                 .collect(),
             identities: metrics::identities(config)
                 .filter_map(|(destination, identity, cluster)| {
-                    Some((cluster.into(), counter(&metrics::identity_requests(destination, identity))?))
+                    Some((cluster.into(), Counter::define(&metrics::identity_requests(destination, identity))?))
                 })
                 .collect(),
-            cache_hits: counter(metrics::CERTIFICATE_CACHE_HITS),
-            cache_misses: counter(metrics::CERTIFICATE_CACHE_MISSES),
-            shadow_allow: counter(metrics::DRY_RUN_SHADOW_ALLOW),
-            shadow_deny: counter(metrics::DRY_RUN_SHADOW_DENY),
-            legacy_kuma_sans: counter(metrics::LEGACY_KUMA_SAN_REQUESTS),
+            cache_hits: Counter::define(metrics::CERTIFICATE_CACHE_HITS),
+            cache_misses: Counter::define(metrics::CERTIFICATE_CACHE_MISSES),
+            shadow_allow: Counter::define(metrics::DRY_RUN_SHADOW_ALLOW),
+            shadow_deny: Counter::define(metrics::DRY_RUN_SHADOW_DENY),
+            legacy_kuma_sans: Counter::define(metrics::LEGACY_KUMA_SAN_REQUESTS),
         }
+    }
+
+    fn flush(&self) {
+        let singles = [
+            &self.allowed,
+            &self.denied,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.shadow_allow,
+            &self.shadow_deny,
+            &self.legacy_kuma_sans,
+        ];
+        singles.into_iter().flatten().chain(self.denied_by.values()).chain(self.identities.values()).for_each(Counter::flush);
     }
 }
 
@@ -125,7 +157,13 @@ struct EgressIdentityRoot {
     metrics: Rc<Metrics>,
 }
 
-impl Context for EgressIdentityRoot {}
+impl Context for EgressIdentityRoot {
+    /// The plugin is being removed (e.g. a listener update): publish what was counted since the last tick.
+    fn on_done(&mut self) -> bool {
+        self.metrics.flush();
+        true
+    }
+}
 
 impl RootContext for EgressIdentityRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -144,7 +182,11 @@ impl RootContext for EgressIdentityRoot {
                     config.destinations.iter().count()
                 );
                 self.cache = Some(Rc::new(RefCell::new(PrincipalCache::new(config.certificate_cache_size))));
+                self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define(&config));
+                if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
+                    log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
+                }
                 publish_config_generation(metrics::config_fingerprint(&bytes));
                 self.config = Some(Rc::new(config));
                 true
@@ -156,6 +198,10 @@ impl RootContext for EgressIdentityRoot {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        self.metrics.flush();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -208,7 +254,7 @@ impl HttpContext for EgressIdentityFilter {
         let principal = self.principal(&config);
         if let Ok(Caller::Certificate(cert)) = &principal {
             if cert.legacy_kuma_sans {
-                increment(self.metrics.legacy_kuma_sans);
+                increment(self.metrics.legacy_kuma_sans.as_ref());
             }
         }
         let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
@@ -231,8 +277,8 @@ impl HttpContext for EgressIdentityFilter {
                 if !(set(&config.headers.principal, principal_id) && set(&config.headers.cluster, &allowed.identity.cluster)) {
                     return self.host_error("cannot set the internal headers");
                 }
-                increment(self.metrics.allowed);
-                increment(self.metrics.identities.get(&*allowed.identity.cluster).copied());
+                increment(self.metrics.allowed.as_ref());
+                increment(self.metrics.identities.get(&*allowed.identity.cluster));
                 log::debug!(
                     "egress-identity: allow principal={principal_id} destination={} identity={} gateway_policy={} destination_policy={}",
                     allowed.destination,
@@ -294,7 +340,7 @@ impl EgressIdentityFilter {
                         validate().map(Rc::new)
                     }
                 };
-                increment(if missed { self.metrics.cache_misses } else { self.metrics.cache_hits });
+                increment(if missed { self.metrics.cache_misses.as_ref() } else { self.metrics.cache_hits.as_ref() });
                 Some(result)
             }
             // No digest: either no certificate, or a host that does not expose the digest.
@@ -305,24 +351,24 @@ impl EgressIdentityFilter {
     fn count_dry_run(&self, evaluation: &Evaluation<'_>) {
         match evaluation.shadow_allowed() {
             None => {}
-            Some(true) => increment(self.metrics.shadow_allow),
+            Some(true) => increment(self.metrics.shadow_allow.as_ref()),
             Some(false) => {
-                increment(self.metrics.shadow_deny);
+                increment(self.metrics.shadow_deny.as_ref());
                 log::info!("egress-identity: dry-run policies would deny this request: {evaluation:?}");
             }
         }
     }
 
     fn deny(&self, denial: &Denial<'_>) -> Action {
-        increment(self.metrics.denied);
-        increment(self.metrics.denied_by.get(&(denial.layer.as_str(), denial.reason.code())).copied());
+        increment(self.metrics.denied.as_ref());
+        increment(self.metrics.denied_by.get(&(denial.layer.as_str(), denial.reason.code())));
         respond(403, &denial.to_json());
         Action::Pause
     }
 
     fn host_error(&self, what: &str) -> Action {
         log::error!("egress-identity: {what}; refusing the request");
-        increment(self.metrics.denied);
+        increment(self.metrics.denied.as_ref());
         respond(500, r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"host_error"}"#);
         Action::Pause
     }

@@ -1,7 +1,13 @@
 //! The names of the filter's metrics. Envoy exposes them with the prefix `wasmcustom.` in `/stats` and
 //! `/stats/prometheus` (dots become underscores there). The adapter defines and updates them.
 
+use std::time::Duration;
+
 use crate::config::Config;
+
+/// How often each worker hands its counted requests to Envoy: counters lag by at most this much, and a
+/// request costs no metric host call.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Counter: requests allowed (forwarded to an external identity's cluster).
 pub const REQUESTS_ALLOWED: &str = "egress_identity.requests_allowed";

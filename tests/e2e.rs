@@ -376,6 +376,7 @@ fn legacy_kuma_certificate_is_refused_by_the_strict_gateway() {
     let path = unique_path("/e2e", "kuma-legacy-strict");
     let r = send(&Call::get(&cert, &path));
     assert_denied(&r, &path, "principal", "multiple_uri_sans", None);
+    topo().settle_counters();
     let counted = topo().stat(LEGACY_KUMA_METRIC).unwrap_or(0);
     assert_eq!(
         counted, 0,

@@ -76,12 +76,14 @@ fn counted() -> u64 {
     })
 }
 
-/// Poll the counter until it reaches `want` (Envoy may publish it a moment later); then it must stay.
+/// Poll the counter until it reaches `want` (the filter publishes its counters once a second); then,
+/// once everything sent is published, it must be exactly `want`.
 fn assert_counter_reaches(want: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while counted() < want && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    topo().settle_counters();
     assert_eq!(counted(), want, "{METRIC}");
 }
 

@@ -122,11 +122,13 @@ fn decisions_are_counted_in_envoys_stats() {
         "denied.gateway.no_matching_allow",
         "denied.destination.denied_by_policy",
     ];
+    s.topology.settle_counters();
     let before: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
     let cache_before = stat(s, "certificate_cache.hits") + stat(s, "certificate_cache.misses");
     assert_eq!(send(s, APP1.0, "api.partner.example", "/v1/metrics").status, 200);
     assert_eq!(send(s, SANDBOX.0, "api.partner.example", "/v1/metrics").status, 403);
     assert_eq!(send(s, APP1.0, "api.partner.example", "/admin/metrics").status, 403);
+    s.topology.settle_counters();
     let after: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
     let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(deltas, [1, 2, 1, 1, 1], "{names:?}");
@@ -139,15 +141,18 @@ fn decisions_are_counted_in_envoys_stats() {
 #[test]
 fn dry_run_policies_are_counted_but_never_enforced() {
     let (_lock, s) = setup();
+    s.topology.settle_counters();
     let (allow0, deny0) = (stat(s, "dry_run.shadow_allow"), stat(s, "dry_run.shadow_deny"));
     // app2 matches a dry-run DENY at the gateway: still forwarded, counted as a shadow deny.
     let r = send(s, APP2.0, "api.partner.example", "/v1/dry-run");
     assert_eq!(r.status, 200, "{}", r.summary());
+    s.topology.settle_counters();
     assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
     // app3 matches a dry-run ALLOW at the destination: still denied, counted as a shadow allow.
     let r = send(s, APP3.0, "api.partner.example", "/v1/dry-run");
     assert_eq!(r.status, 403, "{}", r.summary());
     assert_eq!(r.field("reason"), Some("no_matching_allow"));
+    s.topology.settle_counters();
     assert_eq!(stat(s, "dry_run.shadow_allow") - allow0, 1);
     assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
 }

@@ -530,6 +530,12 @@ impl Topology {
         process::read_lossy(&self.run_dir.join("logs/gateway-access.log"))
     }
 
+    /// Waits until every request sent so far is counted in `/stats`: each worker of the filter hands its
+    /// counters to Envoy once a second (`egress_identity::metrics::FLUSH_INTERVAL`); this waits 1.5 s.
+    pub fn settle_counters(&self) {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
     /// The gateway's access-log entry for exactly `path`, waiting up to 10 s for it (Envoy flushes its
     /// access log about once a second); `None` if none appeared.
     pub fn gateway_access_log_entry(&self, path: &str) -> Option<serde_json::Value> {
