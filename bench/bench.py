@@ -82,7 +82,7 @@ def sds(name):
     }
 
 
-def gateway_bootstrap(i, kind, rules, run_dir):
+def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm", fixed_route=False):
     """The gateway under test: envoy/gateway.yaml's listener (downstream mTLS from file SDS, header_mutation,
     the variant's filter, router) and the caller's per-identity cluster (upstream mTLS to the partner).
     No access log in any variant (it would dominate and is the same for all)."""
@@ -124,15 +124,20 @@ def gateway_bootstrap(i, kind, rules, run_dir):
         filters += policy.rbac_filters(rules)
     elif kind == "empty_wasm":
         filters.append(wasm("empty", os.path.join(run_dir, "empty_filter.wasm"), "{}"))
+    elif kind == "probe":  # `rules` is the probe's list of host calls (bench/empty-filter)
+        filters.append(wasm("empty", os.path.join(run_dir, "empty_filter.wasm"), rules))
+        if "set_cluster_header" in rules:
+            route = {"cluster_header": "x-egress-identity-cluster", "timeout": "30s"}
     elif kind == "egress_identity":
         filters.append(
             wasm(
                 "egress-identity",
-                os.path.join(run_dir, "egress_identity.wasm"),
+                os.path.join(run_dir, wasm_file),
                 json.dumps(policy.plugin_config(rules), separators=(",", ":")),
             )
         )
-        route = {"cluster_header": "x-egress-identity-cluster", "timeout": "30s"}
+        if not fixed_route:
+            route = {"cluster_header": "x-egress-identity-cluster", "timeout": "30s"}
     filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -499,7 +504,45 @@ def main():
     ap.add_argument("--newconn-duration", type=int, default=4)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--check", action="store_true", help="only write and validate every Envoy config (envoy --mode validate)")
+    ap.add_argument(
+        "--wasm-variant",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[@fixed-route]",
+        help="an extra variant: egress-identity's configuration (1,000 rules) run by another .wasm, for A/B "
+        "experiments; @fixed-route routes to the caller's cluster directly instead of by the cluster header",
+    )
+    ap.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="NAME=CALLS",
+        help="an extra variant: the empty filter making these host calls per request, e.g. "
+        "'set_cluster_header;get_header:10' (bench/empty-filter/src/lib.rs); routed by the cluster header "
+        "when CALLS sets it",
+    )
     a = ap.parse_args()
+    for spec in a.probe:
+        name, _, calls = spec.partition("=")
+        if not name or not calls or name in VARIANTS:
+            raise SystemExit(f"--probe {spec!r}: want NEW_NAME=call[:count];...")
+        VARIANTS[name] = ("probe", calls)
+        DESCRIPTION[name] = f"empty filter + {calls}"
+        if name not in a.variants.split(","):
+            a.variants += "," + name
+    wasm_files, fixed_routes = {}, set()
+    for spec in a.wasm_variant:
+        name, _, path = spec.partition("=")
+        if path.endswith("@fixed-route"):
+            path = path[: -len("@fixed-route")]
+            fixed_routes.add(name)
+        if not name or not os.path.isfile(path) or name in VARIANTS:
+            raise SystemExit(f"--wasm-variant {spec!r}: want NEW_NAME=/path/to/filter.wasm")
+        VARIANTS[name] = ("egress_identity", 1000)
+        DESCRIPTION[name] = f"egress-identity, 1,000 rules, {os.path.basename(path)}"
+        wasm_files[name] = os.path.abspath(path)
+        if name not in a.variants.split(","):
+            a.variants += "," + name
     names = [v for v in a.variants.split(",") if v]
     for v in names:
         if v not in VARIANTS:
@@ -513,7 +556,7 @@ def main():
         kind, rules = VARIANTS[v]
         path = os.path.join(run, f"gateway-{v}.json")
         with open(path, "w") as f:
-            json.dump(gateway_bootstrap(i, kind, rules, run), f)
+            json.dump(gateway_bootstrap(i, kind, rules, run, wasm_files.get(v, "egress_identity.wasm"), v in fixed_routes), f)
         configs[v] = path
     client_cfg = os.path.join(run, "client.json")
     with open(client_cfg, "w") as f:
@@ -586,6 +629,7 @@ def main():
                     results.append(m)
                     print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  non2xx {m['non2xx']}", flush=True)
 
+        time.sleep(1.5)  # egress-identity hands its counters to Envoy once a second
         cache = {}
         for v, (i, _) in gateways.items():
             if VARIANTS[v][0] == "egress_identity":

@@ -7,6 +7,8 @@
 #   VARIANTS=A,B,C,D                    a subset (default: all six)
 #   MICRO=0                             skip the criterion benches; E2E=0 skips the end-to-end one
 #   bash bench/run.sh --check           only generate and validate every config (envoy --mode validate, nginx -t)
+#   bash bench/run.sh --wasm-variant X=path/to/other.wasm   also measure another build (A/B experiments)
+#   bash bench/run.sh --probe P=set_cluster_header\;get_header:10   price host calls (bench/empty-filter)
 # Needs dist/egress_identity.wasm (make build), wrk, nginx and .venv/bin/envoy. Ports: BENCH_PORT_BASE (28400)
 # .. +399, none of which the e2e tests use.
 set -Eeuo pipefail
@@ -33,7 +35,7 @@ echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 if [ "${E2E:-1}" != 0 ]; then
     python3 bench/bench.py "$RUN" --rounds "${ROUNDS:-5}" --duration "${DURATION:-8}" --connections "${CONNECTIONS:-8}" \
         --newconn-rounds "${NEWCONN_ROUNDS:-3}" --newconn-duration "${NEWCONN_DURATION:-4}" \
-        ${VARIANTS:+--variants "$VARIANTS"}
+        ${VARIANTS:+--variants "$VARIANTS"} "$@"
 fi
 if [ "${MICRO:-1}" != 0 ]; then
     echo "== criterion micro-benchmarks (native, release): benches/decision.rs"
