@@ -34,13 +34,45 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The JSON path of a field, built as compilation descends and formatted only when an error is recorded:
+/// a valid document costs no string building. `Root("destinations")`, then `.index(0)`, `.field("ports")`
+/// displays as `destinations[0].ports`.
+#[derive(Clone, Copy, Debug)]
+pub enum JsonPath<'a> {
+    /// A top-level field, or a path given whole (`gateway.policies`).
+    Root(&'a str),
+    Field(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl<'a> JsonPath<'a> {
+    pub fn field(&'a self, name: &'a str) -> Self {
+        Self::Field(self, name)
+    }
+
+    pub fn index(&'a self, index: usize) -> Self {
+        Self::Index(self, index)
+    }
+}
+
+impl fmt::Display for JsonPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Root(name) => f.write_str(name),
+            Self::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Self::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
 /// Collects errors while compiling.
 #[derive(Debug, Default)]
 pub struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    pub fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
-        self.0.push(ConfigError::new(path, message.to_string()));
+    /// Records an error; `path` is a [`JsonPath`] or a string, formatted only here.
+    pub fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
+        self.0.push(ConfigError::new(path.to_string(), message.to_string()));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -305,11 +337,11 @@ impl Config {
                 return Err(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]);
             }
         };
-        Self::compile(&spec)
+        Self::compile(spec)
     }
 
-    /// Validates and compiles a parsed document.
-    pub fn compile(spec: &PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
+    /// Validates and compiles a parsed document, taking over its strings.
+    pub fn compile(spec: PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
 
         let trust_domains = TrustDomains::new(
@@ -347,23 +379,23 @@ impl Config {
         }
 
         let gateway = PolicyLayer::compile(
-            &spec.gateway.policies,
+            spec.gateway.policies,
             LayerKind::Gateway,
-            "gateway.policies",
+            &JsonPath::Root("gateway.policies"),
             &trust_domains,
             &mut errors,
         );
-        let destinations = DestinationTable::compile(&spec.destinations, &trust_domains, &mut errors);
+        let destinations = DestinationTable::compile(spec.destinations, &trust_domains, &mut errors);
 
         if !errors.is_empty() {
             return Err(errors.into_vec());
         }
         Ok(Self {
             trust_domains,
-            principal_sources: spec.principal_sources.clone(),
+            principal_sources: spec.principal_sources,
             headers: HeaderNames {
-                principal: spec.headers.principal.as_str().into(),
-                cluster: spec.headers.cluster.as_str().into(),
+                principal: spec.headers.principal.into_boxed_str(),
+                cluster: spec.headers.cluster.into_boxed_str(),
             },
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
@@ -382,20 +414,26 @@ fn validate_header_name(errors: &mut Errors, path: &str, name: &str) {
 }
 
 /// Checks that a value will be a valid header value and Envoy cluster name (visible ASCII, no spaces).
-pub fn validate_cluster_name(errors: &mut Errors, path: &str, name: &str) {
+pub fn validate_cluster_name(errors: &mut Errors, path: &JsonPath<'_>, name: &str) {
     if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
         errors.push(path, format!("{name:?} is not a cluster name (visible ASCII, no spaces)"));
     }
 }
 
-/// Reports names that are empty or used twice within one list.
-pub fn validate_unique_names<'a>(errors: &mut Errors, path: &str, names: impl IntoIterator<Item = &'a str>) {
-    let mut seen = HashSet::new();
-    for (i, name) in names.into_iter().enumerate() {
+/// Reports names that are empty or used twice within the list at `path`.
+pub fn validate_unique_names<'a, I>(errors: &mut Errors, path: &JsonPath<'_>, names: I)
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let names = names.into_iter();
+    // One name cannot be repeated: no set for the usual destination with one policy and one identity.
+    let mut seen = (names.len() > 1).then(|| HashSet::with_capacity(names.len()));
+    for (i, name) in names.enumerate() {
         if name.is_empty() {
-            errors.push(format!("{path}[{i}].name"), "must not be empty");
-        } else if !seen.insert(name) {
-            errors.push(format!("{path}[{i}].name"), format!("{name:?} is used twice"));
+            errors.push(path.index(i).field("name"), "must not be empty");
+        } else if seen.as_mut().is_some_and(|seen| !seen.insert(name)) {
+            errors.push(path.index(i).field("name"), format!("{name:?} is used twice"));
         }
     }
 }

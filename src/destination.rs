@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{DestinationSpec, Errors};
+use crate::config::{DestinationSpec, Errors, JsonPath};
 use crate::identity_mapping::IdentityMapping;
 use crate::policy::{LayerKind, PolicyLayer};
 use crate::trust_domain::TrustDomains;
@@ -27,21 +27,26 @@ pub struct DestinationTable {
 }
 
 impl DestinationTable {
-    /// Compiles `destinations`; a host:port declared twice is an error.
-    pub fn compile(specs: &[DestinationSpec], trust: &TrustDomains, errors: &mut Errors) -> Self {
+    /// Compiles `destinations`, taking over their strings; a host:port declared twice is an error.
+    pub fn compile(specs: Vec<DestinationSpec>, trust: &TrustDomains, errors: &mut Errors) -> Self {
+        let path = JsonPath::Root("destinations");
         if specs.is_empty() {
-            errors.push("destinations", "must declare at least one destination");
+            errors.push(path, "must declare at least one destination");
         }
-        crate::config::validate_unique_names(errors, "destinations", specs.iter().map(|d| d.name.as_str()));
-        let mut table = Self::default();
-        for (index, spec) in specs.iter().enumerate() {
-            let path = format!("destinations[{index}]");
-            let ports = compile_ports(spec, &path, errors);
+        crate::config::validate_unique_names(errors, &path, specs.iter().map(|d| d.name.as_str()));
+        let mut table = Self {
+            destinations: Vec::with_capacity(specs.len()),
+            exact: HashMap::with_capacity(specs.iter().map(|d| d.hosts.len()).sum()),
+            wildcard: HashMap::new(),
+        };
+        for (index, spec) in specs.into_iter().enumerate() {
+            let path = path.index(index);
+            let ports = compile_ports(&spec, &path, errors);
+            let hosts_path = path.field("hosts");
             if spec.hosts.is_empty() {
-                errors.push(format!("{path}.hosts"), "must list at least one host");
+                errors.push(hosts_path, "must list at least one host");
             }
             for (h, host) in spec.hosts.iter().enumerate() {
-                let host_path = format!("{path}.hosts[{h}]");
                 let lower = host.to_ascii_lowercase();
                 let (map, key) = match lower.strip_prefix('*') {
                     Some(suffix) if suffix.strip_prefix('.').is_some_and(valid_host) => {
@@ -50,7 +55,7 @@ impl DestinationTable {
                     None if valid_host(&lower) => (&mut table.exact, lower),
                     _ => {
                         errors.push(
-                            host_path,
+                            hosts_path.index(h),
                             format!("{host:?} is not a host name or a leading wildcard like \"*.example.com\""),
                         );
                         continue;
@@ -60,7 +65,7 @@ impl DestinationTable {
                 for &port in &ports {
                     if let Some((_, other)) = entries.iter().find(|(p, _)| *p == port) {
                         errors.push(
-                            host_path.clone(),
+                            hosts_path.index(h),
                             format!("{host}:{port} is already declared by destinations[{other}]"),
                         );
                     } else {
@@ -69,17 +74,17 @@ impl DestinationTable {
                 }
             }
             table.destinations.push(Destination {
-                name: spec.name.as_str().into(),
+                name: spec.name.into_boxed_str(),
                 policies: PolicyLayer::compile(
-                    &spec.policies,
+                    spec.policies,
                     LayerKind::Destination,
-                    &format!("{path}.policies"),
+                    &path.field("policies"),
                     trust,
                     errors,
                 ),
                 identities: IdentityMapping::compile(
-                    &spec.identities,
-                    spec.default_identity.as_ref(),
+                    spec.identities,
+                    spec.default_identity,
                     &path,
                     trust,
                     errors,
@@ -109,16 +114,17 @@ impl DestinationTable {
     }
 }
 
-fn compile_ports(spec: &DestinationSpec, path: &str, errors: &mut Errors) -> Vec<u16> {
+fn compile_ports(spec: &DestinationSpec, path: &JsonPath<'_>, errors: &mut Errors) -> Vec<u16> {
+    let path = path.field("ports");
     if spec.ports.is_empty() {
-        errors.push(format!("{path}.ports"), "must list at least one port");
+        errors.push(path, "must list at least one port");
     }
     let mut ports = Vec::with_capacity(spec.ports.len());
     for (i, &port) in spec.ports.iter().enumerate() {
         match u16::try_from(port).ok().filter(|p| *p != 0) {
-            Some(p) if ports.contains(&p) => errors.push(format!("{path}.ports[{i}]"), format!("{p} is listed twice")),
+            Some(p) if ports.contains(&p) => errors.push(path.index(i), format!("{p} is listed twice")),
             Some(p) => ports.push(p),
-            None => errors.push(format!("{path}.ports[{i}]"), format!("{port} is not a port (1-65535)")),
+            None => errors.push(path.index(i), format!("{port} is not a port (1-65535)")),
         }
     }
     ports
@@ -149,7 +155,7 @@ mod tests {
     fn table(specs: serde_json::Value) -> Result<DestinationTable, Vec<String>> {
         let specs: Vec<DestinationSpec> = serde_json::from_value(specs).unwrap();
         let mut errors = Errors::default();
-        let t = DestinationTable::compile(&specs, &TrustDomains::default(), &mut errors);
+        let t = DestinationTable::compile(specs, &TrustDomains::default(), &mut errors);
         if errors.is_empty() {
             Ok(t)
         } else {

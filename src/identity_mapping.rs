@@ -4,9 +4,9 @@
 //! client certificate (e.g. `spiffe://cluster.local/ns/team/sa/app1` → cluster `partner-api|team.app1`,
 //! certificate `CN=team.app1`).
 
-use crate::config::{validate_cluster_name, Errors, ExternalIdentitySpec, IdentitySpec};
+use crate::config::{validate_cluster_name, Errors, ExternalIdentitySpec, IdentitySpec, JsonPath};
 use crate::first_match_index::FirstMatchIndex;
-use crate::pattern::{normalizer, Case, PatternSet};
+use crate::pattern::{normalizer, Case, Pattern};
 use crate::trust_domain::TrustDomains;
 
 /// An external identity: its name (as the partner knows it) and the cluster that presents it.
@@ -19,55 +19,55 @@ pub struct ExternalIdentity {
 /// The ordered mappings of one destination.
 #[derive(Debug, Default)]
 pub struct IdentityMapping {
-    entries: Vec<(PatternSet, ExternalIdentity)>,
+    /// The mappings' identities, in order; their principal patterns are kept only in `index`.
+    entries: Vec<ExternalIdentity>,
     /// Finds the first matching entry without scanning them all.
     index: FirstMatchIndex,
     default: Option<ExternalIdentity>,
 }
 
 impl IdentityMapping {
-    /// Compiles `identities` and `defaultIdentity` of the destination at `path` (e.g. `destinations[0]`).
+    /// Compiles `identities` and `defaultIdentity` of the destination at `path` (e.g. `destinations[0]`),
+    /// taking over their strings.
     pub fn compile(
-        identities: &[IdentitySpec],
-        default: Option<&ExternalIdentitySpec>,
-        path: &str,
+        identities: Vec<IdentitySpec>,
+        default: Option<ExternalIdentitySpec>,
+        path: &JsonPath<'_>,
         trust: &TrustDomains,
         errors: &mut Errors,
     ) -> Self {
+        let identities_path = path.field("identities");
         if identities.is_empty() && default.is_none() {
             errors.push(
-                format!("{path}.identities"),
+                identities_path,
                 "no identities and no defaultIdentity: every request to this destination would be denied",
             );
         }
-        crate::config::validate_unique_names(
-            errors,
-            &format!("{path}.identities"),
-            identities.iter().map(|i| i.name.as_str()),
-        );
+        crate::config::validate_unique_names(errors, &identities_path, identities.iter().map(|i| i.name.as_str()));
         let mut entries = Vec::with_capacity(identities.len());
-        for (i, spec) in identities.iter().enumerate() {
-            let path = format!("{path}.identities[{i}]");
-            validate_cluster_name(errors, &format!("{path}.cluster"), &spec.cluster);
+        let mut index = FirstMatchIndex::default();
+        let principal = normalizer(|v| trust.canonical_principal_pattern(v));
+        for (i, spec) in identities.into_iter().enumerate() {
+            let path = identities_path.index(i);
+            validate_cluster_name(errors, &path.field("cluster"), &spec.cluster);
+            let principals_path = path.field("principals");
             if spec.principals.is_empty() {
-                errors.push(format!("{path}.principals"), "must list at least one principal pattern");
+                errors.push(principals_path, "must list at least one principal pattern");
             }
-            match PatternSet::compile(&spec.principals, Case::Sensitive, &normalizer(|v| trust.canonical_principal_pattern(v))) {
-                Ok(set) => entries.push((set, identity(&spec.name, &spec.cluster))),
-                Err((index, e)) => errors.push(format!("{path}.principals[{index}]"), e),
+            let ordinal = entries.len();
+            match Pattern::parse_each(spec.principals, Case::Sensitive, &principal, |p| index.insert(p, ordinal)) {
+                Ok(()) => entries.push(identity(spec.name, spec.cluster)),
+                Err((bad, e)) => errors.push(principals_path.index(bad), e),
             }
         }
         let default = default.map(|spec| {
+            let path = path.field("defaultIdentity");
             if spec.name.is_empty() {
-                errors.push(format!("{path}.defaultIdentity.name"), "must not be empty");
+                errors.push(path.field("name"), "must not be empty");
             }
-            validate_cluster_name(errors, &format!("{path}.defaultIdentity.cluster"), &spec.cluster);
-            identity(&spec.name, &spec.cluster)
+            validate_cluster_name(errors, &path.field("cluster"), &spec.cluster);
+            identity(spec.name, spec.cluster)
         });
-        let mut index = FirstMatchIndex::default();
-        for (i, (patterns, _)) in entries.iter().enumerate() {
-            index.insert(patterns, i);
-        }
         Self { entries, index, default }
     }
 
@@ -76,18 +76,17 @@ impl IdentityMapping {
         self.index
             .first_match(Some(principal))
             .and_then(|i| self.entries.get(i))
-            .map(|(_, identity)| identity)
             .or(self.default.as_ref())
     }
 
     /// Every external identity this mapping can select, default included.
     pub fn identities(&self) -> impl Iterator<Item = &ExternalIdentity> {
-        self.entries.iter().map(|(_, identity)| identity).chain(self.default.as_ref())
+        self.entries.iter().chain(self.default.as_ref())
     }
 }
 
-fn identity(name: &str, cluster: &str) -> ExternalIdentity {
-    ExternalIdentity { name: name.into(), cluster: cluster.into() }
+fn identity(name: String, cluster: String) -> ExternalIdentity {
+    ExternalIdentity { name: name.into_boxed_str(), cluster: cluster.into_boxed_str() }
 }
 
 #[cfg(test)]
@@ -100,7 +99,7 @@ mod tests {
         let specs: Vec<IdentitySpec> = serde_json::from_value(identities).unwrap();
         let default: Option<ExternalIdentitySpec> = default.map(|d| serde_json::from_value(d).unwrap());
         let mut errors = Errors::default();
-        let m = IdentityMapping::compile(&specs, default.as_ref(), "d", &TrustDomains::default(), &mut errors);
+        let m = IdentityMapping::compile(specs, default, &JsonPath::Root("d"), &TrustDomains::default(), &mut errors);
         if errors.is_empty() {
             Ok(m)
         } else {

@@ -37,9 +37,69 @@ pub enum Case {
 /// Up to this many exact values are compared linearly rather than hashed.
 const LINEAR_EXACT_MAX: usize = 8;
 
-/// The compiled values of one field (e.g. `principals`). Matches when any value matches.
+/// Rewrites a pattern value before it is classified (e.g. strips `spiffe://`); see [`normalizer`].
+pub type Normalize<'a> = dyn Fn(&str) -> Cow<'_, str> + 'a;
+
+/// One pattern value, classified; wildcard patterns are stored without their `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    Exact(Box<str>),
+    /// `prefix*`.
+    Prefix(Box<str>),
+    /// `*suffix`.
+    Suffix(Box<str>),
+    /// `*`: any non-empty value.
+    AnyPresent,
+}
+
+impl Pattern {
+    /// Classifies `value`, taking over its allocation (lower-cased first for [`Case::Insensitive`]).
+    pub fn parse(mut value: String, case: Case) -> Result<Self, PatternError> {
+        if case == Case::Insensitive {
+            value.make_ascii_lowercase();
+        }
+        if value.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if value == "*" {
+            return Ok(Self::AnyPresent);
+        }
+        match value.bytes().filter(|&c| c == b'*').count() {
+            0 => Ok(Self::Exact(value.into_boxed_str())),
+            1 if value.ends_with('*') => {
+                value.truncate(value.len().saturating_sub(1));
+                Ok(Self::Prefix(value.into_boxed_str()))
+            }
+            1 if value.starts_with('*') => {
+                value.replace_range(..1, "");
+                Ok(Self::Suffix(value.into_boxed_str()))
+            }
+            _ => Err(PatternError::MisplacedWildcard),
+        }
+    }
+
+    /// Parses the values of one field in order, handing each pattern to `add`; `normalize` may rewrite a
+    /// value first (e.g. strip `spiffe://`). Stops at the first bad value and returns its index.
+    pub fn parse_each(
+        values: impl IntoIterator<Item = String>,
+        case: Case,
+        normalize: &Normalize<'_>,
+        mut add: impl FnMut(Self),
+    ) -> Result<(), (usize, PatternError)> {
+        for (index, value) in values.into_iter().enumerate() {
+            add(Self::parse(normalized(value, normalize), case).map_err(|e| (index, e))?);
+        }
+        Ok(())
+    }
+}
+
+/// The compiled values of one field (e.g. `principals`). Matches when any value matches. One pointer
+/// wide, so the many absent fields of a policy rule cost little.
 #[derive(Clone, Debug, Default)]
-pub struct PatternSet {
+pub struct PatternSet(Box<Matcher>);
+
+#[derive(Clone, Debug, Default)]
+struct Matcher {
     /// Exact values while there are few (compared one by one: no hashing on the data path)...
     exact: Vec<Box<str>>,
     /// ... or all of them once there are more than [`LINEAR_EXACT_MAX`].
@@ -50,75 +110,51 @@ pub struct PatternSet {
 }
 
 impl PatternSet {
-    /// Compiles `values`; `normalize` may rewrite each value first (e.g. strip `spiffe://`).
-    /// On error, returns the index of the bad value.
-    pub fn compile<'a, I>(values: I, case: Case, normalize: &dyn Fn(&'a str) -> Cow<'a, str>) -> Result<Self, (usize, PatternError)>
-    where
-        I: IntoIterator<Item = &'a String>,
-    {
-        let mut set = Self::default();
-        for (index, raw) in values.into_iter().enumerate() {
-            set.add(&normalize(raw), case).map_err(|e| (index, e))?;
-        }
+    /// Compiles `values` with [`Pattern::parse_each`]. On error, returns the index of the bad value.
+    pub fn compile(
+        values: impl IntoIterator<Item = String>,
+        case: Case,
+        normalize: &Normalize<'_>,
+    ) -> Result<Self, (usize, PatternError)> {
+        let mut set = Matcher::default();
+        Pattern::parse_each(values, case, normalize, |pattern| match pattern {
+            Pattern::Exact(value) => set.exact.push(value),
+            Pattern::Prefix(prefix) => set.prefixes.push(prefix),
+            Pattern::Suffix(suffix) => set.suffixes.push(suffix),
+            Pattern::AnyPresent => set.any_present = true,
+        })?;
         if set.exact.len() > LINEAR_EXACT_MAX {
             set.exact_set = std::mem::take(&mut set.exact).into_iter().collect();
         }
-        Ok(set)
-    }
-
-    fn add(&mut self, value: &str, case: Case) -> Result<(), PatternError> {
-        let value: Box<str> = match case {
-            Case::Sensitive => value.into(),
-            Case::Insensitive => value.to_ascii_lowercase().into(),
-        };
-        if value.is_empty() {
-            return Err(PatternError::Empty);
-        }
-        if &*value == "*" {
-            self.any_present = true;
-            return Ok(());
-        }
-        let stars = value.matches('*').count();
-        if let Some(prefix) = value.strip_suffix('*').filter(|_| stars == 1) {
-            self.prefixes.push(prefix.into());
-        } else if let Some(suffix) = value.strip_prefix('*').filter(|_| stars == 1) {
-            self.suffixes.push(suffix.into());
-        } else if stars == 0 {
-            self.exact.push(value);
-        } else {
-            return Err(PatternError::MisplacedWildcard);
-        }
-        Ok(())
-    }
-
-    /// The exact values.
-    pub fn exact_values(&self) -> impl Iterator<Item = &str> {
-        self.exact.iter().chain(&self.exact_set).map(|v| &**v)
-    }
-
-    /// The `prefix*` patterns, without the `*`.
-    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
-        self.prefixes.iter().map(|v| &**v)
-    }
-
-    /// The `*suffix` patterns, without the `*`.
-    pub fn suffixes(&self) -> impl Iterator<Item = &str> {
-        self.suffixes.iter().map(|v| &**v)
-    }
-
-    /// Whether the set holds `*` (any non-empty value).
-    pub fn matches_any_present(&self) -> bool {
-        self.any_present
+        Ok(Self(Box::new(set)))
     }
 
     /// Whether `value` matches any pattern. An absent value matches nothing.
     pub fn matches(&self, value: Option<&str>) -> bool {
+        let set = &*self.0;
         let Some(value) = value else { return false };
-        (self.any_present && !value.is_empty())
-            || self.exact.iter().any(|e| **e == *value)
-            || (!self.exact_set.is_empty() && self.exact_set.contains(value))
-            || self.prefixes.iter().any(|p| value.starts_with(&**p))
-            || self.suffixes.iter().any(|s| value.ends_with(&**s))
+        (set.any_present && !value.is_empty())
+            || set.exact.iter().any(|e| **e == *value)
+            || (!set.exact_set.is_empty() && set.exact_set.contains(value))
+            || set.prefixes.iter().any(|p| value.starts_with(&**p))
+            || set.suffixes.iter().any(|s| value.ends_with(&**s))
+    }
+}
+
+/// `value` normalized. Its own allocation is kept when normalizing leaves it as it is or only drops a
+/// prefix (`spiffe://`).
+fn normalized(mut value: String, normalize: &Normalize<'_>) -> String {
+    let kept_from = match normalize(&value) {
+        Cow::Borrowed(tail) if value.ends_with(tail) => Ok(value.len() - tail.len()),
+        rewritten => Err(rewritten.into_owned()),
+    };
+    match kept_from {
+        Ok(0) => value,
+        Ok(start) => {
+            value.replace_range(..start, "");
+            value
+        }
+        Err(rewritten) => rewritten,
     }
 }
 
@@ -139,7 +175,7 @@ mod tests {
 
     fn set(values: &[&str]) -> PatternSet {
         let owned: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap()
+        PatternSet::compile(owned, Case::Sensitive, &verbatim).unwrap()
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -163,7 +199,7 @@ mod tests {
     fn small_and_large_exact_sets_match_the_same() {
         let values: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
         for n in [1, LINEAR_EXACT_MAX, LINEAR_EXACT_MAX + 1, 20] {
-            let s = PatternSet::compile(&values[..n], Case::Sensitive, &verbatim).unwrap();
+            let s = PatternSet::compile(values[..n].to_vec(), Case::Sensitive, &verbatim).unwrap();
             for (i, v) in values.iter().enumerate() {
                 assert_eq!(s.matches(Some(v)), i < n, "{n} values, {v}");
             }
@@ -179,7 +215,7 @@ mod tests {
     #[wasm_bindgen_test(unsupported = test)]
     fn case_insensitive_sets_store_lower_case() {
         let owned = vec!["API.Partner.Example".to_string(), "*.Other.Example".to_string()];
-        let s = PatternSet::compile(&owned, Case::Insensitive, &verbatim).unwrap();
+        let s = PatternSet::compile(owned, Case::Insensitive, &verbatim).unwrap();
         assert!(s.matches(Some("api.partner.example")));
         assert!(s.matches(Some("a.other.example")));
     }
@@ -188,19 +224,19 @@ mod tests {
     fn rejects_bad_patterns_with_their_index() {
         let owned = vec!["ok".to_string(), "a*b".to_string()];
         assert_eq!(
-            PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err(),
+            PatternSet::compile(owned, Case::Sensitive, &verbatim).unwrap_err(),
             (1, PatternError::MisplacedWildcard)
         );
         let owned = vec!["*a*".to_string()];
-        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::MisplacedWildcard);
+        assert_eq!(PatternSet::compile(owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::MisplacedWildcard);
         let owned = vec![String::new()];
-        assert_eq!(PatternSet::compile(&owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::Empty);
+        assert_eq!(PatternSet::compile(owned, Case::Sensitive, &verbatim).unwrap_err().1, PatternError::Empty);
     }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn normalize_is_applied_before_compiling() {
         let owned = vec!["spiffe://td/ns/a/sa/b".to_string()];
-        let s = PatternSet::compile(&owned, Case::Sensitive, &|v| Cow::Borrowed(v.strip_prefix("spiffe://").unwrap_or(v))).unwrap();
+        let s = PatternSet::compile(owned, Case::Sensitive, &|v| Cow::Borrowed(v.strip_prefix("spiffe://").unwrap_or(v))).unwrap();
         assert!(s.matches(Some("td/ns/a/sa/b")));
     }
 }

@@ -7,9 +7,9 @@
 
 use std::borrow::Cow;
 
-use crate::config::{Action, Errors, OperationSpec, PolicySpec, PortSpec, SourceSpec};
+use crate::config::{Action, Errors, JsonPath, OperationSpec, PolicySpec, PortSpec, RuleSpec, SourceSpec};
 use crate::first_match_index::FirstMatchIndex;
-use crate::pattern::{normalizer, verbatim, Case, PatternSet};
+use crate::pattern::{normalizer, verbatim, Case, Normalize, Pattern, PatternSet};
 use crate::trust_domain::TrustDomains;
 
 /// What the policies of a layer see of a request. Hosts are lower-case, paths carry no query string.
@@ -61,40 +61,58 @@ pub struct PolicyLayer {
 }
 
 /// The enforced policies of one action, in order, indexed for first-match evaluation: rules whose only
-/// constraint is `source.principals`, or only `operation.paths`, are found through a [`FirstMatchIndex`];
+/// constraint is `source.principals`, or only `operation.paths`, are kept in a [`FirstMatchIndex`] alone;
 /// the other rules are scanned, but only those that come before the first indexed match.
 #[derive(Debug, Default)]
 struct RuleList {
-    policies: Vec<Policy>,
-    /// Ordinal (a rule's position in policy-then-rule order) → (policy index, rule index).
-    ordinals: Vec<(usize, usize)>,
+    /// Each policy's name and the ordinal of its first rule (a rule's ordinal is its position in
+    /// policy-then-rule order).
+    policies: Vec<(Box<str>, usize)>,
+    /// Number of rules, all policies together.
+    rules: usize,
     by_principal: FirstMatchIndex,
     by_path: FirstMatchIndex,
-    /// Ordinals of the rules no index covers, ascending.
-    scanned: Vec<usize>,
+    /// The rules no index holds, with their ordinals, ascending.
+    scanned: Vec<(usize, Rule)>,
 }
 
 impl RuleList {
-    fn push(&mut self, policy: Policy) {
-        let policy_index = self.policies.len();
-        for (rule_index, rule) in policy.rules.iter().enumerate() {
-            let ordinal = self.ordinals.len();
-            self.ordinals.push((policy_index, rule_index));
-            let indexed = match (rule.from.as_slice(), rule.to.as_slice()) {
-                ([source], []) => source.only_principals().map(|set| (&mut self.by_principal, set)),
-                ([], [operation]) => operation.only_paths().map(|set| (&mut self.by_path, set)),
-                _ => None,
+    /// Compiles and adds the policy at `path`: a rule with a single indexed field goes into that field's
+    /// index as its patterns alone, any other rule is compiled whole for scanning.
+    fn push(
+        &mut self,
+        spec: PolicySpec,
+        path: &JsonPath<'_>,
+        kind: LayerKind,
+        trust: &TrustDomains,
+        errors: &mut Errors,
+    ) {
+        self.policies.push((spec.name.into_boxed_str(), self.rules));
+        let rules_path = path.field("rules");
+        let principal = principal_normalizer(trust);
+        for (r, mut rule) in spec.rules.into_iter().enumerate() {
+            let ordinal = self.rules;
+            self.rules += 1;
+            let path = rules_path.index(r);
+            let Some(single) = take_single_field(&mut rule) else {
+                self.scanned.push((ordinal, Rule::compile(rule, kind, &path, trust, errors)));
+                continue;
             };
-            match indexed {
-                Some((index, set)) => index.insert(set, ordinal),
-                None => self.scanned.push(ordinal),
+            let (index, values, normalize, field): (_, _, &Normalize<'_>, _) = match single {
+                SingleField::Principals(values) => {
+                    (&mut self.by_principal, values, &principal, "from[0].source.principals")
+                }
+                SingleField::Paths(values) => (&mut self.by_path, values, &verbatim, "to[0].operation.paths"),
+            };
+            let add = |pattern| index.insert(pattern, ordinal);
+            if let Err((bad, e)) = Pattern::parse_each(values, Case::Sensitive, normalize, add) {
+                errors.push(path.field(field).index(bad), e);
             }
         }
-        self.policies.push(policy);
     }
 
-    /// The first matching (policy, rule index), in policy-then-rule order.
-    fn first_match(&self, request: &Attributes<'_>) -> Option<(&Policy, usize)> {
+    /// The first matching (policy name, rule index), in policy-then-rule order.
+    fn first_match(&self, request: &Attributes<'_>) -> Option<(&str, usize)> {
         let indexed = match (
             self.by_principal.first_match(Some(request.principal)),
             self.by_path.first_match(Some(request.path)),
@@ -105,16 +123,18 @@ impl RuleList {
         let scanned = self
             .scanned
             .iter()
-            .take_while(|&&ordinal| indexed.is_none_or(|first| ordinal < first))
-            .find(|&&ordinal| self.rule(ordinal).is_some_and(|rule| rule.matches(request)))
-            .copied();
-        let &(policy, rule) = self.ordinals.get(scanned.or(indexed)?)?;
-        Some((self.policies.get(policy)?, rule))
+            .take_while(|(ordinal, _)| indexed.is_none_or(|first| *ordinal < first))
+            .find(|(_, rule)| rule.matches(request))
+            .map(|(ordinal, _)| *ordinal);
+        let ordinal = scanned.or(indexed)?;
+        // The last policy starting at or before the ordinal (a policy without rules starts where the next does).
+        let policy = self.policies.partition_point(|&(_, first)| first <= ordinal).checked_sub(1)?;
+        let (name, first) = self.policies.get(policy)?;
+        Some((name, ordinal - first))
     }
 
-    fn rule(&self, ordinal: usize) -> Option<&Rule> {
-        let &(policy, rule) = self.ordinals.get(ordinal)?;
-        self.policies.get(policy)?.rules.get(rule)
+    fn len(&self) -> usize {
+        self.policies.len()
     }
 }
 
@@ -175,45 +195,25 @@ struct Operation {
 }
 
 impl PolicyLayer {
-    /// Compiles the policies of one layer; errors are reported under `path` (e.g. `gateway.policies`).
-    pub fn compile(specs: &[PolicySpec], kind: LayerKind, path: &str, trust: &TrustDomains, errors: &mut Errors) -> Self {
+    /// Compiles the policies of one layer, taking over their strings; errors are reported under `path`
+    /// (e.g. `gateway.policies`).
+    pub fn compile(
+        specs: Vec<PolicySpec>,
+        kind: LayerKind,
+        path: &JsonPath<'_>,
+        trust: &TrustDomains,
+        errors: &mut Errors,
+    ) -> Self {
         crate::config::validate_unique_names(errors, path, specs.iter().map(|p| p.name.as_str()));
         let mut layer = Self::default();
-        for (i, spec) in specs.iter().enumerate() {
-            let path = format!("{path}[{i}]");
-            let rules = spec
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(r, rule)| {
-                    let path = format!("{path}.rules[{r}]");
-                    Rule {
-                        from: rule
-                            .from
-                            .iter()
-                            .enumerate()
-                            .map(|(f, from)| {
-                                Source::compile(&from.source, &format!("{path}.from[{f}].source"), trust, errors)
-                            })
-                            .collect(),
-                        to: rule
-                            .to
-                            .iter()
-                            .enumerate()
-                            .map(|(t, to)| {
-                                Operation::compile(&to.operation, kind, &format!("{path}.to[{t}].operation"), errors)
-                            })
-                            .collect(),
-                    }
-                })
-                .collect();
-            let policy = Policy { name: spec.name.as_str().into(), rules };
+        for (i, spec) in specs.into_iter().enumerate() {
+            let path = path.index(i);
             match (spec.action, spec.dry_run) {
-                (Action::Deny, false) => layer.deny.push(policy),
-                (Action::Allow, false) => layer.allow.push(policy),
+                (Action::Deny, false) => layer.deny.push(spec, &path, kind, trust, errors),
+                (Action::Allow, false) => layer.allow.push(spec, &path, kind, trust, errors),
                 // Dry-run policies are evaluated only for the shadow verdict, by a plain scan.
-                (Action::Deny, true) => layer.dry_run_deny.push(policy),
-                (Action::Allow, true) => layer.dry_run_allow.push(policy),
+                (Action::Deny, true) => layer.dry_run_deny.push(Policy::compile(spec, &path, kind, trust, errors)),
+                (Action::Allow, true) => layer.dry_run_allow.push(Policy::compile(spec, &path, kind, trust, errors)),
             }
         }
         layer
@@ -221,31 +221,24 @@ impl PolicyLayer {
 
     /// Evaluates the enforced policies: DENY first, then ALLOW, else deny.
     pub fn evaluate(&self, request: &Attributes<'_>) -> Verdict<'_> {
-        if let Some((policy, rule)) = self.deny.first_match(request) {
-            return Verdict::DeniedByPolicy { policy: &policy.name, rule };
-        }
-        match self.allow.first_match(request) {
-            Some((policy, rule)) => Verdict::Allow { policy: &policy.name, rule },
-            None => Verdict::NoMatchingAllow,
-        }
+        verdict(self.deny.first_match(request), self.allow.first_match(request))
     }
 
     /// The verdict the layer would give if its dry-run policies were enforced too; `None` when the
-    /// layer has no dry-run policy.
+    /// layer has no dry-run policy. Dry-run DENY policies come before the enforced ones, dry-run ALLOW
+    /// policies after them.
     pub fn evaluate_shadow(&self, request: &Attributes<'_>) -> Option<Verdict<'_>> {
         if self.dry_run_deny.is_empty() && self.dry_run_allow.is_empty() {
             return None;
         }
-        Some(evaluate(
-            self.dry_run_deny.iter().chain(&self.deny.policies),
-            self.allow.policies.iter().chain(&self.dry_run_allow),
-            request,
-        ))
+        let deny = first_match(&self.dry_run_deny, request).or_else(|| self.deny.first_match(request));
+        let allow = self.allow.first_match(request).or_else(|| first_match(&self.dry_run_allow, request));
+        Some(verdict(deny, allow))
     }
 
     /// Number of policies in the layer, dry-run ones included.
     pub fn len(&self) -> usize {
-        self.deny.policies.len() + self.allow.policies.len() + self.dry_run_deny.len() + self.dry_run_allow.len()
+        self.deny.len() + self.allow.len() + self.dry_run_deny.len() + self.dry_run_allow.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -253,29 +246,56 @@ impl PolicyLayer {
     }
 }
 
-/// Plain first-match evaluation over policies in order (the shadow verdict's path).
-fn evaluate<'c>(
-    mut deny: impl Iterator<Item = &'c Policy>,
-    mut allow: impl Iterator<Item = &'c Policy>,
-    request: &Attributes<'_>,
-) -> Verdict<'c> {
-    if let Some((policy, rule)) = deny.find_map(|p| p.matching_rule(request).map(|r| (p, r))) {
-        return Verdict::DeniedByPolicy { policy: &policy.name, rule };
-    }
-    match allow.find_map(|p| p.matching_rule(request).map(|r| (p, r))) {
-        Some((policy, rule)) => Verdict::Allow { policy: &policy.name, rule },
-        None => Verdict::NoMatchingAllow,
+/// A layer's verdict from its first matching DENY and ALLOW (policy name, rule index).
+fn verdict<'c>(deny: Option<(&'c str, usize)>, allow: Option<(&'c str, usize)>) -> Verdict<'c> {
+    match (deny, allow) {
+        (Some((policy, rule)), _) => Verdict::DeniedByPolicy { policy, rule },
+        (None, Some((policy, rule))) => Verdict::Allow { policy, rule },
+        (None, None) => Verdict::NoMatchingAllow,
     }
 }
 
 impl Policy {
-    /// Index of the first rule that matches.
-    fn matching_rule(&self, request: &Attributes<'_>) -> Option<usize> {
-        self.rules.iter().position(|rule| rule.matches(request))
+    fn compile(
+        spec: PolicySpec,
+        path: &JsonPath<'_>,
+        kind: LayerKind,
+        trust: &TrustDomains,
+        errors: &mut Errors,
+    ) -> Self {
+        let rules_path = path.field("rules");
+        let rules = (spec.rules.into_iter().enumerate())
+            .map(|(r, rule)| Rule::compile(rule, kind, &rules_path.index(r), trust, errors))
+            .collect();
+        Self { name: spec.name.into_boxed_str(), rules }
     }
 }
 
+/// Plain first-match evaluation over policies in order (the dry-run policies' path).
+fn first_match<'c>(policies: &'c [Policy], request: &Attributes<'_>) -> Option<(&'c str, usize)> {
+    policies.iter().find_map(|p| p.rules.iter().position(|rule| rule.matches(request)).map(|r| (&*p.name, r)))
+}
+
 impl Rule {
+    fn compile(
+        spec: RuleSpec,
+        kind: LayerKind,
+        path: &JsonPath<'_>,
+        trust: &TrustDomains,
+        errors: &mut Errors,
+    ) -> Self {
+        let from_path = path.field("from");
+        let to_path = path.field("to");
+        Self {
+            from: (spec.from.into_iter().enumerate())
+                .map(|(f, from)| Source::compile(from.source, &from_path.index(f).field("source"), trust, errors))
+                .collect(),
+            to: (spec.to.into_iter().enumerate())
+                .map(|(t, to)| Operation::compile(to.operation, kind, &to_path.index(t).field("operation"), errors))
+                .collect(),
+        }
+    }
+
     fn matches(&self, request: &Attributes<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(request)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(request)))
@@ -283,33 +303,26 @@ impl Rule {
 }
 
 impl Source {
-    fn compile(spec: &SourceSpec, path: &str, trust: &TrustDomains, errors: &mut Errors) -> Self {
-        let principal = normalizer(|v| trust.canonical_principal_pattern(v));
+    fn compile(spec: SourceSpec, path: &JsonPath<'_>, trust: &TrustDomains, errors: &mut Errors) -> Self {
+        let principal = principal_normalizer(trust);
         let trust_domain = normalizer(|v| trust.canonical_trust_domain_pattern(v));
-        let field = |values: &[String], name: &str, normalize: &dyn Fn(&str) -> Cow<'_, str>, errors: &mut Errors| {
-            compile_field(values, Case::Sensitive, normalize, &format!("{path}.{name}"), errors)
+        let field = |values: Vec<String>, name: &str, normalize: &Normalize<'_>, errors: &mut Errors| {
+            compile_field(values, Case::Sensitive, normalize, &path.field(name), errors)
         };
         Self {
             principals: Constraint {
-                any_of: field(&spec.principals, "principals", &principal, errors),
-                none_of: field(&spec.not_principals, "notPrincipals", &principal, errors),
+                any_of: field(spec.principals, "principals", &principal, errors),
+                none_of: field(spec.not_principals, "notPrincipals", &principal, errors),
             },
             namespaces: Constraint {
-                any_of: field(&spec.namespaces, "namespaces", &verbatim, errors),
-                none_of: field(&spec.not_namespaces, "notNamespaces", &verbatim, errors),
+                any_of: field(spec.namespaces, "namespaces", &verbatim, errors),
+                none_of: field(spec.not_namespaces, "notNamespaces", &verbatim, errors),
             },
             trust_domains: Constraint {
-                any_of: field(&spec.trust_domains, "trustDomains", &trust_domain, errors),
-                none_of: field(&spec.not_trust_domains, "notTrustDomains", &trust_domain, errors),
+                any_of: field(spec.trust_domains, "trustDomains", &trust_domain, errors),
+                none_of: field(spec.not_trust_domains, "notTrustDomains", &trust_domain, errors),
             },
         }
-    }
-
-    /// The principals' patterns, if they are this source's only constraint.
-    fn only_principals(&self) -> Option<&PatternSet> {
-        let others = [&self.namespaces, &self.trust_domains];
-        let alone = self.principals.none_of.is_none() && others.iter().all(|c| c.any_of.is_none() && c.none_of.is_none());
-        self.principals.any_of.as_ref().filter(|_| alone)
     }
 
     fn matches(&self, request: &Attributes<'_>) -> bool {
@@ -320,48 +333,38 @@ impl Source {
 }
 
 impl Operation {
-    fn compile(spec: &OperationSpec, kind: LayerKind, path: &str, errors: &mut Errors) -> Self {
+    fn compile(spec: OperationSpec, kind: LayerKind, path: &JsonPath<'_>, errors: &mut Errors) -> Self {
         if kind == LayerKind::Destination {
             for (name, values) in [("hosts", &spec.hosts), ("notHosts", &spec.not_hosts)] {
                 if !values.is_empty() {
                     errors.push(
-                        format!("{path}.{name}"),
+                        path.field(name),
                         "not allowed in a destination's policies: the destination's hosts already apply",
                     );
                 }
             }
         }
-        let field = |values: &[String], name: &str, case: Case, errors: &mut Errors| {
-            compile_field(values, case, &verbatim, &format!("{path}.{name}"), errors)
+        let field = |values: Vec<String>, name: &str, case: Case, errors: &mut Errors| {
+            compile_field(values, case, &verbatim, &path.field(name), errors)
         };
         Self {
             hosts: Constraint {
-                any_of: field(&spec.hosts, "hosts", Case::Insensitive, errors),
-                none_of: field(&spec.not_hosts, "notHosts", Case::Insensitive, errors),
+                any_of: field(spec.hosts, "hosts", Case::Insensitive, errors),
+                none_of: field(spec.not_hosts, "notHosts", Case::Insensitive, errors),
             },
             ports: PortConstraint {
-                any_of: compile_ports(&spec.ports, &format!("{path}.ports"), errors),
-                none_of: compile_ports(&spec.not_ports, &format!("{path}.notPorts"), errors),
+                any_of: compile_ports(&spec.ports, &path.field("ports"), errors),
+                none_of: compile_ports(&spec.not_ports, &path.field("notPorts"), errors),
             },
             methods: Constraint {
-                any_of: field(&spec.methods, "methods", Case::Sensitive, errors),
-                none_of: field(&spec.not_methods, "notMethods", Case::Sensitive, errors),
+                any_of: field(spec.methods, "methods", Case::Sensitive, errors),
+                none_of: field(spec.not_methods, "notMethods", Case::Sensitive, errors),
             },
             paths: Constraint {
-                any_of: field(&spec.paths, "paths", Case::Sensitive, errors),
-                none_of: field(&spec.not_paths, "notPaths", Case::Sensitive, errors),
+                any_of: field(spec.paths, "paths", Case::Sensitive, errors),
+                none_of: field(spec.not_paths, "notPaths", Case::Sensitive, errors),
             },
         }
-    }
-
-    /// The paths' patterns, if they are this operation's only constraint.
-    fn only_paths(&self) -> Option<&PatternSet> {
-        let others = [&self.hosts, &self.methods];
-        let alone = self.paths.none_of.is_none()
-            && self.ports.any_of.is_none()
-            && self.ports.none_of.is_none()
-            && others.iter().all(|c| c.any_of.is_none() && c.none_of.is_none());
-        self.paths.any_of.as_ref().filter(|_| alone)
     }
 
     fn matches(&self, request: &Attributes<'_>) -> bool {
@@ -372,12 +375,50 @@ impl Operation {
     }
 }
 
+/// A principal pattern as the data path compares it (see [`TrustDomains::canonical_principal_pattern`]).
+fn principal_normalizer(trust: &TrustDomains) -> impl for<'x> Fn(&'x str) -> Cow<'x, str> + '_ {
+    normalizer(|v| trust.canonical_principal_pattern(v))
+}
+
+/// The patterns of a rule whose only constraint is `source.principals`, or `operation.paths`: such a
+/// rule lives in a [`FirstMatchIndex`] as these patterns alone.
+enum SingleField {
+    Principals(Vec<String>),
+    Paths(Vec<String>),
+}
+
+fn take_single_field(rule: &mut RuleSpec) -> Option<SingleField> {
+    match (rule.from.as_mut_slice(), rule.to.as_mut_slice()) {
+        ([from], []) if only_principals(&from.source) => {
+            Some(SingleField::Principals(std::mem::take(&mut from.source.principals)))
+        }
+        ([], [to]) if only_paths(&to.operation) => Some(SingleField::Paths(std::mem::take(&mut to.operation.paths))),
+        _ => None,
+    }
+}
+
+/// Whether `principals` is the source's only field (an empty list is absent). Destructured without `..`
+/// so that a new field must be considered here.
+fn only_principals(source: &SourceSpec) -> bool {
+    let SourceSpec { principals, not_principals, namespaces, not_namespaces, trust_domains, not_trust_domains } =
+        source;
+    let others = [not_principals, namespaces, not_namespaces, trust_domains, not_trust_domains];
+    !principals.is_empty() && others.iter().all(|values| values.is_empty())
+}
+
+/// Whether `paths` is the operation's only field (an empty list is absent).
+fn only_paths(operation: &OperationSpec) -> bool {
+    let OperationSpec { hosts, not_hosts, ports, not_ports, methods, not_methods, paths, not_paths } = operation;
+    let others = [hosts, not_hosts, methods, not_methods, not_paths];
+    !paths.is_empty() && ports.is_empty() && not_ports.is_empty() && others.iter().all(|values| values.is_empty())
+}
+
 /// An empty list is treated as absent, as Istio does.
 fn compile_field(
-    values: &[String],
+    values: Vec<String>,
     case: Case,
-    normalize: &dyn Fn(&str) -> Cow<'_, str>,
-    path: &str,
+    normalize: &Normalize<'_>,
+    path: &JsonPath<'_>,
     errors: &mut Errors,
 ) -> Option<PatternSet> {
     if values.is_empty() {
@@ -386,13 +427,13 @@ fn compile_field(
     match PatternSet::compile(values, case, normalize) {
         Ok(set) => Some(set),
         Err((index, e)) => {
-            errors.push(format!("{path}[{index}]"), e);
+            errors.push(path.index(index), e);
             None
         }
     }
 }
 
-fn compile_ports(values: &[PortSpec], path: &str, errors: &mut Errors) -> Option<Vec<u16>> {
+fn compile_ports(values: &[PortSpec], path: &JsonPath<'_>, errors: &mut Errors) -> Option<Vec<u16>> {
     if values.is_empty() {
         return None;
     }
@@ -400,7 +441,7 @@ fn compile_ports(values: &[PortSpec], path: &str, errors: &mut Errors) -> Option
     for (i, value) in values.iter().enumerate() {
         match value.to_port() {
             Ok(port) => ports.push(port),
-            Err(e) => errors.push(format!("{path}[{i}]"), e),
+            Err(e) => errors.push(path.index(i), e),
         }
     }
     Some(ports)
@@ -416,7 +457,7 @@ mod tests {
         let specs: Vec<PolicySpec> = serde_json::from_value(policies).unwrap();
         let mut errors = Errors::default();
         let trust = TrustDomains::new(&["cluster.local".into(), "other.td".into(), "partner.local".into()], None, &[]).unwrap();
-        let layer = PolicyLayer::compile(&specs, kind, "p", &trust, &mut errors);
+        let layer = PolicyLayer::compile(specs, kind, &JsonPath::Root("p"), &trust, &mut errors);
         if errors.is_empty() {
             Ok(layer)
         } else {
@@ -558,5 +599,45 @@ mod tests {
         assert!(e[0].starts_with("p[1].name: \"a\" is used twice"), "{e:?}");
         assert!(e[1].starts_with("p[0].rules[0].from[0].source.principals[1]: '*'"), "{e:?}");
         assert!(e[2].starts_with("p[0].rules[0].to[0].operation.ports[0]: 0 is not a port"), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn indexed_rules_report_errors_under_the_same_paths() {
+        let e = layer(LayerKind::Gateway, json!([
+            {"name": "a", "action": "ALLOW", "rules": [
+                {"from": [{"source": {"principals": ["ok", "a*b", ""]}}]},
+                {"to": [{"operation": {"paths": [""]}}]}
+            ]},
+            {"name": "d", "action": "DENY", "dryRun": true, "rules": [{"from": [{"source": {"principals": ["*x*"]}}]}]}
+        ]))
+        .unwrap_err();
+        let wildcard = "'*' is only allowed alone, as a prefix (\"*suffix\") or as a suffix (\"prefix*\")";
+        assert_eq!(
+            e,
+            [
+                format!("p[0].rules[0].from[0].source.principals[1]: {wildcard}"),
+                "p[0].rules[1].to[0].operation.paths[0]: empty value".to_string(),
+                format!("p[1].rules[0].from[0].source.principals[0]: {wildcard}"),
+            ]
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn shadow_verdict_puts_dry_run_denies_first_and_dry_run_allows_last() {
+        let l = gw(json!([
+            {"name": "allow-app1", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": [APP1]}}]}]},
+            {"name": "deny-paths", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]},
+            {"name": "dry-deny", "action": "DENY", "dryRun": true, "rules": [{"to": [{"operation": {"paths": ["/v1/*"]}}]}]},
+            {"name": "dry-allow", "action": "ALLOW", "dryRun": true, "rules": [{}]}
+        ]));
+        assert_eq!(l.evaluate(&req(APP1)), Verdict::Allow { policy: "allow-app1", rule: 0 });
+        assert_eq!(l.evaluate_shadow(&req(APP1)), Some(Verdict::DeniedByPolicy { policy: "dry-deny", rule: 0 }));
+        let mut admin = req("cluster.local/ns/team/sa/app2");
+        admin.path = "/admin/users";
+        assert_eq!(l.evaluate_shadow(&admin), Some(Verdict::DeniedByPolicy { policy: "deny-paths", rule: 0 }));
+        admin.path = "/other";
+        assert_eq!(l.evaluate(&admin), Verdict::NoMatchingAllow);
+        assert_eq!(l.evaluate_shadow(&admin), Some(Verdict::Allow { policy: "dry-allow", rule: 0 }));
+        assert_eq!(l.len(), 4);
     }
 }

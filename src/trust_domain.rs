@@ -89,7 +89,7 @@ impl TrustDomains {
     /// A trust-domain pattern (`trustDomains` of a rule) rewritten for matching canonical callers.
     pub fn canonical_trust_domain_pattern<'a>(&self, pattern: &'a str) -> Cow<'a, str> {
         match &self.local {
-            Some(local) if self.in_local_family(pattern) => Cow::Owned(local.to_string()),
+            Some(local) if pattern != &**local && self.in_local_family(pattern) => Cow::Owned(local.to_string()),
             _ => Cow::Borrowed(pattern),
         }
     }
@@ -103,7 +103,7 @@ impl TrustDomains {
             None => (pattern, ""),
         };
         match &self.local {
-            Some(local) if self.in_local_family(td) => Cow::Owned(format!("{local}{rest}")),
+            Some(local) if td != &**local && self.in_local_family(td) => Cow::Owned(format!("{local}{rest}")),
             _ => Cow::Borrowed(pattern),
         }
     }
