@@ -320,6 +320,27 @@ pub struct Config {
     pub san_policy: SanPolicy,
     pub gateway: PolicyLayer,
     pub destinations: DestinationTable,
+    /// The request attributes some policy looks at: the adapter reads only those headers.
+    pub attributes_used: AttributesUsed,
+}
+
+/// Whether any policy (enforced or dry-run, either layer) constrains methods or paths. When none does,
+/// the adapter does not read `:method` / `:path` (a host call each) and the decision sees them empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttributesUsed {
+    pub method: bool,
+    pub path: bool,
+}
+
+impl AttributesUsed {
+    fn of(spec: &PluginConfigSpec) -> Self {
+        let layers = std::iter::once(&spec.gateway.policies).chain(spec.destinations.iter().map(|d| &d.policies));
+        let operations = layers.flatten().flat_map(|p| &p.rules).flat_map(|r| &r.to).map(|t| &t.operation);
+        operations.fold(Self::default(), |used, o| Self {
+            method: used.method || !o.methods.is_empty() || !o.not_methods.is_empty(),
+            path: used.path || !o.paths.is_empty() || !o.not_paths.is_empty(),
+        })
+    }
 }
 
 impl Config {
@@ -378,6 +399,7 @@ impl Config {
             errors.push("certificateCacheSize", format!("must be between 1 and {MAX_CACHE_SIZE}"));
         }
 
+        let attributes_used = AttributesUsed::of(&spec);
         let gateway = PolicyLayer::compile(
             spec.gateway.policies,
             LayerKind::Gateway,
@@ -402,6 +424,7 @@ impl Config {
             san_policy: if spec.accept_legacy_kuma_sans { SanPolicy::AcceptLegacyKuma } else { SanPolicy::Strict },
             gateway,
             destinations,
+            attributes_used,
         })
     }
 }
@@ -485,6 +508,29 @@ pub(crate) mod tests {
             object => object[key] = value,
         }
         doc.to_string()
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn attributes_used_covers_both_layers_negations_and_dry_run() {
+        let used = |json: &str| Config::load(json.as_bytes()).unwrap().attributes_used;
+        assert_eq!(used(EXAMPLE), AttributesUsed { method: false, path: true });
+        let op = |operation: serde_json::Value, dry_run: bool| {
+            let policy = serde_json::json!({"name": "p", "action": "DENY", "dryRun": dry_run,
+                "rules": [{"to": [{"operation": operation}]}]});
+            let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+            doc["destinations"][0]["policies"] = serde_json::json!([policy.clone()]);
+            let gateway = serde_json::json!({"name": "g", "action": "ALLOW", "rules": [{}]});
+            doc["gateway"]["policies"] = serde_json::json!([gateway]);
+            let destination_only = doc.to_string();
+            doc["destinations"][0]["policies"] = serde_json::json!([gateway]);
+            doc["gateway"]["policies"] = serde_json::json!([policy, gateway]);
+            (used(&destination_only), used(&doc.to_string()))
+        };
+        let both = |u| (u, u);
+        assert_eq!(op(serde_json::json!({"notMethods": ["DELETE"]}), false), both(AttributesUsed { method: true, path: false }));
+        assert_eq!(op(serde_json::json!({"methods": ["GET"]}), true), both(AttributesUsed { method: true, path: false }));
+        assert_eq!(op(serde_json::json!({"notPaths": ["/x"]}), false), both(AttributesUsed { method: false, path: true }));
+        assert_eq!(op(serde_json::json!({"ports": [443]}), false), both(AttributesUsed::default()));
     }
 
     #[wasm_bindgen_test(unsupported = test)]

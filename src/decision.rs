@@ -10,7 +10,8 @@ use crate::peer_certificate::CertificateError;
 use crate::policy::{Attributes, Verdict};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 
-/// The HTTP request attributes the decision needs, as the proxy sees them.
+/// The HTTP request attributes the decision needs, as the proxy sees them. The adapter leaves `method`
+/// and `path` empty when no policy looks at them ([`crate::config::AttributesUsed`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
     /// `:authority` (`host` or `host:port`).
@@ -57,7 +58,8 @@ impl Layer {
 /// Why a request was denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// `:authority`, `:method` or `:path` is not UTF-8: fail closed rather than match a mangled value.
+    /// `:authority` (or `:method` / `:path` when a policy looks at it) is not UTF-8: fail closed rather than
+    /// match a mangled value.
     MalformedRequest,
     Principal(PrincipalError),
     UntrustedTrustDomain,

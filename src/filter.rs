@@ -258,7 +258,11 @@ impl HttpContext for EgressIdentityFilter {
             }
         }
         let principal_id = principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
-        let (authority, method, path) = (header(":authority"), header(":method"), header(":path"));
+        // Only the headers some policy looks at: each read is a host call (~2 µs of gateway CPU).
+        let used = config.attributes_used;
+        let method = if used.method { header(":method") } else { None };
+        let path = if used.path { header(":path") } else { None };
+        let authority = header(":authority");
         let (Some(authority), Some(method), Some(path)) = (text(&authority), text(&method), text(&path)) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
             record_audit(&audit::record(&Evaluation::of(Decision::Deny(denial)), principal_id));
