@@ -1,7 +1,7 @@
 //! External destinations: host patterns and ports, their policy layer and identity mapping, and the
 //! table that finds the destination of a request's host:port in one or two hash lookups.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::config::{DestinationSpec, Errors, JsonPath};
 use crate::identity_mapping::IdentityMapping;
@@ -21,9 +21,9 @@ pub struct Destination {
 pub struct DestinationTable {
     destinations: Vec<Destination>,
     /// Lower-case host → (port, index into `destinations`).
-    exact: HashMap<Box<str>, Vec<(u16, usize)>>,
+    exact: FxHashMap<Box<str>, Vec<(u16, usize)>>,
     /// For `*.partner.example`, the key `.partner.example`.
-    wildcard: HashMap<Box<str>, Vec<(u16, usize)>>,
+    wildcard: FxHashMap<Box<str>, Vec<(u16, usize)>>,
 }
 
 impl DestinationTable {
@@ -36,8 +36,8 @@ impl DestinationTable {
         crate::config::validate_unique_names(errors, &path, specs.iter().map(|d| d.name.as_str()));
         let mut table = Self {
             destinations: Vec::with_capacity(specs.len()),
-            exact: HashMap::with_capacity(specs.iter().map(|d| d.hosts.len()).sum()),
-            wildcard: HashMap::new(),
+            exact: FxHashMap::with_capacity_and_hasher(specs.iter().map(|d| d.hosts.len()).sum(), Default::default()),
+            wildcard: FxHashMap::default(),
         };
         for (index, spec) in specs.into_iter().enumerate() {
             let path = path.index(index);

@@ -3,7 +3,7 @@
 //! suffixes of the lengths that occur, `*` by a single ordinal. It makes first-match evaluation of
 //! thousands of single-field rules (principals, paths) or identity mappings cost a few lookups.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::pattern::Pattern;
 
@@ -14,16 +14,16 @@ pub struct FirstMatchIndex(Option<Box<Tables>>);
 
 #[derive(Debug, Default)]
 struct Tables {
-    exact: HashMap<Box<str>, usize>,
-    prefixes: HashMap<Box<str>, usize>,
+    exact: FxHashMap<Box<str>, usize>,
+    prefixes: FxHashMap<Box<str>, usize>,
     /// The distinct prefix lengths present, ascending: only those prefixes of a value are looked up.
     prefix_lengths: Vec<usize>,
-    suffixes: HashMap<Box<str>, usize>,
+    suffixes: FxHashMap<Box<str>, usize>,
     suffix_lengths: Vec<usize>,
     any_present: Option<usize>,
 }
 
-fn keep_lowest(map: &mut HashMap<Box<str>, usize>, key: Box<str>, ordinal: usize) {
+fn keep_lowest(map: &mut FxHashMap<Box<str>, usize>, key: Box<str>, ordinal: usize) {
     map.entry(key).and_modify(|o| *o = (*o).min(ordinal)).or_insert(ordinal);
 }
 

@@ -4,7 +4,7 @@
 //! into a hash set, so a field with thousands of principals costs one lookup per request.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::fmt;
 
 /// Why a pattern is not accepted.
@@ -103,7 +103,7 @@ struct Matcher {
     /// Exact values while there are few (compared one by one: no hashing on the data path)...
     exact: Vec<Box<str>>,
     /// ... or all of them once there are more than [`LINEAR_EXACT_MAX`].
-    exact_set: HashSet<Box<str>>,
+    exact_set: FxHashSet<Box<str>>,
     prefixes: Vec<Box<str>>,
     suffixes: Vec<Box<str>>,
     any_present: bool,

@@ -1,8 +1,10 @@
 //! A bounded cache of validated peer certificates, keyed by the certificate's SHA-256 digest, so each
 //! certificate is parsed once per worker rather than once per request. Oldest entries are evicted first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 use crate::peer_certificate::{CertificateError, ValidatedCertificate};
 
@@ -12,7 +14,7 @@ pub type CachedPrincipal = Result<Rc<ValidatedCertificate>, CertificateError>;
 #[derive(Debug)]
 pub struct PrincipalCache {
     capacity: usize,
-    entries: HashMap<Box<str>, CachedPrincipal>,
+    entries: FxHashMap<Box<str>, CachedPrincipal>,
     insertion_order: VecDeque<Box<str>>,
     hits: u64,
     misses: u64,
@@ -24,7 +26,7 @@ impl PrincipalCache {
         let capacity = capacity.max(1);
         Self {
             capacity,
-            entries: HashMap::with_capacity(capacity.min(4096)),
+            entries: FxHashMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
             insertion_order: VecDeque::with_capacity(capacity.min(4096)),
             hits: 0,
             misses: 0,

@@ -8,7 +8,7 @@
 //! trust domain therefore still matches the workload after it moves to the new one, and vice versa.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 
 use crate::spiffe_id::{validate_trust_domain, SpiffeId};
 
@@ -18,11 +18,11 @@ pub const LOCAL_PLACEHOLDER: &str = "cluster.local";
 #[derive(Debug, Clone, Default)]
 pub struct TrustDomains {
     /// Every trust domain a caller may come from: local, aliases, federated.
-    accepted: HashSet<Box<str>>,
+    accepted: FxHashSet<Box<str>>,
     /// The local trust domain, if one is configured.
     local: Option<Box<str>>,
     /// The local trust domain's aliases (without the local one).
-    aliases: HashSet<Box<str>>,
+    aliases: FxHashSet<Box<str>>,
 }
 
 impl TrustDomains {
