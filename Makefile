@@ -47,11 +47,12 @@ clippy:
 
 ## bench: egress-identity vs Envoy router only / native RBAC / an empty Wasm filter, rule scaling, criterion
 ## micro-benchmarks (BENCHMARKS.md). Not part of `make test`. ~7 min; shorter: make bench ROUNDS=1 DURATION=2
-## (also NEWCONN_ROUNDS=, CONNECTIONS=, VARIANTS=A,C,D, MICRO=0, E2E=0). Config check only: make bench-check
+## (also NEWCONN_ROUNDS=, CONNECTIONS=, VARIANTS=A,C,D, MICRO=0, E2E=0, BENCH_ARGS="--probe F=set_cluster_header").
+## Config check only: make bench-check
 .PHONY: bench bench-check
 bench: build
 	ROUNDS='$(ROUNDS)' DURATION='$(DURATION)' CONNECTIONS='$(CONNECTIONS)' NEWCONN_ROUNDS='$(NEWCONN_ROUNDS)' \
-		VARIANTS='$(VARIANTS)' MICRO='$(MICRO)' E2E='$(E2E)' CARGO='$(CARGO)' bash bench/run.sh
+		VARIANTS='$(VARIANTS)' MICRO='$(MICRO)' E2E='$(E2E)' CARGO='$(CARGO)' bash bench/run.sh $(BENCH_ARGS)
 
 bench-check: build
 	CARGO='$(CARGO)' bash bench/run.sh --check

@@ -86,6 +86,7 @@ mod tests {
     use crate::config::Config;
     use crate::decision::Request;
     use crate::spiffe_id::SpiffeId;
+    use wasm_bindgen_test::wasm_bindgen_test;
 
     const CONFIG: &str = r#"{
       "localTrustDomain": "cluster.local",
@@ -108,7 +109,7 @@ mod tests {
         record(&config.evaluate(Ok(&id), &request), principal)
     }
 
-    #[test]
+    #[wasm_bindgen_test(unsupported = test)]
     fn allow_names_every_policy_and_the_identity() {
         assert_eq!(
             record_for("spiffe://cluster.local/ns/team/sa/app1"),
@@ -117,7 +118,7 @@ mod tests {
         );
     }
 
-    #[test]
+    #[wasm_bindgen_test(unsupported = test)]
     fn deny_names_layer_policy_and_reason_and_quotes_odd_values() {
         assert_eq!(
             record_for("spiffe://cluster.local/ns/quarantine/sa/x"),
@@ -126,12 +127,12 @@ mod tests {
         );
     }
 
-    #[test]
+    #[wasm_bindgen_test(unsupported = test)]
     fn dry_run_verdict_is_appended() {
         assert!(record_for("spiffe://cluster.local/ns/team/sa/app2").ends_with(" identity=team.app1 dry_run=deny"));
     }
 
-    #[test]
+    #[wasm_bindgen_test(unsupported = test)]
     fn quoting_escapes_quotes_backslashes_and_controls() {
         let mut line = String::new();
         push_value(&mut line, "a \"b\"\\c\nd");
