@@ -107,6 +107,10 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
             Some(s) => println!("   partner saw client certificate subject: {s}"),
             None => println!("   partner: the request never arrived"),
         }
+        // The gateway's access log carries the filter's audit record (flushed about once a second).
+        if let Some(audit) = topo.gateway_access_log_entry(step.path).and_then(|e| e["audit"].as_str().map(str::to_owned)) {
+            println!("   gateway audit record: {audit}");
+        }
         let good = match &step.expect {
             Expect::Allow(cn) => {
                 r.status == 200 && r.field("client_subject") == Some(cn) && subject == Some(cn)
