@@ -12,7 +12,6 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,14 +37,8 @@ fn topo() -> &'static Topology {
     }
 }
 
-/// A request path no other request uses, so the partner's access log tells whether *this* request arrived.
 fn unique_path(prefix: &str, test: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}/{test}/{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    egress_identity_harness::unique_path(&format!("{prefix}/{test}"))
 }
 
 fn workload(name: &str) -> CertFiles {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use egress_identity_harness::client::Call;
 use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{Options, Topology};
+use egress_identity_harness::topology::{self, Options, Topology};
 
 const TRAP_HEADER: &str = "x-egress-identity-test-trap";
 const CLUSTER_HEADER: &str = "x-egress-identity-cluster";
@@ -74,21 +74,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// envoy/gateway.yaml without the header_mutation filter, with the wasm filter's failure setting replaced.
 fn gateway_variant(dir: &Path, failure: &str) -> PathBuf {
     let original = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
-    let lines: Vec<&str> = original.lines().collect();
-    let start = lines.iter().position(|l| l.trim() == "- name: envoy.filters.http.header_mutation").expect("header_mutation");
-    let end = lines.iter().position(|l| l.trim() == "- name: envoy.filters.http.wasm").expect("wasm filter");
-    assert!(start < end);
-    let mut out: Vec<String> = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        if (start..end).contains(&i) {
-            continue;
-        }
-        if l.trim() == "fail_open: false" {
-            out.push(l.replace("fail_open: false", failure));
-        } else {
-            out.push((*l).to_owned());
-        }
-    }
+    let lines = topology::without_header_mutation(&original).unwrap();
+    let out: Vec<String> =
+        lines.into_iter().map(|l| if l.trim() == "fail_open: false" { l.replace("fail_open: false", failure) } else { l }).collect();
     let text = out.join("\n") + "\n";
     assert!(!text.contains("header_mutation") && text.contains(failure));
     std::fs::create_dir_all(dir).unwrap();
@@ -106,8 +94,7 @@ fn start(name: &str, failure: &str) -> Topology {
 }
 
 fn unique(test: &str) -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!("/fail-closed/{test}/{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    egress_identity_harness::unique_path(&format!("/fail-closed/{test}"))
 }
 
 /// Waits until the partner logged `marker` (nginx logs in order), then checks `paths` never arrived.

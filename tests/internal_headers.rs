@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::Call;
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{Options, Topology};
+use egress_identity_harness::topology::{self, Options, Topology};
 
 const PRINCIPAL_HEADER: &str = "x-egress-identity-principal";
 const CLUSTER_HEADER: &str = "x-egress-identity-cluster";
@@ -24,18 +24,16 @@ const APP2: &str = "spiffe://cluster.local/ns/team/sa/app2";
 /// headers; its access log also records every value of both headers as the gateway forwards them.
 fn gateway_variant(dir: &Path) -> PathBuf {
     let original = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
-    let lines: Vec<&str> = original.lines().collect();
-    let start = lines.iter().position(|l| l.trim() == "- name: envoy.filters.http.header_mutation").expect("header_mutation");
-    let end = lines.iter().position(|l| l.trim() == "- name: envoy.filters.http.wasm").expect("wasm filter");
     let mut out = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
+    for l in topology::without_header_mutation(&original).unwrap() {
         let t = l.trim();
-        if (start..end).contains(&i) || t == format!("- {PRINCIPAL_HEADER}") || t == format!("- {CLUSTER_HEADER}") {
+        if t == format!("- {PRINCIPAL_HEADER}") || t == format!("- {CLUSTER_HEADER}") {
             continue;
         }
-        out.push((*l).to_owned());
-        if t == "json_format:" {
-            let indent = " ".repeat(l.len() - l.trim_start().len() + 2);
+        let json_format = t == "json_format:";
+        let indent = " ".repeat(l.len() - l.trim_start().len() + 2);
+        out.push(l);
+        if json_format {
             out.push(format!("{indent}forwarded_principal: \"%REQ({PRINCIPAL_HEADER})%\""));
             out.push(format!("{indent}forwarded_cluster: \"%REQ({CLUSTER_HEADER})%\""));
         }

@@ -92,12 +92,7 @@ fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 }
 
 fn unique(what: &str) -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "/reload-check/{what}/{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
+    egress_identity_harness::unique_path(&format!("/reload-check/{what}"))
 }
 
 fn send(t: &Topology, caller: &CertFiles, path: &str, spoof: Option<&str>) -> Response {

@@ -40,6 +40,13 @@ pub fn repo_root() -> std::path::PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
+/// A request path no other request of this process uses — `<prefix>/<pid>-<n>` — so the partner's access
+/// log tells whether *this* request arrived.
+pub fn unique_path(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("{prefix}/{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 pub(crate) fn err(msg: impl Into<String>) -> Error {
     msg.into().into()
 }

@@ -281,6 +281,18 @@ pub fn plugin_config(gateway_yaml: &str) -> Result<String> {
         .join("\n"))
 }
 
+/// The lines of a gateway bootstrap without its header_mutation filter (the defense in depth that strips
+/// the internal headers before the wasm filter), so a test sees what the wasm filter alone does.
+pub fn without_header_mutation(gateway_yaml: &str) -> Result<Vec<String>> {
+    let lines: Vec<&str> = gateway_yaml.lines().collect();
+    let find = |entry: &str| lines.iter().position(|l| l.trim() == entry).ok_or_else(|| err(format!("no `{entry}`")));
+    let (start, end) = (find("- name: envoy.filters.http.header_mutation")?, find("- name: envoy.filters.http.wasm")?);
+    if start > end {
+        return Err(err("header_mutation is not before the wasm filter"));
+    }
+    Ok(lines.iter().enumerate().filter(|(i, _)| !(start..end).contains(i)).map(|(_, l)| (*l).to_owned()).collect())
+}
+
 /// A copy of a gateway bootstrap in which only the plugin configuration is replaced by `plugin_json`
 /// (every other line is kept byte for byte).
 pub fn gateway_variant(gateway_yaml: &str, plugin_json: &str) -> Result<String> {
