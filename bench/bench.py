@@ -522,27 +522,30 @@ def main():
         "when CALLS sets it",
     )
     a = ap.parse_args()
+    extra = []  # variants added by --probe / --wasm-variant, measured in every round after the others
+
+    def add_variant(option, spec, ok, kind, rules, description):
+        name = spec.partition("=")[0]
+        if not name or not ok or name in VARIANTS:
+            raise SystemExit(f"{option} {spec!r}: see --help")
+        VARIANTS[name], DESCRIPTION[name] = (kind, rules), description
+        extra.append(name)
+        return name
+
     for spec in a.probe:
-        name, _, calls = spec.partition("=")
-        if not name or not calls or name in VARIANTS:
-            raise SystemExit(f"--probe {spec!r}: want NEW_NAME=call[:count];...")
-        VARIANTS[name] = ("probe", calls)
-        DESCRIPTION[name] = f"empty filter + {calls}"
-        if name not in a.variants.split(","):
-            a.variants += "," + name
+        calls = spec.partition("=")[2]
+        add_variant("--probe", spec, bool(calls), "probe", calls, f"empty filter + {calls}")
     wasm_files, fixed_routes = {}, set()
     for spec in a.wasm_variant:
-        name, _, path = spec.partition("=")
-        if path.endswith("@fixed-route"):
-            path = path[: -len("@fixed-route")]
-            fixed_routes.add(name)
-        if not name or not os.path.isfile(path) or name in VARIANTS:
-            raise SystemExit(f"--wasm-variant {spec!r}: want NEW_NAME=/path/to/filter.wasm")
-        VARIANTS[name] = ("egress_identity", 1000)
-        DESCRIPTION[name] = f"egress-identity, 1,000 rules, {os.path.basename(path)}"
+        path = spec.partition("=")[2]
+        fixed = path.endswith("@fixed-route")
+        path = path.removesuffix("@fixed-route")
+        desc = f"egress-identity, 1,000 rules, {os.path.basename(path)}" + (", fixed route" if fixed else "")
+        name = add_variant("--wasm-variant", spec, os.path.isfile(path), "egress_identity", 1000, desc)
         wasm_files[name] = os.path.abspath(path)
-        if name not in a.variants.split(","):
-            a.variants += "," + name
+        if fixed:
+            fixed_routes.add(name)
+    a.variants = ",".join([v for v in a.variants.split(",") if v and v not in extra] + extra)
     names = [v for v in a.variants.split(",") if v]
     for v in names:
         if v not in VARIANTS:
@@ -610,24 +613,23 @@ def main():
             run_wrk(client_port(i, False), 2, a.connections)
 
         results = []
+
+        def series(variants, rounds, duration, newconn):
+            for r in range(rounds):
+                for v in variants:
+                    i, p = gateways[v]
+                    m = measure(v, i, p.pid, duration, a.connections, newconn)
+                    m["round"] = r
+                    results.append(m)
+                    cores = "" if newconn else f"  gateway {m['cpu_cores']:.2f} cores"
+                    print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms{cores}  non2xx {m['non2xx']}", flush=True)
+
         print(f"\n{a.rounds} rounds x {len(names)} variants x {a.duration:g}s, {a.connections} keep-alive connections, load {loadavg()}", flush=True)
-        for r in range(a.rounds):
-            for v in names:
-                i, p = gateways[v]
-                m = measure(v, i, p.pid, a.duration, a.connections, False)
-                m["round"] = r
-                results.append(m)
-                print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  gateway {m['cpu_cores']:.2f} cores  non2xx {m['non2xx']}", flush=True)
+        series(names, a.rounds, a.duration, False)
         nc_names = [v for v in NEWCONN_VARIANTS if v in gateways]
         if a.newconn_rounds and nc_names:
             print(f"\nnew connection per request: {a.newconn_rounds} rounds x {nc_names} x {a.newconn_duration:g}s", flush=True)
-            for r in range(a.newconn_rounds):
-                for v in nc_names:
-                    i, p = gateways[v]
-                    m = measure(v, i, p.pid, a.newconn_duration, a.connections, True)
-                    m["round"] = r
-                    results.append(m)
-                    print(f"  round {r} {v:5s} {m['cpu_us_per_rq']:7.1f} us CPU/rq  {m['rps']:8.0f} rps  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  non2xx {m['non2xx']}", flush=True)
+            series(nc_names, a.newconn_rounds, a.newconn_duration, True)
 
         time.sleep(1.5)  # egress-identity hands its counters to Envoy once a second
         cache = {}
