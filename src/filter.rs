@@ -7,12 +7,12 @@
 //! did not load, every request is answered with 500 (fail closed).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use rustc_hash::FxHashMap;
 
 use crate::audit;
 use crate::config::{Config, PrincipalSource};
@@ -75,9 +75,9 @@ fn increment(counter: Option<&Counter>) {
 struct Metrics {
     allowed: Option<Counter>,
     denied: Option<Counter>,
-    denied_by: HashMap<(&'static str, &'static str), Counter>,
+    denied_by: FxHashMap<(&'static str, &'static str), Counter>,
     /// Cluster → counter of requests forwarded as that external identity.
-    identities: HashMap<Box<str>, Counter>,
+    identities: FxHashMap<Box<str>, Counter>,
     cache_hits: Option<Counter>,
     cache_misses: Option<Counter>,
     shadow_allow: Option<Counter>,
