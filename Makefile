@@ -1,5 +1,5 @@
-# egress-identity: `make demo` runs the demo, `make test` runs every test. Each target does its own
-# set-up (scripts/setup.sh, idempotent and quiet once everything is installed).
+# egress-identity: `make demo` runs the demo, `make test` runs every test. Each target installs what it
+# needs, and only that (scripts/setup.sh build|demo|test|bench: idempotent, one quiet line once installed).
 # EGRESS_WASM_TOOLCHAIN=debian forces the Debian rustc-web/-Zbuild-std wasm toolchain (see
 # scripts/setup.sh); the default, auto, uses rustup's wasm targets when rustup can install them.
 
@@ -12,20 +12,36 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup build demo test test-native test-wasm test-manifests clippy pki clean distclean
+.PHONY: setup setup-build setup-demo setup-test setup-bench build demo test test-native test-wasm test-manifests \
+	fmt fmt-check core-deps clippy pki clean distclean
 
-setup:
-	bash scripts/setup.sh
+## setup: everything `make test` needs (setup-build, setup-demo, setup-bench: less, or other things)
+setup: setup-test
+setup-build:
+	bash scripts/setup.sh build
+setup-demo:
+	bash scripts/setup.sh demo
+setup-test:
+	bash scripts/setup.sh test
+setup-bench:
+	bash scripts/setup.sh bench
 
-## build: the proxy-wasm filter -> dist/egress_identity.wasm
-build: setup
+## build: the proxy-wasm filter (filter/) -> dist/egress_identity.wasm
+build: setup-build
 	bash scripts/build-wasm.sh
 
-demo: build
+demo: setup-demo build
 	$(CARGO) run --release -p egress-identity-harness --bin demo
 
-## test: native unit + e2e tests, core tests on wasm, manifest tests, clippy. Stops at the first failure.
-test: build test-native test-wasm test-manifests clippy fuzz-smoke
+## test: format, native unit + e2e tests, core tests on wasm, manifest tests, clippy, fuzz smoke. Stops at
+## the first failure.
+test: setup-test build fmt-check core-deps test-native test-wasm test-manifests clippy fuzz-smoke
+
+## core-deps: the core crate must not depend on proxy-wasm, even indirectly (the filter is the only adapter)
+core-deps:
+	@if $(CARGO) tree -p egress-identity-core -e normal,build --prefix none | grep -q '^proxy-wasm '; then \
+		echo "core-deps: egress-identity-core depends on proxy-wasm:"; $(CARGO) tree -p egress-identity-core -i proxy-wasm; exit 1; \
+	else echo "core-deps: egress-identity-core has no proxy-wasm dependency"; fi
 
 test-native:
 	$(CARGO) test --workspace
@@ -42,37 +58,45 @@ test-manifests:
 		exit $$rc; \
 	else echo "tests/manifests: absent, skipped"; fi
 
+## fmt: format the workspace (rustfmt.toml); fmt-check: fail if anything is not formatted
+fmt:
+	$(CARGO) fmt --all
+	cd fuzz && $(CARGO) fmt
+fmt-check:
+	$(CARGO) fmt --all --check
+	cd fuzz && $(CARGO) fmt --check
+
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: egress-identity vs Envoy router only / native RBAC / an empty Wasm filter, rule scaling, criterion
-## micro-benchmarks (BENCHMARKS.md). Not part of `make test`. ~7 min; shorter: make bench ROUNDS=1 DURATION=2
+## micro-benchmarks (BENCHMARKS.md). Not part of `make test`; installs wrk. ~7 min; shorter: make bench ROUNDS=1 DURATION=2
 ## (also NEWCONN_ROUNDS=, CONNECTIONS=, VARIANTS=A,C,D, MICRO=0, E2E=0, BENCH_ARGS="--probe F=set_cluster_header").
 ## Config check only: make bench-check
 .PHONY: bench bench-check
-bench: build
+bench: setup-bench build
 	ROUNDS='$(ROUNDS)' DURATION='$(DURATION)' CONNECTIONS='$(CONNECTIONS)' NEWCONN_ROUNDS='$(NEWCONN_ROUNDS)' \
 		VARIANTS='$(VARIANTS)' MICRO='$(MICRO)' E2E='$(E2E)' CARGO='$(CARGO)' bash bench/run.sh $(BENCH_ARGS)
 
-bench-check: build
+bench-check: setup-bench build
 	CARGO='$(CARGO)' bash bench/run.sh --check
 
 ## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_TIME seconds each (default 600), FUZZ_JOBS at a time.
 ## fuzz-smoke: 20 s each (part of `make test`; prints SKIP where no nightly toolchain can be installed).
 ## soak: SOAK_REQUESTS (default 1000000) through the real gateway with wrk, gateway RSS sampled
-## (tests/soak.rs, #[ignore]d so `make test-native` skips it; needs wrk).
+## (filter/tests/soak.rs, #[ignore]d so `make test-native` skips it; installs wrk).
 FUZZ_TIME ?= 600
 FUZZ_JOBS ?= 2
 SOAK_REQUESTS ?= 1000000
 .PHONY: fuzz fuzz-smoke soak
-fuzz: setup
+fuzz: setup-test
 	FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz.sh $(FUZZ_TIME)
 
-fuzz-smoke: setup
+fuzz-smoke: setup-test
 	FUZZ_SMOKE=1 FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz.sh 20
 
-soak: build
-	SOAK_REQUESTS=$(SOAK_REQUESTS) $(CARGO) test --release --test soak -- --ignored --nocapture --test-threads=1
+soak: setup-bench build
+	SOAK_REQUESTS=$(SOAK_REQUESTS) $(CARGO) test --release -p egress-identity-filter --test soak -- --ignored --nocapture --test-threads=1
 
 pki:
 	$(CARGO) run -p egress-identity-harness --bin pki -- envoy/pki
@@ -99,9 +123,9 @@ publish-args:
 	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/publish.sh --check
 
 ## render: regenerate envoy/gateway.yaml and the manifests of examples/ from their policy files
-## (envoy/policy.json, examples/*/policy.json) with `egress-identity render`; tests/render.rs checks that
+## (envoy/policy.json, examples/*/policy.json) with `egress-identity render`; cli/tests/render.rs checks that
 ## the committed files are exactly this output.
-RENDER := $(CARGO) run --quiet --bin egress-identity -- render
+RENDER := $(CARGO) run --quiet -p egress-identity-cli --bin egress-identity -- render
 DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --upstream partner-api=127.0.0.1:18443 --ca-secret partner-api=partner-ca
 ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml)
 .PHONY: render

@@ -1,6 +1,6 @@
 """Benchmark policies of N rules: the egress-identity plugin configuration and the equivalent native RBAC.
 
-The shape (benches/decision.rs builds the very same document in Rust; keep them in sync):
+The shape (core/benches/decision.rs builds the very same document in Rust; keep them in sync):
 
   gateway layer      DENY  "deny-blocked":   N rules, rule i: principals ["cluster.local/ns/blocked-<i>/*"] (prefix)
                      ALLOW "allow-callers":  N rules, rule i < N-1: principals ["cluster.local/ns/other-<i>/sa/app"],

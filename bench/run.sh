@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the end-to-end benchmark (bench/bench.py) and the criterion micro-benchmarks (benches/).
+# `make bench`: the end-to-end benchmark (bench/bench.py) and the criterion micro-benchmarks (core/benches/).
 # Results go to target/bench/run/ (summary.md, results.json, logs/) and target/criterion/.
 #
 #   ROUNDS=5 DURATION=8 CONNECTIONS=8   rounds of A B C D D10 D10k, seconds per variant per round, wrk connections
@@ -38,8 +38,8 @@ if [ "${E2E:-1}" != 0 ]; then
         ${VARIANTS:+--variants "$VARIANTS"} "$@"
 fi
 if [ "${MICRO:-1}" != 0 ]; then
-    echo "== criterion micro-benchmarks (native, release): benches/decision.rs"
+    echo "== criterion micro-benchmarks (native, release): core/benches/decision.rs"
     # criterion needs unwinding; the release profile (which `bench` inherits) aborts, as the Wasm build must.
-    CARGO_PROFILE_RELEASE_PANIC=unwind "$CARGO" bench --bench decision -- --warm-up-time "${MICRO_WARMUP:-1}" --measurement-time "${MICRO_TIME:-3}" 2>&1 |
+    CARGO_PROFILE_RELEASE_PANIC=unwind "$CARGO" bench -p egress-identity-core --bench decision -- --warm-up-time "${MICRO_WARMUP:-1}" --measurement-time "${MICRO_TIME:-3}" 2>&1 |
         grep -E '^[a-z_/0-9 ]+time:|^[a-zA-Z_/0-9]+$|time:' || true
 fi

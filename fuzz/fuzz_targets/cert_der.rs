@@ -1,6 +1,6 @@
 #![no_main]
 //! `principal_from_pem` on mutated DER wrapped as PEM (plain and URL-encoded, as Envoy may hand it over);
-//! corpus seeded with the DER of the fixtures in tests/certs/.
+//! corpus seeded with the DER of the fixtures in core/tests/certs/.
 use egress_identity_fuzz::{check_certificate, der_to_pem};
 
 libfuzzer_sys::fuzz_target!(|der: &[u8]| {

@@ -7,7 +7,11 @@ use egress_identity_fuzz::{check_config_load, gen_config, mutate, BASE_POLICY};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let doc = (|| {
-        let mut doc = if u.arbitrary::<bool>()? { serde_json::from_str(BASE_POLICY).unwrap_or_default() } else { gen_config(&mut u)? };
+        let mut doc = if u.arbitrary::<bool>()? {
+            serde_json::from_str(BASE_POLICY).unwrap_or_default()
+        } else {
+            gen_config(&mut u)?
+        };
         mutate(&mut u, &mut doc)?;
         Ok::<_, arbitrary::Error>(doc)
     })();

@@ -5,10 +5,12 @@
 //! finding; its input goes to `fuzz/regressions/<target>/` and `tests/fuzz_regressions.rs` replays it.
 
 use arbitrary::{Result, Unstructured};
-use egress_identity::config::Config;
-use egress_identity::decision::{Decision, Layer, PrincipalError, Request};
-use egress_identity::peer_certificate::{principal_from_pem, SanPolicy};
-use egress_identity::spiffe_id::SpiffeId;
+use egress_identity_core::config::Config;
+use egress_identity_core::decision::{Decision, Layer};
+use egress_identity_core::peer_certificate::{principal_from_pem, SanPolicy};
+use egress_identity_core::principal::PrincipalError;
+use egress_identity_core::request::{split_authority, Request};
+use egress_identity_core::spiffe_id::SpiffeId;
 use serde_json::{json, Map, Value};
 
 /// The demo policy: the starting point of the structured configuration mutations.
@@ -81,7 +83,11 @@ pub fn der_to_pem(der: &[u8], url_encoded: bool) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = Vec::with_capacity(der.len() * 4 / 3 + 4);
     for chunk in der.chunks(3) {
-        let b = [chunk.first().copied().unwrap_or(0), chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -125,20 +131,62 @@ const PRINCIPALS: &[&str] = &[
     "*",
     "spiffe://example.org/ns/ops/sa/x",
 ];
-const HOSTS: &[&str] = &["api.partner.example", "*.partner.example", "other.example", "API.Partner.Example", "*", "*.example"];
+const HOSTS: &[&str] =
+    &["api.partner.example", "*.partner.example", "other.example", "API.Partner.Example", "*", "*.example"];
 const METHODS: &[&str] = &["GET", "POST", "DELETE", "*", "G*", "get"];
 const PATHS: &[&str] = &["/admin*", "/v1/*", "*", "/v1/orders", "*/users", "/"];
 const PORTS: &[&str] = &["443", "8443", "0", "65536", "*"];
 const CONFIG_KEYS: &[&str] = &[
-    "trustDomains", "localTrustDomain", "trustDomainAliases", "acceptLegacyKumaSans", "principalSources",
-    "headers", "principal", "cluster", "defaultPort", "certificateCacheSize", "gateway", "policies",
-    "destinations", "name", "hosts", "ports", "identities", "principals", "defaultIdentity", "action", "dryRun",
-    "rules", "from", "to", "source", "operation", "namespaces", "notNamespaces", "notPrincipals",
-    "notTrustDomains", "methods", "notMethods", "paths", "notPaths", "notPorts", "notHosts",
+    "trustDomains",
+    "localTrustDomain",
+    "trustDomainAliases",
+    "acceptLegacyKumaSans",
+    "principalSources",
+    "headers",
+    "principal",
+    "cluster",
+    "defaultPort",
+    "certificateCacheSize",
+    "gateway",
+    "policies",
+    "destinations",
+    "name",
+    "hosts",
+    "ports",
+    "identities",
+    "principals",
+    "defaultIdentity",
+    "action",
+    "dryRun",
+    "rules",
+    "from",
+    "to",
+    "source",
+    "operation",
+    "namespaces",
+    "notNamespaces",
+    "notPrincipals",
+    "notTrustDomains",
+    "methods",
+    "notMethods",
+    "paths",
+    "notPaths",
+    "notPorts",
+    "notHosts",
 ];
 const STRINGS: &[&str] = &[
-    "ALLOW", "DENY", "peer_certificate", "istio_peer_principal", "x-egress-identity-cluster", "partner-api|team.app1",
-    "cluster.local", "spiffe://cluster.local/ns/team/sa/app1", "*", "", "api.partner.example", "/admin*",
+    "ALLOW",
+    "DENY",
+    "peer_certificate",
+    "istio_peer_principal",
+    "x-egress-identity-cluster",
+    "partner-api|team.app1",
+    "cluster.local",
+    "spiffe://cluster.local/ns/team/sa/app1",
+    "*",
+    "",
+    "api.partner.example",
+    "/admin*",
 ];
 
 /// A value from `vocab`, or now and then an arbitrary string.
@@ -176,7 +224,11 @@ fn gen_ports(u: &mut Unstructured) -> Result<Value> {
     let n = u.int_in_range(0..=3)?;
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(if u.arbitrary()? { json!(u.choose(&[443u32, 8443, 0, 65535, 70000])?) } else { json!(word(u, PORTS)?) });
+        v.push(if u.arbitrary()? {
+            json!(u.choose(&[443u32, 8443, 0, 65535, 70000])?)
+        } else {
+            json!(word(u, PORTS)?)
+        });
     }
     Ok(Value::Array(v))
 }
@@ -212,12 +264,14 @@ fn gen_policies(u: &mut Unstructured, gateway: bool) -> Result<Value> {
                 rule.insert("from".into(), Value::Array(from.collect::<Result<_>>()?));
             }
             if u.arbitrary()? {
-                let to = (0..u.int_in_range(0..=2)?).map(|_| gen_operation(u, gateway).map(|o| json!({ "operation": o })));
+                let to =
+                    (0..u.int_in_range(0..=2)?).map(|_| gen_operation(u, gateway).map(|o| json!({ "operation": o })));
                 rule.insert("to".into(), Value::Array(to.collect::<Result<_>>()?));
             }
             rules.push(Value::Object(rule));
         }
-        let action = if u.ratio(1, 16)? { word(u, &["allow", "ALOW"])? } else { (*u.choose(&["ALLOW", "DENY"])?).to_owned() };
+        let action =
+            if u.ratio(1, 16)? { word(u, &["allow", "ALOW"])? } else { (*u.choose(&["ALLOW", "DENY"])?).to_owned() };
         let mut p = json!({ "name": format!("p{i}"), "action": action, "rules": rules });
         if u.ratio(1, 4)? {
             p["dryRun"] = json!(u.arbitrary::<bool>()?);
@@ -368,12 +422,22 @@ impl Scenario {
             Err(())
         } else {
             let td = word(u, TRUST_DOMAINS)?;
-            let path = word(u, &["/ns/team/sa/app1", "/ns/team/sa/app2", "/ns/quarantine/sa/x", "/ns/ops/sa/y", "", "/x"])?;
+            let path =
+                word(u, &["/ns/team/sa/app1", "/ns/team/sa/app2", "/ns/quarantine/sa/x", "/ns/ops/sa/y", "", "/x"])?;
             Ok(format!("spiffe://{td}{path}"))
         };
         let authority = word(
             u,
-            &["api.partner.example", "api.partner.example:443", "API.PARTNER.EXAMPLE:8443", "a.b.partner.example", "other.example:443", "[::1]:443", "api.partner.example:", "api.partner.example:99999"],
+            &[
+                "api.partner.example",
+                "api.partner.example:443",
+                "API.PARTNER.EXAMPLE:8443",
+                "a.b.partner.example",
+                "other.example:443",
+                "[::1]:443",
+                "api.partner.example:",
+                "api.partner.example:99999",
+            ],
         )?;
         let method = word(u, &["GET", "POST", "DELETE", "get"])?;
         let path = word(u, &["/v1/orders", "/admin/users", "/v1/orders?x=/admin", "/", "", "/users"])?;
@@ -435,7 +499,10 @@ pub fn check_decide(s: &Scenario) {
             let body: Value = serde_json::from_str(&denial.to_json()).expect("deny body is JSON");
             assert_eq!(body["decision"], "deny");
             assert_eq!(body["layer"], denial.layer.as_str());
-            if id.is_none() {
+            // The documented order: a malformed request first, then a caller without a principal.
+            if split_authority(&s.authority, config.default_port).is_none() {
+                assert_eq!(denial.layer, Layer::Request, "a malformed authority is denied before anything else");
+            } else if id.is_none() {
                 assert_eq!(denial.layer, Layer::Principal);
             }
             let _ = denial.to_string();
@@ -445,14 +512,22 @@ pub fn check_decide(s: &Scenario) {
             assert!(config.trust_domains.accepts(id.trust_domain()), "allowed from an untrusted trust domain");
             // Default deny: only an enforced ALLOW policy of each layer can allow.
             let gateway_allows = allow_policy_names(s.config.pointer("/gateway/policies"));
-            assert!(gateway_allows.iter().any(|n| n == allowed.gateway_policy), "gateway allowed by {:?}", allowed.gateway_policy);
+            assert!(
+                gateway_allows.iter().any(|n| n == allowed.gateway_policy),
+                "gateway allowed by {:?}",
+                allowed.gateway_policy
+            );
             let destinations = s.config.get("destinations").and_then(Value::as_array).expect("destinations");
             let dest = destinations
                 .iter()
                 .find(|d| d.get("name").and_then(Value::as_str) == Some(allowed.destination))
                 .expect("allowed to an undeclared destination");
             let dest_allows = allow_policy_names(dest.get("policies"));
-            assert!(dest_allows.iter().any(|n| n == allowed.destination_policy), "destination allowed by {:?}", allowed.destination_policy);
+            assert!(
+                dest_allows.iter().any(|n| n == allowed.destination_policy),
+                "destination allowed by {:?}",
+                allowed.destination_policy
+            );
             // The cluster is one the destination declares: never anything request-controlled.
             let mut clusters: Vec<&str> = dest
                 .get("identities")
@@ -462,7 +537,11 @@ pub fn check_decide(s: &Scenario) {
                 .filter_map(|i| i.get("cluster").and_then(Value::as_str))
                 .collect();
             clusters.extend(dest.pointer("/defaultIdentity/cluster").and_then(Value::as_str));
-            assert!(clusters.contains(&allowed.identity.cluster.as_ref()), "cluster {:?} not declared", allowed.identity.cluster);
+            assert!(
+                clusters.contains(&allowed.identity.cluster.as_ref()),
+                "cluster {:?} not declared",
+                allowed.identity.cluster
+            );
             assert!(allowed.identity.cluster.bytes().all(|c| c.is_ascii_graphic()));
         }
     }

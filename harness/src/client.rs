@@ -83,11 +83,7 @@ impl Response {
     /// One-line summary for assertion messages.
     pub fn summary(&self) -> String {
         if self.status == 0 {
-            format!(
-                "no HTTP response (curl exit {}): {}",
-                self.curl_exit,
-                self.stderr.trim()
-            )
+            format!("no HTTP response (curl exit {}): {}", self.curl_exit, self.stderr.trim())
         } else {
             format!("HTTP {} {}", self.status, self.body.trim())
         }
@@ -106,50 +102,32 @@ const STATUS_MARK: &str = "\n@@egress-identity-harness-status:";
 impl Client {
     /// A client trusting `mesh_ca` for the gateway's server certificate.
     pub fn new(mesh_ca: PathBuf) -> Client {
-        Client {
-            ca: mesh_ca,
-            port: GATEWAY_PORT,
-        }
+        Client { ca: mesh_ca, port: GATEWAY_PORT }
     }
 
     /// Send `call` (HTTP/1.1, 20 s timeout).
     pub fn send(&self, call: &Call) -> Result<Response> {
         let curl = std::env::var_os("CURL_BIN").unwrap_or_else(|| "curl".into());
         let mut cmd = Command::new(&curl);
-        cmd.args([
-            "-sS",
-            "--http1.1",
-            "--path-as-is",
-            "--max-time",
-            "20",
-            "--cacert",
-        ])
-        .arg(&self.ca)
-        .arg("--resolve")
-        .arg(format!("{GATEWAY_HOST}:{}:127.0.0.1", self.port));
+        cmd.args(["-sS", "--http1.1", "--path-as-is", "--max-time", "20", "--cacert"])
+            .arg(&self.ca)
+            .arg("--resolve")
+            .arg(format!("{GATEWAY_HOST}:{}:127.0.0.1", self.port));
         if let Some(id) = &call.identity {
             cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
         }
-        cmd.arg("-X")
-            .arg(&call.method)
-            .arg("-H")
-            .arg(format!("Host: {}", call.host));
+        cmd.arg("-X").arg(&call.method).arg("-H").arg(format!("Host: {}", call.host));
         for (k, v) in &call.headers {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
         cmd.arg("-w").arg(format!("{STATUS_MARK}%{{http_code}}"));
         cmd.arg(format!("https://{GATEWAY_HOST}:{}{}", self.port, call.path));
-        let out = cmd
-            .output()
-            .map_err(|e| err(format!("running {curl:?}: {e}")))?;
+        let out = cmd.output().map_err(|e| err(format!("running {curl:?}: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = match stdout.rfind(STATUS_MARK) {
             Some(i) => {
                 let code = stdout.get(i + STATUS_MARK.len()..).unwrap_or("").trim();
-                (
-                    stdout.get(..i).unwrap_or("").to_string(),
-                    code.parse().unwrap_or(0),
-                )
+                (stdout.get(..i).unwrap_or("").to_string(), code.parse().unwrap_or(0))
             }
             None => (stdout, 0),
         };

@@ -85,14 +85,10 @@ pub fn split(mut bootstrap: Value) -> Result<(Value, Vec<Value>)> {
         return Err(err("static_resources.listeners is empty"));
     }
     for l in &mut listeners {
-        let obj = l
-            .as_object_mut()
-            .ok_or_else(|| err("a listener is not an object"))?;
+        let obj = l.as_object_mut().ok_or_else(|| err("a listener is not an object"))?;
         obj.insert("@type".into(), Value::from(LISTENER_TYPE));
     }
-    let root = bootstrap
-        .as_object_mut()
-        .ok_or_else(|| err("the bootstrap is not an object"))?;
+    let root = bootstrap.as_object_mut().ok_or_else(|| err("the bootstrap is not an object"))?;
     if root.contains_key("dynamic_resources") {
         return Err(err("the bootstrap already has dynamic_resources"));
     }
@@ -124,25 +120,16 @@ pub fn write_listeners(lds_dir: &Path, listeners: &[Value]) -> Result<PathBuf> {
     let target = lds_dir.join("listeners.yaml");
     let tmp = lds_dir.join(".listeners.yaml.tmp");
     fs::create_dir_all(lds_dir)?;
-    fs::write(&tmp, listeners_resource(listeners)?)
-        .map_err(|e| err(format!("writing {}: {e}", tmp.display())))?;
-    fs::rename(&tmp, &target).map_err(|e| {
-        err(format!(
-            "renaming {} to {}: {e}",
-            tmp.display(),
-            target.display()
-        ))
-    })?;
+    fs::write(&tmp, listeners_resource(listeners)?).map_err(|e| err(format!("writing {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, &target).map_err(|e| err(format!("renaming {} to {}: {e}", tmp.display(), target.display())))?;
     Ok(target)
 }
 
 /// The listeners of the LDS resource file in `lds_dir`.
 pub fn read_listeners(lds_dir: &Path) -> Result<Vec<Value>> {
     let path = lds_dir.join("listeners.yaml");
-    let text =
-        fs::read_to_string(&path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| err(format!("{} is not JSON: {e}", path.display())))?;
+    let text = fs::read_to_string(&path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| err(format!("{} is not JSON: {e}", path.display())))?;
     match doc.get("resources") {
         Some(Value::Array(l)) => Ok(l.clone()),
         _ => Err(err(format!("{} has no resources list", path.display()))),
@@ -152,11 +139,7 @@ pub fn read_listeners(lds_dir: &Path) -> Result<Vec<Value>> {
 /// Whether `obj` is a wasm filter's `typed_config` with a `StringValue` plugin configuration.
 fn is_wasm_with_string_config(obj: &serde_json::Map<String, Value>) -> bool {
     obj.get("@type").and_then(Value::as_str) == Some(WASM_FILTER_TYPE)
-        && obj
-            .get("config")
-            .and_then(|c| c.get("configuration"))
-            .and_then(|c| c.get("@type"))
-            .and_then(Value::as_str)
+        && obj.get("config").and_then(|c| c.get("configuration")).and_then(|c| c.get("@type")).and_then(Value::as_str)
             == Some(STRING_VALUE_TYPE)
 }
 
@@ -173,10 +156,7 @@ fn count_plugin_configurations(v: &Value) -> usize {
 /// The first wasm filter `configuration` (`StringValue`) in `v`.
 fn find_plugin_configuration(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
     if v.as_object().is_some_and(is_wasm_with_string_config) {
-        return v
-            .get_mut("config")
-            .and_then(|c| c.get_mut("configuration"))
-            .and_then(Value::as_object_mut);
+        return v.get_mut("config").and_then(|c| c.get_mut("configuration")).and_then(Value::as_object_mut);
     }
     match v {
         Value::Object(obj) => obj.values_mut().find_map(find_plugin_configuration),
@@ -186,9 +166,7 @@ fn find_plugin_configuration(v: &mut Value) -> Option<&mut serde_json::Map<Strin
 }
 
 /// The one wasm filter `configuration` (`StringValue`) of `listeners`.
-fn the_plugin_configuration(
-    listeners: &mut [Value],
-) -> Result<&mut serde_json::Map<String, Value>> {
+fn the_plugin_configuration(listeners: &mut [Value]) -> Result<&mut serde_json::Map<String, Value>> {
     let count: usize = listeners.iter().map(count_plugin_configurations).sum();
     if count != 1 {
         return Err(err(format!(
@@ -273,10 +251,7 @@ mod tests {
         let (b, l) = split(bootstrap()).unwrap();
         assert!(b["static_resources"].get("listeners").is_none());
         assert_eq!(b["static_resources"]["clusters"][0]["name"], "c");
-        assert_eq!(
-            b["dynamic_resources"]["lds_config"]["path_config_source"]["path"],
-            LISTENERS_IN_RUN_DIR
-        );
+        assert_eq!(b["dynamic_resources"]["lds_config"]["path_config_source"]["path"], LISTENERS_IN_RUN_DIR);
         assert_eq!(l.len(), 1);
         assert_eq!(l[0]["@type"], LISTENER_TYPE);
         assert_eq!(plugin_config(&l).unwrap(), "{\"a\":1}");
@@ -300,10 +275,7 @@ mod tests {
         let (_, l) = split(bootstrap()).unwrap();
         write_listeners(&dir, &l).unwrap();
         push_plugin_config(&dir, "{\"c\":3}").unwrap();
-        assert_eq!(
-            plugin_config(&read_listeners(&dir).unwrap()).unwrap(),
-            "{\"c\":3}"
-        );
+        assert_eq!(plugin_config(&read_listeners(&dir).unwrap()).unwrap(), "{\"c\":3}");
         assert!(!dir.join(".listeners.yaml.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
     }

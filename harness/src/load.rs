@@ -38,11 +38,7 @@ pub struct Caller {
 impl Caller {
     /// A caller named `label`.
     pub fn new(label: &str, cert: CertFiles, ca: PathBuf) -> Caller {
-        Caller {
-            label: label.into(),
-            cert,
-            ca,
-        }
+        Caller { label: label.into(), cert, ca }
     }
 }
 
@@ -130,10 +126,7 @@ impl Record {
             self.status,
             self.client_subject,
             self.client_serial,
-            self.error
-                .as_deref()
-                .map(|e| format!(" error {e}"))
-                .unwrap_or_default()
+            self.error.as_deref().map(|e| format!(" error {e}")).unwrap_or_default()
         )
     }
 }
@@ -181,9 +174,7 @@ impl LoadGenerator {
         }
         let shared = Arc::new(Shared {
             children: (0..spec.workers).map(|_| Mutex::new(None)).collect(),
-            worker_generation: (0..spec.workers)
-                .map(|_| AtomicU64::new(u64::MAX))
-                .collect(),
+            worker_generation: (0..spec.workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
             spec,
             caller: Mutex::new((0, caller)),
             stop: AtomicBool::new(false),
@@ -196,12 +187,10 @@ impl LoadGenerator {
         for worker in 0..shared.spec.workers {
             let s = Arc::clone(&shared);
             s.running.fetch_add(1, Ordering::SeqCst);
-            let h = std::thread::Builder::new()
-                .name(format!("load-{worker}"))
-                .spawn(move || {
-                    run_worker(&s, worker);
-                    s.running.fetch_sub(1, Ordering::SeqCst);
-                })?;
+            let h = std::thread::Builder::new().name(format!("load-{worker}")).spawn(move || {
+                run_worker(&s, worker);
+                s.running.fetch_sub(1, Ordering::SeqCst);
+            })?;
             handles.push(h);
         }
         Ok(LoadGenerator { shared, handles })
@@ -233,24 +222,16 @@ impl LoadGenerator {
     /// Wait until every worker runs a batch of caller generation `generation` or later, i.e. no request
     /// with an earlier caller is in flight or will be sent.
     pub fn wait_workers_on(&self, generation: u64, timeout: Duration) -> Result<()> {
-        self.wait_until(
-            timeout,
-            &format!("every worker on caller generation {generation}"),
-            || {
-                self.shared.worker_generation.iter().all(
-                    |g| matches!(g.load(Ordering::SeqCst), x if x != u64::MAX && x >= generation),
-                )
-            },
-        )
+        self.wait_until(timeout, &format!("every worker on caller generation {generation}"), || {
+            self.shared
+                .worker_generation
+                .iter()
+                .all(|g| matches!(g.load(Ordering::SeqCst), x if x != u64::MAX && x >= generation))
+        })
     }
 
     /// Wait until `pred` holds for the records so far.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&[Record]) -> bool,
-    ) -> Result<()> {
+    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Record]) -> bool) -> Result<()> {
         self.wait_until(timeout, what, || pred(&lock(&self.shared.records)))
     }
 
@@ -418,46 +399,22 @@ fn run_batch(s: &Shared, worker: usize, batch: u64, n: usize, caller: &Caller) -
         .arg("-H")
         .arg(format!("Host: {}", s.spec.host))
         .arg("-w")
-        .arg(format!(
-            "{MARK}%{{http_code}} %{{num_connects}} %{{exitcode}} %{{errormsg}}\n"
-        ));
+        .arg(format!("{MARK}%{{http_code}} %{{num_connects}} %{{exitcode}} %{{errormsg}}\n"));
     for i in 0..n {
-        cmd.arg(format!(
-            "https://{GATEWAY_HOST}:{GATEWAY_PORT}{}/{worker}/{batch}/{i}",
-            s.spec.path_prefix
-        ));
+        cmd.arg(format!("https://{GATEWAY_HOST}:{GATEWAY_PORT}{}/{worker}/{batch}/{i}", s.spec.path_prefix));
     }
     match run_curl(s, worker, &mut cmd) {
-        Ok((stdout, stderr, code)) => parse_transfers(
-            &stdout,
-            n,
-            &format!("curl exited with {code:?}: {}", stderr.trim()),
-        ),
-        Err(e) => vec![
-            Transfer {
-                curl_error: Some(format!("running {curl:?}: {e}")),
-                ..Transfer::default()
-            };
-            n
-        ],
+        Ok((stdout, stderr, code)) => {
+            parse_transfers(&stdout, n, &format!("curl exited with {code:?}: {}", stderr.trim()))
+        }
+        Err(e) => vec![Transfer { curl_error: Some(format!("running {curl:?}: {e}")), ..Transfer::default() }; n],
     }
 }
 
 /// Run curl, registered in the worker's slot while it runs; returns stdout, stderr and the exit code.
-fn run_curl(
-    s: &Shared,
-    worker: usize,
-    cmd: &mut Command,
-) -> std::io::Result<(String, String, Option<i32>)> {
-    let slot = s
-        .children
-        .get(worker)
-        .ok_or_else(|| std::io::Error::other("no such worker"))?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+fn run_curl(s: &Shared, worker: usize, cmd: &mut Command) -> std::io::Result<(String, String, Option<i32>)> {
+    let slot = s.children.get(worker).ok_or_else(|| std::io::Error::other("no such worker"))?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     *lock(slot) = Some(child);
     // Until EOF, i.e. until curl exits (or is killed). Its error output is a line per failed transfer at
@@ -484,11 +441,7 @@ fn run_curl(
         None => None,
     };
     read?;
-    Ok((
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-        status,
-    ))
+    Ok((String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned(), status))
 }
 
 /// Split curl's output for `n` transfers. Transfers without a marker (curl died) are failures carrying
@@ -603,11 +556,7 @@ impl LoadReport {
     /// `Ok` when there were at least `min_requests` requests and every one got a 200 from the partner.
     pub fn check_no_failures(&self, min_requests: usize) -> std::result::Result<(), String> {
         if self.total() < min_requests {
-            return Err(format!(
-                "only {} requests (wanted at least {min_requests}): {}",
-                self.total(),
-                self.summary()
-            ));
+            return Err(format!("only {} requests (wanted at least {min_requests}): {}", self.total(), self.summary()));
         }
         if !self.failures().is_empty() {
             return Err(format!("failed requests: {}", self.summary()));
@@ -627,24 +576,13 @@ mod tests {
         );
         let t = parse_transfers(&out, 4, "curl died");
         assert_eq!(t.len(), 4);
-        let first = t
-            .first()
-            .map(|t| (t.status, t.new_connection, t.field("client_serial")));
+        let first = t.first().map(|t| (t.status, t.new_connection, t.field("client_serial")));
         assert_eq!(first, Some((200, true, Some("0A1B".into()))));
         assert!(t.first().is_some_and(|t| t.error().is_none()));
-        assert_eq!(
-            t.get(1).map(|t| (t.status, t.new_connection)),
-            Some((403, false))
-        );
+        assert_eq!(t.get(1).map(|t| (t.status, t.new_connection)), Some((403, false)));
         assert!(t.get(1).and_then(Transfer::error).is_some());
-        assert_eq!(
-            t.get(2).and_then(|t| t.curl_error.clone()),
-            Some("curl exit 35: SSL connect error".into())
-        );
-        assert!(t
-            .get(3)
-            .and_then(|t| t.curl_error.clone())
-            .is_some_and(|e| e.contains("curl died")));
+        assert_eq!(t.get(2).and_then(|t| t.curl_error.clone()), Some("curl exit 35: SSL connect error".into()));
+        assert!(t.get(3).and_then(|t| t.curl_error.clone()).is_some_and(|e| e.contains("curl died")));
         assert_eq!(normalize_serial("00:0a:1B"), "A1B");
     }
 }

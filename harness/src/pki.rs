@@ -20,8 +20,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 use crate::{err, Result};
@@ -69,14 +69,8 @@ pub const STANDARD_WORKLOADS: &[(&str, &str)] = &[
     ("team-app1", "spiffe://cluster.local/ns/team/sa/app1"),
     ("team-app2", "spiffe://cluster.local/ns/team/sa/app2"),
     ("team-app3", "spiffe://cluster.local/ns/team/sa/app3"),
-    (
-        "sandbox-default",
-        "spiffe://cluster.local/ns/sandbox/sa/default",
-    ),
-    (
-        "quarantine-default",
-        "spiffe://cluster.local/ns/quarantine/sa/default",
-    ),
+    ("sandbox-default", "spiffe://cluster.local/ns/sandbox/sa/default"),
+    ("quarantine-default", "spiffe://cluster.local/ns/quarantine/sa/default"),
 ];
 
 /// A certificate and its key on disk.
@@ -106,10 +100,7 @@ pub struct WorkloadSpec {
 impl WorkloadSpec {
     /// A regular workload certificate with exactly one URI SAN.
     pub fn spiffe(id: &str) -> Self {
-        WorkloadSpec {
-            uri_sans: vec![id.to_string()],
-            ..Default::default()
-        }
+        WorkloadSpec { uri_sans: vec![id.to_string()], ..Default::default() }
     }
 }
 
@@ -125,9 +116,7 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority")
-            .field("cert", &self.cert)
-            .finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority").field("cert", &self.cert).finish_non_exhaustive()
     }
 }
 
@@ -147,9 +136,7 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -167,17 +154,12 @@ fn ca_params(cn: &str, org: &str) -> CertificateParams {
     dn.push(DnType::CommonName, cn);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
 fn ia5(s: &str) -> Result<rcgen::string::Ia5String> {
-    rcgen::string::Ia5String::try_from(s.to_string())
-        .map_err(|e| err(format!("invalid IA5 string {s:?}: {e}")))
+    rcgen::string::Ia5String::try_from(s.to_string()).map_err(|e| err(format!("invalid IA5 string {s:?}: {e}")))
 }
 
 fn write_pem(path: &Path, contents: &str) -> Result<()> {
@@ -201,9 +183,7 @@ impl Ca {
         let cert = params.self_signed(&key)?;
         write_pem(&dir.join(cert_name), &cert.pem())?;
         write_pem(&dir.join(key_name), &key.serialize_pem())?;
-        Ok(Ca {
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Ca { issuer: Issuer::new(params, key) })
     }
 
     /// Re-open a CA written by [`Ca::generate`]: its parameters are deterministic but for the key, so the
@@ -213,9 +193,7 @@ impl Ca {
             return Err(err(format!("{} not found", dir.join(cert_name).display())));
         }
         let key = KeyPair::from_pem(&fs::read_to_string(dir.join(key_name))?)?;
-        Ok(Ca {
-            issuer: Issuer::new(ca_params(cn, org), key),
-        })
+        Ok(Ca { issuer: Issuer::new(ca_params(cn, org), key) })
     }
 
     fn issue(&self, params: &CertificateParams, out: &CertFiles) -> Result<()> {
@@ -235,15 +213,9 @@ fn leaf_params(cn: Option<&str>, server: bool) -> CertificateParams {
         dn.push(DnType::CommonName, cn);
     }
     params.distinguished_name = dn;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages =
+        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
     params.use_authority_key_identifier_extension = true;
     params
 }
@@ -254,20 +226,8 @@ impl Pki {
     pub fn generate(dir: impl AsRef<Path>) -> Result<Pki> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
-        let mesh = Ca::generate(
-            MESH_CA_CN,
-            TRUST_DOMAIN,
-            &dir,
-            layout::MESH_CA_CERT,
-            layout::MESH_CA_KEY,
-        )?;
-        let partner = Ca::generate(
-            PARTNER_CA_CN,
-            PARTNER_ORG,
-            &dir,
-            layout::PARTNER_CA_CERT,
-            layout::PARTNER_CA_KEY,
-        )?;
+        let mesh = Ca::generate(MESH_CA_CN, TRUST_DOMAIN, &dir, layout::MESH_CA_CERT, layout::MESH_CA_KEY)?;
+        let partner = Ca::generate(PARTNER_CA_CN, PARTNER_ORG, &dir, layout::PARTNER_CA_CERT, layout::PARTNER_CA_KEY)?;
         let pki = Pki { dir, mesh, partner };
 
         pki.mesh.issue(&gateway_params()?, &pki.gateway_cert())?;
@@ -288,20 +248,8 @@ impl Pki {
     /// Open a PKI previously written by [`Pki::generate`] (to issue more certificates with the same CAs).
     pub fn load(dir: impl AsRef<Path>) -> Result<Pki> {
         let dir = dir.as_ref().to_path_buf();
-        let mesh = Ca::load(
-            MESH_CA_CN,
-            TRUST_DOMAIN,
-            &dir,
-            layout::MESH_CA_CERT,
-            layout::MESH_CA_KEY,
-        )?;
-        let partner = Ca::load(
-            PARTNER_CA_CN,
-            PARTNER_ORG,
-            &dir,
-            layout::PARTNER_CA_CERT,
-            layout::PARTNER_CA_KEY,
-        )?;
+        let mesh = Ca::load(MESH_CA_CN, TRUST_DOMAIN, &dir, layout::MESH_CA_CERT, layout::MESH_CA_KEY)?;
+        let partner = Ca::load(PARTNER_CA_CN, PARTNER_ORG, &dir, layout::PARTNER_CA_CERT, layout::PARTNER_CA_KEY)?;
         Ok(Pki { dir, mesh, partner })
     }
 
@@ -322,27 +270,18 @@ impl Pki {
 
     /// Gateway server certificate and key.
     pub fn gateway_cert(&self) -> CertFiles {
-        CertFiles {
-            cert: self.dir.join(layout::GATEWAY_CERT),
-            key: self.dir.join(layout::GATEWAY_KEY),
-        }
+        CertFiles { cert: self.dir.join(layout::GATEWAY_CERT), key: self.dir.join(layout::GATEWAY_KEY) }
     }
 
     /// External server certificate and key.
     pub fn external_server_cert(&self) -> CertFiles {
-        CertFiles {
-            cert: self.dir.join(layout::EXTERNAL_SERVER_CERT),
-            key: self.dir.join(layout::EXTERNAL_SERVER_KEY),
-        }
+        CertFiles { cert: self.dir.join(layout::EXTERNAL_SERVER_CERT), key: self.dir.join(layout::EXTERNAL_SERVER_KEY) }
     }
 
     /// Paths of an external-identity client certificate (`external/<name>.{crt,key}`).
     pub fn external_identity(&self, name: &str) -> CertFiles {
         let d = self.dir.join(layout::EXTERNAL_DIR);
-        CertFiles {
-            cert: d.join(format!("{name}.crt")),
-            key: d.join(format!("{name}.key")),
-        }
+        CertFiles { cert: d.join(format!("{name}.crt")), key: d.join(format!("{name}.key")) }
     }
 
     /// Issue an external-identity client certificate `CN=<name>` signed by the partner CA.
@@ -355,10 +294,7 @@ impl Pki {
     /// Paths of a workload certificate (`workloads/<name>.{crt,key}`), e.g. `team-app1`.
     pub fn workload(&self, name: &str) -> CertFiles {
         let d = self.dir.join(layout::WORKLOADS_DIR);
-        CertFiles {
-            cert: d.join(format!("{name}.crt")),
-            key: d.join(format!("{name}.key")),
-        }
+        CertFiles { cert: d.join(format!("{name}.crt")), key: d.join(format!("{name}.key")) }
     }
 
     /// Issue a workload (client) certificate signed by the mesh CA, as described by `spec`
@@ -368,12 +304,7 @@ impl Pki {
     }
 
     /// Like [`Pki::issue_workload`], signed by another mesh CA (see [`Pki::generate_mesh_ca`]).
-    pub fn issue_workload_by(
-        &self,
-        ca: &CertificateAuthority,
-        name: &str,
-        spec: &WorkloadSpec,
-    ) -> Result<CertFiles> {
+    pub fn issue_workload_by(&self, ca: &CertificateAuthority, name: &str, spec: &WorkloadSpec) -> Result<CertFiles> {
         self.issue_workload_with(&ca.ca, name, spec)
     }
 
@@ -389,24 +320,14 @@ impl Pki {
             &cert_name,
             &format!("{stem}.key"),
         )?;
-        Ok(CertificateAuthority {
-            ca,
-            cert: self.dir.join(cert_name),
-        })
+        Ok(CertificateAuthority { ca, cert: self.dir.join(cert_name) })
     }
 
     /// A new gateway server certificate (same names as [`layout::GATEWAY_CERT`]) signed by `ca`, written
     /// to `<stem>.crt` / `<stem>.key` in the PKI directory.
-    pub fn issue_gateway_cert_by(
-        &self,
-        ca: &CertificateAuthority,
-        stem: &str,
-    ) -> Result<CertFiles> {
+    pub fn issue_gateway_cert_by(&self, ca: &CertificateAuthority, stem: &str) -> Result<CertFiles> {
         check_stem(stem)?;
-        let out = CertFiles {
-            cert: self.dir.join(format!("{stem}.crt")),
-            key: self.dir.join(format!("{stem}.key")),
-        };
+        let out = CertFiles { cert: self.dir.join(format!("{stem}.crt")), key: self.dir.join(format!("{stem}.key")) };
         ca.ca.issue(&gateway_params()?, &out)?;
         Ok(out)
     }
@@ -465,20 +386,16 @@ fn parse_pem_certificate<T>(
     f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
 ) -> Result<T> {
     let pem_text = fs::read(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text)
-        .map_err(|e| err(format!("{}: not PEM: {e}", path.display())))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| err(format!("{}: not an X.509 certificate: {e}", path.display())))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(&pem_text).map_err(|e| err(format!("{}: not PEM: {e}", path.display())))?;
+    let cert = pem.parse_x509().map_err(|e| err(format!("{}: not an X.509 certificate: {e}", path.display())))?;
     Ok(f(&cert))
 }
 
 /// The serial number of the (first) certificate in a PEM file, as upper-case hex without leading zeros —
 /// the form nginx reports in `$ssl_client_serial` after [`normalize_serial`].
 pub fn certificate_serial(path: &Path) -> Result<String> {
-    let hex: String = parse_pem_certificate(path, |c| {
-        c.raw_serial().iter().map(|b| format!("{b:02X}")).collect()
-    })?;
+    let hex: String = parse_pem_certificate(path, |c| c.raw_serial().iter().map(|b| format!("{b:02X}")).collect())?;
     Ok(normalize_serial(&hex))
 }
 
@@ -489,11 +406,7 @@ pub fn certificate_subject(path: &Path) -> Result<String> {
 
 /// A hex serial number in one canonical form: upper case, no separators, no leading zeros.
 pub fn normalize_serial(serial: &str) -> String {
-    let hex: String = serial
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
+    let hex: String = serial.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_uppercase()).collect();
     let trimmed = hex.trim_start_matches('0');
     if trimmed.is_empty() {
         "0".into()

@@ -38,13 +38,7 @@ pub struct Supervised {
 
 impl Supervised {
     /// Start `program args...` in `cwd`, stdout and stderr appended to `log`.
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        cwd: &Path,
-        log: &Path,
-    ) -> Result<Supervised> {
+    pub fn spawn(name: &str, program: &Path, args: &[String], cwd: &Path, log: &Path) -> Result<Supervised> {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -61,13 +55,7 @@ impl Supervised {
             .stderr(Stdio::from(err_out))
             .spawn()
             .map_err(|e| err(format!("starting {name} ({}): {e}", program.display())))?;
-        let mut s = Supervised {
-            name: name.to_string(),
-            wrapper,
-            stdin: None,
-            log: log.to_path_buf(),
-            status: None,
-        };
+        let mut s = Supervised { name: name.to_string(), wrapper, stdin: None, log: log.to_path_buf(), status: None };
         s.stdin = s.wrapper.stdin.take();
         Ok(s)
     }

@@ -43,9 +43,7 @@ pub fn resource_path(sds_dir: &Path, name: &str) -> PathBuf {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -65,8 +63,7 @@ fn block(pem: &str, indent: usize) -> String {
 }
 
 fn read(path: &Path) -> Result<String> {
-    let text =
-        fs::read_to_string(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+    let text = fs::read_to_string(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
     if !text.contains("-----BEGIN ") {
         return Err(err(format!("{} is not PEM", path.display())));
     }
@@ -119,13 +116,7 @@ pub fn write_resource(sds_dir: &Path, name: &str, contents: &str) -> Result<Path
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
     }
-    fs::rename(&tmp, &target).map_err(|e| {
-        err(format!(
-            "renaming {} to {}: {e}",
-            tmp.display(),
-            target.display()
-        ))
-    })?;
+    fs::rename(&tmp, &target).map_err(|e| err(format!("renaming {} to {}: {e}", tmp.display(), target.display())))?;
     Ok(target)
 }
 
@@ -153,11 +144,7 @@ pub fn write_gateway_secrets(pki: &Pki, sds_dir: &Path) -> Result<Vec<PathBuf>> 
         write_validation_context(sds_dir, PARTNER_CA, &[&pki.partner_ca_cert()])?,
     ];
     for identity in EXTERNAL_IDENTITIES {
-        written.push(write_tls_certificate(
-            sds_dir,
-            &external_identity(identity),
-            &pki.external_identity(identity),
-        )?);
+        written.push(write_tls_certificate(sds_dir, &external_identity(identity), &pki.external_identity(identity))?);
     }
     Ok(written)
 }

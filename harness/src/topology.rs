@@ -18,6 +18,9 @@ pub const ADMIN_PORT: u16 = 9901;
 /// External partner server (mTLS from the gateway).
 pub const EXTERNAL_PORT: u16 = 18443;
 
+/// How often the gateway flushes its access log (`--file-flush-interval-msec`).
+pub const ACCESS_LOG_FLUSH_MS: u64 = 100;
+
 /// Run-directory relative copy of a gateway *variant* ([`Options::plugin_config`]).
 pub const GATEWAY_VARIANT_IN_RUN_DIR: &str = "gateway-variant.yaml";
 
@@ -133,21 +136,24 @@ fn port_open(port: u16) -> bool {
 
 /// Plain HTTP/1.1 GET (Connection: close) on 127.0.0.1:`port`; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request("GET", port, path)
+}
+
+/// A plain HTTP/1.1 request without a body (Connection: close) on 127.0.0.1:`port`; returns (status, body).
+fn http_request(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -174,22 +180,12 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::copy(from, to).map_err(|e| {
-        err(format!(
-            "copying {} to {}: {e}",
-            from.display(),
-            to.display()
-        ))
-    })?;
+    fs::copy(from, to).map_err(|e| err(format!("copying {} to {}: {e}", from.display(), to.display())))?;
     Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
 }
 
 /// Create `run_dir` with fresh (empty) `logs/`, `pki/`, `sds/` and `dist/` (filter copied in).
@@ -231,9 +227,7 @@ fn plugin_config_block(yaml: &str) -> Result<(usize, usize, usize)> {
     let mut found = Vec::new();
     for (i, pair) in lines.windows(2).enumerate() {
         let [ty, value] = pair else { continue };
-        if ty.trim() == "\"@type\": type.googleapis.com/google.protobuf.StringValue"
-            && value.trim() == "value: |"
-        {
+        if ty.trim() == "\"@type\": type.googleapis.com/google.protobuf.StringValue" && value.trim() == "value: |" {
             let base = indent(value);
             let start = i + 2;
             let mut end = start;
@@ -259,12 +253,8 @@ fn plugin_config_block(yaml: &str) -> Result<(usize, usize, usize)> {
     }
     match found.as_slice() {
         [one] if one.0 < one.1 => Ok(*one),
-        [] => Err(err(
-            "no plugin configuration (StringValue `value: |` block) in the gateway bootstrap",
-        )),
-        _ => Err(err(
-            "the gateway bootstrap must hold exactly one non-empty plugin configuration block",
-        )),
+        [] => Err(err("no plugin configuration (StringValue `value: |` block) in the gateway bootstrap")),
+        _ => Err(err("the gateway bootstrap must hold exactly one non-empty plugin configuration block")),
     }
 }
 
@@ -296,20 +286,12 @@ pub fn without_header_mutation(gateway_yaml: &str) -> Result<Vec<String>> {
 /// A copy of a gateway bootstrap in which only the plugin configuration is replaced by `plugin_json`
 /// (every other line is kept byte for byte).
 pub fn gateway_variant(gateway_yaml: &str, plugin_json: &str) -> Result<String> {
-    serde_json::from_str::<serde_json::Value>(plugin_json).map_err(|e| {
-        err(format!(
-            "the variant's plugin configuration is not JSON: {e}"
-        ))
-    })?;
+    serde_json::from_str::<serde_json::Value>(plugin_json)
+        .map_err(|e| err(format!("the variant's plugin configuration is not JSON: {e}")))?;
     let (start, end, indent) = plugin_config_block(gateway_yaml)?;
     let pad = " ".repeat(indent);
     let lines: Vec<&str> = gateway_yaml.lines().collect();
-    let mut out: Vec<String> = lines
-        .get(..start)
-        .unwrap_or(&[])
-        .iter()
-        .map(|l| l.to_string())
-        .collect();
+    let mut out: Vec<String> = lines.get(..start).unwrap_or(&[]).iter().map(|l| l.to_string()).collect();
     out.extend(plugin_json.trim().lines().map(|l| {
         if l.trim().is_empty() {
             String::new()
@@ -317,13 +299,7 @@ pub fn gateway_variant(gateway_yaml: &str, plugin_json: &str) -> Result<String> 
             format!("{pad}{}", l.trim_end())
         }
     }));
-    out.extend(
-        lines
-            .get(end..)
-            .unwrap_or(&[])
-            .iter()
-            .map(|l| l.to_string()),
-    );
+    out.extend(lines.get(end..).unwrap_or(&[]).iter().map(|l| l.to_string()));
     let mut text = out.join("\n");
     if gateway_yaml.ends_with('\n') {
         text.push('\n');
@@ -357,11 +333,7 @@ pub fn validate_bootstrap(config: &Path, run_dir: &Path) -> Result<Validation> {
         .map_err(|e| err(format!("running {}: {e}", envoy_bin().display())))?;
     Ok(Validation {
         ok: out.status.success(),
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     })
 }
 
@@ -385,11 +357,8 @@ impl Topology {
                 variant
             }
         };
-        let gateway_config = if opts.lds {
-            crate::lds::split_bootstrap(&gateway_config, &run_dir)?
-        } else {
-            gateway_config
-        };
+        let gateway_config =
+            if opts.lds { crate::lds::split_bootstrap(&gateway_config, &run_dir)? } else { gateway_config };
         let logs = run_dir.join("logs");
 
         let mut nginx = Supervised::spawn(
@@ -407,15 +376,9 @@ impl Topology {
             &logs.join("external-nginx.out"),
         )?;
         let nginx_log = logs.join("external-error.log");
-        nginx
-            .wait_ready(opts.startup_timeout, || port_open(EXTERNAL_PORT))
-            .map_err(|e| {
-                err(format!(
-                    "{e}\n--- {}:\n{}",
-                    nginx_log.display(),
-                    process::tail(&process::read_lossy(&nginx_log), 30)
-                ))
-            })?;
+        nginx.wait_ready(opts.startup_timeout, || port_open(EXTERNAL_PORT)).map_err(|e| {
+            err(format!("{e}\n--- {}:\n{}", nginx_log.display(), process::tail(&process::read_lossy(&nginx_log), 30)))
+        })?;
 
         let mut envoy = Supervised::spawn(
             "gateway (envoy)",
@@ -428,20 +391,16 @@ impl Topology {
                 "2".into(),
                 "--log-level".into(),
                 "info".into(),
+                // Envoy writes file access logs every 10 s by default: the demo and the tests read the
+                // gateway's access log right after each request.
+                "--file-flush-interval-msec".into(),
+                ACCESS_LOG_FLUSH_MS.to_string(),
             ],
             &run_dir,
             &logs.join("gateway-envoy.log"),
         )?;
-        envoy.wait_ready(opts.startup_timeout, || {
-            envoy_ready(ADMIN_PORT) && port_open(GATEWAY_PORT)
-        })?;
-        Ok(Topology {
-            run_dir,
-            pki,
-            gateway_config,
-            envoy,
-            nginx,
-        })
+        envoy.wait_ready(opts.startup_timeout, || envoy_ready(ADMIN_PORT) && port_open(GATEWAY_PORT))?;
+        Ok(Topology { run_dir, pki, gateway_config, envoy, nginx })
     }
 
     /// The bootstrap the gateway runs (`envoy/gateway.yaml`, or the variant or LDS bootstrap in the run
@@ -479,16 +438,17 @@ impl Topology {
             regex.push(c);
         }
         regex.push('$');
-        let encoded: String = regex
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b == b'_' {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded: String =
+            regex
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b == b'_' {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
         let body = self.admin(&format!("/stats?filter={encoded}"))?;
         body.lines().find_map(|l| {
             let (k, v) = l.split_once(": ")?;
@@ -518,10 +478,7 @@ impl Topology {
 
     /// Requests the external server has logged so far.
     pub fn external_requests(&self) -> Vec<serde_json::Value> {
-        process::read_lossy(&self.external_access_log())
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        process::read_lossy(&self.external_access_log()).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Requests the external server has logged for exactly `path` (its query string, if any, ignored).
@@ -543,18 +500,21 @@ impl Topology {
     }
 
     /// Waits until every request sent so far is counted in `/stats`: each worker of the filter hands its
-    /// counters to Envoy once a second (`egress_identity::metrics::FLUSH_INTERVAL`); this waits 1.5 s.
+    /// counters to Envoy once a second (`egress_identity_core::metrics::FLUSH_INTERVAL`); this waits 1.5 s.
     pub fn settle_counters(&self) {
         std::thread::sleep(Duration::from_millis(1500));
     }
 
-    /// The gateway's access-log entry for exactly `path`, waiting up to 10 s for it (Envoy flushes its
-    /// access log about once a second); `None` if none appeared.
+    /// The gateway's access-log entry for exactly `path`, waiting up to 10 s for it (the gateway flushes
+    /// its access log every [`ACCESS_LOG_FLUSH_MS`]); `None` if none appeared.
     pub fn gateway_access_log_entry(&self, path: &str) -> Option<serde_json::Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.gateway_access_log();
-            let entry = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|e| e["path"] == path);
+            let entry = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["path"] == path);
             if entry.is_some() || std::time::Instant::now() > deadline {
                 return entry;
             }
@@ -582,6 +542,11 @@ impl Topology {
         http_get(ADMIN_PORT, path).map(|(_, b)| b)
     }
 
+    /// POSTs to a gateway admin endpoint (e.g. `/logging?wasm=debug`); returns (status, body).
+    pub fn admin_post(&self, path: &str) -> Option<(u16, String)> {
+        http_request("POST", ADMIN_PORT, path)
+    }
+
     /// Stop both processes now (also done on drop).
     pub fn stop(&mut self) {
         self.envoy.stop();
@@ -607,9 +572,7 @@ impl StartAttempt {
             .log
             .lines()
             .filter(|l| {
-                ["][warning][", "][error][", "][critical][", "][wasm]["]
-                    .iter()
-                    .any(|m| l.contains(m))
+                ["][warning][", "][error][", "][critical][", "][wasm]["].iter().any(|m| l.contains(m))
                     || !l.starts_with('[')
             })
             .collect();
@@ -671,21 +634,13 @@ pub fn minimal_bootstrap(plugin_config: &str) -> serde_json::Value {
 /// Start Envoy on [`minimal_bootstrap`] with the given plugin configuration in a fresh `run_dir` (filter
 /// copied from `wasm`) and report whether it became ready within `timeout`, with its log. Envoy is stopped
 /// before returning. Uses ports 19901/19080, so it can run next to a [`Topology`].
-pub fn try_start_envoy(
-    run_dir: &Path,
-    wasm: &Path,
-    plugin_config: &str,
-    timeout: Duration,
-) -> Result<StartAttempt> {
+pub fn try_start_envoy(run_dir: &Path, wasm: &Path, plugin_config: &str, timeout: Duration) -> Result<StartAttempt> {
     let run_dir = absolute(run_dir)?;
     ensure_free(PROBE_ADMIN_PORT, "probe envoy admin")?;
     ensure_free(PROBE_LISTENER_PORT, "probe envoy listener")?;
     prepare_run_dir(&run_dir, wasm)?;
     let bootstrap = run_dir.join("bootstrap.json");
-    fs::write(
-        &bootstrap,
-        serde_json::to_string_pretty(&minimal_bootstrap(plugin_config))?,
-    )?;
+    fs::write(&bootstrap, serde_json::to_string_pretty(&minimal_bootstrap(plugin_config))?)?;
     let mut envoy = Supervised::spawn(
         "probe envoy",
         &envoy_bin(),
@@ -701,14 +656,8 @@ pub fn try_start_envoy(
         &run_dir,
         &run_dir.join("logs/envoy.log"),
     )?;
-    let started = envoy
-        .wait_ready(timeout, || envoy_ready(PROBE_ADMIN_PORT))
-        .is_ok();
+    let started = envoy.wait_ready(timeout, || envoy_ready(PROBE_ADMIN_PORT)).is_ok();
     let exit = envoy.exited();
     envoy.stop();
-    Ok(StartAttempt {
-        started,
-        exit,
-        log: envoy.log(),
-    })
+    Ok(StartAttempt { started, exit, log: envoy.log() })
 }

@@ -117,13 +117,8 @@ pub fn sha256_digest(data: &[u8]) -> String {
 pub fn check_wasm(module: &[u8]) -> Result<()> {
     match module.get(..8) {
         Some([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]) => Ok(()),
-        Some(_) => Err(Error::new(
-            "not a Wasm module: its first 8 bytes are not \\0asm version 1",
-        )),
-        None => Err(Error::new(format!(
-            "not a Wasm module: {} bytes, fewer than a Wasm header",
-            module.len()
-        ))),
+        Some(_) => Err(Error::new("not a Wasm module: its first 8 bytes are not \\0asm version 1")),
+        None => Err(Error::new(format!("not a Wasm module: {} bytes, fewer than a Wasm header", module.len()))),
     }
 }
 
@@ -181,9 +176,7 @@ impl Blob {
             size: i64::try_from(self.data.len()).map_err(context("blob size"))?,
             urls: None,
             artifact_type: None,
-            annotations: self
-                .title
-                .map(|title| BTreeMap::from([(TITLE_ANNOTATION.to_string(), title.to_string())])),
+            annotations: self.title.map(|title| BTreeMap::from([(TITLE_ANNOTATION.to_string(), title.to_string())])),
         })
     }
 }
@@ -219,15 +212,8 @@ impl Image {
             artifact_type: None,
             annotations,
         };
-        let manifest_bytes =
-            serde_json::to_vec(&manifest).map_err(context("serializing the manifest"))?;
-        Ok(Self {
-            variant,
-            manifest,
-            manifest_bytes,
-            config,
-            layers,
-        })
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(context("serializing the manifest"))?;
+        Ok(Self { variant, manifest, manifest_bytes, config, layers })
     }
 
     /// The manifest digest, `sha256:<hex>`: what a registry reports for the pushed image and what
@@ -239,10 +225,7 @@ impl Image {
     /// The config and the layers, each once (the Wasm variant's config is also its first layer).
     pub fn blobs(&self) -> Vec<&Blob> {
         let mut seen = BTreeSet::new();
-        std::iter::once(&self.config)
-            .chain(self.layers.iter())
-            .filter(|blob| seen.insert(blob.digest()))
-            .collect()
+        std::iter::once(&self.config).chain(self.layers.iter()).filter(|blob| seen.insert(blob.digest())).collect()
     }
 }
 
@@ -255,22 +238,10 @@ pub fn runtime_config() -> Vec<u8> {
 /// The Wasm variant of `module`.
 pub fn wasm_image(module: &[u8]) -> Result<Image> {
     check_wasm(module)?;
-    let config = Blob {
-        media_type: WASM_CONFIG,
-        title: None,
-        data: runtime_config(),
-    };
+    let config = Blob { media_type: WASM_CONFIG, title: None, data: runtime_config() };
     let layers = vec![
-        Blob {
-            media_type: WASM_CONFIG,
-            title: Some(RUNTIME_CONFIG_FILE),
-            data: runtime_config(),
-        },
-        Blob {
-            media_type: WASM_LAYER,
-            title: Some(PLUGIN_FILE),
-            data: module.to_vec(),
-        },
+        Blob { media_type: WASM_CONFIG, title: Some(RUNTIME_CONFIG_FILE), data: runtime_config() },
+        Blob { media_type: WASM_LAYER, title: Some(PLUGIN_FILE), data: module.to_vec() },
     ];
     Image::assemble(Variant::Wasm, config, layers, None)
 }
@@ -280,11 +251,7 @@ pub fn compat_image(module: &[u8]) -> Result<Image> {
     check_wasm(module)?;
     let tar = plugin_tar(module)?;
     let diff_id = sha256_digest(&tar);
-    let layer = Blob {
-        media_type: OCI_LAYER_GZIP,
-        title: None,
-        data: gzip(&tar)?,
-    };
+    let layer = Blob { media_type: OCI_LAYER_GZIP, title: None, data: gzip(&tar)? };
     let config = Blob {
         media_type: OCI_CONFIG,
         title: None,
@@ -293,8 +260,7 @@ pub fn compat_image(module: &[u8]) -> Result<Image> {
         )
         .into_bytes(),
     };
-    let annotations =
-        BTreeMap::from([(VARIANT_ANNOTATION.to_string(), Variant::Compat.to_string())]);
+    let annotations = BTreeMap::from([(VARIANT_ANNOTATION.to_string(), Variant::Compat.to_string())]);
     Image::assemble(Variant::Compat, config, vec![layer], Some(annotations))
 }
 
@@ -313,17 +279,13 @@ fn plugin_tar(module: &[u8]) -> Result<Vec<u8>> {
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(0);
-    builder
-        .append_data(&mut header, PLUGIN_FILE, module)
-        .map_err(context("writing the tar"))?;
+    builder.append_data(&mut header, PLUGIN_FILE, module).map_err(context("writing the tar"))?;
     builder.into_inner().map_err(context("writing the tar"))
 }
 
 /// gzip without file name or modification time.
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
+    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
     encoder.write_all(data).map_err(context("gzip"))?;
     encoder.finish().map_err(context("gzip"))
 }
@@ -332,17 +294,12 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 /// `plugin.wasm`).
 pub fn plugin_from_tar_gz(layer: &[u8]) -> Result<Vec<u8>> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer));
-    for entry in archive
-        .entries()
-        .map_err(context("reading the layer as tar.gz"))?
-    {
+    for entry in archive.entries().map_err(context("reading the layer as tar.gz"))? {
         let mut entry = entry.map_err(context("reading the layer as tar.gz"))?;
         let path = entry.path().map_err(context("reading a tar entry name"))?;
         if path.file_name().is_some_and(|name| name == PLUGIN_FILE) {
             let mut module = Vec::new();
-            entry
-                .read_to_end(&mut module)
-                .map_err(context("reading plugin.wasm"))?;
+            entry.read_to_end(&mut module).map_err(context("reading plugin.wasm"))?;
             return Ok(module);
         }
     }
@@ -355,10 +312,7 @@ pub fn plugin_from_tar_gz(layer: &[u8]) -> Result<Vec<u8>> {
 /// one `application/vnd.module.wasm.content.layer.v1+wasm` with the raw module). The module must be Wasm.
 ///
 /// `layers` are the manifest's layer descriptors with their bytes, in manifest order.
-pub fn extract_wasm(
-    manifest_media_type: &str,
-    layers: &[(OciDescriptor, Vec<u8>)],
-) -> Result<(Variant, Vec<u8>)> {
+pub fn extract_wasm(manifest_media_type: &str, layers: &[(OciDescriptor, Vec<u8>)]) -> Result<(Variant, Vec<u8>)> {
     let (variant, module) = if manifest_media_type == DOCKER_MANIFEST {
         (Variant::Compat, compat_layer(layers, DOCKER_LAYER_GZIP)?)
     } else {
@@ -379,14 +333,9 @@ pub fn extract_wasm(
 }
 
 fn compat_layer(layers: &[(OciDescriptor, Vec<u8>)], media_type: &str) -> Result<Vec<u8>> {
-    let (descriptor, data) = layers
-        .last()
-        .ok_or_else(|| Error::new("the image has no layer"))?;
+    let (descriptor, data) = layers.last().ok_or_else(|| Error::new("the image has no layer"))?;
     if descriptor.media_type != media_type {
-        return Err(Error::new(format!(
-            "last layer is {} (expected {media_type})",
-            descriptor.media_type
-        )));
+        return Err(Error::new(format!("last layer is {} (expected {media_type})", descriptor.media_type)));
     }
     plugin_from_tar_gz(data)
 }
@@ -420,17 +369,9 @@ impl RegistryOptions {
         let auth = match (var(USERNAME_ENV), var(PASSWORD_ENV)) {
             (Some(user), Some(password)) => RegistryAuth::Basic(user, password),
             (None, None) => RegistryAuth::Anonymous,
-            _ => {
-                return Err(Error::new(format!(
-                    "set both {USERNAME_ENV} and {PASSWORD_ENV}, or neither"
-                )))
-            }
+            _ => return Err(Error::new(format!("set both {USERNAME_ENV} and {PASSWORD_ENV}, or neither"))),
         };
-        Ok(Self {
-            insecure,
-            skip_tls_verify,
-            auth,
-        })
+        Ok(Self { insecure, skip_tls_verify, auth })
     }
 }
 
@@ -459,14 +400,7 @@ impl fmt::Debug for Pulled {
             .field("digest", &self.digest)
             .field("manifest", &self.manifest)
             .field("variant", &self.variant)
-            .field(
-                "module",
-                &format_args!(
-                    "{} bytes, {}",
-                    self.module.len(),
-                    sha256_digest(&self.module)
-                ),
-            )
+            .field("module", &format_args!("{} bytes, {}", self.module.len(), sha256_digest(&self.module)))
             .finish_non_exhaustive()
     }
 }
@@ -483,11 +417,7 @@ impl Registry {
         // rustls is built without a default crypto provider: use ring. Err means one is already installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
-            protocol: if options.insecure {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
+            protocol: if options.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
             accept_invalid_certificates: options.skip_tls_verify,
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
@@ -495,10 +425,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let client = Client::try_from(config).map_err(context("creating the OCI client"))?;
-        Ok(Self {
-            client,
-            auth: options.auth,
-        })
+        Ok(Self { client, auth: options.auth })
     }
 
     /// Pushes `image` as `reference` (a tag) and returns the manifest digest the registry resolves the tag to,
@@ -507,41 +434,25 @@ impl Registry {
         self.client
             .auth(reference, &self.auth, RegistryOperation::Push)
             .await
-            .map_err(context(format!(
-                "authenticating to {} for push",
-                reference.registry()
-            )))?;
+            .map_err(context(format!("authenticating to {} for push", reference.registry())))?;
         for blob in image.blobs() {
             let digest = blob.digest();
             let exists = self
                 .client
                 .blob_exists(reference, &digest)
                 .await
-                .map_err(context(format!(
-                    "checking blob {digest} in {}",
-                    reference.whole()
-                )))?;
+                .map_err(context(format!("checking blob {digest} in {}", reference.whole())))?;
             if !exists {
                 self.client
                     .push_blob(reference, blob.data.clone(), &digest)
                     .await
-                    .map_err(context(format!(
-                        "pushing blob {digest} to {}",
-                        reference.whole()
-                    )))?;
+                    .map_err(context(format!("pushing blob {digest} to {}", reference.whole())))?;
             }
         }
         self.client
-            .push_manifest_raw(
-                reference,
-                image.manifest_bytes.clone(),
-                http::HeaderValue::from_static(OCI_MANIFEST),
-            )
+            .push_manifest_raw(reference, image.manifest_bytes.clone(), http::HeaderValue::from_static(OCI_MANIFEST))
             .await
-            .map_err(context(format!(
-                "pushing the manifest of {}",
-                reference.whole()
-            )))?;
+            .map_err(context(format!("pushing the manifest of {}", reference.whole())))?;
         let resolved = self.resolve(reference).await?;
         if resolved != image.digest() {
             return Err(Error::new(format!(
@@ -572,48 +483,28 @@ impl Registry {
             .map_err(context(format!("pulling the manifest of {whole}")))?;
         let manifest_bytes = body.to_vec();
         if sha256_digest(&manifest_bytes) != digest {
-            return Err(Error::new(format!(
-                "{whole}: the manifest served does not have digest {digest}"
-            )));
+            return Err(Error::new(format!("{whole}: the manifest served does not have digest {digest}")));
         }
-        let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(context(format!("parsing the manifest of {whole}")))?;
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(context(format!("parsing the manifest of {whole}")))?;
         let config = self.pull_blob(reference, &manifest.config).await?;
         let mut layers = Vec::with_capacity(manifest.layers.len());
         for descriptor in &manifest.layers {
             let data = self.pull_blob(reference, descriptor).await?;
             layers.push((descriptor.clone(), data));
         }
-        let media_type = manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| OCI_MANIFEST.to_string());
+        let media_type = manifest.media_type.clone().unwrap_or_else(|| OCI_MANIFEST.to_string());
         let (variant, module) = extract_wasm(&media_type, &layers).map_err(context(&whole))?;
-        Ok(Pulled {
-            digest,
-            manifest_bytes,
-            manifest,
-            config,
-            layers,
-            variant,
-            module,
-        })
+        Ok(Pulled { digest, manifest_bytes, manifest, config, layers, variant, module })
     }
 
-    async fn pull_blob(
-        &self,
-        reference: &Reference,
-        descriptor: &OciDescriptor,
-    ) -> Result<Vec<u8>> {
+    async fn pull_blob(&self, reference: &Reference, descriptor: &OciDescriptor) -> Result<Vec<u8>> {
         let mut data = Vec::new();
-        self.client
-            .pull_blob(reference, descriptor, &mut data)
-            .await
-            .map_err(context(format!(
-                "pulling blob {} of {}",
-                descriptor.digest,
-                reference.whole()
-            )))?;
+        self.client.pull_blob(reference, descriptor, &mut data).await.map_err(context(format!(
+            "pulling blob {} of {}",
+            descriptor.digest,
+            reference.whole()
+        )))?;
         if i64::try_from(data.len()).ok() != Some(descriptor.size) {
             return Err(Error::new(format!(
                 "blob {} of {}: {} bytes, the manifest says {}",
@@ -629,46 +520,27 @@ impl Registry {
 
 /// Parses `registry/repository:tag` (the tag is required: it is what gets pushed).
 pub fn parse_tagged(image: &str) -> Result<Reference> {
-    let reference: Reference = image
-        .parse()
-        .map_err(context(format!("image reference {image:?}")))?;
-    let has_tag = image
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':'));
+    let reference: Reference = image.parse().map_err(context(format!("image reference {image:?}")))?;
+    let has_tag = image.rsplit('/').next().is_some_and(|last| last.contains(':'));
     if !has_tag || reference.digest().is_some() {
-        return Err(Error::new(format!(
-            "image reference {image:?}: give registry/repository:tag"
-        )));
+        return Err(Error::new(format!("image reference {image:?}: give registry/repository:tag")));
     }
     Ok(reference)
 }
 
 /// `reference` with the tag `tag`.
 pub fn with_tag(reference: &Reference, tag: &str) -> Reference {
-    Reference::with_tag(
-        reference.registry().to_string(),
-        reference.repository().to_string(),
-        tag.to_string(),
-    )
+    Reference::with_tag(reference.registry().to_string(), reference.repository().to_string(), tag.to_string())
 }
 
 /// `reference`'s repository at `digest`.
 pub fn with_digest(reference: &Reference, digest: &str) -> Reference {
-    Reference::with_digest(
-        reference.registry().to_string(),
-        reference.repository().to_string(),
-        digest.to_string(),
-    )
+    Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), digest.to_string())
 }
 
 /// The `WasmPlugin.spec.url` pinning `reference`'s repository at `digest`: `oci://registry/repository@sha256:<hex>`.
 pub fn oci_url(reference: &Reference, digest: &str) -> String {
-    format!(
-        "oci://{}/{}@{digest}",
-        reference.registry(),
-        reference.repository()
-    )
+    format!("oci://{}/{}@{digest}", reference.registry(), reference.repository())
 }
 
 /// Rewrites the one `url: oci://...` line of a WasmPlugin manifest to `url` (keeping its indentation and any
@@ -677,25 +549,12 @@ pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
     let hex = url
         .rsplit_once("@sha256:")
         .map(|(_, hex)| hex)
-        .filter(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
-        .ok_or_else(|| {
-            Error::new(format!(
-                "{url:?} is not oci://registry/repository@sha256:<64 hex digits>"
-            ))
-        })?;
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .ok_or_else(|| Error::new(format!("{url:?} is not oci://registry/repository@sha256:<64 hex digits>")))?;
     if !url.starts_with("oci://") {
         return Err(Error::new(format!("{url:?} is not an oci:// URL")));
     }
-    let is_key = |line: &str, key: &str| {
-        line.trim_start()
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.starts_with(':'))
-    };
+    let is_key = |line: &str, key: &str| line.trim_start().strip_prefix(key).is_some_and(|rest| rest.starts_with(':'));
     let indent = |line: &str| line.len() - line.trim_start().len();
     let urls: Vec<usize> = text
         .split_inclusive('\n')
@@ -704,10 +563,7 @@ pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
         .map(|(i, _)| i)
         .collect();
     let [url_line] = urls.as_slice() else {
-        return Err(Error::new(format!(
-            "expected exactly one `url: oci://...` line, found {}",
-            urls.len()
-        )));
+        return Err(Error::new(format!("expected exactly one `url: oci://...` line, found {}", urls.len())));
     };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let url_indent = lines.get(*url_line).map_or(0, |line| indent(line));
@@ -727,12 +583,7 @@ pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -747,13 +598,7 @@ mod tests {
     }
 
     fn layers(image: &Image) -> Vec<(OciDescriptor, Vec<u8>)> {
-        image
-            .manifest
-            .layers
-            .iter()
-            .cloned()
-            .zip(image.layers.iter().map(|b| b.data.clone()))
-            .collect()
+        image.manifest.layers.iter().cloned().zip(image.layers.iter().map(|b| b.data.clone())).collect()
     }
 
     #[test]
@@ -766,18 +611,11 @@ mod tests {
         assert_eq!(types, [WASM_CONFIG, WASM_LAYER]);
         assert_eq!(m.layers[1].digest, sha256_digest(&module()));
         assert_eq!(m.layers[1].size, module().len() as i64);
-        assert_eq!(
-            image.blobs().len(),
-            2,
-            "config and first layer are one blob"
-        );
+        assert_eq!(image.blobs().len(), 2, "config and first layer are one blob");
         let config: serde_json::Value = serde_json::from_slice(&image.config.data).unwrap();
         assert_eq!(config["type"], "envoy_proxy");
         assert_eq!(config["config"]["rootIds"][0], ROOT_ID);
-        assert_eq!(
-            extract_wasm(OCI_MANIFEST, &layers(&image)).unwrap(),
-            (Variant::Wasm, module())
-        );
+        assert_eq!(extract_wasm(OCI_MANIFEST, &layers(&image)).unwrap(), (Variant::Wasm, module()));
     }
 
     #[test]
@@ -788,30 +626,19 @@ mod tests {
         assert_eq!(m.config.media_type, OCI_CONFIG);
         assert_eq!(m.layers.len(), 1);
         assert_eq!(m.layers[0].media_type, OCI_LAYER_GZIP);
-        assert_eq!(
-            m.annotations.as_ref().unwrap()[VARIANT_ANNOTATION],
-            "compat"
-        );
+        assert_eq!(m.annotations.as_ref().unwrap()[VARIANT_ANNOTATION], "compat");
         assert_eq!(plugin_from_tar_gz(&image.layers[0].data).unwrap(), module());
         // The config's diff_id is the digest of the uncompressed layer.
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(image.layers[0].data.as_slice())
-            .read_to_end(&mut tar)
-            .unwrap();
+        flate2::read::GzDecoder::new(image.layers[0].data.as_slice()).read_to_end(&mut tar).unwrap();
         let config: serde_json::Value = serde_json::from_slice(&image.config.data).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], sha256_digest(&tar));
         // plugin.wasm is the only entry, at the root.
         let mut archive = tar::Archive::new(tar.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, [PLUGIN_FILE]);
-        assert_eq!(
-            extract_wasm(OCI_MANIFEST, &layers(&image)).unwrap(),
-            (Variant::Compat, module())
-        );
+        assert_eq!(extract_wasm(OCI_MANIFEST, &layers(&image)).unwrap(), (Variant::Compat, module()));
     }
 
     #[test]
@@ -847,33 +674,19 @@ mod tests {
         // Two layers but no Wasm content layer.
         let mut renamed = layers(&wasm);
         renamed[1].0.media_type = "application/vnd.wasm.content.layer.v1+wasm".into();
-        let e = extract_wasm(OCI_MANIFEST, &renamed)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("no application/vnd.module.wasm.content.layer.v1+wasm layer"),
-            "{e}"
-        );
+        let e = extract_wasm(OCI_MANIFEST, &renamed).unwrap_err().to_string();
+        assert!(e.contains("no application/vnd.module.wasm.content.layer.v1+wasm layer"), "{e}");
         // A Docker manifest needs the Docker layer type.
-        let e = extract_wasm(DOCKER_MANIFEST, &layers(&compat))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("expected application/vnd.docker.image.rootfs.diff.tar.gzip"),
-            "{e}"
-        );
+        let e = extract_wasm(DOCKER_MANIFEST, &layers(&compat)).unwrap_err().to_string();
+        assert!(e.contains("expected application/vnd.docker.image.rootfs.diff.tar.gzip"), "{e}");
         let mut docker = layers(&compat);
         docker[0].0.media_type = DOCKER_LAYER_GZIP.into();
-        assert_eq!(
-            extract_wasm(DOCKER_MANIFEST, &docker).unwrap(),
-            (Variant::Compat, module())
-        );
+        assert_eq!(extract_wasm(DOCKER_MANIFEST, &docker).unwrap(), (Variant::Compat, module()));
         // A compat layer without plugin.wasm.
         let mut tar = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_ustar();
         header.set_size(module().len() as u64);
-        tar.append_data(&mut header, "filter.wasm", module().as_slice())
-            .unwrap();
+        tar.append_data(&mut header, "filter.wasm", module().as_slice()).unwrap();
         let mut bad = layers(&compat);
         bad[0].1 = gzip(&tar.into_inner().unwrap()).unwrap();
         let e = extract_wasm(OCI_MANIFEST, &bad).unwrap_err().to_string();
@@ -881,10 +694,7 @@ mod tests {
         // A module that is not Wasm.
         let mut garbage = layers(&wasm);
         garbage[1].1 = b"\x7fELF not wasm".to_vec();
-        assert!(extract_wasm(OCI_MANIFEST, &garbage)
-            .unwrap_err()
-            .to_string()
-            .contains("not a Wasm module"));
+        assert!(extract_wasm(OCI_MANIFEST, &garbage).unwrap_err().to_string().contains("not a Wasm module"));
     }
 
     #[test]
@@ -892,23 +702,11 @@ mod tests {
         let r = parse_tagged("127.0.0.1:5000/team/egress-identity:0.1.0").unwrap();
         assert_eq!(r.registry(), "127.0.0.1:5000");
         assert_eq!(r.repository(), "team/egress-identity");
-        assert_eq!(
-            with_tag(&r, "0.1.0-compat").whole(),
-            "127.0.0.1:5000/team/egress-identity:0.1.0-compat"
-        );
+        assert_eq!(with_tag(&r, "0.1.0-compat").whole(), "127.0.0.1:5000/team/egress-identity:0.1.0-compat");
         let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            oci_url(&r, &d),
-            format!("oci://127.0.0.1:5000/team/egress-identity@{d}")
-        );
-        assert_eq!(
-            with_digest(&r, &d).whole(),
-            format!("127.0.0.1:5000/team/egress-identity@{d}")
-        );
-        assert!(
-            parse_tagged("127.0.0.1:5000/egress-identity").is_err(),
-            "the tag is required"
-        );
+        assert_eq!(oci_url(&r, &d), format!("oci://127.0.0.1:5000/team/egress-identity@{d}"));
+        assert_eq!(with_digest(&r, &d).whole(), format!("127.0.0.1:5000/team/egress-identity@{d}"));
+        assert!(parse_tagged("127.0.0.1:5000/egress-identity").is_err(), "the tag is required");
         assert!(parse_tagged(&format!("ghcr.io/x/y@{d}")).is_err());
     }
 
@@ -919,19 +717,10 @@ mod tests {
         let pinned = pin_manifest(text, &url).unwrap();
         assert_eq!(
             pinned,
-            format!(
-                "spec:\n  # pin it\n  url: {url}\n  sha256: {}\n  pluginConfig:\n    url: keep\n",
-                "b".repeat(64)
-            )
+            format!("spec:\n  # pin it\n  url: {url}\n  sha256: {}\n  pluginConfig:\n    url: keep\n", "b".repeat(64))
         );
         assert_eq!(pin_manifest(&pinned, &url).unwrap(), pinned, "idempotent");
-        assert!(
-            pin_manifest(text, "oci://ghcr.io/x/y:0.1.0").is_err(),
-            "a tag is not a pin"
-        );
-        assert!(
-            pin_manifest("spec:\n  type: HTTP\n", &url).is_err(),
-            "no url line"
-        );
+        assert!(pin_manifest(text, "oci://ghcr.io/x/y:0.1.0").is_err(), "a tag is not a pin");
+        assert!(pin_manifest("spec:\n  type: HTTP\n", &url).is_err(), "no url line");
     }
 }

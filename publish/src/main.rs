@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use egress_identity_publish::{
-    images, oci_url, parse_tagged, pin_manifest, with_digest, with_tag, Error, Registry,
-    RegistryOptions, Result, COMPAT_TAG_SUFFIX, PASSWORD_ENV, USERNAME_ENV,
+    images, oci_url, parse_tagged, pin_manifest, with_digest, with_tag, Error, Registry, RegistryOptions, Result,
+    COMPAT_TAG_SUFFIX, PASSWORD_ENV, USERNAME_ENV,
 };
 
 /// `println!` that ignores a closed stdout (`| head`) instead of panicking.
@@ -94,31 +94,20 @@ struct RegistryArgs {
 
 impl RegistryArgs {
     fn registry(&self) -> Result<Registry> {
-        Registry::new(RegistryOptions::from_env(
-            self.insecure,
-            self.skip_tls_verify,
-        )?)
+        Registry::new(RegistryOptions::from_env(self.insecure, self.skip_tls_verify)?)
     }
 }
 
 fn read_module(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        Error::new(format!(
-            "reading {}: {e} (build it with `make build`)",
-            path.display()
-        ))
-    })
+    std::fs::read(path).map_err(|e| Error::new(format!("reading {}: {e} (build it with `make build`)", path.display())))
 }
 
 fn pin_files(files: &[PathBuf], url: &str) -> Result<()> {
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Error::new(format!("reading {}: {e}", file.display())))?;
-        let pinned =
-            pin_manifest(&text, url).map_err(|e| Error::new(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| Error::new(format!("reading {}: {e}", file.display())))?;
+        let pinned = pin_manifest(&text, url).map_err(|e| Error::new(format!("{}: {e}", file.display())))?;
         if pinned != text {
-            std::fs::write(file, pinned)
-                .map_err(|e| Error::new(format!("writing {}: {e}", file.display())))?;
+            std::fs::write(file, pinned).map_err(|e| Error::new(format!("writing {}: {e}", file.display())))?;
             out!("pinned {} to {url}", file.display());
         } else {
             out!("{} already pins {url}", file.display());
@@ -127,20 +116,12 @@ fn pin_files(files: &[PathBuf], url: &str) -> Result<()> {
     Ok(())
 }
 
-async fn push(
-    wasm: &Path,
-    image: &str,
-    compat_suffix: &str,
-    pin: &[PathBuf],
-    args: &RegistryArgs,
-) -> Result<()> {
+async fn push(wasm: &Path, image: &str, compat_suffix: &str, pin: &[PathBuf], args: &RegistryArgs) -> Result<()> {
     let module = read_module(wasm)?;
     let reference = parse_tagged(image)?;
     let tag = reference.tag().unwrap_or_default().to_string();
     if compat_suffix.is_empty() {
-        return Err(Error::new(
-            "--compat-suffix must not be empty: both variants would get the same tag",
-        ));
+        return Err(Error::new("--compat-suffix must not be empty: both variants would get the same tag"));
     }
     let compat_tag = format!("{tag}{compat_suffix}");
     let registry = args.registry()?;
@@ -182,21 +163,13 @@ async fn push(
 }
 
 async fn pull(image: &str, out: Option<&Path>, args: &RegistryArgs) -> Result<()> {
-    let reference: oci_client::Reference = image
-        .parse()
-        .map_err(|e| Error::new(format!("image reference {image:?}: {e}")))?;
+    let reference: oci_client::Reference =
+        image.parse().map_err(|e| Error::new(format!("image reference {image:?}: {e}")))?;
     let pulled = args.registry()?.pull(&reference).await?;
-    out!(
-        "{}  {}  {} variant, {}-byte module",
-        reference.whole(),
-        pulled.digest,
-        pulled.variant,
-        pulled.module.len()
-    );
+    out!("{}  {}  {} variant, {}-byte module", reference.whole(), pulled.digest, pulled.variant, pulled.module.len());
     out!("url: {}", oci_url(&reference, &pulled.digest));
     if let Some(out) = out {
-        std::fs::write(out, &pulled.module)
-            .map_err(|e| Error::new(format!("writing {}: {e}", out.display())))?;
+        std::fs::write(out, &pulled.module).map_err(|e| Error::new(format!("writing {}: {e}", out.display())))?;
         out!("wrote {}", out.display());
     }
     Ok(())
@@ -212,18 +185,10 @@ fn digest(wasm: &Path) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Push {
-            wasm,
-            image,
-            compat_suffix,
-            pin,
-            registry,
-        } => push(&wasm, &image, &compat_suffix, &pin, &registry).await,
-        Command::Pull {
-            image,
-            out,
-            registry,
-        } => pull(&image, out.as_deref(), &registry).await,
+        Command::Push { wasm, image, compat_suffix, pin, registry } => {
+            push(&wasm, &image, &compat_suffix, &pin, &registry).await
+        }
+        Command::Pull { image, out, registry } => pull(&image, out.as_deref(), &registry).await,
         Command::Digest { wasm } => digest(&wasm),
         Command::Pin { url, files } => pin_files(&files, &url),
     }
@@ -231,10 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("egress-identity-publish: starting the async runtime: {e}");

@@ -4,12 +4,7 @@
 //!
 //! The module pushed is `$EGRESS_IDENTITY_WASM`, else `dist/egress_identity.wasm` (`make build`), else a small
 //! generated module (noted on stderr).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -19,10 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use egress_identity_publish::{
-    images, parse_tagged, plugin_from_tar_gz, sha256_digest, with_digest, with_tag, Image,
-    Registry, RegistryOptions, Variant, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
-    PASSWORD_ENV, PLUGIN_FILE, TITLE_ANNOTATION, USERNAME_ENV, VARIANT_ANNOTATION, WASM_CONFIG,
-    WASM_LAYER,
+    images, parse_tagged, plugin_from_tar_gz, sha256_digest, with_digest, with_tag, Image, Registry, RegistryOptions,
+    Variant, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, PASSWORD_ENV, PLUGIN_FILE, TITLE_ANNOTATION,
+    USERNAME_ENV, VARIANT_ANNOTATION, WASM_CONFIG, WASM_LAYER,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
@@ -76,49 +70,23 @@ impl LocalRegistry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let auth = if basic_auth {
             std::fs::write(dir.join("htpasswd"), HTPASSWD).unwrap();
-            format!(
-                "auth:\n  htpasswd:\n    realm: egress-test\n    path: {}\n",
-                dir.join("htpasswd").display()
-            )
+            format!("auth:\n  htpasswd:\n    realm: egress-test\n    path: {}\n", dir.join("htpasswd").display())
         } else {
             String::new()
         };
         let tls = if tls {
             let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
             let out = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                ])
-                .args([
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+                .args(["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
                 .arg("-keyout")
                 .arg(&key)
                 .arg("-out")
                 .arg(&cert)
                 .output()
                 .expect("running openssl (installed by scripts/setup.sh)");
-            assert!(
-                out.status.success(),
-                "openssl req: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            )
+            assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+            format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
         } else {
             String::new()
         };
@@ -126,11 +94,7 @@ impl LocalRegistry {
         // The free port is found by binding port 0 and closing it; another process may take it in between, so try a
         // few times.
         for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
             let config = dir.join("config.yml");
             std::fs::write(
                 &config,
@@ -151,12 +115,7 @@ impl LocalRegistry {
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let watchdog = spawn_watchdog(child.id());
-            let mut registry = LocalRegistry {
-                dir: dir.clone(),
-                port,
-                child,
-                watchdog,
-            };
+            let mut registry = LocalRegistry { dir: dir.clone(), port, child, watchdog };
             match registry.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return registry,
                 Err(why) => {
@@ -175,20 +134,11 @@ impl LocalRegistry {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!("docker-registry exited: {status}"));
             }
-            if let Ok(response) =
-                http_request(self.port, "GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            {
+            if let Ok(response) = http_request(self.port, "GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n") {
                 // 200, 401 when the registry wants credentials, 400 for plain HTTP to a TLS registry.
-                if [
-                    "HTTP/1.0 200",
-                    "HTTP/1.1 200",
-                    "HTTP/1.0 401",
-                    "HTTP/1.1 401",
-                    "HTTP/1.0 400",
-                    "HTTP/1.1 400",
-                ]
-                .iter()
-                .any(|s| response.starts_with(s))
+                if ["HTTP/1.0 200", "HTTP/1.1 200", "HTTP/1.0 401", "HTTP/1.1 401", "HTTP/1.0 400", "HTTP/1.1 400"]
+                    .iter()
+                    .any(|s| response.starts_with(s))
                 {
                     return Ok(());
                 }
@@ -219,11 +169,7 @@ impl LocalRegistry {
     /// Where the filesystem storage driver keeps a blob's bytes.
     fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.dir.join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 
     fn stop(&mut self) {
@@ -254,10 +200,7 @@ fn remove_stale_dirs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("egress-publish-test-")
-            .and_then(|rest| rest.split('-').next())
-        else {
+        let Some(pid) = name.strip_prefix("egress-publish-test-").and_then(|rest| rest.split('-').next()) else {
             continue;
         };
         if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
@@ -304,16 +247,12 @@ fn registry_manifest_digest(registry: &LocalRegistry, tag: &str) -> String {
         ),
     )
     .unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
-        "{response}"
-    );
+    assert!(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"), "{response}");
     response
         .lines()
         .find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("docker-content-digest")
-                .then(|| value.trim().to_string())
+            name.eq_ignore_ascii_case("docker-content-digest").then(|| value.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no Docker-Content-Digest in {response}"))
 }
@@ -324,16 +263,11 @@ fn registry_manifest_digest(registry: &LocalRegistry, tag: &str) -> String {
 fn input_module() -> Vec<u8> {
     let path = std::env::var_os("EGRESS_IDENTITY_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/egress_identity.wasm")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/egress_identity.wasm"));
     match std::fs::read(&path) {
         Ok(module) => module,
         Err(_) if std::env::var_os("EGRESS_IDENTITY_WASM").is_none() => {
-            eprintln!(
-                "note: {} not built (make build); publishing a generated 64 KiB module instead",
-                path.display()
-            );
+            eprintln!("note: {} not built (make build); publishing a generated 64 KiB module instead", path.display());
             generated_module(64 * 1024)
         }
         Err(e) => panic!("EGRESS_IDENTITY_WASM={}: {e}", path.display()),
@@ -375,29 +309,16 @@ fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
 fn local_client() -> Registry {
-    Registry::new(RegistryOptions {
-        insecure: true,
-        skip_tls_verify: false,
-        auth: RegistryAuth::Anonymous,
-    })
-    .unwrap()
+    Registry::new(RegistryOptions { insecure: true, skip_tls_verify: false, auth: RegistryAuth::Anonymous }).unwrap()
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
 }
 
 fn flip_byte(path: &Path, offset: usize) {
@@ -413,44 +334,26 @@ fn media_types(descriptors: &[oci_client::manifest::OciDescriptor]) -> Vec<&str>
 /// Checks a pulled image against the image pushed: digest, manifest bytes, media types, and the module.
 fn assert_pulled_matches(pulled: &egress_identity_publish::Pulled, image: &Image, module: &[u8]) {
     assert_eq!(pulled.digest, image.digest());
-    assert_eq!(
-        pulled.manifest_bytes, image.manifest_bytes,
-        "the registry must serve the manifest bytes pushed"
-    );
+    assert_eq!(pulled.manifest_bytes, image.manifest_bytes, "the registry must serve the manifest bytes pushed");
     assert_eq!(pulled.manifest.media_type.as_deref(), Some(OCI_MANIFEST));
     assert_eq!(pulled.variant, image.variant);
     assert_eq!(pulled.module.len(), module.len());
-    assert!(
-        pulled.module == module,
-        "the module pulled back differs from the module pushed"
-    );
+    assert!(pulled.module == module, "the module pulled back differs from the module pushed");
     assert_eq!(pulled.config, image.config.data);
     match image.variant {
         Variant::Wasm => {
             assert_eq!(pulled.manifest.config.media_type, WASM_CONFIG);
-            assert_eq!(
-                media_types(&pulled.manifest.layers),
-                [WASM_CONFIG, WASM_LAYER]
-            );
+            assert_eq!(media_types(&pulled.manifest.layers), [WASM_CONFIG, WASM_LAYER]);
             let (descriptor, raw) = &pulled.layers[1];
-            assert_eq!(
-                descriptor.annotations.as_ref().unwrap()[TITLE_ANNOTATION],
-                PLUGIN_FILE
-            );
+            assert_eq!(descriptor.annotations.as_ref().unwrap()[TITLE_ANNOTATION], PLUGIN_FILE);
             assert_eq!(descriptor.digest, sha256_digest(module));
             assert!(raw == module, "the Wasm layer must be the raw module");
         }
         Variant::Compat => {
             assert_eq!(pulled.manifest.config.media_type, OCI_CONFIG);
             assert_eq!(media_types(&pulled.manifest.layers), [OCI_LAYER_GZIP]);
-            assert_eq!(
-                pulled.manifest.annotations.as_ref().unwrap()[VARIANT_ANNOTATION],
-                "compat"
-            );
-            assert!(
-                plugin_from_tar_gz(&pulled.layers[0].1).unwrap() == module,
-                "plugin.wasm differs"
-            );
+            assert_eq!(pulled.manifest.annotations.as_ref().unwrap()[VARIANT_ANNOTATION], "compat");
+            assert!(plugin_from_tar_gz(&pulled.layers[0].1).unwrap() == module, "plugin.wasm differs");
         }
     }
 }
@@ -477,10 +380,7 @@ fn both_variants_round_trip_through_a_real_registry() {
     let compat_ref = with_tag(&wasm_ref, "test-compat");
 
     block_on(async {
-        for (image, reference, tag) in [
-            (&wasm, &wasm_ref, "test"),
-            (&compat, &compat_ref, "test-compat"),
-        ] {
+        for (image, reference, tag) in [(&wasm, &wasm_ref, "test"), (&compat, &compat_ref, "test-compat")] {
             let digest = client.push(reference, image).await.unwrap();
             // The digest is known before the push (reproducible images) and the registry agrees.
             assert_eq!(digest, image.digest());
@@ -496,13 +396,7 @@ fn both_variants_round_trip_through_a_real_registry() {
         assert_ne!(wasm.digest(), compat.digest());
 
         // Pushing the same module again changes nothing.
-        assert_eq!(
-            client
-                .push(&wasm_ref, &images(&module).unwrap()[0])
-                .await
-                .unwrap(),
-            wasm.digest()
-        );
+        assert_eq!(client.push(&wasm_ref, &images(&module).unwrap()[0]).await.unwrap(), wasm.digest());
 
         // A digest the registry does not have is not silently replaced by something else.
         let unknown = with_digest(&wasm_ref, &sha256_digest(b"nothing"));
@@ -528,46 +422,24 @@ fn tampered_bytes_are_detected() {
         // One bit of the stored module changes behind the registry's back (same size).
         let module_blob = registry.blob_path(&sha256_digest(&module));
         flip_byte(&module_blob, module.len() / 2);
-        let e = client
-            .pull(&wasm_ref)
-            .await
-            .expect_err("a tampered Wasm layer must be refused")
-            .to_string();
+        let e = client.pull(&wasm_ref).await.expect_err("a tampered Wasm layer must be refused").to_string();
         assert!(e.contains(&sha256_digest(&module)), "{e}");
 
         let layer_blob = registry.blob_path(&compat.layers[0].digest());
         flip_byte(&layer_blob, compat.layers[0].data.len() / 2);
-        let e = client
-            .pull(&compat_ref)
-            .await
-            .expect_err("a tampered compat layer must be refused")
-            .to_string();
+        let e = client.pull(&compat_ref).await.expect_err("a tampered compat layer must be refused").to_string();
         assert!(e.contains(&compat.layers[0].digest()), "{e}");
 
         // The stored manifest itself.
         let manifest_blob = registry.blob_path(&compat.digest());
         let manifest = std::fs::read(&manifest_blob).unwrap();
-        let at = manifest
-            .windows(b"\"size\":".len())
-            .position(|w| w == b"\"size\":")
-            .unwrap()
-            + b"\"size\":".len();
+        let at = manifest.windows(b"\"size\":".len()).position(|w| w == b"\"size\":").unwrap() + b"\"size\":".len();
         assert!(manifest[at].is_ascii_digit());
         let mut tampered = manifest.clone();
-        tampered[at] = if manifest[at] == b'9' {
-            b'1'
-        } else {
-            manifest[at] + 1
-        };
+        tampered[at] = if manifest[at] == b'9' { b'1' } else { manifest[at] + 1 };
         std::fs::write(&manifest_blob, &tampered).unwrap();
-        assert!(
-            client.pull(&compat_ref).await.is_err(),
-            "a tampered manifest must be refused"
-        );
-        assert!(client
-            .pull(&with_digest(&compat_ref, &compat.digest()))
-            .await
-            .is_err());
+        assert!(client.pull(&compat_ref).await.is_err(), "a tampered manifest must be refused");
+        assert!(client.pull(&with_digest(&compat_ref, &compat.digest())).await.is_err());
     });
 }
 
@@ -580,8 +452,7 @@ fn the_cli_pushes_verifies_and_pins_the_istio_example() {
     std::fs::create_dir_all(&work).unwrap();
     let module_file = work.join("egress_identity.wasm");
     std::fs::write(&module_file, &module).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/istio/egress-gateway/wasm-plugin.yaml");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/istio/egress-gateway/wasm-plugin.yaml");
     let manifest = work.join("wasm-plugin.yaml");
     std::fs::copy(&example, &manifest).unwrap();
     let before = std::fs::read_to_string(&manifest).unwrap();
@@ -593,45 +464,21 @@ fn the_cli_pushes_verifies_and_pins_the_istio_example() {
     // Offline digests = what the push reports.
     let (ok, out) = cli(&["digest", "--wasm", module_arg]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&wasm.digest()) && out.contains(&compat.digest()),
-        "{out}"
-    );
+    assert!(out.contains(&wasm.digest()) && out.contains(&compat.digest()), "{out}");
 
-    let (ok, out) = cli(&[
-        "push",
-        "--wasm",
-        module_arg,
-        "--image",
-        &image,
-        "--insecure",
-        "--pin",
-        manifest.to_str().unwrap(),
-    ]);
+    let (ok, out) =
+        cli(&["push", "--wasm", module_arg, "--image", &image, "--insecure", "--pin", manifest.to_str().unwrap()]);
     assert!(ok, "push failed:\n{out}");
     let pinned_url = format!("oci://{}/{REPOSITORY}@{}", registry.host(), wasm.digest());
-    assert!(
-        out.contains(&format!("{image}  {}", wasm.digest())),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("{image}-compat  {}", compat.digest())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("{image}  {}", wasm.digest())), "{out}");
+    assert!(out.contains(&format!("{image}-compat  {}", compat.digest())), "{out}");
     assert!(out.contains(&format!("url: {pinned_url}")), "{out}");
     assert_eq!(registry_manifest_digest(&registry, "cli"), wasm.digest());
-    assert_eq!(
-        registry_manifest_digest(&registry, "cli-compat"),
-        compat.digest()
-    );
+    assert_eq!(registry_manifest_digest(&registry, "cli-compat"), compat.digest());
 
     // Only the url line of the manifest changed, to the digest of the Wasm variant.
     let after = std::fs::read_to_string(&manifest).unwrap();
-    let changed: Vec<(&str, &str)> = before
-        .lines()
-        .zip(after.lines())
-        .filter(|(b, a)| b != a)
-        .collect();
+    let changed: Vec<(&str, &str)> = before.lines().zip(after.lines()).filter(|(b, a)| b != a).collect();
     assert_eq!(before.lines().count(), after.lines().count());
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].1.trim(), format!("url: {pinned_url}"));
@@ -639,41 +486,17 @@ fn the_cli_pushes_verifies_and_pins_the_istio_example() {
     // Pull back the compat variant by digest with the CLI: the same bytes.
     let out_file = work.join("pulled.wasm");
     let by_digest = format!("{}/{REPOSITORY}@{}", registry.host(), compat.digest());
-    let (ok, out) = cli(&[
-        "pull",
-        "--image",
-        &by_digest,
-        "--insecure",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let (ok, out) = cli(&["pull", "--image", &by_digest, "--insecure", "--out", out_file.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("compat variant"), "{out}");
     assert!(std::fs::read(&out_file).unwrap() == module);
 
     // No registry there: a clear failure, not a success.
-    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (ok, out) = cli(&[
-        "push",
-        "--wasm",
-        module_arg,
-        "--image",
-        &format!("127.0.0.1:{closed}/x:y"),
-        "--insecure",
-    ]);
+    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    let (ok, out) = cli(&["push", "--wasm", module_arg, "--image", &format!("127.0.0.1:{closed}/x:y"), "--insecure"]);
     assert!(!ok, "{out}");
     // A tag is required.
-    let (ok, out) = cli(&[
-        "push",
-        "--wasm",
-        module_arg,
-        "--image",
-        &format!("{}/{REPOSITORY}", registry.host()),
-    ]);
+    let (ok, out) = cli(&["push", "--wasm", module_arg, "--image", &format!("{}/{REPOSITORY}", registry.host())]);
     assert!(!ok && out.contains("registry/repository:tag"), "{out}");
 }
 
@@ -686,17 +509,7 @@ fn basic_auth_credentials_come_from_the_environment() {
     std::fs::write(&module_file, &module).unwrap();
     let image = format!("{}/{REPOSITORY}:auth", registry.host());
     let push = |env: &[(&str, &str)]| {
-        run_cli(
-            &[
-                "push",
-                "--wasm",
-                module_file.to_str().unwrap(),
-                "--image",
-                &image,
-                "--insecure",
-            ],
-            env,
-        )
+        run_cli(&["push", "--wasm", module_file.to_str().unwrap(), "--image", &image, "--insecure"], env)
     };
 
     let (ok, out) = push(&[]);
@@ -707,17 +520,11 @@ fn basic_auth_credentials_come_from_the_environment() {
     assert!(!ok && out.contains(PASSWORD_ENV), "{out}");
     let (ok, out) = push(&[(USERNAME_ENV, USER), (PASSWORD_ENV, PASSWORD)]);
     assert!(ok, "push with credentials failed:\n{out}");
-    assert!(
-        out.contains(&wasm.digest()) && out.contains(&compat.digest()),
-        "{out}"
-    );
+    assert!(out.contains(&wasm.digest()) && out.contains(&compat.digest()), "{out}");
 
     let reference = registry.reference("auth");
     block_on(async {
-        assert!(
-            local_client().pull(&reference).await.is_err(),
-            "anonymous pull must be refused"
-        );
+        assert!(local_client().pull(&reference).await.is_err(), "anonymous pull must be refused");
         let basic = Registry::new(RegistryOptions {
             insecure: true,
             skip_tls_verify: false,
@@ -738,30 +545,18 @@ fn https_registries_are_verified_unless_told_otherwise() {
     std::fs::write(&module_file, &module).unwrap();
     let image = format!("{}/{REPOSITORY}:tls", registry.host());
     let push = |extra: &[&str]| {
-        let mut args = vec![
-            "push",
-            "--wasm",
-            module_file.to_str().unwrap(),
-            "--image",
-            &image,
-        ];
+        let mut args = vec!["push", "--wasm", module_file.to_str().unwrap(), "--image", &image];
         args.extend_from_slice(extra);
         run_cli(&args, &[])
     };
 
     // The self-signed certificate is not trusted: refused.
     let (ok, out) = push(&[]);
-    assert!(
-        !ok && out.contains("invalid peer certificate"),
-        "an untrusted certificate must be refused:\n{out}"
-    );
+    assert!(!ok && out.contains("invalid peer certificate"), "an untrusted certificate must be refused:\n{out}");
     // Plain HTTP to an HTTPS registry fails too.
     let (ok, out) = push(&["--insecure"]);
     assert!(!ok, "{out}");
     let (ok, out) = push(&["--skip-tls-verify"]);
     assert!(ok, "push over HTTPS failed:\n{out}");
-    assert!(
-        out.contains(&wasm.digest()) && out.contains(&compat.digest()),
-        "{out}"
-    );
+    assert!(out.contains(&wasm.digest()) && out.contains(&compat.digest()), "{out}");
 }

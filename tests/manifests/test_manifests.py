@@ -2,8 +2,8 @@
 
 Every YAML document in ``examples/**/*.yaml`` must
 
-* be a kind whose CRD is in the CRD directory (``../shared/crds`` next to the repository, or
-  ``$EGRESS_CRDS_DIR``), validated against the ``openAPIV3Schema`` of the served version named by its
+* be a kind whose CRD is in the CRD directory (``tests/manifests/crds``: the released Istio 1.30.3, Kuma 2.14.3
+  and Gateway API CRDs, see its README; or ``$EGRESS_CRDS_DIR``), validated against the ``openAPIV3Schema`` of the served version named by its
   ``apiVersion`` -- or a built-in kind listed in ``BUILTIN_KINDS`` (with its own small schema);
 * validate the way ``kubectl apply --validate=strict`` would: unknown fields are errors (the structural schema
   closes every object that is not ``x-kubernetes-preserve-unknown-fields``), ``x-kubernetes-int-or-string``,
@@ -49,9 +49,9 @@ HEADERS_TO_REMOVE = {CLUSTER_HEADER, PRINCIPAL_HEADER, "x-forwarded-client-cert"
 
 
 def crds_dir() -> Path:
-    """`$EGRESS_CRDS_DIR`, else `shared/crds` beside the repository (the layout of the workspace and of CI)."""
+    """`$EGRESS_CRDS_DIR`, else the released CRDs kept in the project (tests/manifests/crds, see its README)."""
     env = os.environ.get("EGRESS_CRDS_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "crds"
+    return Path(env) if env else Path(__file__).resolve().parent / "crds"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -533,6 +533,8 @@ def crd_index(directory: str) -> dict[tuple[str, str, str], Crd]:
                 if open_api is None:
                     continue
                 key = (spec["group"], version["name"], spec["names"]["kind"])
+                if key in index:
+                    raise ValueError(f"{path}: {key} is also defined by {index[key].source}: one release per CRD")
                 index[key] = Crd(
                     group=spec["group"],
                     version=version["name"],
@@ -631,7 +633,7 @@ def _docs_or_placeholder() -> list:
 def crds() -> dict[tuple[str, str, str], Crd]:
     directory = crds_dir()
     if not directory.is_dir():
-        pytest.fail(f"CRD directory {directory} not found (set EGRESS_CRDS_DIR to the shared/crds directory)")
+        pytest.fail(f"CRD directory {directory} not found")
     index = crd_index(str(directory))
     expected = {
         ("extensions.istio.io", "v1alpha1", "WasmPlugin"),
@@ -644,6 +646,16 @@ def crds() -> dict[tuple[str, str, str], Crd]:
     missing = expected - set(index)
     assert not missing, f"CRDs not found under {directory}: {sorted(missing)}"
     return index
+
+
+def test_the_crd_table_names_every_crd_file() -> None:
+    """tests/manifests/crds/README.md says where every schema comes from; no file without a source."""
+    directory = Path(__file__).resolve().parent / "crds"
+    files = {str(p.relative_to(directory)) for p in directory.rglob("*.yaml")}
+    table = (directory / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([^`]+\.yaml)` \|", table, re.M))
+    assert files, f"no CRD files under {directory}"
+    assert files == listed, f"files without a row: {sorted(files - listed)}; rows without a file: {sorted(listed - files)}"
 
 
 def test_every_example_file_parses() -> None:

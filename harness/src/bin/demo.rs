@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::pki::EXTERNAL_HOST;
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{
-    Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT,
-};
+use egress_identity_harness::topology::{Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT};
 
 enum Expect {
     /// Forwarded; the partner sees this client certificate subject.
@@ -84,12 +82,7 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
         let call = Call::get(&topo.pki().workload(step.workload), step.path);
         let r = client.send(&call)?;
         println!();
-        println!(
-            "{}. {} calls GET https://{EXTERNAL_HOST}{}",
-            i + 1,
-            step.who,
-            step.path
-        );
+        println!("{}. {} calls GET https://{EXTERNAL_HOST}{}", i + 1, step.who, step.path);
         println!("   ({})", step.why);
         println!("   gateway decided: {}", describe(&r));
         // nginx writes its access log after it has sent the response: give it a moment to show up.
@@ -99,22 +92,19 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
             std::thread::sleep(std::time::Duration::from_millis(20));
             seen = topo.external_requests_for(step.path);
         }
-        let subject = seen
-            .first()
-            .and_then(|s| s.get("client_subject"))
-            .and_then(|v| v.as_str());
+        let subject = seen.first().and_then(|s| s.get("client_subject")).and_then(|v| v.as_str());
         match subject {
             Some(s) => println!("   partner saw client certificate subject: {s}"),
             None => println!("   partner: the request never arrived"),
         }
-        // The gateway's access log carries the filter's audit record (flushed about once a second).
-        if let Some(audit) = topo.gateway_access_log_entry(step.path).and_then(|e| e["audit"].as_str().map(str::to_owned)) {
+        // The gateway's access log carries the filter's audit record (the harness has Envoy flush it every 100 ms).
+        if let Some(audit) =
+            topo.gateway_access_log_entry(step.path).and_then(|e| e["audit"].as_str().map(str::to_owned))
+        {
             println!("   gateway audit record: {audit}");
         }
         let good = match &step.expect {
-            Expect::Allow(cn) => {
-                r.status == 200 && r.field("client_subject") == Some(cn) && subject == Some(cn)
-            }
+            Expect::Allow(cn) => r.status == 200 && r.field("client_subject") == Some(cn) && subject == Some(cn),
             Expect::Deny(layer, reason, policy) => {
                 r.status == 403
                     && r.field("layer") == Some(layer)
@@ -129,20 +119,13 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
         } else {
             let want = match &step.expect {
                 Expect::Allow(cn) => format!("200 and the partner seeing {cn}"),
-                Expect::Deny(l, r, p) => format!(
-                    "403 {l}/{r}/{} and nothing at the partner",
-                    p.unwrap_or("-")
-                ),
+                Expect::Deny(l, r, p) => format!("403 {l}/{r}/{} and nothing at the partner", p.unwrap_or("-")),
             };
             println!("   NOT AS EXPECTED: wanted {want}; got {}", r.summary());
         }
     }
     println!();
-    println!(
-        "{ok} of {} outcomes as expected (logs in {}/logs)",
-        STEPS.len(),
-        run_dir.display()
-    );
+    println!("{ok} of {} outcomes as expected (logs in {}/logs)", STEPS.len(), run_dir.display());
     Ok(ok == STEPS.len())
 }
 

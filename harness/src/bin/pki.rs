@@ -33,16 +33,10 @@ fn main() {
             println!("  partner CA        {}", layout::PARTNER_CA_CERT);
             println!("  external server   {}", layout::EXTERNAL_SERVER_CERT);
             for id in EXTERNAL_IDENTITIES {
-                println!(
-                    "  external identity {}/{id}.crt (CN={id})",
-                    layout::EXTERNAL_DIR
-                );
+                println!("  external identity {}/{id}.crt (CN={id})", layout::EXTERNAL_DIR);
             }
             for (name, spiffe) in STANDARD_WORKLOADS {
-                println!(
-                    "  workload          {}/{name}.crt ({spiffe})",
-                    layout::WORKLOADS_DIR
-                );
+                println!("  workload          {}/{name}.crt ({spiffe})", layout::WORKLOADS_DIR);
             }
             println!("gateway SDS resources written to {}", sds_dir.display());
             for path in written {

@@ -1,0 +1,298 @@
+//! `egress-identity`: the operator CLI. It runs the same core code as the filter.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod explain;
+mod render;
+
+use clap::{Parser, Subcommand};
+use egress_identity_core::config::Config;
+use egress_identity_core::request::Request;
+use egress_identity_core::spiffe_id::SpiffeId;
+use render::envoy::{name_value, EnvoyOptions, HostPort};
+use render::istio::{self, IstioMode, IstioOptions};
+use render::kuma::{self, KumaOptions};
+use render::PolicyFile;
+
+#[derive(Parser)]
+#[command(name = "egress-identity", version, about = "Identity-aware egress for Envoy: operator tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check one SPIFFE ID as the filter does; print its trust domain and path.
+    ///
+    /// Exit status 0 when valid, 1 (with the rule that failed) when not.
+    SpiffeId {
+        /// e.g. spiffe://cluster.local/ns/team/sa/app1
+        id: String,
+    },
+    /// Check a plugin configuration file; print every error with the JSON path of the field.
+    ///
+    /// Exit status 0 when valid, 1 when not.
+    Validate {
+        /// The plugin configuration (JSON), as given to Envoy or Istio's pluginConfig.
+        config: PathBuf,
+    },
+    /// Show how the filter decides one request: each layer's verdict, the policy and rule that decided,
+    /// and the external identity chosen.
+    ///
+    /// Exit status 0 when the request would be allowed, 3 when denied, 1 on a bad configuration.
+    Explain {
+        /// The plugin configuration (JSON).
+        config: PathBuf,
+        /// The caller's SPIFFE ID; omit it for a caller without one.
+        #[arg(long)]
+        principal: Option<String>,
+        /// The external host the caller asks for (`:authority` without port).
+        #[arg(long)]
+        host: String,
+        /// The destination port; the configuration's defaultPort when omitted.
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render what goes with a policy file: the Envoy bootstrap, or the Istio or Kuma manifests.
+    ///
+    /// The policy is validated first (errors with JSON paths, exit 1) and embedded verbatim. Output on
+    /// stdout; exit 2 when the valid policy cannot be rendered as asked.
+    Render {
+        #[command(subcommand)]
+        target: RenderTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum RenderTarget {
+    /// The Envoy v3 bootstrap: mTLS listener, header_mutation -> egress-identity -> router with
+    /// cluster_header, and one upstream cluster per external identity, every certificate from file SDS.
+    ///
+    /// SDS secrets: gateway-cert (listener certificate), mesh-ca (callers' CA), external-<identity name>
+    /// (each identity's client certificate), <destination>-ca (the partner's CA). SNI and the checked DNS
+    /// SAN are the destination's first exact host.
+    Envoy {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        /// Listener address.
+        #[arg(long, default_value = "0.0.0.0:10443", value_name = "ADDR:PORT")]
+        listen: HostPort,
+        /// Admin interface address.
+        #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT")]
+        admin: HostPort,
+        /// The filter module, relative to Envoy's working directory.
+        #[arg(long, default_value = "dist/egress_identity.wasm", value_name = "PATH")]
+        wasm: String,
+        /// Where a destination's clusters connect (default: its first exact host and first port; a host
+        /// name is resolved with LOGICAL_DNS, an IP address is STATIC). Repeatable.
+        #[arg(long, value_name = "DESTINATION=ADDR:PORT", value_parser = name_value::<HostPort>)]
+        upstream: Vec<(String, HostPort)>,
+        /// SDS secret of the CA that verifies a destination (default <destination>-ca). Repeatable.
+        #[arg(long = "ca-secret", value_name = "DESTINATION=SECRET", value_parser = name_value::<String>)]
+        ca_secret: Vec<(String, String)>,
+        /// Directory of the SDS resource files, relative to Envoy's working directory.
+        #[arg(long, default_value = "sds", value_name = "DIR")]
+        sds_dir: String,
+        /// Access log file (JSON lines with the audit record).
+        #[arg(long, default_value = "logs/gateway-access.log", value_name = "PATH")]
+        access_log: String,
+        /// Maximum life of an upstream connection, in seconds (bounds the use of a rotated-out certificate).
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        max_connection_duration: u32,
+    },
+    /// Istio manifests: egress gateway (sidecar mode) or ambient egress waypoint.
+    Istio {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "gateway")]
+        mode: IstioMode,
+        /// Namespace of the gateway or waypoint (default istio-egress, or egress-waypoint).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The filter's OCI image, pinned by digest.
+        #[arg(long, default_value = istio::DEFAULT_IMAGE, value_name = "oci://...@sha256:...")]
+        image: String,
+        /// Write one file per kind into this directory instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Kuma manifests for a mesh-scoped ZoneEgress.
+    Kuma {
+        /// The policy (plugin configuration, JSON).
+        config: PathBuf,
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        #[arg(long, default_value = "zone-1")]
+        zone: String,
+        /// Kuma's system namespace.
+        #[arg(long, default_value = "kuma-system")]
+        namespace: String,
+        /// The partner endpoint of a destination (default: its first exact host and port 443). Repeatable.
+        #[arg(long, value_name = "DESTINATION=HOST:PORT", value_parser = name_value::<HostPort>)]
+        upstream: Vec<(String, HostPort)>,
+        /// SHA-256 (hex) of the module the zone egress fetches.
+        #[arg(long, default_value = kuma::SHA256_PLACEHOLDER, value_name = "HEX")]
+        wasm_sha256: String,
+        /// Write one file per kind into this directory instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::SpiffeId { id } => spiffe_id(&id),
+        Command::Validate { config } => validate(&config),
+        Command::Explain { config, principal, host, port, method, path, json } => {
+            let Some(config) = load(&config) else { return ExitCode::FAILURE };
+            let authority = match port {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            };
+            let request = Request { authority: &authority, method: &method, path: &path };
+            explain::explain(&config, principal.as_deref(), &request, json)
+        }
+        Command::Render { target } => render_command(target),
+    }
+}
+
+fn load_policy(path: &PathBuf) -> Option<PolicyFile> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", path.display());
+            return None;
+        }
+    };
+    match PolicyFile::parse(&text) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{}: {error}", path.display());
+            }
+            None
+        }
+    }
+}
+
+fn render_command(target: RenderTarget) -> ExitCode {
+    let (config, result) = match target {
+        RenderTarget::Envoy {
+            config,
+            listen,
+            admin,
+            wasm,
+            upstream,
+            ca_secret,
+            sds_dir,
+            access_log,
+            max_connection_duration,
+        } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts = EnvoyOptions {
+                listen,
+                admin,
+                wasm,
+                upstreams: upstream.into_iter().collect(),
+                ca_secrets: ca_secret.into_iter().collect(),
+                sds_dir,
+                access_log,
+                max_connection_duration,
+            };
+            (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
+        }
+        RenderTarget::Istio { config, mode, namespace, image, out_dir } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts =
+                IstioOptions { namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()), mode, image };
+            (config, istio::render(&policy, &opts).map(|files| (out_dir, files)))
+        }
+        RenderTarget::Kuma { config, mesh, zone, namespace, upstream, wasm_sha256, out_dir } => {
+            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let opts = KumaOptions { mesh, zone, namespace, upstreams: upstream.into_iter().collect(), wasm_sha256 };
+            (config, kuma::render(&policy, &opts).map(|files| (out_dir, files)))
+        }
+    };
+    match result {
+        Err(e) => {
+            eprintln!("{}: cannot render: {e}", config.display());
+            ExitCode::from(2)
+        }
+        Ok((None, files)) => {
+            let texts: Vec<&str> = files.iter().map(|(_, text)| text.as_str()).collect();
+            print!("{}", texts.join("---\n"));
+            ExitCode::SUCCESS
+        }
+        Ok((Some(dir), files)) => {
+            for (name, text) in files {
+                let path = dir.join(name);
+                if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+                    eprintln!("{}: cannot write: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Option<Config> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", path.display());
+            return None;
+        }
+    };
+    match Config::load(&bytes) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{}: {error}", path.display());
+            }
+            None
+        }
+    }
+}
+
+fn spiffe_id(id: &str) -> ExitCode {
+    match SpiffeId::parse(id) {
+        Ok(id) => {
+            println!("trust domain: {}", id.trust_domain());
+            println!("path: {}", if id.path().is_empty() { "(none)" } else { id.path() });
+            if let Some(ns) = id.namespace() {
+                println!("namespace: {ns}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid SPIFFE ID {id:?}: {e} ({})", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &PathBuf) -> ExitCode {
+    match load(path) {
+        Some(config) => {
+            println!(
+                "{}: valid ({} gateway policies, {} destinations)",
+                path.display(),
+                config.gateway.len(),
+                config.destinations.iter().count()
+            );
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}

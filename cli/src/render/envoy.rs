@@ -1,0 +1,721 @@
+//! `render envoy`: the Envoy v3 bootstrap of an egress gateway for one policy file — the mTLS listener,
+//! `header_mutation` → egress-identity → router with `cluster_header`, and one upstream cluster per
+//! external identity, every certificate from file-based SDS.
+
+use std::collections::BTreeMap;
+
+use super::{
+    check_file_safe, commented, dns_san_validation, first_exact_host, int, map, s, strs, to_yaml, PolicyFile,
+    RenderError, Yaml,
+};
+
+/// Where something listens or connects: a host name or IP address and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not ADDRESS:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{text:?}: bad port"))?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{text:?}: bad address"));
+        }
+        Ok(Self { host: host.to_string(), port })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `NAME=VALUE` (e.g. `--upstream partner-api=127.0.0.1:18443`).
+pub fn name_value<T>(text: &str) -> Result<(String, T), String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    if name.is_empty() || value.is_empty() {
+        return Err(format!("{text:?} is not NAME=VALUE"));
+    }
+    Ok((name.to_string(), value.parse().map_err(|e: T::Err| e.to_string())?))
+}
+
+/// The options of `render envoy`; [`EnvoyOptions::default`] is the production layout.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    pub listen: HostPort,
+    pub admin: HostPort,
+    pub wasm: String,
+    /// Destination name → upstream endpoint (default: its first exact host and first port).
+    pub upstreams: BTreeMap<String, HostPort>,
+    /// Destination name → SDS secret of the CA that verifies the partner (default `<destination>-ca`).
+    pub ca_secrets: BTreeMap<String, String>,
+    /// Directory of the SDS resource files, relative to the run directory.
+    pub sds_dir: String,
+    pub access_log: String,
+    /// Bound on the life of an upstream connection, in seconds (how long a rotated-out client
+    /// certificate can stay in use).
+    pub max_connection_duration: u32,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        Self {
+            listen: HostPort { host: "0.0.0.0".into(), port: 10443 },
+            admin: HostPort { host: "127.0.0.1".into(), port: 9901 },
+            wasm: "dist/egress_identity.wasm".into(),
+            upstreams: BTreeMap::new(),
+            ca_secrets: BTreeMap::new(),
+            sds_dir: "sds".into(),
+            access_log: "logs/gateway-access.log".into(),
+            max_connection_duration: 10,
+        }
+    }
+}
+
+impl EnvoyOptions {
+    /// The command-line flags that reproduce these options (those that differ from the defaults).
+    pub fn flags(&self) -> Vec<String> {
+        let d = Self::default();
+        let mut flags = Vec::new();
+        if self.listen != d.listen {
+            flags.push(format!("--listen {}", self.listen));
+        }
+        if self.admin != d.admin {
+            flags.push(format!("--admin {}", self.admin));
+        }
+        if self.wasm != d.wasm {
+            flags.push(format!("--wasm {}", self.wasm));
+        }
+        for (name, hp) in &self.upstreams {
+            flags.push(format!("--upstream {name}={hp}"));
+        }
+        for (name, secret) in &self.ca_secrets {
+            flags.push(format!("--ca-secret {name}={secret}"));
+        }
+        if self.sds_dir != d.sds_dir {
+            flags.push(format!("--sds-dir {}", self.sds_dir));
+        }
+        if self.access_log != d.access_log {
+            flags.push(format!("--access-log {}", self.access_log));
+        }
+        if self.max_connection_duration != d.max_connection_duration {
+            flags.push(format!("--max-connection-duration {}", self.max_connection_duration));
+        }
+        flags
+    }
+}
+
+/// Downstream server certificate secret.
+pub const GATEWAY_CERT: &str = "gateway-cert";
+/// Mesh CA bundle secret.
+pub const MESH_CA: &str = "mesh-ca";
+
+/// SDS secret of an external identity's client certificate.
+pub fn identity_secret(identity: &str) -> String {
+    format!("external-{identity}")
+}
+
+/// Default SDS secret of the CA that verifies a destination's servers.
+pub fn default_ca_secret(destination: &str) -> String {
+    format!("{destination}-ca")
+}
+
+/// One upstream cluster: an external identity of a destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityCluster {
+    pub cluster: String,
+    pub destination: String,
+    pub identity: String,
+}
+
+/// Every identity cluster of the policy, once each, in policy order. A cluster shared by two different
+/// identities or destinations is an error (one cluster presents one certificate to one endpoint).
+pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {
+    let mut out: Vec<IdentityCluster> = Vec::new();
+    for d in &policy.spec.destinations {
+        let pairs = d
+            .identities
+            .iter()
+            .map(|i| (&i.name, &i.cluster))
+            .chain(d.default_identity.iter().map(|i| (&i.name, &i.cluster)));
+        for (name, cluster) in pairs {
+            let entry =
+                IdentityCluster { cluster: cluster.clone(), destination: d.name.clone(), identity: name.clone() };
+            match out.iter().find(|c| c.cluster == *cluster) {
+                Some(existing) if *existing == entry => {}
+                Some(existing) => {
+                    return Err(RenderError(format!(
+                        "cluster {cluster:?} is used by identity {:?} of destination {:?} and by identity {name:?} of destination {:?}; one cluster presents one certificate to one destination",
+                        existing.identity, existing.destination, d.name
+                    )))
+                }
+                None => out.push(entry),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn sds(name: &str, dir: &str) -> Yaml {
+    map([
+        ("name", s(name)),
+        (
+            "sds_config",
+            map([
+                ("resource_api_version", s("V3")),
+                (
+                    "path_config_source",
+                    map([("path", s(format!("{dir}/{name}.yaml"))), ("watched_directory", map([("path", s(dir))]))]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+fn typed(ty: &str, mut entries: Vec<(String, Yaml)>) -> Yaml {
+    entries.insert(0, ("@type".into(), s(format!("type.googleapis.com/{ty}"))));
+    Yaml::Map(entries)
+}
+
+fn socket_address(hp: &HostPort) -> Yaml {
+    map([("socket_address", map([("address", s(&hp.host)), ("port_value", int(hp.port))]))])
+}
+
+fn e<K: Into<String>>(k: K, v: Yaml) -> (String, Yaml) {
+    (k.into(), v)
+}
+
+const AUDIT_FIELDS: &[(&str, &str)] = &[
+    ("time", "%START_TIME%"),
+    ("caller", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("details", "%RESPONSE_CODE_DETAILS%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("audit", "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("duration_ms", "%DURATION%"),
+];
+
+fn is_ip(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+struct Upstream {
+    endpoint: HostPort,
+    sni: String,
+    ca_secret: String,
+}
+
+fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String, Upstream>, RenderError> {
+    let names: Vec<&str> = policy.spec.destinations.iter().map(|d| d.name.as_str()).collect();
+    for name in opts.upstreams.keys().chain(opts.ca_secrets.keys()) {
+        if !names.contains(&name.as_str()) {
+            return Err(RenderError(format!(
+                "--upstream/--ca-secret name {name:?} is not a destination of the policy ({})",
+                names.join(", ")
+            )));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (i, d) in policy.spec.destinations.iter().enumerate() {
+        let Some(host) = first_exact_host(&d.hosts) else {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): no exact host; the gateway needs one for the upstream's SNI and certificate check",
+                d.name
+            )));
+        };
+        let first_port = d.ports.first().and_then(|p| u16::try_from(*p).ok()).unwrap_or(443);
+        let endpoint = opts
+            .upstreams
+            .get(&d.name)
+            .cloned()
+            .unwrap_or_else(|| HostPort { host: host.to_string(), port: first_port });
+        let ca_secret = opts.ca_secrets.get(&d.name).cloned().unwrap_or_else(|| default_ca_secret(&d.name));
+        check_file_safe("CA secret", &ca_secret)?;
+        out.insert(d.name.clone(), Upstream { endpoint, sni: host.to_string(), ca_secret });
+    }
+    Ok(out)
+}
+
+fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
+    let dns = !is_ip(&up.endpoint.host);
+    let mut entries = vec![e("name", s(&c.cluster)), e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" }))];
+    if dns {
+        entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
+    }
+    entries.extend([
+        e("connect_timeout", s("5s")),
+        e(
+            "typed_extension_protocol_options",
+            map([(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                typed(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    vec![
+                        e("explicit_http_config", map([("http_protocol_options", map::<&str>([]))])),
+                        e(
+                            "common_http_protocol_options",
+                            map([(
+                                "max_connection_duration",
+                                commented(
+                                    "A rotated client certificate (SDS) is used by every NEW upstream connection at once, but Envoy\nkeeps using established ones: this bounds how long the old certificate stays in use (the\nconnection is drained, no request fails). Raise it if handshakes with the partner are costly.",
+                                    s(format!("{}s", opts.max_connection_duration)),
+                                ),
+                            )]),
+                        ),
+                    ],
+                ),
+            )]),
+        ),
+        e(
+            "load_assignment",
+            map([
+                ("cluster_name", s(&c.cluster)),
+                (
+                    "endpoints",
+                    Yaml::Seq(vec![map([(
+                        "lb_endpoints",
+                        Yaml::Seq(vec![map([("endpoint", map([("address", socket_address(&up.endpoint))]))])]),
+                    )])]),
+                ),
+            ]),
+        ),
+        e(
+            "transport_socket",
+            map([
+                ("name", s("envoy.transport_sockets.tls")),
+                (
+                    "typed_config",
+                    typed(
+                        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        vec![
+                            e("sni", s(&up.sni)),
+                            e(
+                                "common_tls_context",
+                                map([
+                                    (
+                                        "tls_certificate_sds_secret_configs",
+                                        commented(
+                                            format!("The external identity {}; replaced through SDS when it is rotated.", c.identity),
+                                            Yaml::Seq(vec![sds(&identity_secret(&c.identity), &opts.sds_dir)]),
+                                        ),
+                                    ),
+                                    (
+                                        "combined_validation_context",
+                                        dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)),
+                                    ),
+                                ]),
+                            ),
+                        ],
+                    ),
+                ),
+            ]),
+        ),
+    ]);
+    commented(format!("destination {}, external identity {}", c.destination, c.identity), Yaml::Map(entries))
+}
+
+fn header(
+    policy: &PolicyFile,
+    opts: &EnvoyOptions,
+    clusters: &[IdentityCluster],
+    ups: &BTreeMap<String, Upstream>,
+) -> String {
+    let flags = opts.flags();
+    let flags = if flags.is_empty() { String::new() } else { format!(" {}", flags.join(" ")) };
+    let mut h = format!(
+        "egress-identity: the egress gateway (Envoy v3 bootstrap).
+GENERATED by `egress-identity render envoy POLICY{flags}` -- edit the policy, not this file.
+
+Callers (mesh workloads) connect with mTLS to {listen} and present a mesh-CA-signed certificate whose URI
+SAN is their SPIFFE ID. The egress-identity wasm filter decides, per request, whether the caller may reach the
+destination (Host) and, if so, which upstream cluster (= which external client certificate) to use; it tells
+the router through the internal header {cluster_header} (route `cluster_header`).
+
+Certificates, keys and CA bundles come from FILE-BASED SDS: one resource file per secret in {dir}/, each a
+DiscoveryResponse holding one tls.v3.Secret (PEM inlined). Envoy watches the directory {dir}/ and reloads a
+secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.yaml).
+  {:<31} used for
+  {GATEWAY_CERT:<31} listener: the gateway's server certificate and key
+  {MESH_CA:<31} listener: CA bundle callers are verified against
+",
+        format!("secret (file {}/<name>.yaml)", opts.sds_dir),
+        listen = opts.listen,
+        cluster_header = policy.config.headers.cluster,
+        dir = opts.sds_dir,
+    );
+    for c in clusters {
+        h.push_str(&format!(
+            "  {:<31} cluster {:?}: client certificate of external identity {}\n",
+            identity_secret(&c.identity),
+            c.cluster,
+            c.identity
+        ));
+    }
+    for (name, up) in ups {
+        h.push_str(&format!(
+            "  {:<31} clusters of destination {name}: CA that verifies {} (SNI and DNS SAN {})\n",
+            up.ca_secret, up.endpoint, up.sni
+        ));
+    }
+    h.push_str(&format!(
+        "Conventions: external-<identity name> per identity (identities with the same name share a certificate),
+<destination>-ca per destination unless --ca-secret, SNI = the destination's first exact host, upstream =
+that host and the first port unless --upstream.
+
+Every path is RELATIVE to Envoy's working directory (the \"run directory\"):
+  {dir}/  SDS resource files   {wasm}  the filter   {log}  access log
+Run: cd <run dir> && envoy -c <this file> --disable-hot-restart",
+        dir = opts.sds_dir,
+        wasm = opts.wasm,
+        log = opts.access_log
+    ));
+    h
+}
+
+/// The bootstrap for `policy`, as YAML text.
+pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, RenderError> {
+    let clusters = identity_clusters(policy)?;
+    for c in &clusters {
+        check_file_safe(&format!("identity of destination {}", c.destination), &c.identity)?;
+    }
+    let ups = upstreams(policy, opts)?;
+    let principal_header = policy.config.headers.principal.to_string();
+    let cluster_header = policy.config.headers.cluster.to_string();
+    let dir = opts.sds_dir.trim_end_matches('/');
+    let opts = &EnvoyOptions { sds_dir: dir.to_string(), ..opts.clone() };
+
+    let downstream_tls = map([
+        ("name", s("envoy.transport_sockets.tls")),
+        (
+            "typed_config",
+            typed(
+                "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                vec![
+                    e(
+                        "require_client_certificate",
+                        commented("No client certificate, no connection: the TLS handshake fails before any HTTP request exists.", Yaml::Bool(true)),
+                    ),
+                    e(
+                        "common_tls_context",
+                        map([
+                            ("alpn_protocols", strs(["h2", "http/1.1"])),
+                            ("tls_certificate_sds_secret_configs", Yaml::Seq(vec![sds(GATEWAY_CERT, dir)])),
+                            (
+                                "validation_context_sds_secret_config",
+                                commented(
+                                    "The mesh CA bundle. During a CA rotation it holds the old and the new CA, then the new one only.",
+                                    sds(MESH_CA, dir),
+                                ),
+                            ),
+                        ]),
+                    ),
+                ],
+            ),
+        ),
+    ]);
+
+    let access_log = Yaml::Seq(vec![map([
+        ("name", s("envoy.access_loggers.file")),
+        (
+            "typed_config",
+            typed(
+                "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                vec![
+                    e("path", s(&opts.access_log)),
+                    e("log_format", map([("json_format", map(AUDIT_FIELDS.iter().map(|(k, v)| (*k, s(*v)))))])),
+                ],
+            ),
+        ),
+    ])]);
+
+    let route_config = map([
+        ("name", s("egress")),
+        (
+            "virtual_hosts",
+            Yaml::Seq(vec![map([
+                ("name", s("egress")),
+                ("domains", strs(["*"])),
+                (
+                    "routes",
+                    Yaml::Seq(vec![map([
+                        ("match", map([("prefix", s("/"))])),
+                        (
+                            "route",
+                            map([
+                                (
+                                    "cluster_header",
+                                    commented(
+                                        "Set by the egress-identity filter on allow; a denied request never gets here. A request\nwithout it (the filter did not run) names no cluster and fails.",
+                                        s(&cluster_header),
+                                    ),
+                                ),
+                                ("timeout", s("30s")),
+                            ]),
+                        ),
+                        (
+                            "request_headers_to_remove",
+                            commented(
+                                "Internal headers never leave the gateway.",
+                                strs([principal_header.as_str(), cluster_header.as_str(), "x-forwarded-client-cert"]),
+                            ),
+                        ),
+                    ])]),
+                ),
+            ])]),
+        ),
+    ]);
+
+    let wasm = map([
+        ("name", s("envoy.filters.http.wasm")),
+        (
+            "typed_config",
+            typed(
+                "envoy.extensions.filters.http.wasm.v3.Wasm",
+                vec![e(
+                    "config",
+                    map([
+                        ("name", s("egress-identity")),
+                        ("root_id", s("egress-identity")),
+                        ("fail_open", Yaml::Bool(false)),
+                        (
+                            "vm_config",
+                            map([
+                                ("vm_id", s("egress-identity")),
+                                ("runtime", s("envoy.wasm.runtime.v8")),
+                                ("code", map([("local", map([("filename", s(&opts.wasm))]))])),
+                            ]),
+                        ),
+                        (
+                            "configuration",
+                            commented(
+                                "The plugin configuration: the policy file, verbatim (README.md, \"Configuration reference\").",
+                                typed("google.protobuf.StringValue", vec![e("value", Yaml::Literal(policy.text.clone()))]),
+                            ),
+                        ),
+                    ]),
+                )],
+            ),
+        ),
+    ]);
+
+    let hcm = typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        vec![
+            e("stat_prefix", s("egress")),
+            e("codec_type", s("AUTO")),
+            e("use_remote_address", Yaml::Bool(true)),
+            e(
+                "normalize_path",
+                commented(
+                    "Path policies (e.g. DENY paths \"/admin*\") must see the path the partner will act on: normalize\n\".\" / \"..\" segments and \"//\", and refuse encoded slashes, before any filter runs.",
+                    Yaml::Bool(true),
+                ),
+            ),
+            e("merge_slashes", Yaml::Bool(true)),
+            e("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
+            e(
+                "forward_client_cert_details",
+                commented(
+                    "Drop any client-supplied x-forwarded-client-cert; the route also removes it before forwarding.",
+                    s("SANITIZE"),
+                ),
+            ),
+            e(
+                "access_log",
+                commented(
+                    "One JSON object per request, with the filter's audit record (README.md, \"Audit log\"); fields the\nfilter did not set (e.g. layer on allow) are null.",
+                    access_log,
+                ),
+            ),
+            e("route_config", route_config),
+            e(
+                "http_filters",
+                Yaml::Seq(vec![
+                    commented(
+                        "Defense in depth: drop client-supplied copies of the internal headers before the filter runs\n(the filter removes them too).",
+                        map([
+                            ("name", s("envoy.filters.http.header_mutation")),
+                            (
+                                "typed_config",
+                                typed(
+                                    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                                    vec![e(
+                                        "mutations",
+                                        map([(
+                                            "request_mutations",
+                                            Yaml::Seq(vec![
+                                                map([("remove", s(&principal_header))]),
+                                                map([("remove", s(&cluster_header))]),
+                                            ]),
+                                        )]),
+                                    )],
+                                ),
+                            ),
+                        ]),
+                    ),
+                    wasm,
+                    map([
+                        ("name", s("envoy.filters.http.router")),
+                        ("typed_config", typed("envoy.extensions.filters.http.router.v3.Router", vec![])),
+                    ]),
+                ]),
+            ),
+        ],
+    );
+
+    let listener = map([
+        ("name", s("egress")),
+        ("address", socket_address(&opts.listen)),
+        (
+            "filter_chains",
+            Yaml::Seq(vec![map([
+                ("transport_socket", downstream_tls),
+                (
+                    "filters",
+                    Yaml::Seq(vec![map([
+                        ("name", s("envoy.filters.network.http_connection_manager")),
+                        ("typed_config", hcm),
+                    ])]),
+                ),
+            ])]),
+        ),
+    ]);
+
+    let mut cluster_nodes = Vec::new();
+    for c in &clusters {
+        let Some(up) = ups.get(&c.destination) else { continue };
+        cluster_nodes.push(cluster(c, up, opts));
+    }
+    let bootstrap = commented(
+        header(policy, opts, &clusters, &ups),
+        map([
+            ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
+            ("admin", map([("address", socket_address(&opts.admin))])),
+            (
+                "static_resources",
+                map([
+                    ("listeners", Yaml::Seq(vec![listener])),
+                    (
+                        "clusters",
+                        commented(
+                            "One upstream cluster per external identity: same partner endpoint, different client certificate.",
+                            Yaml::Seq(cluster_nodes),
+                        ),
+                    ),
+                ]),
+            ),
+        ]),
+    );
+    Ok(to_yaml(&bootstrap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"{
+      "trustDomains": ["cluster.local"],
+      "gateway": { "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ] },
+      "destinations": [
+        { "name": "a", "hosts": ["*.a.example", "api.a.example"], "ports": [8443, 443],
+          "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
+          "identities": [ { "name": "x", "cluster": "a|x", "principals": ["*"] } ],
+          "defaultIdentity": { "name": "d", "cluster": "a|d" } },
+        { "name": "b", "hosts": ["b.example"], "ports": [443],
+          "identities": [ { "name": "x", "cluster": "b|x", "principals": ["*"] } ] }
+      ]
+    }"#;
+
+    fn policy(text: &str) -> PolicyFile {
+        PolicyFile::parse(text).unwrap()
+    }
+
+    #[test]
+    fn one_cluster_per_identity_with_its_secret_sni_and_upstream() {
+        let mut opts = EnvoyOptions::default();
+        opts.upstreams.insert("b".into(), "10.0.0.7:9443".parse().unwrap());
+        opts.ca_secrets.insert("a".into(), "shared-ca".into());
+        let out = render(&policy(POLICY), &opts).unwrap();
+        for cluster in ["- name: \"a|x\"", "- name: \"a|d\"", "- name: \"b|x\""] {
+            assert_eq!(out.matches(cluster).count(), 1, "{cluster}\n{out}");
+        }
+        assert!(out.contains("path: sds/external-x.yaml"), "{out}");
+        assert!(out.contains("path: sds/external-d.yaml"), "{out}");
+        assert!(out.contains("path: sds/shared-ca.yaml"), "{out}");
+        assert!(out.contains("path: sds/b-ca.yaml"), "{out}");
+        assert!(out.contains("sni: api.a.example"), "{out}");
+        assert!(out.contains("address: api.a.example\n") && out.contains("port_value: 8443"), "{out}");
+        assert!(out.contains("type: LOGICAL_DNS") && out.contains("type: STATIC"), "{out}");
+        assert!(out.contains("address: \"10.0.0.7\"\n") && out.contains("port_value: 9443"), "{out}");
+        assert!(out.contains("address: \"0.0.0.0\"\n") && out.contains("port_value: 10443"), "{out}");
+        assert!(out.contains("--upstream b=10.0.0.7:9443 --ca-secret a=shared-ca"), "{out}");
+        // The policy, verbatim, in the one `value: |` block after the StringValue type.
+        let block = format!(
+            "\"@type\": type.googleapis.com/google.protobuf.StringValue\n{pad}value: |\n{pad}  {{\n",
+            pad = " ".repeat(18)
+        );
+        assert!(out.contains(&block), "{out}");
+        assert!(out.contains("\"defaultIdentity\": { \"name\": \"d\", \"cluster\": \"a|d\" } },"), "{out}");
+        for must in [
+            "fail_open: false",
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+            "forward_client_cert_details: SANITIZE",
+            "cluster_header: x-egress-identity-cluster",
+            "max_connection_duration: 10s",
+            "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%",
+        ] {
+            assert!(out.contains(must), "{must}\n{out}");
+        }
+        let header_mutation = out.find("envoy.filters.http.header_mutation").unwrap();
+        let filter = out.find("envoy.filters.http.wasm").unwrap();
+        let router = out.find("envoy.filters.http.router").unwrap();
+        assert!(header_mutation < filter && filter < router);
+    }
+
+    #[test]
+    fn what_cannot_be_rendered_is_refused() {
+        let wildcard_only = POLICY.replace("\"*.a.example\", \"api.a.example\"", "\"*.a.example\"");
+        let e = render(&policy(&wildcard_only), &EnvoyOptions::default()).unwrap_err();
+        assert!(e.0.contains("destinations[0] (a): no exact host"), "{e}");
+        let shared = POLICY.replace("\"b|x\"", "\"a|x\"");
+        let e = render(&policy(&shared), &EnvoyOptions::default()).unwrap_err();
+        assert!(e.0.contains("cluster \"a|x\" is used by identity \"x\" of destination \"a\" and by identity \"x\" of destination \"b\""), "{e}");
+        let bad_name = POLICY.replace("\"name\": \"d\"", "\"name\": \"CN=d\"");
+        let e = render(&policy(&bad_name), &EnvoyOptions::default()).unwrap_err();
+        assert!(e.0.contains("\"CN=d\""), "{e}");
+        let mut opts = EnvoyOptions::default();
+        opts.upstreams.insert("nope".into(), "1.2.3.4:1".parse().unwrap());
+        let e = render(&policy(POLICY), &opts).unwrap_err();
+        assert!(e.0.contains("\"nope\" is not a destination"), "{e}");
+    }
+
+    #[test]
+    fn host_ports_parse() {
+        assert_eq!("127.0.0.1:10443".parse::<HostPort>().unwrap(), HostPort { host: "127.0.0.1".into(), port: 10443 });
+        assert_eq!("[::1]:9901".parse::<HostPort>().unwrap().to_string(), "[::1]:9901");
+        for bad in ["x", "x:0", "x:70000", ":80"] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad}");
+        }
+        assert_eq!(name_value::<HostPort>("a=b:1").unwrap().0, "a");
+        assert!(name_value::<HostPort>("a").is_err());
+    }
+}

@@ -1,0 +1,813 @@
+//! `render istio`: the manifests of an Istio egress gateway (sidecar mode, `examples/istio/egress-gateway/`)
+//! or an ambient egress waypoint (`examples/istio/egress-waypoint/`) for one policy file.
+
+use super::envoy::{identity_clusters, IdentityCluster};
+use super::{
+    commented, dns_san_validation, documents, first_exact_host, int, k8s_name, map, s, strs, PolicyFile, RenderError,
+    Yaml,
+};
+use egress_identity_core::config_document::PrincipalSource;
+
+/// The OCI image of the filter used when none is given (a placeholder registry, pinned by digest).
+pub const DEFAULT_IMAGE: &str =
+    "oci://ghcr.io/egress-identity/egress-identity@sha256:2a1687c927a5535132f20243997ecc3f4269c34287994305a162c2577c78eeb0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IstioMode {
+    /// An Istio egress gateway in sidecar mode (EnvoyFilter for clusters and route).
+    Gateway,
+    /// An ambient egress waypoint (ServiceEntry + DestinationRule per identity, HTTPRoute; no EnvoyFilter).
+    Waypoint,
+}
+
+impl IstioMode {
+    pub fn default_namespace(self) -> &'static str {
+        match self {
+            Self::Gateway => "istio-egress",
+            Self::Waypoint => "egress-waypoint",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IstioOptions {
+    pub mode: IstioMode,
+    pub namespace: String,
+    pub image: String,
+}
+
+/// The waypoint's Gateway name.
+const WAYPOINT: &str = "egress-waypoint";
+/// The egress gateway's Gateway name and server port name.
+const GATEWAY: &str = "egress-identity";
+const SERVER_PORT_NAME: &str = "https-egress-identity";
+
+struct Dest {
+    name: String,
+    host: String,
+    port: u16,
+}
+
+/// Destinations with their first exact host and first port; applications call `http://<host>/`, so the
+/// policy's `defaultPort` must be one of the destination's ports.
+pub(super) fn destinations(policy: &PolicyFile) -> Result<Vec<(String, String, u16)>, RenderError> {
+    let mut out = Vec::new();
+    for (i, d) in policy.spec.destinations.iter().enumerate() {
+        let host = first_exact_host(&d.hosts).ok_or_else(|| {
+            RenderError(format!("destinations[{i}] ({}): no exact host to publish to applications", d.name))
+        })?;
+        if !d.ports.contains(&u32::from(policy.spec.default_port)) {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): applications call http://{host}/ (no port), which the filter reads as defaultPort {}; list it in ports",
+                d.name, policy.spec.default_port
+            )));
+        }
+        let port = d.ports.first().and_then(|p| u16::try_from(*p).ok()).unwrap_or(443);
+        out.push((d.name.clone(), host.to_string(), port));
+    }
+    Ok(out)
+}
+
+fn meta(name: &str, namespace: &str) -> Yaml {
+    map([("name", s(name)), ("namespace", s(namespace))])
+}
+
+fn object(api_version: &str, kind: &str, metadata: Yaml, spec: Yaml) -> Yaml {
+    map([("apiVersion", s(api_version)), ("kind", s(kind)), ("metadata", metadata), ("spec", spec)])
+}
+
+/// `egress-identity-<identity>`: the Secret with tls.crt, tls.key and ca.crt of an external identity.
+pub fn identity_secret(identity: &str) -> String {
+    format!("egress-identity-{}", k8s_name(identity))
+}
+
+fn check_k8s_names(clusters: &[IdentityCluster]) -> Result<(), RenderError> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for c in clusters {
+        let name = k8s_name(&c.identity);
+        if name.is_empty() {
+            return Err(RenderError(format!("identity {:?}: no Kubernetes name can be made from it", c.identity)));
+        }
+        if let Some((_, other)) = seen.iter().find(|(n, other)| *n == name && *other != c.identity) {
+            return Err(RenderError(format!(
+                "identities {other:?} and {:?} would share the Kubernetes name {name:?}",
+                c.identity
+            )));
+        }
+        seen.push((name, &c.identity));
+    }
+    Ok(())
+}
+
+fn require_source(policy: &PolicyFile, source: PrincipalSource, mode: &str, why: &str) -> Result<(), RenderError> {
+    if policy.spec.principal_sources.contains(&source) {
+        Ok(())
+    } else {
+        let name = match source {
+            PrincipalSource::PeerCertificate => "peer_certificate",
+            PrincipalSource::IstioPeerPrincipal => "istio_peer_principal",
+        };
+        Err(RenderError(format!("principalSources must include {name} for {mode}: {why}")))
+    }
+}
+
+fn istio_principal(pattern: &str) -> String {
+    pattern.strip_prefix("spiffe://").unwrap_or(pattern).to_string()
+}
+
+fn wasm_plugin(policy: &PolicyFile, opts: &IstioOptions, attach: (&str, Yaml), comment: &str) -> Yaml {
+    commented(
+        comment,
+        object(
+            "extensions.istio.io/v1alpha1",
+            "WasmPlugin",
+            meta("egress-identity", &opts.namespace),
+            map([
+                attach,
+                (
+                    "url",
+                    commented(
+                        "The Wasm variant of the filter's OCI image, pinned by manifest digest (Istio checks the pulled\nimage against it). `make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` pushes it and\nrewrites this line; render with --image to keep it.",
+                        s(&opts.image),
+                    ),
+                ),
+                ("imagePullPolicy", s("IfNotPresent")),
+                ("type", s("HTTP")),
+                ("phase", s("AUTHZ")),
+                ("failStrategy", s("FAIL_CLOSE")),
+                ("pluginConfig", commented("The policy file, verbatim (README.md, Configuration reference).", policy.flow())),
+            ]),
+        ),
+    )
+}
+
+fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
+    let header = policy.config.headers.cluster.to_string();
+    let mut rules = Vec::new();
+    for d in &policy.spec.destinations {
+        for i in &d.identities {
+            rules.push(map([
+                (
+                    "from",
+                    Yaml::Seq(vec![map([(
+                        "source",
+                        map([("notPrincipals", strs(i.principals.iter().map(|p| istio_principal(p))))]),
+                    )])]),
+                ),
+                (
+                    "when",
+                    Yaml::Seq(vec![map([
+                        ("key", s(format!("request.headers[{header}]"))),
+                        ("values", strs([i.cluster.as_str()])),
+                    ])]),
+                ),
+            ]));
+        }
+    }
+    commented(
+        "Optional defense in depth, evaluated by Istio's RBAC filter after the egress-identity filter (phase\nAUTHZ). With the filter in place these rules never match; they matter if the WasmPlugin is missing or\nmisconfigured: a caller could then choose another identity by sending the cluster header itself. Each\nrule denies a request whose cluster header names an identity whose principals do not include the\ncaller (a defaultIdentity has none and is not guarded).",
+        object(
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            meta("egress-identity-cluster-guard", namespace),
+            map([attach, ("action", s("DENY")), ("rules", Yaml::Seq(rules))]),
+        ),
+    )
+}
+
+fn namespace_doc(namespace: &str, comment: &str) -> Yaml {
+    commented(
+        comment,
+        map([("apiVersion", s("v1")), ("kind", s("Namespace")), ("metadata", map([("name", s(namespace))]))]),
+    )
+}
+
+fn removed_headers(policy: &PolicyFile) -> Yaml {
+    strs([
+        policy.config.headers.cluster.to_string(),
+        policy.config.headers.principal.to_string(),
+        "x-forwarded-client-cert".to_string(),
+    ])
+}
+
+fn generated(mode: &str) -> String {
+    format!("GENERATED by `egress-identity render istio --mode {mode} policy.json` (make render): edit the policy.\n")
+}
+
+fn file(name: &str, mode: &str, docs: Vec<Yaml>) -> (String, String) {
+    let mut text = String::new();
+    for line in generated(mode).lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&documents(&docs));
+    (name.to_string(), text)
+}
+
+/// The manifests, as `(file name, multi-document YAML)` in apply order.
+pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, String)>, RenderError> {
+    let clusters = identity_clusters(policy)?;
+    check_k8s_names(&clusters)?;
+    let dests: Vec<Dest> =
+        destinations(policy)?.into_iter().map(|(name, host, port)| Dest { name, host, port }).collect();
+    match opts.mode {
+        IstioMode::Gateway => {
+            require_source(
+                policy,
+                PrincipalSource::PeerCertificate,
+                "an egress gateway",
+                "it terminates the caller's Istio mTLS",
+            )?;
+            Ok(gateway(policy, opts, &clusters, &dests))
+        }
+        IstioMode::Waypoint => {
+            require_source(
+                policy,
+                PrincipalSource::IstioPeerPrincipal,
+                "a waypoint",
+                "the caller's ztunnel terminates HBONE",
+            )?;
+            Ok(waypoint(policy, opts, &clusters, &dests))
+        }
+    }
+}
+
+fn dest_of<'a>(dests: &'a [Dest], name: &str) -> Option<&'a Dest> {
+    dests.iter().find(|d| d.name == name)
+}
+
+fn gateway(
+    policy: &PolicyFile,
+    opts: &IstioOptions,
+    clusters: &[IdentityCluster],
+    dests: &[Dest],
+) -> Vec<(String, String)> {
+    let ns = opts.namespace.as_str();
+    let gateway_host = format!("istio-egressgateway.{ns}.svc.cluster.local");
+    let selector = || map([("istio", s("egressgateway"))]);
+    let cluster_header = policy.config.headers.cluster.to_string();
+
+    let namespace = namespace_doc(
+        ns,
+        "egress-identity on an Istio (sidecar mode) egress gateway. Apply the files of this directory in order;\nsee README.md for the gateway installation and the per-identity Secrets. The gateway runs in its own\nnamespace so that its WasmPlugin, EnvoyFilter and Secrets (istiod only hands a Secret to proxies of its\nnamespace) touch nothing else.",
+    );
+
+    let service_entries = dests
+        .iter()
+        .map(|d| {
+            commented(
+                format!(
+                    "Destination {}: applications call http://{}/ (port 80); their sidecar sends the request to the\negress gateway over Istio mTLS, where the filter picks the per-identity cluster that originates TLS\nto port {}. Port 80 is the only port: no TLS passthrough lets a workload skip the gateway.",
+                    d.name, d.host, d.port
+                ),
+                object(
+                    "networking.istio.io/v1",
+                    "ServiceEntry",
+                    meta(&k8s_name(&d.host), ns),
+                    external_service_entry_spec(&d.host, d.port),
+                ),
+            )
+        })
+        .collect();
+
+    let gateway_doc = commented(
+        format!("The gateway server. ISTIO_MUTUAL: the gateway terminates the sidecar's Istio mTLS and requires its\nworkload certificate, which the filter reads (principalSources peer_certificate). Istio names the route\nconfiguration of this server https.443.{SERVER_PORT_NAME}.{GATEWAY}.{ns}; the EnvoyFilter matches it by\ngateway and port name."),
+        object(
+            "networking.istio.io/v1",
+            "Gateway",
+            meta(GATEWAY, ns),
+            map([
+                ("selector", selector()),
+                (
+                    "servers",
+                    Yaml::Seq(vec![map([
+                        (
+                            "port",
+                            map([("number", int(443)), ("name", s(SERVER_PORT_NAME)), ("protocol", s("HTTPS"))]),
+                        ),
+                        ("hosts", strs(dests.iter().map(|d| d.host.as_str()))),
+                        ("tls", map([("mode", s("ISTIO_MUTUAL"))])),
+                    ])]),
+                ),
+            ]),
+        ),
+    );
+
+    let destination_rule = commented(
+        "Sidecars reach the egress gateway with Istio mTLS and the destination's host as SNI (one subset per\ndestination): the SNI selects the gateway server; auto-mTLS alone would send the gateway Service's SNI.",
+        object(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            meta("egress-identity-gateway", ns),
+            map([
+                ("host", s(&gateway_host)),
+                (
+                    "subsets",
+                    Yaml::Seq(
+                        dests
+                            .iter()
+                            .map(|d| {
+                                map([
+                                    ("name", s(k8s_name(&d.name))),
+                                    (
+                                        "trafficPolicy",
+                                        map([(
+                                            "portLevelSettings",
+                                            Yaml::Seq(vec![map([
+                                                ("port", map([("number", int(443))])),
+                                                ("tls", map([("mode", s("ISTIO_MUTUAL")), ("sni", s(&d.host))])),
+                                            ])]),
+                                        )]),
+                                    ),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ]),
+        ),
+    );
+
+    let virtual_services = dests
+        .iter()
+        .map(|d| {
+            commented(
+                format!("Two hops for {}: in every sidecar (gateway `mesh`) requests go to the egress gateway; in the\ngateway, route `{}` answers 503 until the EnvoyFilter turns it into `cluster_header`, so nothing\nleaves without an identity if the patch ever stops applying. The patch finds the route by its name.", d.host, k8s_name(&d.name)),
+                object(
+                    "networking.istio.io/v1",
+                    "VirtualService",
+                    meta(&format!("{}-via-egress", k8s_name(&d.host)), ns),
+                    map([
+                        ("hosts", strs([d.host.as_str()])),
+                        ("gateways", strs(["mesh", GATEWAY])),
+                        (
+                            "http",
+                            Yaml::Seq(vec![
+                                map([
+                                    ("name", s("mesh-to-egress-gateway")),
+                                    ("match", Yaml::Seq(vec![map([("gateways", strs(["mesh"])), ("port", int(80))])])),
+                                    (
+                                        "route",
+                                        Yaml::Seq(vec![map([(
+                                            "destination",
+                                            map([
+                                                ("host", s(&gateway_host)),
+                                                ("subset", s(k8s_name(&d.name))),
+                                                ("port", map([("number", int(443))])),
+                                            ]),
+                                        )])]),
+                                    ),
+                                ]),
+                                map([
+                                    ("name", s(k8s_name(&d.name))),
+                                    ("match", Yaml::Seq(vec![map([("gateways", strs([GATEWAY])), ("port", int(443))])])),
+                                    (
+                                        "directResponse",
+                                        map([
+                                            ("status", int(503)),
+                                            ("body", map([("string", s("{\"error\":\"egress-identity route patch not applied\"}"))])),
+                                        ]),
+                                    ),
+                                ]),
+                            ]),
+                        ),
+                    ]),
+                ),
+            )
+        })
+        .collect();
+
+    let mut patches = Vec::new();
+    for c in clusters {
+        let Some(d) = dest_of(dests, &c.destination) else { continue };
+        let secret = identity_secret(&c.identity);
+        let ads = || map([("ads", Yaml::Map(vec![])), ("resource_api_version", s("V3"))]);
+        patches.push(commented(
+            format!("external identity {} of {}: client certificate from Secret {secret}", c.identity, c.destination),
+            map([
+                ("applyTo", s("CLUSTER")),
+                ("match", map([("context", s("GATEWAY"))])),
+                (
+                    "patch",
+                    map([
+                        ("operation", s("ADD")),
+                        (
+                            "value",
+                            map([
+                                ("name", s(&c.cluster)),
+                                ("type", s("LOGICAL_DNS")),
+                                ("dns_lookup_family", s("V4_PREFERRED")),
+                                ("connect_timeout", s("5s")),
+                                (
+                                    "load_assignment",
+                                    map([
+                                        ("cluster_name", s(&c.cluster)),
+                                        (
+                                            "endpoints",
+                                            Yaml::Seq(vec![map([(
+                                                "lb_endpoints",
+                                                Yaml::Seq(vec![map([(
+                                                    "endpoint",
+                                                    map([(
+                                                        "address",
+                                                        map([(
+                                                            "socket_address",
+                                                            map([("address", s(&d.host)), ("port_value", int(d.port))]),
+                                                        )]),
+                                                    )]),
+                                                )])]),
+                                            )])]),
+                                        ),
+                                    ]),
+                                ),
+                                (
+                                    "transport_socket",
+                                    map([
+                                        ("name", s("envoy.transport_sockets.tls")),
+                                        (
+                                            "typed_config",
+                                            map([
+                                                ("@type", s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")),
+                                                ("sni", s(&d.host)),
+                                                (
+                                                    "common_tls_context",
+                                                    map([
+                                                        ("tls_params", map([("tls_minimum_protocol_version", s("TLSv1_2"))])),
+                                                        ("alpn_protocols", strs(["http/1.1"])),
+                                                        (
+                                                            "tls_certificate_sds_secret_configs",
+                                                            Yaml::Seq(vec![map([
+                                                                ("name", s(format!("kubernetes://{secret}"))),
+                                                                ("sds_config", ads()),
+                                                            ])]),
+                                                        ),
+                                                        (
+                                                            "combined_validation_context",
+                                                            dns_san_validation(
+                                                                &d.host,
+                                                                map([
+                                                                    ("name", s(format!("kubernetes://{secret}-cacert"))),
+                                                                    ("sds_config", ads()),
+                                                                ]),
+                                                            ),
+                                                        ),
+                                                    ]),
+                                                ),
+                                            ]),
+                                        ),
+                                    ]),
+                                ),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ));
+    }
+    for d in dests {
+        patches.push(commented(
+            format!("the gateway route `{}` (virtual host `{}:443`): MERGE replaces the placeholder 503 by\n`cluster_header` and appends the internal headers to request_headers_to_remove.", k8s_name(&d.name), d.host),
+            map([
+                ("applyTo", s("HTTP_ROUTE")),
+                (
+                    "match",
+                    map([
+                        ("context", s("GATEWAY")),
+                        (
+                            "routeConfiguration",
+                            map([
+                                ("gateway", s(format!("{ns}/{GATEWAY}"))),
+                                ("portName", s(SERVER_PORT_NAME)),
+                                ("vhost", map([("name", s(format!("{}:443", d.host))), ("route", map([("name", s(k8s_name(&d.name)))]))])),
+                            ]),
+                        ),
+                    ]),
+                ),
+                (
+                    "patch",
+                    map([
+                        ("operation", s("MERGE")),
+                        (
+                            "value",
+                            map([
+                                ("route", map([("cluster_header", s(&cluster_header)), ("timeout", s("30s"))])),
+                                ("request_headers_to_remove", removed_headers(policy)),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ));
+    }
+    let envoy_filter = commented(
+        "What Istio's APIs cannot express: one upstream cluster per external identity, each presenting that\nidentity's client certificate, and a gateway route that picks the cluster named by the filter's header.\nCertificates come from istiod over SDS (`kubernetes://<secret>`, the mechanism behind credentialName):\nSecret egress-identity-<identity> in this namespace with tls.crt, tls.key and ca.crt (the partner's CA,\n`kubernetes://<secret>-cacert`). EnvoyFilter depends on what istiod generates: re-check it after every\nIstio upgrade (`istioctl proxy-config cluster|route`).",
+        object(
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            meta("egress-identity", ns),
+            map([("workloadSelector", map([("labels", selector())])), ("configPatches", Yaml::Seq(patches))]),
+        ),
+    );
+
+    let plugin = wasm_plugin(
+        policy,
+        opts,
+        ("selector", map([("matchLabels", selector())])),
+        "The egress-identity filter on the egress gateway pods. phase AUTHZ: before Istio's RBAC and stats\nfilters and the router, which reads the cluster header the filter sets. FAIL_CLOSE: a module that cannot\nbe fetched or refuses its configuration is replaced by a deny-all. The plugin sees every HTTP request of\nthese pods (unknown hosts are denied): dedicate the deployment to identity-aware egress.",
+    );
+    let auth = guard(policy, ns, ("selector", map([("matchLabels", selector())])));
+
+    let m = "gateway";
+    vec![
+        file("00-namespace.yaml", m, vec![namespace]),
+        file("service-entry.yaml", m, service_entries),
+        file("gateway.yaml", m, vec![gateway_doc]),
+        file("destination-rule.yaml", m, vec![destination_rule]),
+        file("virtual-service.yaml", m, virtual_services),
+        file("envoy-filter.yaml", m, vec![envoy_filter]),
+        file("wasm-plugin.yaml", m, vec![plugin]),
+        file("authorization-policy.yaml", m, vec![auth]),
+    ]
+}
+
+fn internal_host(c: &IdentityCluster) -> String {
+    format!("{}.{}.egress-identity.internal", k8s_name(&c.identity), k8s_name(&c.destination))
+}
+
+fn identity_object_name(c: &IdentityCluster) -> String {
+    format!("{}-{}", k8s_name(&c.destination), k8s_name(&c.identity))
+}
+
+fn waypoint(
+    policy: &PolicyFile,
+    opts: &IstioOptions,
+    clusters: &[IdentityCluster],
+    dests: &[Dest],
+) -> Vec<(String, String)> {
+    let ns = opts.namespace.as_str();
+    let target = || {
+        Yaml::Seq(vec![map([("group", s("gateway.networking.k8s.io")), ("kind", s("Gateway")), ("name", s(WAYPOINT))])])
+    };
+    let namespace = namespace_doc(
+        ns,
+        "egress-identity on an Istio ambient egress waypoint -- an alternative to the egress gateway: apply one\nof the two. The waypoint, its ServiceEntries, DestinationRules and the per-identity Secrets (istiod only\nhands a Secret to proxies of its namespace) share this namespace. See README.md.",
+    );
+    let waypoint_doc = commented(
+        "The egress waypoint: traffic to ServiceEntries labelled istio.io/use-waypoint reaches it over HBONE from\nthe caller's ztunnel, which carries the caller's identity; the waypoint exposes it to the filter as\nfilter state io.istio.peer_principal (principalSources istio_peer_principal).",
+        map([
+            ("apiVersion", s("gateway.networking.k8s.io/v1")),
+            ("kind", s("Gateway")),
+            (
+                "metadata",
+                map([
+                    ("name", s(WAYPOINT)),
+                    ("namespace", s(ns)),
+                    ("labels", map([("istio.io/waypoint-for", s("service"))])),
+                ]),
+            ),
+            (
+                "spec",
+                map([
+                    ("gatewayClassName", s("istio-waypoint")),
+                    (
+                        "listeners",
+                        Yaml::Seq(vec![map([("name", s("mesh")), ("port", int(15008)), ("protocol", s("HBONE"))])]),
+                    ),
+                ]),
+            ),
+        ]),
+    );
+
+    let mut entries = Vec::new();
+    for d in dests {
+        entries.push(commented(
+            format!("Destination {}: what applications call (http://{}/, port 80), bound to the waypoint. The only\nport is 80: no TLS passthrough to the partner skips the waypoint.", d.name, d.host),
+            map([
+                ("apiVersion", s("networking.istio.io/v1")),
+                ("kind", s("ServiceEntry")),
+                (
+                    "metadata",
+                    map([
+                        ("name", s(k8s_name(&d.host))),
+                        ("namespace", s(ns)),
+                        ("labels", map([("istio.io/use-waypoint", s(WAYPOINT))])),
+                    ]),
+                ),
+                (
+                    "spec",
+                    external_service_entry_spec(&d.host, d.port),
+                ),
+            ]),
+        ));
+    }
+    let mut rules_by_dest: Vec<(&Dest, Vec<Yaml>)> = dests.iter().map(|d| (d, Vec::new())).collect();
+    let mut drs = Vec::new();
+    for c in clusters {
+        let Some(d) = dest_of(dests, &c.destination) else { continue };
+        let host = internal_host(c);
+        entries.push(commented(
+            format!("External identity {} of {}: an internal host with its own DestinationRule, so its own client\ncertificate. exportTo \".\": only the waypoint's routes can address it.", c.identity, c.destination),
+            object(
+                "networking.istio.io/v1",
+                "ServiceEntry",
+                meta(&identity_object_name(c), ns),
+                map([
+                    ("hosts", strs([host.as_str()])),
+                    ("exportTo", strs(["."])),
+                    ("location", s("MESH_EXTERNAL")),
+                    ("resolution", s("DNS")),
+                    (
+                        "endpoints",
+                        Yaml::Seq(vec![map([("address", s(&d.host)), ("ports", map([("http", int(d.port))]))])]),
+                    ),
+                    ("ports", Yaml::Seq(vec![map([("number", int(80)), ("name", s("http")), ("protocol", s("HTTP"))])])),
+                ]),
+            ),
+        ));
+        drs.push(commented(
+            format!("TLS origination as {}: Secret {} (tls.crt, tls.key, ca.crt), delivered over SDS;\nupdating the Secret rotates the certificate without a restart.", c.identity, identity_secret(&c.identity)),
+            object(
+                "networking.istio.io/v1",
+                "DestinationRule",
+                meta(&identity_object_name(c), ns),
+                map([
+                    ("host", s(&host)),
+                    ("exportTo", strs(["."])),
+                    (
+                        "trafficPolicy",
+                        map([(
+                            "tls",
+                            map([
+                                ("mode", s("MUTUAL")),
+                                ("credentialName", s(identity_secret(&c.identity))),
+                                ("sni", s(&d.host)),
+                                ("subjectAltNames", strs([d.host.as_str()])),
+                            ]),
+                        )]),
+                    ),
+                ]),
+            ),
+        ));
+        if let Some((_, rules)) = rules_by_dest.iter_mut().find(|(rd, _)| rd.name == d.name) {
+            rules.push(map([
+                ("name", s(k8s_name(&c.identity))),
+                (
+                    "matches",
+                    Yaml::Seq(vec![map([(
+                        "headers",
+                        Yaml::Seq(vec![map([
+                            ("type", s("Exact")),
+                            ("name", s(policy.config.headers.cluster.to_string())),
+                            ("value", s(&c.cluster)),
+                        ])]),
+                    )])]),
+                ),
+                (
+                    "filters",
+                    Yaml::Seq(vec![map([
+                        ("type", s("RequestHeaderModifier")),
+                        ("requestHeaderModifier", map([("remove", removed_headers(policy))])),
+                    ])]),
+                ),
+                (
+                    "backendRefs",
+                    Yaml::Seq(vec![map([
+                        ("group", s("networking.istio.io")),
+                        ("kind", s("Hostname")),
+                        ("name", s(&host)),
+                        ("port", int(80)),
+                    ])]),
+                ),
+            ]));
+        }
+    }
+    let routes = rules_by_dest
+        .into_iter()
+        .map(|(d, rules)| {
+            commented(
+                format!("Routing in the waypoint by the filter's decision (EnvoyFilter is not supported on waypoints): one\nrule per identity of {} matches the value the filter writes into the cluster header (`identities[].cluster`,\na routing key here) and sends the request to that identity's ServiceEntry. Without one of these values\n(the filter did not run) no rule matches: 404, nothing is forwarded.", d.name),
+                object(
+                    "gateway.networking.k8s.io/v1",
+                    "HTTPRoute",
+                    meta(&format!("{}-identities", k8s_name(&d.host)), ns),
+                    map([
+                        (
+                            "parentRefs",
+                            Yaml::Seq(vec![map([
+                                ("group", s("networking.istio.io")),
+                                ("kind", s("ServiceEntry")),
+                                ("name", s(k8s_name(&d.host))),
+                            ])]),
+                        ),
+                        ("rules", Yaml::Seq(rules)),
+                    ]),
+                ),
+            )
+        })
+        .collect();
+    let plugin = wasm_plugin(
+        policy,
+        opts,
+        ("targetRefs", target()),
+        "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. FAIL_CLOSE: a module\nthat cannot be loaded or refuses its configuration is replaced by a deny-all.",
+    );
+    let auth = guard(policy, ns, ("targetRefs", target()));
+    let m = "waypoint";
+    vec![
+        file("00-namespace.yaml", m, vec![namespace]),
+        file("waypoint.yaml", m, vec![waypoint_doc]),
+        file("service-entries.yaml", m, entries),
+        file("destination-rules.yaml", m, drs),
+        file("http-route.yaml", m, routes),
+        file("authorization-policy.yaml", m, vec![auth]),
+        file("wasm-plugin.yaml", m, vec![plugin]),
+    ]
+}
+
+/// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
+/// mesh), forwarded to the partner's `target_port`; shared by the gateway and the waypoint layouts.
+fn external_service_entry_spec(host: &str, target_port: u16) -> Yaml {
+    map([
+        ("hosts", strs([host])),
+        ("location", s("MESH_EXTERNAL")),
+        ("resolution", s("DNS")),
+        (
+            "ports",
+            Yaml::Seq(vec![map([
+                ("number", int(80)),
+                ("name", s("http")),
+                ("protocol", s("HTTP")),
+                ("targetPort", int(target_port)),
+            ])]),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"{ "trustDomains": ["cluster.local"],
+      "destinations": [
+        { "name": "a", "hosts": ["a.example"], "ports": [443],
+          "identities": [ { "name": "x.one", "cluster": "a|x", "principals": ["spiffe://cluster.local/ns/t/sa/x"] } ] },
+        { "name": "b", "hosts": ["*.b.example", "api.b.example"], "ports": [443, 8443],
+          "identities": [ { "name": "y", "cluster": "b|y", "principals": ["cluster.local/ns/t/*"] } ],
+          "defaultIdentity": { "name": "z", "cluster": "b|z" } } ] }"#;
+
+    fn opts(mode: IstioMode) -> IstioOptions {
+        IstioOptions { mode, namespace: mode.default_namespace().into(), image: DEFAULT_IMAGE.into() }
+    }
+
+    fn all(files: &[(String, String)]) -> String {
+        files.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("---\n")
+    }
+
+    #[test]
+    fn gateway_mode_has_a_cluster_per_identity_and_a_route_patch_per_destination() {
+        let files = render(&PolicyFile::parse(POLICY).unwrap(), &opts(IstioMode::Gateway)).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[0], "00-namespace.yaml");
+        let out = all(&files);
+        assert_eq!(out.matches("applyTo: CLUSTER").count(), 3, "{out}");
+        assert_eq!(out.matches("applyTo: HTTP_ROUTE").count(), 2, "{out}");
+        assert!(out.contains("name: kubernetes://egress-identity-x-one\n"), "{out}");
+        assert!(out.contains("name: api.b.example:443\n"), "{out}");
+        assert!(out.contains("- cluster.local/ns/t/sa/x\n"), "guard principals without spiffe://: {out}");
+        assert!(out.contains("pluginConfig:\n    # ") || out.contains("pluginConfig:\n    {"), "{out}");
+        assert_eq!(out.matches("kind: VirtualService").count(), 2);
+    }
+
+    #[test]
+    fn waypoint_mode_routes_each_identity_to_its_own_service_entry() {
+        let policy =
+            POLICY.replace("\"trustDomains\"", "\"principalSources\": [\"istio_peer_principal\"], \"trustDomains\"");
+        let out = all(&render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Waypoint)).unwrap());
+        for host in ["x-one.a.egress-identity.internal", "y.b.egress-identity.internal", "z.b.egress-identity.internal"]
+        {
+            assert_eq!(out.matches(&format!("name: {host}\n")).count(), 1, "{host}: {out}");
+        }
+        assert_eq!(out.matches("kind: HTTPRoute").count(), 2);
+        assert_eq!(out.matches("credentialName: egress-identity-").count(), 3);
+        let e = render(
+            &PolicyFile::parse(
+                POLICY
+                    .replace("\"trustDomains\"", "\"principalSources\": [\"peer_certificate\"], \"trustDomains\"")
+                    .as_str(),
+            )
+            .unwrap(),
+            &opts(IstioMode::Waypoint),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("istio_peer_principal"), "{e}");
+    }
+
+    #[test]
+    fn default_port_must_be_a_destination_port() {
+        let policy = POLICY.replace("\"ports\": [443],", "\"ports\": [8443],");
+        let e = render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Gateway)).unwrap_err();
+        assert!(e.0.contains("destinations[0] (a)") && e.0.contains("defaultPort 443"), "{e}");
+        let clash = POLICY.replace("\"name\": \"y\"", "\"name\": \"x-one\"");
+        let e = render(&PolicyFile::parse(&clash).unwrap(), &opts(IstioMode::Gateway)).unwrap_err();
+        assert!(e.0.contains("share the Kubernetes name \"x-one\""), "{e}");
+    }
+}

@@ -1,0 +1,432 @@
+//! `egress-identity render`: the Envoy bootstrap and the Istio and Kuma manifests that go with one policy
+//! file, so nobody writes per-identity YAML by hand. Native only (never part of the wasm build).
+//!
+//! Every renderer builds a [`Yaml`] tree (ordered maps, comments, literal blocks) and prints it with the
+//! small deterministic emitter below: the same policy and options always give the same bytes, so the
+//! committed outputs (`envoy/gateway.yaml`, `examples/`) can be compared with a fresh render in the tests.
+
+pub mod envoy;
+pub mod istio;
+pub mod kuma;
+
+use std::fmt::Write as _;
+
+use egress_identity_core::config::Config;
+use egress_identity_core::config_document::PluginConfigSpec;
+use egress_identity_core::config_error::ConfigError;
+
+/// A YAML node. Maps keep their insertion order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Yaml {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    /// A string printed as a literal block scalar (`key: |`), e.g. an embedded JSON document.
+    Literal(String),
+    /// Text that is already YAML in flow style (e.g. pretty JSON), printed verbatim, re-indented.
+    Flow(String),
+    Seq(Vec<Yaml>),
+    Map(Vec<(String, Yaml)>),
+    /// A node preceded by comment lines (printed before its map entry or sequence item).
+    Commented(String, Box<Yaml>),
+}
+
+/// A map from `(key, value)` pairs, in this order.
+pub fn map<K: Into<String>>(entries: impl IntoIterator<Item = (K, Yaml)>) -> Yaml {
+    Yaml::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+/// A string scalar.
+pub fn s(value: impl Into<String>) -> Yaml {
+    Yaml::Str(value.into())
+}
+
+/// An integer scalar.
+pub fn int(value: impl Into<i64>) -> Yaml {
+    Yaml::Int(value.into())
+}
+
+/// A sequence of strings.
+pub fn strs<S: Into<String>>(values: impl IntoIterator<Item = S>) -> Yaml {
+    Yaml::Seq(values.into_iter().map(|v| Yaml::Str(v.into())).collect())
+}
+
+/// `node` preceded by the comment `text` (one `# ` line per line of text).
+pub fn commented(text: impl Into<String>, node: Yaml) -> Yaml {
+    Yaml::Commented(text.into(), Box::new(node))
+}
+
+impl From<&serde_json::Value> for Yaml {
+    fn from(value: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        match value {
+            Value::Null => Yaml::Flow("null".into()),
+            Value::Bool(b) => Yaml::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Int(i),
+                None => Yaml::Flow(n.to_string()),
+            },
+            Value::String(text) => Yaml::Str(text.clone()),
+            Value::Array(items) => Yaml::Seq(items.iter().map(Yaml::from).collect()),
+            Value::Object(object) => Yaml::Map(object.iter().map(|(k, v)| (k.clone(), Yaml::from(v))).collect()),
+        }
+    }
+}
+
+const RESERVED: &[&str] = &["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"];
+
+/// Whether `text` can be printed as a plain scalar and read back as the same string (YAML 1.1 and 1.2).
+fn plain_ok(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let Some(&first) = bytes.first() else { return false };
+    if RESERVED.iter().any(|r| text.eq_ignore_ascii_case(r)) {
+        return false;
+    }
+    if first.is_ascii_digit() {
+        // Only durations such as `10s`, `5m`: never a number, a time or a version in YAML 1.1.
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = text.get(digits.len()..).unwrap_or("");
+        return !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && ["s", "ms", "m", "h"].contains(&unit);
+    }
+    if !(first.is_ascii_alphabetic() || first == b'/' || first == b'_') {
+        return false;
+    }
+    let body_ok = |b: u8| b.is_ascii_alphanumeric() || b"_./-@*:".contains(&b);
+    bytes.iter().all(|b| body_ok(*b)) && !text.ends_with(':') && !text.contains(": ")
+}
+
+/// A scalar string as YAML: plain when unambiguous, else double-quoted (JSON escaping is valid YAML).
+pub fn scalar(text: &str) -> String {
+    if plain_ok(text) {
+        text.to_string()
+    } else {
+        serde_json::Value::String(text.to_string()).to_string()
+    }
+}
+
+fn comment_lines(out: &mut String, pad: &str, text: &str) {
+    for line in text.lines() {
+        if line.is_empty() {
+            let _ = writeln!(out, "{pad}#");
+        } else {
+            let _ = writeln!(out, "{pad}# {line}");
+        }
+    }
+}
+
+fn is_inline(node: &Yaml) -> bool {
+    match node {
+        Yaml::Seq(items) => items.is_empty(),
+        Yaml::Map(entries) => entries.is_empty(),
+        Yaml::Literal(text) => !literal_ok(text),
+        Yaml::Flow(text) => !text.contains('\n'),
+        Yaml::Commented(_, inner) => is_inline(inner),
+        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) => true,
+    }
+}
+
+fn literal_ok(text: &str) -> bool {
+    !text.is_empty()
+        && !text.starts_with([' ', '\t', '\n'])
+        && !text.contains(['\t', '\r'])
+        && !text.lines().any(|l| l.ends_with(' '))
+}
+
+fn inline(node: &Yaml) -> String {
+    match node {
+        Yaml::Bool(b) => b.to_string(),
+        Yaml::Int(i) => i.to_string(),
+        Yaml::Str(text) | Yaml::Literal(text) => scalar(text),
+        Yaml::Flow(text) => text.clone(),
+        Yaml::Seq(_) => "[]".into(),
+        Yaml::Map(_) => "{}".into(),
+        Yaml::Commented(_, inner) => inline(inner),
+    }
+}
+
+/// The header of a literal block: `|` keeps one final newline, `|-` none, `|+` all of them.
+fn literal_header(text: &str) -> &'static str {
+    if text.ends_with("\n\n") {
+        "|+"
+    } else if text.ends_with('\n') {
+        "|"
+    } else {
+        "|-"
+    }
+}
+
+fn block_lines(out: &mut String, pad: &str, text: &str) {
+    for line in text.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{pad}{line}");
+        }
+    }
+    // `|+` keeps trailing empty lines: lines() drops the last one.
+    if text.ends_with("\n\n") {
+        out.push('\n');
+    }
+}
+
+/// Writes `node` as the value after `prefix` (`key:` or `-`), at `indent` spaces.
+fn node_after(out: &mut String, indent: usize, prefix: &str, node: &Yaml, in_seq: bool) {
+    let pad = " ".repeat(indent);
+    match node {
+        Yaml::Commented(text, inner) => {
+            comment_lines(out, &pad, text);
+            node_after(out, indent, prefix, inner, in_seq);
+        }
+        n if is_inline(n) => {
+            let _ = writeln!(out, "{pad}{prefix} {}", inline(n));
+        }
+        Yaml::Literal(text) => {
+            let _ = writeln!(out, "{pad}{prefix} {}", literal_header(text));
+            block_lines(out, &" ".repeat(indent + 2), text);
+        }
+        Yaml::Flow(text) => {
+            let _ = writeln!(out, "{pad}{prefix}");
+            block_lines(out, &" ".repeat(indent + 2), text.trim_end());
+        }
+        Yaml::Seq(items) => {
+            let _ = writeln!(out, "{pad}{prefix}");
+            // Sequences in maps are not indented (`key:\n- a`), as kubectl and Envoy's docs write them.
+            let child = if in_seq { indent + 2 } else { indent };
+            seq(out, child, items);
+        }
+        Yaml::Map(entries) => {
+            if in_seq {
+                // `- key: value` with the following keys aligned under the first.
+                let mut first = String::new();
+                map_entries(&mut first, indent + 2, entries);
+                let inner_pad = " ".repeat(indent + 2);
+                let mut lines = first.lines();
+                // A leading comment stays above the `-`.
+                let mut head = Vec::new();
+                for line in lines.by_ref() {
+                    if line.trim_start().starts_with('#') {
+                        head.push(line.trim_start().to_string());
+                        continue;
+                    }
+                    for h in &head {
+                        let _ = writeln!(out, "{pad}{h}");
+                    }
+                    let _ = writeln!(out, "{pad}- {}", line.strip_prefix(&inner_pad).unwrap_or(line));
+                    break;
+                }
+                for line in lines {
+                    let _ = writeln!(out, "{line}");
+                }
+            } else {
+                let _ = writeln!(out, "{pad}{prefix}");
+                map_entries(out, indent + 2, entries);
+            }
+        }
+        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) => {}
+    }
+}
+
+fn seq(out: &mut String, indent: usize, items: &[Yaml]) {
+    for item in items {
+        node_after(out, indent, "-", item, true);
+    }
+}
+
+fn map_entries(out: &mut String, indent: usize, entries: &[(String, Yaml)]) {
+    for (key, value) in entries {
+        node_after(out, indent, &format!("{}:", scalar(key)), value, false);
+    }
+}
+
+/// One YAML document: `node` (a map or a sequence) in block style, ending with a newline.
+pub fn to_yaml(node: &Yaml) -> String {
+    let mut out = String::new();
+    match node {
+        Yaml::Commented(text, inner) => {
+            comment_lines(&mut out, "", text);
+            out.push_str(&to_yaml(inner));
+        }
+        Yaml::Map(entries) if !entries.is_empty() => map_entries(&mut out, 0, entries),
+        Yaml::Seq(items) if !items.is_empty() => seq(&mut out, 0, items),
+        other => {
+            let _ = writeln!(out, "{}", inline(other));
+        }
+    }
+    out
+}
+
+/// Several documents separated by `---`.
+pub fn documents(nodes: &[Yaml]) -> String {
+    nodes.iter().map(to_yaml).collect::<Vec<_>>().join("---\n")
+}
+
+/// A policy file, validated and ready to render.
+pub struct PolicyFile {
+    /// The file's text, embedded verbatim (trimmed, with one final newline) where a string is expected.
+    pub text: String,
+    pub spec: PluginConfigSpec,
+    pub config: Config,
+}
+
+impl PolicyFile {
+    /// Validates the policy as the filter would (every error with its JSON path) and parses it.
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
+        let config = Config::load(text.as_bytes())?;
+        let spec: PluginConfigSpec =
+            serde_json::from_str(text).map_err(|e| vec![ConfigError::new(".", e.to_string())])?;
+        Ok(Self { text: format!("{}\n", text.trim()), spec, config })
+    }
+
+    /// The policy as a flow-style YAML node (the JSON text, verbatim).
+    pub fn flow(&self) -> Yaml {
+        Yaml::Flow(self.text.clone())
+    }
+}
+
+/// An error that prevents rendering (the policy is valid, but cannot be rendered as asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderError(pub String);
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A name usable in SDS file names, Kubernetes object names and secret names derived from it.
+pub fn check_file_safe(what: &str, name: &str) -> Result<(), RenderError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RenderError(format!("{what} {name:?}: only letters, digits, '-', '_' and '.' can be rendered")))
+    }
+}
+
+/// An upstream `combined_validation_context`: the partner's certificate must carry `host` as a DNS SAN and
+/// chain to the CA from `ca_secret` (an SDS secret config). Shared by the Envoy and Istio renderers.
+pub fn dns_san_validation(host: &str, ca_secret: Yaml) -> Yaml {
+    map([
+        (
+            "default_validation_context",
+            map([(
+                "match_typed_subject_alt_names",
+                Yaml::Seq(vec![map([("san_type", s("DNS")), ("matcher", map([("exact", s(host))]))])]),
+            )]),
+        ),
+        ("validation_context_sds_secret_config", ca_secret),
+    ])
+}
+
+/// A Kubernetes DNS-1123 label made from `name` (lower case; other characters become `-`).
+pub fn k8s_name(name: &str) -> String {
+    let lowered: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    lowered.trim_matches('-').to_string()
+}
+
+/// The destination's first exact (non-wildcard) host.
+pub fn first_exact_host(hosts: &[String]) -> Option<&str> {
+    hosts.iter().map(String::as_str).find(|h| !h.starts_with('*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_are_plain_only_when_unambiguous() {
+        for plain in [
+            "abc",
+            "api.partner.example",
+            "10s",
+            "/v1/orders",
+            "spiffe://td/ns/a",
+            "type.googleapis.com/x.Y",
+            "oci://r/x@sha256:ab",
+        ] {
+            assert_eq!(scalar(plain), plain);
+        }
+        for quoted in [
+            "",
+            "yes",
+            "No",
+            "null",
+            "443",
+            "1.5",
+            "127.0.0.1",
+            "0x1f",
+            "@type",
+            "a: b",
+            "a:",
+            "partner-api|team.app1",
+            "%START_TIME%",
+            "*.x",
+            "-a",
+            "a #b",
+            "{a}",
+            "it's",
+            "10",
+            "1e3",
+            "5d",
+        ] {
+            let out = scalar(quoted);
+            assert!(out.starts_with('"'), "{quoted} -> {out}");
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), quoted);
+        }
+    }
+
+    #[test]
+    fn documents_are_block_style_with_comments_literals_and_flow() {
+        let doc = commented(
+            "head\n\nline",
+            map([
+                ("a", s("x")),
+                ("n", int(5)),
+                ("empty", Yaml::Map(vec![])),
+                ("list", strs(["p", "q|r"])),
+                (
+                    "items",
+                    Yaml::Seq(vec![
+                        commented("first", map([("k", s("v")), ("l", Yaml::Bool(true))])),
+                        map([("m", Yaml::Seq(vec![s("z")]))]),
+                    ]),
+                ),
+                ("block", Yaml::Literal("{\n  \"a\": 1\n}\n".into())),
+                ("flow", Yaml::Flow("{\n  \"b\": [1, 2]\n}".into())),
+            ]),
+        );
+        let expected = "# head\n#\n# line\na: x\n\"n\": 5\nempty: {}\nlist:\n- p\n- \"q|r\"\nitems:\n# first\n- k: v\n  l: true\n- m:\n  - z\nblock: |\n  {\n    \"a\": 1\n  }\nflow:\n  {\n    \"b\": [1, 2]\n  }\n";
+        assert_eq!(to_yaml(&doc), expected);
+    }
+
+    #[test]
+    fn literal_headers_keep_the_final_newlines() {
+        for (text, header) in [("a\n", "|"), ("a", "|-"), ("a\n\n", "|+")] {
+            let out = to_yaml(&map([("v", Yaml::Literal(text.into()))]));
+            assert!(out.starts_with(&format!("v: {header}\n")), "{out}");
+        }
+        // Not representable as a literal block: quoted instead.
+        assert_eq!(to_yaml(&map([("v", Yaml::Literal(" lead\n".into()))])), "v: \" lead\\n\"\n");
+    }
+
+    #[test]
+    fn json_values_convert_in_their_order() {
+        let v = serde_json::json!({"b": [1, "x"], "a": {"c": false}});
+        assert_eq!(to_yaml(&Yaml::from(&v)), "a:\n  c: false\nb:\n- 1\n- x\n");
+    }
+
+    #[test]
+    fn names_for_files_and_kubernetes() {
+        assert!(check_file_safe("identity", "team.app1").is_ok());
+        assert!(check_file_safe("identity", "CN=x y").is_err());
+        assert!(check_file_safe("identity", ".hidden").is_err());
+        assert_eq!(k8s_name("team.App_1"), "team-app-1");
+        assert_eq!(first_exact_host(&["*.a.example".into(), "b.example".into()]), Some("b.example"));
+        assert_eq!(first_exact_host(&["*.a.example".into()]), None);
+    }
+}

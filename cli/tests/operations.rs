@@ -1,0 +1,215 @@
+//! End-to-end for the operator features, on the real gateway running `envoy/gateway.yaml` with the demo
+//! policy plus two dry-run policies: `explain` gives the filter's own answer, metrics reach Envoy's admin
+//! endpoint, the access log carries the audit record, and dry-run policies are counted, never enforced.
+#![cfg(test)]
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use egress_identity_harness::client::{Call, Response};
+use egress_identity_harness::topology::{self, Options, Topology};
+use serde_json::{json, Value};
+
+/// (workload certificate in the harness PKI, its SPIFFE ID)
+const APP1: (&str, &str) = ("team-app1", "spiffe://cluster.local/ns/team/sa/app1");
+const APP2: (&str, &str) = ("team-app2", "spiffe://cluster.local/ns/team/sa/app2");
+const APP3: (&str, &str) = ("team-app3", "spiffe://cluster.local/ns/team/sa/app3");
+const SANDBOX: (&str, &str) = ("sandbox-default", "spiffe://cluster.local/ns/sandbox/sa/default");
+const QUARANTINE: (&str, &str) = ("quarantine-default", "spiffe://cluster.local/ns/quarantine/sa/default");
+
+struct Setup {
+    topology: Topology,
+    policy_file: PathBuf,
+}
+
+/// The demo policy plus a dry-run DENY of app2 (gateway) and a dry-run ALLOW of app3 (destination).
+fn policy_with_dry_run() -> String {
+    let yaml = std::fs::read_to_string(egress_identity_harness::repo_root().join("envoy/gateway.yaml")).unwrap();
+    let mut policy: Value = serde_json::from_str(&topology::plugin_config(&yaml).unwrap()).unwrap();
+    policy["gateway"]["policies"].as_array_mut().unwrap().push(json!({
+        "name": "dry-run-deny-app2", "action": "DENY", "dryRun": true,
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app2"]}}]}]
+    }));
+    policy["destinations"][0]["policies"].as_array_mut().unwrap().push(json!({
+        "name": "dry-run-allow-app3", "action": "ALLOW", "dryRun": true,
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app3"]}}]}]
+    }));
+    serde_json::to_string_pretty(&policy).unwrap()
+}
+
+/// One topology for this binary; tests take the lock because they compare metric deltas.
+fn setup() -> (MutexGuard<'static, ()>, &'static Setup) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = SETUP.get_or_init(|| {
+        let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operations");
+        let policy = policy_with_dry_run();
+        let topology =
+            Topology::start(&Options::new(&run_dir).with_plugin_config(policy.clone())).map_err(|e| e.to_string())?;
+        let policy_file = run_dir.join("policy.json");
+        std::fs::write(&policy_file, policy).map_err(|e| e.to_string())?;
+        Ok(Setup { topology, policy_file })
+    });
+    match setup {
+        Ok(s) => (guard, s),
+        Err(e) => panic!("could not start the operations topology: {e}"),
+    }
+}
+
+fn send(s: &Setup, who: &str, host: &str, path: &str) -> Response {
+    let call = Call::get(&s.topology.pki().workload(who), path).host(host);
+    s.topology.client().send(&call).expect("running curl")
+}
+
+fn explain(s: &Setup, principal: &str, host: &str, path: &str) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-identity"));
+    cmd.arg("explain").arg(&s.policy_file).args(["--principal", principal, "--path", path, "--json"]);
+    match host.split_once(':') {
+        Some((h, port)) => cmd.args(["--host", h, "--port", port]),
+        None => cmd.args(["--host", host]),
+    };
+    let out = cmd.output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 3)), "explain failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stat(s: &Setup, name: &str) -> u64 {
+    s.topology.stat(&format!("wasmcustom.egress_identity.{name}")).unwrap_or(0)
+}
+
+#[test]
+fn explain_gives_the_same_answer_as_the_filter() {
+    let (_lock, s) = setup();
+    let cases = [
+        (APP1, "api.partner.example", "/v1/orders"),
+        (APP2, "api.partner.example", "/v1/invoices"),
+        (APP3, "api.partner.example", "/v1/x"),
+        (SANDBOX, "api.partner.example", "/v1/x"),
+        (QUARANTINE, "api.partner.example", "/v1/x"),
+        (APP1, "api.partner.example", "/admin/users"),
+        (APP1, "unknown.example", "/v1/x"),
+        (APP1, "api.partner.example:8443", "/v1/x"),
+    ];
+    let mut allowed = 0;
+    for ((who, principal), host, path) in cases {
+        let expected = explain(s, principal, host, path)["decision"].clone();
+        let r = send(s, who, host, path);
+        match expected["decision"].as_str() {
+            Some("allow") => {
+                allowed += 1;
+                assert_eq!(
+                    r.status,
+                    200,
+                    "{principal} {host}{path}: explain said {expected}, gateway: {}",
+                    r.summary()
+                );
+                let identity = expected["identity"].as_str().unwrap();
+                assert_eq!(
+                    r.field("client_subject"),
+                    Some(format!("CN={identity}").as_str()),
+                    "{principal} {host}{path}"
+                );
+            }
+            _ => {
+                assert_eq!(
+                    r.status,
+                    403,
+                    "{principal} {host}{path}: explain said {expected}, gateway: {}",
+                    r.summary()
+                );
+                assert_eq!(r.json.as_ref(), Some(&expected), "{principal} {host}{path}: 403 body vs explain");
+            }
+        }
+    }
+    assert_eq!(allowed, 2, "app1 and app2 are the allowed cases");
+}
+
+#[test]
+fn decisions_are_counted_in_envoys_stats() {
+    let (_lock, s) = setup();
+    let names = [
+        "requests_allowed",
+        "requests_denied",
+        "identity.partner-api.team.app1",
+        "denied.gateway.no_matching_allow",
+        "denied.destination.denied_by_policy",
+    ];
+    s.topology.settle_counters();
+    let before: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
+    let cache_before = stat(s, "certificate_cache.hits") + stat(s, "certificate_cache.misses");
+    assert_eq!(send(s, APP1.0, "api.partner.example", "/v1/metrics").status, 200);
+    assert_eq!(send(s, SANDBOX.0, "api.partner.example", "/v1/metrics").status, 403);
+    assert_eq!(send(s, APP1.0, "api.partner.example", "/admin/metrics").status, 403);
+    s.topology.settle_counters();
+    let after: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
+    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(deltas, [1, 2, 1, 1, 1], "{names:?}");
+    assert_eq!(stat(s, "certificate_cache.hits") + stat(s, "certificate_cache.misses") - cache_before, 3);
+    assert_eq!(s.topology.stat("wasmcustom.egress_identity.config_generation"), Some(1));
+    let prometheus = s.topology.admin("/stats/prometheus").unwrap();
+    assert!(prometheus.contains("egress_identity_requests_allowed"), "metrics reach /stats/prometheus");
+}
+
+#[test]
+fn dry_run_policies_are_counted_but_never_enforced() {
+    let (_lock, s) = setup();
+    s.topology.settle_counters();
+    let (allow0, deny0) = (stat(s, "dry_run.shadow_allow"), stat(s, "dry_run.shadow_deny"));
+    // app2 matches a dry-run DENY at the gateway: still forwarded, counted as a shadow deny.
+    let r = send(s, APP2.0, "api.partner.example", "/v1/dry-run");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    s.topology.settle_counters();
+    assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
+    // app3 matches a dry-run ALLOW at the destination: still denied, counted as a shadow allow.
+    let r = send(s, APP3.0, "api.partner.example", "/v1/dry-run");
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_eq!(r.field("reason"), Some("no_matching_allow"));
+    s.topology.settle_counters();
+    assert_eq!(stat(s, "dry_run.shadow_allow") - allow0, 1);
+    assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
+}
+
+fn access_log_entry(s: &Setup, path: &str) -> Value {
+    s.topology.gateway_access_log_entry(path).unwrap_or_else(|| panic!("no gateway access-log entry for {path}"))
+}
+
+#[test]
+fn the_access_log_carries_the_audit_record_that_explain_predicts() {
+    let (_lock, s) = setup();
+    let cases = [
+        (APP1, "/v1/audit-allow", 200),
+        (QUARANTINE, "/v1/audit-deny", 403),
+        (APP2, "/v1/audit-dry-run", 200),
+        (SANDBOX, "/v1/audit-no-allow", 403),
+    ];
+    for ((who, principal), path, status) in cases {
+        assert_eq!(send(s, who, "api.partner.example", path).status, status, "{principal} {path}");
+        let logged = access_log_entry(s, path);
+        let predicted = explain(s, principal, "api.partner.example", path);
+        assert_eq!(logged["audit"], predicted["audit"], "{principal} {path}: access log vs explain");
+    }
+    let audit = |path| access_log_entry(s, path)["audit"].as_str().unwrap().to_owned();
+    assert_eq!(
+        audit("/v1/audit-allow"),
+        format!(
+            "decision=allow principal={} destination=partner-api gateway_policy=allow-mesh-workloads \
+             destination_policy=allow-team-apps identity=team.app1 dry_run=allow",
+            APP1.1
+        )
+    );
+    assert_eq!(
+        audit("/v1/audit-deny"),
+        format!(
+            "decision=deny principal={} layer=gateway policy=deny-quarantine reason=denied_by_policy dry_run=deny",
+            QUARANTINE.1
+        )
+    );
+    assert!(audit("/v1/audit-dry-run").ends_with(" identity=team.app2 dry_run=deny"), "{}", audit("/v1/audit-dry-run"));
+    assert_eq!(
+        audit("/v1/audit-no-allow"),
+        format!("decision=deny principal={} layer=gateway reason=no_matching_allow dry_run=deny", SANDBOX.1)
+    );
+}

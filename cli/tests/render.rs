@@ -1,0 +1,243 @@
+//! `egress-identity render`: the committed envoy/gateway.yaml and examples/ manifests are exactly the render
+//! of their policy files, and a rendered bootstrap for a bigger policy passes `envoy --mode validate`.
+#![cfg(test)]
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use egress_identity_harness::{repo_root, sds, topology};
+
+/// The flags `make render` gives `render envoy` for the local demo (Makefile: DEMO_RENDER_FLAGS).
+const DEMO_FLAGS: &[&str] = &[
+    "--listen",
+    "127.0.0.1:10443",
+    "--upstream",
+    "partner-api=127.0.0.1:18443",
+    "--ca-secret",
+    "partner-api=partner-ca",
+];
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_egress-identity"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("running the CLI")
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = cli(args);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("render").join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first differing line, for a readable failure.
+fn first_difference(a: &str, b: &str) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let i = al.iter().zip(&bl).take_while(|(x, y)| x == y).count();
+    Some(format!("line {}: committed {:?}, rendered {:?}", i + 1, al.get(i), bl.get(i)))
+}
+
+#[test]
+fn gateway_yaml_is_the_render_of_the_demo_policy() {
+    let committed = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
+    let mut args = vec!["render", "envoy", "envoy/policy.json"];
+    args.extend_from_slice(DEMO_FLAGS);
+    let rendered = stdout_of(&args);
+    if let Some(d) = first_difference(&committed, &rendered) {
+        panic!(
+            "envoy/gateway.yaml is not `render envoy envoy/policy.json {}` (run `make render`): {d}",
+            DEMO_FLAGS.join(" ")
+        );
+    }
+    // The plugin configuration the harness runs is the policy file.
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("envoy/policy.json")).unwrap()).unwrap();
+    let block: serde_json::Value = serde_json::from_str(&topology::plugin_config(&committed).unwrap()).unwrap();
+    assert_eq!(block, policy);
+    // The Makefile's `render` target uses the same flags.
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
+    assert!(
+        makefile.contains(&format!("DEMO_RENDER_FLAGS := {}", DEMO_FLAGS.join(" "))),
+        "Makefile DEMO_RENDER_FLAGS differ"
+    );
+    // Not vacuous: the production defaults give another file.
+    assert_ne!(stdout_of(&["render", "envoy", "envoy/policy.json"]), committed);
+}
+
+/// `(directory, render arguments)` of each example.
+fn examples() -> Vec<(&'static str, Vec<String>)> {
+    let image = |dir: &str| {
+        let text = std::fs::read_to_string(repo_root().join(dir).join("wasm-plugin.yaml")).unwrap();
+        text.lines().find_map(|l| l.trim().strip_prefix("url: ")).expect("url: line").to_string()
+    };
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut gateway = owned(&["istio", "examples/istio/egress-gateway/policy.json", "--mode", "gateway", "--image"]);
+    gateway.push(image("examples/istio/egress-gateway"));
+    let mut waypoint = owned(&["istio", "examples/istio/egress-waypoint/policy.json", "--mode", "waypoint", "--image"]);
+    waypoint.push(image("examples/istio/egress-waypoint"));
+    let kuma = owned(&["kuma", "examples/kuma/policy.json", "--upstream", "partner-api=api.partner.example:443"]);
+    vec![
+        ("examples/istio/egress-gateway", gateway),
+        ("examples/istio/egress-waypoint", waypoint),
+        ("examples/kuma", kuma),
+    ]
+}
+
+#[test]
+fn example_manifests_are_the_render_of_their_policies() {
+    for (dir, args) in examples() {
+        let out_dir = tmp(&dir.replace('/', "_"));
+        let mut full = vec!["render".to_string()];
+        full.extend(args.clone());
+        full.extend(["--out-dir".to_string(), out_dir.display().to_string()]);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        stdout_of(&refs);
+        let mut rendered: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        rendered.sort();
+        let mut committed: Vec<String> = std::fs::read_dir(repo_root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        committed.sort();
+        assert_eq!(committed, rendered, "{dir}: the manifests are not those render writes");
+        for name in &rendered {
+            let a = std::fs::read_to_string(repo_root().join(dir).join(name)).unwrap();
+            let b = std::fs::read_to_string(out_dir.join(name)).unwrap();
+            if let Some(d) = first_difference(&a, &b) {
+                panic!("{dir}/{name} is not the render of {dir}/policy.json (run `make render`): {d}");
+            }
+        }
+        // On stdout: the same documents, in the same order.
+        let stdout = stdout_of(&refs[..refs.len() - 2]);
+        let joined: Vec<String> = rendered_in_order(&out_dir, &stdout).into_iter().collect();
+        assert_eq!(stdout, joined.join("---\n"), "{dir}: stdout differs from the files");
+    }
+}
+
+/// The files of `dir` in the order their first line appears on stdout (the apply order).
+fn rendered_in_order(dir: &Path, stdout: &str) -> Vec<String> {
+    let mut files: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    files.sort_by_key(|text| stdout.find(text.as_str()).unwrap_or(usize::MAX));
+    files
+}
+
+const BIG_POLICY: &str = r#"{
+  "localTrustDomain": "cluster.local",
+  "trustDomains": ["partner-mesh.example"],
+  "gateway": { "policies": [ { "name": "mesh", "action": "ALLOW",
+    "rules": [ { "from": [ { "source": { "namespaces": ["team", "billing"] } } ] } ] } ] },
+  "destinations": [
+    { "name": "partner-api", "hosts": ["api.partner.example", "*.partner.example"], "ports": [443, 8443],
+      "policies": [ { "name": "team", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
+      "identities": [
+        { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+        { "name": "team.app2", "cluster": "partner-api|team.app2", "principals": ["cluster.local/ns/team/sa/app2"] } ],
+      "defaultIdentity": { "name": "team.shared", "cluster": "partner-api|team.shared" } },
+    { "name": "billing", "hosts": ["billing.example.net"], "ports": [443],
+      "policies": [ { "name": "billing", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["billing"] } } ] } ] } ],
+      "identities": [
+        { "name": "billing.batch", "cluster": "billing|batch", "principals": ["cluster.local/ns/billing/sa/*"] },
+        { "name": "team.app1", "cluster": "billing|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ] },
+    { "name": "reports", "hosts": ["reports.example.org"], "ports": [9443],
+      "identities": [ { "name": "reports.reader", "cluster": "reports|reader", "principals": ["*"] } ] }
+  ]
+}"#;
+
+/// A bigger policy (three destinations, six identity clusters, a default identity, an identity name shared
+/// by two destinations, host-name and IP upstreams) renders into a bootstrap Envoy accepts, with the filter
+/// loading the policy; the control run without one identity's SDS file fails on it.
+#[test]
+fn rendered_bootstrap_of_a_bigger_policy_validates() {
+    let run_dir = tmp("validate");
+    let pki = topology::populate_run_dir(
+        &run_dir,
+        &topology::wasm_path(),
+        &repo_root().join("envoy/external-server/nginx.conf"),
+    )
+    .expect("preparing the run directory");
+    let policy = run_dir.join("policy.json");
+    std::fs::write(&policy, BIG_POLICY).unwrap();
+    let yaml = stdout_of(&[
+        "render",
+        "envoy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:20443",
+        "--admin",
+        "127.0.0.1:29901",
+        "--upstream",
+        "reports=127.0.0.1:19443",
+    ]);
+    for cluster in [
+        "partner-api|team.app1",
+        "partner-api|team.app2",
+        "partner-api|team.shared",
+        "billing|batch",
+        "billing|team.app1",
+        "reports|reader",
+    ] {
+        assert_eq!(yaml.matches(&format!("- name: \"{cluster}\"")).count(), 1, "{cluster}");
+    }
+    let bootstrap = run_dir.join("big-gateway.yaml");
+    std::fs::write(&bootstrap, &yaml).unwrap();
+    let sds_dir = run_dir.join(sds::SDS_DIR_IN_RUN_DIR);
+    let cert = pki.external_identity("team.app1");
+    for identity in ["team.shared", "billing.batch", "reports.reader"] {
+        sds::write_tls_certificate(&sds_dir, &format!("external-{identity}"), &cert).unwrap();
+    }
+    for destination in ["partner-api", "billing", "reports"] {
+        sds::write_validation_context(&sds_dir, &format!("{destination}-ca"), &[&pki.partner_ca_cert()]).unwrap();
+    }
+    let v = topology::validate_bootstrap(&bootstrap, &run_dir).expect("running envoy");
+    assert!(v.ok, "the rendered bootstrap does not validate:\n{}\n{yaml}", v.output);
+
+    std::fs::remove_file(sds::resource_path(&sds_dir, "external-billing.batch")).unwrap();
+    let v = topology::validate_bootstrap(&bootstrap, &run_dir).expect("running envoy");
+    assert!(
+        !v.ok && v.output.contains("external-billing.batch"),
+        "validated without an identity's secret:\n{}",
+        v.output
+    );
+}
+
+#[test]
+fn render_refuses_invalid_and_unrenderable_policies() {
+    let dir = tmp("refuse");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, BIG_POLICY.replace("\"ALLOW\"", "\"ALOW\"")).unwrap();
+    for target in ["envoy", "istio", "kuma"] {
+        let out = cli(&["render", target, bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{target}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("gateway.policies[0].action: unknown variant `ALOW`"), "{target}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let wildcard = dir.join("wildcard.json");
+    std::fs::write(&wildcard, BIG_POLICY.replace("\"billing.example.net\"", "\"*.example.net\"")).unwrap();
+    let out = cli(&["render", "envoy", wildcard.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("destinations[1] (billing): no exact host"));
+    // The waypoint reads the principal from filter state only: a policy without that source is refused.
+    let out = cli(&["render", "istio", "examples/istio/egress-gateway/policy.json", "--mode", "waypoint"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("principalSources must include istio_peer_principal"));
+}

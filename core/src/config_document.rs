@@ -1,0 +1,233 @@
+//! The plugin configuration document as JSON: the `*Spec` types, with the field names of the README's
+//! configuration reference. Unknown fields are rejected (`deny_unknown_fields`), so an Istio field this
+//! filter does not implement (`when`, `ipBlocks`) is an error rather than silently ignored.
+//!
+//! Nothing here is validated beyond the JSON types; [`crate::config::Config::compile`] does that.
+
+use serde::Deserialize;
+
+/// The whole plugin configuration document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginConfigSpec {
+    /// Accepted trust domains besides the local one and its aliases (federation).
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub local_trust_domain: Option<String>,
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+    #[serde(default = "default_principal_sources")]
+    pub principal_sources: Vec<PrincipalSource>,
+    #[serde(default)]
+    pub headers: HeaderNamesSpec,
+    #[serde(default = "default_port")]
+    pub default_port: u16,
+    #[serde(default = "default_cache_size")]
+    pub certificate_cache_size: usize,
+    /// Accept Kuma's legacy certificates (one `spiffe://` plus `kuma://` URI SANs).
+    #[serde(default)]
+    pub accept_legacy_kuma_sans: bool,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    pub destinations: Vec<DestinationSpec>,
+}
+
+/// Where the caller's principal comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalSource {
+    /// The downstream TLS peer certificate (`connection.peer_certificate`).
+    PeerCertificate,
+    /// The filter state `io.istio.peer_principal` set by an Istio (ambient) waypoint.
+    IstioPeerPrincipal,
+}
+
+fn default_principal_sources() -> Vec<PrincipalSource> {
+    vec![PrincipalSource::PeerCertificate, PrincipalSource::IstioPeerPrincipal]
+}
+
+fn default_port() -> u16 {
+    443
+}
+
+fn default_cache_size() -> usize {
+    1024
+}
+
+pub const DEFAULT_PRINCIPAL_HEADER: &str = "x-egress-identity-principal";
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-egress-identity-cluster";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderNamesSpec {
+    #[serde(default = "default_principal_header")]
+    pub principal: String,
+    #[serde(default = "default_cluster_header")]
+    pub cluster: String,
+}
+
+impl Default for HeaderNamesSpec {
+    fn default() -> Self {
+        Self { principal: default_principal_header(), cluster: default_cluster_header() }
+    }
+}
+
+fn default_principal_header() -> String {
+    DEFAULT_PRINCIPAL_HEADER.into()
+}
+
+fn default_cluster_header() -> String {
+    DEFAULT_CLUSTER_HEADER.into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub ports: Vec<u32>,
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+    #[serde(default)]
+    pub identities: Vec<IdentitySpec>,
+    #[serde(default)]
+    pub default_identity: Option<ExternalIdentitySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    pub name: String,
+    pub cluster: String,
+    pub principals: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalIdentitySpec {
+    pub name: String,
+    pub cluster: String,
+}
+
+/// An Istio-style authorization policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    pub name: String,
+    pub action: Action,
+    /// Evaluated, logged and counted, never enforced (Istio's `istio.io/dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Action {
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub from: Vec<FromSpec>,
+    #[serde(default)]
+    pub to: Vec<ToSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FromSpec {
+    #[serde(default)]
+    pub source: SourceSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ToSpec {
+    #[serde(default)]
+    pub operation: OperationSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSpec {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OperationSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub not_ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+}
+
+/// A port in an operation: a number, or a string as Istio writes it (`"443"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a port number or a string holding one")]
+pub enum PortSpec {
+    Number(u64),
+    Text(String),
+}
+
+impl PortSpec {
+    pub fn to_port(&self) -> Result<u16, String> {
+        let n = match self {
+            Self::Number(n) => *n,
+            Self::Text(s) => s.parse::<u64>().map_err(|_| format!("{s:?} is not a port number"))?,
+        };
+        u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn ports_accept_numbers_and_istio_strings() {
+        assert_eq!(PortSpec::Number(443).to_port(), Ok(443));
+        assert_eq!(PortSpec::Text("8443".into()).to_port(), Ok(8443));
+        assert!(PortSpec::Number(0).to_port().is_err());
+        assert!(PortSpec::Number(65536).to_port().is_err());
+        assert!(PortSpec::Text("https".into()).to_port().is_err());
+    }
+}

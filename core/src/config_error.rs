@@ -1,0 +1,103 @@
+//! Configuration errors: the JSON path of the offending field and what is wrong with it, collected while a
+//! document is compiled, and the checks several parts of the configuration share.
+//!
+//! Paths are built as compilation descends ([`JsonPath`]) and formatted only when an error is recorded, so a
+//! valid document costs no string building.
+
+use std::collections::HashSet;
+use std::fmt;
+
+/// One configuration error: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field, e.g. `gateway.policies[0].action`; `.` for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The JSON path of a field, built as compilation descends and formatted only when an error is recorded:
+/// a valid document costs no string building. `Root("destinations")`, then `.index(0)`, `.field("ports")`
+/// displays as `destinations[0].ports`.
+#[derive(Clone, Copy, Debug)]
+pub enum JsonPath<'a> {
+    /// A top-level field, or a path given whole (`gateway.policies`).
+    Root(&'a str),
+    Field(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl<'a> JsonPath<'a> {
+    pub fn field(&'a self, name: &'a str) -> Self {
+        Self::Field(self, name)
+    }
+
+    pub fn index(&'a self, index: usize) -> Self {
+        Self::Index(self, index)
+    }
+}
+
+impl fmt::Display for JsonPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Root(name) => f.write_str(name),
+            Self::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Self::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+/// Collects errors while compiling.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// Records an error; `path` is a [`JsonPath`] or a string, formatted only here.
+    pub fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
+        self.0.push(ConfigError::new(path.to_string(), message.to_string()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.0
+    }
+}
+
+/// Checks that a value will be a valid header value and Envoy cluster name (visible ASCII, no spaces).
+pub fn validate_cluster_name(errors: &mut Errors, path: &JsonPath<'_>, name: &str) {
+    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
+        errors.push(path, format!("{name:?} is not a cluster name (visible ASCII, no spaces)"));
+    }
+}
+
+/// Reports names that are empty or used twice within the list at `path`.
+pub fn validate_unique_names<'a, I>(errors: &mut Errors, path: &JsonPath<'_>, names: I)
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let names = names.into_iter();
+    // One name cannot be repeated: no set for the usual destination with one policy and one identity.
+    let mut seen = (names.len() > 1).then(|| HashSet::with_capacity(names.len()));
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            errors.push(path.index(i).field("name"), "must not be empty");
+        } else if seen.as_mut().is_some_and(|seen| !seen.insert(name)) {
+            errors.push(path.index(i).field("name"), format!("{name:?} is used twice"));
+        }
+    }
+}

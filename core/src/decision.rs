@@ -1,0 +1,505 @@
+//! The decision for one request: request → principal → trust domain → gateway layer → destination →
+//! destination layer → external identity. Every denial names the layer, the policy (if one decided) and a
+//! reason code.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::identity_mapping::ExternalIdentity;
+use crate::peer_certificate::CertificateError;
+use crate::policy::{Attributes, Verdict};
+use crate::principal::PrincipalError;
+use crate::request::Request;
+use crate::request::{path_without_query, split_authority};
+use crate::spiffe_id::SpiffeId;
+
+/// The layer that decided a denial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// The request itself cannot be evaluated (e.g. a header that is not UTF-8).
+    Request,
+    Principal,
+    Gateway,
+    Destination,
+    Identity,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Principal => "principal",
+            Self::Gateway => "gateway",
+            Self::Destination => "destination",
+            Self::Identity => "identity",
+        }
+    }
+}
+
+/// Why a request was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `:authority` is not `host[:port]` with a port from 1 to 65535, or a header the decision reads is not
+    /// UTF-8: fail closed rather than match a mangled value.
+    MalformedRequest,
+    Principal(PrincipalError),
+    UntrustedTrustDomain,
+    UnknownDestination,
+    DeniedByPolicy,
+    NoMatchingAllow,
+    NoIdentityMapping,
+}
+
+/// A denial: which layer, which policy (if a DENY policy decided) and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial<'c> {
+    pub layer: Layer,
+    pub policy: Option<&'c str>,
+    pub reason: Reason,
+}
+
+impl Denial<'_> {
+    /// The JSON body of the 403 response.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "decision": "deny",
+            "layer": self.layer.as_str(),
+            "policy": self.policy,
+            "reason": self.reason_code(),
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Display for Denial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deny layer={} policy={} reason={}",
+            self.layer.as_str(),
+            self.policy.unwrap_or("-"),
+            self.reason_code()
+        )
+    }
+}
+
+impl Denial<'_> {
+    /// The stable reason code of the deny response, logs and metrics.
+    pub fn reason_code(&self) -> &'static str {
+        self.kind().reason_code()
+    }
+
+    /// The (layer, reason) of this denial, one of [`DenialKind::ALL`].
+    pub fn kind(&self) -> DenialKind {
+        use DenialKind as K;
+        let policy_layer = |gateway, destination| if self.layer == Layer::Gateway { gateway } else { destination };
+        match self.reason {
+            Reason::MalformedRequest => K::MalformedRequest,
+            Reason::Principal(PrincipalError::Missing) => K::NoPrincipal,
+            Reason::Principal(PrincipalError::Certificate(e)) => match e {
+                CertificateError::Unparsable => K::UnparsableCertificate,
+                CertificateError::NoUriSan => K::NoUriSan,
+                CertificateError::MultipleUriSans => K::MultipleUriSans,
+                CertificateError::InvalidSpiffeId(_) => K::InvalidSpiffeId,
+                CertificateError::CaCertificate => K::CaCertificate,
+            },
+            Reason::Principal(PrincipalError::InvalidSpiffeId(_)) => K::InvalidSpiffeId,
+            Reason::UntrustedTrustDomain => K::UntrustedTrustDomain,
+            Reason::DeniedByPolicy => policy_layer(K::GatewayDeniedByPolicy, K::DestinationDeniedByPolicy),
+            Reason::NoMatchingAllow => policy_layer(K::GatewayNoMatchingAllow, K::DestinationNoMatchingAllow),
+            Reason::UnknownDestination => K::UnknownDestination,
+            Reason::NoIdentityMapping => K::NoIdentityMapping,
+        }
+    }
+}
+
+/// Every (layer, reason) a denial can have, numbered densely so that the adapter keeps one counter per
+/// kind in a plain array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenialKind {
+    MalformedRequest,
+    NoPrincipal,
+    UnparsableCertificate,
+    NoUriSan,
+    MultipleUriSans,
+    InvalidSpiffeId,
+    CaCertificate,
+    UntrustedTrustDomain,
+    GatewayDeniedByPolicy,
+    GatewayNoMatchingAllow,
+    UnknownDestination,
+    DestinationDeniedByPolicy,
+    DestinationNoMatchingAllow,
+    NoIdentityMapping,
+}
+
+impl DenialKind {
+    /// Every kind, in index order.
+    pub const ALL: [Self; 14] = [
+        Self::MalformedRequest,
+        Self::NoPrincipal,
+        Self::UnparsableCertificate,
+        Self::NoUriSan,
+        Self::MultipleUriSans,
+        Self::InvalidSpiffeId,
+        Self::CaCertificate,
+        Self::UntrustedTrustDomain,
+        Self::GatewayDeniedByPolicy,
+        Self::GatewayNoMatchingAllow,
+        Self::UnknownDestination,
+        Self::DestinationDeniedByPolicy,
+        Self::DestinationNoMatchingAllow,
+        Self::NoIdentityMapping,
+    ];
+
+    /// The position of this kind in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn layer(self) -> Layer {
+        match self {
+            Self::MalformedRequest => Layer::Request,
+            Self::NoPrincipal
+            | Self::UnparsableCertificate
+            | Self::NoUriSan
+            | Self::MultipleUriSans
+            | Self::InvalidSpiffeId
+            | Self::CaCertificate
+            | Self::UntrustedTrustDomain => Layer::Principal,
+            Self::GatewayDeniedByPolicy | Self::GatewayNoMatchingAllow => Layer::Gateway,
+            Self::UnknownDestination | Self::DestinationDeniedByPolicy | Self::DestinationNoMatchingAllow => {
+                Layer::Destination
+            }
+            Self::NoIdentityMapping => Layer::Identity,
+        }
+    }
+
+    /// The reason code, as in the deny response.
+    pub fn reason_code(self) -> &'static str {
+        match self {
+            Self::MalformedRequest => "malformed_request",
+            Self::NoPrincipal => "no_principal",
+            Self::UnparsableCertificate => "unparsable_certificate",
+            Self::NoUriSan => "no_uri_san",
+            Self::MultipleUriSans => "multiple_uri_sans",
+            Self::InvalidSpiffeId => "invalid_spiffe_id",
+            Self::CaCertificate => "ca_certificate",
+            Self::UntrustedTrustDomain => "untrusted_trust_domain",
+            Self::GatewayDeniedByPolicy | Self::DestinationDeniedByPolicy => "denied_by_policy",
+            Self::GatewayNoMatchingAllow | Self::DestinationNoMatchingAllow => "no_matching_allow",
+            Self::UnknownDestination => "unknown_destination",
+            Self::NoIdentityMapping => "no_identity_mapping",
+        }
+    }
+}
+
+/// An allowed request: the policies that allowed it and the external identity to present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed<'c> {
+    pub destination: &'c str,
+    pub gateway_policy: &'c str,
+    pub destination_policy: &'c str,
+    pub identity: &'c ExternalIdentity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'c> {
+    Allow(Allowed<'c>),
+    Deny(Denial<'c>),
+}
+
+fn deny(layer: Layer, policy: Option<&str>, reason: Reason) -> Decision<'_> {
+    Decision::Deny(Denial { layer, policy, reason })
+}
+
+/// The decision and what each layer said on the way: for `explain`, metrics and the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evaluation<'c> {
+    pub decision: Decision<'c>,
+    /// The gateway layer's verdict, if it was reached.
+    pub gateway: Option<Verdict<'c>>,
+    /// The destination the request addressed, if one is declared for its host:port.
+    pub destination: Option<&'c str>,
+    /// The destination layer's verdict, if it was reached.
+    pub destination_verdict: Option<Verdict<'c>>,
+    /// Verdicts with dry-run policies enforced too, for layers that were reached and have any.
+    pub gateway_shadow: Option<Verdict<'c>>,
+    pub destination_shadow: Option<Verdict<'c>>,
+}
+
+impl Evaluation<'_> {
+    /// An evaluation that reached no layer (decided before the policies, e.g. a malformed request).
+    pub fn of(decision: Decision<'_>) -> Evaluation<'_> {
+        Evaluation {
+            decision,
+            gateway: None,
+            destination: None,
+            destination_verdict: None,
+            gateway_shadow: None,
+            destination_shadow: None,
+        }
+    }
+
+    /// Whether dry-run policies would have denied (`Some(false)`) or allowed (`Some(true)`) the request
+    /// at every layer they were evaluated in; `None` when no dry-run policy was evaluated.
+    pub fn shadow_allowed(&self) -> Option<bool> {
+        match (self.gateway_shadow, self.destination_shadow) {
+            (None, None) => None,
+            (g, d) => Some(g.is_none_or(|v| v.is_allow()) && d.is_none_or(|v| v.is_allow())),
+        }
+    }
+}
+
+impl Config {
+    /// Decides one request from the caller's principal (or why there is none).
+    pub fn decide<'c>(&'c self, principal: Result<&SpiffeId, PrincipalError>, request: &Request<'_>) -> Decision<'c> {
+        self.evaluate(principal, request).decision
+    }
+
+    /// Decides one request and reports each layer's verdict, dry-run (shadow) verdicts included.
+    pub fn evaluate<'c>(
+        &'c self,
+        principal: Result<&SpiffeId, PrincipalError>,
+        request: &Request<'_>,
+    ) -> Evaluation<'c> {
+        // The documented order: the request, then the principal, then the layers.
+        let Some((host, port)) = split_authority(request.authority, self.default_port) else {
+            return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(e) => return Evaluation::of(deny(Layer::Principal, None, Reason::Principal(e))),
+        };
+        if !self.trust_domains.accepts(principal.trust_domain()) {
+            return Evaluation::of(deny(Layer::Principal, None, Reason::UntrustedTrustDomain));
+        }
+        let canonical_principal = self.trust_domains.canonical_principal(principal);
+        let attributes = Attributes {
+            principal: &canonical_principal,
+            trust_domain: self.trust_domains.canonical(principal.trust_domain()),
+            namespace: principal.namespace(),
+            host: &host,
+            port,
+            method: request.method,
+            path: path_without_query(request.path),
+        };
+
+        let mut evaluation = Evaluation::of(deny(Layer::Gateway, None, Reason::NoMatchingAllow));
+        let gateway = self.gateway.evaluate(&attributes);
+        evaluation.gateway = Some(gateway);
+        evaluation.gateway_shadow = self.gateway.evaluate_shadow(&attributes);
+        let Verdict::Allow { policy: gateway_policy, .. } = gateway else {
+            evaluation.decision = denied_by(Layer::Gateway, gateway);
+            return evaluation;
+        };
+        let Some(destination) = self.destinations.lookup(&host, port) else {
+            evaluation.decision = deny(Layer::Destination, None, Reason::UnknownDestination);
+            return evaluation;
+        };
+        evaluation.destination = Some(&destination.name);
+        let verdict = destination.policies.evaluate(&attributes);
+        evaluation.destination_verdict = Some(verdict);
+        evaluation.destination_shadow = destination.policies.evaluate_shadow(&attributes);
+        let Verdict::Allow { policy: destination_policy, .. } = verdict else {
+            evaluation.decision = denied_by(Layer::Destination, verdict);
+            return evaluation;
+        };
+        evaluation.decision = match destination.identities.select(attributes.principal) {
+            Some(identity) => Decision::Allow(Allowed {
+                destination: &destination.name,
+                gateway_policy,
+                destination_policy,
+                identity,
+            }),
+            None => deny(Layer::Identity, None, Reason::NoIdentityMapping),
+        };
+        evaluation
+    }
+}
+
+fn denied_by(layer: Layer, verdict: Verdict<'_>) -> Decision<'_> {
+    match verdict {
+        Verdict::DeniedByPolicy { policy, .. } => deny(layer, Some(policy), Reason::DeniedByPolicy),
+        Verdict::NoMatchingAllow | Verdict::Allow { .. } => deny(layer, None, Reason::NoMatchingAllow),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::EXAMPLE;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn config() -> Config {
+        Config::load(EXAMPLE.as_bytes()).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    fn get(authority: &str, path: &str) -> Request<'static> {
+        Request { authority: Box::leak(authority.into()), method: "GET", path: Box::leak(path.into()) }
+    }
+
+    fn denial(d: Decision<'_>) -> (Layer, Option<String>, &'static str) {
+        match d {
+            Decision::Deny(d) => (d.layer, d.policy.map(String::from), d.reason_code()),
+            Decision::Allow(a) => panic!("expected a denial, got {a:?}"),
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn app1_and_app2_get_their_own_external_identity() {
+        let c = config();
+        for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+            let p = id(&format!("spiffe://cluster.local/ns/team/sa/{who}"));
+            match c.decide(Ok(&p), &get("api.partner.example", "/v1/items?x=1")) {
+                Decision::Allow(a) => {
+                    assert_eq!(&*a.identity.cluster, cluster);
+                    assert_eq!(a.gateway_policy, "allow-mesh-workloads");
+                    assert_eq!(a.destination_policy, "allow-team-apps");
+                    assert_eq!(a.destination, "partner-api");
+                }
+                d => panic!("{who}: {d:?}"),
+            }
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn each_layer_denies_with_its_reason() {
+        let c = config();
+        let app1 = id("spiffe://cluster.local/ns/team/sa/app1");
+        let ok = get("api.partner.example", "/v1");
+        assert_eq!(denial(c.decide(Err(PrincipalError::Missing), &ok)), (Layer::Principal, None, "no_principal"));
+        assert_eq!(
+            denial(c.decide(Err(PrincipalError::Certificate(CertificateError::MultipleUriSans)), &ok)),
+            (Layer::Principal, None, "multiple_uri_sans")
+        );
+        let foreign = id("spiffe://evil.example/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&foreign), &ok)), (Layer::Principal, None, "untrusted_trust_domain"));
+        let sandbox = id("spiffe://cluster.local/ns/sandbox/sa/intruder");
+        assert_eq!(denial(c.decide(Ok(&sandbox), &ok)), (Layer::Gateway, None, "no_matching_allow"));
+        let quarantined = id("spiffe://cluster.local/ns/quarantine/sa/app1");
+        assert_eq!(
+            denial(c.decide(Ok(&quarantined), &ok)),
+            (Layer::Gateway, Some("deny-quarantine".into()), "denied_by_policy")
+        );
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("unknown.example", "/"))),
+            (Layer::Destination, None, "unknown_destination")
+        );
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("api.partner.example:8443", "/"))),
+            (Layer::Destination, None, "unknown_destination")
+        );
+        let app3 = id("spiffe://cluster.local/ns/team/sa/app3");
+        assert_eq!(denial(c.decide(Ok(&app3), &ok)), (Layer::Destination, None, "no_matching_allow"));
+        assert_eq!(
+            denial(c.decide(Ok(&app1), &get("api.partner.example", "/admin/users"))),
+            (Layer::Destination, Some("deny-admin-paths".into()), "denied_by_policy")
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_malformed_authority_is_decided_before_the_principal_and_the_layers() {
+        let c = config();
+        let sandbox = id("spiffe://cluster.local/ns/sandbox/sa/intruder");
+        for authority in ["api.partner.example:abc", "api.partner.example:0", ":443", ""] {
+            let request = get(authority, "/");
+            for principal in [Ok(&sandbox), Err(PrincipalError::Missing)] {
+                let e = c.evaluate(principal, &request);
+                assert_eq!(denial(e.decision), (Layer::Request, None, "malformed_request"), "{authority:?}");
+                assert_eq!(e.gateway, None, "no layer ran for {authority:?}");
+            }
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn allowed_caller_without_mapping_is_denied_at_identity_layer() {
+        let json = EXAMPLE.replace("\"cluster.local/ns/team/sa/app2\"] }", "\"cluster.local/ns/team/sa/other\"] }");
+        let c = Config::load(json.as_bytes()).unwrap();
+        let app2 = id("spiffe://cluster.local/ns/team/sa/app2");
+        assert_eq!(
+            denial(c.decide(Ok(&app2), &get("api.partner.example", "/"))),
+            (Layer::Identity, None, "no_identity_mapping")
+        );
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn workload_keeps_policy_matches_and_identity_across_a_trust_domain_migration() {
+        // Policies name the placeholder (cluster.local), the old and the new trust domain.
+        let json = EXAMPLE
+            .replace(r#""trustDomains": ["cluster.local"]"#,
+                     r#""localTrustDomain": "example.org", "trustDomainAliases": ["example.com"], "trustDomains": ["partner.example"]"#)
+            .replace(r#""spiffe://cluster.local/ns/team/sa/app2"]"#, r#""spiffe://example.com/ns/team/sa/app2"]"#)
+            .replace(r#""cluster.local/ns/team/sa/app2"]"#, r#""example.org/ns/team/sa/app2"]"#);
+        let c = Config::load(json.as_bytes()).unwrap();
+        for td in ["example.com", "example.org"] {
+            for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+                let p = id(&format!("spiffe://{td}/ns/team/sa/{who}"));
+                match c.decide(Ok(&p), &get("api.partner.example", "/v1")) {
+                    Decision::Allow(a) => assert_eq!(&*a.identity.cluster, cluster, "{td} {who}"),
+                    d => panic!("{td} {who}: {d:?}"),
+                }
+            }
+        }
+        // A federated trust domain is accepted but is not the local family: its app1 matches nothing.
+        let fed = id("spiffe://partner.example/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&fed), &get("api.partner.example", "/v1"))).2, "no_matching_allow");
+        // cluster.local itself is only a placeholder, not a trusted trust domain here.
+        let literal = id("spiffe://cluster.local/ns/team/sa/app1");
+        assert_eq!(denial(c.decide(Ok(&literal), &get("api.partner.example", "/v1"))).2, "untrusted_trust_domain");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn dry_run_policies_are_evaluated_but_never_enforced() {
+        // A dry-run DENY for app1 at the gateway, a dry-run ALLOW for app3 at the destination.
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        doc["gateway"]["policies"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "shadow-deny-app1", "action": "DENY", "dryRun": true,
+             "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app1"]}}]}]}));
+        doc["destinations"][0]["policies"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "shadow-allow-app3", "action": "ALLOW", "dryRun": true,
+             "rules": [{}, {"from": [{"source": {"principals": ["cluster.local/ns/team/sa/app3"]}}]}]}));
+        let c = Config::load(doc.to_string().as_bytes()).unwrap();
+        let req = get("api.partner.example", "/v1");
+
+        let app1 = id("spiffe://cluster.local/ns/team/sa/app1");
+        let e = c.evaluate(Ok(&app1), &req);
+        assert!(matches!(e.decision, Decision::Allow(_)), "dry-run DENY is not enforced: {e:?}");
+        assert_eq!(e.gateway_shadow, Some(Verdict::DeniedByPolicy { policy: "shadow-deny-app1", rule: 0 }));
+        assert_eq!(e.shadow_allowed(), Some(false));
+
+        let app3 = id("spiffe://cluster.local/ns/team/sa/app3");
+        let e = c.evaluate(Ok(&app3), &req);
+        assert_eq!(
+            denial(e.decision),
+            (Layer::Destination, None, "no_matching_allow"),
+            "dry-run ALLOW is not enforced"
+        );
+        assert_eq!(e.destination_shadow, Some(Verdict::Allow { policy: "shadow-allow-app3", rule: 0 }));
+        assert_eq!(e.gateway_shadow, Some(Verdict::Allow { policy: "allow-mesh-workloads", rule: 0 }));
+        assert_eq!(e.shadow_allowed(), Some(true));
+
+        let app2 = id("spiffe://cluster.local/ns/team/sa/app2");
+        let e = c.evaluate(Ok(&app2), &req);
+        assert_eq!(e.shadow_allowed(), Some(true));
+        assert_eq!(e.destination, Some("partner-api"));
+        assert_eq!(e.gateway, Some(Verdict::Allow { policy: "allow-mesh-workloads", rule: 0 }));
+        assert_eq!(config().evaluate(Ok(&app2), &req).shadow_allowed(), None, "no dry-run policies");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn denial_json_names_layer_policy_and_reason() {
+        let d = Denial { layer: Layer::Gateway, policy: Some("deny \"x\""), reason: Reason::DeniedByPolicy };
+        let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"decision": "deny", "layer": "gateway", "policy": "deny \"x\"", "reason": "denied_by_policy"})
+        );
+        let d = Denial { layer: Layer::Principal, policy: None, reason: Reason::Principal(PrincipalError::Missing) };
+        assert_eq!(d.to_string(), "deny layer=principal policy=- reason=no_principal");
+    }
+}

@@ -1,0 +1,27 @@
+//! The egress-identity proxy-wasm filter: the thin adapter between Envoy and `egress-identity-core`, and
+//! the only place proxy-wasm appears.
+//!
+//! Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
+//! seam) and the request headers some policy needs, lets the core decide, and applies the decision: a 403
+//! with a JSON body, or the internal headers that make the route pick the per-identity cluster. It records
+//! the decision in filter state (for the access log) and in per-worker counters. Every host call is
+//! checked; a failed one refuses the request with 500 `host_error`. Without a valid configuration every
+//! request is refused with 500 `not_configured` (fail closed).
+//!
+//! [`principal::resolve`]: egress_identity_core::principal::resolve
+
+mod counters;
+mod host;
+mod http;
+mod root;
+#[cfg(feature = "test-trap")]
+mod test_trap;
+
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    // Until the first configuration asks Envoy for its level (root::follow_envoy_log_level).
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::EgressIdentityRoot::default()) });
+}}

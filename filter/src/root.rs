@@ -1,0 +1,132 @@
+//! The root context (one per worker VM): loads the configuration, owns the certificate cache and the
+//! counters, publishes the configuration generation, and follows Envoy's log level.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use egress_identity_core::certificate_cache::CertificateCache;
+use egress_identity_core::config::Config;
+use egress_identity_core::config_generation::{self, Generation};
+use egress_identity_core::metrics;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
+
+use crate::counters::Counters;
+use crate::host;
+use crate::http::EgressIdentityFilter;
+
+/// Per-VM (per worker) state.
+#[derive(Default)]
+pub struct EgressIdentityRoot {
+    config: Option<Rc<Config>>,
+    cache: Option<Rc<RefCell<CertificateCache>>>,
+    counters: Rc<Counters>,
+    log_level: Option<LogLevel>,
+}
+
+impl EgressIdentityRoot {
+    /// Sets the plugin's log level to Envoy's, so `debug` lines appear exactly when Envoy logs Wasm at
+    /// debug. Asked at configure time and on every tick (the level can change at run time).
+    fn follow_envoy_log_level(&mut self) {
+        let level = host::envoy_log_level();
+        if level.is_some() && level != self.log_level {
+            self.log_level = level;
+            if let Some(level) = level {
+                proxy_wasm::set_log_level(level);
+            }
+        }
+    }
+}
+
+impl Context for EgressIdentityRoot {
+    /// The plugin is being removed (e.g. a listener update): publish what was counted since the last tick.
+    fn on_done(&mut self) -> bool {
+        self.counters.flush();
+        true
+    }
+}
+
+impl RootContext for EgressIdentityRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        self.follow_envoy_log_level();
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+            _ => {
+                log::error!("egress-identity: invalid configuration: .: no plugin configuration given");
+                return false;
+            }
+        };
+        let config = match Config::load(&bytes) {
+            Ok(config) => config,
+            Err(errors) => {
+                for error in errors {
+                    log::error!("egress-identity: invalid configuration: {error}");
+                }
+                return false;
+            }
+        };
+        log::info!(
+            "egress-identity: configuration loaded: {} gateway policies, {} destinations",
+            config.gateway.len(),
+            config.destinations.iter().count()
+        );
+        self.cache = Some(Rc::new(RefCell::new(CertificateCache::new(config.certificate_cache_size))));
+        self.counters.flush();
+        self.counters = Rc::new(Counters::define(&config));
+        if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
+            log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
+        }
+        publish_config_generation(config_generation::fingerprint(&bytes));
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.counters.flush();
+        self.follow_envoy_log_level();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(EgressIdentityFilter::new(self.config.clone(), self.cache.clone(), Rc::clone(&self.counters))))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Sets the config-generation gauge from the record in shared data (see [`Generation::next`]),
+/// retrying when another worker updates the record at the same time.
+fn publish_config_generation(fingerprint: u64) {
+    let gauge = match hostcalls::define_metric(MetricType::Gauge, metrics::CONFIG_GENERATION) {
+        Ok(gauge) => gauge,
+        Err(status) => {
+            log::warn!("egress-identity: cannot define the config-generation gauge: {status:?}");
+            return;
+        }
+    };
+    for _ in 0..8 {
+        let (stored, cas) = match hostcalls::get_shared_data(config_generation::SHARED_DATA_KEY) {
+            Ok(found) => found,
+            Err(status) => {
+                log::warn!("egress-identity: cannot read the config generation: {status:?}");
+                return;
+            }
+        };
+        let next = Generation::next(stored.as_deref(), fingerprint);
+        match hostcalls::set_shared_data(config_generation::SHARED_DATA_KEY, Some(next.record().as_bytes()), cas) {
+            Ok(()) => {
+                if let Err(status) = hostcalls::record_metric(gauge, next.generation) {
+                    log::warn!("egress-identity: cannot record the config generation: {status:?}");
+                }
+                return;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                log::warn!("egress-identity: cannot store the config generation: {status:?}");
+                return;
+            }
+        }
+    }
+}
