@@ -80,3 +80,36 @@ fn the_core_knows_no_proxy_wasm() {
         assert!(!text.contains("proxy_wasm::"), "{} uses proxy_wasm", entry.path().display());
     }
 }
+
+#[test]
+fn the_readme_architecture_table_matches_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme.split("## Architecture").nth(1).unwrap().split("\n## ").next().unwrap_or_default();
+    let named: BTreeSet<&str> = section.split('`').skip(1).step_by(2).collect();
+    let sources = |dir: &str| -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".rs"))
+            .collect();
+        files.sort();
+        files
+    };
+    for file in sources("core/src").iter().filter(|f| *f != "lib.rs") {
+        assert!(
+            named.contains(format!("core/src/{file}").as_str()),
+            "README's architecture table misses core/src/{file}"
+        );
+    }
+    for (dir, skip) in [("filter/src", ["lib.rs", "test_trap.rs"]), ("cli/src", ["main.rs", "main.rs"])] {
+        for file in sources(dir).iter().filter(|f| !skip.contains(&f.as_str())) {
+            let listed = named.contains(format!("{dir}/{file}").as_str()) || named.contains(file.as_str());
+            assert!(listed, "README's architecture table misses {dir}/{file}");
+        }
+    }
+    for path in named.iter().filter(|n| n.ends_with(".rs") && n.contains('/')) {
+        assert!(root.join(path).exists(), "README's architecture table names {path}, which does not exist");
+    }
+}
