@@ -107,3 +107,133 @@ fn explain_exits_0_on_allow_3_on_deny_and_1_on_a_bad_configuration() {
     assert!(text(&out.stderr).contains("destinations: must declare"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
 }
+
+/// Writes `json` to a file of its own and runs `validate` on it: (exit code, stderr).
+fn validate_text(name: &str, json: &str) -> (Option<i32>, String) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-validate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, json).unwrap();
+    let out = cli(&["validate", file.to_str().unwrap()]);
+    (out.status.code(), text(&out.stderr))
+}
+
+/// The demo policy with `edit` applied to its JSON.
+fn demo_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json")).unwrap();
+    let mut policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut policy);
+    policy.to_string()
+}
+
+#[test]
+fn validate_refuses_values_that_can_never_match_naming_the_field_and_why() {
+    use serde_json::json;
+    // A DENY written with a typo would never deny; explain would say allow. Each is refused instead.
+    let deny = |values: serde_json::Value| {
+        demo_with(|p| {
+            p["gateway"]["policies"][0]["rules"] = json!([{"from": [{"source": values}]}]);
+        })
+    };
+    let at = "gateway.policies[0].rules[0].from[0].source";
+    for (name, source, field, why) in [
+        (
+            "one-slash",
+            json!({"principals": ["spiffe:/cluster.local/ns/payments/sa/legacy"]}),
+            "principals[0]",
+            "scheme",
+        ),
+        (
+            "upper-td",
+            json!({"principals": ["spiffe://Cluster.local/ns/payments/sa/legacy"]}),
+            "principals[0]",
+            "not a SPIFFE ID",
+        ),
+        ("empty-segment", json!({"principals": ["cluster.local/ns//sa/legacy"]}), "principals[0]", "not a SPIFFE ID"),
+        ("https", json!({"principals": ["https://cluster.local/ns/payments/sa/legacy"]}), "principals[0]", "scheme"),
+        ("bare", json!({"principals": ["payments/checkout"]}), "principals[0]", "not one callers can come from"),
+        ("td-only", json!({"notPrincipals": ["spiffe://cluster.local"]}), "notPrincipals[0]", "names a trust domain"),
+        ("namespace", json!({"namespaces": ["Payments"]}), "namespaces[0]", "namespace"),
+        ("trust-domain", json!({"trustDomains": ["evil.example"]}), "trustDomains[0]", "not one callers can come from"),
+    ] {
+        let (code, stderr) = validate_text(name, &deny(source));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{at}.{field}: ")) && stderr.contains(why), "{name}: {stderr}");
+    }
+    let operation = |op: serde_json::Value| {
+        demo_with(|p| {
+            p["gateway"]["policies"][0]["rules"] = json!([{"to": [{"operation": op}]}]);
+        })
+    };
+    let at = "gateway.policies[0].rules[0].to[0].operation";
+    for (name, op, field, why) in [
+        ("host-port", json!({"notHosts": ["api.partner.example:443"]}), "notHosts[0]", "without its port"),
+        ("method", json!({"methods": ["DEL ETE"]}), "methods[0]", "HTTP method"),
+        ("path-slash", json!({"paths": ["admin*"]}), "paths[0]", "start with"),
+        ("path-query", json!({"paths": ["/admin?debug=1"]}), "paths[0]", "query"),
+        ("port-sign", json!({"ports": ["+443"]}), "ports[0]", "not a port"),
+    ] {
+        let (code, stderr) = validate_text(name, &operation(op));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{at}.{field}: ")) && stderr.contains(why), "{name}: {stderr}");
+    }
+    // Values the request side normalizes are normalized the same way, not refused.
+    let (code, stderr) =
+        validate_text("normalized", &operation(json!({"hosts": ["API.Partner.Example."], "methods": ["delete"]})));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn validate_refuses_internal_header_names_that_mean_something_else() {
+    for (name, header) in [
+        ("host", "host"),
+        ("authorization", "authorization"),
+        ("pseudo", ":authority"),
+        ("underscore", "x_egress_identity"),
+        ("envoy", "x-envoy-original-path"),
+        ("forwarded", "x-forwarded-for"),
+        ("request-id", "x-request-id"),
+        ("upper", "X-Egress"),
+    ] {
+        let json = demo_with(|p| p["headers"] = serde_json::json!({"principal": header}));
+        let (code, stderr) = validate_text(&format!("header-{name}"), &json);
+        assert_eq!(code, Some(1), "{header}: {stderr}");
+        assert!(stderr.contains("headers.principal: "), "{header}: {stderr}");
+    }
+}
+
+#[test]
+fn validate_reports_every_schema_error_and_bounds_the_document() {
+    use serde_json::json;
+    let json = demo_with(|p| {
+        p["gateway"]["policies"][0]["action"] = json!("ALOW");
+        p["gateway"]["policies"][1]["rules"][0]["when"] = json!([{"key": "k"}]);
+        p["destinations"][0]["ports"] = json!([443, "https"]);
+        p["trustDomain"] = json!("x");
+    });
+    let (code, stderr) = validate_text("schema", &json);
+    assert_eq!(code, Some(1), "{stderr}");
+    for path in [
+        "gateway.policies[0].action: unknown variant `ALOW`",
+        "gateway.policies[1].rules[0].when: unknown field `when`",
+        "destinations[0].ports[1]: invalid type",
+        "trustDomain: unknown field `trustDomain`",
+    ] {
+        assert!(stderr.contains(path), "missing {path:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("missing field `action`"), "an artifact of the first error was reported:\n{stderr}");
+
+    let (code, stderr) = validate_text("trailing", &format!("{}\n}} garbage", demo_with(|_| {})));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("trailing characters at line 2"), "{stderr}");
+
+    let long_name = "d".repeat(200);
+    let (code, stderr) = validate_text("long-name", &demo_with(|p| p["destinations"][0]["name"] = json!(long_name)));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("destinations[0].name: ") && stderr.contains("(200 bytes)"), "{stderr}");
+
+    let huge = format!("{{\"destinations\": [], \"pad\": \"{}\"}}", "x".repeat(17 * 1024 * 1024));
+    let (code, stderr) = validate_text("huge", &huge);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("at most 16777216 are accepted"), "{}", &stderr[..stderr.len().min(300)]);
+}

@@ -5,21 +5,159 @@
 
 use std::collections::HashSet;
 
+use serde_path_to_error::Segment;
+
 use crate::config_document::{PluginConfigSpec, PrincipalSource};
 use crate::config_error::{ConfigError, Errors, JsonPath};
 use crate::destination::DestinationTable;
 use crate::peer_certificate::SanPolicy;
 use crate::policy::{LayerKind, PolicyLayer};
+use crate::policy_value::ValueRules;
+use crate::request::PathMatching;
 use crate::trust_domain::TrustDomains;
 
 /// The largest `certificateCacheSize`.
 const MAX_CACHE_SIZE: usize = 1_000_000;
+/// The largest configuration document (a 10,000-rule policy is about 1.5 MB).
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// At most this many schema errors are reported for one document.
+const MAX_SCHEMA_ERRORS: usize = 100;
+
+/// Every schema error (a wrong type, an unknown field or variant, a missing field) that can be found in a
+/// document that does not deserialize, each with its JSON path; or the one syntax error, with its line and
+/// column. serde stops at the first error, so the offending node is removed and the rest deserialized
+/// again; a "missing field" caused only by such a removal is not reported.
+fn schema_errors(json: &[u8]) -> Vec<ConfigError> {
+    let mut document: serde_json::Value = match serde_json::from_slice(json) {
+        Ok(document) => document,
+        Err(e) => return vec![ConfigError::new(".", e.to_string())],
+    };
+    let mut errors = Vec::new();
+    let mut removed: Vec<Vec<Step>> = Vec::new();
+    while errors.len() < MAX_SCHEMA_ERRORS {
+        let e = match serde_path_to_error::deserialize::<_, PluginConfigSpec>(&document) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let path: Vec<Step> = e.path().iter().map(Step::of).collect();
+        let message = e.inner().to_string();
+        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+        // "missing field `k`" of an object whose `k` was just removed for an earlier error: not a new error.
+        let artifact = missing.is_some_and(|k| {
+            removed
+                .last()
+                .and_then(|r| r.split_last())
+                .is_some_and(|(last, parent)| parent == path && *last == Step::Key(k.into()))
+        });
+        if !artifact {
+            errors.push(ConfigError::new(original_path(&path, &removed), message.clone()));
+        }
+        // The node at fault is dropped and the rest tried again; an object that misses a field only if it
+        // is an element of a list. Where nothing can be dropped, stop.
+        let droppable = !path.is_empty() && (missing.is_none() || matches!(path.last(), Some(Step::Index(_))));
+        if !droppable || !remove(&mut document, &path) {
+            break;
+        }
+        removed.push(path);
+    }
+    if errors.is_empty() {
+        errors.push(ConfigError::new(".", "the document does not match the configuration schema"));
+    }
+    errors
+}
+
+/// One step of a JSON path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Index(usize),
+    Key(String),
+    Other,
+}
+
+impl Step {
+    fn of(segment: &Segment) -> Self {
+        match segment {
+            Segment::Seq { index } => Self::Index(*index),
+            Segment::Map { key } => Self::Key(key.clone()),
+            _ => Self::Other,
+        }
+    }
+}
+
+/// `path` in the document as written: indexes after an element removed earlier are one higher there.
+fn original_path(path: &[Step], removed: &[Vec<Step>]) -> String {
+    let mut path = path.to_vec();
+    for earlier in removed.iter().rev() {
+        let Some((Step::Index(gone), parent)) = earlier.split_last() else { continue };
+        if path.len() > parent.len() && path.get(..parent.len()) == Some(parent) {
+            if let Some(Step::Index(i)) = path.get_mut(parent.len()) {
+                if *i >= *gone {
+                    *i += 1;
+                }
+            }
+        }
+    }
+    if path.is_empty() {
+        return ".".into();
+    }
+    let mut text = String::new();
+    for step in &path {
+        match step {
+            Step::Key(key) if text.is_empty() => text.push_str(key),
+            Step::Key(key) => {
+                text.push('.');
+                text.push_str(key);
+            }
+            Step::Index(i) => text.push_str(&format!("[{i}]")),
+            Step::Other => text.push_str(".?"),
+        }
+    }
+    text
+}
+
+/// Removes the node at `path` from `document`; false when there is none.
+fn remove(document: &mut serde_json::Value, path: &[Step]) -> bool {
+    let Some((last, parent)) = path.split_last() else { return false };
+    let mut node = document;
+    for step in parent {
+        let next = match (step, node) {
+            (Step::Index(index), serde_json::Value::Array(items)) => items.get_mut(*index),
+            (Step::Key(key), serde_json::Value::Object(map)) => map.get_mut(key),
+            _ => None,
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Step::Index(index), serde_json::Value::Array(items)) if *index < items.len() => {
+            items.remove(*index);
+            true
+        }
+        (Step::Key(key), serde_json::Value::Object(map)) => map.remove(key).is_some(),
+        _ => false,
+    }
+}
 
 /// Names of the internal headers the filter sets and the route removes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderNames {
     pub principal: Box<str>,
     pub cluster: Box<str>,
+    /// The underscore spellings of both and of `x-forwarded-client-cert` (`x_egress_identity_cluster`):
+    /// partners that fold `_` into `-` would read a client's copy as the gateway's, so the filter removes
+    /// them from every request it forwards.
+    pub underscore_spellings: [Box<str>; 3],
+}
+
+impl HeaderNames {
+    fn new(principal: String, cluster: String) -> Self {
+        let underscored = |name: &str| name.replace('-', "_").into_boxed_str();
+        let underscore_spellings =
+            [underscored(&principal), underscored(&cluster), underscored("x-forwarded-client-cert")];
+        Self { principal: principal.into_boxed_str(), cluster: cluster.into_boxed_str(), underscore_spellings }
+    }
 }
 
 /// The configuration the data path runs on: validated, with every policy compiled.
@@ -35,6 +173,8 @@ pub struct Config {
     pub destinations: DestinationTable,
     /// The request attributes some policy looks at: the adapter reads only those headers.
     pub attributes_used: AttributesUsed,
+    /// How request paths are compared with `paths` values.
+    pub path_matching: PathMatching,
 }
 
 /// Whether any policy (enforced or dry-run, either layer) constrains methods or paths. When none does,
@@ -59,19 +199,17 @@ impl AttributesUsed {
 impl Config {
     /// Parses and compiles a configuration document. Returns every error found.
     pub fn load(json: &[u8]) -> Result<Self, Vec<ConfigError>> {
-        // The fast path parses once; only a document that fails is parsed again to find the field's path.
-        let spec: PluginConfigSpec = match serde_json::from_slice(json) {
-            Ok(spec) => spec,
-            Err(_) => {
-                let de = &mut serde_json::Deserializer::from_slice(json);
-                let e = match serde_path_to_error::deserialize::<_, PluginConfigSpec>(de) {
-                    Err(e) => e,
-                    Ok(_) => return Err(vec![ConfigError::new(".", "inconsistent parse")]),
-                };
-                return Err(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]);
-            }
-        };
-        Self::compile(spec)
+        if json.len() > MAX_DOCUMENT_BYTES {
+            return Err(vec![ConfigError::new(
+                ".",
+                format!("the configuration is {} bytes; at most {MAX_DOCUMENT_BYTES} are accepted", json.len()),
+            )]);
+        }
+        // The fast path parses once; only a document that fails is parsed again to find every field at fault.
+        match serde_json::from_slice(json) {
+            Ok(spec) => Self::compile(spec),
+            Err(_) => Err(schema_errors(json)),
+        }
     }
 
     /// Validates and compiles a parsed document, taking over its strings.
@@ -110,14 +248,19 @@ impl Config {
         }
 
         let attributes_used = AttributesUsed::of(&spec);
+        let path_matching = PathMatching {
+            case_insensitive: spec.path_matching.case_insensitive,
+            ignore_parameters: spec.path_matching.ignore_parameters,
+        };
+        let rules = ValueRules { trust: &trust_domains, paths: path_matching };
         let gateway = PolicyLayer::compile(
             spec.gateway.policies,
             LayerKind::Gateway,
             &JsonPath::Root("gateway.policies"),
-            &trust_domains,
+            &rules,
             &mut errors,
         );
-        let destinations = DestinationTable::compile(spec.destinations, &trust_domains, &mut errors);
+        let destinations = DestinationTable::compile(spec.destinations, &rules, &mut errors);
 
         if !errors.is_empty() {
             return Err(errors.into_vec());
@@ -125,24 +268,55 @@ impl Config {
         Ok(Self {
             trust_domains,
             principal_sources: spec.principal_sources,
-            headers: HeaderNames {
-                principal: spec.headers.principal.into_boxed_str(),
-                cluster: spec.headers.cluster.into_boxed_str(),
-            },
+            headers: HeaderNames::new(spec.headers.principal, spec.headers.cluster),
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
             san_policy: if spec.accept_legacy_kuma_sans { SanPolicy::AcceptLegacyKuma } else { SanPolicy::Strict },
             gateway,
             destinations,
             attributes_used,
+            path_matching,
         })
     }
 }
 
+/// Header prefixes and names that Envoy, tracers or common frameworks give a meaning to: an internal header
+/// must be none of them, or the filter would overwrite what the gateway or the partner relies on.
+const RESERVED_HEADER_PREFIXES: &[&str] =
+    &["x-envoy-", "x-forwarded-", "x-b3-", "x-ot-", "x-datadog-", "x-amzn-", "x-cloud-trace-", "x-istio-", "x-kuma-"];
+const RESERVED_HEADER_NAMES: &[&str] = &[
+    "x-request-id",
+    "x-real-ip",
+    "x-client-trace-id",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-api-key",
+    "x-auth-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+];
+
+/// An internal header name: a custom `x-` header of lower-case letters, digits and single dashes, that no
+/// proxy or framework reads for another purpose. No underscores: partners that fold `_` into `-` would
+/// read a client's `x_name` as it.
 fn validate_header_name(errors: &mut Errors, path: &str, name: &str) {
-    let token = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.');
-    if name.is_empty() || !name.bytes().all(token) {
-        errors.push(path, format!("{name:?} is not a lower-case HTTP header name"));
+    let shape = name.len() <= 64
+        && name.starts_with("x-")
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if !shape {
+        errors.push(
+            path,
+            format!("{name:?} is not an internal header name: use a custom \"x-\" header of lower-case letters, digits and single dashes (at most 64), e.g. \"x-egress-identity-cluster\""),
+        );
+    } else if RESERVED_HEADER_PREFIXES.iter().any(|p| name.starts_with(p)) || RESERVED_HEADER_NAMES.contains(&name) {
+        errors
+            .push(path, format!("{name:?} already means something to Envoy, tracing or partners: choose another name"));
     }
 }
 
@@ -233,6 +407,8 @@ pub(crate) mod tests {
         let config = Config::load(EXAMPLE.as_bytes()).unwrap();
         assert_eq!(&*config.headers.principal, DEFAULT_PRINCIPAL_HEADER);
         assert_eq!(&*config.headers.cluster, DEFAULT_CLUSTER_HEADER);
+        let spellings: Vec<&str> = config.headers.underscore_spellings.iter().map(|h| &**h).collect();
+        assert_eq!(spellings, ["x_egress_identity_principal", "x_egress_identity_cluster", "x_forwarded_client_cert"]);
         assert_eq!(config.default_port, 443);
         assert_eq!(config.certificate_cache_size, 1024);
         assert_eq!(config.principal_sources, [PrincipalSource::PeerCertificate, PrincipalSource::IstioPeerPrincipal]);

@@ -28,6 +28,9 @@ pub struct PluginConfigSpec {
     /// Accept Kuma's legacy certificates (one `spiffe://` plus `kuma://` URI SANs).
     #[serde(default)]
     pub accept_legacy_kuma_sans: bool,
+    /// How request paths are compared with `paths` values, for partners that read paths loosely.
+    #[serde(default)]
+    pub path_matching: PathMatchingSpec,
     #[serde(default)]
     pub gateway: GatewaySpec,
     pub destinations: Vec<DestinationSpec>,
@@ -57,6 +60,16 @@ fn default_cache_size() -> usize {
 
 pub const DEFAULT_PRINCIPAL_HEADER: &str = "x-egress-identity-principal";
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-egress-identity-cluster";
+
+/// `pathMatching`: see [`crate::request::PathMatching`].
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathMatchingSpec {
+    #[serde(default)]
+    pub case_insensitive: bool,
+    #[serde(default)]
+    pub ignore_parameters: bool,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -205,29 +218,4 @@ pub struct OperationSpec {
 pub enum PortSpec {
     Number(u64),
     Text(String),
-}
-
-impl PortSpec {
-    pub fn to_port(&self) -> Result<u16, String> {
-        let n = match self {
-            Self::Number(n) => *n,
-            Self::Text(s) => s.parse::<u64>().map_err(|_| format!("{s:?} is not a port number"))?,
-        };
-        u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wasm_bindgen_test::wasm_bindgen_test;
-
-    #[wasm_bindgen_test(unsupported = test)]
-    fn ports_accept_numbers_and_istio_strings() {
-        assert_eq!(PortSpec::Number(443).to_port(), Ok(443));
-        assert_eq!(PortSpec::Text("8443".into()).to_port(), Ok(8443));
-        assert!(PortSpec::Number(0).to_port().is_err());
-        assert!(PortSpec::Number(65536).to_port().is_err());
-        assert!(PortSpec::Text("https".into()).to_port().is_err());
-    }
 }

@@ -79,12 +79,42 @@ impl Errors {
 
 /// Checks that a value will be a valid header value and Envoy cluster name (visible ASCII, no spaces).
 pub fn validate_cluster_name(errors: &mut Errors, path: &JsonPath<'_>, name: &str) {
-    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
-        errors.push(path, format!("{name:?} is not a cluster name (visible ASCII, no spaces)"));
+    if name.is_empty() || name.len() > MAX_CLUSTER_NAME || !name.bytes().all(|c| c.is_ascii_graphic()) {
+        errors.push(
+            path,
+            format!(
+                "{} is not a cluster name (1 to {MAX_CLUSTER_NAME} visible ASCII characters, no spaces)",
+                shown(name)
+            ),
+        );
     }
 }
 
-/// Reports names that are empty or used twice within the list at `path`.
+/// The longest name of a policy, destination or external identity: names go into every audit record and
+/// metric name.
+pub const MAX_NAME: usize = 128;
+/// The longest cluster name.
+pub const MAX_CLUSTER_NAME: usize = 256;
+
+/// A name of a policy, destination or external identity: 1 to [`MAX_NAME`] letters, digits and `._-:/@`.
+pub fn validate_name(errors: &mut Errors, path: &JsonPath<'_>, name: &str) {
+    let ok = |c: u8| c.is_ascii_alphanumeric() || b"._-:/@".contains(&c);
+    if name.is_empty() {
+        errors.push(path, "must not be empty");
+    } else if name.len() > MAX_NAME || !name.bytes().all(ok) {
+        errors.push(path, format!("{} is not a name: 1 to {MAX_NAME} letters, digits and \"._-:/@\"", shown(name)));
+    }
+}
+
+/// A value as an error message shows it: quoted, and cut short when it is long.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", value.get(..end).unwrap_or_default(), value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
+/// Reports names that are not names ([`validate_name`]) or are used twice within the list at `path`.
 pub fn validate_unique_names<'a, I>(errors: &mut Errors, path: &JsonPath<'_>, names: I)
 where
     I: IntoIterator<Item = &'a str>,
@@ -94,8 +124,10 @@ where
     // One name cannot be repeated: no set for the usual destination with one policy and one identity.
     let mut seen = (names.len() > 1).then(|| HashSet::with_capacity(names.len()));
     for (i, name) in names.enumerate() {
-        if name.is_empty() {
-            errors.push(path.index(i).field("name"), "must not be empty");
+        let mut invalid = Errors::default();
+        validate_name(&mut invalid, &path.index(i).field("name"), name);
+        if !invalid.is_empty() {
+            errors.0.extend(invalid.0);
         } else if seen.as_mut().is_some_and(|seen| !seen.insert(name)) {
             errors.push(path.index(i).field("name"), format!("{name:?} is used twice"));
         }

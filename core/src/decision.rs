@@ -10,7 +10,7 @@ use crate::peer_certificate::CertificateError;
 use crate::policy::{Attributes, Verdict};
 use crate::principal::PrincipalError;
 use crate::request::Request;
-use crate::request::{path_without_query, split_authority};
+use crate::request::{matching_path, normalize_method, split_authority};
 use crate::spiffe_id::SpiffeId;
 
 /// The layer that decided a denial.
@@ -43,6 +43,8 @@ pub enum Reason {
     /// UTF-8: fail closed rather than match a mangled value.
     MalformedRequest,
     Principal(PrincipalError),
+    /// The caller's SPIFFE ID has no path: it names a trust domain, not a workload (X509-SVID 5.2).
+    TrustDomainId,
     UntrustedTrustDomain,
     UnknownDestination,
     DeniedByPolicy,
@@ -102,8 +104,10 @@ impl Denial<'_> {
                 CertificateError::MultipleUriSans => K::MultipleUriSans,
                 CertificateError::InvalidSpiffeId(_) => K::InvalidSpiffeId,
                 CertificateError::CaCertificate => K::CaCertificate,
+                CertificateError::KeyUsage => K::InvalidKeyUsage,
             },
             Reason::Principal(PrincipalError::InvalidSpiffeId(_)) => K::InvalidSpiffeId,
+            Reason::TrustDomainId => K::TrustDomainId,
             Reason::UntrustedTrustDomain => K::UntrustedTrustDomain,
             Reason::DeniedByPolicy => policy_layer(K::GatewayDeniedByPolicy, K::DestinationDeniedByPolicy),
             Reason::NoMatchingAllow => policy_layer(K::GatewayNoMatchingAllow, K::DestinationNoMatchingAllow),
@@ -124,6 +128,8 @@ pub enum DenialKind {
     MultipleUriSans,
     InvalidSpiffeId,
     CaCertificate,
+    InvalidKeyUsage,
+    TrustDomainId,
     UntrustedTrustDomain,
     GatewayDeniedByPolicy,
     GatewayNoMatchingAllow,
@@ -135,7 +141,7 @@ pub enum DenialKind {
 
 impl DenialKind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::MalformedRequest,
         Self::NoPrincipal,
         Self::UnparsableCertificate,
@@ -143,6 +149,8 @@ impl DenialKind {
         Self::MultipleUriSans,
         Self::InvalidSpiffeId,
         Self::CaCertificate,
+        Self::InvalidKeyUsage,
+        Self::TrustDomainId,
         Self::UntrustedTrustDomain,
         Self::GatewayDeniedByPolicy,
         Self::GatewayNoMatchingAllow,
@@ -166,6 +174,8 @@ impl DenialKind {
             | Self::MultipleUriSans
             | Self::InvalidSpiffeId
             | Self::CaCertificate
+            | Self::InvalidKeyUsage
+            | Self::TrustDomainId
             | Self::UntrustedTrustDomain => Layer::Principal,
             Self::GatewayDeniedByPolicy | Self::GatewayNoMatchingAllow => Layer::Gateway,
             Self::UnknownDestination | Self::DestinationDeniedByPolicy | Self::DestinationNoMatchingAllow => {
@@ -185,6 +195,8 @@ impl DenialKind {
             Self::MultipleUriSans => "multiple_uri_sans",
             Self::InvalidSpiffeId => "invalid_spiffe_id",
             Self::CaCertificate => "ca_certificate",
+            Self::InvalidKeyUsage => "invalid_key_usage",
+            Self::TrustDomainId => "trust_domain_id",
             Self::UntrustedTrustDomain => "untrusted_trust_domain",
             Self::GatewayDeniedByPolicy | Self::DestinationDeniedByPolicy => "denied_by_policy",
             Self::GatewayNoMatchingAllow | Self::DestinationNoMatchingAllow => "no_matching_allow",
@@ -264,25 +276,32 @@ impl Config {
         request: &Request<'_>,
     ) -> Evaluation<'c> {
         // The documented order: the request, then the principal, then the layers.
-        let Some((host, port)) = split_authority(request.authority, self.default_port) else {
+        let (Some((host, port)), Some(path)) =
+            (split_authority(request.authority, self.default_port), matching_path(request.path, self.path_matching))
+        else {
             return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
         };
         let principal = match principal {
             Ok(p) => p,
             Err(e) => return Evaluation::of(deny(Layer::Principal, None, Reason::Principal(e))),
         };
+        // X509-SVID 5.2: a caller's SPIFFE ID names a workload, never a whole trust domain.
+        if principal.path().is_empty() {
+            return Evaluation::of(deny(Layer::Principal, None, Reason::TrustDomainId));
+        }
         if !self.trust_domains.accepts(principal.trust_domain()) {
             return Evaluation::of(deny(Layer::Principal, None, Reason::UntrustedTrustDomain));
         }
         let canonical_principal = self.trust_domains.canonical_principal(principal);
+        let method = normalize_method(request.method);
         let attributes = Attributes {
             principal: &canonical_principal,
             trust_domain: self.trust_domains.canonical(principal.trust_domain()),
             namespace: principal.namespace(),
             host: &host,
             port,
-            method: request.method,
-            path: path_without_query(request.path),
+            method: &method,
+            path: &path,
         };
 
         let mut evaluation = Evaluation::of(deny(Layer::Gateway, None, Reason::NoMatchingAllow));

@@ -7,7 +7,7 @@ use crate::config_document::DestinationSpec;
 use crate::config_error::{validate_unique_names, Errors, JsonPath};
 use crate::identity_mapping::{ExternalIdentity, IdentityMapping};
 use crate::policy::{LayerKind, PolicyLayer};
-use crate::trust_domain::TrustDomains;
+use crate::policy_value::ValueRules;
 
 /// One external destination, compiled.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct DestinationTable {
 
 impl DestinationTable {
     /// Compiles `destinations`, taking over their strings; a host:port declared twice is an error.
-    pub fn compile(specs: Vec<DestinationSpec>, trust: &TrustDomains, errors: &mut Errors) -> Self {
+    pub fn compile(specs: Vec<DestinationSpec>, rules: &ValueRules<'_>, errors: &mut Errors) -> Self {
         let path = JsonPath::Root("destinations");
         if specs.is_empty() {
             errors.push(path, "must declare at least one destination");
@@ -83,14 +83,14 @@ impl DestinationTable {
                     spec.policies,
                     LayerKind::Destination,
                     &path.field("policies"),
-                    trust,
+                    rules,
                     errors,
                 ),
                 identities: IdentityMapping::compile(
                     spec.identities,
                     spec.default_identity,
                     &path,
-                    trust,
+                    rules,
                     &mut table.identity_count,
                     errors,
                 ),
@@ -170,7 +170,9 @@ mod tests {
     fn table(specs: serde_json::Value) -> Result<DestinationTable, Vec<String>> {
         let specs: Vec<DestinationSpec> = serde_json::from_value(specs).unwrap();
         let mut errors = Errors::default();
-        let t = DestinationTable::compile(specs, &TrustDomains::default(), &mut errors);
+        let trust = crate::trust_domain::TrustDomains::new(&["cluster.local".into()], None, &[]).unwrap();
+        let rules = ValueRules { trust: &trust, paths: crate::request::PathMatching::default() };
+        let t = DestinationTable::compile(specs, &rules, &mut errors);
         if errors.is_empty() {
             Ok(t)
         } else {

@@ -5,10 +5,10 @@
 //! certificate `CN=team.app1`).
 
 use crate::config_document::{ExternalIdentitySpec, IdentitySpec};
-use crate::config_error::{validate_cluster_name, validate_unique_names, Errors, JsonPath};
+use crate::config_error::{validate_cluster_name, validate_name, validate_unique_names, Errors, JsonPath};
 use crate::first_match_index::FirstMatchIndex;
 use crate::pattern::{normalizer, Case, Pattern};
-use crate::trust_domain::TrustDomains;
+use crate::policy_value::ValueRules;
 
 /// An external identity: its name (as the partner knows it) and the cluster that presents it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl IdentityMapping {
         identities: Vec<IdentitySpec>,
         default: Option<ExternalIdentitySpec>,
         path: &JsonPath<'_>,
-        trust: &TrustDomains,
+        rules: &ValueRules<'_>,
         next_index: &mut usize,
         errors: &mut Errors,
     ) -> Self {
@@ -58,7 +58,7 @@ impl IdentityMapping {
         validate_unique_names(errors, &identities_path, identities.iter().map(|i| i.name.as_str()));
         let mut entries = Vec::with_capacity(identities.len());
         let mut index = FirstMatchIndex::default();
-        let principal = normalizer(|v| trust.canonical_principal_pattern(v));
+        let principal = normalizer(|v| rules.principal(v));
         for (i, spec) in identities.into_iter().enumerate() {
             let path = identities_path.index(i);
             validate_cluster_name(errors, &path.field("cluster"), &spec.cluster);
@@ -74,9 +74,7 @@ impl IdentityMapping {
         }
         let default = default.map(|spec| {
             let path = path.field("defaultIdentity");
-            if spec.name.is_empty() {
-                errors.push(path.field("name"), "must not be empty");
-            }
+            validate_name(errors, &path.field("name"), &spec.name);
             validate_cluster_name(errors, &path.field("cluster"), &spec.cluster);
             identity(spec.name, spec.cluster)
         });
@@ -108,14 +106,9 @@ mod tests {
         let default: Option<ExternalIdentitySpec> = default.map(|d| serde_json::from_value(d).unwrap());
         let mut errors = Errors::default();
         let mut next = 10;
-        let m = IdentityMapping::compile(
-            specs,
-            default,
-            &JsonPath::Root("d"),
-            &TrustDomains::default(),
-            &mut next,
-            &mut errors,
-        );
+        let trust = crate::trust_domain::TrustDomains::new(&["cluster.local".into()], None, &[]).unwrap();
+        let rules = ValueRules { trust: &trust, paths: crate::request::PathMatching::default() };
+        let m = IdentityMapping::compile(specs, default, &JsonPath::Root("d"), &rules, &mut next, &mut errors);
         assert_eq!(next, 10 + m.identities().count(), "indexes are handed out one per identity");
         if errors.is_empty() {
             Ok(m)

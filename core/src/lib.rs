@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pattern;
 pub mod peer_certificate;
 pub mod policy;
+pub mod policy_value;
 pub mod principal;
 pub mod request;
 pub mod spiffe_id;

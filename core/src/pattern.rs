@@ -13,6 +13,8 @@ pub enum PatternError {
     Empty,
     /// `*` anywhere but at the start or the end, or at both (Istio has no such match).
     MisplacedWildcard,
+    /// The field's rules refuse the value ([`crate::policy_value`]); the message says why.
+    Invalid(String),
 }
 
 impl fmt::Display for PatternError {
@@ -22,6 +24,7 @@ impl fmt::Display for PatternError {
             Self::MisplacedWildcard => {
                 f.write_str("'*' is only allowed alone, as a prefix (\"*suffix\") or as a suffix (\"prefix*\")")
             }
+            Self::Invalid(why) => f.write_str(why),
         }
     }
 }
@@ -34,11 +37,17 @@ pub enum Case {
     Insensitive,
 }
 
+/// The most values one field may list.
+pub const MAX_VALUES: usize = 100_000;
+/// The longest value (a SPIFFE ID is at most 2048 bytes).
+pub const MAX_VALUE_LEN: usize = 2048;
+
 /// Up to this many exact values are compared linearly rather than hashed.
 const LINEAR_EXACT_MAX: usize = 8;
 
-/// Rewrites a pattern value before it is classified (e.g. strips `spiffe://`); see [`normalizer`].
-pub type Normalize<'a> = dyn Fn(&str) -> Cow<'_, str> + 'a;
+/// Checks and rewrites a pattern value before it is classified (e.g. strips `spiffe://`), or says why the
+/// value is refused; see [`normalizer`] and [`crate::policy_value`].
+pub type Normalize<'a> = dyn Fn(&str) -> Result<Cow<'_, str>, String> + 'a;
 
 /// One pattern value, classified; wildcard patterns are stored without their `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +96,18 @@ impl Pattern {
         mut add: impl FnMut(Self),
     ) -> Result<(), (usize, PatternError)> {
         for (index, value) in values.into_iter().enumerate() {
-            add(Self::parse(normalized(value, normalize), case).map_err(|e| (index, e))?);
+            if value.is_empty() {
+                return Err((index, PatternError::Empty));
+            }
+            if index >= MAX_VALUES {
+                return Err((index, PatternError::Invalid(format!("more than {MAX_VALUES} values in one field"))));
+            }
+            if value.len() > MAX_VALUE_LEN {
+                let why = format!("a value of {} bytes; at most {MAX_VALUE_LEN} are accepted", value.len());
+                return Err((index, PatternError::Invalid(why)));
+            }
+            let value = normalized(value, normalize).map_err(|why| (index, PatternError::Invalid(why)))?;
+            add(Self::parse(value, case).map_err(|e| (index, e))?);
         }
         Ok(())
     }
@@ -143,29 +163,29 @@ impl PatternSet {
 
 /// `value` normalized. Its own allocation is kept when normalizing leaves it as it is or only drops a
 /// prefix (`spiffe://`).
-fn normalized(mut value: String, normalize: &Normalize<'_>) -> String {
-    let kept_from = match normalize(&value) {
+fn normalized(mut value: String, normalize: &Normalize<'_>) -> Result<String, String> {
+    let kept_from = match normalize(&value)? {
         Cow::Borrowed(tail) if value.ends_with(tail) => Ok(value.len() - tail.len()),
         rewritten => Err(rewritten.into_owned()),
     };
-    match kept_from {
+    Ok(match kept_from {
         Ok(0) => value,
         Ok(start) => {
             value.replace_range(..start, "");
             value
         }
         Err(rewritten) => rewritten,
-    }
+    })
 }
 
 /// Gives a closure the higher-ranked signature a value normalizer needs (closures do not infer it).
-pub fn normalizer<F: for<'x> Fn(&'x str) -> Cow<'x, str>>(f: F) -> F {
+pub fn normalizer<F: for<'x> Fn(&'x str) -> Result<Cow<'x, str>, String>>(f: F) -> F {
     f
 }
 
 /// Leaves a value as it is.
-pub fn verbatim(value: &str) -> Cow<'_, str> {
-    Cow::Borrowed(value)
+pub fn verbatim(value: &str) -> Result<Cow<'_, str>, String> {
+    Ok(Cow::Borrowed(value))
 }
 
 #[cfg(test)]
@@ -239,9 +259,10 @@ mod tests {
     #[wasm_bindgen_test(unsupported = test)]
     fn normalize_is_applied_before_compiling() {
         let owned = vec!["spiffe://td/ns/a/sa/b".to_string()];
-        let s =
-            PatternSet::compile(owned, Case::Sensitive, &|v| Cow::Borrowed(v.strip_prefix("spiffe://").unwrap_or(v)))
-                .unwrap();
+        let s = PatternSet::compile(owned, Case::Sensitive, &|v| {
+            Ok(Cow::Borrowed(v.strip_prefix("spiffe://").unwrap_or(v)))
+        })
+        .unwrap();
         assert!(s.matches(Some("td/ns/a/sa/b")));
     }
 }

@@ -25,6 +25,8 @@ pub enum CertificateError {
     InvalidSpiffeId(SpiffeIdError),
     /// basicConstraints CA=true, or keyUsage keyCertSign or cRLSign: an X.509-SVID leaf must be neither.
     CaCertificate,
+    /// No keyUsage extension, or one without digitalSignature: X509-SVID 4.3 requires both of a leaf.
+    KeyUsage,
 }
 
 impl fmt::Display for CertificateError {
@@ -35,6 +37,7 @@ impl fmt::Display for CertificateError {
             Self::MultipleUriSans => f.write_str("peer certificate has more than one URI SAN"),
             Self::InvalidSpiffeId(e) => write!(f, "peer certificate URI SAN is not a SPIFFE ID: {e}"),
             Self::CaCertificate => f.write_str("peer certificate is a CA or may sign certificates or CRLs"),
+            Self::KeyUsage => f.write_str("peer certificate has no keyUsage extension with digitalSignature"),
         }
     }
 }
@@ -72,12 +75,16 @@ pub fn principal_from_pem(pem: &[u8], sans: SanPolicy) -> Result<ValidatedCertif
     let cert = pem.parse_x509().map_err(|_| CertificateError::Unparsable)?;
 
     let is_ca = cert.basic_constraints().map_err(|_| CertificateError::Unparsable)?.is_some_and(|bc| bc.value.ca);
-    let signs = cert
-        .key_usage()
-        .map_err(|_| CertificateError::Unparsable)?
-        .is_some_and(|ku| ku.value.key_cert_sign() || ku.value.crl_sign());
+    let key_usage = cert.key_usage().map_err(|_| CertificateError::Unparsable)?;
+    let signs = key_usage.as_ref().is_some_and(|ku| ku.value.key_cert_sign() || ku.value.crl_sign());
     if is_ca || signs {
         return Err(CertificateError::CaCertificate);
+    }
+    // X509-SVID 4.3: the extension MUST be set on every SVID and a leaf MUST set digitalSignature. Every
+    // mesh CA we know of (Istio, SPIRE, Kuma, cert-manager's csi-driver-spiffe) does; a leaf that does not
+    // was not issued as an SVID.
+    if !key_usage.is_some_and(|ku| ku.value.digital_signature()) {
+        return Err(CertificateError::KeyUsage);
     }
 
     let san = cert.subject_alternative_name().map_err(|_| CertificateError::Unparsable)?;

@@ -5,13 +5,11 @@
 //! `source`/`operation` all present fields must match; within a field any value may; `notX` matches when
 //! no value matches. A rule matches when any of its `from` and any of its `to` entries match.
 
-use std::borrow::Cow;
-
 use crate::config_document::{Action, OperationSpec, PolicySpec, PortSpec, RuleSpec, SourceSpec};
 use crate::config_error::{validate_unique_names, Errors, JsonPath};
 use crate::first_match_index::FirstMatchIndex;
-use crate::pattern::{normalizer, verbatim, Case, Normalize, Pattern, PatternSet};
-use crate::trust_domain::TrustDomains;
+use crate::pattern::{normalizer, Case, Normalize, Pattern, PatternSet};
+use crate::policy_value::{self, ValueRules};
 
 /// What the policies of a layer see of a request. Hosts are lower-case, paths carry no query string.
 #[derive(Clone, Copy, Debug)]
@@ -85,25 +83,26 @@ impl RuleList {
         spec: PolicySpec,
         path: &JsonPath<'_>,
         kind: LayerKind,
-        trust: &TrustDomains,
+        rules: &ValueRules<'_>,
         errors: &mut Errors,
     ) {
         self.policies.push((spec.name.into_boxed_str(), self.rules));
         let rules_path = path.field("rules");
-        let principal = principal_normalizer(trust);
+        let principal = normalizer(|v| rules.principal(v));
+        let paths = normalizer(|v| rules.path(v));
         for (r, mut rule) in spec.rules.into_iter().enumerate() {
             let ordinal = self.rules;
             self.rules += 1;
             let path = rules_path.index(r);
             let Some(single) = take_single_field(&mut rule) else {
-                self.scanned.push((ordinal, Rule::compile(rule, kind, &path, trust, errors)));
+                self.scanned.push((ordinal, Rule::compile(rule, kind, &path, rules, errors)));
                 continue;
             };
             let (index, values, normalize, field): (_, _, &Normalize<'_>, _) = match single {
                 SingleField::Principals(values) => {
                     (&mut self.by_principal, values, &principal, "from[0].source.principals")
                 }
-                SingleField::Paths(values) => (&mut self.by_path, values, &verbatim, "to[0].operation.paths"),
+                SingleField::Paths(values) => (&mut self.by_path, values, &paths, "to[0].operation.paths"),
             };
             let add = |pattern| index.insert(pattern, ordinal);
             if let Err((bad, e)) = Pattern::parse_each(values, Case::Sensitive, normalize, add) {
@@ -203,7 +202,7 @@ impl PolicyLayer {
         specs: Vec<PolicySpec>,
         kind: LayerKind,
         path: &JsonPath<'_>,
-        trust: &TrustDomains,
+        rules: &ValueRules<'_>,
         errors: &mut Errors,
     ) -> Self {
         validate_unique_names(errors, path, specs.iter().map(|p| p.name.as_str()));
@@ -211,14 +210,14 @@ impl PolicyLayer {
         for (i, spec) in specs.into_iter().enumerate() {
             let path = path.index(i);
             match (spec.action, spec.dry_run) {
-                (Action::Deny, false) => layer.deny.push(spec, &path, kind, trust, errors),
-                (Action::Allow, false) => layer.allow.push(spec, &path, kind, trust, errors),
+                (Action::Deny, false) => layer.deny.push(spec, &path, kind, rules, errors),
+                (Action::Allow, false) => layer.allow.push(spec, &path, kind, rules, errors),
                 // Dry-run policies are evaluated only for the shadow verdict, by a plain scan.
                 (Action::Deny, true) => {
-                    layer.dry_run_deny.push(DryRunPolicy::compile(spec, &path, kind, trust, errors))
+                    layer.dry_run_deny.push(DryRunPolicy::compile(spec, &path, kind, rules, errors))
                 }
                 (Action::Allow, true) => {
-                    layer.dry_run_allow.push(DryRunPolicy::compile(spec, &path, kind, trust, errors))
+                    layer.dry_run_allow.push(DryRunPolicy::compile(spec, &path, kind, rules, errors))
                 }
             }
         }
@@ -266,12 +265,12 @@ impl DryRunPolicy {
         spec: PolicySpec,
         path: &JsonPath<'_>,
         kind: LayerKind,
-        trust: &TrustDomains,
+        rules: &ValueRules<'_>,
         errors: &mut Errors,
     ) -> Self {
         let rules_path = path.field("rules");
         let rules = (spec.rules.into_iter().enumerate())
-            .map(|(r, rule)| Rule::compile(rule, kind, &rules_path.index(r), trust, errors))
+            .map(|(r, rule)| Rule::compile(rule, kind, &rules_path.index(r), rules, errors))
             .collect();
         Self { name: spec.name.into_boxed_str(), rules }
     }
@@ -287,17 +286,19 @@ impl Rule {
         spec: RuleSpec,
         kind: LayerKind,
         path: &JsonPath<'_>,
-        trust: &TrustDomains,
+        rules: &ValueRules<'_>,
         errors: &mut Errors,
     ) -> Self {
         let from_path = path.field("from");
         let to_path = path.field("to");
         Self {
             from: (spec.from.into_iter().enumerate())
-                .map(|(f, from)| Source::compile(from.source, &from_path.index(f).field("source"), trust, errors))
+                .map(|(f, from)| Source::compile(from.source, &from_path.index(f).field("source"), rules, errors))
                 .collect(),
             to: (spec.to.into_iter().enumerate())
-                .map(|(t, to)| Operation::compile(to.operation, kind, &to_path.index(t).field("operation"), errors))
+                .map(|(t, to)| {
+                    Operation::compile(to.operation, kind, &to_path.index(t).field("operation"), rules, errors)
+                })
                 .collect(),
         }
     }
@@ -309,9 +310,9 @@ impl Rule {
 }
 
 impl Source {
-    fn compile(spec: SourceSpec, path: &JsonPath<'_>, trust: &TrustDomains, errors: &mut Errors) -> Self {
-        let principal = principal_normalizer(trust);
-        let trust_domain = normalizer(|v| trust.canonical_trust_domain_pattern(v));
+    fn compile(spec: SourceSpec, path: &JsonPath<'_>, rules: &ValueRules<'_>, errors: &mut Errors) -> Self {
+        let principal = normalizer(|v| rules.principal(v));
+        let trust_domain = normalizer(|v| rules.trust_domain(v));
         let field = |values: Vec<String>, name: &str, normalize: &Normalize<'_>, errors: &mut Errors| {
             compile_field(values, Case::Sensitive, normalize, &path.field(name), errors)
         };
@@ -321,8 +322,8 @@ impl Source {
                 none_of: field(spec.not_principals, "notPrincipals", &principal, errors),
             },
             namespaces: Constraint {
-                any_of: field(spec.namespaces, "namespaces", &verbatim, errors),
-                none_of: field(spec.not_namespaces, "notNamespaces", &verbatim, errors),
+                any_of: field(spec.namespaces, "namespaces", &policy_value::namespace, errors),
+                none_of: field(spec.not_namespaces, "notNamespaces", &policy_value::namespace, errors),
             },
             trust_domains: Constraint {
                 any_of: field(spec.trust_domains, "trustDomains", &trust_domain, errors),
@@ -339,7 +340,13 @@ impl Source {
 }
 
 impl Operation {
-    fn compile(spec: OperationSpec, kind: LayerKind, path: &JsonPath<'_>, errors: &mut Errors) -> Self {
+    fn compile(
+        spec: OperationSpec,
+        kind: LayerKind,
+        path: &JsonPath<'_>,
+        rules: &ValueRules<'_>,
+        errors: &mut Errors,
+    ) -> Self {
         if kind == LayerKind::Destination {
             for (name, values) in [("hosts", &spec.hosts), ("notHosts", &spec.not_hosts)] {
                 if !values.is_empty() {
@@ -350,25 +357,26 @@ impl Operation {
                 }
             }
         }
-        let field = |values: Vec<String>, name: &str, case: Case, errors: &mut Errors| {
-            compile_field(values, case, &verbatim, &path.field(name), errors)
+        let field = |values: Vec<String>, name: &str, case: Case, normalize: &Normalize<'_>, errors: &mut Errors| {
+            compile_field(values, case, normalize, &path.field(name), errors)
         };
+        let paths = normalizer(|v| rules.path(v));
         Self {
             hosts: Constraint {
-                any_of: field(spec.hosts, "hosts", Case::Insensitive, errors),
-                none_of: field(spec.not_hosts, "notHosts", Case::Insensitive, errors),
+                any_of: field(spec.hosts, "hosts", Case::Insensitive, &policy_value::host, errors),
+                none_of: field(spec.not_hosts, "notHosts", Case::Insensitive, &policy_value::host, errors),
             },
             ports: PortConstraint {
                 any_of: compile_ports(&spec.ports, &path.field("ports"), errors),
                 none_of: compile_ports(&spec.not_ports, &path.field("notPorts"), errors),
             },
             methods: Constraint {
-                any_of: field(spec.methods, "methods", Case::Sensitive, errors),
-                none_of: field(spec.not_methods, "notMethods", Case::Sensitive, errors),
+                any_of: field(spec.methods, "methods", Case::Sensitive, &policy_value::method, errors),
+                none_of: field(spec.not_methods, "notMethods", Case::Sensitive, &policy_value::method, errors),
             },
             paths: Constraint {
-                any_of: field(spec.paths, "paths", Case::Sensitive, errors),
-                none_of: field(spec.not_paths, "notPaths", Case::Sensitive, errors),
+                any_of: field(spec.paths, "paths", Case::Sensitive, &paths, errors),
+                none_of: field(spec.not_paths, "notPaths", Case::Sensitive, &paths, errors),
             },
         }
     }
@@ -379,11 +387,6 @@ impl Operation {
             && self.methods.matches(Some(request.method))
             && self.paths.matches(Some(request.path))
     }
-}
-
-/// A principal pattern as the data path compares it (see [`TrustDomains::canonical_principal_pattern`]).
-fn principal_normalizer(trust: &TrustDomains) -> impl for<'x> Fn(&'x str) -> Cow<'x, str> + '_ {
-    normalizer(|v| trust.canonical_principal_pattern(v))
 }
 
 /// The patterns of a rule whose only constraint is `source.principals`, or `operation.paths`: such a
@@ -439,13 +442,25 @@ fn compile_field(
     }
 }
 
+/// A port of an operation; a string must be written as a request carries it (digits only, no sign or
+/// leading zero), or it would never match.
+fn port(value: &PortSpec) -> Result<u16, String> {
+    match value {
+        PortSpec::Number(n) => {
+            u16::try_from(*n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))
+        }
+        PortSpec::Text(s) => crate::request::parse_port(s)
+            .ok_or_else(|| format!("{s:?} is not a port: 1-65535 in digits, without sign or leading zero")),
+    }
+}
+
 fn compile_ports(values: &[PortSpec], path: &JsonPath<'_>, errors: &mut Errors) -> Option<Vec<u16>> {
     if values.is_empty() {
         return None;
     }
     let mut ports = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        match value.to_port() {
+        match port(value) {
             Ok(port) => ports.push(port),
             Err(e) => errors.push(path.index(i), e),
         }
@@ -456,6 +471,7 @@ fn compile_ports(values: &[PortSpec], path: &JsonPath<'_>, errors: &mut Errors) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust_domain::TrustDomains;
     use serde_json::json;
     use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -464,7 +480,8 @@ mod tests {
         let mut errors = Errors::default();
         let trust =
             TrustDomains::new(&["cluster.local".into(), "other.td".into(), "partner.local".into()], None, &[]).unwrap();
-        let layer = PolicyLayer::compile(specs, kind, &JsonPath::Root("p"), &trust, &mut errors);
+        let rules = ValueRules { trust: &trust, paths: crate::request::PathMatching::default() };
+        let layer = PolicyLayer::compile(specs, kind, &JsonPath::Root("p"), &rules, &mut errors);
         if errors.is_empty() {
             Ok(layer)
         } else {
@@ -491,6 +508,18 @@ mod tests {
     }
 
     const APP1: &str = "cluster.local/ns/team/sa/app1";
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn ports_accept_numbers_and_istio_strings() {
+        assert_eq!(port(&PortSpec::Number(443)), Ok(443));
+        assert_eq!(port(&PortSpec::Text("8443".into())), Ok(8443));
+        assert!(port(&PortSpec::Number(0)).is_err());
+        assert!(port(&PortSpec::Number(65536)).is_err());
+        assert!(port(&PortSpec::Text("https".into())).is_err());
+        for odd in ["+443", "0443", " 443", "443 ", ""] {
+            assert!(port(&PortSpec::Text(odd.into())).is_err(), "{odd:?}");
+        }
+    }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn no_policies_deny() {
@@ -614,7 +643,7 @@ mod tests {
         let e = layer(
             LayerKind::Gateway,
             json!([
-                {"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["ok", "a*b"]}}],
+                {"name": "a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/ok", "a*b"]}}],
                                                             "to": [{"operation": {"ports": [0]}}]}]},
                 {"name": "a", "action": "DENY"}
             ]),
@@ -630,7 +659,7 @@ mod tests {
     fn indexed_rules_report_errors_under_the_same_paths() {
         let e = layer(LayerKind::Gateway, json!([
             {"name": "a", "action": "ALLOW", "rules": [
-                {"from": [{"source": {"principals": ["ok", "a*b", ""]}}]},
+                {"from": [{"source": {"principals": ["cluster.local/ns/a/sa/ok", "a*b", ""]}}]},
                 {"to": [{"operation": {"paths": [""]}}]}
             ]},
             {"name": "d", "action": "DENY", "dryRun": true, "rules": [{"from": [{"source": {"principals": ["*x*"]}}]}]}

@@ -1,5 +1,8 @@
 //! The HTTP request as the decision sees it: `:authority`, `:method` and `:path` read from the host, the
-//! rules for turning header bytes into text, and the normalization of the authority into host and port.
+//! rules for turning header bytes into text, and how each is normalized before policies compare it: the
+//! authority into a lower-case host and a port, the method into upper case, the path into the form the
+//! configured [`PathMatching`] describes. Policy values are normalized the same way at configure time
+//! ([`crate::policy_value`]), so a value and a request that mean the same thing compare equal.
 
 use std::borrow::Cow;
 
@@ -35,11 +38,12 @@ pub fn header_text(value: HeaderValue<'_>) -> Option<&str> {
 }
 
 /// Splits `host[:port]` into a lower-case host without trailing dot and a port (`default_port` if none).
-/// `None` for an empty host or a port that is not a number from 1 to 65535: a malformed authority.
+/// `None` for an empty host or a port that is not written as a number from 1 to 65535 (digits only, no
+/// sign, no leading zero): a malformed authority.
 pub fn split_authority(authority: &str, default_port: u16) -> Option<(Cow<'_, str>, u16)> {
     let (host, port) = match authority.rsplit_once(':') {
         // "[::1]" alone has a ':' but no port.
-        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok().filter(|p| *p != 0)?),
+        Some((host, port)) if !port.contains(']') => (host, parse_port(port)?),
         _ => (authority, default_port),
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -54,9 +58,113 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(Cow<'_, st
     Some((host, port))
 }
 
+/// A port as written in an authority or a policy: 1 to 5 ASCII digits, no leading zero, 1 to 65535.
+pub fn parse_port(text: &str) -> Option<u16> {
+    let canonical =
+        !text.is_empty() && text.len() <= 5 && text.bytes().all(|c| c.is_ascii_digit()) && !text.starts_with('0');
+    canonical.then(|| text.parse::<u16>().ok()).flatten()
+}
+
+/// The method as policies compare it: upper case (HTTP/2 lets a client send `delete`, which many servers
+/// treat as `DELETE`).
+pub fn normalize_method(method: &str) -> Cow<'_, str> {
+    if method.bytes().any(|c| c.is_ascii_lowercase()) {
+        Cow::Owned(method.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(method)
+    }
+}
+
 /// The path policies match: `:path` without its query string or fragment.
 pub fn path_without_query(path: &str) -> &str {
     path.find(['?', '#']).and_then(|end| path.get(..end)).unwrap_or(path)
+}
+
+/// How request paths are compared with `paths` values, beyond Envoy's own normalization (`normalize_path`,
+/// `merge_slashes`, escaped slashes rejected) that the gateway applies first. Percent-encoded unreserved
+/// characters (`%41` for `A`) are always decoded: every server reads them as the character.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMatching {
+    /// Compare paths case-insensitively: for partners that serve `/ADMIN` as `/admin` (Windows/IIS,
+    /// case-insensitive routers).
+    pub case_insensitive: bool,
+    /// Drop `;parameters` from every segment before comparing: for partners that strip them (Java servlet
+    /// containers such as Tomcat and Jetty, Spring), where `/admin;x` and `/;x/admin` reach `/admin`.
+    pub ignore_parameters: bool,
+}
+
+/// The path as policies compare it: without query, unreserved characters decoded (then dot segments and
+/// empty segments resolved again), and per `options` without parameters and in lower case. `None` when the
+/// path carries a malformed percent-encoding.
+pub fn matching_path(path: &str, options: PathMatching) -> Option<Cow<'_, str>> {
+    let path = path_without_query(path);
+    let mut changed = false;
+    let mut out = Cow::Borrowed(path);
+    if path.contains('%') {
+        out = Cow::Owned(decode_unreserved(path)?);
+        changed = true;
+    }
+    if options.ignore_parameters && out.contains(';') {
+        out = Cow::Owned(
+            out.split('/').map(|segment| segment.split(';').next().unwrap_or_default()).collect::<Vec<_>>().join("/"),
+        );
+        changed = true;
+    }
+    if changed {
+        out = Cow::Owned(resolve_segments(&out));
+    }
+    if options.case_insensitive && out.bytes().any(|c| c.is_ascii_uppercase()) {
+        out = Cow::Owned(out.to_ascii_lowercase());
+    }
+    Some(out)
+}
+
+/// Decodes `%XX` escapes of unreserved characters (RFC 3986 2.3: letters, digits, `-._~`); other escapes
+/// stay, with upper-case hex digits. `None` for a `%` not followed by two hex digits.
+pub fn decode_unreserved(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let (hi, lo) = (chars.next()?, chars.next()?);
+        let byte = u8::try_from(hi.to_digit(16)? * 16 + lo.to_digit(16)?).ok()?;
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(hi.to_ascii_uppercase());
+            out.push(lo.to_ascii_uppercase());
+        }
+    }
+    Some(out)
+}
+
+/// Removes `.` and `..` segments and empty segments (RFC 3986 5.2.4, plus merged slashes), keeping a
+/// trailing slash.
+fn resolve_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                kept.pop();
+            }
+            other => kept.push(other),
+        }
+    }
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing || out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -77,10 +185,49 @@ mod tests {
         assert_eq!(split_authority("host:abc", 443), None);
         assert_eq!(split_authority("host:0", 443), None);
         assert_eq!(split_authority("host:65536", 443), None);
+        for odd in ["host:+443", "host:0443", "host: 443", "host:443 ", "host:-1", "host:", "host:4430000"] {
+            assert_eq!(split_authority(odd, 443), None, "{odd}");
+        }
+        assert_eq!(parse_port("65535"), Some(65535));
+        assert_eq!(parse_port("1"), Some(1));
         assert_eq!(split_authority(":443", 443), None);
         assert_eq!(split_authority("", 443), None);
         assert_eq!(path_without_query("/a/b?c=d#e"), "/a/b");
         assert_eq!(path_without_query("/a#e"), "/a");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn methods_compare_in_upper_case() {
+        assert_eq!(normalize_method("delete"), "DELETE");
+        assert_eq!(normalize_method("Delete"), "DELETE");
+        assert!(matches!(normalize_method("GET"), Cow::Borrowed("GET")));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn paths_are_matched_as_servers_read_them() {
+        let strict = PathMatching::default();
+        let path = |p: &str, o: PathMatching| matching_path(p, o).map(Cow::into_owned);
+        assert_eq!(path("/admin/x?y=%41", strict).as_deref(), Some("/admin/x"));
+        assert!(matches!(matching_path("/v1/orders?x=1", strict), Some(Cow::Borrowed("/v1/orders"))));
+        // Unreserved characters are always decoded; other escapes stay (hex in upper case).
+        assert_eq!(path("/%41dmin/%7Euser/%2fx/%3b", strict).as_deref(), Some("/Admin/~user/%2Fx/%3B"));
+        assert_eq!(path("/%61dmin", strict).as_deref(), Some("/admin"));
+        assert_eq!(path("/%2561dmin", strict).as_deref(), Some("/%2561dmin"), "decoded once, as a server does");
+        // Decoding can make dot segments: they are resolved as the server would.
+        assert_eq!(path("/x/%2e%2e/admin", strict).as_deref(), Some("/admin"));
+        assert_eq!(path("/a/%2E/b/", strict).as_deref(), Some("/a/b/"));
+        for bad in ["/%", "/%4", "/%zz", "/%4g"] {
+            assert_eq!(matching_path(bad, strict), None, "{bad}");
+        }
+        // Parameters and case only when asked for.
+        assert_eq!(path("/admin;x/y", strict).as_deref(), Some("/admin;x/y"));
+        assert_eq!(path("/ADMIN", strict).as_deref(), Some("/ADMIN"));
+        let lenient = PathMatching { case_insensitive: true, ignore_parameters: true };
+        assert_eq!(path("/admin;x/y", lenient).as_deref(), Some("/admin/y"));
+        assert_eq!(path("/;x/admin", lenient).as_deref(), Some("/admin"));
+        assert_eq!(path("/ADMIN/Users", lenient).as_deref(), Some("/admin/users"));
+        assert_eq!(path("/%41DMIN;jsessionid=1", lenient).as_deref(), Some("/admin"));
+        assert_eq!(path("/", lenient).as_deref(), Some("/"));
     }
 
     #[wasm_bindgen_test(unsupported = test)]

@@ -101,11 +101,13 @@ impl fmt::Display for SpiffeIdError {
 
 impl std::error::Error for SpiffeIdError {}
 
-fn is_trust_domain_char(c: u8) -> bool {
+/// A byte allowed in a trust domain name (SPIFFE-ID.md 2.1).
+pub fn is_trust_domain_char(c: u8) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'_')
 }
 
-fn is_path_char(c: u8) -> bool {
+/// A byte allowed in a path segment (SPIFFE-ID.md 2.2).
+pub fn is_path_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')
 }
 
@@ -123,7 +125,8 @@ pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     }
 }
 
-fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
+/// Validates a path (empty, or `/segment/...`), as in a SPIFFE ID.
+pub fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
     }

@@ -62,6 +62,12 @@ impl TrustDomains {
         }
     }
 
+    /// The trust domains a caller's canonical principal can have (aliases are matched as the local one):
+    /// what a policy value must name to ever match.
+    pub fn matchable(&self) -> impl Iterator<Item = &str> {
+        self.accepted.iter().map(|td| &**td).filter(|td| !self.aliases.contains(*td))
+    }
+
     /// Whether callers from `td` may use the gateway.
     pub fn accepts(&self, td: &str) -> bool {
         self.accepted.contains(td)

@@ -83,6 +83,8 @@ fn produced() -> BTreeSet<(&'static str, &'static str)> {
         (Some(certificate("two-uris.pem")), None, host, "/"),
         (Some(certificate("bad-spiffe-id.pem")), None, host, "/"),
         (Some(certificate("ca.pem")), None, host, "/"),
+        (Some(certificate("no-key-usage.pem")), None, host, "/"),
+        (Some(certificate("trust-domain-id.pem")), None, host, "/"),
         (None, Some("spiffe://evil.example/ns/team/sa/app1".into()), host, "/"),
         (None, Some("spiffe://cluster.local/ns/quarantine/sa/x".into()), host, "/"),
         (None, Some("spiffe://cluster.local/ns/sandbox/sa/x".into()), host, "/"),

@@ -127,6 +127,9 @@ fn expected_certificate(name: &str) -> Option<Result<&'static str, CertificateEr
         "app1" => Ok("spiffe://cluster.local/ns/team/sa/app1"),
         "bad-spiffe-id" => Err(CertificateError::InvalidSpiffeId(SpiffeIdError::DotSegment)),
         "ca" | "key-cert-sign" => Err(CertificateError::CaCertificate),
+        "no-key-usage" | "no-digital-signature" => Err(CertificateError::KeyUsage),
+        // A valid certificate; the decision refuses it as a caller (trust_domain_id).
+        "trust-domain-id" => Ok("spiffe://cluster.local"),
         "no-uri" => Err(CertificateError::NoUriSan),
         "two-uris" | "kuma-legacy" | "kuma-two-spiffe" | "kuma-other-scheme" => Err(CertificateError::MultipleUriSans),
         _ => return None,
