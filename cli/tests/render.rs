@@ -146,7 +146,7 @@ const BIG_POLICY: &str = r#"{
   "gateway": { "policies": [ { "name": "mesh", "action": "ALLOW",
     "rules": [ { "from": [ { "source": { "namespaces": ["team", "billing"] } } ] } ] } ] },
   "destinations": [
-    { "name": "partner-api", "hosts": ["api.partner.example", "*.partner.example"], "ports": [443, 8443],
+    { "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
       "policies": [ { "name": "team", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
       "identities": [
         { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
@@ -231,11 +231,31 @@ fn render_refuses_invalid_and_unrenderable_policies() {
         assert!(stderr.contains("gateway.policies[0].action: unknown variant `ALOW`"), "{target}: {stderr}");
         assert!(out.stdout.is_empty());
     }
-    let wildcard = dir.join("wildcard.json");
-    std::fs::write(&wildcard, BIG_POLICY.replace("\"billing.example.net\"", "\"*.example.net\"")).unwrap();
-    let out = cli(&["render", "envoy", wildcard.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("destinations[1] (billing): no exact host"));
+    // A wildcard, a second host or a second port would be sent to the one endpoint a cluster reaches.
+    for (name, from, to, why) in [
+        (
+            "wildcard",
+            "\"billing.example.net\"",
+            "\"*.example.net\"",
+            "destinations[1] (billing): host \"*.example.net\" is a wildcard",
+        ),
+        (
+            "hosts",
+            "\"billing.example.net\"",
+            "\"billing.example.net\", \"eu.billing.example.net\"",
+            "would be sent to \"billing.example.net\"",
+        ),
+        ("ports", "\"ports\": [9443]", "\"ports\": [9443, 443]", "destinations[2] (reports): ports 9443 and 443"),
+    ] {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, BIG_POLICY.replace(from, to)).unwrap();
+        for target in ["envoy", "istio"] {
+            let out = cli(&["render", target, file.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(2), "{name} {target}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(why), "{name} {target}: {stderr}");
+        }
+    }
     // The waypoint reads the principal from filter state only: a policy without that source is refused.
     let out = cli(&["render", "istio", "examples/istio/egress-gateway/policy.json", "--mode", "waypoint"]);
     assert_eq!(out.status.code(), Some(2));

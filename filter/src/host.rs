@@ -31,6 +31,15 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     })
 }
 
+/// Removes a request header (every copy). Also clears Envoy's route cache, so that nothing a client sent
+/// selects the route any more.
+pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).map_err(|status| {
+        log::warn!("egress-identity: cannot remove request header {name}: {status:?}");
+        HostError
+    })
+}
+
 /// Stores a value in the stream's filter state (Envoy prefixes the key with `wasm.`); a failure only
 /// costs the value.
 pub fn set_filter_state(key: &str, value: &str) {

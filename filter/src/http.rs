@@ -85,7 +85,7 @@ impl EgressIdentityFilter {
         let Some(request) = Request::from_headers(authority.as_deref(), method.as_deref(), path.as_deref()) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
             self.record(&Evaluation::of(Decision::Deny(denial)), principal_id);
-            return Ok(self.deny(&denial));
+            return self.deny(config, &denial);
         };
 
         let evaluation = config.evaluate(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &request);
@@ -93,6 +93,9 @@ impl EgressIdentityFilter {
         self.record(&evaluation, principal_id);
         match evaluation.decision {
             Decision::Allow(allowed) => {
+                for spelling in &config.headers.underscore_spellings {
+                    host::remove_request_header(spelling)?;
+                }
                 host::set_request_header(&config.headers.principal, principal_id)?;
                 host::set_request_header(&config.headers.cluster, &allowed.identity.cluster)?;
                 increment(self.counters.allowed.as_ref());
@@ -101,7 +104,7 @@ impl EgressIdentityFilter {
                 crate::test_trap::maybe_trap(crate::test_trap::Point::AfterAllow);
                 Ok(Action::Continue)
             }
-            Decision::Deny(denial) => Ok(self.deny(&denial)),
+            Decision::Deny(denial) => self.deny(config, &denial),
         }
     }
 
@@ -120,10 +123,15 @@ impl EgressIdentityFilter {
         }
     }
 
-    fn deny(&self, denial: &Denial<'_>) -> Action {
+    /// Answers 403. The internal headers are removed first: Envoy resolved the route when the request
+    /// arrived, from whatever cluster header the client sent, and the access log's `upstream_cluster` would
+    /// name it; removing them clears that route (a denial is never recorded against a client's choice).
+    fn deny(&self, config: &Config, denial: &Denial<'_>) -> Result<Action, HostError> {
+        host::remove_request_header(&config.headers.cluster)?;
+        host::remove_request_header(&config.headers.principal)?;
         increment(self.counters.denied.as_ref());
         increment(self.counters.denied_by(denial.kind()));
         host::respond(403, &denial.to_json());
-        Action::Pause
+        Ok(Action::Pause)
     }
 }

@@ -20,14 +20,22 @@ const CLUSTER_HEADER: &str = "x-egress-identity-cluster";
 const APP1: &str = "spiffe://cluster.local/ns/team/sa/app1";
 const APP2: &str = "spiffe://cluster.local/ns/team/sa/app2";
 
-/// envoy/gateway.yaml without the header_mutation filter and without the route's removal of the internal
-/// headers; its access log also records every value of both headers as the gateway forwards them.
+/// envoy/gateway.yaml without the header_mutation filter, without the route's removal of the internal
+/// headers and without refusing headers with underscores; its access log also records every value of both
+/// headers as the gateway forwards them.
 fn gateway_variant(dir: &Path) -> PathBuf {
     let original = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
     let mut out = Vec::new();
-    for l in topology::without_header_mutation(&original).unwrap() {
+    let lines = topology::without_header_mutation(&original).unwrap();
+    let underscores = "headers_with_underscores_action: REJECT_REQUEST";
+    for (i, l) in lines.iter().cloned().enumerate() {
         let t = l.trim();
-        if t == format!("- {PRINCIPAL_HEADER}") || t == format!("- {CLUSTER_HEADER}") {
+        let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or_default();
+        if t == format!("- {PRINCIPAL_HEADER}")
+            || t == format!("- {CLUSTER_HEADER}")
+            || (t == "common_http_protocol_options:" && next == underscores)
+            || t == underscores
+        {
             continue;
         }
         let json_format = t == "json_format:";
@@ -42,6 +50,7 @@ fn gateway_variant(dir: &Path) -> PathBuf {
     assert!(!text.contains("header_mutation"), "header_mutation still present");
     assert!(!text.contains(&format!("- {CLUSTER_HEADER}")), "route still removes the cluster header");
     assert!(text.contains("forwarded_cluster"), "no json_format access log to extend");
+    assert!(!text.contains("headers_with_underscores_action"), "the gateway still refuses underscores");
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("gateway-no-header-removal.yaml");
     std::fs::write(&path, text).unwrap();
@@ -82,6 +91,19 @@ fn the_filter_replaces_every_client_copy_and_denied_requests_never_leave() {
     let entry = t.gateway_access_log_entry(&spoofed).expect("access-log entry");
     assert_eq!(entry["forwarded_principal"], APP1, "{entry}");
     assert_eq!(entry["forwarded_cluster"], "partner-api|team.app1", "{entry}");
+
+    // Underscore spellings, which the partner (nginx with underscores_in_headers, like CGI/WSGI and many
+    // frameworks) reads as the gateway's headers: the filter removes them from what it forwards.
+    let underscores = format!("{unique}/underscores");
+    let call = Call::get(&app1, &underscores)
+        .header("x_egress_identity_cluster", "partner-api|team.app2")
+        .header("x_egress_identity_principal", "spiffe://cluster.local/ns/admin/sa/root")
+        .header("x_forwarded_client_cert", "By=spiffe://cluster.local/ns/admin/sa/root");
+    let r = t.client().send(&call).unwrap();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.field("principal_header"), Some(APP1), "{}", r.summary());
+    assert_eq!(r.field("cluster_header"), Some("partner-api|team.app1"), "{}", r.summary());
+    assert_eq!(r.field("xfcc"), Some(""), "{}", r.summary());
 
     // A denied caller with a spoofed cluster header is answered by the gateway; the partner never sees it.
     let denied = format!("{unique}/denied");

@@ -20,6 +20,8 @@ pub struct Call {
     pub path: String,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// Speak HTTP/2 (ALPN h2) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 impl Call {
@@ -31,6 +33,7 @@ impl Call {
             host: crate::pki::EXTERNAL_HOST.into(),
             path: path.into(),
             headers: Vec::new(),
+            http2: false,
         }
     }
 
@@ -49,6 +52,12 @@ impl Call {
     /// Add a request header.
     pub fn header(mut self, name: &str, value: &str) -> Call {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Speak HTTP/2 (HTTP/2 lets a client send, e.g., a lower-case method).
+    pub fn http2(mut self) -> Call {
+        self.http2 = true;
         self
     }
 
@@ -105,11 +114,12 @@ impl Client {
         Client { ca: mesh_ca, port: GATEWAY_PORT }
     }
 
-    /// Send `call` (HTTP/1.1, 20 s timeout).
+    /// Send `call` (HTTP/1.1 unless [`Call::http2`], 20 s timeout).
     pub fn send(&self, call: &Call) -> Result<Response> {
         let curl = std::env::var_os("CURL_BIN").unwrap_or_else(|| "curl".into());
         let mut cmd = Command::new(&curl);
-        cmd.args(["-sS", "--http1.1", "--path-as-is", "--max-time", "20", "--cacert"])
+        let version = if call.http2 { "--http2" } else { "--http1.1" };
+        cmd.args(["-sS", version, "--path-as-is", "--max-time", "20", "--cacert"])
             .arg(&self.ca)
             .arg("--resolve")
             .arg(format!("{GATEWAY_HOST}:{}:127.0.0.1", self.port));

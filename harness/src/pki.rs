@@ -95,6 +95,10 @@ pub struct WorkloadSpec {
     pub is_ca: bool,
     /// Add `keyCertSign` to the key usage.
     pub key_cert_sign: bool,
+    /// Leave out the keyUsage extension (an X509-SVID must carry it).
+    pub without_key_usage: bool,
+    /// keyUsage `keyEncipherment` only, without `digitalSignature` (an X509-SVID leaf must set it).
+    pub without_digital_signature: bool,
 }
 
 impl WorkloadSpec {
@@ -357,6 +361,12 @@ impl Pki {
         }
         if spec.key_cert_sign {
             params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
+        if spec.without_digital_signature {
+            params.key_usages.retain(|u| *u != KeyUsagePurpose::DigitalSignature);
+        }
+        if spec.without_key_usage {
+            params.key_usages.clear();
         }
         let out = self.workload(name);
         ca.issue(&params, &out)?;

@@ -391,6 +391,7 @@ Run: cd <run dir> && envoy -c <this file> --disable-hot-restart",
 
 /// The bootstrap for `policy`, as YAML text.
 pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, RenderError> {
+    super::check_one_endpoint_per_destination(policy, true)?;
     let clusters = identity_clusters(policy)?;
     for c in &clusters {
         check_file_safe(&format!("identity of destination {}", c.destination), &c.identity)?;
@@ -531,6 +532,13 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
             e("merge_slashes", Yaml::Bool(true)),
             e("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
             e(
+                "common_http_protocol_options",
+                commented(
+                    "A client's x_egress_identity_cluster would reach the partner, and partners that fold '_' into '-'\n(CGI, WSGI, many frameworks) would read it as the gateway's header: refuse such requests (400).",
+                    map([("headers_with_underscores_action", s("REJECT_REQUEST"))]),
+                ),
+            ),
+            e(
                 "forward_client_cert_details",
                 commented(
                     "Drop any client-supplied x-forwarded-client-cert; the route also removes it before forwarding.",
@@ -634,7 +642,7 @@ mod tests {
       "trustDomains": ["cluster.local"],
       "gateway": { "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ] },
       "destinations": [
-        { "name": "a", "hosts": ["*.a.example", "api.a.example"], "ports": [8443, 443],
+        { "name": "a", "hosts": ["api.a.example"], "ports": [8443],
           "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
           "identities": [ { "name": "x", "cluster": "a|x", "principals": ["*"] } ],
           "defaultIdentity": { "name": "d", "cluster": "a|d" } },
@@ -678,6 +686,7 @@ mod tests {
             "normalize_path: true",
             "merge_slashes: true",
             "path_with_escaped_slashes_action: REJECT_REQUEST",
+            "headers_with_underscores_action: REJECT_REQUEST",
             "forward_client_cert_details: SANITIZE",
             "cluster_header: x-egress-identity-cluster",
             "max_connection_duration: 10s",
@@ -693,15 +702,20 @@ mod tests {
 
     #[test]
     fn what_cannot_be_rendered_is_refused() {
-        let wildcard_only = POLICY.replace("\"*.a.example\", \"api.a.example\"", "\"*.a.example\"");
-        let e = render(&policy(&wildcard_only), &EnvoyOptions::default()).unwrap_err();
-        assert!(e.0.contains("destinations[0] (a): no exact host"), "{e}");
+        let refused =
+            |from: &str, to: &str| render(&policy(&POLICY.replace(from, to)), &EnvoyOptions::default()).unwrap_err().0;
+        let e = refused("\"api.a.example\"", "\"*.a.example\"");
+        assert!(e.contains("destinations[0] (a): host \"*.a.example\" is a wildcard"), "{e}");
+        let e = refused("\"api.a.example\"", "\"api.a.example\", \"eu.a.example\"");
+        assert!(e.contains("requests for \"eu.a.example\" would be sent to \"api.a.example\""), "{e}");
+        let e = refused("\"ports\": [8443]", "\"ports\": [8443, 443]");
+        assert!(e.contains("requests for port 443 would be sent to 8443"), "{e}");
         let shared = POLICY.replace("\"b|x\"", "\"a|x\"");
         let e = render(&policy(&shared), &EnvoyOptions::default()).unwrap_err();
         assert!(e.0.contains("cluster \"a|x\" is used by identity \"x\" of destination \"a\" and by identity \"x\" of destination \"b\""), "{e}");
-        let bad_name = POLICY.replace("\"name\": \"d\"", "\"name\": \"CN=d\"");
+        let bad_name = POLICY.replace("\"name\": \"d\"", "\"name\": \"team/d\"");
         let e = render(&policy(&bad_name), &EnvoyOptions::default()).unwrap_err();
-        assert!(e.0.contains("\"CN=d\""), "{e}");
+        assert!(e.0.contains("\"team/d\""), "{e}");
         let mut opts = EnvoyOptions::default();
         opts.upstreams.insert("nope".into(), "1.2.3.4:1".parse().unwrap());
         let e = render(&policy(POLICY), &opts).unwrap_err();

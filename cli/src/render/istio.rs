@@ -205,6 +205,7 @@ fn file(name: &str, mode: &str, docs: Vec<Yaml>) -> (String, String) {
 
 /// The manifests, as `(file name, multi-document YAML)` in apply order.
 pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, String)>, RenderError> {
+    super::check_one_endpoint_per_destination(policy, true)?;
     let clusters = identity_clusters(policy)?;
     check_k8s_names(&clusters)?;
     let dests: Vec<Dest> =
@@ -498,6 +499,47 @@ fn gateway(
             ]),
         ));
     }
+    patches.push(commented(
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.",
+        map([
+            ("applyTo", s("NETWORK_FILTER")),
+            (
+                "match",
+                map([
+                    ("context", s("GATEWAY")),
+                    (
+                        "listener",
+                        map([(
+                            "filterChain",
+                            map([("filter", map([("name", s("envoy.filters.network.http_connection_manager"))]))]),
+                        )]),
+                    ),
+                ]),
+            ),
+            (
+                "patch",
+                map([
+                    ("operation", s("MERGE")),
+                    (
+                        "value",
+                        map([(
+                            "typed_config",
+                            map([
+                                (
+                                    "@type",
+                                    s("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+                                ),
+                                (
+                                    "common_http_protocol_options",
+                                    map([("headers_with_underscores_action", s("REJECT_REQUEST"))]),
+                                ),
+                            ]),
+                        )]),
+                    ),
+                ]),
+            ),
+        ]),
+    ));
     let envoy_filter = commented(
         "What Istio's APIs cannot express: one upstream cluster per external identity, each presenting that\nidentity's client certificate, and a gateway route that picks the cluster named by the filter's header.\nCertificates come from istiod over SDS (`kubernetes://<secret>`, the mechanism behind credentialName):\nSecret egress-identity-<identity> in this namespace with tls.crt, tls.key and ca.crt (the partner's CA,\n`kubernetes://<secret>-cacert`). EnvoyFilter depends on what istiod generates: re-check it after every\nIstio upgrade (`istioctl proxy-config cluster|route`).",
         object(
@@ -750,7 +792,7 @@ mod tests {
       "destinations": [
         { "name": "a", "hosts": ["a.example"], "ports": [443],
           "identities": [ { "name": "x.one", "cluster": "a|x", "principals": ["spiffe://cluster.local/ns/t/sa/x"] } ] },
-        { "name": "b", "hosts": ["*.b.example", "api.b.example"], "ports": [443, 8443],
+        { "name": "b", "hosts": ["api.b.example"], "ports": [443],
           "identities": [ { "name": "y", "cluster": "b|y", "principals": ["cluster.local/ns/t/*"] } ],
           "defaultIdentity": { "name": "z", "cluster": "b|z" } } ] }"#;
 

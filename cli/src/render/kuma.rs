@@ -93,6 +93,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     if !policy.spec.principal_sources.contains(&PrincipalSource::PeerCertificate) {
         return Err(RenderError("principalSources must include peer_certificate: callers present their MeshIdentity SVID to the zone egress".into()));
     }
+    super::check_one_endpoint_per_destination(policy, false)?;
     let clusters = identity_clusters(policy)?;
     let dests = destinations(policy)?;
     for name in opts.upstreams.keys() {
@@ -354,6 +355,22 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             )]),
         ),
     ];
+    mods.push(commented(
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.",
+        map([(
+            "networkFilter",
+            map([
+                ("operation", s("Patch")),
+                ("match", map([("origin", s("egress")), ("name", s("envoy.filters.network.http_connection_manager"))])),
+                (
+                    "value",
+                    Yaml::Literal(
+                        "name: envoy.filters.network.http_connection_manager\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n  commonHttpProtocolOptions:\n    headersWithUnderscoresAction: REJECT_REQUEST\n".into(),
+                    ),
+                ),
+            ]),
+        )]),
+    ));
     for f in &fronts {
         let kri = opts.kri(&f.name, f.port);
         let op = |op: &str, path: &str| map([("op", s(op)), ("path", s(path))]);

@@ -330,6 +330,37 @@ pub fn k8s_name(name: &str) -> String {
 }
 
 /// The destination's first exact (non-wildcard) host.
+/// The rendered clusters reach one endpoint each: a destination's first exact host and first port, with that
+/// host as SNI and checked DNS SAN. A destination with a wildcard host, several hosts or several ports would
+/// have requests for its other host:ports sent to that one endpoint, so it is refused, with the reason.
+///
+/// `one_host: false` lets a destination list more hosts (Kuma: the `.extsvc.mesh.local` name applications
+/// call, then the partner's name the clusters reach): every one of them is served by the same endpoint.
+pub fn check_one_endpoint_per_destination(policy: &PolicyFile, one_host: bool) -> Result<(), RenderError> {
+    for (i, d) in policy.spec.destinations.iter().enumerate() {
+        let fix = "give each host:port a destination of its own (with its own identity clusters)";
+        if let Some(wild) = d.hosts.iter().find(|h| h.starts_with('*')) {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): host {wild:?} is a wildcard, and a rendered cluster reaches one fixed host: requests for the hosts it covers would be sent to another one; {fix}",
+                d.name
+            )));
+        }
+        if let ([first, second, ..], true) = (d.hosts.as_slice(), one_host) {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): hosts {first:?} and {second:?}: a rendered cluster reaches one host, so requests for {second:?} would be sent to {first:?}; {fix}",
+                d.name
+            )));
+        }
+        if let [first, second, ..] = d.ports.as_slice() {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): ports {first} and {second}: a rendered cluster reaches one port, so requests for port {second} would be sent to {first}; {fix}",
+                d.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn first_exact_host(hosts: &[String]) -> Option<&str> {
     hosts.iter().map(String::as_str).find(|h| !h.starts_with('*'))
 }
