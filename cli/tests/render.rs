@@ -261,3 +261,71 @@ fn render_refuses_invalid_and_unrenderable_policies() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("principalSources must include istio_peer_principal"));
 }
+
+/// The spiffeID matches (type, value) of the rendered MeshTrafficPermissions.
+fn kuma_allowed_ids(manifests: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for doc in manifests.split("---\n").filter(|d| d.contains("kind: MeshTrafficPermission")) {
+        let lines: Vec<&str> = doc.lines().map(str::trim).collect();
+        for pair in lines.windows(2) {
+            if let (Some(kind), Some(value)) = (pair[0].strip_prefix("type: "), pair[1].strip_prefix("value: ")) {
+                if value.starts_with("spiffe://") {
+                    out.push((kind.to_string(), value.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Kuma's layer (MeshTrafficPermission) runs before the filter: it must let through every caller the filter
+/// would allow, or the rendered manifests deny what `explain` allows.
+#[test]
+fn the_rendered_kuma_permissions_let_through_whoever_explain_allows() {
+    let dir = tmp("kuma-explain");
+    let example = std::fs::read_to_string(repo_root().join("examples/kuma/policy.json")).unwrap();
+    let mut with_default: serde_json::Value = serde_json::from_str(&example).unwrap();
+    with_default["destinations"][0]["defaultIdentity"] = serde_json::json!({"name": "team.shared", "cluster": "kri_extsvc_default_zone-1_kuma-system_partner-api-team-shared_80"});
+    with_default["gateway"]["policies"][1]["rules"][0]["from"][0]["source"]["namespaces"] =
+        serde_json::json!(["team", "ops"]);
+    with_default["destinations"][0]["policies"][1]["rules"][0]["from"][0]["source"] =
+        serde_json::json!({"namespaces": ["team", "ops"]});
+    let callers = ["team/sa/app1", "team/sa/app2", "team/sa/app3", "ops/sa/x", "quarantine/sa/app1", "other/sa/x"];
+    let mut allowed_somewhere = 0;
+    for (name, policy) in [("example", example), ("default-identity", with_default.to_string())] {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, &policy).unwrap();
+        let manifests =
+            stdout_of(&["render", "kuma", file.to_str().unwrap(), "--upstream", "partner-api=api.partner.example:443"]);
+        let permitted = kuma_allowed_ids(&manifests);
+        assert!(!permitted.is_empty(), "{name}: no MeshTrafficPermission spiffeIDs:\n{manifests}");
+        for caller in callers {
+            let id = format!("spiffe://default.zone-1.mesh.local/ns/{caller}");
+            let out = cli(&[
+                "explain",
+                file.to_str().unwrap(),
+                "--principal",
+                &id,
+                "--host",
+                "partner-api.extsvc.mesh.local",
+            ]);
+            let kuma_allows = permitted.iter().any(|(kind, value)| match kind.as_str() {
+                "Exact" => id == *value,
+                "Prefix" => id.starts_with(value.as_str()),
+                other => panic!("unexpected spiffeID match type {other}"),
+            });
+            match out.status.code() {
+                Some(0) => {
+                    allowed_somewhere += 1;
+                    assert!(
+                        kuma_allows,
+                        "{name}: explain allows {id}, the MeshTrafficPermissions do not: {permitted:?}"
+                    );
+                }
+                Some(3) => {}
+                other => panic!("{name}: explain {id} exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+            }
+        }
+    }
+    assert!(allowed_somewhere >= 4, "the check must see allowed callers (saw {allowed_somewhere})");
+}

@@ -80,9 +80,8 @@ pub fn principal_from_pem(pem: &[u8], sans: SanPolicy) -> Result<ValidatedCertif
     if is_ca || signs {
         return Err(CertificateError::CaCertificate);
     }
-    // X509-SVID 4.3: the extension MUST be set on every SVID and a leaf MUST set digitalSignature. Every
-    // mesh CA we know of (Istio, SPIRE, Kuma, cert-manager's csi-driver-spiffe) does; a leaf that does not
-    // was not issued as an SVID.
+    // X509-SVID 4.3: the extension MUST be set on every SVID and a leaf MUST set digitalSignature; a leaf
+    // that does not was not issued as an SVID.
     if !key_usage.is_some_and(|ku| ku.value.digital_signature()) {
         return Err(CertificateError::KeyUsage);
     }

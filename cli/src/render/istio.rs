@@ -175,11 +175,12 @@ fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
     )
 }
 
-fn namespace_doc(namespace: &str, comment: &str) -> Yaml {
-    commented(
-        comment,
-        map([("apiVersion", s("v1")), ("kind", s("Namespace")), ("metadata", map([("name", s(namespace))]))]),
-    )
+fn namespace_doc(namespace: &str, comment: &str, labels: &[(&str, &str)]) -> Yaml {
+    let mut metadata = vec![("name".to_string(), s(namespace))];
+    if !labels.is_empty() {
+        metadata.push(("labels".into(), map(labels.iter().map(|(k, v)| (*k, s(*v))))));
+    }
+    commented(comment, map([("apiVersion", s("v1")), ("kind", s("Namespace")), ("metadata", Yaml::Map(metadata))]))
 }
 
 fn removed_headers(policy: &PolicyFile) -> Yaml {
@@ -250,6 +251,7 @@ fn gateway(
     let namespace = namespace_doc(
         ns,
         "egress-identity on an Istio (sidecar mode) egress gateway. Apply the files of this directory in order;\nsee README.md for the gateway installation and the per-identity Secrets. The gateway runs in its own\nnamespace so that its WasmPlugin, EnvoyFilter and Secrets (istiod only hands a Secret to proxies of its\nnamespace) touch nothing else.",
+        &[],
     );
 
     let service_entries = dests
@@ -591,7 +593,8 @@ fn waypoint(
     };
     let namespace = namespace_doc(
         ns,
-        "egress-identity on an Istio ambient egress waypoint -- an alternative to the egress gateway: apply one\nof the two. The waypoint, its ServiceEntries, DestinationRules and the per-identity Secrets (istiod only\nhands a Secret to proxies of its namespace) share this namespace. See README.md.",
+        "egress-identity on an Istio ambient egress waypoint -- an alternative to the egress gateway: apply one\nof the two. The waypoint, its ServiceEntries, DestinationRules and the per-identity Secrets (istiod only\nhands a Secret to proxies of its namespace) share this namespace. As Istio's ambient egress guide sets it\nup: in the ambient data plane, and enrolled to use the waypoint, so every ServiceEntry here goes through\nit. Enrolment does not stop a workload from going around it: see README.md, \"Bypass\".",
+        &[("istio.io/dataplane-mode", "ambient"), ("istio.io/use-waypoint", WAYPOINT)],
     );
     let waypoint_doc = commented(
         "The egress waypoint: traffic to ServiceEntries labelled istio.io/use-waypoint reaches it over HBONE from\nthe caller's ztunnel, which carries the caller's identity; the waypoint exposes it to the filter as\nfilter state io.istio.peer_principal (principalSources istio_peer_principal).",

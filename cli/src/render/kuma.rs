@@ -101,6 +101,22 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             return Err(RenderError(format!("--upstream name {name:?} is not a destination of the policy")));
         }
     }
+    // What Kuma gives callers and applications must be what the policy expects, or every request is denied.
+    let trust_domain = format!("{}.{}.mesh.local", opts.mesh, opts.zone);
+    if !policy.config.trust_domains.accepts(&trust_domain) {
+        return Err(RenderError(format!(
+            "the MeshIdentity gives callers the trust domain {trust_domain:?}, which the policy does not accept (trustDomains / localTrustDomain): every caller would be denied (untrusted_trust_domain)"
+        )));
+    }
+    for (i, d) in policy.spec.destinations.iter().enumerate() {
+        let called = format!("{}.extsvc.mesh.local", d.name);
+        if !d.hosts.iter().any(|h| h.eq_ignore_ascii_case(&called)) {
+            return Err(RenderError(format!(
+                "destinations[{i}] ({}): applications call {called} (Kuma's hostname of the MeshExternalService), which its hosts do not list: every request would be denied (unknown_destination)",
+                d.name
+            )));
+        }
+    }
     let mut fronts = Vec::new();
     for (i, (name, _, port)) in dests.iter().enumerate() {
         if k8s_name(name) != *name {
@@ -236,20 +252,26 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     let mut permissions = Vec::new();
     for f in &fronts {
         let mut allow = Vec::new();
+        let sni = || map([("type", s("Exact")), ("value", s(opts.sni(&f.name, f.port)))]);
         for d in policy.spec.destinations.iter().filter(|d| d.name == f.name) {
+            if d.default_identity.is_some() {
+                // Any caller of the mesh may end up on the default identity: Kuma lets them all through to
+                // the front, and the filter's policies decide.
+                let mesh = map([("type", s("Prefix")), ("value", s(format!("spiffe://{trust_domain}/")))]);
+                allow.push(map([("spiffeID", mesh), ("sni", sni())]));
+                continue;
+            }
             let mut seen = Vec::new();
             for p in d.identities.iter().flat_map(|i| i.principals.iter()) {
-                if !seen.contains(&p) {
-                    seen.push(p);
-                    allow.push(map([
-                        ("spiffeID", spiffe_match(p)?),
-                        ("sni", map([("type", s("Exact")), ("value", s(opts.sni(&f.name, f.port)))])),
-                    ]));
+                let canonical = policy.config.trust_domains.canonical_principal_pattern(p).into_owned();
+                if !seen.contains(&canonical) {
+                    allow.push(map([("spiffeID", spiffe_match(&canonical)?), ("sni", sni())]));
+                    seen.push(canonical);
                 }
             }
         }
         permissions.push(commented(
-            format!("Who may use the zone egress for {name} (Kuma's layer, before the filter's): the principals of its\nidentities, only towards the front's SNI. Nothing allows the per-identity services' SNIs: the zone egress\ndenies connections made to them directly. The filter then applies the finer policy.", name = f.name),
+            format!("Who may use the zone egress for {name} (Kuma's layer, before the filter's): the principals of its\nidentities (every caller of the mesh when it has a defaultIdentity), only towards the front's SNI. Nothing allows the per-identity services' SNIs: the zone egress\ndenies connections made to them directly. The filter then applies the finer policy.", name = f.name),
             object(
                 "MeshTrafficPermission",
                 meta(&format!("{}-via-zone-egress", f.name), opts, false),
@@ -469,9 +491,34 @@ mod tests {
     fn identity_clusters_must_be_kuma_names() {
         let mut o = opts();
         o.zone = "zone-2".into();
-        let e = render(&PolicyFile::parse(POLICY).unwrap(), &o).unwrap_err();
+        let both = POLICY.replace(
+            "[\"default.zone-1.mesh.local\"]",
+            "[\"default.zone-1.mesh.local\", \"default.zone-2.mesh.local\"]",
+        );
+        let e = render(&PolicyFile::parse(&both).unwrap(), &o).unwrap_err();
         assert!(e.0.contains("\"kri_extsvc_default_zone-2_kuma-system_api-t-a_80\""), "{e}");
         assert!(spiffe_match("*/ns/a").is_err());
         assert!(spiffe_match("*").is_err());
+    }
+
+    #[test]
+    fn manifests_that_would_deny_everything_are_refused() {
+        // The MeshIdentity's trust domain is not one the policy accepts.
+        let mut o = opts();
+        o.mesh = "other".into();
+        let e = render(&PolicyFile::parse(POLICY).unwrap(), &o).unwrap_err();
+        assert!(e.0.contains("\"other.zone-1.mesh.local\", which the policy does not accept"), "{e}");
+        // Applications call api.extsvc.mesh.local, which the destination must list.
+        let e = render(&PolicyFile::parse(&POLICY.replace("\"api.extsvc.mesh.local\", ", "")).unwrap(), &opts())
+            .unwrap_err();
+        assert!(e.0.contains("applications call api.extsvc.mesh.local"), "{e}");
+        // A destination served by its defaultIdentity lets every caller of the mesh through to the filter.
+        let default = POLICY.replace(
+            "\"identities\": [",
+            "\"defaultIdentity\": { \"name\": \"t.d\", \"cluster\": \"kri_extsvc_default_zone-1_kuma-system_api-t-d_80\" }, \"identities\": [",
+        );
+        let files = render(&PolicyFile::parse(&default).unwrap(), &opts()).unwrap();
+        let out: String = files.iter().map(|(_, t)| t.as_str()).collect();
+        assert!(out.contains("type: Prefix\n          value: spiffe://default.zone-1.mesh.local/\n"), "{out}");
     }
 }
