@@ -271,7 +271,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             }
         }
         permissions.push(commented(
-            format!("Who may use the zone egress for {name} (Kuma's layer, before the filter's): the principals of its\nidentities (every caller of the mesh when it has a defaultIdentity), only towards the front's SNI. Nothing allows the per-identity services' SNIs: the zone egress\ndenies connections made to them directly. The filter then applies the finer policy.", name = f.name),
+            format!("Who may use the zone egress for {name} (Kuma's layer, before the filter's): the principals of its\nidentities (every caller of the mesh when it has a defaultIdentity), only towards the front's SNI.\nNothing allows the per-identity services' SNIs: the zone egress denies connections made to them\ndirectly. The filter then applies the finer policy.", name = f.name),
             object(
                 "MeshTrafficPermission",
                 meta(&format!("{}-via-zone-egress", f.name), opts, false),
