@@ -237,3 +237,15 @@ fn validate_reports_every_schema_error_and_bounds_the_document() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("at most 16777216 are accepted"), "{}", &stderr[..stderr.len().min(300)]);
 }
+
+#[test]
+fn a_trust_domain_id_is_a_spiffe_id_but_never_a_caller() {
+    let out = cli(&["spiffe-id", "spiffe://cluster.local"]);
+    assert_eq!(out.status.code(), Some(0), "it is a SPIFFE ID: {}", text(&out.stderr));
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
+    let out = cli(&["explain", policy, "--principal", "spiffe://cluster.local", "--host", "api.partner.example", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["decision"]["layer"], "principal");
+    assert_eq!(report["decision"]["reason"], "trust_domain_id");
+}
