@@ -243,7 +243,8 @@ fn a_trust_domain_id_is_a_spiffe_id_but_never_a_caller() {
     let out = cli(&["spiffe-id", "spiffe://cluster.local"]);
     assert_eq!(out.status.code(), Some(0), "it is a SPIFFE ID: {}", text(&out.stderr));
     let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
-    let out = cli(&["explain", policy, "--principal", "spiffe://cluster.local", "--host", "api.partner.example", "--json"]);
+    let out =
+        cli(&["explain", policy, "--principal", "spiffe://cluster.local", "--host", "api.partner.example", "--json"]);
     assert_eq!(out.status.code(), Some(3));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["decision"]["layer"], "principal");
