@@ -103,7 +103,8 @@ apt_install() {
 
 if [ "$NEED_RUN" = 1 ]; then
     missing=()
-    packages=(nginx curl openssl ca-certificates)
+    # libnginx-mod-stream: the partner's TCP and TLS services (the L4 egress, envoy/external-server/nginx.conf).
+    packages=(nginx libnginx-mod-stream curl openssl ca-certificates)
     # docker-registry: the local OCI registry the publish test (publish/tests/registry.rs) pushes to and pulls from.
     [ "$NEED_TEST" = 0 ] || packages+=(docker-registry)
     # wrk: the load generator of the end-to-end benchmark (bench/bench.py).
@@ -119,6 +120,7 @@ if [ "$NEED_RUN" = 1 ]; then
     apt_install "${missing[@]}"
     # nginx lives in /usr/sbin, which a non-root PATH may lack.
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || die "nginx is not installed"
+    [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || die "nginx's stream module is not installed (libnginx-mod-stream)"
 fi
 
 # ------------------------------------------------------------------------------- Python venv

@@ -1,32 +1,69 @@
-//! `egress-identity explain`: how the filter decides one request, layer by layer, with the exact 403 body
+//! `egress-identity explain`: how the filter decides one request (or L4 connection), layer by layer, with the exact 403 body
 //! or identity and the audit record the filter would write.
 
 use std::process::ExitCode;
 
 use egress_identity_core::audit;
 use egress_identity_core::config::Config;
-use egress_identity_core::decision::{Decision, Evaluation};
+use egress_identity_core::config_document::Protocol;
+use egress_identity_core::decision::{passthrough_verdict, Decision, Evaluation, PassthroughVerdict};
 use egress_identity_core::policy::Verdict;
 use egress_identity_core::principal::PrincipalError;
 use egress_identity_core::request::Request;
 use egress_identity_core::spiffe_id::SpiffeId;
+use egress_identity_core::tls_client_hello::ClientHello;
 use serde_json::{json, Value};
+
+/// A connection to the L4 listener, as the network filter sees it.
+pub struct Connection<'a> {
+    pub sni: &'a str,
+    pub port: u16,
+    /// The server name of the caller's own ClientHello (what a `tls` passthrough destination checks).
+    pub inner_sni: &'a str,
+}
+
+fn parse_principal(principal: Option<&str>) -> Result<SpiffeId, PrincipalError> {
+    match principal {
+        None => Err(PrincipalError::Missing),
+        Some(p) => SpiffeId::parse(p).map_err(PrincipalError::InvalidSpiffeId),
+    }
+}
 
 /// Prints the explanation; exit status 0 when the request would be allowed, 3 when denied.
 pub fn explain(config: &Config, principal: Option<&str>, request: &Request<'_>, as_json: bool) -> ExitCode {
-    let parsed = match principal {
-        None => Err(PrincipalError::Missing),
-        Some(p) => SpiffeId::parse(p).map_err(PrincipalError::InvalidSpiffeId),
-    };
+    let parsed = parse_principal(principal);
     let evaluation = config.evaluate(parsed.as_ref().map_err(|e| *e), request);
     let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
-    let report = report(principal, request, &evaluation, &audit_record);
+    let asked =
+        json!({"principal": principal, "authority": request.authority, "method": request.method, "path": request.path});
+    finish(report(asked, &evaluation, &audit_record), &evaluation.decision, as_json)
+}
+
+/// As [`explain`], for a connection: the same layers on SNI and port, then, for an allowed `tls`
+/// passthrough destination, the check of the inner ClientHello's server name.
+pub fn explain_connection(config: &Config, principal: Option<&str>, c: &Connection<'_>, as_json: bool) -> ExitCode {
+    let parsed = parse_principal(principal);
+    let mut evaluation = config.evaluate_connection(parsed.as_ref().map_err(|e| *e), c.sni, c.port);
+    let asked = json!({"principal": principal, "sni": c.sni, "port": c.port, "innerSni": c.inner_sni});
+    if let Decision::Allow(allowed) = evaluation.decision {
+        if allowed.protocol == Protocol::Tls {
+            let hello = ClientHello::ServerName(c.inner_sni.to_string());
+            if let PassthroughVerdict::Deny(denial) = passthrough_verdict(c.sni, &hello) {
+                evaluation.decision = Decision::Deny(denial);
+            }
+        }
+    }
+    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
+    finish(report(asked, &evaluation, &audit_record), &evaluation.decision, as_json)
+}
+
+fn finish(report: Value, decision: &Decision<'_>, as_json: bool) -> ExitCode {
     if as_json {
         println!("{report:#}");
     } else {
         print_text(&report);
     }
-    match evaluation.decision {
+    match decision {
         Decision::Allow(_) => ExitCode::SUCCESS,
         Decision::Deny(_) => ExitCode::from(3),
     }
@@ -41,19 +78,21 @@ fn verdict(v: Option<Verdict<'_>>) -> Value {
     }
 }
 
-/// The explanation as JSON: `decision` is exactly what the filter does (the 403 body on deny).
-fn report(principal: Option<&str>, request: &Request<'_>, e: &Evaluation<'_>, audit_record: &str) -> Value {
+/// The explanation as JSON: `decision` is exactly what the filter does (the 403 body on deny; for a
+/// connection, the audit record's fields before it is closed).
+fn report(asked: Value, e: &Evaluation<'_>, audit_record: &str) -> Value {
     let decision = match e.decision {
         Decision::Allow(a) => json!({
             "decision": "allow",
             "destination": a.destination,
+            "protocol": a.protocol.as_str(),
             "identity": &*a.identity.name,
             "cluster": &*a.identity.cluster,
         }),
         Decision::Deny(d) => serde_json::from_str(&d.to_json()).unwrap_or(Value::Null),
     };
     json!({
-        "request": {"principal": principal, "authority": request.authority, "method": request.method, "path": request.path},
+        "request": asked,
         "gateway": verdict(e.gateway),
         "destination": e.destination,
         "destinationPolicies": verdict(e.destination_verdict),
@@ -77,7 +116,19 @@ fn print_text(report: &Value) {
         },
     };
     let r = &report["request"];
-    println!("request:      {} {} {} from {}", s(&r["method"]), s(&r["authority"]), s(&r["path"]), s(&r["principal"]));
+    if r["sni"].is_null() {
+        println!(
+            "request:      {} {} {} from {}",
+            s(&r["method"]),
+            s(&r["authority"]),
+            s(&r["path"]),
+            s(&r["principal"])
+        );
+    } else {
+        let (sni, inner) = (s(&r["sni"]), s(&r["innerSni"]));
+        let inner = if inner == sni { String::new() } else { format!(" (ClientHello names {inner})") };
+        println!("connection:   sni {sni} port {}{inner} from {}", s(&r["port"]), s(&r["principal"]));
+    }
     println!("gateway:      {}", layer(&report["gateway"]));
     println!("destination:  {}", s(&report["destination"]));
     println!("destination policies: {}", layer(&report["destinationPolicies"]));

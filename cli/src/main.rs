@@ -38,8 +38,8 @@ enum Command {
         /// The plugin configuration (JSON), as given to Envoy or Istio's pluginConfig.
         config: PathBuf,
     },
-    /// Show how the filter decides one request: each layer's verdict, the policy and rule that decided,
-    /// and the external identity chosen.
+    /// Show how the filter decides one request (or, with --sni, one L4 connection): each layer's verdict,
+    /// the policy and rule that decided, and the external identity chosen.
     ///
     /// Exit status 0 when the request would be allowed, 3 when denied, 1 on a bad configuration.
     Explain {
@@ -49,15 +49,23 @@ enum Command {
         #[arg(long)]
         principal: Option<String>,
         /// The external host the caller asks for (`:authority` without port).
-        #[arg(long)]
-        host: String,
+        #[arg(long, required_unless_present = "sni", conflicts_with = "sni")]
+        host: Option<String>,
+        /// Explain a connection to the L4 listener instead of a request: the SNI it names (tcp and tls
+        /// destinations).
+        #[arg(long, conflicts_with_all = ["method", "path"])]
+        sni: Option<String>,
+        /// For a tls passthrough connection, the server name of the caller's own ClientHello inside it
+        /// (default: the same as --sni).
+        #[arg(long, requires = "sni", value_name = "NAME")]
+        inner_sni: Option<String>,
         /// The destination port; the configuration's defaultPort when omitted.
         #[arg(long)]
         port: Option<u16>,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        #[arg(long, default_value = "/")]
-        path: String,
+        #[arg(long)]
+        method: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -86,6 +94,11 @@ enum RenderTarget {
         /// Listener address.
         #[arg(long, default_value = "0.0.0.0:10443", value_name = "ADDR:PORT")]
         listen: HostPort,
+        /// Listener of the network (L4) filter, for tcp/tls destinations (only when the policy has some).
+        /// Repeatable: one listener on every address given; the port a caller connects to is the port the
+        /// destination must declare.
+        #[arg(long = "listen-l4", default_value = "0.0.0.0:10444", value_name = "ADDR:PORT")]
+        listen_l4: Vec<HostPort>,
         /// Admin interface address.
         #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT")]
         admin: HostPort,
@@ -152,12 +165,20 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::SpiffeId { id } => spiffe_id(&id),
         Command::Validate { config } => validate(&config),
-        Command::Explain { config, principal, host, port, method, path, json } => {
+        Command::Explain { config, principal, host, sni, inner_sni, port, method, path, json } => {
             let Some(config) = load(&config) else { return ExitCode::FAILURE };
+            if let Some(sni) = sni {
+                let port = port.unwrap_or(config.default_port);
+                let inner_sni = inner_sni.unwrap_or_else(|| sni.clone());
+                let connection = explain::Connection { sni: &sni, port, inner_sni: &inner_sni };
+                return explain::explain_connection(&config, principal.as_deref(), &connection, json);
+            }
+            let host = host.unwrap_or_default();
             let authority = match port {
                 Some(port) => format!("{host}:{port}"),
                 None => host,
             };
+            let (method, path) = (method.unwrap_or_else(|| "GET".into()), path.unwrap_or_else(|| "/".into()));
             let request = Request { authority: &authority, method: &method, path: &path };
             explain::explain(&config, principal.as_deref(), &request, json)
         }
@@ -189,6 +210,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
         RenderTarget::Envoy {
             config,
             listen,
+            listen_l4,
             admin,
             wasm,
             upstream,
@@ -200,6 +222,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
             let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
             let opts = EnvoyOptions {
                 listen,
+                listen_l4,
                 admin,
                 wasm,
                 upstreams: upstream.into_iter().collect(),

@@ -160,9 +160,13 @@ fn validate_refuses_values_that_can_never_match_naming_the_field_and_why() {
         assert_eq!(code, Some(1), "{name}: {stderr}");
         assert!(stderr.contains(&format!("{at}.{field}: ")) && stderr.contains(why), "{name}: {stderr}");
     }
+    // (The demo's tcp/tls destinations aside: a gateway rule on methods or paths would not apply to them.)
     let operation = |op: serde_json::Value| {
         demo_with(|p| {
             p["gateway"]["policies"][0]["rules"] = json!([{"to": [{"operation": op}]}]);
+            if let Some(destinations) = p["destinations"].as_array_mut() {
+                destinations.retain(|d| d.get("protocol").is_none());
+            }
         })
     };
     let at = "gateway.policies[0].rules[0].to[0].operation";
@@ -249,4 +253,67 @@ fn a_trust_domain_id_is_a_spiffe_id_but_never_a_caller() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["decision"]["layer"], "principal");
     assert_eq!(report["decision"]["reason"], "trust_domain_id");
+}
+
+#[test]
+fn explain_takes_an_l4_connection_by_sni_and_port() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
+    let explain = |principal: &str, extra: &[&str]| {
+        let mut args = vec!["explain", policy, "--principal", principal, "--port", "10444", "--json"];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), report, text(&out.stderr))
+    };
+    let app1 = "spiffe://cluster.local/ns/team/sa/app1";
+    // The tcp destination on the same host as the HTTP one: the port tells them apart.
+    let (code, report, stderr) = explain(app1, &["--sni", "api.partner.example"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["decision"]["destination"], "partner-tcp");
+    assert_eq!(report["decision"]["protocol"], "tcp");
+    assert_eq!(report["decision"]["cluster"], "partner-tcp|team.app1");
+    assert_eq!(report["request"]["sni"], "api.partner.example");
+    // Passthrough: allowed when the ClientHello names the same host, refused when it names another.
+    let (code, report, _) = explain(app1, &["--sni", "tls.partner.example"]);
+    assert_eq!((code, report["decision"]["protocol"].as_str()), (Some(0), Some("tls")), "{report}");
+    let (code, report, _) = explain(app1, &["--sni", "tls.partner.example", "--inner-sni", "api.partner.example"]);
+    assert_eq!(code, Some(3), "{report}");
+    assert_eq!(
+        (report["decision"]["layer"].as_str(), report["decision"]["reason"].as_str()),
+        (Some("destination"), Some("sni_mismatch"))
+    );
+    // The destination layer of the passthrough destination: app2 is not allowed.
+    let (code, report, _) = explain("spiffe://cluster.local/ns/team/sa/app2", &["--sni", "tls.partner.example"]);
+    assert_eq!((code, report["decision"]["reason"].as_str()), (Some(3), Some("no_matching_allow")), "{report}");
+    // The HTTP destination's port, asked as a connection.
+    let out = cli(&["explain", policy, "--principal", app1, "--sni", "api.partner.example", "--port", "443"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains("reason=protocol_mismatch"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("connection:   sni api.partner.example port 443"), "{}", text(&out.stdout));
+    // Methods and paths mean nothing to a connection.
+    let out = cli(&["explain", policy, "--sni", "api.partner.example", "--path", "/admin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn validate_refuses_http_only_fields_where_connections_are_decided() {
+    let on_l4 = demo_with(|p| {
+        p["destinations"][1]["policies"][0]["rules"][0]["to"] =
+            serde_json::json!([{"operation": {"methods": ["GET"]}}]);
+    });
+    let (code, stderr) = validate_text("l4-methods", &on_l4);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("destinations[1].policies[0].rules[0].to[0].operation.methods: HTTP-only"), "{stderr}");
+    let on_gateway = demo_with(|p| {
+        p["gateway"]["policies"][0]["rules"][0]["to"] = serde_json::json!([{"operation": {"paths": ["/admin*"]}}]);
+    });
+    let (code, stderr) = validate_text("gateway-paths", &on_gateway);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("gateway.policies[0].rules[0].to[0].operation.paths: HTTP-only"), "{stderr}");
+    // The same rule on the HTTP destination is fine.
+    let on_http = demo_with(|p| {
+        p["destinations"][0]["policies"][0]["rules"][0]["to"] =
+            serde_json::json!([{"operation": {"methods": ["DELETE"]}}]);
+    });
+    assert_eq!(validate_text("http-methods", &on_http).0, Some(0));
 }

@@ -247,6 +247,15 @@ impl Config {
             errors.push("certificateCacheSize", format!("must be between 1 and {MAX_CACHE_SIZE}"));
         }
 
+        if spec.destinations.iter().any(|d| d.protocol.is_l4()) {
+            let why = "HTTP-only in the gateway layer of a policy with tcp/tls destinations: their connections carry no method or path, so this rule would never apply to them; put it on the HTTP destinations' policies";
+            crate::destination::refuse_http_only_fields(
+                &spec.gateway.policies,
+                &JsonPath::Root("gateway.policies"),
+                why,
+                &mut errors,
+            );
+        }
         let attributes_used = AttributesUsed::of(&spec);
         let path_matching = PathMatching {
             case_insensitive: spec.path_matching.case_insensitive,

@@ -105,6 +105,10 @@ pub struct GatewaySpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationSpec {
     pub name: String,
+    /// `http` (the default): requests through the HTTP filter; `tcp` / `tls`: connections through the
+    /// network (L4) filter, matched by SNI and port.
+    #[serde(default)]
+    pub protocol: Protocol,
     pub hosts: Vec<String>,
     pub ports: Vec<u32>,
     #[serde(default)]
@@ -113,6 +117,36 @@ pub struct DestinationSpec {
     pub identities: Vec<IdentitySpec>,
     #[serde(default)]
     pub default_identity: Option<ExternalIdentitySpec>,
+}
+
+/// How a destination is reached, and by which of the filter's two forms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP requests, decided per request by the HTTP filter.
+    #[default]
+    Http,
+    /// TCP connections, decided per connection by the network filter; the gateway originates mTLS to the
+    /// partner with the external identity's client certificate.
+    Tcp,
+    /// TLS connections passed through to the partner (the caller's own TLS, end to end): the network filter
+    /// decides, and checks that the ClientHello's SNI names the destination it allowed.
+    Tls,
+}
+
+impl Protocol {
+    /// Whether connections, not requests, are decided (the network filter's destinations).
+    pub fn is_l4(self) -> bool {
+        !matches!(self, Self::Http)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,12 +5,13 @@
 use std::fmt;
 
 use crate::config::Config;
+use crate::config_document::Protocol;
 use crate::identity_mapping::ExternalIdentity;
 use crate::peer_certificate::CertificateError;
 use crate::policy::{Attributes, Verdict};
 use crate::principal::PrincipalError;
 use crate::request::Request;
-use crate::request::{matching_path, normalize_method, split_authority};
+use crate::request::{matching_path, normalize_host, normalize_method, split_authority};
 use crate::spiffe_id::SpiffeId;
 
 /// The layer that decided a denial.
@@ -47,6 +48,12 @@ pub enum Reason {
     TrustDomainId,
     UntrustedTrustDomain,
     UnknownDestination,
+    /// The destination is declared for the other filter: an HTTP request to a `tcp`/`tls` destination, or a
+    /// connection to an `http` one.
+    ProtocolMismatch,
+    /// A `tls` passthrough connection whose ClientHello names another host than the SNI the decision
+    /// allowed (or none): tunnelling to another host under an allowed name.
+    SniMismatch,
     DeniedByPolicy,
     NoMatchingAllow,
     NoIdentityMapping,
@@ -112,6 +119,8 @@ impl Denial<'_> {
             Reason::DeniedByPolicy => policy_layer(K::GatewayDeniedByPolicy, K::DestinationDeniedByPolicy),
             Reason::NoMatchingAllow => policy_layer(K::GatewayNoMatchingAllow, K::DestinationNoMatchingAllow),
             Reason::UnknownDestination => K::UnknownDestination,
+            Reason::ProtocolMismatch => K::ProtocolMismatch,
+            Reason::SniMismatch => K::SniMismatch,
             Reason::NoIdentityMapping => K::NoIdentityMapping,
         }
     }
@@ -134,6 +143,8 @@ pub enum DenialKind {
     GatewayDeniedByPolicy,
     GatewayNoMatchingAllow,
     UnknownDestination,
+    ProtocolMismatch,
+    SniMismatch,
     DestinationDeniedByPolicy,
     DestinationNoMatchingAllow,
     NoIdentityMapping,
@@ -141,7 +152,7 @@ pub enum DenialKind {
 
 impl DenialKind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::MalformedRequest,
         Self::NoPrincipal,
         Self::UnparsableCertificate,
@@ -155,6 +166,8 @@ impl DenialKind {
         Self::GatewayDeniedByPolicy,
         Self::GatewayNoMatchingAllow,
         Self::UnknownDestination,
+        Self::ProtocolMismatch,
+        Self::SniMismatch,
         Self::DestinationDeniedByPolicy,
         Self::DestinationNoMatchingAllow,
         Self::NoIdentityMapping,
@@ -178,9 +191,11 @@ impl DenialKind {
             | Self::TrustDomainId
             | Self::UntrustedTrustDomain => Layer::Principal,
             Self::GatewayDeniedByPolicy | Self::GatewayNoMatchingAllow => Layer::Gateway,
-            Self::UnknownDestination | Self::DestinationDeniedByPolicy | Self::DestinationNoMatchingAllow => {
-                Layer::Destination
-            }
+            Self::UnknownDestination
+            | Self::ProtocolMismatch
+            | Self::SniMismatch
+            | Self::DestinationDeniedByPolicy
+            | Self::DestinationNoMatchingAllow => Layer::Destination,
             Self::NoIdentityMapping => Layer::Identity,
         }
     }
@@ -201,6 +216,8 @@ impl DenialKind {
             Self::GatewayDeniedByPolicy | Self::DestinationDeniedByPolicy => "denied_by_policy",
             Self::GatewayNoMatchingAllow | Self::DestinationNoMatchingAllow => "no_matching_allow",
             Self::UnknownDestination => "unknown_destination",
+            Self::ProtocolMismatch => "protocol_mismatch",
+            Self::SniMismatch => "sni_mismatch",
             Self::NoIdentityMapping => "no_identity_mapping",
         }
     }
@@ -210,6 +227,8 @@ impl DenialKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowed<'c> {
     pub destination: &'c str,
+    /// How the destination is reached (for the network filter: `tcp` or `tls` passthrough).
+    pub protocol: Protocol,
     pub gateway_policy: &'c str,
     pub destination_policy: &'c str,
     pub identity: &'c ExternalIdentity,
@@ -281,6 +300,29 @@ impl Config {
         else {
             return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
         };
+        let method = normalize_method(request.method);
+        self.evaluate_target(principal, Target { host, port, method: &method, path: &path, l4: false })
+    }
+
+    /// Decides one L4 connection (the network filter): its SNI and destination port stand for the request's
+    /// host and port; it has no method and no path. Only `tcp` / `tls` destinations take connections.
+    pub fn evaluate_connection<'c>(
+        &'c self,
+        principal: Result<&SpiffeId, PrincipalError>,
+        sni: &str,
+        port: u16,
+    ) -> Evaluation<'c> {
+        let Some(host) = normalize_host(sni) else {
+            return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
+        };
+        self.evaluate_target(principal, Target { host, port, method: "", path: "", l4: true })
+    }
+
+    fn evaluate_target<'c>(
+        &'c self,
+        principal: Result<&SpiffeId, PrincipalError>,
+        target: Target<'_>,
+    ) -> Evaluation<'c> {
         let principal = match principal {
             Ok(p) => p,
             Err(e) => return Evaluation::of(deny(Layer::Principal, None, Reason::Principal(e))),
@@ -293,15 +335,14 @@ impl Config {
             return Evaluation::of(deny(Layer::Principal, None, Reason::UntrustedTrustDomain));
         }
         let canonical_principal = self.trust_domains.canonical_principal(principal);
-        let method = normalize_method(request.method);
         let attributes = Attributes {
             principal: &canonical_principal,
             trust_domain: self.trust_domains.canonical(principal.trust_domain()),
             namespace: principal.namespace(),
-            host: &host,
-            port,
-            method: &method,
-            path: &path,
+            host: &target.host,
+            port: target.port,
+            method: target.method,
+            path: target.path,
         };
 
         let mut evaluation = Evaluation::of(deny(Layer::Gateway, None, Reason::NoMatchingAllow));
@@ -312,11 +353,16 @@ impl Config {
             evaluation.decision = denied_by(Layer::Gateway, gateway);
             return evaluation;
         };
-        let Some(destination) = self.destinations.lookup(&host, port) else {
+        let Some(destination) = self.destinations.lookup(&target.host, target.port) else {
             evaluation.decision = deny(Layer::Destination, None, Reason::UnknownDestination);
             return evaluation;
         };
         evaluation.destination = Some(&destination.name);
+        // An HTTP request to a tcp/tls destination, or a connection to an HTTP one: the other filter's.
+        if destination.protocol.is_l4() != target.l4 {
+            evaluation.decision = deny(Layer::Destination, None, Reason::ProtocolMismatch);
+            return evaluation;
+        }
         let verdict = destination.policies.evaluate(&attributes);
         evaluation.destination_verdict = Some(verdict);
         evaluation.destination_shadow = destination.policies.evaluate_shadow(&attributes);
@@ -327,6 +373,7 @@ impl Config {
         evaluation.decision = match destination.identities.select(attributes.principal) {
             Some(identity) => Decision::Allow(Allowed {
                 destination: &destination.name,
+                protocol: destination.protocol,
                 gateway_policy,
                 destination_policy,
                 identity,
@@ -335,6 +382,42 @@ impl Config {
         };
         evaluation
     }
+}
+
+/// For an allowed `tls` passthrough connection: whether its ClientHello, as far as it has arrived, names the
+/// host the decision allowed by the connection's SNI (the gateway forwards the caller's own TLS, so a
+/// ClientHello naming another host would tunnel to it under an allowed name).
+pub fn passthrough_verdict(allowed_sni: &str, hello: &crate::tls_client_hello::ClientHello) -> PassthroughVerdict {
+    use crate::tls_client_hello::ClientHello;
+    let deny = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
+    match hello {
+        ClientHello::Incomplete => PassthroughVerdict::Wait,
+        ClientHello::NotClientHello => {
+            PassthroughVerdict::Deny(Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest })
+        }
+        ClientHello::ServerName(name) if normalize_host(name) == normalize_host(allowed_sni) => {
+            PassthroughVerdict::Allow
+        }
+        ClientHello::ServerName(_) | ClientHello::NoServerName => deny(Reason::SniMismatch),
+    }
+}
+
+/// See [`passthrough_verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughVerdict {
+    /// The ClientHello has not fully arrived.
+    Wait,
+    Allow,
+    Deny(Denial<'static>),
+}
+
+/// What the layers compare: a request's host, port, method and path, or a connection's SNI and port.
+struct Target<'r> {
+    host: std::borrow::Cow<'r, str>,
+    port: u16,
+    method: &'r str,
+    path: &'r str,
+    l4: bool,
 }
 
 fn denied_by(layer: Layer, verdict: Verdict<'_>) -> Decision<'_> {

@@ -3,7 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::config_document::DestinationSpec;
+use crate::config_document::{DestinationSpec, PolicySpec, Protocol};
 use crate::config_error::{validate_unique_names, Errors, JsonPath};
 use crate::identity_mapping::{ExternalIdentity, IdentityMapping};
 use crate::policy::{LayerKind, PolicyLayer};
@@ -13,6 +13,7 @@ use crate::policy_value::ValueRules;
 #[derive(Debug)]
 pub struct Destination {
     pub name: Box<str>,
+    pub protocol: Protocol,
     pub policies: PolicyLayer,
     pub identities: IdentityMapping,
 }
@@ -77,8 +78,16 @@ impl DestinationTable {
                     }
                 }
             }
+            if spec.protocol.is_l4() {
+                let why = format!(
+                    "HTTP-only: a {} connection carries no method or path, so this rule would never apply to it",
+                    spec.protocol.as_str()
+                );
+                refuse_http_only_fields(&spec.policies, &path.field("policies"), &why, errors);
+            }
             table.destinations.push(Destination {
                 name: spec.name.into_boxed_str(),
+                protocol: spec.protocol,
                 policies: PolicyLayer::compile(
                     spec.policies,
                     LayerKind::Destination,
@@ -123,9 +132,42 @@ impl DestinationTable {
         self.identity_count
     }
 
+    /// Whether some destination is reached by the network (L4) filter.
+    pub fn has_l4(&self) -> bool {
+        self.destinations.iter().any(|d| d.protocol.is_l4())
+    }
+
     /// Every destination, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Destination> {
         self.destinations.iter()
+    }
+}
+
+/// An L4 connection carries no method and no path: a rule that names them could never match it (Istio
+/// silently drops such a rule for TCP; here it is an error).
+pub fn refuse_http_only_fields(policies: &[PolicySpec], path: &JsonPath<'_>, why: &str, errors: &mut Errors) {
+    for (p, policy) in policies.iter().enumerate() {
+        for (r, rule) in policy.rules.iter().enumerate() {
+            for (t, to) in rule.to.iter().enumerate() {
+                let o = &to.operation;
+                for (name, values) in [
+                    ("methods", &o.methods),
+                    ("notMethods", &o.not_methods),
+                    ("paths", &o.paths),
+                    ("notPaths", &o.not_paths),
+                ] {
+                    if !values.is_empty() {
+                        let at = path.index(p);
+                        let at = at.field("rules");
+                        let at = at.index(r);
+                        let at = at.field("to");
+                        let at = at.index(t);
+                        let at = at.field("operation");
+                        errors.push(at.field(name), why);
+                    }
+                }
+            }
+        }
     }
 }
 

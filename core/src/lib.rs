@@ -31,4 +31,5 @@ pub mod policy_value;
 pub mod principal;
 pub mod request;
 pub mod spiffe_id;
+pub mod tls_client_hello;
 pub mod trust_domain;

@@ -14,6 +14,10 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const REQUESTS_ALLOWED: &str = "egress_identity.requests_allowed";
 /// Counter: requests denied, all layers and reasons.
 pub const REQUESTS_DENIED: &str = "egress_identity.requests_denied";
+/// Counter: connections (the network filter, `tcp` and `tls` destinations) allowed / denied. The other
+/// counters count requests and connections together (a destination is one or the other).
+pub const CONNECTIONS_ALLOWED: &str = "egress_identity.connections_allowed";
+pub const CONNECTIONS_DENIED: &str = "egress_identity.connections_denied";
 /// Counter: peer-certificate lookups answered from the cache.
 pub const CERTIFICATE_CACHE_HITS: &str = "egress_identity.certificate_cache.hits";
 /// Counter: peer certificates parsed and validated (cache misses).

@@ -46,16 +46,20 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(Cow<'_, st
         Some((host, port)) if !port.contains(']') => (host, parse_port(port)?),
         _ => (authority, default_port),
     };
+    Some((normalize_host(host)?, port))
+}
+
+/// A host as destinations and policies compare it: lower case, without a trailing dot. `None` when empty.
+pub fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
         return None;
     }
-    let host = if host.bytes().any(|c| c.is_ascii_uppercase()) {
+    Some(if host.bytes().any(|c| c.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    };
-    Some((host, port))
+    })
 }
 
 /// A port as written in an authority or a policy: 1 to 5 ASCII digits, no leading zero, 1 to 65535.

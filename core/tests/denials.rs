@@ -11,9 +11,11 @@ use std::path::Path;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::PrincipalSource;
-use egress_identity_core::decision::{Decision, DenialKind};
+use egress_identity_core::decision::{passthrough_verdict, Decision, DenialKind, PassthroughVerdict};
 use egress_identity_core::principal::{self, Lookup, PrincipalProperty};
 use egress_identity_core::request::Request;
+use egress_identity_core::spiffe_id::SpiffeId;
+use egress_identity_core::tls_client_hello::ClientHello;
 
 const POLICY: &str = r#"{
   "localTrustDomain": "cluster.local",
@@ -28,6 +30,10 @@ const POLICY: &str = r#"{
       { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "principals": ["cluster.local/ns/team/sa/app*"] } } ] } ] }
     ],
     "identities": [ { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ]
+  }, {
+    "name": "partner-db", "protocol": "tcp", "hosts": ["db.partner.example"], "ports": [5432],
+    "policies": [ { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
+    "defaultIdentity": { "name": "team", "cluster": "partner-db|team" }
   } ]
 }"#;
 
@@ -105,6 +111,35 @@ fn produced() -> BTreeSet<(&'static str, &'static str)> {
         }
     }
     assert_eq!(allowed, 1, "only app1's certificate is allowed");
+    kinds.extend(produced_by_connections(&config));
+    kinds
+}
+
+/// Denials only connections (the L4 filter) produce, and the ones they share with requests.
+fn produced_by_connections(config: &Config) -> Vec<(&'static str, &'static str)> {
+    let app1 = SpiffeId::parse("spiffe://cluster.local/ns/team/sa/app1").unwrap();
+    let mut kinds = Vec::new();
+    let mut record = |decision: Decision<'_>| {
+        if let Decision::Deny(denial) = decision {
+            let kind = denial.kind();
+            assert_eq!((denial.layer, denial.reason_code()), (kind.layer(), kind.reason_code()), "{denial}");
+            kinds.push((kind.layer().as_str(), kind.reason_code()));
+        }
+    };
+    // An SNI that is not a host name; a connection to the HTTP destination; one that is allowed.
+    for (sni, port) in [("db.partner.example:5432", 5432), ("api.partner.example", 443), ("db.partner.example", 5432)] {
+        record(config.evaluate_connection(Ok(&app1), sni, port).decision);
+    }
+    // A passthrough connection whose ClientHello names another host, or whose first bytes are not TLS.
+    for hello in [ClientHello::ServerName("elsewhere.example".into()), ClientHello::NotClientHello] {
+        if let PassthroughVerdict::Deny(denial) = passthrough_verdict("db.partner.example", &hello) {
+            record(Decision::Deny(denial));
+        }
+    }
+    // A request to the tcp destination.
+    let request = Request { authority: "db.partner.example:5432", method: "GET", path: "/" };
+    record(config.evaluate(Ok(&app1), &request).decision);
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
     kinds
 }
 

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use egress_identity_core::config::Config;
 use egress_identity_core::decision::DenialKind;
 use egress_identity_core::metrics;
+use egress_identity_core::principal::{CacheUse, Caller, Resolution};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -68,10 +69,18 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn define(config: &Config) -> Self {
+    /// The counters of the HTTP filter, or (`l4`) of the network filter: that one counts connections
+    /// allowed and denied under their own names and shares the rest (per-kind denials, per-identity,
+    /// cache) with the HTTP filter.
+    pub fn define(config: &Config, l4: bool) -> Self {
+        let (allowed, denied) = if l4 {
+            (metrics::CONNECTIONS_ALLOWED, metrics::CONNECTIONS_DENIED)
+        } else {
+            (metrics::REQUESTS_ALLOWED, metrics::REQUESTS_DENIED)
+        };
         Self {
-            allowed: Counter::define(metrics::REQUESTS_ALLOWED),
-            denied: Counter::define(metrics::REQUESTS_DENIED),
+            allowed: Counter::define(allowed),
+            denied: Counter::define(denied),
             denied_by: DenialKind::ALL.iter().map(|kind| Counter::define(&metrics::denied(*kind))).collect(),
             identities: metrics::identity_counters(config).map(|name| Counter::define(&name)).collect(),
             cache_hits: Counter::define(metrics::CERTIFICATE_CACHE_HITS),
@@ -80,6 +89,19 @@ impl Counters {
             shadow_deny: Counter::define(metrics::DRY_RUN_SHADOW_DENY),
             legacy_kuma_sans: Counter::define(metrics::LEGACY_KUMA_SAN_REQUESTS),
             host_errors: Counter::define(metrics::HOST_ERRORS),
+        }
+    }
+
+    /// Counts how the caller's principal was found: from the certificate cache or not, and whether only
+    /// `acceptLegacyKumaSans` let it in.
+    pub fn count_resolution(&self, resolution: &Resolution) {
+        match resolution.cache {
+            CacheUse::Hit => increment(self.cache_hits.as_ref()),
+            CacheUse::Miss => increment(self.cache_misses.as_ref()),
+            CacheUse::None => {}
+        }
+        if resolution.principal.as_ref().is_ok_and(Caller::legacy_kuma_sans) {
+            increment(self.legacy_kuma_sans.as_ref());
         }
     }
 

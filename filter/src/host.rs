@@ -2,7 +2,7 @@
 
 use egress_identity_core::principal::{HostError, Lookup, PrincipalProperty};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
 /// A property for the core's principal resolution: `None` when absent or empty.
 pub fn property(property: PrincipalProperty) -> Lookup {
@@ -12,6 +12,67 @@ pub fn property(property: PrincipalProperty) -> Lookup {
             log::warn!("egress-identity: cannot read property {:?}: {status:?}", property.path());
             Err(HostError)
         }
+    }
+}
+
+/// The SNI the caller sent (`connection.requested_server_name`); empty when none.
+pub fn connection_server_name() -> Result<String, HostError> {
+    let value = hostcalls::get_property(vec!["connection", "requested_server_name"]).map_err(|status| {
+        log::warn!("egress-identity: cannot read the connection's server name: {status:?}");
+        HostError
+    })?;
+    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
+}
+
+/// The port the caller connected to (`destination.port`, an int64 in little-endian bytes).
+pub fn destination_port() -> Result<u16, HostError> {
+    let value = hostcalls::get_property(vec!["destination", "port"]).map_err(|status| {
+        log::warn!("egress-identity: cannot read the destination port: {status:?}");
+        HostError
+    })?;
+    let bytes: [u8; 8] = value.as_deref().and_then(|v| v.try_into().ok()).ok_or_else(|| {
+        log::warn!("egress-identity: the destination port is not an int64");
+        HostError
+    })?;
+    u16::try_from(i64::from_le_bytes(bytes)).map_err(|_| HostError)
+}
+
+/// Up to `max` bytes the caller has sent so far (held by the filter).
+pub fn downstream_data(max: usize) -> Result<Vec<u8>, HostError> {
+    hostcalls::get_buffer(BufferType::DownstreamData, 0, max).map(Option::unwrap_or_default).map_err(|status| {
+        log::warn!("egress-identity: cannot read the connection's data: {status:?}");
+        HostError
+    })
+}
+
+/// Sets a well-known Envoy filter-state object (e.g. `envoy.tcp_proxy.cluster`) through the
+/// `set_envoy_filter_state` foreign function, whose argument is the protobuf
+/// `envoy.source.extensions.common.wasm.SetEnvoyFilterStateArguments { path = 1; value = 2; }`.
+pub fn set_envoy_filter_state(key: &str, value: &str) -> Result<(), HostError> {
+    let mut arguments = Vec::with_capacity(key.len() + value.len() + 8);
+    for (field, text) in [(1u8, key), (2u8, value)] {
+        arguments.push(field << 3 | 2); // length-delimited
+        let mut length = text.len();
+        loop {
+            let byte = u8::try_from(length & 0x7f).unwrap_or(0);
+            length >>= 7;
+            arguments.push(if length == 0 { byte } else { byte | 0x80 });
+            if length == 0 {
+                break;
+            }
+        }
+        arguments.extend_from_slice(text.as_bytes());
+    }
+    hostcalls::call_foreign_function("set_envoy_filter_state", Some(&arguments)).map(|_| ()).map_err(|status| {
+        log::warn!("egress-identity: cannot set filter state {key}: {status:?}");
+        HostError
+    })
+}
+
+/// Closes the caller's connection.
+pub fn close_downstream() {
+    if let Err(status) = hostcalls::close_downstream() {
+        log::error!("egress-identity: cannot close the connection: {status:?}");
     }
 }
 
@@ -53,6 +114,14 @@ pub fn respond(status: u32, body: &str) {
     let headers = vec![("content-type", "application/json")];
     if let Err(e) = hostcalls::send_http_response(status, headers, Some(body.as_bytes())) {
         log::error!("egress-identity: cannot send the local response: {e:?}");
+    }
+}
+
+/// The plugin's root id (`root_id` in Envoy, Istio's `pluginName`).
+pub fn plugin_root_id() -> String {
+    match hostcalls::get_property(vec!["plugin_root_id"]) {
+        Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
+        _ => String::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, Reason};
-use egress_identity_core::principal::{self, CacheUse, Caller, HostError};
+use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::request::Request;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -67,14 +67,7 @@ impl EgressIdentityFilter {
             let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
             principal::resolve(&config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
         };
-        match resolution.cache {
-            CacheUse::Hit => increment(self.counters.cache_hits.as_ref()),
-            CacheUse::Miss => increment(self.counters.cache_misses.as_ref()),
-            CacheUse::None => {}
-        }
-        if resolution.principal.as_ref().is_ok_and(Caller::legacy_kuma_sans) {
-            increment(self.counters.legacy_kuma_sans.as_ref());
-        }
+        self.counters.count_resolution(&resolution);
         let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
 
         // Only the headers some policy looks at: each read is a host call (~2 µs of gateway CPU).

@@ -1,7 +1,9 @@
 //! The egress-identity proxy-wasm filter: the thin adapter between Envoy and `egress-identity-core`, and
 //! the only place proxy-wasm appears.
 //!
-//! Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
+//! Loaded as an HTTP filter (`envoy.filters.http.wasm`) it decides requests; loaded as a network filter
+//! (`envoy.filters.network.wasm`, before tcp_proxy) with a root id ending in `-l4` it decides connections
+//! to `tcp` and `tls` destinations ([`stream`]). Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
 //! seam) and the request headers some policy needs, lets the core decide, and applies the decision: a 403
 //! with a JSON body, or the internal headers that make the route pick the per-identity cluster. It records
 //! the decision in filter state (for the access log) and in per-worker counters. Every host call is
@@ -14,6 +16,7 @@ mod counters;
 mod host;
 mod http;
 mod root;
+mod stream;
 #[cfg(feature = "test-trap")]
 mod test_trap;
 

@@ -9,12 +9,16 @@ use egress_identity_core::config::Config;
 use egress_identity_core::config_generation::{self, Generation};
 use egress_identity_core::metrics;
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::counters::Counters;
 use crate::host;
 use crate::http::EgressIdentityFilter;
+use crate::stream::EgressIdentityConnection;
+
+/// A root id ending in this makes the plugin the network (L4) filter.
+pub const L4_ROOT_ID_SUFFIX: &str = "-l4";
 
 /// Per-VM (per worker) state.
 #[derive(Default)]
@@ -23,6 +27,8 @@ pub struct EgressIdentityRoot {
     cache: Option<Rc<RefCell<CertificateCache>>>,
     counters: Rc<Counters>,
     log_level: Option<LogLevel>,
+    /// Loaded as the network filter (root id `…-l4`): connections, not requests.
+    l4: bool,
 }
 
 impl EgressIdentityRoot {
@@ -50,6 +56,8 @@ impl Context for EgressIdentityRoot {
 impl RootContext for EgressIdentityRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         self.follow_envoy_log_level();
+        let root_id = host::plugin_root_id();
+        self.l4 = root_id.ends_with(L4_ROOT_ID_SUFFIX);
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(bytes)) if !bytes.is_empty() => bytes,
             _ => {
@@ -67,13 +75,17 @@ impl RootContext for EgressIdentityRoot {
             }
         };
         log::info!(
-            "egress-identity: configuration loaded: {} gateway policies, {} destinations",
+            "egress-identity: configuration loaded as the {} filter (root id {root_id:?}): {} gateway policies, {} destinations",
+            if self.l4 { "network (L4)" } else { "HTTP" },
             config.gateway.len(),
             config.destinations.iter().count()
         );
+        if self.l4 && !config.destinations.has_l4() {
+            log::warn!("egress-identity: loaded as the network filter, but no destination is tcp or tls: every connection is denied");
+        }
         self.cache = Some(Rc::new(RefCell::new(CertificateCache::new(config.certificate_cache_size))));
         self.counters.flush();
-        self.counters = Rc::new(Counters::define(&config));
+        self.counters = Rc::new(Counters::define(&config, self.l4));
         if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
             log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
         }
@@ -91,8 +103,16 @@ impl RootContext for EgressIdentityRoot {
         Some(Box::new(EgressIdentityFilter::new(self.config.clone(), self.cache.clone(), Rc::clone(&self.counters))))
     }
 
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(EgressIdentityConnection::new(
+            self.config.clone(),
+            self.cache.clone(),
+            Rc::clone(&self.counters),
+        )))
+    }
+
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(if self.l4 { ContextType::StreamContext } else { ContextType::HttpContext })
     }
 }
 

@@ -181,6 +181,15 @@ fn known_host_on_undeclared_port_is_unknown_destination() {
 }
 
 #[test]
+fn an_http_request_to_a_tcp_destination_is_a_protocol_mismatch() {
+    // partner-tcp declares api.partner.example:10444 as a tcp destination: it is reached through the L4
+    // listener, never by an HTTP request naming it (its policies were written for connections).
+    let path = unique_path("/e2e", "protocol-mismatch");
+    let r = send(&Call::get(&workload("team-app1"), &path).host("api.partner.example:10444"));
+    assert_denied(&r, &path, "destination", "protocol_mismatch", None);
+}
+
+#[test]
 fn two_uri_sans_are_rejected() {
     let cert = issue("two-uri-sans", WorkloadSpec { uri_sans: vec![APP1.into(), APP2.into()], ..Default::default() });
     let path = unique_path("/e2e", "two-sans");
@@ -397,34 +406,45 @@ fn gateway_variant_replaces_only_the_plugin_configuration() {
     assert!(e.contains("variant's plugin configuration"), "{e}");
 }
 
-/// The lines where `variant` differs from `original` all lie inside the plugin configuration block (the
-/// block scalar after `value: |`, located here independently of the harness), and the blocks parse as
-/// `old` and `new`.
+/// Outside the plugin configuration blocks (the block scalars after `value: |`, located here independently
+/// of the harness: one for the HTTP filter, one for the network filter) `variant` is `original` line for
+/// line, and every block parses as `old` in the original and as `new` in the variant.
 fn only_plugin_config_differs(original: &str, variant: &str, old: &Value, new: &Value) -> Result<(), String> {
-    let a: Vec<&str> = original.lines().collect();
-    let b: Vec<&str> = variant.lines().collect();
-    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let tail = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
-    let tail = tail.min(a.len() - head).min(b.len() - head);
-    let block = |lines: &[&str]| -> (usize, usize) {
-        let v = lines.iter().position(|l| l.trim() == "value: |").expect("no `value: |`");
+    // (lines outside the blocks, the blocks' texts)
+    let split = |text: &str| -> (Vec<String>, Vec<String>) {
+        let lines: Vec<&str> = text.lines().collect();
         let indent = |l: &str| l.len() - l.trim_start().len();
-        let base = indent(lines[v]);
-        let end = (v + 1..lines.len())
-            .find(|&i| !lines[i].trim().is_empty() && indent(lines[i]) <= base)
-            .unwrap_or(lines.len());
-        (v + 1, end)
-    };
-    for (name, lines, want) in [("original", &a, old), ("variant", &b, new)] {
-        let (start, end) = block(lines);
-        let differ_end = lines.len() - tail;
-        if !(start <= head && differ_end <= end) {
-            return Err(format!("{name}: lines {head}..{differ_end} differ, outside the plugin block {start}..{end}"));
+        let (mut outside, mut blocks) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < lines.len() {
+            outside.push(lines[i].to_string());
+            if lines[i].trim() == "value: |" {
+                let base = indent(lines[i]);
+                let end = (i + 1..lines.len())
+                    .find(|&j| !lines[j].trim().is_empty() && indent(lines[j]) <= base)
+                    .unwrap_or(lines.len());
+                blocks.push(lines[i + 1..end].join("\n"));
+                i = end;
+            } else {
+                i += 1;
+            }
         }
-        let json: Value = serde_json::from_str(&lines[start..end].join("\n"))
-            .map_err(|e| format!("{name}'s plugin block is not JSON: {e}"))?;
-        if &json != want {
-            return Err(format!("{name}'s plugin configuration is {json}, not {want}"));
+        (outside, blocks)
+    };
+    let ((a, a_blocks), (b, b_blocks)) = (split(original), split(variant));
+    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        return Err(format!("outside the plugin block: {:?} became {:?}", a.get(i), b.get(i)));
+    }
+    if a_blocks.is_empty() || a_blocks.len() != b_blocks.len() {
+        return Err(format!("{} plugin blocks in the original, {} in the variant", a_blocks.len(), b_blocks.len()));
+    }
+    for (name, blocks, want) in [("original", &a_blocks, old), ("variant", &b_blocks, new)] {
+        for block in blocks {
+            let json: Value =
+                serde_json::from_str(block).map_err(|e| format!("{name}'s plugin block is not JSON: {e}"))?;
+            if &json != want {
+                return Err(format!("{name}'s plugin configuration is {json}, not {want}"));
+            }
         }
     }
     Ok(())

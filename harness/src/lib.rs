@@ -22,6 +22,7 @@
 //! files work unchanged in a container whose working directory holds that layout.
 
 pub mod client;
+pub mod l4;
 pub mod lds;
 pub mod load;
 pub mod pki;

@@ -57,6 +57,9 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const GATEWAY_HOST: &str = "egress-gateway.local";
 /// DNS name of the external server.
 pub const EXTERNAL_HOST: &str = "api.partner.example";
+/// The partner's name for TLS passthrough (the caller's own TLS reaches the partner): a second DNS SAN of
+/// the partner's server certificate.
+pub const EXTERNAL_TLS_HOST: &str = "tls.partner.example";
 /// External identities issued by [`Pki::generate`] (certificate subject `CN=<name>`).
 pub const EXTERNAL_IDENTITIES: &[&str] = &["team.app1", "team.app2"];
 
@@ -237,7 +240,7 @@ impl Pki {
         pki.mesh.issue(&gateway_params()?, &pki.gateway_cert())?;
 
         let mut ext = leaf_params(Some(EXTERNAL_HOST), true);
-        ext.subject_alt_names = vec![SanType::DnsName(ia5(EXTERNAL_HOST)?)];
+        ext.subject_alt_names = vec![SanType::DnsName(ia5(EXTERNAL_HOST)?), SanType::DnsName(ia5(EXTERNAL_TLS_HOST)?)];
         pki.partner.issue(&ext, &pki.external_server_cert())?;
 
         for identity in EXTERNAL_IDENTITIES {

@@ -13,10 +13,18 @@ use crate::{err, repo_root, Result};
 
 /// Gateway listener (mTLS from callers).
 pub const GATEWAY_PORT: u16 = 10443;
+/// Gateway listener of the network (L4) filter (mTLS from callers; tcp and tls destinations).
+pub const GATEWAY_L4_PORT: u16 = 10444;
+/// The gateway's second L4 port: no destination declares it.
+pub const GATEWAY_L4_UNDECLARED_PORT: u16 = 10446;
 /// Gateway admin interface.
 pub const ADMIN_PORT: u16 = 9901;
 /// External partner server (mTLS from the gateway).
 pub const EXTERNAL_PORT: u16 = 18443;
+/// External partner's TCP service (mTLS from the gateway; answers with the client certificate's subject).
+pub const EXTERNAL_TCP_PORT: u16 = 18444;
+/// External partner's TLS service for passthrough (the caller's TLS; answers with the server name it got).
+pub const EXTERNAL_TLS_PORT: u16 = 18445;
 
 /// How often the gateway flushes its access log (`--file-flush-interval-msec`).
 pub const ACCESS_LOG_FLUSH_MS: u64 = 100;
@@ -218,10 +226,11 @@ pub fn populate_run_dir(run_dir: &Path, wasm: &Path, nginx_config: &Path) -> Res
     Ok(pki)
 }
 
-/// The line range `[start, end)` of the plugin configuration inside a gateway bootstrap, and the
-/// indentation of its lines: the block scalar after the one `value: |` that follows
-/// `"@type": type.googleapis.com/google.protobuf.StringValue`.
-fn plugin_config_block(yaml: &str) -> Result<(usize, usize, usize)> {
+/// The line ranges `[start, end)` of the plugin configuration inside a gateway bootstrap, and the
+/// indentation of their lines: the block scalars after each `value: |` that follows
+/// `"@type": type.googleapis.com/google.protobuf.StringValue` — one for the HTTP filter, one more for the
+/// network (L4) filter when the policy has tcp/tls destinations. Every block must hold the same text.
+fn plugin_config_blocks(yaml: &str) -> Result<Vec<(usize, usize, usize)>> {
     let lines: Vec<&str> = yaml.lines().collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
     let mut found = Vec::new();
@@ -251,16 +260,25 @@ fn plugin_config_block(yaml: &str) -> Result<(usize, usize, usize)> {
             found.push((start, end, block_indent));
         }
     }
+    let text = |&(start, end, indent): &(usize, usize, usize)| -> Vec<String> {
+        lines
+            .get(start..end)
+            .unwrap_or(&[])
+            .iter()
+            .map(|l| l.get(indent..).unwrap_or("").trim_end().to_owned())
+            .collect()
+    };
     match found.as_slice() {
-        [one] if one.0 < one.1 => Ok(*one),
         [] => Err(err("no plugin configuration (StringValue `value: |` block) in the gateway bootstrap")),
-        _ => Err(err("the gateway bootstrap must hold exactly one non-empty plugin configuration block")),
+        [first, rest @ ..] if first.0 < first.1 && rest.iter().all(|b| text(b) == text(first)) => Ok(found),
+        _ => Err(err("the gateway bootstrap's plugin configuration blocks must be non-empty and identical")),
     }
 }
 
 /// The plugin configuration (JSON text) of a gateway bootstrap such as `envoy/gateway.yaml`.
 pub fn plugin_config(gateway_yaml: &str) -> Result<String> {
-    let (start, end, indent) = plugin_config_block(gateway_yaml)?;
+    let blocks = plugin_config_blocks(gateway_yaml)?;
+    let Some(&(start, end, indent)) = blocks.first() else { return Err(err("no plugin configuration")) };
     let lines: Vec<&str> = gateway_yaml.lines().collect();
     Ok(lines
         .get(start..end)
@@ -288,18 +306,22 @@ pub fn without_header_mutation(gateway_yaml: &str) -> Result<Vec<String>> {
 pub fn gateway_variant(gateway_yaml: &str, plugin_json: &str) -> Result<String> {
     serde_json::from_str::<serde_json::Value>(plugin_json)
         .map_err(|e| err(format!("the variant's plugin configuration is not JSON: {e}")))?;
-    let (start, end, indent) = plugin_config_block(gateway_yaml)?;
-    let pad = " ".repeat(indent);
     let lines: Vec<&str> = gateway_yaml.lines().collect();
-    let mut out: Vec<String> = lines.get(..start).unwrap_or(&[]).iter().map(|l| l.to_string()).collect();
-    out.extend(plugin_json.trim().lines().map(|l| {
-        if l.trim().is_empty() {
-            String::new()
-        } else {
-            format!("{pad}{}", l.trim_end())
-        }
-    }));
-    out.extend(lines.get(end..).unwrap_or(&[]).iter().map(|l| l.to_string()));
+    let mut out: Vec<String> = Vec::new();
+    let mut next = 0;
+    for (start, end, indent) in plugin_config_blocks(gateway_yaml)? {
+        let pad = " ".repeat(indent);
+        out.extend(lines.get(next..start).unwrap_or(&[]).iter().map(|l| l.to_string()));
+        out.extend(plugin_json.trim().lines().map(|l| {
+            if l.trim().is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{}", l.trim_end())
+            }
+        }));
+        next = end;
+    }
+    out.extend(lines.get(next..).unwrap_or(&[]).iter().map(|l| l.to_string()));
     let mut text = out.join("\n");
     if gateway_yaml.ends_with('\n') {
         text.push('\n');
@@ -345,7 +367,11 @@ impl Topology {
         let run_dir = absolute(&opts.run_dir)?;
         ensure_free(GATEWAY_PORT, "gateway listener")?;
         ensure_free(ADMIN_PORT, "gateway admin")?;
+        ensure_free(GATEWAY_L4_PORT, "gateway L4 listener")?;
+        ensure_free(GATEWAY_L4_UNDECLARED_PORT, "gateway L4 listener (second port)")?;
         ensure_free(EXTERNAL_PORT, "external server")?;
+        ensure_free(EXTERNAL_TCP_PORT, "external TCP server")?;
+        ensure_free(EXTERNAL_TLS_PORT, "external TLS server")?;
         let pki = populate_run_dir(&run_dir, &opts.wasm, &opts.nginx_config)?;
         let gateway_config = match &opts.plugin_config {
             None => absolute(&opts.gateway_config)?,
@@ -390,7 +416,8 @@ impl Topology {
                 "--concurrency".into(),
                 "2".into(),
                 "--log-level".into(),
-                "info".into(),
+                // EGRESS_ENVOY_LOG_LEVEL=debug (or e.g. `--component-log-level` style values) when debugging.
+                std::env::var("EGRESS_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
                 // Envoy writes file access logs every 10 s by default: the demo and the tests read the
                 // gateway's access log right after each request.
                 "--file-flush-interval-msec".into(),
@@ -474,6 +501,19 @@ impl Topology {
     /// The external server's access log (one JSON object per request).
     pub fn external_access_log(&self) -> PathBuf {
         self.run_dir.join("logs/external-access.log")
+    }
+
+    /// Connections the external server's TCP and TLS services have logged so far (one JSON object each).
+    pub fn external_connections(&self) -> Vec<serde_json::Value> {
+        process::read_lossy(&self.run_dir.join("logs/external-stream.log"))
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// An L4 client for the gateway that trusts the mesh CA (and the partner CA, for passthrough).
+    pub fn l4_client(&self) -> crate::l4::L4Client {
+        crate::l4::L4Client::new(self.pki.mesh_ca_cert(), self.pki.partner_ca_cert())
     }
 
     /// Requests the external server has logged so far.

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use egress_identity_core::config_document::Protocol;
+
 use super::{
-    check_file_safe, commented, dns_san_validation, first_exact_host, int, map, s, strs, to_yaml, PolicyFile,
-    RenderError, Yaml,
+    check_file_safe, commented, dns_san_validation, first_exact_host, int, load_assignment, map, s, strs, to_yaml,
+    PolicyFile, RenderError, Yaml,
 };
 
 /// Where something listens or connects: a host name or IP address and a port.
@@ -56,6 +58,11 @@ where
 #[derive(Clone, Debug)]
 pub struct EnvoyOptions {
     pub listen: HostPort,
+    /// The listener of the network (L4) filter, for `tcp` / `tls` destinations (rendered only when the
+    /// policy has some).
+    /// The L4 listener's addresses (the first, then `additional_addresses`); the port a caller connected
+    /// to is the destination port the filter decides on.
+    pub listen_l4: Vec<HostPort>,
     pub admin: HostPort,
     pub wasm: String,
     /// Destination name → upstream endpoint (default: its first exact host and first port).
@@ -74,6 +81,7 @@ impl Default for EnvoyOptions {
     fn default() -> Self {
         Self {
             listen: HostPort { host: "0.0.0.0".into(), port: 10443 },
+            listen_l4: vec![HostPort { host: "0.0.0.0".into(), port: 10444 }],
             admin: HostPort { host: "127.0.0.1".into(), port: 9901 },
             wasm: "dist/egress_identity.wasm".into(),
             upstreams: BTreeMap::new(),
@@ -92,6 +100,9 @@ impl EnvoyOptions {
         let mut flags = Vec::new();
         if self.listen != d.listen {
             flags.push(format!("--listen {}", self.listen));
+        }
+        if self.listen_l4 != d.listen_l4 {
+            flags.extend(self.listen_l4.iter().map(|a| format!("--listen-l4 {a}")));
         }
         if self.admin != d.admin {
             flags.push(format!("--admin {}", self.admin));
@@ -190,6 +201,40 @@ fn typed(ty: &str, mut entries: Vec<(String, Yaml)>) -> Yaml {
     Yaml::Map(entries)
 }
 
+/// The JSON access log both listeners write (the audit record among its fields).
+fn file_access_log(path: &str, fields: &[(&str, &str)]) -> Yaml {
+    Yaml::Seq(vec![map([
+        ("name", s("envoy.access_loggers.file")),
+        (
+            "typed_config",
+            typed(
+                "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                vec![
+                    e("path", s(path)),
+                    e("log_format", map([("json_format", map(fields.iter().map(|(k, v)| (*k, s(*v)))))])),
+                ],
+            ),
+        ),
+    ])])
+}
+
+/// `address` and, for more than one, `additional_addresses` (each port a destination port callers use).
+fn l4_addresses(addresses: &[HostPort]) -> Vec<(&'static str, Yaml)> {
+    let mut out = Vec::new();
+    if let Some((first, rest)) = addresses.split_first() {
+        out.push(("address", socket_address(first)));
+        if !rest.is_empty() {
+            let more = rest.iter().map(|a| map([("address", socket_address(a))])).collect();
+            out.push(("additional_addresses", Yaml::Seq(more)));
+        }
+    }
+    out
+}
+
+fn listen_list(addresses: &[HostPort]) -> String {
+    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 fn socket_address(hp: &HostPort) -> Yaml {
     map([("socket_address", map([("address", s(&hp.host)), ("port_value", int(hp.port))]))])
 }
@@ -220,6 +265,7 @@ struct Upstream {
     endpoint: HostPort,
     sni: String,
     ca_secret: String,
+    protocol: Protocol,
 }
 
 fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String, Upstream>, RenderError> {
@@ -248,7 +294,7 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
             .unwrap_or_else(|| HostPort { host: host.to_string(), port: first_port });
         let ca_secret = opts.ca_secrets.get(&d.name).cloned().unwrap_or_else(|| default_ca_secret(&d.name));
         check_file_safe("CA secret", &ca_secret)?;
-        out.insert(d.name.clone(), Upstream { endpoint, sni: host.to_string(), ca_secret });
+        out.insert(d.name.clone(), Upstream { endpoint, sni: host.to_string(), ca_secret, protocol: d.protocol });
     }
     Ok(out)
 }
@@ -259,9 +305,9 @@ fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
     if dns {
         entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
     }
-    entries.extend([
-        e("connect_timeout", s("5s")),
-        e(
+    entries.push(e("connect_timeout", s("5s")));
+    if up.protocol == Protocol::Http {
+        entries.push(e(
             "typed_extension_protocol_options",
             map([(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -282,52 +328,50 @@ fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
                     ],
                 ),
             )]),
-        ),
-        e(
-            "load_assignment",
-            map([
-                ("cluster_name", s(&c.cluster)),
-                (
-                    "endpoints",
-                    Yaml::Seq(vec![map([(
-                        "lb_endpoints",
-                        Yaml::Seq(vec![map([("endpoint", map([("address", socket_address(&up.endpoint))]))])]),
-                    )])]),
-                ),
-            ]),
-        ),
-        e(
-            "transport_socket",
-            map([
-                ("name", s("envoy.transport_sockets.tls")),
-                (
-                    "typed_config",
-                    typed(
-                        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        vec![
-                            e("sni", s(&up.sni)),
-                            e(
-                                "common_tls_context",
-                                map([
-                                    (
-                                        "tls_certificate_sds_secret_configs",
-                                        commented(
-                                            format!("The external identity {}; replaced through SDS when it is rotated.", c.identity),
-                                            Yaml::Seq(vec![sds(&identity_secret(&c.identity), &opts.sds_dir)]),
+        ));
+    }
+    entries.push(e("load_assignment", load_assignment(&c.cluster, &up.endpoint.host, up.endpoint.port)));
+    if up.protocol == Protocol::Tls {
+        let what = format!(
+            "destination {} (tls passthrough), mapping {}: the caller's own TLS goes through",
+            c.destination, c.identity
+        );
+        return commented(what, Yaml::Map(entries));
+    }
+    entries.push(e(
+        "transport_socket",
+        map([
+            ("name", s("envoy.transport_sockets.tls")),
+            (
+                "typed_config",
+                typed(
+                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    vec![
+                        e("sni", s(&up.sni)),
+                        e(
+                            "common_tls_context",
+                            map([
+                                (
+                                    "tls_certificate_sds_secret_configs",
+                                    commented(
+                                        format!(
+                                            "The external identity {}; replaced through SDS when it is rotated.",
+                                            c.identity
                                         ),
+                                        Yaml::Seq(vec![sds(&identity_secret(&c.identity), &opts.sds_dir)]),
                                     ),
-                                    (
-                                        "combined_validation_context",
-                                        dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)),
-                                    ),
-                                ]),
-                            ),
-                        ],
-                    ),
+                                ),
+                                (
+                                    "combined_validation_context",
+                                    dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)),
+                                ),
+                            ]),
+                        ),
+                    ],
                 ),
-            ]),
-        ),
-    ]);
+            ),
+        ]),
+    ));
     commented(format!("destination {}, external identity {}", c.destination, c.identity), Yaml::Map(entries))
 }
 
@@ -344,7 +388,7 @@ fn header(
 GENERATED by `egress-identity render envoy POLICY{flags}` -- edit the policy, not this file.
 
 Callers (mesh workloads) connect with mTLS to {listen} and present a mesh-CA-signed certificate whose URI
-SAN is their SPIFFE ID. The egress-identity wasm filter decides, per request, whether the caller may reach the
+SAN is their SPIFFE ID.{l4} The egress-identity wasm filter decides, per request, whether the caller may reach the
 destination (Host) and, if so, which upstream cluster (= which external client certificate) to use; it tells
 the router through the internal header {cluster_header} (route `cluster_header`).
 
@@ -357,10 +401,16 @@ secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.
 ",
         format!("secret (file {}/<name>.yaml)", opts.sds_dir),
         listen = opts.listen,
+        l4 = if policy.config.destinations.has_l4() {
+            format!(" tcp and tls destinations take connections on {}, decided by the same filter loaded as\na network filter before tcp_proxy (SNI and port name the destination).", listen_list(&opts.listen_l4))
+        } else {
+            String::new()
+        },
         cluster_header = policy.config.headers.cluster,
         dir = opts.sds_dir,
     );
-    for c in clusters {
+    let passthrough = |destination: &str| ups.get(destination).is_some_and(|u| u.protocol == Protocol::Tls);
+    for c in clusters.iter().filter(|c| !passthrough(&c.destination)) {
         h.push_str(&format!(
             "  {:<31} cluster {:?}: client certificate of external identity {}\n",
             identity_secret(&c.identity),
@@ -368,7 +418,7 @@ secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.
             c.identity
         ));
     }
-    for (name, up) in ups {
+    for (name, up) in ups.iter().filter(|(name, _)| !passthrough(name)) {
         h.push_str(&format!(
             "  {:<31} clusters of destination {name}: CA that verifies {} (SNI and DNS SAN {})\n",
             up.ca_secret, up.endpoint, up.sni
@@ -389,6 +439,132 @@ Run: cd <run dir> && envoy -c <this file> --disable-hot-restart",
     h
 }
 
+/// The root id of the HTTP filter, and of the network (L4) one (the filter takes the `-l4` suffix as its
+/// cue to decide connections).
+const ROOT_ID: &str = "egress-identity";
+const ROOT_ID_L4: &str = "egress-identity-l4";
+/// What tcp_proxy buffers of a caller's first bytes before the upstream connection is up (a TLS ClientHello
+/// fits; egress-identity itself holds at most one ClientHello, 16 KiB, core::tls_client_hello).
+const EARLY_DATA_BYTES: i64 = 65536;
+
+/// The Wasm plugin's `config`: the module, and the policy file verbatim as its configuration. Both filters
+/// share one VM (`vm_id`).
+fn plugin(policy: &PolicyFile, opts: &EnvoyOptions, root_id: &str) -> Yaml {
+    map([
+        ("name", s(root_id)),
+        ("root_id", s(root_id)),
+        ("fail_open", Yaml::Bool(false)),
+        (
+            "vm_config",
+            map([
+                ("vm_id", s("egress-identity")),
+                ("runtime", s("envoy.wasm.runtime.v8")),
+                ("code", map([("local", map([("filename", s(&opts.wasm))]))])),
+            ]),
+        ),
+        (
+            "configuration",
+            commented(
+                "The plugin configuration: the policy file, verbatim (README.md, \"Configuration reference\").",
+                typed("google.protobuf.StringValue", vec![e("value", Yaml::Literal(policy.text.clone()))]),
+            ),
+        ),
+    ])
+}
+
+const AUDIT_FIELDS_L4: &[(&str, &str)] = &[
+    ("time", "%START_TIME%"),
+    ("protocol", "l4"),
+    ("caller", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("sni", "%REQUESTED_SERVER_NAME%"),
+    ("port", "%DOWNSTREAM_LOCAL_PORT%"),
+    ("flags", "%RESPONSE_FLAGS%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("audit", "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration_ms", "%DURATION%"),
+];
+
+/// The listener of the network (L4) filter: the same mTLS, then egress-identity, then tcp_proxy to the
+/// cluster the filter names in filter state `envoy.tcp_proxy.cluster`.
+fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -> Yaml {
+    let wasm = map([
+        ("name", s("envoy.filters.network.wasm")),
+        (
+            "typed_config",
+            typed("envoy.extensions.filters.network.wasm.v3.Wasm", vec![e("config", plugin(policy, opts, ROOT_ID_L4))]),
+        ),
+    ]);
+    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS_L4);
+    let tcp_proxy = map([
+        ("name", s("envoy.filters.network.tcp_proxy")),
+        (
+            "typed_config",
+            typed(
+                "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                vec![
+                    e("stat_prefix", s("egress_l4")),
+                    e(
+                        "cluster",
+                        commented(
+                            "No such cluster: a connection the filter did not route (it did not run) goes nowhere. An allowed\none goes to the cluster the filter set in filter state envoy.tcp_proxy.cluster.",
+                            s("egress-identity-unrouted"),
+                        ),
+                    ),
+                    e(
+                        "max_downstream_connection_duration",
+                        commented(
+                            "Bounds how long a connection keeps using a rotated-out client certificate (cf. the HTTP clusters'\nmax_connection_duration).",
+                            s(format!("{}s", opts.max_connection_duration)),
+                        ),
+                    ),
+                    e(
+                        "upstream_connect_mode",
+                        commented(
+                            "Connect upstream only once the caller has sent data: egress-identity decides on the first bytes\n(the caller's certificate is there by then) and names the cluster before tcp_proxy picks it\n(runtime envoy.reloadable_features.tcp_proxy_delay_route_selection, below). The caller must speak\nfirst: server-first protocols (SMTP, MySQL, ...) are not supported (README.md, \"L4 egress\").",
+                            s("ON_DOWNSTREAM_DATA"),
+                        ),
+                    ),
+                    e("max_early_data_bytes", int(EARLY_DATA_BYTES)),
+                    e("access_log", access_log),
+                ],
+            ),
+        ),
+    ]);
+    commented(
+        "tcp and tls (passthrough) destinations: connections, decided on their first bytes (README.md, \"L4 egress\").",
+        map([
+            ("name", s("egress-l4")),
+        ]
+        .into_iter()
+        .chain(l4_addresses(&opts.listen_l4))
+        .chain([
+            (
+                "listener_filters",
+                commented(
+                    "Reads the SNI of the caller's ClientHello: connection.requested_server_name, the destination's name.",
+                    Yaml::Seq(vec![map([
+                        ("name", s("envoy.filters.listener.tls_inspector")),
+                        (
+                            "typed_config",
+                            typed("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", vec![]),
+                        ),
+                    ])]),
+                ),
+            ),
+            (
+                "filter_chains",
+                Yaml::Seq(vec![map([
+                    ("transport_socket", downstream_tls),
+                    ("filters", Yaml::Seq(vec![wasm, tcp_proxy])),
+                ])]),
+            ),
+        ])),
+    )
+}
+
 /// The bootstrap for `policy`, as YAML text.
 pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, RenderError> {
     super::check_one_endpoint_per_destination(policy, true)?;
@@ -402,7 +578,8 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     let dir = opts.sds_dir.trim_end_matches('/');
     let opts = &EnvoyOptions { sds_dir: dir.to_string(), ..opts.clone() };
 
-    let downstream_tls = map([
+    let downstream_tls = |alpn: bool| {
+        map([
         ("name", s("envoy.transport_sockets.tls")),
         (
             "typed_config",
@@ -415,36 +592,30 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                     ),
                     e(
                         "common_tls_context",
-                        map([
-                            ("alpn_protocols", strs(["h2", "http/1.1"])),
-                            ("tls_certificate_sds_secret_configs", Yaml::Seq(vec![sds(GATEWAY_CERT, dir)])),
-                            (
-                                "validation_context_sds_secret_config",
-                                commented(
-                                    "The mesh CA bundle. During a CA rotation it holds the old and the new CA, then the new one only.",
-                                    sds(MESH_CA, dir),
-                                ),
-                            ),
-                        ]),
+                        Yaml::Map(
+                            [
+                                alpn.then(|| e("alpn_protocols", strs(["h2", "http/1.1"]))),
+                                Some(e("tls_certificate_sds_secret_configs", Yaml::Seq(vec![sds(GATEWAY_CERT, dir)]))),
+                                Some(e(
+                                    "validation_context_sds_secret_config",
+                                    commented(
+                                        "The mesh CA bundle. During a CA rotation it holds the old and the new CA, then the new one only.",
+                                        sds(MESH_CA, dir),
+                                    ),
+                                )),
+                            ]
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                        ),
                     ),
                 ],
             ),
         ),
-    ]);
+    ])
+    };
 
-    let access_log = Yaml::Seq(vec![map([
-        ("name", s("envoy.access_loggers.file")),
-        (
-            "typed_config",
-            typed(
-                "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                vec![
-                    e("path", s(&opts.access_log)),
-                    e("log_format", map([("json_format", map(AUDIT_FIELDS.iter().map(|(k, v)| (*k, s(*v)))))])),
-                ],
-            ),
-        ),
-    ])]);
+    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS);
 
     let route_config = map([
         ("name", s("egress")),
@@ -487,32 +658,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         ("name", s("envoy.filters.http.wasm")),
         (
             "typed_config",
-            typed(
-                "envoy.extensions.filters.http.wasm.v3.Wasm",
-                vec![e(
-                    "config",
-                    map([
-                        ("name", s("egress-identity")),
-                        ("root_id", s("egress-identity")),
-                        ("fail_open", Yaml::Bool(false)),
-                        (
-                            "vm_config",
-                            map([
-                                ("vm_id", s("egress-identity")),
-                                ("runtime", s("envoy.wasm.runtime.v8")),
-                                ("code", map([("local", map([("filename", s(&opts.wasm))]))])),
-                            ]),
-                        ),
-                        (
-                            "configuration",
-                            commented(
-                                "The plugin configuration: the policy file, verbatim (README.md, \"Configuration reference\").",
-                                typed("google.protobuf.StringValue", vec![e("value", Yaml::Literal(policy.text.clone()))]),
-                            ),
-                        ),
-                    ]),
-                )],
-            ),
+            typed("envoy.extensions.filters.http.wasm.v3.Wasm", vec![e("config", plugin(policy, opts, ROOT_ID))]),
         ),
     ]);
 
@@ -594,7 +740,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         (
             "filter_chains",
             Yaml::Seq(vec![map([
-                ("transport_socket", downstream_tls),
+                ("transport_socket", downstream_tls(true)),
                 (
                     "filters",
                     Yaml::Seq(vec![map([
@@ -606,6 +752,11 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         ),
     ]);
 
+    let mut listeners = vec![listener];
+    if policy.config.destinations.has_l4() {
+        listeners.push(l4_listener(policy, opts, downstream_tls(false)));
+    }
+
     let mut cluster_nodes = Vec::new();
     for c in &clusters {
         let Some(up) = ups.get(&c.destination) else { continue };
@@ -616,10 +767,31 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         map([
             ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
             ("admin", map([("address", socket_address(&opts.admin))])),
+        ]
+        .into_iter()
+        .chain(policy.config.destinations.has_l4().then(|| {
+            (
+                "layered_runtime",
+                commented(
+                    "tcp_proxy picks its cluster when it connects, not when the connection opens: egress-identity has\nnamed it by then (filter state envoy.tcp_proxy.cluster).",
+                    map([(
+                        "layers",
+                        Yaml::Seq(vec![map([
+                            ("name", s("egress-identity")),
+                            (
+                                "static_layer",
+                                map([("envoy.reloadable_features.tcp_proxy_delay_route_selection", Yaml::Bool(true))]),
+                            ),
+                        ])]),
+                    )]),
+                ),
+            )
+        }))
+        .chain([
             (
                 "static_resources",
                 map([
-                    ("listeners", Yaml::Seq(vec![listener])),
+                    ("listeners", Yaml::Seq(listeners)),
                     (
                         "clusters",
                         commented(
@@ -629,7 +801,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                     ),
                 ]),
             ),
-        ]),
+        ])),
     );
     Ok(to_yaml(&bootstrap))
 }

@@ -3,8 +3,8 @@
 
 use super::envoy::{identity_clusters, IdentityCluster};
 use super::{
-    commented, dns_san_validation, documents, first_exact_host, int, k8s_name, map, s, strs, PolicyFile, RenderError,
-    Yaml,
+    commented, dns_san_validation, documents, first_exact_host, int, k8s_name, load_assignment, map, s, strs,
+    PolicyFile, RenderError, Yaml,
 };
 use egress_identity_core::config_document::PrincipalSource;
 
@@ -400,28 +400,7 @@ fn gateway(
                                 ("type", s("LOGICAL_DNS")),
                                 ("dns_lookup_family", s("V4_PREFERRED")),
                                 ("connect_timeout", s("5s")),
-                                (
-                                    "load_assignment",
-                                    map([
-                                        ("cluster_name", s(&c.cluster)),
-                                        (
-                                            "endpoints",
-                                            Yaml::Seq(vec![map([(
-                                                "lb_endpoints",
-                                                Yaml::Seq(vec![map([(
-                                                    "endpoint",
-                                                    map([(
-                                                        "address",
-                                                        map([(
-                                                            "socket_address",
-                                                            map([("address", s(&d.host)), ("port_value", int(d.port))]),
-                                                        )]),
-                                                    )]),
-                                                )])]),
-                                            )])]),
-                                        ),
-                                    ]),
-                                ),
+                                ("load_assignment", load_assignment(&c.cluster, &d.host, d.port)),
                                 (
                                     "transport_socket",
                                     map([

@@ -41,6 +41,16 @@ pub fn s(value: impl Into<String>) -> Yaml {
     Yaml::Str(value.into())
 }
 
+/// A cluster's `load_assignment`: one endpoint, `host:port`.
+pub fn load_assignment(cluster: &str, host: &str, port: u16) -> Yaml {
+    let address = map([("socket_address", map([("address", s(host)), ("port_value", int(port))]))]);
+    let endpoint = map([("endpoint", map([("address", address)]))]);
+    map([
+        ("cluster_name", s(cluster)),
+        ("endpoints", Yaml::Seq(vec![map([("lb_endpoints", Yaml::Seq(vec![endpoint]))])])),
+    ])
+}
+
 /// An integer scalar.
 pub fn int(value: impl Into<i64>) -> Yaml {
     Yaml::Int(value.into())

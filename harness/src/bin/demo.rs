@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use egress_identity_harness::client::{Call, Response};
-use egress_identity_harness::pki::EXTERNAL_HOST;
+use egress_identity_harness::pki::{EXTERNAL_HOST, EXTERNAL_TLS_HOST};
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT};
+use egress_identity_harness::topology::{Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_L4_PORT, GATEWAY_PORT};
 
 enum Expect {
     /// Forwarded; the partner sees this client certificate subject.
@@ -73,6 +73,7 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
     println!("egress-identity demo");
     println!("  run directory  {}", run_dir.display());
     println!("  gateway        Envoy on 127.0.0.1:{GATEWAY_PORT} (envoy/gateway.yaml, admin :{ADMIN_PORT}) + egress-identity filter");
+    println!("  L4 gateway     the same Envoy on 127.0.0.1:{GATEWAY_L4_PORT}: the filter as a network filter before tcp_proxy");
     println!("  partner        nginx on 127.0.0.1:{EXTERNAL_PORT} as {EXTERNAL_HOST}, accepts only partner-CA client certificates");
     println!("starting (fresh test PKI in {}/pki) ...", run_dir.display());
     let topo = Topology::start(&Options::new(&run_dir))?;
@@ -124,9 +125,71 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
             println!("   NOT AS EXPECTED: wanted {want}; got {}", r.summary());
         }
     }
+    let l4_ok = l4_steps(&topo)?;
     println!();
-    println!("{ok} of {} outcomes as expected (logs in {}/logs)", STEPS.len(), run_dir.display());
-    Ok(ok == STEPS.len())
+    let total = STEPS.len() + L4_STEPS;
+    println!("{} of {total} outcomes as expected (logs in {}/logs)", ok + l4_ok, run_dir.display());
+    Ok(ok + l4_ok == total)
+}
+
+const L4_STEPS: usize = 2;
+
+/// The L4 listener: one tcp connection allowed (the gateway originates mTLS as the caller's external
+/// identity) and one tls passthrough connection refused by the destination layer.
+fn l4_steps(topo: &Topology) -> Result<usize, egress_identity_harness::Error> {
+    let l4 = topo.l4_client();
+    let mut ok = 0;
+
+    println!();
+    println!(
+        "{}. spiffe://cluster.local/ns/team/sa/app1 opens a TCP connection to {EXTERNAL_HOST}:{GATEWAY_L4_PORT}",
+        STEPS.len() + 1
+    );
+    println!("   (L4: the tcp destination partner-tcp; the gateway originates mTLS to the partner as team.app1)");
+    let outcome = l4.call(&topo.pki().workload("team-app1"), EXTERNAL_HOST, b"hello\n")?;
+    println!("   partner answered: {:?}", outcome.received.trim());
+    print_l4_audit(topo);
+    if outcome.received.trim() == "subject=CN=team.app1" {
+        ok += 1;
+        println!("   as expected");
+    } else {
+        println!("   NOT AS EXPECTED: wanted the partner to answer subject=CN=team.app1; got {outcome:?}");
+    }
+
+    println!();
+    println!(
+        "{}. spiffe://cluster.local/ns/team/sa/app2 opens a TLS passthrough connection to {EXTERNAL_TLS_HOST}:{GATEWAY_L4_PORT}",
+        STEPS.len() + 2
+    );
+    println!("   (L4: the tls destination partner-tls allows only team/app1; the connection is closed, nothing reaches the partner)");
+    let before = topo.external_connections().len();
+    let outcome =
+        l4.passthrough(&topo.pki().workload("team-app2"), EXTERNAL_TLS_HOST, EXTERNAL_TLS_HOST, b"hello\n")?;
+    println!("   connection: {}", if outcome.received.is_empty() { "closed by the gateway" } else { "answered" });
+    let audit = print_l4_audit(topo);
+    let reached = topo.external_connections().len() != before;
+    if outcome.received.is_empty() && !reached && audit.contains("reason=no_matching_allow") {
+        ok += 1;
+        println!("   as expected");
+    } else {
+        println!("   NOT AS EXPECTED: wanted a closed connection, nothing at the partner, reason=no_matching_allow; got {outcome:?}");
+    }
+    Ok(ok)
+}
+
+/// Prints (and returns) the audit record of the newest L4 connection in the gateway's access log.
+fn print_l4_audit(topo: &Topology) -> String {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let audit = topo
+        .gateway_access_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["protocol"] == "l4")
+        .filter_map(|e| e["audit"].as_str().map(str::to_owned))
+        .next_back()
+        .unwrap_or_default();
+    println!("   gateway audit record: {audit}");
+    audit
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,193 @@
+//! The network (L4) context: one per connection, for `tcp` and `tls` passthrough destinations.
+//!
+//! Envoy calls `on_new_connection` before the caller's TLS handshake completes, so the peer certificate is
+//! not there yet. tcp_proxy, rendered with `upstream_connect_mode: ON_DOWNSTREAM_DATA` and the runtime flag
+//! `tcp_proxy_delay_route_selection`, neither connects nor picks its cluster before the first bytes pass
+//! through; this context sees them first, decides, names the chosen cluster in the well-known filter state
+//! `envoy.tcp_proxy.cluster`, and lets them through. A denied connection is closed before any
+//! upstream connection is made. Protocols where the server speaks first cannot be decided this way (nothing
+//! arrives to decide on): see README.md, "L4 egress".
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use egress_identity_core::audit;
+use egress_identity_core::certificate_cache::CertificateCache;
+use egress_identity_core::config::Config;
+use egress_identity_core::config_document::Protocol;
+use egress_identity_core::decision::{
+    passthrough_verdict, Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason,
+};
+use egress_identity_core::principal::{self, Caller, HostError};
+use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
+use proxy_wasm::traits::{Context, StreamContext};
+use proxy_wasm::types::Action;
+
+use crate::counters::{increment, Counters};
+use crate::host;
+
+/// The filter-state key tcp_proxy reads its upstream cluster from.
+const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
+
+enum State {
+    /// Waiting for the first bytes (and, with them, the caller's certificate).
+    Undecided,
+    /// Allowed to a `tls` passthrough destination; waiting for the whole ClientHello.
+    AwaitingClientHello {
+        sni: Box<str>,
+        cluster: Box<str>,
+        identity: usize,
+        record: String,
+    },
+    Forwarding,
+    Closed,
+}
+
+pub struct EgressIdentityConnection {
+    config: Option<Rc<Config>>,
+    cache: Option<Rc<RefCell<CertificateCache>>>,
+    counters: Rc<Counters>,
+    state: State,
+}
+
+impl EgressIdentityConnection {
+    pub fn new(
+        config: Option<Rc<Config>>,
+        cache: Option<Rc<RefCell<CertificateCache>>>,
+        counters: Rc<Counters>,
+    ) -> Self {
+        Self { config, cache, counters, state: State::Undecided }
+    }
+}
+
+impl Context for EgressIdentityConnection {}
+
+impl StreamContext for EgressIdentityConnection {
+    fn on_new_connection(&mut self) -> Action {
+        // The caller's TLS handshake has not completed: decide on its first bytes. tcp_proxy waits for them too
+        // (upstream_connect_mode ON_DOWNSTREAM_DATA), so holding the chain here would hold it forever: tcp_proxy
+        // has disabled reading until its own first data.
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        let Some(config) = self.config.clone() else {
+            log::error!("egress-identity: connection refused: the plugin has no valid configuration");
+            return self.close();
+        };
+        match self.step(&config, data_size, end_of_stream) {
+            Ok(action) => action,
+            Err(HostError) => {
+                log::error!("egress-identity: a host call failed; closing the connection");
+                increment(self.counters.denied.as_ref());
+                increment(self.counters.host_errors.as_ref());
+                self.close()
+            }
+        }
+    }
+}
+
+impl EgressIdentityConnection {
+    fn step(&mut self, config: &Config, data_size: usize, end_of_stream: bool) -> Result<Action, HostError> {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Forwarding => {
+                self.state = State::Forwarding;
+                Ok(Action::Continue)
+            }
+            State::Closed => Ok(Action::Pause),
+            State::Undecided => self.decide(config, data_size, end_of_stream),
+            State::AwaitingClientHello { sni, cluster, identity, record } => {
+                self.check_client_hello(sni, cluster, identity, record, data_size, end_of_stream)
+            }
+        }
+    }
+
+    fn decide(&mut self, config: &Config, data_size: usize, end_of_stream: bool) -> Result<Action, HostError> {
+        let resolution = {
+            let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
+            principal::resolve(&config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
+        };
+        self.counters.count_resolution(&resolution);
+        let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
+        let sni = host::connection_server_name()?;
+        let port = host::destination_port()?;
+        let evaluation =
+            config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
+        match evaluation.shadow_allowed() {
+            None => {}
+            Some(true) => increment(self.counters.shadow_allow.as_ref()),
+            Some(false) => increment(self.counters.shadow_deny.as_ref()),
+        }
+        let record = audit::record(&evaluation, principal_id);
+        match evaluation.decision {
+            Decision::Deny(denial) => Ok(self.deny(&denial, &record)),
+            Decision::Allow(allowed) => {
+                let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
+                if allowed.protocol == Protocol::Tls {
+                    let sni = sni.into_boxed_str();
+                    return self.check_client_hello(sni, cluster, identity, record, data_size, end_of_stream);
+                }
+                self.forward(&cluster, identity, &record)
+            }
+        }
+    }
+
+    /// A `tls` passthrough connection goes on only once its ClientHello names the SNI that was allowed.
+    fn check_client_hello(
+        &mut self,
+        sni: Box<str>,
+        cluster: Box<str>,
+        identity: usize,
+        record: String,
+        data_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, HostError> {
+        let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
+        let hello = tls_client_hello::parse(&data);
+        match passthrough_verdict(&sni, &hello) {
+            PassthroughVerdict::Allow => self.forward(&cluster, identity, &record),
+            PassthroughVerdict::Wait if !end_of_stream => {
+                self.state = State::AwaitingClientHello { sni, cluster, identity, record };
+                Ok(Action::Pause)
+            }
+            // The caller closed before its ClientHello was complete.
+            PassthroughVerdict::Wait => {
+                let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
+                Ok(self.deny(&denial, &audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&record))))
+            }
+            PassthroughVerdict::Deny(denial) => {
+                let evaluation = Evaluation::of(Decision::Deny(denial));
+                Ok(self.deny(&denial, &audit::record(&evaluation, principal_of(&record))))
+            }
+        }
+    }
+
+    fn forward(&mut self, cluster: &str, identity: usize, record: &str) -> Result<Action, HostError> {
+        host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
+        host::set_filter_state(audit::FILTER_STATE_KEY, record);
+        log::debug!("egress-identity: {record}");
+        increment(self.counters.allowed.as_ref());
+        increment(self.counters.identity(identity));
+        self.state = State::Forwarding;
+        Ok(Action::Continue)
+    }
+
+    fn deny(&mut self, denial: &Denial<'_>, record: &str) -> Action {
+        host::set_filter_state(audit::FILTER_STATE_KEY, record);
+        log::debug!("egress-identity: {record}");
+        increment(self.counters.denied.as_ref());
+        increment(self.counters.denied_by(denial.kind()));
+        self.close()
+    }
+
+    fn close(&mut self) -> Action {
+        self.state = State::Closed;
+        host::close_downstream();
+        Action::Pause
+    }
+}
+
+/// The principal an audit record names (for a later record of the same connection).
+fn principal_of(record: &str) -> &str {
+    record.split(' ').find_map(|field| field.strip_prefix("principal=")).unwrap_or_default()
+}

@@ -1,0 +1,239 @@
+//! The network (L4) filter on the real gateway (envoy/gateway.yaml's `egress-l4` listener, the demo
+//! policy's `partner-tcp` and `partner-tls` destinations) in front of the real partner's TCP and TLS
+//! services (envoy/external-server/nginx.conf, `stream`).
+//!
+//! * tcp: the caller speaks plain bytes inside the mesh mTLS; the gateway originates mTLS to the partner
+//!   with the external identity's client certificate, and the partner answers with the subject it saw;
+//! * tls (passthrough): the caller's own TLS runs to the partner, whose answer names the server name it got;
+//!   the gateway checks the ClientHello names the host it allowed;
+//! * every denial closes the connection before anything reaches the partner.
+#![cfg(test)]
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use egress_identity_harness::l4::L4Outcome;
+use egress_identity_harness::pki::{CertFiles, WorkloadSpec, EXTERNAL_HOST, EXTERNAL_TLS_HOST};
+use egress_identity_harness::topology::{
+    Options, Topology, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_L4_UNDECLARED_PORT,
+};
+use serde_json::Value;
+
+fn topo() -> (MutexGuard<'static, ()>, &'static Topology) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static TOPOLOGY: OnceLock<Result<Topology, String>> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TOPOLOGY.get_or_init(|| {
+        Topology::start(&Options::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("l4"))).map_err(|e| e.to_string())
+    });
+    match t {
+        Ok(t) => (guard, t),
+        Err(e) => panic!("could not start the L4 topology: {e}"),
+    }
+}
+
+fn workload(t: &Topology, name: &str) -> CertFiles {
+    t.pki().workload(name)
+}
+
+/// The partner's connection log entries for one of its ports, so far.
+fn partner_connections(t: &Topology, port: u16) -> usize {
+    t.external_connections().iter().filter(|c| c["port"] == port).count()
+}
+
+fn tcp(t: &Topology, who: &CertFiles, sni: &str) -> L4Outcome {
+    t.l4_client().call(who, sni, b"hello\n").expect("connecting to the gateway")
+}
+
+/// The audit record of the newest L4 connection the gateway logged (the tests run one at a time).
+fn last_audit(t: &Topology) -> String {
+    std::thread::sleep(Duration::from_millis(300));
+    t.gateway_access_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["protocol"] == "l4")
+        .filter_map(|e| e["audit"].as_str().map(str::to_owned))
+        .rfind(|a| a.starts_with("decision="))
+        .unwrap_or_default()
+}
+
+/// Refused: the connection closes with nothing from the partner, the partner never saw a connection, and
+/// the gateway's audit record says who and why.
+fn assert_refused(
+    t: &Topology,
+    outcome: &L4Outcome,
+    before: (usize, usize),
+    principal: &str,
+    layer: &str,
+    reason: &str,
+) {
+    assert!(outcome.received.is_empty(), "the partner answered: {outcome:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(counts(t), before, "a connection reached the partner");
+    let last = last_audit(t);
+    let fields: Vec<&str> = last.split(' ').collect();
+    for field in ["decision=deny".to_string(), format!("layer={layer}"), format!("reason={reason}")] {
+        assert!(fields.contains(&field.as_str()), "{field} not in {last:?}");
+    }
+    if !principal.is_empty() {
+        assert!(fields.contains(&format!("principal={principal}").as_str()), "{principal} not in {last:?}");
+    }
+}
+
+fn counts(t: &Topology) -> (usize, usize) {
+    (partner_connections(t, EXTERNAL_TCP_PORT), partner_connections(t, EXTERNAL_TLS_PORT))
+}
+
+#[test]
+fn tcp_callers_reach_the_partner_with_their_own_external_identity() {
+    let (_lock, t) = topo();
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2"), ("team-app1", "CN=team.app1")] {
+        let outcome = tcp(t, &workload(t, who), EXTERNAL_HOST);
+        assert!(outcome.connected, "{who}: {outcome:?}");
+        assert_eq!(outcome.received.trim(), format!("subject={cn}"), "{who}: {outcome:?}");
+    }
+    let app1 = last_audit(t);
+    assert!(
+        app1.starts_with("decision=allow")
+            && app1.contains(" destination=partner-tcp ")
+            && app1.ends_with(" identity=team.app1"),
+        "{app1}"
+    );
+}
+
+#[test]
+fn tls_passthrough_reaches_the_partner_when_the_client_hello_names_the_allowed_host() {
+    let (_lock, t) = topo();
+    let app1 = workload(t, "team-app1");
+    let outcome = t.l4_client().passthrough(&app1, EXTERNAL_TLS_HOST, EXTERNAL_TLS_HOST, b"hello\n").unwrap();
+    assert_eq!(outcome.received.trim(), format!("server_name={EXTERNAL_TLS_HOST}"), "{outcome:?}");
+}
+
+#[test]
+fn tls_passthrough_to_another_host_under_an_allowed_name_is_refused() {
+    let (_lock, t) = topo();
+    let app1 = workload(t, "team-app1");
+    let before = counts(t);
+    // The mesh connection names tls.partner.example (allowed); the ClientHello inside asks for another host.
+    let outcome = t.l4_client().passthrough(&app1, EXTERNAL_TLS_HOST, EXTERNAL_HOST, b"hello\n").unwrap();
+    assert_refused(t, &outcome, before, "spiffe://cluster.local/ns/team/sa/app1", "destination", "sni_mismatch");
+    // Plain bytes where a ClientHello must come: not TLS.
+    let before = counts(t);
+    let outcome = tcp(t, &app1, EXTERNAL_TLS_HOST);
+    assert_refused(t, &outcome, before, "spiffe://cluster.local/ns/team/sa/app1", "request", "malformed_request");
+}
+
+#[test]
+fn each_denial_closes_the_connection_before_the_partner_sees_it() {
+    let (_lock, t) = topo();
+    let app2 = workload(t, "team-app2");
+    let app2_id = "spiffe://cluster.local/ns/team/sa/app2";
+    let cases = [
+        // Gateway layer: the sandbox namespace may not use the egress.
+        (
+            workload(t, "sandbox-default"),
+            EXTERNAL_HOST,
+            "spiffe://cluster.local/ns/sandbox/sa/default",
+            "gateway",
+            "no_matching_allow",
+        ),
+        // Gateway DENY beats ALLOW.
+        (
+            workload(t, "quarantine-default"),
+            EXTERNAL_HOST,
+            "spiffe://cluster.local/ns/quarantine/sa/default",
+            "gateway",
+            "denied_by_policy",
+        ),
+        // Destination layer: app2 may not use the passthrough destination.
+        (app2.clone(), EXTERNAL_TLS_HOST, app2_id, "destination", "no_matching_allow"),
+        // An SNI no destination declares on this port.
+        (app2.clone(), "unknown.partner.example", app2_id, "destination", "unknown_destination"),
+    ];
+    for (who, sni, principal, layer, reason) in cases {
+        let before = counts(t);
+        let outcome = tcp(t, &who, sni);
+        assert_refused(t, &outcome, before, principal, layer, reason);
+    }
+    // An SNI that is declared, on a port of the gateway no destination declares.
+    let before = counts(t);
+    let outcome = t.l4_client().on_port(GATEWAY_L4_UNDECLARED_PORT).call(&app2, EXTERNAL_HOST, b"hello\n").unwrap();
+    assert_refused(t, &outcome, before, app2_id, "destination", "unknown_destination");
+    // The same caller on the declared port gets through: the port alone made the difference.
+    assert_eq!(tcp(t, &app2, EXTERNAL_HOST).received.trim(), "subject=CN=team.app2");
+}
+
+#[test]
+fn bad_svids_and_foreign_trust_domains_are_refused() {
+    let (_lock, t) = topo();
+    let issue = |name: &str, spec: WorkloadSpec| t.pki().issue_workload(name, &spec).unwrap();
+    let two = WorkloadSpec {
+        uri_sans: vec![
+            "spiffe://cluster.local/ns/team/sa/app1".into(),
+            "spiffe://cluster.local/ns/team/sa/app2".into(),
+        ],
+        ..Default::default()
+    };
+    for (cert, principal, reason) in [
+        (issue("l4-two-uris", two), "", "multiple_uri_sans"),
+        (
+            issue("l4-td-only", WorkloadSpec::spiffe("spiffe://cluster.local")),
+            "spiffe://cluster.local",
+            "trust_domain_id",
+        ),
+        (
+            issue("l4-foreign", WorkloadSpec::spiffe("spiffe://evil.example/ns/team/sa/app1")),
+            "spiffe://evil.example/ns/team/sa/app1",
+            "untrusted_trust_domain",
+        ),
+    ] {
+        let before = counts(t);
+        let outcome = tcp(t, &cert, EXTERNAL_HOST);
+        assert_refused(t, &outcome, before, principal, "principal", reason);
+    }
+}
+
+#[test]
+fn no_client_certificate_no_connection() {
+    let (_lock, t) = topo();
+    let before = counts(t);
+    let outcome = t.l4_client().call_without_certificate(EXTERNAL_HOST, b"hello\n").unwrap();
+    assert!(outcome.received.is_empty(), "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(counts(t), before, "a connection reached the partner");
+    // A certificate the mesh CA did not sign: the TLS handshake itself fails.
+    let stranger_ca = t.pki().generate_mesh_ca("l4-stranger-ca").unwrap();
+    let app1 = WorkloadSpec::spiffe("spiffe://cluster.local/ns/team/sa/app1");
+    let cert = t.pki().issue_workload_by(&stranger_ca, "l4-stranger", &app1).unwrap();
+    let outcome = tcp(t, &cert, EXTERNAL_HOST);
+    assert!(outcome.received.is_empty(), "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(counts(t), before, "a connection reached the partner");
+}
+
+#[test]
+fn connections_are_counted_apart_from_requests() {
+    let (_lock, t) = topo();
+    let stat = |name: &str| t.stat(&format!("wasmcustom.egress_identity.{name}")).unwrap_or(0);
+    let names = [
+        "connections_allowed",
+        "connections_denied",
+        "requests_allowed",
+        "requests_denied",
+        "identity.partner-tcp.team.app1",
+        "denied.gateway.no_matching_allow",
+        "denied.destination.sni_mismatch",
+    ];
+    t.settle_counters();
+    let before: Vec<u64> = names.iter().map(|n| stat(n)).collect();
+    let app1 = workload(t, "team-app1");
+    assert_eq!(tcp(t, &app1, EXTERNAL_HOST).received.trim(), "subject=CN=team.app1");
+    assert!(tcp(t, &workload(t, "sandbox-default"), EXTERNAL_HOST).received.is_empty());
+    let mismatch = t.l4_client().passthrough(&app1, EXTERNAL_TLS_HOST, EXTERNAL_HOST, b"hello\n").unwrap();
+    assert!(mismatch.received.is_empty(), "{mismatch:?}");
+    t.settle_counters();
+    let deltas: Vec<u64> = names.iter().zip(&before).map(|(n, b)| stat(n) - b).collect();
+    assert_eq!(deltas, [1, 2, 0, 0, 1, 1, 1], "{names:?}");
+}
