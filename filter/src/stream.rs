@@ -1,10 +1,13 @@
 //! The network (L4) context: one per connection, for `tcp` and `tls` passthrough destinations.
 //!
 //! Envoy calls `on_new_connection` before the caller's TLS handshake completes, so the peer certificate is
-//! not there yet. tcp_proxy, rendered with `upstream_connect_mode: ON_DOWNSTREAM_DATA` and the runtime flag
-//! `tcp_proxy_delay_route_selection`, neither connects nor picks its cluster before the first bytes pass
-//! through; this context sees them first, decides, names the chosen cluster in the well-known filter state
-//! `envoy.tcp_proxy.cluster`, and lets them through. A denied connection is closed before any
+//! not there yet. The context holds the filter chain there, so tcp_proxy's own `on_new_connection`, where
+//! it picks its cluster, waits too; on the first bytes (the certificate is there by then) it decides,
+//! names the chosen cluster in the well-known filter state `envoy.tcp_proxy.cluster`, and lets the chain
+//! go on: tcp_proxy then picks that cluster and connects. tcp_proxy must be configured with
+//! `max_early_data_bytes` (and `upstream_connect_mode: ON_DOWNSTREAM_DATA`): without it, it stops reading
+//! the connection until its upstream is up, so no first bytes would ever arrive here (the connection
+//! hangs, and nothing is forwarded). A denied connection is closed before any
 //! upstream connection is made. Protocols where the server speaks first cannot be decided this way (nothing
 //! arrives to decide on): see README.md, "L4 egress".
 
@@ -64,10 +67,9 @@ impl Context for EgressIdentityConnection {}
 
 impl StreamContext for EgressIdentityConnection {
     fn on_new_connection(&mut self) -> Action {
-        // The caller's TLS handshake has not completed: decide on its first bytes. tcp_proxy waits for them too
-        // (upstream_connect_mode ON_DOWNSTREAM_DATA), so holding the chain here would hold it forever: tcp_proxy
-        // has disabled reading until its own first data.
-        Action::Continue
+        // Hold the filters after this one, tcp_proxy included: it picks its cluster in its own
+        // on_new_connection, which now runs only once this context has decided and named the cluster.
+        Action::Pause
     }
 
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {

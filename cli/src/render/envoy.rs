@@ -523,11 +523,17 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                     e(
                         "upstream_connect_mode",
                         commented(
-                            "Connect upstream only once the caller has sent data: egress-identity decides on the first bytes\n(the caller's certificate is there by then) and names the cluster before tcp_proxy picks it\n(runtime envoy.reloadable_features.tcp_proxy_delay_route_selection, below). The caller must speak\nfirst: server-first protocols (SMTP, MySQL, ...) are not supported (README.md, \"L4 egress\").",
+                            "Required by egress-identity, which holds the connection until the caller's first bytes (its\ncertificate is there by then), decides, and names the cluster before tcp_proxy picks it: in the\ndefault mode tcp_proxy stops reading until its upstream is up, and the connection would hang. The\ncaller must speak first: server-first protocols (SMTP, MySQL, ...) are not supported (README.md,\n\"L4 egress\").",
                             s("ON_DOWNSTREAM_DATA"),
                         ),
                     ),
-                    e("max_early_data_bytes", int(EARLY_DATA_BYTES)),
+                    e(
+                        "max_early_data_bytes",
+                        commented(
+                            "What tcp_proxy buffers before it connects; with it, tcp_proxy keeps reading the caller (without it,\nthe connection hangs; Envoy refuses the mode above without it).",
+                            int(EARLY_DATA_BYTES),
+                        ),
+                    ),
                     e("access_log", access_log),
                 ],
             ),
@@ -767,27 +773,6 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         map([
             ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
             ("admin", map([("address", socket_address(&opts.admin))])),
-        ]
-        .into_iter()
-        .chain(policy.config.destinations.has_l4().then(|| {
-            (
-                "layered_runtime",
-                commented(
-                    "tcp_proxy picks its cluster when it connects, not when the connection opens: egress-identity has\nnamed it by then (filter state envoy.tcp_proxy.cluster).",
-                    map([(
-                        "layers",
-                        Yaml::Seq(vec![map([
-                            ("name", s("egress-identity")),
-                            (
-                                "static_layer",
-                                map([("envoy.reloadable_features.tcp_proxy_delay_route_selection", Yaml::Bool(true))]),
-                            ),
-                        ])]),
-                    )]),
-                ),
-            )
-        }))
-        .chain([
             (
                 "static_resources",
                 map([
@@ -801,7 +786,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                     ),
                 ]),
             ),
-        ])),
+        ]),
     );
     Ok(to_yaml(&bootstrap))
 }
