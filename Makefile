@@ -129,7 +129,7 @@ RENDER := $(CARGO) run --quiet -p egress-identity-cli --bin egress-identity -- r
 DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --listen-l4 127.0.0.1:10444 --listen-l4 127.0.0.1:10446 --upstream partner-api=127.0.0.1:18443 \
 	--ca-secret partner-api=partner-ca --upstream partner-tcp=127.0.0.1:18444 --ca-secret partner-tcp=partner-ca \
 	--upstream partner-tls=127.0.0.1:18445
-ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml)
+ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml | head -n 1)
 .PHONY: render
 render:
 	$(RENDER) envoy envoy/policy.json $(DEMO_RENDER_FLAGS) > envoy/gateway.yaml.tmp
@@ -138,4 +138,5 @@ render:
 		--image "$(call ISTIO_IMAGE,examples/istio/egress-gateway)" --out-dir examples/istio/egress-gateway
 	$(RENDER) istio examples/istio/egress-waypoint/policy.json --mode waypoint \
 		--image "$(call ISTIO_IMAGE,examples/istio/egress-waypoint)" --out-dir examples/istio/egress-waypoint
-	$(RENDER) kuma examples/kuma/policy.json --upstream partner-api=api.partner.example:443 --out-dir examples/kuma
+	$(RENDER) kuma examples/kuma/policy.json --upstream partner-api=api.partner.example:443 \
+		--upstream partner-db=db.partner.example:5432 --out-dir examples/kuma

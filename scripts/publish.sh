@@ -9,7 +9,7 @@
 #
 # Environment:
 #   INSECURE=1   plain HTTP, for a local registry (scripts/registry.sh run)
-#   PIN=1        also rewrite the url: line of examples/istio/*/wasm-plugin.yaml to the pushed Wasm variant
+#   PIN=1        also rewrite the url: lines of examples/istio/*/wasm-plugin.yaml (and traffic-extension/) to the pushed Wasm variant
 #   WASM=FILE    the module (default dist/egress_identity.wasm, built by `make build`)
 #   EGRESS_REGISTRY_USERNAME, EGRESS_REGISTRY_PASSWORD   the registry's credentials (e.g. ghcr.io: your user
 #                and a token with write:packages); anonymous when unset
@@ -43,6 +43,8 @@ fi
 args=(push --wasm "$WASM" --image "$REGISTRY:$TAG")
 [ "${INSECURE:-0}" != 1 ] || args+=(--insecure)
 if [ "${PIN:-0}" = 1 ]; then
-    for manifest in examples/istio/*/wasm-plugin.yaml; do args+=(--pin "$manifest"); done
+    for manifest in examples/istio/*/wasm-plugin.yaml examples/istio/*/traffic-extension/traffic-extension.yaml; do
+        args+=(--pin "$manifest")
+    done
 fi
 exec "${CARGO:-cargo}" run --quiet -p egress-identity-publish --bin egress-identity-publish -- "${args[@]}"

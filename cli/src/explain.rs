@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use egress_identity_core::audit;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::Protocol;
-use egress_identity_core::decision::{passthrough_verdict, Decision, Evaluation, PassthroughVerdict};
+use egress_identity_core::decision::{Decision, Evaluation, PassthroughVerdict};
 use egress_identity_core::policy::Verdict;
 use egress_identity_core::principal::PrincipalError;
 use egress_identity_core::request::Request;
@@ -48,7 +48,7 @@ pub fn explain_connection(config: &Config, principal: Option<&str>, c: &Connecti
     if let Decision::Allow(allowed) = evaluation.decision {
         if allowed.protocol == Protocol::Tls {
             let hello = ClientHello::ServerName(c.inner_sni.to_string());
-            if let PassthroughVerdict::Deny(denial) = passthrough_verdict(c.sni, &hello) {
+            if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict(allowed.destination, c.port, &hello) {
                 evaluation.decision = Decision::Deny(denial);
             }
         }

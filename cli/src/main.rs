@@ -134,6 +134,10 @@ enum RenderTarget {
         /// The filter's OCI image, pinned by digest.
         #[arg(long, default_value = istio::DEFAULT_IMAGE, value_name = "oci://...@sha256:...")]
         image: String,
+        /// A namespace whose workloads the NetworkPolicy keeps off the external network, besides those the
+        /// policy names. Repeatable.
+        #[arg(long = "workload-namespace", value_name = "NAMESPACE")]
+        workload_namespace: Vec<String>,
         /// Write one file per kind into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
@@ -152,9 +156,16 @@ enum RenderTarget {
         /// The partner endpoint of a destination (default: its first exact host and port 443). Repeatable.
         #[arg(long, value_name = "DESTINATION=HOST:PORT", value_parser = name_value::<HostPort>)]
         upstream: Vec<(String, HostPort)>,
+        /// A namespace whose workloads the NetworkPolicy keeps off the external network, besides those the
+        /// policy names. Repeatable.
+        #[arg(long = "workload-namespace", value_name = "NAMESPACE")]
+        workload_namespace: Vec<String>,
         /// SHA-256 (hex) of the module the zone egress fetches.
         #[arg(long, default_value = kuma::SHA256_PLACEHOLDER, value_name = "HEX")]
         wasm_sha256: String,
+        /// Port of the zone egress listener: the destination port tcp and tls destinations must list.
+        #[arg(long, default_value_t = 10002, value_name = "PORT")]
+        egress_port: u16,
         /// Write one file per kind into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
@@ -233,15 +244,37 @@ fn render_command(target: RenderTarget) -> ExitCode {
             };
             (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
         }
-        RenderTarget::Istio { config, mode, namespace, image, out_dir } => {
+        RenderTarget::Istio { config, mode, namespace, image, workload_namespace, out_dir } => {
             let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
-            let opts =
-                IstioOptions { namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()), mode, image };
+            let opts = IstioOptions {
+                namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()),
+                mode,
+                image,
+                workload_namespaces: workload_namespace,
+            };
             (config, istio::render(&policy, &opts).map(|files| (out_dir, files)))
         }
-        RenderTarget::Kuma { config, mesh, zone, namespace, upstream, wasm_sha256, out_dir } => {
+        RenderTarget::Kuma {
+            config,
+            mesh,
+            zone,
+            namespace,
+            upstream,
+            wasm_sha256,
+            egress_port,
+            workload_namespace,
+            out_dir,
+        } => {
             let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
-            let opts = KumaOptions { mesh, zone, namespace, upstreams: upstream.into_iter().collect(), wasm_sha256 };
+            let opts = KumaOptions {
+                mesh,
+                zone,
+                namespace,
+                upstreams: upstream.into_iter().collect(),
+                wasm_sha256,
+                egress_port,
+                workload_namespaces: workload_namespace,
+            };
             (config, kuma::render(&policy, &opts).map(|files| (out_dir, files)))
         }
     };
@@ -258,7 +291,8 @@ fn render_command(target: RenderTarget) -> ExitCode {
         Ok((Some(dir), files)) => {
             for (name, text) in files {
                 let path = dir.join(name);
-                if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+                let parent = path.parent().unwrap_or(&dir);
+                if let Err(e) = std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text)) {
                     eprintln!("{}: cannot write: {e}", path.display());
                     return ExitCode::FAILURE;
                 }

@@ -84,7 +84,14 @@ fn examples() -> Vec<(&'static str, Vec<String>)> {
     gateway.push(image("examples/istio/egress-gateway"));
     let mut waypoint = owned(&["istio", "examples/istio/egress-waypoint/policy.json", "--mode", "waypoint", "--image"]);
     waypoint.push(image("examples/istio/egress-waypoint"));
-    let kuma = owned(&["kuma", "examples/kuma/policy.json", "--upstream", "partner-api=api.partner.example:443"]);
+    let kuma = owned(&[
+        "kuma",
+        "examples/kuma/policy.json",
+        "--upstream",
+        "partner-api=api.partner.example:443",
+        "--upstream",
+        "partner-db=db.partner.example:5432",
+    ]);
     vec![
         ("examples/istio/egress-gateway", gateway),
         ("examples/istio/egress-waypoint", waypoint),
@@ -101,17 +108,8 @@ fn example_manifests_are_the_render_of_their_policies() {
         full.extend(["--out-dir".to_string(), out_dir.display().to_string()]);
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         stdout_of(&refs);
-        let mut rendered: Vec<String> = std::fs::read_dir(&out_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        rendered.sort();
-        let mut committed: Vec<String> = std::fs::read_dir(repo_root().join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-            .collect();
-        committed.sort();
+        let rendered = yaml_files(&out_dir);
+        let committed = yaml_files(&repo_root().join(dir));
         assert_eq!(committed, rendered, "{dir}: the manifests are not those render writes");
         for name in &rendered {
             let a = std::fs::read_to_string(repo_root().join(dir).join(name)).unwrap();
@@ -127,10 +125,28 @@ fn example_manifests_are_the_render_of_their_policies() {
     }
 }
 
+/// The YAML files under `dir` (subdirectories too), as sorted relative paths.
+fn yaml_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The files of `dir` in the order their first line appears on stdout (the apply order).
 fn rendered_in_order(dir: &Path, stdout: &str) -> Vec<String> {
     let mut files: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+        yaml_files(dir).iter().map(|name| std::fs::read_to_string(dir.join(name)).unwrap()).collect();
     files.sort_by_key(|text| stdout.find(text.as_str()).unwrap_or(usize::MAX));
     files
 }
@@ -255,6 +271,24 @@ fn render_refuses_invalid_and_unrenderable_policies() {
     let out = cli(&["render", "istio", "examples/istio/egress-gateway/policy.json", "--mode", "waypoint"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("principalSources must include istio_peer_principal"));
+    // Nor does it carry tcp/tls destinations (no SNI names them inside HBONE): refused, not rendered half.
+    let mut waypoint: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/istio/egress-waypoint/policy.json")).unwrap(),
+    )
+    .unwrap();
+    waypoint["destinations"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "db", "protocol": "tcp", "hosts": ["db.partner.example"], "ports": [5432],
+        "defaultIdentity": {"name": "db", "cluster": "db|x"}
+    }));
+    let file = dir.join("waypoint-l4.json");
+    std::fs::write(&file, waypoint.to_string()).unwrap();
+    let out = cli(&["render", "istio", file.to_str().unwrap(), "--mode", "waypoint"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("destinations[1] (db) is a tcp destination") && stderr.contains("--mode gateway"),
+        "{stderr}"
+    );
 }
 
 /// The spiffeID matches (type, value) of the rendered MeshTrafficPermissions.
@@ -290,8 +324,15 @@ fn the_rendered_kuma_permissions_let_through_whoever_explain_allows() {
     for (name, policy) in [("example", example), ("default-identity", with_default.to_string())] {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, &policy).unwrap();
-        let manifests =
-            stdout_of(&["render", "kuma", file.to_str().unwrap(), "--upstream", "partner-api=api.partner.example:443"]);
+        let manifests = stdout_of(&[
+            "render",
+            "kuma",
+            file.to_str().unwrap(),
+            "--upstream",
+            "partner-api=api.partner.example:443",
+            "--upstream",
+            "partner-db=db.partner.example:5432",
+        ]);
         let permitted = kuma_allowed_ids(&manifests);
         assert!(!permitted.is_empty(), "{name}: no MeshTrafficPermission spiffeIDs:\n{manifests}");
         for caller in callers {

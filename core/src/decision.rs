@@ -384,25 +384,43 @@ impl Config {
     }
 }
 
-/// For an allowed `tls` passthrough connection: whether its ClientHello, as far as it has arrived, names the
-/// host the decision allowed by the connection's SNI (the gateway forwards the caller's own TLS, so a
-/// ClientHello naming another host would tunnel to it under an allowed name).
-pub fn passthrough_verdict(allowed_sni: &str, hello: &crate::tls_client_hello::ClientHello) -> PassthroughVerdict {
-    use crate::tls_client_hello::ClientHello;
-    let deny = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
-    match hello {
-        ClientHello::Incomplete => PassthroughVerdict::Wait,
-        ClientHello::NotClientHello => {
-            PassthroughVerdict::Deny(Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest })
+impl Config {
+    /// For a `tls` passthrough connection allowed to `destination` on `port`: whether its ClientHello, as far
+    /// as it has arrived, names a host of that same destination (the gateway forwards the caller's own TLS,
+    /// so a ClientHello naming another host would tunnel to it under an allowed name). The connection's SNI
+    /// named the destination; behind a mesh (Kuma's zone egress) it is the mesh's name for it, while the
+    /// ClientHello names the partner: both must be hosts of the destination.
+    pub fn passthrough_verdict(
+        &self,
+        destination: &str,
+        port: u16,
+        hello: &crate::tls_client_hello::ClientHello,
+    ) -> PassthroughVerdict {
+        use crate::tls_client_hello::ClientHello;
+        let deny = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
+        match hello {
+            ClientHello::Incomplete => PassthroughVerdict::Wait,
+            ClientHello::NotClientHello => PassthroughVerdict::Deny(Denial {
+                layer: Layer::Request,
+                policy: None,
+                reason: Reason::MalformedRequest,
+            }),
+            ClientHello::ServerName(name) => {
+                let same = normalize_host(name)
+                    .and_then(|host| self.destinations.lookup(&host, port))
+                    .is_some_and(|d| &*d.name == destination);
+                if same {
+                    PassthroughVerdict::Allow
+                } else {
+                    deny(Reason::SniMismatch)
+                }
+            }
+            ClientHello::NoServerName => deny(Reason::SniMismatch),
         }
-        ClientHello::ServerName(name) if normalize_host(name) == normalize_host(allowed_sni) => {
-            PassthroughVerdict::Allow
-        }
-        ClientHello::ServerName(_) | ClientHello::NoServerName => deny(Reason::SniMismatch),
     }
 }
 
-/// See [`passthrough_verdict`].
+/// See [`Config::passthrough_verdict`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PassthroughVerdict {
     /// The ClientHello has not fully arrived.
@@ -603,5 +621,33 @@ mod tests {
         );
         let d = Denial { layer: Layer::Principal, policy: None, reason: Reason::Principal(PrincipalError::Missing) };
         assert_eq!(d.to_string(), "deny layer=principal policy=- reason=no_principal");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_passthrough_client_hello_must_name_a_host_of_the_allowed_destination() {
+        use crate::tls_client_hello::ClientHello;
+        // Behind Kuma's zone egress the connection's SNI is the mesh's name; the ClientHello names the partner.
+        let config = Config::load(
+            br#"{ "trustDomains": ["cluster.local"], "destinations": [
+              { "name": "files", "protocol": "tls", "hosts": ["sni.extsvc.m.z.ns.files.443", "files.partner.example"],
+                "ports": [10002], "defaultIdentity": { "name": "p", "cluster": "files|p" } },
+              { "name": "db", "protocol": "tls", "hosts": ["db.partner.example"], "ports": [10002],
+                "defaultIdentity": { "name": "p", "cluster": "db|p" } } ] }"#,
+        )
+        .unwrap();
+        let verdict = |name: &str| config.passthrough_verdict("files", 10002, &ClientHello::ServerName(name.into()));
+        assert_eq!(verdict("files.partner.example"), PassthroughVerdict::Allow);
+        assert_eq!(verdict("FILES.partner.example."), PassthroughVerdict::Allow);
+        let mismatch =
+            PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason: Reason::SniMismatch });
+        // Another destination's host, an unknown one: tunnelling under the allowed name.
+        assert_eq!(verdict("db.partner.example"), mismatch);
+        assert_eq!(verdict("evil.example"), mismatch);
+        assert_eq!(
+            config.passthrough_verdict("files", 443, &ClientHello::ServerName("files.partner.example".into())),
+            mismatch
+        );
+        assert_eq!(config.passthrough_verdict("files", 10002, &ClientHello::NoServerName), mismatch);
+        assert_eq!(config.passthrough_verdict("files", 10002, &ClientHello::Incomplete), PassthroughVerdict::Wait);
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::PrincipalSource;
-use egress_identity_core::decision::{passthrough_verdict, Decision, DenialKind, PassthroughVerdict};
+use egress_identity_core::decision::{Decision, DenialKind, PassthroughVerdict};
 use egress_identity_core::principal::{self, Lookup, PrincipalProperty};
 use egress_identity_core::request::Request;
 use egress_identity_core::spiffe_id::SpiffeId;
@@ -132,7 +132,7 @@ fn produced_by_connections(config: &Config) -> Vec<(&'static str, &'static str)>
     }
     // A passthrough connection whose ClientHello names another host, or whose first bytes are not TLS.
     for hello in [ClientHello::ServerName("elsewhere.example".into()), ClientHello::NotClientHello] {
-        if let PassthroughVerdict::Deny(denial) = passthrough_verdict("db.partner.example", &hello) {
+        if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict("partner-db", 5432, &hello) {
             record(Decision::Deny(denial));
         }
     }

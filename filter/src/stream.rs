@@ -18,9 +18,7 @@ use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::Protocol;
-use egress_identity_core::decision::{
-    passthrough_verdict, Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason,
-};
+use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
 use proxy_wasm::traits::{Context, StreamContext};
@@ -36,14 +34,18 @@ enum State {
     /// Waiting for the first bytes (and, with them, the caller's certificate).
     Undecided,
     /// Allowed to a `tls` passthrough destination; waiting for the whole ClientHello.
-    AwaitingClientHello {
-        sni: Box<str>,
-        cluster: Box<str>,
-        identity: usize,
-        record: String,
-    },
+    AwaitingClientHello(Passthrough),
     Forwarding,
     Closed,
+}
+
+/// An allowed passthrough connection until its ClientHello has arrived.
+struct Passthrough {
+    destination: Box<str>,
+    port: u16,
+    cluster: Box<str>,
+    identity: usize,
+    record: String,
 }
 
 pub struct EgressIdentityConnection {
@@ -98,9 +100,7 @@ impl EgressIdentityConnection {
             }
             State::Closed => Ok(Action::Pause),
             State::Undecided => self.decide(config, data_size, end_of_stream),
-            State::AwaitingClientHello { sni, cluster, identity, record } => {
-                self.check_client_hello(sni, cluster, identity, record, data_size, end_of_stream)
-            }
+            State::AwaitingClientHello(pending) => self.check_client_hello(config, pending, data_size, end_of_stream),
         }
     }
 
@@ -126,40 +126,43 @@ impl EgressIdentityConnection {
             Decision::Allow(allowed) => {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
                 if allowed.protocol == Protocol::Tls {
-                    let sni = sni.into_boxed_str();
-                    return self.check_client_hello(sni, cluster, identity, record, data_size, end_of_stream);
+                    let destination = allowed.destination.into();
+                    let pending = Passthrough { destination, port, cluster, identity, record };
+                    return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
                 self.forward(&cluster, identity, &record)
             }
         }
     }
 
-    /// A `tls` passthrough connection goes on only once its ClientHello names the SNI that was allowed.
+    /// A `tls` passthrough connection goes on only once its ClientHello names a host of the destination
+    /// that was allowed.
     fn check_client_hello(
         &mut self,
-        sni: Box<str>,
-        cluster: Box<str>,
-        identity: usize,
-        record: String,
+        config: &Config,
+        pending: Passthrough,
         data_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
         let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
-        match passthrough_verdict(&sni, &hello) {
-            PassthroughVerdict::Allow => self.forward(&cluster, identity, &record),
+        match config.passthrough_verdict(&pending.destination, pending.port, &hello) {
+            PassthroughVerdict::Allow => self.forward(&pending.cluster, pending.identity, &pending.record),
             PassthroughVerdict::Wait if !end_of_stream => {
-                self.state = State::AwaitingClientHello { sni, cluster, identity, record };
+                self.state = State::AwaitingClientHello(pending);
                 Ok(Action::Pause)
             }
             // The caller closed before its ClientHello was complete.
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-                Ok(self.deny(&denial, &audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&record))))
+                Ok(self.deny(
+                    &denial,
+                    &audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&pending.record)),
+                ))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                Ok(self.deny(&denial, &audit::record(&evaluation, principal_of(&record))))
+                Ok(self.deny(&denial, &audit::record(&evaluation, principal_of(&pending.record))))
             }
         }
     }

@@ -543,8 +543,9 @@ pub fn oci_url(reference: &Reference, digest: &str) -> String {
     format!("oci://{}/{}@{digest}", reference.registry(), reference.repository())
 }
 
-/// Rewrites the one `url: oci://...` line of a WasmPlugin manifest to `url` (keeping its indentation and any
-/// comment lines), and a `sha256:` line at the same indentation, if there is one, to the digest in `url`.
+/// Rewrites every `url: oci://...` line of a WasmPlugin or TrafficExtension manifest to `url` (keeping its
+/// indentation and any comment lines; a file may hold the HTTP and the network plugin, both the same
+/// module), and each `sha256:` line at the indentation of a url line, if there is one, to the digest in `url`.
 pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
     let hex = url
         .rsplit_once("@sha256:")
@@ -562,18 +563,18 @@ pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
         .filter(|(_, line)| is_key(line, "url") && line.contains("oci://"))
         .map(|(i, _)| i)
         .collect();
-    let [url_line] = urls.as_slice() else {
-        return Err(Error::new(format!("expected exactly one `url: oci://...` line, found {}", urls.len())));
-    };
+    if urls.is_empty() {
+        return Err(Error::new("expected a `url: oci://...` line, found none"));
+    }
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let url_indent = lines.get(*url_line).map_or(0, |line| indent(line));
+    let url_indents: Vec<usize> = urls.iter().filter_map(|i| lines.get(*i)).map(|line| indent(line)).collect();
     let mut out = String::with_capacity(text.len());
     for (i, line) in lines.iter().enumerate() {
         let newline = if line.ends_with('\n') { "\n" } else { "" };
         let pad = line.get(..indent(line)).unwrap_or_default();
-        if i == *url_line {
+        if urls.contains(&i) {
             out.push_str(&format!("{pad}url: {url}{newline}"));
-        } else if is_key(line, "sha256") && indent(line) == url_indent {
+        } else if is_key(line, "sha256") && url_indents.contains(&indent(line)) {
             out.push_str(&format!("{pad}sha256: {hex}{newline}"));
         } else {
             out.push_str(line);
@@ -722,5 +723,10 @@ mod tests {
         assert_eq!(pin_manifest(&pinned, &url).unwrap(), pinned, "idempotent");
         assert!(pin_manifest(text, "oci://ghcr.io/x/y:0.1.0").is_err(), "a tag is not a pin");
         assert!(pin_manifest("spec:\n  type: HTTP\n", &url).is_err(), "no url line");
+        // Two plugins in one file (HTTP and network, TrafficExtension's nested wasm.url): both pinned.
+        let two = "spec:\n  url: oci://a/b:1\n---\nspec:\n  wasm:\n    url: oci://a/b:1\n    sha256: x\n";
+        let expected =
+            format!("spec:\n  url: {url}\n---\nspec:\n  wasm:\n    url: {url}\n    sha256: {}\n", "b".repeat(64));
+        assert_eq!(pin_manifest(two, &url).unwrap(), expected);
     }
 }

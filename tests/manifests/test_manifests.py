@@ -139,6 +139,12 @@ BUILTIN_KINDS: dict[tuple[str, str], dict] = {
     },
 }
 
+# Built-in kinds checked against Kubernetes' own schema (vendored, tests/manifests/schemas/README.md).
+NETWORK_POLICY_SCHEMA = Path(__file__).resolve().parent / "schemas" / "kubernetes-1.37" / "networkpolicy-networking-v1.json"
+BUILTIN_KINDS[("networking.k8s.io/v1", "NetworkPolicy")] = json.loads(NETWORK_POLICY_SCHEMA.read_text(encoding="utf-8"))
+# Built-in kinds that live in a namespace (the examples spell it out, as for namespaced CRDs).
+NAMESPACED_BUILTINS = {("networking.k8s.io/v1", "NetworkPolicy")}
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # CEL (x-kubernetes-validations): a Python equivalent for each rule the examples can reach. The key is the rule's
@@ -209,6 +215,13 @@ CEL_RULES: dict[str, Callable[[Any], bool]] = {
     # WasmPlugin
     'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "oci", "file"]) : (isURL("http://" + self) '
     '&& url("http://" + self).getScheme() in ["", "http", "https", "oci", "file"])': _wasm_url_scheme_ok,
+    # TrafficExtension (Istio 1.30): the same URL rule (schemes in another order), selector xor targetRefs,
+    # exactly one of wasm and lua
+    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "file", "oci"]) : (isURL("http://" + self) '
+    '&& url("http://" + self).getScheme() in ["", "http", "https", "file", "oci"])': _wasm_url_scheme_ok,
+    "(has(self.selector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1":
+        lambda s: sum(_has(s, f) for f in ("selector", "targetRefs")) <= 1,
+    "has(self.wasm) != has(self.lua)": lambda s: _has(s, "wasm") != _has(s, "lua"),
     '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)':
         lambda s: s.get("valueFrom", "") != "HOST" or "value" not in s,
     # EnvoyFilter
@@ -574,6 +587,8 @@ def validate_object(obj: Any, crds: dict[tuple[str, str, str], Crd]) -> list[str
             problems.append("metadata.namespace: required for a namespaced kind in the examples")
     elif (api_version, kind) in BUILTIN_KINDS:
         schema = BUILTIN_KINDS[(api_version, kind)]
+        if (api_version, kind) in NAMESPACED_BUILTINS and not (obj.get("metadata") or {}).get("namespace"):
+            problems.append("metadata.namespace: required for a namespaced kind in the examples")
     else:
         known = sorted(f"{g}/{v}" if g else v for g, v, k in crds if k == kind)
         hint = f" (CRD versions of {kind}: {', '.join(known)})" if known else ""
@@ -604,8 +619,10 @@ class Doc:
 
     @property
     def example(self) -> Path:
-        """The example directory (e.g. examples/istio/egress-gateway) the document belongs to."""
-        return self.path.parent
+        """The example directory (e.g. examples/istio/egress-gateway) the document belongs to (its
+        traffic-extension/ variant files included)."""
+        parent = self.path.parent
+        return parent.parent if parent.name == "traffic-extension" else parent
 
 
 def example_files() -> list[Path]:
@@ -674,11 +691,14 @@ def test_examples_cover_every_platform() -> None:
     for doc in example_docs():
         rel = str(doc.example.relative_to(EXAMPLES_DIR))
         kinds_by_dir.setdefault(rel, set()).add(doc.obj.get("kind"))
-    assert {"WasmPlugin", "EnvoyFilter", "ServiceEntry"} <= kinds_by_dir.get("istio/egress-gateway", set())
-    assert {"WasmPlugin", "Gateway", "ServiceEntry", "DestinationRule", "HTTPRoute"} <= kinds_by_dir.get(
+    assert {"WasmPlugin", "EnvoyFilter", "ServiceEntry", "NetworkPolicy"} <= kinds_by_dir.get("istio/egress-gateway", set())
+    assert {"TrafficExtension"} <= kinds_by_dir.get("istio/egress-gateway", set())
+    assert {"WasmPlugin", "Gateway", "ServiceEntry", "DestinationRule", "HTTPRoute", "NetworkPolicy"} <= kinds_by_dir.get(
         "istio/egress-waypoint", set()
     )
-    assert {"MeshProxyPatch", "MeshExternalService", "MeshTrafficPermission"} <= kinds_by_dir.get("kuma", set())
+    assert {"MeshProxyPatch", "MeshExternalService", "MeshTrafficPermission", "NetworkPolicy"} <= kinds_by_dir.get(
+        "kuma", set()
+    )
 
 
 @pytest.mark.parametrize("doc", _docs_or_placeholder())
@@ -700,16 +720,18 @@ class PluginConfig:
 
 
 def _wasm_filter_configs_in_mesh_proxy_patch(doc: Doc) -> Iterator[PluginConfig]:
+    """The HTTP (httpFilter) and network (networkFilter) wasm filters a MeshProxyPatch adds."""
     for i, mod in enumerate(doc.obj.get("spec", {}).get("default", {}).get("appendModifications", [])):
-        http_filter = mod.get("httpFilter")
-        if not http_filter or "value" not in http_filter:
+        kind = "httpFilter" if "httpFilter" in mod else "networkFilter"
+        added = mod.get(kind)
+        if not added or "value" not in added or added.get("operation") == "Patch":
             continue
-        value = yaml.safe_load(http_filter["value"])
+        value = yaml.safe_load(added["value"])
         typed = (value or {}).get("typedConfig") or (value or {}).get("typed_config") or {}
-        if not str(typed.get("@type", "")).endswith("envoy.extensions.filters.http.wasm.v3.Wasm"):
+        if not re.fullmatch(r".*envoy\.extensions\.filters\.(http|network)\.wasm\.v3\.Wasm", str(typed.get("@type", ""))):
             continue
         configuration = typed.get("config", {}).get("configuration", {})
-        where = f"spec.default.appendModifications[{i}].httpFilter.value ... configuration.value"
+        where = f"spec.default.appendModifications[{i}].{kind}.value ... configuration.value"
         assert str(configuration.get("@type", "")).endswith("google.protobuf.StringValue"), (
             f"{doc.id}: {where}: the wasm configuration must be a google.protobuf.StringValue"
         )
@@ -722,6 +744,9 @@ def plugin_configs() -> list[PluginConfig]:
         kind = doc.obj.get("kind")
         if kind == "WasmPlugin":
             found.append(PluginConfig(doc, "spec.pluginConfig", doc.obj.get("spec", {}).get("pluginConfig")))
+        elif kind == "TrafficExtension":
+            wasm = doc.obj.get("spec", {}).get("wasm", {})
+            found.append(PluginConfig(doc, "spec.wasm.pluginConfig", wasm.get("pluginConfig")))
         elif kind == "MeshProxyPatch":
             found.extend(_wasm_filter_configs_in_mesh_proxy_patch(doc))
     return found
@@ -742,13 +767,14 @@ def test_plugin_config_is_a_json_object_with_the_required_fields(pc: PluginConfi
     assert isinstance(config.get("trustDomains"), list) and config["trustDomains"], "trustDomains: non-empty list"
     assert isinstance(config.get("destinations"), list) and config["destinations"], "destinations: non-empty list"
     for i, dest in enumerate(config["destinations"]):
-        assert isinstance(dest.get("identities"), list) and dest["identities"], f"destinations[{i}].identities"
+        has_identities = isinstance(dest.get("identities"), list) and dest["identities"]
+        assert has_identities or "defaultIdentity" in dest, f"destinations[{i}]: identities or defaultIdentity"
 
 
 def _identity_clusters(config: dict) -> set[str]:
     clusters = set()
     for dest in config["destinations"]:
-        clusters |= {identity["cluster"] for identity in dest["identities"]}
+        clusters |= {identity["cluster"] for identity in dest.get("identities", [])}
         if "defaultIdentity" in dest:
             clusters.add(dest["defaultIdentity"]["cluster"])
     return clusters
@@ -823,10 +849,16 @@ def test_identity_clusters_exist_in_the_example(pc: PluginConfig) -> None:
         zones = {c.split("_")[3] for c in wanted if c.startswith("kri_extsvc_")}
         assert len(zones) == 1, f"the Kuma example's clusters must name one zone: {sorted(wanted)}"
         zone = zones.pop()
-        front = {_kri(m, zone) for m in _docs_in(example, "MeshExternalService")
-                 if m["spec"].get("tls", {}).get("verification", {}).get("clientCert") is None}
-        provided = {_kri(m, zone) for m in _docs_in(example, "MeshExternalService")} - front
-        what = "MeshExternalServices with a client certificate"
+        # Fronts (what callers address) have an unresolvable endpoint; every other MeshExternalService is an
+        # identity's: TLS with its client certificate (http, tcp), or plain TCP (tls passthrough).
+        services = _docs_in(example, "MeshExternalService")
+        front = {_kri(m, zone) for m in services
+                 if all(e["address"].endswith(".egress-identity.invalid") for e in m["spec"]["endpoints"])}
+        provided = {_kri(m, zone) for m in services} - front
+        for m in services:
+            if _kri(m, zone) in provided and m["spec"]["match"].get("protocol") == "http":
+                assert m["spec"].get("tls", {}).get("verification", {}).get("clientCert"), f"{m['metadata']['name']}"
+        what = "identities' MeshExternalServices"
     else:
         pytest.fail(f"unknown example directory {rel}")
     assert wanted == provided, f"{pc.doc.id}: identity clusters {sorted(wanted)} != {what} {sorted(provided)}"
@@ -1073,14 +1105,15 @@ def _json_patch(document: Any, patches: list[dict]) -> Any:
     return doc
 
 
-def _wasm_filter(name: str, config_json: str, wasm: Path) -> dict:
+def _wasm_filter(name: str, config_json: str, wasm: Path, network: bool = False, root_id: str = "egress-identity") -> dict:
+    kind = "network" if network else "http"
     return {
-        "name": f"envoy.filters.http.wasm.{name}",
+        "name": f"envoy.filters.{kind}.wasm.{name}",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": f"type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm",
             "config": {
                 "name": name,
-                "root_id": "egress-identity",
+                "root_id": root_id,
                 "fail_open": False,
                 "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
                               "code": {"local": {"filename": str(wasm)}}},
@@ -1101,6 +1134,16 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
     }]
     virtual_hosts: list[dict] = []
     http_filters: list[dict] = []
+    # The L4 chains: per platform, the network filters the examples add and the tcp_proxy they patch, which
+    # stands for the one Istio / Kuma generate (a route to some cluster).
+    l4_filters: dict[str, list[dict]] = {"istio": [], "kuma": []}
+    tcp_proxy: dict[str, dict] = {
+        p: {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": f"check_{p}", "cluster": "xds"}}
+        for p in l4_filters
+    }
+    l4_patched = {p: False for p in l4_filters}
 
     for doc in example_docs():
         kind, spec, name = doc.obj.get("kind"), doc.obj.get("spec", {}), doc.obj["metadata"]["name"]
@@ -1116,6 +1159,11 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                              "match": {"prefix": "/"}, **copy.deepcopy(value)}
                     virtual_hosts.append({"name": f"istio-{name}-{i}", "domains": [f"istio-{name}-{i}.check"],
                                           "routes": [route]})
+                elif (patch["applyTo"] == "NETWORK_FILTER" and patch["patch"]["operation"] == "MERGE"
+                      and patch["match"]["listener"]["filterChain"]["filter"]["name"] == "envoy.filters.network.tcp_proxy"):
+                    # MERGE: the value's fields replace those of the generated tcp_proxy.
+                    tcp_proxy["istio"]["typed_config"].update(copy.deepcopy(value["typed_config"]))
+                    l4_patched["istio"] = True
         elif kind == "MeshProxyPatch":
             for i, mod in enumerate(spec["default"]["appendModifications"]):
                 if "cluster" in mod and mod["cluster"]["operation"] == "Add":
@@ -1128,6 +1176,17 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                     patched = _json_patch(generated, mod["virtualHost"]["jsonPatches"])
                     patched["domains"] = [f"kuma-{name}-{i}.check"]
                     virtual_hosts.append(patched)
+                elif "networkFilter" in mod and mod["networkFilter"]["match"].get("name") == "envoy.filters.network.tcp_proxy":
+                    value = yaml.safe_load(mod["networkFilter"]["value"])
+                    if mod["networkFilter"]["operation"] == "Patch":
+                        tcp_proxy["kuma"]["typed_config"].update(copy.deepcopy(value["typedConfig"]))
+                        l4_patched["kuma"] = True
+                    elif mod["networkFilter"]["operation"] == "AddBefore" and wasm is not None:
+                        config = value["typedConfig"]["config"]
+                        config["vmConfig"]["code"] = {"local": {"filename": str(wasm)}}
+                        value["name"] = f"envoy.filters.network.wasm.kuma-{name}-{i}"
+                        config["vmConfig"]["vmId"] = f"kuma-{name}-{i}"
+                        l4_filters["kuma"].append(value)
                 elif "httpFilter" in mod and wasm is not None:
                     http_filter = yaml.safe_load(mod["httpFilter"]["value"])
                     config = http_filter["typedConfig"]["config"]
@@ -1137,7 +1196,11 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                     http_filters.append(http_filter)
         elif kind == "WasmPlugin" and wasm is not None:
             example = doc.example.name
-            http_filters.append(_wasm_filter(f"istio-{example}", json.dumps(spec["pluginConfig"]), wasm))
+            if spec["type"] == "NETWORK":
+                l4_filters["istio"].append(_wasm_filter(f"istio-{example}-l4", json.dumps(spec["pluginConfig"]), wasm,
+                                                        network=True, root_id=spec["pluginName"]))
+            else:
+                http_filters.append(_wasm_filter(f"istio-{example}", json.dumps(spec["pluginConfig"]), wasm))
 
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -1160,7 +1223,11 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                         "http_filters": http_filters,
                     },
                 }]}],
-            }],
+            }] + [{
+                "name": f"check-l4-{platform}",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10997 - n}},
+                "filter_chains": [{"filters": l4_filters[platform] + [tcp_proxy[platform]]}],
+            } for n, platform in enumerate(sorted(l4_filters)) if l4_patched[platform]],
         },
     }
 
@@ -1198,6 +1265,19 @@ def test_envoy_accepts_the_envoy_configuration_of_the_examples(envoy: str, tmp_p
     if wasm is None:
         pytest.skip("dist/egress_identity.wasm not built: clusters and routes validated, plugin configs not loaded")
     assert len(hcm["http_filters"]) == 4, "expected the three plugin configurations and the router"
+    # The L4 chains of the Istio gateway and of Kuma's zone egress: the network filter, then the patched
+    # tcp_proxy (ON_DOWNSTREAM_DATA: the filter decides on the caller's first bytes; the unrouted cluster).
+    l4 = {listener["name"]: listener["filter_chains"][0]["filters"] for listener in bootstrap["static_resources"]["listeners"][1:]}
+    assert sorted(l4) == ["check-l4-istio", "check-l4-kuma"], sorted(l4)
+    for name, filters in l4.items():
+        assert [f["name"].rsplit(".", 1)[0] if "wasm" in f["name"] else f["name"] for f in filters] == [
+            "envoy.filters.network.wasm", "envoy.filters.network.tcp_proxy"], (name, filters)
+        proxy = filters[-1]["typed_config"]
+        assert proxy.get("upstream_connect_mode", proxy.get("upstreamConnectMode")) == "ON_DOWNSTREAM_DATA", name
+        assert proxy["cluster"] == "egress-identity-unrouted", name
+        wasm_config = (filters[0].get("typed_config") or filters[0]["typedConfig"])["config"]
+        root_id = wasm_config.get("root_id", wasm_config.get("rootId"))
+        assert root_id.endswith("-l4"), (name, root_id)
 
 
 def test_envoy_check_is_not_vacuous(envoy: str, tmp_path: Path) -> None:

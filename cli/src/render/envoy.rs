@@ -8,7 +8,7 @@ use egress_identity_core::config_document::Protocol;
 
 use super::{
     check_file_safe, commented, dns_san_validation, first_exact_host, int, load_assignment, map, s, strs, to_yaml,
-    PolicyFile, RenderError, Yaml,
+    PolicyFile, RenderError, Yaml, UNROUTED_CLUSTER,
 };
 
 /// Where something listens or connects: a host name or IP address and a port.
@@ -443,9 +443,6 @@ Run: cd <run dir> && envoy -c <this file> --disable-hot-restart",
 /// cue to decide connections).
 const ROOT_ID: &str = "egress-identity";
 const ROOT_ID_L4: &str = "egress-identity-l4";
-/// What tcp_proxy buffers of a caller's first bytes before the upstream connection is up (a TLS ClientHello
-/// fits; egress-identity itself holds at most one ClientHello, 16 KiB, core::tls_client_hello).
-const EARLY_DATA_BYTES: i64 = 65536;
 
 /// The Wasm plugin's `config`: the module, and the policy file verbatim as its configuration. Both filters
 /// share one VM (`vm_id`).
@@ -510,7 +507,7 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                         "cluster",
                         commented(
                             "No such cluster: a connection the filter did not route (it did not run) goes nowhere. An allowed\none goes to the cluster the filter set in filter state envoy.tcp_proxy.cluster.",
-                            s("egress-identity-unrouted"),
+                            s(UNROUTED_CLUSTER),
                         ),
                     ),
                     e(
@@ -531,7 +528,7 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                         "max_early_data_bytes",
                         commented(
                             "What tcp_proxy buffers before it connects; with it, tcp_proxy keeps reading the caller (without it,\nthe connection hangs; Envoy refuses the mode above without it).",
-                            int(EARLY_DATA_BYTES),
+                            int(super::EARLY_DATA_BYTES),
                         ),
                     ),
                     e("access_log", access_log),

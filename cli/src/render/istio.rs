@@ -2,11 +2,12 @@
 //! or an ambient egress waypoint (`examples/istio/egress-waypoint/`) for one policy file.
 
 use super::envoy::{identity_clusters, IdentityCluster};
+use super::network_policy;
 use super::{
     commented, dns_san_validation, documents, first_exact_host, int, k8s_name, load_assignment, map, s, strs,
     PolicyFile, RenderError, Yaml,
 };
-use egress_identity_core::config_document::PrincipalSource;
+use egress_identity_core::config_document::{PrincipalSource, Protocol};
 
 /// The OCI image of the filter used when none is given (a placeholder registry, pinned by digest).
 pub const DEFAULT_IMAGE: &str =
@@ -34,6 +35,8 @@ pub struct IstioOptions {
     pub mode: IstioMode,
     pub namespace: String,
     pub image: String,
+    /// Namespaces to keep off the external network besides those the policy names (NetworkPolicy).
+    pub workload_namespaces: Vec<String>,
 }
 
 /// The waypoint's Gateway name.
@@ -42,28 +45,37 @@ const WAYPOINT: &str = "egress-waypoint";
 const GATEWAY: &str = "egress-identity";
 const SERVER_PORT_NAME: &str = "https-egress-identity";
 
-struct Dest {
-    name: String,
-    host: String,
-    port: u16,
+/// A destination as the manifests publish it.
+pub(super) struct Dest {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
 }
 
-/// Destinations with their first exact host and first port; applications call `http://<host>/`, so the
-/// policy's `defaultPort` must be one of the destination's ports.
-pub(super) fn destinations(policy: &PolicyFile) -> Result<Vec<(String, String, u16)>, RenderError> {
+impl Dest {
+    pub fn is_l4(&self) -> bool {
+        self.protocol.is_l4()
+    }
+}
+
+/// Destinations with their first exact host and first port. Applications call an HTTP destination as
+/// `http://<host>/`, so the policy's `defaultPort` must be one of its ports; they connect to a tcp or tls
+/// destination at `<host>:<port>`.
+pub(super) fn destinations(policy: &PolicyFile) -> Result<Vec<Dest>, RenderError> {
     let mut out = Vec::new();
     for (i, d) in policy.spec.destinations.iter().enumerate() {
         let host = first_exact_host(&d.hosts).ok_or_else(|| {
             RenderError(format!("destinations[{i}] ({}): no exact host to publish to applications", d.name))
         })?;
-        if !d.ports.contains(&u32::from(policy.spec.default_port)) {
+        if !d.protocol.is_l4() && !d.ports.contains(&u32::from(policy.spec.default_port)) {
             return Err(RenderError(format!(
                 "destinations[{i}] ({}): applications call http://{host}/ (no port), which the filter reads as defaultPort {}; list it in ports",
                 d.name, policy.spec.default_port
             )));
         }
         let port = d.ports.first().and_then(|p| u16::try_from(*p).ok()).unwrap_or(443);
-        out.push((d.name.clone(), host.to_string(), port));
+        out.push(Dest { name: d.name.clone(), host: host.to_string(), port, protocol: d.protocol });
     }
     Ok(out)
 }
@@ -115,36 +127,126 @@ fn istio_principal(pattern: &str) -> String {
     pattern.strip_prefix("spiffe://").unwrap_or(pattern).to_string()
 }
 
-fn wasm_plugin(policy: &PolicyFile, opts: &IstioOptions, attach: (&str, Yaml), comment: &str) -> Yaml {
+/// Which of the filter's two forms a plugin resource loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PluginForm {
+    /// The HTTP filter (requests).
+    Http,
+    /// The network filter before tcp_proxy (connections to tcp and tls destinations), on these ports only.
+    Network(u16),
+}
+
+impl PluginForm {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Http => "egress-identity",
+            Self::Network(_) => "egress-identity-l4",
+        }
+    }
+}
+
+/// The module, its type and its configuration, as WasmPlugin and TrafficExtension (`spec.wasm`) both
+/// spell them.
+fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Vec<(String, Yaml)> {
+    let mut fields = vec![
+        (
+            "url".to_string(),
+            commented(
+                "The Wasm variant of the filter's OCI image, pinned by manifest digest (Istio checks the pulled\nimage against it). `make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` pushes it and\nrewrites this line; render with --image to keep it.",
+                s(&opts.image),
+            ),
+        ),
+        ("imagePullPolicy".to_string(), s("IfNotPresent")),
+    ];
+    match form {
+        PluginForm::Http => fields.push(("type".to_string(), s("HTTP"))),
+        PluginForm::Network(_) => {
+            fields.push(("type".to_string(), s("NETWORK")));
+            fields.push((
+                "pluginName".to_string(),
+                commented(
+                    "The root id: one ending in -l4 makes the module the network filter (connections), not the HTTP one.",
+                    s(form.name()),
+                ),
+            ));
+        }
+    }
+    fields.push(("failStrategy".to_string(), s("FAIL_CLOSE")));
+    fields.push((
+        "pluginConfig".to_string(),
+        commented("The policy file, verbatim (README.md, Configuration reference).", policy.flow()),
+    ));
+    fields
+}
+
+/// Where a plugin resource applies: the pods or Gateway, the phase, and for the network filter its port.
+fn placement(attach: &(&str, Yaml), form: PluginForm) -> Vec<(String, Yaml)> {
+    let mut fields = vec![(attach.0.to_string(), attach.1.clone()), ("phase".to_string(), s("AUTHZ"))];
+    if let PluginForm::Network(port) = form {
+        fields.push((
+            "match".to_string(),
+            commented(
+                "Only the L4 listener: on the HTTPS one the network filter would see HTTP destinations' connections.",
+                Yaml::Seq(vec![map([("ports", Yaml::Seq(vec![map([("number", int(port))])]))])]),
+            ),
+        ));
+    }
+    fields
+}
+
+fn wasm_plugin(
+    policy: &PolicyFile,
+    opts: &IstioOptions,
+    attach: &(&str, Yaml),
+    form: PluginForm,
+    comment: &str,
+) -> Yaml {
+    let mut spec = placement(attach, form);
+    spec.extend(wasm_fields(policy, opts, form));
     commented(
         comment,
-        object(
-            "extensions.istio.io/v1alpha1",
-            "WasmPlugin",
-            meta("egress-identity", &opts.namespace),
-            map([
-                attach,
-                (
-                    "url",
-                    commented(
-                        "The Wasm variant of the filter's OCI image, pinned by manifest digest (Istio checks the pulled\nimage against it). `make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` pushes it and\nrewrites this line; render with --image to keep it.",
-                        s(&opts.image),
-                    ),
-                ),
-                ("imagePullPolicy", s("IfNotPresent")),
-                ("type", s("HTTP")),
-                ("phase", s("AUTHZ")),
-                ("failStrategy", s("FAIL_CLOSE")),
-                ("pluginConfig", commented("The policy file, verbatim (README.md, Configuration reference).", policy.flow())),
-            ]),
-        ),
+        object("extensions.istio.io/v1alpha1", "WasmPlugin", meta(form.name(), &opts.namespace), Yaml::Map(spec)),
     )
+}
+
+/// The same plugin as Istio 1.30's TrafficExtension, which supersedes WasmPlugin.
+fn traffic_extension(policy: &PolicyFile, opts: &IstioOptions, attach: &(&str, Yaml), form: PluginForm) -> Yaml {
+    let mut spec = placement(attach, form);
+    spec.push(("wasm".to_string(), Yaml::Map(wasm_fields(policy, opts, form))));
+    object("extensions.istio.io/v1alpha1", "TrafficExtension", meta(form.name(), &opts.namespace), Yaml::Map(spec))
+}
+
+/// The plugin resources: `wasm-plugin.yaml` (WasmPlugin, every Istio this supports) and
+/// `traffic-extension/traffic-extension.yaml` (TrafficExtension, Istio 1.30+): apply one of the two.
+fn plugin_files(
+    policy: &PolicyFile,
+    opts: &IstioOptions,
+    mode: &str,
+    attach: (&str, Yaml),
+    comments: (&str, &str),
+) -> [(String, String); 2] {
+    let mut forms = vec![(PluginForm::Http, comments.0)];
+    if policy.config.destinations.has_l4() {
+        forms.push((PluginForm::Network(L4_GATEWAY_PORT), comments.1));
+    }
+    let plugins = forms.iter().map(|(form, comment)| wasm_plugin(policy, opts, &attach, *form, comment)).collect();
+    let mut extensions: Vec<Yaml> =
+        forms.iter().map(|(form, _)| traffic_extension(policy, opts, &attach, *form)).collect();
+    if let Some(first) = extensions.first_mut() {
+        let node = std::mem::replace(first, Yaml::Map(vec![]));
+        *first = commented(
+            "Istio 1.30 and later: the same filter as ../wasm-plugin.yaml, as a TrafficExtension (which supersedes\nWasmPlugin). Apply this file or ../wasm-plugin.yaml, not both: each would insert the filter.",
+            node,
+        );
+    }
+    [file("wasm-plugin.yaml", mode, plugins), file("traffic-extension/traffic-extension.yaml", mode, extensions)]
 }
 
 fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
     let header = policy.config.headers.cluster.to_string();
     let mut rules = Vec::new();
-    for d in &policy.spec.destinations {
+    // Requests only: tcp/tls destinations have no header to guard (their tcp_proxy's own cluster does not exist).
+    for d in policy.spec.destinations.iter().filter(|d| !d.protocol.is_l4()) {
         for i in &d.identities {
             rules.push(map([
                 (
@@ -209,26 +311,35 @@ pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, S
     super::check_one_endpoint_per_destination(policy, true)?;
     let clusters = identity_clusters(policy)?;
     check_k8s_names(&clusters)?;
-    let dests: Vec<Dest> =
-        destinations(policy)?.into_iter().map(|(name, host, port)| Dest { name, host, port }).collect();
+    let dests = destinations(policy)?;
+    let namespaces = network_policy::workload_namespaces(&policy.spec, &opts.workload_namespaces, &opts.namespace)?;
     match opts.mode {
         IstioMode::Gateway => {
+            let network_policies = network_policy::lockdown(&namespaces, "the egress gateway");
             require_source(
                 policy,
                 PrincipalSource::PeerCertificate,
                 "an egress gateway",
                 "it terminates the caller's Istio mTLS",
             )?;
-            Ok(gateway(policy, opts, &clusters, &dests))
+            Ok(gateway(policy, opts, &clusters, &dests, network_policies))
         }
         IstioMode::Waypoint => {
+            let network_policies = network_policy::lockdown(&namespaces, "the egress waypoint (ambient: ztunnel\nsends from the pod's network namespace, so HBONE to the waypoint is a pod-to-pod connection)");
             require_source(
                 policy,
                 PrincipalSource::IstioPeerPrincipal,
                 "a waypoint",
                 "the caller's ztunnel terminates HBONE",
             )?;
-            Ok(waypoint(policy, opts, &clusters, &dests))
+            if let Some((i, d)) = policy.spec.destinations.iter().enumerate().find(|(_, d)| d.protocol.is_l4()) {
+                return Err(RenderError(format!(
+                    "destinations[{i}] ({}) is a {} destination, which the waypoint layout does not carry: a waypoint\nreceives the caller's TCP stream inside HBONE, with no SNI naming the destination for the network filter\n(README.md, \"L4 egress\"); use --mode gateway for tcp and tls destinations",
+                    d.name,
+                    d.protocol.as_str()
+                )));
+            }
+            Ok(waypoint(policy, opts, &clusters, &dests, network_policies))
         }
     }
 }
@@ -242,6 +353,7 @@ fn gateway(
     opts: &IstioOptions,
     clusters: &[IdentityCluster],
     dests: &[Dest],
+    network_policies: Vec<Yaml>,
 ) -> Vec<(String, String)> {
     let ns = opts.namespace.as_str();
     let gateway_host = format!("istio-egressgateway.{ns}.svc.cluster.local");
@@ -257,6 +369,9 @@ fn gateway(
     let service_entries = dests
         .iter()
         .map(|d| {
+            if d.is_l4() {
+                return l4_service_entry(d, ns, None);
+            }
             commented(
                 format!(
                     "Destination {}: applications call http://{}/ (port 80); their sidecar sends the request to the\negress gateway over Istio mTLS, where the filter picks the per-identity cluster that originates TLS\nto port {}. Port 80 is the only port: no TLS passthrough lets a workload skip the gateway.",
@@ -280,17 +395,7 @@ fn gateway(
             meta(GATEWAY, ns),
             map([
                 ("selector", selector()),
-                (
-                    "servers",
-                    Yaml::Seq(vec![map([
-                        (
-                            "port",
-                            map([("number", int(443)), ("name", s(SERVER_PORT_NAME)), ("protocol", s("HTTPS"))]),
-                        ),
-                        ("hosts", strs(dests.iter().map(|d| d.host.as_str()))),
-                        ("tls", map([("mode", s("ISTIO_MUTUAL"))])),
-                    ])]),
-                ),
+                ("servers", Yaml::Seq(gateway_servers(dests))),
             ]),
         ),
     );
@@ -316,7 +421,7 @@ fn gateway(
                                         map([(
                                             "portLevelSettings",
                                             Yaml::Seq(vec![map([
-                                                ("port", map([("number", int(443))])),
+                                                ("port", map([("number", int(gateway_port(d)))])),
                                                 ("tls", map([("mode", s("ISTIO_MUTUAL")), ("sni", s(&d.host))])),
                                             ])]),
                                         )]),
@@ -333,6 +438,9 @@ fn gateway(
     let virtual_services = dests
         .iter()
         .map(|d| {
+            if d.is_l4() {
+                return l4_virtual_service(d, ns, &gateway_host);
+            }
             commented(
                 format!("Two hops for {}: in every sidecar (gateway `mesh`) requests go to the egress gateway; in the\ngateway, route `{}` answers 503 until the EnvoyFilter turns it into `cluster_header`, so nothing\nleaves without an identity if the patch ever stops applying. The patch finds the route by its name.", d.host, k8s_name(&d.name)),
                 object(
@@ -382,145 +490,59 @@ fn gateway(
     let mut patches = Vec::new();
     for c in clusters {
         let Some(d) = dest_of(dests, &c.destination) else { continue };
-        let secret = identity_secret(&c.identity);
-        let ads = || map([("ads", Yaml::Map(vec![])), ("resource_api_version", s("V3"))]);
         patches.push(commented(
-            format!("external identity {} of {}: client certificate from Secret {secret}", c.identity, c.destination),
-            map([
-                ("applyTo", s("CLUSTER")),
-                ("match", map([("context", s("GATEWAY"))])),
-                (
-                    "patch",
-                    map([
-                        ("operation", s("ADD")),
-                        (
-                            "value",
-                            map([
-                                ("name", s(&c.cluster)),
-                                ("type", s("LOGICAL_DNS")),
-                                ("dns_lookup_family", s("V4_PREFERRED")),
-                                ("connect_timeout", s("5s")),
-                                ("load_assignment", load_assignment(&c.cluster, &d.host, d.port)),
-                                (
-                                    "transport_socket",
-                                    map([
-                                        ("name", s("envoy.transport_sockets.tls")),
-                                        (
-                                            "typed_config",
-                                            map([
-                                                ("@type", s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")),
-                                                ("sni", s(&d.host)),
-                                                (
-                                                    "common_tls_context",
-                                                    map([
-                                                        ("tls_params", map([("tls_minimum_protocol_version", s("TLSv1_2"))])),
-                                                        ("alpn_protocols", strs(["http/1.1"])),
-                                                        (
-                                                            "tls_certificate_sds_secret_configs",
-                                                            Yaml::Seq(vec![map([
-                                                                ("name", s(format!("kubernetes://{secret}"))),
-                                                                ("sds_config", ads()),
-                                                            ])]),
-                                                        ),
-                                                        (
-                                                            "combined_validation_context",
-                                                            dns_san_validation(
-                                                                &d.host,
-                                                                map([
-                                                                    ("name", s(format!("kubernetes://{secret}-cacert"))),
-                                                                    ("sds_config", ads()),
-                                                                ]),
-                                                            ),
-                                                        ),
-                                                    ]),
-                                                ),
-                                            ]),
-                                        ),
-                                    ]),
-                                ),
-                            ]),
-                        ),
-                    ]),
-                ),
-            ]),
+            identity_cluster_comment(c, d),
+            gateway_patch("CLUSTER", None, "ADD", identity_cluster(c, d)),
         ));
     }
-    for d in dests {
+    for d in dests.iter().filter(|d| !d.is_l4()) {
         patches.push(commented(
             format!("the gateway route `{}` (virtual host `{}:443`): MERGE replaces the placeholder 503 by\n`cluster_header` and appends the internal headers to request_headers_to_remove.", k8s_name(&d.name), d.host),
-            map([
-                ("applyTo", s("HTTP_ROUTE")),
-                (
-                    "match",
+            gateway_patch(
+                "HTTP_ROUTE",
+                Some((
+                    "routeConfiguration",
                     map([
-                        ("context", s("GATEWAY")),
-                        (
-                            "routeConfiguration",
-                            map([
-                                ("gateway", s(format!("{ns}/{GATEWAY}"))),
-                                ("portName", s(SERVER_PORT_NAME)),
-                                ("vhost", map([("name", s(format!("{}:443", d.host))), ("route", map([("name", s(k8s_name(&d.name)))]))])),
-                            ]),
-                        ),
+                        ("gateway", s(format!("{ns}/{GATEWAY}"))),
+                        ("portName", s(SERVER_PORT_NAME)),
+                        ("vhost", map([("name", s(format!("{}:443", d.host))), ("route", map([("name", s(k8s_name(&d.name)))]))])),
                     ]),
-                ),
-                (
-                    "patch",
-                    map([
-                        ("operation", s("MERGE")),
-                        (
-                            "value",
-                            map([
-                                ("route", map([("cluster_header", s(&cluster_header)), ("timeout", s("30s"))])),
-                                ("request_headers_to_remove", removed_headers(policy)),
-                            ]),
-                        ),
-                    ]),
-                ),
-            ]),
+                )),
+                "MERGE",
+                map([
+                    ("route", map([("cluster_header", s(&cluster_header)), ("timeout", s("30s"))])),
+                    ("request_headers_to_remove", removed_headers(policy)),
+                ]),
+            ),
         ));
     }
     patches.push(commented(
         "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.",
-        map([
-            ("applyTo", s("NETWORK_FILTER")),
-            (
-                "match",
+        gateway_patch(
+            "NETWORK_FILTER",
+            Some((
+                "listener",
+                map([(
+                    "filterChain",
+                    map([("filter", map([("name", s("envoy.filters.network.http_connection_manager"))]))]),
+                )]),
+            )),
+            "MERGE",
+            map([(
+                "typed_config",
                 map([
-                    ("context", s("GATEWAY")),
                     (
-                        "listener",
-                        map([(
-                            "filterChain",
-                            map([("filter", map([("name", s("envoy.filters.network.http_connection_manager"))]))]),
-                        )]),
+                        "@type",
+                        s("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
                     ),
+                    ("common_http_protocol_options", map([("headers_with_underscores_action", s("REJECT_REQUEST"))])),
                 ]),
-            ),
-            (
-                "patch",
-                map([
-                    ("operation", s("MERGE")),
-                    (
-                        "value",
-                        map([(
-                            "typed_config",
-                            map([
-                                (
-                                    "@type",
-                                    s("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
-                                ),
-                                (
-                                    "common_http_protocol_options",
-                                    map([("headers_with_underscores_action", s("REJECT_REQUEST"))]),
-                                ),
-                            ]),
-                        )]),
-                    ),
-                ]),
-            ),
-        ]),
+            )]),
+        ),
     ));
+    if dests.iter().any(Dest::is_l4) {
+        patches.push(tcp_proxy_patch());
+    }
     let envoy_filter = commented(
         "What Istio's APIs cannot express: one upstream cluster per external identity, each presenting that\nidentity's client certificate, and a gateway route that picks the cluster named by the filter's header.\nCertificates come from istiod over SDS (`kubernetes://<secret>`, the mechanism behind credentialName):\nSecret egress-identity-<identity> in this namespace with tls.crt, tls.key and ca.crt (the partner's CA,\n`kubernetes://<secret>-cacert`). EnvoyFilter depends on what istiod generates: re-check it after every\nIstio upgrade (`istioctl proxy-config cluster|route`).",
         object(
@@ -531,25 +553,262 @@ fn gateway(
         ),
     );
 
-    let plugin = wasm_plugin(
+    let [plugins, extensions] = plugin_files(
         policy,
         opts,
+        "gateway",
         ("selector", map([("matchLabels", selector())])),
-        "The egress-identity filter on the egress gateway pods. phase AUTHZ: before Istio's RBAC and stats\nfilters and the router, which reads the cluster header the filter sets. FAIL_CLOSE: a module that cannot\nbe fetched or refuses its configuration is replaced by a deny-all. The plugin sees every HTTP request of\nthese pods (unknown hosts are denied): dedicate the deployment to identity-aware egress.",
+        (
+            "The egress-identity filter on the egress gateway pods. phase AUTHZ: before Istio's RBAC and stats\nfilters and the router, which reads the cluster header the filter sets. FAIL_CLOSE: a module that cannot\nbe fetched or refuses its configuration is replaced by a deny-all. The plugin sees every HTTP request of\nthese pods (unknown hosts are denied): dedicate the deployment to identity-aware egress.",
+            "The same module as the network filter of the L4 servers, before tcp_proxy: it decides connections to\nthe tcp and tls destinations (SNI and port) and names the identity's cluster for tcp_proxy.",
+        ),
     );
     let auth = guard(policy, ns, ("selector", map([("matchLabels", selector())])));
 
     let m = "gateway";
-    vec![
+    let mut files = vec![
         file("00-namespace.yaml", m, vec![namespace]),
         file("service-entry.yaml", m, service_entries),
         file("gateway.yaml", m, vec![gateway_doc]),
         file("destination-rule.yaml", m, vec![destination_rule]),
         file("virtual-service.yaml", m, virtual_services),
         file("envoy-filter.yaml", m, vec![envoy_filter]),
-        file("wasm-plugin.yaml", m, vec![plugin]),
+        plugins,
+        extensions,
         file("authorization-policy.yaml", m, vec![auth]),
-    ]
+    ];
+    files.push(file("network-policy.yaml", m, network_policies));
+    files
+}
+
+/// The egress gateway's port for connections to tcp and tls destinations (one TLS server per destination,
+/// told apart by SNI); HTTP destinations share port 443.
+pub const L4_GATEWAY_PORT: u16 = 8443;
+
+/// The gateway port sidecars use to reach `d` through the egress gateway.
+fn gateway_port(d: &Dest) -> u16 {
+    if d.is_l4() {
+        L4_GATEWAY_PORT
+    } else {
+        443
+    }
+}
+
+/// The gateway servers: one HTTPS server on 443 for the HTTP destinations, one TLS server on
+/// [`L4_GATEWAY_PORT`] per tcp/tls destination. All ISTIO_MUTUAL: the gateway terminates the sidecar's
+/// Istio mTLS, and the filter reads the caller's workload certificate.
+fn gateway_servers(dests: &[Dest]) -> Vec<Yaml> {
+    let mut servers = Vec::new();
+    let http: Vec<&str> = dests.iter().filter(|d| !d.is_l4()).map(|d| d.host.as_str()).collect();
+    if !http.is_empty() {
+        servers.push(map([
+            ("port", map([("number", int(443)), ("name", s(SERVER_PORT_NAME)), ("protocol", s("HTTPS"))])),
+            ("hosts", strs(http)),
+            ("tls", map([("mode", s("ISTIO_MUTUAL"))])),
+        ]));
+    }
+    for d in dests.iter().filter(|d| d.is_l4()) {
+        servers.push(commented(
+            format!(
+                "{} ({}): a TLS server whose connections end in tcp_proxy; the network filter decides them.",
+                d.name,
+                d.protocol.as_str()
+            ),
+            map([
+                (
+                    "port",
+                    map([
+                        ("number", int(L4_GATEWAY_PORT)),
+                        ("name", s(format!("tls-{}", k8s_name(&d.name)))),
+                        ("protocol", s("TLS")),
+                    ]),
+                ),
+                ("hosts", strs([d.host.as_str()])),
+                ("tls", map([("mode", s("ISTIO_MUTUAL"))])),
+            ]),
+        ));
+    }
+    servers
+}
+
+/// The ServiceEntry of a tcp or tls destination: `<host>:<port>` as applications connect to it. With
+/// `waypoint`, bound to that waypoint.
+fn l4_service_entry(d: &Dest, ns: &str, waypoint: Option<&str>) -> Yaml {
+    let (port_name, protocol, how) = match d.protocol {
+        Protocol::Tls => ("tls", "TLS", format!("open their own TLS to {}:{} (the sidecar matches the ClientHello's SNI) and\nkeep it end to end: the gateway only decides and forwards (passthrough)", d.host, d.port)),
+        _ => ("tcp", "TCP", format!("connect to {}:{} in plain TCP; the sidecar matches the connection by address, so\nIstio's DNS proxy must give this host name an address (ISTIO_META_DNS_CAPTURE and\nISTIO_META_DNS_AUTO_ALLOCATE, or ambient's automatic allocation); the gateway originates mTLS as the\ncaller's external identity", d.host, d.port)),
+    };
+    let mut metadata = vec![("name".to_string(), s(k8s_name(&d.host))), ("namespace".to_string(), s(ns))];
+    if let Some(w) = waypoint {
+        metadata.push(("labels".to_string(), map([("istio.io/use-waypoint", s(w))])));
+    }
+    commented(
+        format!("Destination {} ({}): applications {how}.", d.name, d.protocol.as_str()),
+        object(
+            "networking.istio.io/v1",
+            "ServiceEntry",
+            Yaml::Map(metadata),
+            map([
+                ("hosts", strs([d.host.as_str()])),
+                ("location", s("MESH_EXTERNAL")),
+                ("resolution", s("DNS")),
+                (
+                    "ports",
+                    Yaml::Seq(vec![map([
+                        ("number", int(d.port)),
+                        ("name", s(format!("{port_name}-{}", d.port))),
+                        ("protocol", s(protocol)),
+                    ])]),
+                ),
+            ]),
+        ),
+    )
+}
+
+/// Two hops for a tcp or tls destination: in every sidecar, connections to `<host>:<port>` go to the
+/// egress gateway (Istio mTLS, SNI the host); in the gateway, tcp_proxy's route goes to the partner, but the
+/// EnvoyFilter replaces that cluster by one that does not exist: only the filter's choice leaves.
+fn l4_virtual_service(d: &Dest, ns: &str, gateway_host: &str) -> Yaml {
+    let to_gateway = map([(
+        "destination",
+        map([
+            ("host", s(gateway_host)),
+            ("subset", s(k8s_name(&d.name))),
+            ("port", map([("number", int(L4_GATEWAY_PORT))])),
+        ]),
+    )]);
+    let mut mesh_match = vec![("gateways".to_string(), strs(["mesh"])), ("port".to_string(), int(d.port))];
+    if d.protocol == Protocol::Tls {
+        mesh_match.push(("sniHosts".to_string(), strs([d.host.as_str()])));
+    }
+    let mesh_leg = map([("match", Yaml::Seq(vec![Yaml::Map(mesh_match)])), ("route", Yaml::Seq(vec![to_gateway]))]);
+    let gateway_leg = map([
+        ("match", Yaml::Seq(vec![map([("gateways", strs([GATEWAY])), ("port", int(L4_GATEWAY_PORT))])])),
+        (
+            "route",
+            Yaml::Seq(vec![map([(
+                "destination",
+                map([("host", s(&d.host)), ("port", map([("number", int(d.port))]))]),
+            )])]),
+        ),
+    ]);
+    let mut spec =
+        vec![("hosts".to_string(), strs([d.host.as_str()])), ("gateways".to_string(), strs(["mesh", GATEWAY]))];
+    if d.protocol == Protocol::Tls {
+        spec.push(("tls".to_string(), Yaml::Seq(vec![mesh_leg])));
+        spec.push(("tcp".to_string(), Yaml::Seq(vec![gateway_leg])));
+    } else {
+        spec.push(("tcp".to_string(), Yaml::Seq(vec![mesh_leg, gateway_leg])));
+    }
+    commented(
+        format!("Two hops for {}:{} ({}): in every sidecar the connection goes to the egress gateway (port {L4_GATEWAY_PORT},\nIstio mTLS, SNI {}); in the gateway, tcp_proxy's route to the partner is only a placeholder: the\nEnvoyFilter replaces its cluster by egress-identity-unrouted (which does not exist), so only the cluster\nthe filter names leaves.", d.host, d.port, d.protocol.as_str(), d.host),
+        object(
+            "networking.istio.io/v1",
+            "VirtualService",
+            meta(&format!("{}-via-egress", k8s_name(&d.host)), ns),
+            Yaml::Map(spec),
+        ),
+    )
+}
+
+/// The comment of an identity's cluster.
+fn identity_cluster_comment(c: &IdentityCluster, d: &Dest) -> String {
+    let secret = identity_secret(&c.identity);
+    match d.protocol {
+        Protocol::Tls => format!(
+            "external identity {} of {} (tls passthrough): plain TCP to {}:{}, the caller's TLS inside",
+            c.identity, c.destination, d.host, d.port
+        ),
+        Protocol::Tcp => format!(
+            "external identity {} of {} (tcp): mTLS to the partner with the client certificate of Secret {secret}",
+            c.identity, c.destination
+        ),
+        Protocol::Http => {
+            format!("external identity {} of {}: client certificate from Secret {secret}", c.identity, c.destination)
+        }
+    }
+}
+
+/// An external identity's upstream cluster: TLS origination with its client certificate (http, tcp), or
+/// a plain TCP cluster for a tls passthrough destination (the caller's own TLS runs inside).
+fn identity_cluster(c: &IdentityCluster, d: &Dest) -> Yaml {
+    let secret = identity_secret(&c.identity);
+    let ads = || map([("ads", Yaml::Map(vec![])), ("resource_api_version", s("V3"))]);
+    let mut entries = vec![
+        ("name".to_string(), s(&c.cluster)),
+        ("type".to_string(), s("LOGICAL_DNS")),
+        ("dns_lookup_family".to_string(), s("V4_PREFERRED")),
+        ("connect_timeout".to_string(), s("5s")),
+        ("load_assignment".to_string(), load_assignment(&c.cluster, &d.host, d.port)),
+    ];
+    if d.protocol == Protocol::Tls {
+        return Yaml::Map(entries);
+    }
+    let mut common = vec![("tls_params".to_string(), map([("tls_minimum_protocol_version", s("TLSv1_2"))]))];
+    if d.protocol == Protocol::Http {
+        common.push(("alpn_protocols".to_string(), strs(["http/1.1"])));
+    }
+    common.push((
+        "tls_certificate_sds_secret_configs".to_string(),
+        Yaml::Seq(vec![map([("name", s(format!("kubernetes://{secret}"))), ("sds_config", ads())])]),
+    ));
+    common.push((
+        "combined_validation_context".to_string(),
+        dns_san_validation(&d.host, map([("name", s(format!("kubernetes://{secret}-cacert"))), ("sds_config", ads())])),
+    ));
+    entries.push((
+        "transport_socket".to_string(),
+        map([
+            ("name", s("envoy.transport_sockets.tls")),
+            (
+                "typed_config",
+                map([
+                    ("@type", s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")),
+                    ("sni", s(&d.host)),
+                    ("common_tls_context", Yaml::Map(common)),
+                ]),
+            ),
+        ]),
+    ));
+    Yaml::Map(entries)
+}
+
+/// One EnvoyFilter patch on the gateway: `apply_to` what `target` (besides context GATEWAY) matches.
+fn gateway_patch(apply_to: &str, target: Option<(&str, Yaml)>, operation: &str, value: Yaml) -> Yaml {
+    let mut matcher = vec![("context".to_string(), s("GATEWAY"))];
+    matcher.extend(target.map(|(k, v)| (k.to_string(), v)));
+    map([
+        ("applyTo", s(apply_to)),
+        ("match", Yaml::Map(matcher)),
+        ("patch", map([("operation", s(operation)), ("value", value)])),
+    ])
+}
+
+/// The gateway's tcp_proxy on [`L4_GATEWAY_PORT`], as the network filter needs it.
+fn tcp_proxy_patch() -> Yaml {
+    commented(
+        format!("tcp_proxy of the L4 servers (port {L4_GATEWAY_PORT}): the cluster of the VirtualService becomes\negress-identity-unrouted, which does not exist (a connection the filter did not route goes nowhere), and\ntcp_proxy keeps reading the caller before it connects (max_early_data_bytes, ON_DOWNSTREAM_DATA): the\nfilter holds the connection until the caller's first bytes, decides, and names the identity's cluster in\nfilter state envoy.tcp_proxy.cluster. The caller must speak first (README.md, \"L4 egress\")."),
+        gateway_patch(
+            "NETWORK_FILTER",
+            Some((
+                "listener",
+                map([
+                    ("portNumber", int(L4_GATEWAY_PORT)),
+                    ("filterChain", map([("filter", map([("name", s("envoy.filters.network.tcp_proxy"))]))])),
+                ]),
+            )),
+            "MERGE",
+            map([(
+                "typed_config",
+                map([
+                    ("@type", s("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")),
+                    ("cluster", s(super::UNROUTED_CLUSTER)),
+                    ("upstream_connect_mode", s("ON_DOWNSTREAM_DATA")),
+                    ("max_early_data_bytes", int(super::EARLY_DATA_BYTES)),
+                ]),
+            )]),
+        ),
+    )
 }
 
 fn internal_host(c: &IdentityCluster) -> String {
@@ -565,6 +824,7 @@ fn waypoint(
     opts: &IstioOptions,
     clusters: &[IdentityCluster],
     dests: &[Dest],
+    network_policies: Vec<Yaml>,
 ) -> Vec<(String, String)> {
     let ns = opts.namespace.as_str();
     let target = || {
@@ -728,11 +988,15 @@ fn waypoint(
             )
         })
         .collect();
-    let plugin = wasm_plugin(
+    let [plugins, extensions] = plugin_files(
         policy,
         opts,
+        "waypoint",
         ("targetRefs", target()),
-        "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. FAIL_CLOSE: a module\nthat cannot be loaded or refuses its configuration is replaced by a deny-all.",
+        (
+            "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. FAIL_CLOSE: a module\nthat cannot be loaded or refuses its configuration is replaced by a deny-all.",
+            "",
+        ),
     );
     let auth = guard(policy, ns, ("targetRefs", target()));
     let m = "waypoint";
@@ -743,7 +1007,9 @@ fn waypoint(
         file("destination-rules.yaml", m, drs),
         file("http-route.yaml", m, routes),
         file("authorization-policy.yaml", m, vec![auth]),
-        file("wasm-plugin.yaml", m, vec![plugin]),
+        plugins,
+        extensions,
+        file("network-policy.yaml", m, network_policies),
     ]
 }
 
@@ -779,7 +1045,12 @@ mod tests {
           "defaultIdentity": { "name": "z", "cluster": "b|z" } } ] }"#;
 
     fn opts(mode: IstioMode) -> IstioOptions {
-        IstioOptions { mode, namespace: mode.default_namespace().into(), image: DEFAULT_IMAGE.into() }
+        IstioOptions {
+            mode,
+            namespace: mode.default_namespace().into(),
+            image: DEFAULT_IMAGE.into(),
+            workload_namespaces: vec!["t".into()],
+        }
     }
 
     fn all(files: &[(String, String)]) -> String {
@@ -833,5 +1104,46 @@ mod tests {
         let clash = POLICY.replace("\"name\": \"y\"", "\"name\": \"x-one\"");
         let e = render(&PolicyFile::parse(&clash).unwrap(), &opts(IstioMode::Gateway)).unwrap_err();
         assert!(e.0.contains("share the Kubernetes name \"x-one\""), "{e}");
+    }
+
+    #[test]
+    fn gateway_mode_carries_tcp_and_tls_destinations_on_the_l4_port() {
+        let policy = POLICY.replace(
+            "\"destinations\": [",
+            r#""destinations": [
+            { "name": "db", "protocol": "tcp", "hosts": ["db.example"], "ports": [5432],
+              "identities": [ { "name": "x.one", "cluster": "db|x", "principals": ["cluster.local/ns/t/sa/x"] } ] },
+            { "name": "files", "protocol": "tls", "hosts": ["files.example"], "ports": [443],
+              "defaultIdentity": { "name": "p", "cluster": "files|p" } },"#,
+        );
+        let files = render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Gateway)).unwrap();
+        let out = all(&files);
+        // One TLS server per L4 destination, the tcp_proxy patch, the network plugin on that port only.
+        assert_eq!(out.matches("number: 8443\n      name: tls-").count(), 2, "{out}");
+        assert!(out.contains("portNumber: 8443\n        filterChain:\n          filter:\n            name: envoy.filters.network.tcp_proxy"), "{out}");
+        assert!(
+            out.contains("cluster: egress-identity-unrouted\n          upstream_connect_mode: ON_DOWNSTREAM_DATA"),
+            "{out}"
+        );
+        let plugins = &files.iter().find(|(n, _)| n == "wasm-plugin.yaml").unwrap().1;
+        assert!(plugins.contains("type: NETWORK") && plugins.contains("pluginName: egress-identity-l4"), "{plugins}");
+        assert!(plugins.contains("match:\n  - ports:\n    - number: 8443"), "{plugins}");
+        // The passthrough identity's cluster is plain TCP; the tcp one originates mTLS without ALPN.
+        let cluster_of = |name: &str| {
+            let after = out.split_once(&format!("\n        name: \"{name}\"")).unwrap().1;
+            after.split("- applyTo").next().unwrap().to_string()
+        };
+        let passthrough = cluster_of("files|p");
+        assert!(!passthrough.contains("transport_socket"), "{passthrough}");
+        let tcp = cluster_of("db|x");
+        assert!(tcp.contains("kubernetes://egress-identity-x-one") && !tcp.contains("alpn"), "{tcp}");
+        // Sidecars: the tls destination by SNI, the tcp one by port; no header guard for connections.
+        assert!(out.contains("sniHosts:\n      - files.example"), "{out}");
+        assert!(out.contains("- \"a|x\"\n") && !out.contains("- \"db|x\"\n"), "{out}");
+        // A network policy per caller namespace.
+        assert!(
+            out.contains("kind: NetworkPolicy\nmetadata:\n  name: egress-identity-no-way-around\n  namespace: t\n"),
+            "{out}"
+        );
     }
 }

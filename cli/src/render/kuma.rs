@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::envoy::{identity_clusters, HostPort, IdentityCluster};
-use super::istio::destinations;
-use super::{commented, documents, int, k8s_name, map, s, strs, to_yaml, PolicyFile, RenderError, Yaml};
-use egress_identity_core::config_document::PrincipalSource;
+use super::istio::{destinations, Dest};
+use super::network_policy;
+use super::{
+    commented, documents, int, k8s_name, map, s, strs, to_yaml, PolicyFile, RenderError, Yaml, EARLY_DATA_BYTES,
+    UNROUTED_CLUSTER,
+};
+use egress_identity_core::config_document::{PrincipalSource, Protocol};
 
 /// Placeholder for the module's SHA-256 (Envoy refuses a module whose digest differs).
 pub const SHA256_PLACEHOLDER: &str = "REPLACE_WITH_THE_SHA256_OF_egress_identity.wasm";
@@ -20,12 +24,18 @@ pub struct KumaOptions {
     pub upstreams: BTreeMap<String, HostPort>,
     /// SHA-256 (hex) of the module the zone egress fetches.
     pub wasm_sha256: String,
+    /// The port of the zone egress listener: the destination port the network filter sees for tcp and tls
+    /// destinations.
+    pub egress_port: u16,
+    /// Namespaces to keep off the external network besides those the policy names (NetworkPolicy).
+    pub workload_namespaces: Vec<String>,
 }
 
 struct Front {
     name: String,
     port: u16,
     upstream: HostPort,
+    protocol: Protocol,
 }
 
 impl KumaOptions {
@@ -34,9 +44,45 @@ impl KumaOptions {
         format!("kri_extsvc_{}_{}_{}_{name}_{port}", self.mesh, self.zone, self.namespace)
     }
 
-    fn sni(&self, name: &str, port: u16) -> String {
+    /// The SNI callers' sidecars send to the zone egress for a MeshExternalService (what the network filter
+    /// reads as the destination's name).
+    pub fn sni(&self, name: &str, port: u16) -> String {
         format!("sni.extsvc.{}.{}.{}.{name}.{port}", self.mesh, self.zone, self.namespace)
     }
+}
+
+/// The MeshExternalService protocol of a front and its identities.
+fn mes_protocol(f: &Front) -> &'static str {
+    if f.protocol.is_l4() {
+        "tcp"
+    } else {
+        "http"
+    }
+}
+
+/// A tcp/tls destination at the zone egress: named by the SNI callers' sidecars send,
+/// `sni.extsvc.<mesh>.<zone>.<namespace>.<name>.<port>`, which its hosts must list; `<port>` is its
+/// MeshExternalService's port (the one applications connect to). Returns (that SNI, the port).
+fn l4_mes_port(
+    opts: &KumaOptions,
+    i: usize,
+    d: &egress_identity_core::config_document::DestinationSpec,
+) -> Result<(String, u16), RenderError> {
+    let prefix = opts.sni(&d.name, 0);
+    let prefix = prefix.trim_end_matches('0');
+    d.hosts
+        .iter()
+        .find_map(|h| {
+            let port: u16 = h.strip_prefix(prefix)?.parse().ok().filter(|p| *p != 0)?;
+            Some((h.clone(), port))
+        })
+        .ok_or_else(|| {
+            RenderError(format!(
+                "destinations[{i}] ({name}) is a {protocol} destination: at the zone egress its connections are named by the SNI callers' sidecars send, {prefix}<PORT> (PORT: the port applications connect to), which its hosts must list: every connection would be denied (unknown_destination)",
+                name = d.name,
+                protocol = d.protocol.as_str()
+            ))
+        })
 }
 
 fn meta(name: &str, opts: &KumaOptions, origin: bool) -> Yaml {
@@ -97,7 +143,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     let clusters = identity_clusters(policy)?;
     let dests = destinations(policy)?;
     for name in opts.upstreams.keys() {
-        if !dests.iter().any(|(d, _, _)| d == name) {
+        if !dests.iter().any(|d| d.name == *name) {
             return Err(RenderError(format!("--upstream name {name:?} is not a destination of the policy")));
         }
     }
@@ -109,6 +155,17 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         )));
     }
     for (i, d) in policy.spec.destinations.iter().enumerate() {
+        if d.protocol.is_l4() {
+            let (_, port) = l4_mes_port(opts, i, d)?;
+            if !d.ports.contains(&u32::from(opts.egress_port)) {
+                return Err(RenderError(format!(
+                    "destinations[{i}] ({}): callers' connections reach the zone egress on its port {} (--egress-port), the destination port the filter sees, which its ports do not list: every connection would be denied (unknown_destination)",
+                    d.name, opts.egress_port
+                )));
+            }
+            let _ = port;
+            continue;
+        }
         let called = format!("{}.extsvc.mesh.local", d.name);
         if !d.hosts.iter().any(|h| h.eq_ignore_ascii_case(&called)) {
             return Err(RenderError(format!(
@@ -118,7 +175,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         }
     }
     let mut fronts = Vec::new();
-    for (i, (name, _, port)) in dests.iter().enumerate() {
+    for (i, Dest { name, port, protocol, .. }) in dests.iter().enumerate() {
         if k8s_name(name) != *name {
             return Err(RenderError(format!(
                 "destinations[{i}].name {name:?} must be a Kubernetes name (it names the MeshExternalService)"
@@ -129,7 +186,11 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             Some(hp) => hp.clone(),
             None => {
                 let host = spec
-                    .and_then(|d| d.hosts.iter().find(|h| !h.starts_with('*') && !h.ends_with(".mesh.local")))
+                    .and_then(|d| {
+                        d.hosts.iter().find(|h| {
+                            !h.starts_with('*') && !h.ends_with(".mesh.local") && !h.starts_with("sni.extsvc.")
+                        })
+                    })
                     .ok_or_else(|| {
                         RenderError(format!(
                             "destinations[{i}] ({name}): give the partner's endpoint with --upstream {name}=HOST:PORT"
@@ -138,7 +199,13 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
                 HostPort { host: host.clone(), port: 443 }
             }
         };
-        fronts.push(Front { name: name.clone(), port: *port, upstream });
+        // A tcp/tls destination's MeshExternalService port is the one in the SNI it lists (its ports hold the
+        // zone egress port).
+        let port = match spec.filter(|d| d.protocol.is_l4()) {
+            Some(d) => l4_mes_port(opts, i, d)?.1,
+            None => *port,
+        };
+        fronts.push(Front { name: name.clone(), port, upstream, protocol: *protocol });
     }
     for c in &clusters {
         let Some(front) = fronts.iter().find(|f| f.name == c.destination) else { continue };
@@ -192,13 +259,25 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
 
     let mut services = Vec::new();
     for f in &fronts {
+        let front_comment = if f.protocol.is_l4() {
+            format!("`{name}` ({protocol}) is what applications connect to ({name}.extsvc.mesh.local:{port}). It is only a\nfront: at the zone egress the network filter names the identity's cluster for tcp_proxy, whose own\ncluster the MeshProxyPatch replaces by one that does not exist; its endpoint is unresolvable (.invalid)\ntoo: a connection the filter did not route goes nowhere.", name = f.name, port = f.port, protocol = f.protocol.as_str())
+        } else {
+            format!("`{name}` is what applications call (http://{name}.extsvc.mesh.local/, port {port}). It is only a\nfront: the MeshProxyPatch makes its route pick the cluster named by the filter's header, so its own\nendpoint is deliberately unresolvable (.invalid): if the patch stops applying, requests get a 503.", name = f.name, port = f.port)
+        };
         services.push(commented(
-            format!("`{name}` is what applications call (http://{name}.extsvc.mesh.local/, port {port}). It is only a\nfront: the MeshProxyPatch makes its route pick the cluster named by the filter's header, so its own\nendpoint is deliberately unresolvable (.invalid): if the patch stops applying, requests get a 503.", name = f.name, port = f.port),
+            front_comment,
             object(
                 "MeshExternalService",
                 meta(&f.name, opts, true),
                 map([
-                    ("match", map([("type", s("HostnameGenerator")), ("port", int(f.port)), ("protocol", s("http"))])),
+                    (
+                        "match",
+                        map([
+                            ("type", s("HostnameGenerator")),
+                            ("port", int(f.port)),
+                            ("protocol", s(mes_protocol(f))),
+                        ]),
+                    ),
                     (
                         "endpoints",
                         Yaml::Seq(vec![map([
@@ -211,17 +290,28 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         ));
         for c in clusters.iter().filter(|c| c.destination == f.name) {
             let base = secret_base(&c.identity);
+            let endpoints = Yaml::Seq(vec![map([("address", s(&f.upstream.host)), ("port", int(f.upstream.port))])]);
+            let matcher =
+                map([("type", s("HostnameGenerator")), ("port", int(f.port)), ("protocol", s(mes_protocol(f)))]);
+            if f.protocol == Protocol::Tls {
+                services.push(commented(
+                    format!("External identity {} of {} (tls passthrough): plain TCP to the partner, the caller's own TLS\ninside. Kuma names its cluster {} -- the identity's cluster in the policy.", c.identity, f.name, c.cluster),
+                    object(
+                        "MeshExternalService",
+                        meta(&identity_service(c), opts, true),
+                        map([("match", matcher), ("endpoints", endpoints)]),
+                    ),
+                ));
+                continue;
+            }
             services.push(commented(
                 format!("External identity {} of {}: TLS to the partner with its client certificate (Kuma Secrets\n{base}-cert and {base}-key, the partner's CA in {}-ca). Kuma names its cluster\n{} -- the identity's cluster in the policy.", c.identity, f.name, f.name, c.cluster),
                 object(
                     "MeshExternalService",
                     meta(&identity_service(c), opts, true),
                     map([
-                        ("match", map([("type", s("HostnameGenerator")), ("port", int(f.port)), ("protocol", s("http"))])),
-                        (
-                            "endpoints",
-                            Yaml::Seq(vec![map([("address", s(&f.upstream.host)), ("port", int(f.upstream.port))])]),
-                        ),
+                        ("match", matcher),
+                        ("endpoints", endpoints),
                         (
                             "tls",
                             map([
@@ -305,17 +395,23 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             ]),
         ),
     ]));
-    let filter = to_yaml(&map([
-        ("name", s("envoy.filters.http.wasm")),
+    let wasm_filter = |network: bool| {
+        let (filter, kind, root_id) = if network {
+            ("envoy.filters.network.wasm", "network", "egress-identity-l4")
+        } else {
+            ("envoy.filters.http.wasm", "http", "egress-identity")
+        };
+        to_yaml(&map([
+        ("name", s(filter)),
         (
             "typedConfig",
             map([
-                ("@type", s("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")),
+                ("@type", s(format!("type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm"))),
                 (
                     "config",
                     map([
-                        ("name", s("egress-identity")),
-                        ("rootId", s("egress-identity")),
+                        ("name", s(root_id)),
+                        ("rootId", s(root_id)),
                         ("failOpen", Yaml::Bool(false)),
                         (
                             "vmConfig",
@@ -359,7 +455,9 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
                 ),
             ]),
         ),
-    ]));
+    ]))
+    };
+    let filter = wasm_filter(false);
     let mut mods = vec![
         commented(
             "1. Where the module comes from: an HTTP server reachable from the zone egress pods that serves\n   dist/egress_identity.wasm (README.md). The sha256 in (2) pins its content.",
@@ -393,7 +491,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             ]),
         )]),
     ));
-    for f in &fronts {
+    for f in fronts.iter().filter(|f| !f.protocol.is_l4()) {
         let kri = opts.kri(&f.name, f.port);
         let op = |op: &str, path: &str| map([("op", s(op)), ("path", s(path))]);
         mods.push(commented(
@@ -434,6 +532,35 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             )]),
         ));
     }
+    if fronts.iter().any(|f| f.protocol.is_l4()) {
+        let tcp_proxy = || map([("origin", s("egress")), ("name", s("envoy.filters.network.tcp_proxy"))]);
+        mods.push(commented(
+            "4. The same module as the network filter, before tcp_proxy in the zone egress chains of the tcp and tls\n   MeshExternalServices: it decides connections (SNI and port) and names the identity's cluster in filter\n   state envoy.tcp_proxy.cluster. It sees every tcp_proxy chain of the zone egress: TCP\n   MeshExternalServices the policy does not declare are denied (unknown_destination).",
+            map([(
+                "networkFilter",
+                map([("operation", s("AddBefore")), ("match", tcp_proxy()), ("value", Yaml::Literal(wasm_filter(true)))]),
+            )]),
+        ));
+        let tcp_proxy_value = to_yaml(&map([
+            ("name", s("envoy.filters.network.tcp_proxy")),
+            (
+                "typedConfig",
+                map([
+                    ("@type", s("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")),
+                    ("cluster", s(UNROUTED_CLUSTER)),
+                    ("upstreamConnectMode", s("ON_DOWNSTREAM_DATA")),
+                    ("maxEarlyDataBytes", int(EARLY_DATA_BYTES)),
+                ]),
+            ),
+        ]));
+        mods.push(commented(
+            "5. tcp_proxy of those chains: its cluster becomes egress-identity-unrouted, which does not exist (a\n   connection the filter did not route goes nowhere), and it keeps reading the caller before it connects\n   (maxEarlyDataBytes, ON_DOWNSTREAM_DATA): the filter decides on the caller's first bytes. The caller\n   must speak first (README.md, \"L4 egress\").",
+            map([(
+                "networkFilter",
+                map([("operation", s("Patch")), ("match", tcp_proxy()), ("value", Yaml::Literal(tcp_proxy_value))]),
+            )]),
+        ));
+    }
     let patch = commented(
         "The filter and the per-identity routing on the zone egress. Values are Envoy xDS in YAML (camelCase);\nKuma does not check them against what the zone egress generates: check the result with\n`kumactl inspect dataplane <zone-egress-dataplane> --type=config` after every Kuma upgrade.",
         object(
@@ -443,12 +570,15 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         ),
     );
 
+    let namespaces = network_policy::workload_namespaces(&policy.spec, &opts.workload_namespaces, &opts.namespace)?;
+    let network_policies = network_policy::lockdown(&namespaces, "the zone egress");
     let file = |name: &str, docs: Vec<Yaml>| (name.to_string(), format!("{}{}", generated(), documents(&docs)));
     Ok(vec![
         file("mesh-identity.yaml", vec![identity]),
         file("mesh-external-services.yaml", services),
         file("mesh-traffic-permission.yaml", permissions),
         file("mesh-proxy-patch.yaml", vec![patch]),
+        file("network-policy.yaml", network_policies),
     ])
 }
 
@@ -468,6 +598,8 @@ mod tests {
             namespace: "kuma-system".into(),
             upstreams: BTreeMap::new(),
             wasm_sha256: SHA256_PLACEHOLDER.into(),
+            egress_port: 10002,
+            workload_namespaces: vec![],
         }
     }
 
@@ -520,5 +652,34 @@ mod tests {
         let files = render(&PolicyFile::parse(&default).unwrap(), &opts()).unwrap();
         let out: String = files.iter().map(|(_, t)| t.as_str()).collect();
         assert!(out.contains("type: Prefix\n          value: spiffe://default.zone-1.mesh.local/\n"), "{out}");
+    }
+
+    #[test]
+    fn tcp_and_tls_destinations_are_named_by_their_zone_egress_sni_and_port() {
+        let l4 = r#"{ "name": "db", "protocol": "tcp", "hosts": ["sni.extsvc.default.zone-1.kuma-system.db.5432"],
+            "ports": [10002], "identities": [ { "name": "t.a", "cluster": "kri_extsvc_default_zone-1_kuma-system_db-t-a_5432",
+            "principals": ["default.zone-1.mesh.local/ns/t/sa/a"] } ] },
+          { "name": "files", "protocol": "tls", "hosts": ["sni.extsvc.default.zone-1.kuma-system.files.443", "files.example"],
+            "ports": [10002], "defaultIdentity": { "name": "p", "cluster": "kri_extsvc_default_zone-1_kuma-system_files-p_443" } },"#;
+        let policy = POLICY.replace("\"destinations\": [", &format!("\"destinations\": [{l4}"));
+        let mut o = opts();
+        o.upstreams.insert("db".into(), HostPort { host: "db.example".into(), port: 5432 });
+        let out: String =
+            render(&PolicyFile::parse(&policy).unwrap(), &o).unwrap().into_iter().map(|(_, t)| t).collect();
+        assert!(out.contains("port: 5432\n    protocol: tcp\n"), "{out}");
+        assert!(out.contains("operation: AddBefore\n        match:\n          origin: egress\n          name: envoy.filters.network.tcp_proxy"), "{out}");
+        assert!(out.contains("rootId: egress-identity-l4") && out.contains("maxEarlyDataBytes: 65536"), "{out}");
+        assert!(out.contains("value: sni.extsvc.default.zone-1.kuma-system.db.5432\n"), "{out}");
+        // The passthrough identity has no TLS of its own.
+        let files = out.split("name: files-p\n").nth(1).unwrap().split("---").next().unwrap();
+        assert!(!files.contains("tls:") && files.contains("address: files.example"), "{files}");
+        // Without the SNI, or the zone egress port, every connection would be denied: refused.
+        let e =
+            render(&PolicyFile::parse(&policy.replace("kuma-system.db.5432", "kuma-system.other.5432")).unwrap(), &o)
+                .unwrap_err();
+        assert!(e.0.contains("sni.extsvc.default.zone-1.kuma-system.db.<PORT>"), "{e}");
+        o.egress_port = 10003;
+        let e = render(&PolicyFile::parse(&policy).unwrap(), &o).unwrap_err();
+        assert!(e.0.contains("port 10003 (--egress-port)"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 pub mod envoy;
 pub mod istio;
 pub mod kuma;
+pub mod network_policy;
 
 use std::fmt::Write as _;
 
@@ -40,6 +41,14 @@ pub fn map<K: Into<String>>(entries: impl IntoIterator<Item = (K, Yaml)>) -> Yam
 pub fn s(value: impl Into<String>) -> Yaml {
     Yaml::Str(value.into())
 }
+
+/// What tcp_proxy buffers of a caller's first bytes before its upstream connection is up (a TLS ClientHello
+/// fits; egress-identity itself holds at most one ClientHello, 16 KiB, core::tls_client_hello).
+pub const EARLY_DATA_BYTES: i64 = 65536;
+
+/// The cluster tcp_proxy is configured with where egress-identity decides: it does not exist, so a
+/// connection the filter did not route (it did not run) goes nowhere.
+pub const UNROUTED_CLUSTER: &str = "egress-identity-unrouted";
 
 /// A cluster's `load_assignment`: one endpoint, `host:port`.
 pub fn load_assignment(cluster: &str, host: &str, port: u16) -> Yaml {
