@@ -44,7 +44,14 @@ VARIANTS = {
     "D": ("egress_identity", 1000),
     "D10": ("egress_identity", 10),
     "D10k": ("egress_identity", 10000),
+    # L4: the same requests carried through a network filter chain ending in tcp_proxy (the gateway sees TCP
+    # over mTLS); measured above all with a new connection per request (connections per second, CPU per
+    # connection).
+    "L0": ("tcp_proxy", 0),
+    "L1": ("empty_wasm_l4", 0),
+    "L2": ("egress_identity_l4", 1000),
 }
+L4_KINDS = ("tcp_proxy", "empty_wasm_l4", "egress_identity_l4")
 DESCRIPTION = {
     "A": "Envoy router only",
     "B": "native RBAC, equivalent policy, 1,000 rules",
@@ -52,9 +59,12 @@ DESCRIPTION = {
     "D": "egress-identity, 1,000 rules",
     "D10": "egress-identity, 10 rules",
     "D10k": "egress-identity, 10,000 rules",
+    "L0": "L4: tcp_proxy alone",
+    "L1": "L4: empty network Wasm filter + tcp_proxy (early data)",
+    "L2": "L4: egress-identity network filter, 1,000 rules + tcp_proxy (early data)",
 }
 # Variants also measured with a new downstream connection per request.
-NEWCONN_VARIANTS = ["A", "C", "D"]
+NEWCONN_VARIANTS = ["A", "C", "D", "L0", "L1", "L2"]
 
 
 def gw_port(i):
@@ -82,9 +92,41 @@ def sds(name):
     }
 
 
+def l4_filters(kind, rules, run_dir, port, wasm_file):
+    """The network filters of an L4 variant: [the Wasm network filter], then tcp_proxy. With a Wasm filter,
+    tcp_proxy is configured as `render envoy` does for egress-identity (early data, connect on data), so L2/L1
+    is the filter's own cost."""
+    filters = []
+    proxy = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+             "stat_prefix": "egress_l4", "cluster": policy.CALLER_CLUSTER}
+    if kind != "tcp_proxy":
+        name, filename, configuration = (
+            ("empty-l4", os.path.join(run_dir, "empty_filter.wasm"), "{}") if kind == "empty_wasm_l4"
+            else ("egress-identity-l4", os.path.join(run_dir, wasm_file),
+                  json.dumps(policy.l4_plugin_config(rules, port), separators=(",", ":")))
+        )
+        filters.append({
+            "name": "envoy.filters.network.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                "config": {
+                    "name": name, "root_id": name, "fail_open": False,
+                    "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": filename}}},
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                },
+            },
+        })
+        proxy.update({"upstream_connect_mode": "ON_DOWNSTREAM_DATA", "max_early_data_bytes": 65536})
+        if kind == "egress_identity_l4":
+            proxy["cluster"] = "egress-identity-unrouted"
+    filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy})
+    return filters
+
+
 def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm", fixed_route=False):
     """The gateway under test: envoy/gateway.yaml's listener (downstream mTLS from file SDS, header_mutation,
-    the variant's filter, router) and the caller's per-identity cluster (upstream mTLS to the partner).
+    the variant's filter, router) and the caller's per-identity cluster (upstream mTLS to the partner); for
+    the L4 variants its egress-l4 listener (tls_inspector, mTLS without ALPN, network filters, tcp_proxy).
     No access log in any variant (it would dominate and is the same for all)."""
     header_mutation = {
         "name": "envoy.filters.http.header_mutation",
@@ -175,35 +217,41 @@ def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm",
         },
         "http_filters": filters,
     }
+    l4 = kind in L4_KINDS
+    common_tls = {
+        "tls_certificate_sds_secret_configs": [sds("gateway-cert")],
+        "validation_context_sds_secret_config": sds("mesh-ca"),
+    }
+    if not l4:
+        common_tls = {"alpn_protocols": ["h2", "http/1.1"], **common_tls}
+    listener = {
+        "name": "egress-l4" if l4 else "egress",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_port(i)}},
+        "filter_chains": [
+            {
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "require_client_certificate": True,
+                        "common_tls_context": common_tls,
+                    },
+                },
+                "filters": l4_filters(kind, rules, run_dir, gw_port(i), wasm_file) if l4
+                else [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+            }
+        ],
+    }
+    if l4:
+        listener["listener_filters"] = [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+        }]
     return {
         "node": {"id": f"bench-gateway-{i}", "cluster": "bench-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_admin(i)}}},
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "egress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": gw_port(i)}},
-                    "filter_chains": [
-                        {
-                            "transport_socket": {
-                                "name": "envoy.transport_sockets.tls",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                                    "require_client_certificate": True,
-                                    "common_tls_context": {
-                                        "alpn_protocols": ["h2", "http/1.1"],
-                                        "tls_certificate_sds_secret_configs": [sds("gateway-cert")],
-                                        "validation_context_sds_secret_config": sds("mesh-ca"),
-                                    },
-                                },
-                            },
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ],
-                        }
-                    ],
-                }
-            ],
+            "listeners": [listener],
             "clusters": [
                 {
                     "name": policy.CALLER_CLUSTER,
@@ -311,7 +359,8 @@ def client_bootstrap(names, pki):
                         "name": "envoy.transport_sockets.tls",
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                            "sni": "egress-gateway.local",
+                            # The L4 listener names the destination by SNI; the HTTP one by :authority.
+                            "sni": policy.HOST if VARIANTS[names[i]][0] in L4_KINDS else "egress-gateway.local",
                             "common_tls_context": {
                                 "alpn_protocols": ["http/1.1"],
                                 "tls_certificates": [
@@ -467,6 +516,9 @@ def measure(name, i, pid, duration, connections, newconn):
     after_rq = rq_2xx(gw_admin(i))
     ok = after_rq.get("http.egress.downstream_rq_2xx", 0) - before_rq.get("http.egress.downstream_rq_2xx", 0)
     done = after_rq.get("http.egress.downstream_rq_completed", 0) - before_rq.get("http.egress.downstream_rq_completed", 0)
+    if VARIANTS[name][0] in L4_KINDS:
+        # The gateway sees connections, not requests: count what wrk got back (2xx, from the partner).
+        ok = done = w["requests"] - w["non2xx"]
     cpu_s = (c1 - c0) / CLK_TCK
     return {
         "variant": name,
@@ -634,7 +686,7 @@ def main():
         time.sleep(1.5)  # egress-identity hands its counters to Envoy once a second
         cache = {}
         for v, (i, _) in gateways.items():
-            if VARIANTS[v][0] == "egress_identity":
+            if VARIANTS[v][0] in ("egress_identity", "egress_identity_l4"):
                 s = stats(gw_admin(i), "certificate_cache")
                 hits = sum(val for k, val in s.items() if k.endswith("certificate_cache.hits"))
                 misses = sum(val for k, val in s.items() if k.endswith("certificate_cache.misses"))
@@ -690,18 +742,18 @@ def summarize(results, names, nc_names, cache, ready_s, rss, tls, a):
     out.append("\nPaired ratios of gateway CPU per request (per round, then the median; min-max over rounds):\n")
     out.append("| ratio | median | range |")
     out.append("|---|---:|---|")
-    for num, den in (("D", "A"), ("D", "B"), ("D", "C"), ("C", "A"), ("B", "A"), ("D10", "C"), ("D10k", "C"), ("D10k", "D10"), ("D", "D10")):
+    for num, den in (("D", "A"), ("D", "B"), ("D", "C"), ("C", "A"), ("B", "A"), ("D10", "C"), ("D10k", "C"), ("D10k", "D10"), ("D", "D10"), ("L2", "L1"), ("L2", "L0"), ("L1", "L0")):
         if num in names and den in names:
             m, rs = paired(num, den)
             out.append(f"| {num}/{den} | {m:.3f} | {min(rs):.3f}-{max(rs):.3f} |" if rs else f"| {num}/{den} | n/a | |")
     if nc_names and any(m["newconn"] for m in results):
-        out.append("\nNew downstream connection (mTLS handshake, TLS session resumption allowed) per request:\n")
+        out.append("\nNew downstream connection (mTLS handshake, TLS session resumption allowed) per request; for the L4\nvariants, requests/s is connections/s and CPU per request is CPU per connection (each a new upstream mTLS\nconnection too):\n")
         out.append("| variant | gateway CPU µs/request | requests/s | p50 ms | p99 ms |")
         out.append("|---|---:|---:|---:|---:|")
         for v in nc_names:
             ms = [m for m in rows(True) if m["variant"] == v]
             out.append(f"| {v} | {med([m['cpu_us_per_rq'] for m in ms]):.1f} | {med([m['rps'] for m in ms]):.0f} | {med([m['p50_ms'] for m in ms]):.2f} | {med([m['p99_ms'] for m in ms]):.2f} |")
-        for num, den in (("D", "A"), ("D", "C")):
+        for num, den in (("D", "A"), ("D", "C"), ("L2", "L1"), ("L2", "L0"), ("L1", "L0")):
             if num in nc_names and den in nc_names:
                 m, rs = paired(num, den, True)
                 out.append(f"\nnew connections, paired {num}/{den}: {m:.3f} ({min(rs):.3f}-{max(rs):.3f})")

@@ -144,3 +144,20 @@ def rbac_filters(n):
         {"allow-callers": {"permissions": [authority], "principals": [{"or_ids": {"ids": allow_principals}}]}},
     )
     return [deny, gateway_allow, destination_allow]
+
+
+def l4_plugin_config(n, port):
+    """The same shape for the network (L4) filter: the benchmark caller's destination is a `tcp` one on the
+    gateway's L4 port, reached by SNI api.partner.example; its DENY list names N principal prefixes (paths
+    mean nothing to a connection). Allowed only after every DENY rule missed, by the last ALLOW rule of both
+    layers, and mapped by the last mapping."""
+    config = plugin_config(n)
+    partner = config["destinations"][-1]
+    partner["protocol"] = "tcp"
+    partner["ports"] = [port]
+    partner["policies"][0] = {
+        "name": "deny-blocked",
+        "action": "DENY",
+        "rules": [{"from": [{"source": {"principals": [f"cluster.local/ns/blocked-dest-{i}/*"]}}]} for i in range(n)],
+    }
+    return config

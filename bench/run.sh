@@ -2,9 +2,9 @@
 # `make bench`: the end-to-end benchmark (bench/bench.py) and the criterion micro-benchmarks (core/benches/).
 # Results go to target/bench/run/ (summary.md, results.json, logs/) and target/criterion/.
 #
-#   ROUNDS=5 DURATION=8 CONNECTIONS=8   rounds of A B C D D10 D10k, seconds per variant per round, wrk connections
-#   NEWCONN_ROUNDS=3 NEWCONN_DURATION=4 the new-connection-per-request series (A C D); NEWCONN_ROUNDS=0 skips it
-#   VARIANTS=A,B,C,D                    a subset (default: all six)
+#   ROUNDS=5 DURATION=8 CONNECTIONS=8   rounds of every variant, seconds per variant per round, wrk connections
+#   NEWCONN_ROUNDS=3 NEWCONN_DURATION=4 the new-connection-per-request series (A C D L0 L1 L2); 0 skips it
+#   VARIANTS=A,B,C,D                    a subset (default: all nine: A B C D D10 D10k, and L0 L1 L2 for L4)
 #   MICRO=0                             skip the criterion benches; E2E=0 skips the end-to-end one
 #   bash bench/run.sh --check           only generate and validate every config (envoy --mode validate, nginx -t)
 #   bash bench/run.sh --wasm-variant X=path/to/other.wasm   also measure another build (A/B experiments)

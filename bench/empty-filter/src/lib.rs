@@ -20,7 +20,7 @@
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
@@ -31,12 +31,28 @@ proxy_wasm::main! {{
 /// The benchmark caller's cluster (bench/policy.py `CALLER_CLUSTER`).
 const CALLER_CLUSTER: &str = "partner-api|team.app1";
 const HEADERS: [&str; 10] = [
-    "x-bench-probe-0", "x-bench-probe-1", "x-bench-probe-2", "x-bench-probe-3", "x-bench-probe-4",
-    "x-bench-probe-5", "x-bench-probe-6", "x-bench-probe-7", "x-bench-probe-8", "x-bench-probe-9",
+    "x-bench-probe-0",
+    "x-bench-probe-1",
+    "x-bench-probe-2",
+    "x-bench-probe-3",
+    "x-bench-probe-4",
+    "x-bench-probe-5",
+    "x-bench-probe-6",
+    "x-bench-probe-7",
+    "x-bench-probe-8",
+    "x-bench-probe-9",
 ];
 const PROPERTIES: [&str; 10] = [
-    "bench_probe.0", "bench_probe.1", "bench_probe.2", "bench_probe.3", "bench_probe.4",
-    "bench_probe.5", "bench_probe.6", "bench_probe.7", "bench_probe.8", "bench_probe.9",
+    "bench_probe.0",
+    "bench_probe.1",
+    "bench_probe.2",
+    "bench_probe.3",
+    "bench_probe.4",
+    "bench_probe.5",
+    "bench_probe.6",
+    "bench_probe.7",
+    "bench_probe.8",
+    "bench_probe.9",
 ];
 
 #[derive(Clone, Copy)]
@@ -55,13 +71,17 @@ enum Call {
 struct EmptyRoot {
     calls: Rc<Vec<(Call, usize)>>,
     counter: u32,
+    /// Loaded as a network filter (root id ending in `-l4`, like egress-identity's): one stream context per
+    /// connection, every callback `Continue` (benchmark variant L1).
+    l4: bool,
 }
 
 impl Context for EmptyRoot {}
 
 impl RootContext for EmptyRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+        let config =
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
         let config = String::from_utf8_lossy(&config);
         let mut calls = Vec::new();
         for item in config.split(';').map(str::trim).filter(|s| !s.is_empty() && *s != "{}") {
@@ -82,6 +102,8 @@ impl RootContext for EmptyRoot {
         }
         self.calls = Rc::new(calls);
         self.counter = hostcalls::define_metric(MetricType::Counter, "bench_probe.requests").unwrap_or(0);
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
+        self.l4 = root_id.ends_with(b"-l4");
         true
     }
 
@@ -89,10 +111,21 @@ impl RootContext for EmptyRoot {
         Some(Box::new(EmptyFilter { calls: Rc::clone(&self.calls), counter: self.counter }))
     }
 
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(EmptyConnection))
+    }
+
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(if self.l4 { ContextType::StreamContext } else { ContextType::HttpContext })
     }
 }
+
+/// Every callback of a connection: `Continue` (the SDK's defaults).
+struct EmptyConnection;
+
+impl Context for EmptyConnection {}
+
+impl StreamContext for EmptyConnection {}
 
 struct EmptyFilter {
     calls: Rc<Vec<(Call, usize)>>,
@@ -106,12 +139,18 @@ impl HttpContext for EmptyFilter {
         for &(call, count) in self.calls.iter() {
             for (header, property) in HEADERS.iter().zip(PROPERTIES).take(count) {
                 let _ = match call {
-                    Call::SetClusterHeader => hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-egress-identity-cluster", Some(CALLER_CLUSTER)),
+                    Call::SetClusterHeader => hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "x-egress-identity-cluster",
+                        Some(CALLER_CLUSTER),
+                    ),
                     Call::GetHeader => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").map(drop),
                     Call::GetHeaders => hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map(drop),
                     Call::SetHeader => hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some("v")),
                     Call::RemoveHeader => hostcalls::remove_map_value(MapType::HttpRequestHeaders, header),
-                    Call::GetProperty => hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).map(drop),
+                    Call::GetProperty => {
+                        hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).map(drop)
+                    }
                     Call::SetProperty => hostcalls::set_property(vec![property], Some(b"value")),
                     Call::IncrementMetric => hostcalls::increment_metric(self.counter, 1),
                 };
