@@ -147,6 +147,14 @@ fn each_denial_closes_the_connection_before_the_partner_sees_it() {
             "gateway",
             "denied_by_policy",
         ),
+        // Destination DENY beats the destination's ALLOW (app3 is in namespace team).
+        (
+            workload(t, "team-app3"),
+            EXTERNAL_HOST,
+            "spiffe://cluster.local/ns/team/sa/app3",
+            "destination",
+            "denied_by_policy",
+        ),
         // Destination layer: app2 may not use the passthrough destination.
         (app2.clone(), EXTERNAL_TLS_HOST, app2_id, "destination", "no_matching_allow"),
         // An SNI no destination declares on this port.
