@@ -10,7 +10,7 @@ The shape (core/benches/decision.rs builds the very same document in Rust; keep 
   partner-api layer  DENY  "deny-paths":     N rules, rule i: paths ["/admin-<i>*"] (prefix)
                      ALLOW "allow-callers":  as in the gateway layer (the caller matches the last rule)
   partner-api ids    N mappings, i < N-1: cluster.local/ns/other-<i>/sa/* -> partner-api|other-<i>;
-                     the LAST one: spiffe://cluster.local/ns/team/sa/app1 -> partner-api|team.app1
+                     the LAST one: spiffe://cluster.local/ns/team/sa/app1 -> partner-api|team-app1
 
 so the benchmark caller (GET api.partner.example/bench) is allowed, but only after every DENY rule of both
 layers missed, by the last ALLOW rule of both layers, and mapped by the last mapping: the worst case of a
@@ -18,7 +18,7 @@ first-match evaluator. Other callers (blocked-*, quarantine) stay denied.
 """
 
 CALLER = "spiffe://cluster.local/ns/team/sa/app1"
-CALLER_CLUSTER = "partner-api|team.app1"
+CALLER_CLUSTER = "partner-api|team-app1"
 HOST = "api.partner.example"
 
 

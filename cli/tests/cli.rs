@@ -271,7 +271,7 @@ fn explain_takes_an_l4_connection_by_sni_and_port() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(report["decision"]["destination"], "partner-tcp");
     assert_eq!(report["decision"]["protocol"], "tcp");
-    assert_eq!(report["decision"]["cluster"], "partner-tcp|team.app1");
+    assert_eq!(report["decision"]["cluster"], "partner-tcp|team-app1");
     assert_eq!(report["request"]["sni"], "api.partner.example");
     // Passthrough: allowed when the ClientHello names the same host, refused when it names another.
     let (code, report, _) = explain(app1, &["--sni", "tls.partner.example"]);
@@ -316,4 +316,17 @@ fn validate_refuses_http_only_fields_where_connections_are_decided() {
             serde_json::json!([{"operation": {"methods": ["DELETE"]}}]);
     });
     assert_eq!(validate_text("http-methods", &on_http).0, Some(0));
+}
+
+#[test]
+fn validate_refuses_cluster_names_that_break_envoys_stats() {
+    let dotted = demo_with(|p| p["destinations"][0]["identities"][0]["cluster"] = serde_json::json!("partner-api|team.app1"));
+    let (code, stderr) = validate_text("dotted-cluster", &dotted);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("destinations[0].identities[0].cluster: ")
+            && stderr.contains("filed under \"partner-api|team\"")
+            && stderr.contains("\"partner-api|team-app1\""),
+        "{stderr}"
+    );
 }

@@ -76,10 +76,6 @@ fn explain(s: &Setup, principal: &str, host: &str, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn stat(s: &Setup, name: &str) -> u64 {
-    s.topology.stat(&format!("wasmcustom.egress_identity.{name}")).unwrap_or(0)
-}
-
 #[test]
 fn explain_gives_the_same_answer_as_the_filter() {
     let (_lock, s) = setup();
@@ -130,46 +126,89 @@ fn explain_gives_the_same_answer_as_the_filter() {
 #[test]
 fn decisions_are_counted_in_envoys_stats() {
     let (_lock, s) = setup();
-    let names = [
-        "requests_allowed",
-        "requests_denied",
-        "identity.partner-api.team.app1",
-        "denied.gateway.no_matching_allow",
-        "denied.destination.denied_by_policy",
+    // As Prometheus scrapes them: one family, the decision's parts as labels.
+    let series: [(&str, &[(&str, &str)]); 5] = [
+        ("egress_identity_decisions_total", &[("protocol", "http"), ("decision", "allow")]),
+        ("egress_identity_decisions_total", &[("decision", "deny")]),
+        (
+            "egress_identity_decisions_total",
+            &[("decision", "allow"), ("destination", "partner-api"), ("identity", "team.app1")],
+        ),
+        ("egress_identity_decisions_total", &[("layer", "gateway"), ("reason", "no_matching_allow")]),
+        (
+            "egress_identity_decisions_total",
+            &[
+                ("layer", "destination"),
+                ("reason", "denied_by_policy"),
+                ("policy", "deny-admin-paths"),
+                ("destination", "partner-api"),
+            ],
+        ),
     ];
     s.topology.settle_counters();
-    let before: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
-    let cache_before = stat(s, "certificate_cache.hits") + stat(s, "certificate_cache.misses");
+    let values = || series.iter().map(|(f, l)| s.topology.metric(f, l)).collect::<Vec<u64>>();
+    let cache = || {
+        s.topology.metric("egress_identity_certificate_cache_hits_total", &[])
+            + s.topology.metric("egress_identity_certificate_cache_misses_total", &[])
+    };
+    let (before, cache_before) = (values(), cache());
     assert_eq!(send(s, APP1.0, "api.partner.example", "/v1/metrics").status, 200);
     assert_eq!(send(s, SANDBOX.0, "api.partner.example", "/v1/metrics").status, 403);
     assert_eq!(send(s, APP1.0, "api.partner.example", "/admin/metrics").status, 403);
     s.topology.settle_counters();
-    let after: Vec<u64> = names.iter().map(|n| stat(s, n)).collect();
-    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(deltas, [1, 2, 1, 1, 1], "{names:?}");
-    assert_eq!(stat(s, "certificate_cache.hits") + stat(s, "certificate_cache.misses") - cache_before, 3);
-    assert_eq!(s.topology.stat("wasmcustom.egress_identity.config_generation"), Some(1));
-    let prometheus = s.topology.admin("/stats/prometheus").unwrap();
-    assert!(prometheus.contains("egress_identity_requests_allowed"), "metrics reach /stats/prometheus");
+    let deltas: Vec<u64> = values().iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(deltas, [1, 2, 1, 1, 1], "{series:?}");
+    assert_eq!(cache() - cache_before, 3);
+    assert_eq!(s.topology.metric("egress_identity_config_generation", &[]), 1);
+    let samples = s.topology.prometheus();
+    // The sandbox denial has no destination (the gateway layer decided first) and no policy.
+    let sandbox: Vec<_> = samples
+        .iter()
+        .filter(|x| {
+            x.family == "egress_identity_decisions_total"
+                && x.labels.get("reason").map(String::as_str) == Some("no_matching_allow")
+        })
+        .filter(|x| x.labels.get("layer").map(String::as_str) == Some("gateway"))
+        .collect();
+    assert!(
+        sandbox.iter().all(|x| !x.labels.contains_key("destination") && !x.labels.contains_key("policy")),
+        "{sandbox:?}"
+    );
+    // Counters end in _total; no metric of ours escapes the labels into its name.
+    assert!(samples
+        .iter()
+        .filter(|x| x.family.starts_with("egress_identity_"))
+        .all(|x| { x.family.ends_with("_total") || x.family == "egress_identity_config_generation" }));
+    // The per-identity clusters keep their names through Envoy's own tag extraction.
+    for cluster in ["partner-api|team-app1", "partner-api|team-app2"] {
+        let found = samples.iter().any(|x| {
+            x.family == "envoy_cluster_upstream_cx_total"
+                && x.labels.get("envoy_cluster_name").map(String::as_str) == Some(cluster)
+        });
+        assert!(found, "envoy_cluster_upstream_cx_total{{envoy_cluster_name={cluster:?}}} not in /stats/prometheus");
+    }
 }
 
 #[test]
 fn dry_run_policies_are_counted_but_never_enforced() {
     let (_lock, s) = setup();
     s.topology.settle_counters();
-    let (allow0, deny0) = (stat(s, "dry_run.shadow_allow"), stat(s, "dry_run.shadow_deny"));
+    let stat = |s: &Setup, decision: &str| {
+        s.topology.metric("egress_identity_dry_run_decisions_total", &[("decision", decision)])
+    };
+    let (allow0, deny0) = (stat(s, "allow"), stat(s, "deny"));
     // app2 matches a dry-run DENY at the gateway: still forwarded, counted as a shadow deny.
     let r = send(s, APP2.0, "api.partner.example", "/v1/dry-run");
     assert_eq!(r.status, 200, "{}", r.summary());
     s.topology.settle_counters();
-    assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
+    assert_eq!(stat(s, "deny") - deny0, 1);
     // app3 matches a dry-run ALLOW at the destination: still denied, counted as a shadow allow.
     let r = send(s, APP3.0, "api.partner.example", "/v1/dry-run");
     assert_eq!(r.status, 403, "{}", r.summary());
     assert_eq!(r.field("reason"), Some("no_matching_allow"));
     s.topology.settle_counters();
-    assert_eq!(stat(s, "dry_run.shadow_allow") - allow0, 1);
-    assert_eq!(stat(s, "dry_run.shadow_deny") - deny0, 1);
+    assert_eq!(stat(s, "allow") - allow0, 1);
+    assert_eq!(stat(s, "deny") - deny0, 1);
 }
 
 fn access_log_entry(s: &Setup, path: &str) -> Value {

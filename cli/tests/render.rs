@@ -160,14 +160,14 @@ const BIG_POLICY: &str = r#"{
     { "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
       "policies": [ { "name": "team", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
       "identities": [
-        { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
-        { "name": "team.app2", "cluster": "partner-api|team.app2", "principals": ["cluster.local/ns/team/sa/app2"] } ],
-      "defaultIdentity": { "name": "team.shared", "cluster": "partner-api|team.shared" } },
+        { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+        { "name": "team.app2", "cluster": "partner-api|team-app2", "principals": ["cluster.local/ns/team/sa/app2"] } ],
+      "defaultIdentity": { "name": "team.shared", "cluster": "partner-api|team-shared" } },
     { "name": "billing", "hosts": ["billing.example.net"], "ports": [443],
       "policies": [ { "name": "billing", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["billing"] } } ] } ] } ],
       "identities": [
         { "name": "billing.batch", "cluster": "billing|batch", "principals": ["cluster.local/ns/billing/sa/*"] },
-        { "name": "team.app1", "cluster": "billing|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ] },
+        { "name": "team.app1", "cluster": "billing|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ] },
     { "name": "reports", "hosts": ["reports.example.org"], "ports": [9443],
       "identities": [ { "name": "reports.reader", "cluster": "reports|reader", "principals": ["*"] } ] }
   ]
@@ -199,11 +199,11 @@ fn rendered_bootstrap_of_a_bigger_policy_validates() {
         "reports=127.0.0.1:19443",
     ]);
     for cluster in [
-        "partner-api|team.app1",
-        "partner-api|team.app2",
-        "partner-api|team.shared",
+        "partner-api|team-app1",
+        "partner-api|team-app2",
+        "partner-api|team-shared",
         "billing|batch",
-        "billing|team.app1",
+        "billing|team-app1",
         "reports|reader",
     ] {
         assert_eq!(yaml.matches(&format!("- name: \"{cluster}\"")).count(), 1, "{cluster}");

@@ -53,7 +53,7 @@ fn policy(n: usize) -> Vec<u8> {
                     "principals": [format!("cluster.local/ns/other-{i}/sa/*")] })
         })
         .collect();
-    identities.push(json!({ "name": "team.app1", "cluster": "partner-api|team.app1", "principals": [CALLER] }));
+    identities.push(json!({ "name": "team.app1", "cluster": "partner-api|team-app1", "principals": [CALLER] }));
     let deny_paths: Vec<Value> =
         (0..n).map(|i| json!({ "to": [ { "operation": { "paths": [format!("/admin-{i}*")] } } ] })).collect();
     destinations.push(json!({
@@ -88,7 +88,7 @@ fn bench_decide(c: &mut Criterion) {
     for n in SIZES {
         let config = Config::load(&policy(n)).unwrap();
         match config.decide(Ok(&caller), &request) {
-            Decision::Allow(allowed) => assert_eq!(&*allowed.identity.cluster, "partner-api|team.app1"),
+            Decision::Allow(allowed) => assert_eq!(&*allowed.identity.cluster, "partner-api|team-app1"),
             Decision::Deny(denial) => panic!("the benchmark caller is denied at {n} rules: {denial}"),
         }
         group.bench_with_input(BenchmarkId::from_parameter(n), &config, |b, config| {

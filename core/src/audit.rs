@@ -98,7 +98,7 @@ mod tests {
       "destinations": [ {
         "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
         "policies": [ { "name": "callers", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
-        "identities": [ { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/*"] } ]
+        "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/*"] } ]
       } ]
     }"#;
 

@@ -354,9 +354,9 @@ pub(crate) mod tests {
               ["cluster.local/ns/team/sa/app1", "spiffe://cluster.local/ns/team/sa/app2"] } } ] } ] }
         ],
         "identities": [
-          { "name": "team.app1", "cluster": "partner-api|team.app1",
+          { "name": "team.app1", "cluster": "partner-api|team-app1",
             "principals": ["spiffe://cluster.local/ns/team/sa/app1"] },
-          { "name": "team.app2", "cluster": "partner-api|team.app2",
+          { "name": "team.app2", "cluster": "partner-api|team-app2",
             "principals": ["cluster.local/ns/team/sa/app2"] }
         ]
       } ]

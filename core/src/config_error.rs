@@ -87,6 +87,17 @@ pub fn validate_cluster_name(errors: &mut Errors, path: &JsonPath<'_>, name: &st
                 shown(name)
             ),
         );
+    } else if name.contains('.') {
+        // Envoy's stats name a cluster by what stands between `cluster.` and the next dot.
+        errors.push(
+            path,
+            format!(
+                "{} has a '.', and Envoy's stats take a cluster's name up to its first dot: this cluster's metrics would be filed under {:?} (use '-' or '_', e.g. {:?})",
+                shown(name),
+                name.split('.').next().unwrap_or_default(),
+                name.replace('.', "-")
+            ),
+        );
     }
 }
 

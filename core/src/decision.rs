@@ -473,7 +473,7 @@ mod tests {
     #[wasm_bindgen_test(unsupported = test)]
     fn app1_and_app2_get_their_own_external_identity() {
         let c = config();
-        for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+        for (who, cluster) in [("app1", "partner-api|team-app1"), ("app2", "partner-api|team-app2")] {
             let p = id(&format!("spiffe://cluster.local/ns/team/sa/{who}"));
             match c.decide(Ok(&p), &get("api.partner.example", "/v1/items?x=1")) {
                 Decision::Allow(a) => {
@@ -557,7 +557,7 @@ mod tests {
             .replace(r#""cluster.local/ns/team/sa/app2"]"#, r#""example.org/ns/team/sa/app2"]"#);
         let c = Config::load(json.as_bytes()).unwrap();
         for td in ["example.com", "example.org"] {
-            for (who, cluster) in [("app1", "partner-api|team.app1"), ("app2", "partner-api|team.app2")] {
+            for (who, cluster) in [("app1", "partner-api|team-app1"), ("app2", "partner-api|team-app2")] {
                 let p = id(&format!("spiffe://{td}/ns/team/sa/{who}"));
                 match c.decide(Ok(&p), &get("api.partner.example", "/v1")) {
                     Decision::Allow(a) => assert_eq!(&*a.identity.cluster, cluster, "{td} {who}"),

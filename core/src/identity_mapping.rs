@@ -1,7 +1,7 @@
 //! Mapping of mesh principals to external identities, per destination: an ordered list, first match wins.
 //!
 //! Each external identity is one Envoy cluster whose upstream TLS context presents that identity's
-//! client certificate (e.g. `spiffe://cluster.local/ns/team/sa/app1` → cluster `partner-api|team.app1`,
+//! client certificate (e.g. `spiffe://cluster.local/ns/team/sa/app1` → cluster `partner-api|team-app1`,
 //! certificate `CN=team.app1`).
 
 use crate::config_document::{ExternalIdentitySpec, IdentitySpec};

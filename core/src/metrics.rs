@@ -1,53 +1,99 @@
-//! The names of the filter's metrics. Envoy exposes them with the prefix `wasmcustom.` in `/stats` and
-//! `/stats/prometheus` (dots become underscores there). The adapter defines and updates them.
+//! The names of the filter's metrics, and the tags Envoy extracts from them.
+//!
+//! A metric is a family name plus tags, each tag spelled `;<name>=<value>` after it:
+//! `egress_identity.decisions_total;protocol=http;decision=deny;layer=gateway;reason=denied_by_policy;policy=deny-quarantine`.
+//! Envoy's `stats_config.stats_tags` with the regexes of [`TAGS`] (rendered into every gateway
+//! configuration) turn each `;<name>=<value>` into a tag, so `/stats/prometheus` shows
+//! `egress_identity_decisions_total{protocol="http",decision="deny",layer="gateway",...}` (Envoy drops the
+//! `wasmcustom.` namespace there). `;` and `=` occur in no name or value the configuration accepts, so a
+//! value may hold dots (`team.app1`). Without the tag regexes the whole string is the name, still unique.
+//! Counters end in `_total`, as Prometheus expects. The adapter defines and updates them.
 
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::decision::DenialKind;
 
-/// How often each worker hands its counted requests to Envoy: counters lag by at most this much, and a
-/// request costs no metric host call.
+/// How often each worker hands its counted decisions to Envoy: counters lag by at most this much, and a
+/// decision costs no metric host call.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Counter: requests allowed (forwarded to an external identity's cluster).
-pub const REQUESTS_ALLOWED: &str = "egress_identity.requests_allowed";
-/// Counter: requests denied, all layers and reasons.
-pub const REQUESTS_DENIED: &str = "egress_identity.requests_denied";
-/// Counter: connections (the network filter, `tcp` and `tls` destinations) allowed / denied. The other
-/// counters count requests and connections together (a destination is one or the other).
-pub const CONNECTIONS_ALLOWED: &str = "egress_identity.connections_allowed";
-pub const CONNECTIONS_DENIED: &str = "egress_identity.connections_denied";
+/// Counter family: every decision. Tags: `protocol` (`http` for the HTTP filter, `l4` for the network
+/// filter), `decision` (`allow`, `deny`); an allow has `destination` and `identity`; a deny has `layer` and
+/// `reason`, `policy` when a policy decided, `destination` once the destination was known.
+pub const DECISIONS: &str = "egress_identity.decisions_total";
 /// Counter: peer-certificate lookups answered from the cache.
-pub const CERTIFICATE_CACHE_HITS: &str = "egress_identity.certificate_cache.hits";
+pub const CERTIFICATE_CACHE_HITS: &str = "egress_identity.certificate_cache_hits_total";
 /// Counter: peer certificates parsed and validated (cache misses).
-pub const CERTIFICATE_CACHE_MISSES: &str = "egress_identity.certificate_cache.misses";
-/// Counter: requests that dry-run policies would have allowed / denied (see `dryRun`).
-pub const DRY_RUN_SHADOW_ALLOW: &str = "egress_identity.dry_run.shadow_allow";
-pub const DRY_RUN_SHADOW_DENY: &str = "egress_identity.dry_run.shadow_deny";
-/// Counter: requests from callers accepted only by `acceptLegacyKumaSans`.
-pub const LEGACY_KUMA_SAN_REQUESTS: &str = "egress_identity.legacy_kuma_san_requests";
-/// Counter: requests refused with 500 `host_error` because a host call failed.
-pub const HOST_ERRORS: &str = "egress_identity.host_errors";
+pub const CERTIFICATE_CACHE_MISSES: &str = "egress_identity.certificate_cache_misses_total";
+/// Counter family: what dry-run policies would have decided (tag `decision`), see `dryRun`.
+pub const DRY_RUN: &str = "egress_identity.dry_run_decisions_total";
+/// Counter: decisions on callers accepted only by `acceptLegacyKumaSans`.
+pub const LEGACY_KUMA_SANS: &str = "egress_identity.legacy_kuma_sans_total";
+/// Counter: requests or connections refused because a host call failed (also a `decisions_total` deny
+/// with `layer="plugin"`, `reason="host_error"`).
+pub const HOST_ERRORS: &str = "egress_identity.host_errors_total";
 /// Gauge: generation of the loaded configuration, 1 for the first, +1 for each different one.
 pub const CONFIG_GENERATION: &str = "egress_identity.config_generation";
 
-/// Counter: denials of one kind, e.g. `egress_identity.denied.gateway.denied_by_policy`. Every
-/// [`DenialKind`] has one.
-pub fn denied(kind: DenialKind) -> String {
-    format!("egress_identity.denied.{}.{}", kind.layer().as_str(), kind.reason_code())
+/// The tags, in the order they are spelled, and the regex Envoy extracts each with (`stats_tags`: the first
+/// group is removed from the name, the second is the value).
+pub const TAGS: [(&str, &str); 7] = [
+    ("protocol", "(;protocol=([^;]*))"),
+    ("decision", "(;decision=([^;]*))"),
+    ("layer", "(;layer=([^;]*))"),
+    ("reason", "(;reason=([^;]*))"),
+    ("policy", "(;policy=([^;]*))"),
+    ("destination", "(;destination=([^;]*))"),
+    ("identity", "(;identity=([^;]*))"),
+];
+
+/// The `protocol` tag of the HTTP filter's and the network filter's decisions.
+pub fn protocol(l4: bool) -> &'static str {
+    if l4 {
+        "l4"
+    } else {
+        "http"
+    }
 }
 
-/// Counter: requests forwarded as one external identity of one destination,
-/// e.g. `egress_identity.identity.partner-api.team.app1`.
-pub fn identity_requests(destination: &str, identity: &str) -> String {
-    format!("egress_identity.identity.{destination}.{identity}")
+/// Counter: decisions that forwarded to one external identity of one destination.
+pub fn allowed(protocol: &str, destination: &str, identity: &str) -> String {
+    format!("{DECISIONS};protocol={protocol};decision=allow;destination={destination};identity={identity}")
 }
 
-/// The counter name of every external identity, in [`crate::identity_mapping::ExternalIdentity::index`]
+/// Counter: denials of one kind, by the policy that decided (if any) and the destination (if known).
+pub fn denied(protocol: &str, kind: DenialKind, policy: Option<&str>, destination: Option<&str>) -> String {
+    let mut name = format!(
+        "{DECISIONS};protocol={protocol};decision=deny;layer={};reason={}",
+        kind.layer().as_str(),
+        kind.reason_code()
+    );
+    if let Some(policy) = policy {
+        name.push_str(";policy=");
+        name.push_str(policy);
+    }
+    if let Some(destination) = destination {
+        name.push_str(";destination=");
+        name.push_str(destination);
+    }
+    name
+}
+
+/// Counter: refusals by the plugin itself (`reason`: `host_error`, `not_configured`).
+pub fn plugin_denied(protocol: &str, reason: &str) -> String {
+    format!("{DECISIONS};protocol={protocol};decision=deny;layer=plugin;reason={reason}")
+}
+
+/// Counter: dry-run decisions (`decision`: `allow`, `deny`).
+pub fn dry_run(decision: &str) -> String {
+    format!("{DRY_RUN};decision={decision}")
+}
+
+/// The allow counter of every external identity, in [`crate::identity_mapping::ExternalIdentity::index`]
 /// order: the adapter keeps them in an array indexed like that.
-pub fn identity_counters(config: &Config) -> impl Iterator<Item = String> + '_ {
-    config.destinations.identities().map(|(d, i)| identity_requests(&d.name, &i.name))
+pub fn identity_counters<'c>(config: &'c Config, protocol: &'c str) -> impl Iterator<Item = String> + 'c {
+    config.destinations.identities().map(move |(d, i)| allowed(protocol, &d.name, &i.name))
 }
 
 #[cfg(test)]
@@ -56,15 +102,49 @@ mod tests {
     use crate::config::tests::EXAMPLE;
     use wasm_bindgen_test::wasm_bindgen_test;
 
+    /// What Envoy's tag extraction does with [`TAGS`]: every match of a regex's first group removed, its
+    /// second group the tag's value.
+    fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
+        let mut rest = name.to_string();
+        let mut tags = Vec::new();
+        for (tag, _) in TAGS {
+            let marker = format!(";{tag}=");
+            if let Some(start) = rest.find(&marker) {
+                let end = rest[start + 1..].find(';').map_or(rest.len(), |e| start + 1 + e);
+                tags.push((tag, rest[start + marker.len()..end].to_string()));
+                rest.replace_range(start..end, "");
+            }
+        }
+        (rest, tags)
+    }
+
     #[wasm_bindgen_test(unsupported = test)]
-    fn every_denial_kind_has_its_own_counter() {
-        assert_eq!(denied(DenialKind::GatewayDeniedByPolicy), "egress_identity.denied.gateway.denied_by_policy");
+    fn every_series_is_one_family_with_its_labels() {
+        let name = denied("http", DenialKind::GatewayDeniedByPolicy, Some("deny-quarantine"), None);
         assert_eq!(
-            denied(DenialKind::DestinationDeniedByPolicy),
-            "egress_identity.denied.destination.denied_by_policy"
+            name,
+            "egress_identity.decisions_total;protocol=http;decision=deny;layer=gateway;reason=denied_by_policy;policy=deny-quarantine"
         );
-        let names: std::collections::HashSet<String> = DenialKind::ALL.iter().map(|k| denied(*k)).collect();
+        let (family, tags) = extract(&name);
+        assert_eq!(family, DECISIONS);
+        assert_eq!(tags.len(), 5);
+        // Values keep their dots: the identity is whole.
+        let (family, tags) = extract(&allowed("l4", "partner-api", "team.app1"));
+        assert_eq!(family, DECISIONS);
+        assert!(tags.contains(&("identity", "team.app1".to_string())), "{tags:?}");
+        assert_eq!(extract(&dry_run("deny")).0, DRY_RUN);
+        assert_eq!(extract(&plugin_denied("http", "host_error")).1.len(), 4);
+        // Each kind its own series.
+        let names: std::collections::HashSet<String> =
+            DenialKind::ALL.iter().map(|k| denied("http", *k, None, None)).collect();
         assert_eq!(names.len(), DenialKind::ALL.len());
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn the_tag_regexes_cut_exactly_their_own_tag() {
+        for (tag, regex) in TAGS {
+            assert!(regex.starts_with(&format!("(;{tag}=")) && regex.ends_with("([^;]*))"), "{tag}: {regex}");
+        }
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -73,18 +153,12 @@ mod tests {
         let json = EXAMPLE.replace(
             r#""principals": ["cluster.local/ns/team/sa/app2"] }"#,
             r#""principals": ["cluster.local/ns/team/sa/app2"] },
-          { "name": "team.app3", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app3"] }"#,
+          { "name": "team.app3", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app3"] }"#,
         );
         let config = Config::load(json.as_bytes()).unwrap();
-        let names: Vec<String> = identity_counters(&config).collect();
-        assert_eq!(
-            names,
-            [
-                "egress_identity.identity.partner-api.team.app1",
-                "egress_identity.identity.partner-api.team.app2",
-                "egress_identity.identity.partner-api.team.app3"
-            ]
-        );
+        let names: Vec<String> = identity_counters(&config, "http").collect();
+        let identities: Vec<String> = names.iter().map(|n| extract(n).1.last().unwrap().1.clone()).collect();
+        assert_eq!(identities, ["team.app1", "team.app2", "team.app3"]);
         let indexes: Vec<usize> = config.destinations.identities().map(|(_, i)| i.index).collect();
         assert_eq!(indexes, [0, 1, 2], "one counter slot per identity, whatever its cluster");
         assert_eq!(config.destinations.identity_count(), names.len());

@@ -29,7 +29,7 @@ const POLICY: &str = r#"{
       { "name": "deny-admin", "action": "DENY", "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
       { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "principals": ["cluster.local/ns/team/sa/app*"] } } ] } ] }
     ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ]
+    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ]
   }, {
     "name": "partner-db", "protocol": "tcp", "hosts": ["db.partner.example"], "ports": [5432],
     "policies": [ { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],

@@ -1,14 +1,18 @@
-//! The filter's counters. Each worker counts in its own VM and hands the counts to Envoy once per
-//! [`metrics::FLUSH_INTERVAL`]: an `increment_metric` host call per request would cost about 1 µs of
-//! gateway CPU each. Per-kind and per-identity counters are arrays indexed by the core's dense indexes
-//! ([`DenialKind::index`], [`ExternalIdentity::index`]), so a request costs no lookup by name.
+//! The filter's counters (names and tags: [`metrics`]). Each worker counts in its own VM and hands the
+//! counts to Envoy once per [`metrics::FLUSH_INTERVAL`]: an `increment_metric` host call per request would
+//! cost about 1 µs of gateway CPU each. Allowed decisions are counted in an array indexed by the core's
+//! dense identity index ([`ExternalIdentity::index`]), so an allowed request costs no lookup by name.
+//! Denials are counted per (kind, policy, destination), each series defined the first time it occurs
+//! (at most [`MAX_DENIAL_SERIES`] per configuration; beyond, per kind only).
 //!
 //! [`ExternalIdentity::index`]: egress_identity_core::identity_mapping::ExternalIdentity::index
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use egress_identity_core::config::Config;
-use egress_identity_core::decision::DenialKind;
+use egress_identity_core::decision::{Denial, DenialKind, Evaluation};
 use egress_identity_core::metrics;
 use egress_identity_core::principal::{CacheUse, Caller, Resolution};
 use proxy_wasm::hostcalls;
@@ -51,44 +55,101 @@ pub fn increment(counter: Option<&Counter>) {
     }
 }
 
+/// How many denial series (kind, policy, destination) one configuration defines at most.
+pub const MAX_DENIAL_SERIES: usize = 1024;
+
 /// The filter's counters, defined once per configuration.
 #[derive(Default)]
 pub struct Counters {
-    pub allowed: Option<Counter>,
-    pub denied: Option<Counter>,
-    /// Indexed by [`DenialKind::index`].
-    denied_by: Vec<Option<Counter>>,
-    /// Indexed by `ExternalIdentity::index`: requests forwarded as that external identity.
-    identities: Vec<Option<Counter>>,
-    pub cache_hits: Option<Counter>,
-    pub cache_misses: Option<Counter>,
-    pub shadow_allow: Option<Counter>,
-    pub shadow_deny: Option<Counter>,
-    pub legacy_kuma_sans: Option<Counter>,
-    pub host_errors: Option<Counter>,
+    /// `http` or `l4`: the `protocol` tag of this filter's decisions.
+    protocol: &'static str,
+    /// Indexed by `ExternalIdentity::index`: decisions forwarded as that external identity.
+    allowed: Vec<Option<Counter>>,
+    denied: RefCell<DenialSeries>,
+    host_errors: Option<Counter>,
+    host_error_decisions: Option<Counter>,
+    cache_hits: Option<Counter>,
+    cache_misses: Option<Counter>,
+    shadow_allow: Option<Counter>,
+    shadow_deny: Option<Counter>,
+    legacy_kuma_sans: Option<Counter>,
+}
+
+/// One denial series: kind, policy, destination.
+struct DenialKey {
+    kind: DenialKind,
+    policy: Option<Box<str>>,
+    destination: Option<Box<str>>,
+}
+
+/// The denial counters met so far, by a hash of their key (collisions kept apart by comparing the key).
+#[derive(Default)]
+struct DenialSeries {
+    by_hash: HashMap<u64, Vec<(DenialKey, Option<Counter>)>>,
+    len: usize,
+}
+
+fn denial_hash(kind: DenialKind, policy: Option<&str>, destination: Option<&str>) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    (kind, policy, destination).hash(&mut hasher);
+    hasher.finish()
+}
+
+impl DenialSeries {
+    /// Counts one denial, defining its series the first time (no allocation once defined).
+    fn count(&mut self, protocol: &str, kind: DenialKind, policy: Option<&str>, destination: Option<&str>) {
+        // Past the bound, new combinations are counted per kind only.
+        let (policy, destination) = if self.len >= MAX_DENIAL_SERIES && !self.has(kind, policy, destination) {
+            (None, None)
+        } else {
+            (policy, destination)
+        };
+        let bucket = self.by_hash.entry(denial_hash(kind, policy, destination)).or_default();
+        let same = |key: &DenialKey| {
+            key.kind == kind && key.policy.as_deref() == policy && key.destination.as_deref() == destination
+        };
+        if let Some((_, counter)) = bucket.iter().find(|(key, _)| same(key)) {
+            increment(counter.as_ref());
+            return;
+        }
+        let counter = Counter::define(&metrics::denied(protocol, kind, policy, destination));
+        increment(counter.as_ref());
+        bucket.push((
+            DenialKey { kind, policy: policy.map(Box::from), destination: destination.map(Box::from) },
+            counter,
+        ));
+        self.len += 1;
+    }
+
+    fn has(&self, kind: DenialKind, policy: Option<&str>, destination: Option<&str>) -> bool {
+        self.by_hash.get(&denial_hash(kind, policy, destination)).is_some_and(|bucket| {
+            bucket.iter().any(|(key, _)| {
+                key.kind == kind && key.policy.as_deref() == policy && key.destination.as_deref() == destination
+            })
+        })
+    }
+
+    fn counters(&self) -> impl Iterator<Item = &Counter> {
+        self.by_hash.values().flatten().filter_map(|(_, counter)| counter.as_ref())
+    }
 }
 
 impl Counters {
-    /// The counters of the HTTP filter, or (`l4`) of the network filter: that one counts connections
-    /// allowed and denied under their own names and shares the rest (per-kind denials, per-identity,
-    /// cache) with the HTTP filter.
+    /// The counters of the HTTP filter, or (`l4`) of the network filter: the same families, told apart by
+    /// their `protocol` tag.
     pub fn define(config: &Config, l4: bool) -> Self {
-        let (allowed, denied) = if l4 {
-            (metrics::CONNECTIONS_ALLOWED, metrics::CONNECTIONS_DENIED)
-        } else {
-            (metrics::REQUESTS_ALLOWED, metrics::REQUESTS_DENIED)
-        };
+        let protocol = metrics::protocol(l4);
         Self {
-            allowed: Counter::define(allowed),
-            denied: Counter::define(denied),
-            denied_by: DenialKind::ALL.iter().map(|kind| Counter::define(&metrics::denied(*kind))).collect(),
-            identities: metrics::identity_counters(config).map(|name| Counter::define(&name)).collect(),
+            protocol,
+            allowed: metrics::identity_counters(config, protocol).map(|name| Counter::define(&name)).collect(),
+            denied: RefCell::default(),
+            host_errors: Counter::define(metrics::HOST_ERRORS),
+            host_error_decisions: Counter::define(&metrics::plugin_denied(protocol, "host_error")),
             cache_hits: Counter::define(metrics::CERTIFICATE_CACHE_HITS),
             cache_misses: Counter::define(metrics::CERTIFICATE_CACHE_MISSES),
-            shadow_allow: Counter::define(metrics::DRY_RUN_SHADOW_ALLOW),
-            shadow_deny: Counter::define(metrics::DRY_RUN_SHADOW_DENY),
-            legacy_kuma_sans: Counter::define(metrics::LEGACY_KUMA_SAN_REQUESTS),
-            host_errors: Counter::define(metrics::HOST_ERRORS),
+            shadow_allow: Counter::define(&metrics::dry_run("allow")),
+            shadow_deny: Counter::define(&metrics::dry_run("deny")),
+            legacy_kuma_sans: Counter::define(metrics::LEGACY_KUMA_SANS),
         }
     }
 
@@ -105,25 +166,46 @@ impl Counters {
         }
     }
 
-    pub fn denied_by(&self, kind: DenialKind) -> Option<&Counter> {
-        self.denied_by.get(kind.index()).and_then(Option::as_ref)
+    /// Counts what dry-run policies would have decided.
+    pub fn count_dry_run(&self, evaluation: &Evaluation<'_>) {
+        match evaluation.shadow_allowed() {
+            None => {}
+            Some(true) => increment(self.shadow_allow.as_ref()),
+            Some(false) => increment(self.shadow_deny.as_ref()),
+        }
     }
 
-    pub fn identity(&self, index: usize) -> Option<&Counter> {
-        self.identities.get(index).and_then(Option::as_ref)
+    /// Counts a decision forwarded as the identity of this index.
+    pub fn allowed(&self, identity: usize) {
+        increment(self.allowed.get(identity).and_then(Option::as_ref));
+    }
+
+    /// Counts a denial, with the destination when the decision got that far.
+    pub fn denied(&self, denial: &Denial<'_>, destination: Option<&str>) {
+        if let Ok(mut series) = self.denied.try_borrow_mut() {
+            series.count(self.protocol, denial.kind(), denial.policy, destination);
+        }
+    }
+
+    /// Counts a refusal because a host call failed.
+    pub fn host_error(&self) {
+        increment(self.host_errors.as_ref());
+        increment(self.host_error_decisions.as_ref());
     }
 
     pub fn flush(&self) {
         let singles = [
-            &self.allowed,
-            &self.denied,
+            &self.host_errors,
+            &self.host_error_decisions,
             &self.cache_hits,
             &self.cache_misses,
             &self.shadow_allow,
             &self.shadow_deny,
             &self.legacy_kuma_sans,
-            &self.host_errors,
         ];
-        singles.into_iter().chain(&self.denied_by).chain(&self.identities).flatten().for_each(Counter::flush);
+        singles.into_iter().chain(&self.allowed).flatten().for_each(Counter::flush);
+        if let Ok(series) = self.denied.try_borrow() {
+            series.counters().for_each(Counter::flush);
+        }
     }
 }

@@ -12,7 +12,7 @@ use egress_identity_core::request::Request;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::counters::{increment, Counters};
+use crate::counters::Counters;
 use crate::host;
 
 const NOT_CONFIGURED: &str = r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"not_configured"}"#;
@@ -49,8 +49,7 @@ impl HttpContext for EgressIdentityFilter {
             Ok(action) => action,
             Err(HostError) => {
                 log::error!("egress-identity: a host call failed; refusing the request");
-                increment(self.counters.denied.as_ref());
-                increment(self.counters.host_errors.as_ref());
+                self.counters.host_error();
                 host::respond(500, HOST_ERROR);
                 Action::Pause
             }
@@ -78,11 +77,11 @@ impl EgressIdentityFilter {
         let Some(request) = Request::from_headers(authority.as_deref(), method.as_deref(), path.as_deref()) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
             self.record(&Evaluation::of(Decision::Deny(denial)), principal_id);
-            return self.deny(config, &denial);
+            return self.deny(config, &denial, None);
         };
 
         let evaluation = config.evaluate(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &request);
-        self.count_dry_run(&evaluation);
+        self.counters.count_dry_run(&evaluation);
         self.record(&evaluation, principal_id);
         match evaluation.decision {
             Decision::Allow(allowed) => {
@@ -91,13 +90,12 @@ impl EgressIdentityFilter {
                 }
                 host::set_request_header(&config.headers.principal, principal_id)?;
                 host::set_request_header(&config.headers.cluster, &allowed.identity.cluster)?;
-                increment(self.counters.allowed.as_ref());
-                increment(self.counters.identity(allowed.identity.index));
+                self.counters.allowed(allowed.identity.index);
                 #[cfg(feature = "test-trap")]
                 crate::test_trap::maybe_trap(crate::test_trap::Point::AfterAllow);
                 Ok(Action::Continue)
             }
-            Decision::Deny(denial) => self.deny(config, &denial),
+            Decision::Deny(denial) => self.deny(config, &denial, evaluation.destination),
         }
     }
 
@@ -108,22 +106,13 @@ impl EgressIdentityFilter {
         log::debug!("egress-identity: {record}");
     }
 
-    fn count_dry_run(&self, evaluation: &Evaluation<'_>) {
-        match evaluation.shadow_allowed() {
-            None => {}
-            Some(true) => increment(self.counters.shadow_allow.as_ref()),
-            Some(false) => increment(self.counters.shadow_deny.as_ref()),
-        }
-    }
-
     /// Answers 403. The internal headers are removed first: Envoy resolved the route when the request
     /// arrived, from whatever cluster header the client sent, and the access log's `upstream_cluster` would
     /// name it; removing them clears that route (a denial is never recorded against a client's choice).
-    fn deny(&self, config: &Config, denial: &Denial<'_>) -> Result<Action, HostError> {
+    fn deny(&self, config: &Config, denial: &Denial<'_>, destination: Option<&str>) -> Result<Action, HostError> {
         host::remove_request_header(&config.headers.cluster)?;
         host::remove_request_header(&config.headers.principal)?;
-        increment(self.counters.denied.as_ref());
-        increment(self.counters.denied_by(denial.kind()));
+        self.counters.denied(denial, destination);
         host::respond(403, &denial.to_json());
         Ok(Action::Pause)
     }

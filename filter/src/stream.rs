@@ -24,7 +24,7 @@ use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
 use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::Action;
 
-use crate::counters::{increment, Counters};
+use crate::counters::Counters;
 use crate::host;
 
 /// The filter-state key tcp_proxy reads its upstream cluster from.
@@ -83,8 +83,7 @@ impl StreamContext for EgressIdentityConnection {
             Ok(action) => action,
             Err(HostError) => {
                 log::error!("egress-identity: a host call failed; closing the connection");
-                increment(self.counters.denied.as_ref());
-                increment(self.counters.host_errors.as_ref());
+                self.counters.host_error();
                 self.close()
             }
         }
@@ -115,14 +114,10 @@ impl EgressIdentityConnection {
         let port = host::destination_port()?;
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
-        match evaluation.shadow_allowed() {
-            None => {}
-            Some(true) => increment(self.counters.shadow_allow.as_ref()),
-            Some(false) => increment(self.counters.shadow_deny.as_ref()),
-        }
+        self.counters.count_dry_run(&evaluation);
         let record = audit::record(&evaluation, principal_id);
         match evaluation.decision {
-            Decision::Deny(denial) => Ok(self.deny(&denial, &record)),
+            Decision::Deny(denial) => Ok(self.deny(&denial, evaluation.destination, &record)),
             Decision::Allow(allowed) => {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
                 if allowed.protocol == Protocol::Tls {
@@ -155,14 +150,13 @@ impl EgressIdentityConnection {
             // The caller closed before its ClientHello was complete.
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-                Ok(self.deny(
-                    &denial,
-                    &audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&pending.record)),
-                ))
+                let record = audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&pending.record));
+                Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                Ok(self.deny(&denial, &audit::record(&evaluation, principal_of(&pending.record))))
+                let record = audit::record(&evaluation, principal_of(&pending.record));
+                Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
         }
     }
@@ -171,17 +165,15 @@ impl EgressIdentityConnection {
         host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
         host::set_filter_state(audit::FILTER_STATE_KEY, record);
         log::debug!("egress-identity: {record}");
-        increment(self.counters.allowed.as_ref());
-        increment(self.counters.identity(identity));
+        self.counters.allowed(identity);
         self.state = State::Forwarding;
         Ok(Action::Continue)
     }
 
-    fn deny(&mut self, denial: &Denial<'_>, record: &str) -> Action {
+    fn deny(&mut self, denial: &Denial<'_>, destination: Option<&str>, record: &str) -> Action {
         host::set_filter_state(audit::FILTER_STATE_KEY, record);
         log::debug!("egress-identity: {record}");
-        increment(self.counters.denied.as_ref());
-        increment(self.counters.denied_by(denial.kind()));
+        self.counters.denied(denial, destination);
         self.close()
     }
 

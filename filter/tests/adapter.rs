@@ -46,14 +46,17 @@ fn send(t: &Topology, who: &str, call: impl FnOnce(Call) -> Call) -> Response {
     t.client().send(&call).expect("running curl")
 }
 
-fn counter(t: &Topology, name: &str) -> u64 {
-    t.stat(&format!("wasmcustom.egress_identity.{name}")).unwrap_or(0)
+/// `egress_identity_decisions_total` of the HTTP filter with these labels, from `/stats/prometheus`.
+fn counter(t: &Topology, labels: &[(&str, &str)]) -> u64 {
+    let mut all = vec![("protocol", "http")];
+    all.extend_from_slice(labels);
+    t.metric("egress_identity_decisions_total", &all)
 }
 
 #[test]
 fn identities_sharing_a_cluster_keep_their_own_counters() {
     let (_lock, t) = topo();
-    let before = |id: &str| counter(t, &format!("identity.partner-api.{id}"));
+    let before = |id: &str| counter(t, &[("destination", "partner-api"), ("identity", id)]);
     let (app1, app2) = (before("team.app1"), before("team.app2"));
     for who in ["team-app1", "team-app2", "team-app2"] {
         let r = send(t, who, |c| c);
@@ -69,7 +72,7 @@ fn identities_sharing_a_cluster_keep_their_own_counters() {
 #[test]
 fn a_malformed_authority_is_a_malformed_request_decided_first() {
     let (_lock, t) = topo();
-    let malformed = counter(t, "denied.request.malformed_request");
+    let malformed = counter(t, &[("layer", "request"), ("reason", "malformed_request")]);
     // sandbox-default has no gateway ALLOW: were the layers evaluated first, this would be a gateway denial.
     for (who, host) in [("sandbox-default", "api.partner.example:abc"), ("team-app1", "api.partner.example:0")] {
         let r = send(t, who, |c| c.host(host));
@@ -77,7 +80,7 @@ fn a_malformed_authority_is_a_malformed_request_decided_first() {
         assert_eq!((r.field("layer"), r.field("reason")), (Some("request"), Some("malformed_request")), "{who} {host}");
     }
     t.settle_counters();
-    assert_eq!(counter(t, "denied.request.malformed_request") - malformed, 2);
+    assert_eq!(counter(t, &[("layer", "request"), ("reason", "malformed_request")]) - malformed, 2);
 }
 
 /// Sets Envoy's log level for Wasm through the admin interface.

@@ -29,8 +29,8 @@ const POLICY: &str = r#"{
       { "name": "deny-admin", "action": "DENY", "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
       { "name": "allow-mesh", "action": "ALLOW", "rules": [ { "from": [ { "source": { "trustDomains": ["cluster.local"] } } ] } ] }
     ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
-    "defaultIdentity": { "name": "team.app2", "cluster": "partner-api|team.app2" }
+    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
+    "defaultIdentity": { "name": "team.app2", "cluster": "partner-api|team-app2" }
   } ]
 }"#;
 
@@ -180,7 +180,7 @@ fn internal_headers_in_underscore_spelling_never_reach_the_partner() {
     let app1 = t.pki().workload("team-app1");
     let p = path("underscores");
     let call = Call::get(&app1, &p)
-        .header("x_egress_identity_cluster", "partner-api|team.app2")
+        .header("x_egress_identity_cluster", "partner-api|team-app2")
         .header("x_egress_identity_principal", "spiffe://cluster.local/ns/admin/sa/root")
         .header("x_forwarded_client_cert", "By=spiffe://cluster.local/ns/admin/sa/root");
     let r = send(t, &call);
@@ -203,10 +203,10 @@ fn the_access_log_never_names_a_cluster_the_client_asked_for() {
     let (_lock, t) = topo();
     let quarantined = t.pki().workload("quarantine-default");
     let p = path("access-log");
-    let call = Call::get(&quarantined, &p).header("x-egress-identity-cluster", "partner-api|team.app1");
+    let call = Call::get(&quarantined, &p).header("x-egress-identity-cluster", "partner-api|team-app1");
     let r = send(t, &call);
     assert_refused(t, &r, &p, "gateway", "denied_by_policy");
     let entry = t.gateway_access_log_entry(&p).expect("an access-log entry");
-    assert_ne!(entry["upstream_cluster"], json!("partner-api|team.app1"), "{entry}");
+    assert_ne!(entry["upstream_cluster"], json!("partner-api|team-app1"), "{entry}");
     assert!(entry["audit"].as_str().unwrap_or_default().contains("decision=deny"), "{entry}");
 }

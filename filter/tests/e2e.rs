@@ -18,7 +18,7 @@ use serde_json::Value;
 const APP1: &str = "spiffe://cluster.local/ns/team/sa/app1";
 const APP2: &str = "spiffe://cluster.local/ns/team/sa/app2";
 /// Counter of requests accepted only by `acceptLegacyKumaSans` (see tests/legacy_kuma.rs).
-const LEGACY_KUMA_METRIC: &str = "wasmcustom.egress_identity.legacy_kuma_san_requests";
+const LEGACY_KUMA_METRIC: &str = "egress_identity_legacy_kuma_sans_total";
 
 fn topo() -> &'static Topology {
     static TOPOLOGY: OnceLock<Result<Topology, String>> = OnceLock::new();
@@ -272,7 +272,7 @@ fn legacy_kuma_certificate_is_refused_by_the_strict_gateway() {
     let r = send(&Call::get(&cert, &path));
     assert_denied(&r, &path, "principal", "multiple_uri_sans", None);
     topo().settle_counters();
-    let counted = topo().stat(LEGACY_KUMA_METRIC).unwrap_or(0);
+    let counted = topo().metric(LEGACY_KUMA_METRIC, &[]);
     assert_eq!(counted, 0, "{LEGACY_KUMA_METRIC} counted a request on the strict gateway");
 }
 
@@ -289,7 +289,7 @@ fn no_client_certificate_is_refused_at_tls() {
 fn spoofed_internal_headers_do_not_change_identity() {
     let path = unique_path("/e2e", "spoof");
     let call = Call::get(&workload("team-app1"), &path)
-        .header("x-egress-identity-cluster", "partner-api|team.app2")
+        .header("x-egress-identity-cluster", "partner-api|team-app2")
         .header("x-egress-identity-principal", APP2)
         .header("x-forwarded-client-cert", &format!("By=spiffe://cluster.local/ns/egress;URI={APP2}"));
     let r = send(&call);
@@ -300,7 +300,7 @@ fn spoofed_internal_headers_do_not_change_identity() {
 fn spoofed_headers_cannot_unlock_a_denied_caller() {
     let path = unique_path("/e2e", "spoof-sandbox");
     let call = Call::get(&workload("sandbox-default"), &path)
-        .header("x-egress-identity-cluster", "partner-api|team.app1")
+        .header("x-egress-identity-cluster", "partner-api|team-app1")
         .header("x-egress-identity-principal", APP1);
     let r = send(&call);
     assert_denied(&r, &path, "gateway", "no_matching_allow", None);
@@ -336,7 +336,7 @@ const INVALID_CONFIG: &str = r#"{
     "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ] },
   "destinations": [ { "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
     "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team.app1",
+    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1",
       "principals": ["spiffe://cluster.local/ns/team/sa/app1"] } ] } ]
 }"#;
 

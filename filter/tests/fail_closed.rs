@@ -177,7 +177,7 @@ fn vm_trap_with_fail_open_false_fails_closed_for_good() {
         .send(
             &Call::get(&app1, &trapped)
                 .header(TRAP_HEADER, "after-allow")
-                .header(CLUSTER_HEADER, "partner-api|team.app2"),
+                .header(CLUSTER_HEADER, "partner-api|team-app2"),
         )
         .unwrap();
     assert_eq!(r.status, 503, "trapping request: {}", r.summary());
@@ -186,8 +186,8 @@ fn vm_trap_with_fail_open_false_fails_closed_for_good() {
     let (mut failed, mut ok) = (vec![trapped], Vec::new());
     for _ in 0..10 {
         failed_or_correct(&t, &app1, "team.app1", None, &mut failed, &mut ok);
-        failed_or_correct(&t, &app2, "team.app2", Some("partner-api|team.app1"), &mut failed, &mut ok);
-        failed_or_correct(&t, &app1, "team.app1", Some("partner-api|team.app2"), &mut failed, &mut ok);
+        failed_or_correct(&t, &app2, "team.app2", Some("partner-api|team-app1"), &mut failed, &mut ok);
+        failed_or_correct(&t, &app1, "team.app1", Some("partner-api|team-app2"), &mut failed, &mut ok);
     }
     assert!(failed.len() > 1, "no request after the trap failed: the trapped VM came back");
     let marker = ok.last().cloned();
@@ -211,7 +211,7 @@ fn vm_trap_with_fail_reload_fails_the_request_and_recovers() {
         let r = t
             .client()
             .send(
-                &Call::get(&app1, &trapped).header(TRAP_HEADER, point).header(CLUSTER_HEADER, "partner-api|team.app2"),
+                &Call::get(&app1, &trapped).header(TRAP_HEADER, point).header(CLUSTER_HEADER, "partner-api|team-app2"),
             )
             .unwrap();
         assert_eq!(r.status, 503, "trapping request ({point}): {}", r.summary());
@@ -220,12 +220,12 @@ fn vm_trap_with_fail_reload_fails_the_request_and_recovers() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while stat(&t, "wasm.egress-identity.vm_reload_success") < round as u64 + 1 {
             assert!(Instant::now() < deadline, "the VM was not reloaded");
-            failed_or_correct(&t, &app2, "team.app2", Some("partner-api|team.app1"), &mut failed, &mut ok);
+            failed_or_correct(&t, &app2, "team.app2", Some("partner-api|team-app1"), &mut failed, &mut ok);
             std::thread::sleep(Duration::from_millis(200));
         }
         // Then every request is decided normally again.
         for _ in 0..6 {
-            assert!(!failed_or_correct(&t, &app1, "team.app1", Some("partner-api|team.app2"), &mut failed, &mut ok));
+            assert!(!failed_or_correct(&t, &app1, "team.app1", Some("partner-api|team-app2"), &mut failed, &mut ok));
             let denied = format!("/admin{}", unique("denied"));
             let r = t.client().send(&Call::get(&app1, &denied)).unwrap();
             assert_eq!(r.status, 403, "deny after the reload: {}", r.summary());

@@ -73,36 +73,36 @@ fn the_filter_replaces_every_client_copy_and_denied_requests_never_leave() {
     let r = t.client().send(&Call::get(&app1, &plain)).unwrap();
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.field("principal_header"), Some(APP1), "{}", r.summary());
-    assert_eq!(r.field("cluster_header"), Some("partner-api|team.app1"), "{}", r.summary());
+    assert_eq!(r.field("cluster_header"), Some("partner-api|team-app1"), "{}", r.summary());
 
     // Two spoofed copies of each internal header, before and after the filter's own value would go.
     let spoofed = format!("{unique}/spoofed");
     let call = Call::get(&app1, &spoofed)
         .header(PRINCIPAL_HEADER, APP2)
-        .header(CLUSTER_HEADER, "partner-api|team.app2")
+        .header(CLUSTER_HEADER, "partner-api|team-app2")
         .header(PRINCIPAL_HEADER, "spiffe://cluster.local/ns/admin/sa/root")
-        .header(CLUSTER_HEADER, "partner-api|team.app2");
+        .header(CLUSTER_HEADER, "partner-api|team-app2");
     let r = t.client().send(&call).unwrap();
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.field("client_subject"), Some("CN=team.app1"), "{}", r.summary());
     assert_eq!(r.field("principal_header"), Some(APP1), "{}", r.summary());
-    assert_eq!(r.field("cluster_header"), Some("partner-api|team.app1"), "{}", r.summary());
+    assert_eq!(r.field("cluster_header"), Some("partner-api|team-app1"), "{}", r.summary());
     // Envoy's %REQ()% joins every value of a header: exactly one survived, the filter's.
     let entry = t.gateway_access_log_entry(&spoofed).expect("access-log entry");
     assert_eq!(entry["forwarded_principal"], APP1, "{entry}");
-    assert_eq!(entry["forwarded_cluster"], "partner-api|team.app1", "{entry}");
+    assert_eq!(entry["forwarded_cluster"], "partner-api|team-app1", "{entry}");
 
     // Underscore spellings, which the partner (nginx with underscores_in_headers, like CGI/WSGI and many
     // frameworks) reads as the gateway's headers: the filter removes them from what it forwards.
     let underscores = format!("{unique}/underscores");
     let call = Call::get(&app1, &underscores)
-        .header("x_egress_identity_cluster", "partner-api|team.app2")
+        .header("x_egress_identity_cluster", "partner-api|team-app2")
         .header("x_egress_identity_principal", "spiffe://cluster.local/ns/admin/sa/root")
         .header("x_forwarded_client_cert", "By=spiffe://cluster.local/ns/admin/sa/root");
     let r = t.client().send(&call).unwrap();
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.field("principal_header"), Some(APP1), "{}", r.summary());
-    assert_eq!(r.field("cluster_header"), Some("partner-api|team.app1"), "{}", r.summary());
+    assert_eq!(r.field("cluster_header"), Some("partner-api|team-app1"), "{}", r.summary());
     assert_eq!(r.field("xfcc"), Some(""), "{}", r.summary());
 
     // A denied caller with a spoofed cluster header is answered by the gateway; the partner never sees it.
@@ -111,7 +111,7 @@ fn the_filter_replaces_every_client_copy_and_denied_requests_never_leave() {
         .client()
         .send(
             &Call::get(&sandbox, &denied)
-                .header(CLUSTER_HEADER, "partner-api|team.app1")
+                .header(CLUSTER_HEADER, "partner-api|team-app1")
                 .header(PRINCIPAL_HEADER, APP1),
         )
         .unwrap();

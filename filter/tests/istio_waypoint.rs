@@ -30,8 +30,8 @@ fn plugin_config() -> String {
             "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
             "policies": [{ "name": "all", "action": "ALLOW", "rules": [{}] }],
             "identities": [
-                { "name": "team.app1", "cluster": "partner-api|team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
-                { "name": "team.app2", "cluster": "partner-api|team.app2", "principals": ["cluster.local/ns/team/sa/app2"] }
+                { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+                { "name": "team.app2", "cluster": "partner-api|team-app2", "principals": ["cluster.local/ns/team/sa/app2"] }
             ]
         }]
     })

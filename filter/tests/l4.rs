@@ -224,16 +224,18 @@ fn no_client_certificate_no_connection() {
 #[test]
 fn connections_are_counted_apart_from_requests() {
     let (_lock, t) = topo();
-    let stat = |name: &str| t.stat(&format!("wasmcustom.egress_identity.{name}")).unwrap_or(0);
-    let names = [
-        "connections_allowed",
-        "connections_denied",
-        "requests_allowed",
-        "requests_denied",
-        "identity.partner-tcp.team.app1",
-        "denied.gateway.no_matching_allow",
-        "denied.destination.sni_mismatch",
+    let family = "egress_identity_decisions_total";
+    let series: [&[(&str, &str)]; 7] = [
+        &[("protocol", "l4"), ("decision", "allow")],
+        &[("protocol", "l4"), ("decision", "deny")],
+        &[("protocol", "http"), ("decision", "allow")],
+        &[("protocol", "http"), ("decision", "deny")],
+        &[("protocol", "l4"), ("destination", "partner-tcp"), ("identity", "team.app1")],
+        &[("protocol", "l4"), ("layer", "gateway"), ("reason", "no_matching_allow")],
+        &[("protocol", "l4"), ("layer", "destination"), ("reason", "sni_mismatch"), ("destination", "partner-tls")],
     ];
+    let stat = |labels: &[(&str, &str)]| t.metric(family, labels);
+    let names = series;
     t.settle_counters();
     let before: Vec<u64> = names.iter().map(|n| stat(n)).collect();
     let app1 = workload(t, "team-app1");

@@ -19,7 +19,7 @@ use serde_json::Value;
 const APP1: &str = "spiffe://cluster.local/ns/team/sa/app1";
 const APP2: &str = "spiffe://cluster.local/ns/team/sa/app2";
 const KUMA_APP1: &str = "kuma://kuma.io/service/app1";
-const METRIC: &str = "wasmcustom.egress_identity.legacy_kuma_san_requests";
+const METRIC: &str = "egress_identity_legacy_kuma_sans_total";
 
 fn original_gateway() -> String {
     std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap()
@@ -56,9 +56,9 @@ fn send(cert: &CertFiles, path: &str) -> Response {
 }
 
 fn counted() -> u64 {
-    topo().stat(METRIC).unwrap_or_else(|| {
-        panic!("{METRIC} not in /stats: {}", topo().admin("/stats?filter=wasmcustom").unwrap_or_default())
-    })
+    let samples = topo().prometheus();
+    assert!(samples.iter().any(|s| s.family == METRIC), "{METRIC} not in /stats/prometheus");
+    egress_identity_harness::prometheus::sum(&samples, METRIC, &[]) as u64
 }
 
 /// Poll the counter until it reaches `want` (the filter publishes its counters once a second); then,

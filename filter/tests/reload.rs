@@ -220,7 +220,7 @@ fn valid_plugin_config_reload_under_load() {
     for _ in 0..3 {
         let p = unique("app2-after");
         assert_denied(
-            &send(&t, &app2, &p, Some("partner-api|team.app2")),
+            &send(&t, &app2, &p, Some("partner-api|team-app2")),
             "destination",
             Some("deny-after-reload"),
             "denied_by_policy",
@@ -305,18 +305,18 @@ fn invalid_plugin_config_is_rejected_and_the_old_one_keeps_serving() {
     let mut denied_paths = Vec::new();
     let old_policy_decides = |denied_paths: &mut Vec<String>, when: &str| {
         let p = unique(&format!("app3-{when}"));
-        assert_denied(&send(&t, &app3, &p, Some("partner-api|team.app1")), "destination", None, "no_matching_allow");
+        assert_denied(&send(&t, &app3, &p, Some("partner-api|team-app1")), "destination", None, "no_matching_allow");
         denied_paths.push(p);
         let p = format!("/admin{}", unique(when));
         assert_denied(
-            &send(&t, &app1, &p, Some("partner-api|team.app2")),
+            &send(&t, &app1, &p, Some("partner-api|team-app2")),
             "destination",
             Some("deny-admin-paths"),
             "denied_by_policy",
         );
         denied_paths.push(p);
-        assert_forwarded_as(&send(&t, &app2, &unique(when), Some("partner-api|team.app1")), "CN=team.app2");
-        assert_forwarded_as(&send(&t, &app1, &unique(when), Some("partner-api|team.app2")), TEAM_APP1);
+        assert_forwarded_as(&send(&t, &app2, &unique(when), Some("partner-api|team-app1")), "CN=team.app2");
+        assert_forwarded_as(&send(&t, &app1, &unique(when), Some("partner-api|team-app2")), TEAM_APP1);
     };
     old_policy_decides(&mut denied_paths, "before");
     let generation_before = stat(&t, GENERATION);

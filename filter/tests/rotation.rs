@@ -33,7 +33,7 @@ const MIN_REQUESTS: usize = 1000;
 const PHASE_REQUESTS: usize = 300;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy counts each SDS update applied to the cluster's TLS context.
-const CLUSTER_SDS_UPDATES: &str = "cluster.partner-api|team.app1.client_ssl_socket_factory.ssl_context_update_by_sds";
+const CLUSTER_SDS_UPDATES: &str = "cluster.partner-api|team-app1.client_ssl_socket_factory.ssl_context_update_by_sds";
 /// ... and to the listener's.
 const LISTENER_SDS_UPDATES: &str = "listener.127.0.0.1_10443.server_ssl_socket_factory.ssl_context_update_by_sds";
 

@@ -171,8 +171,8 @@ fn soak_million_requests_flat_rss() {
         assert!(client.exited().is_none(), "client envoy exited");
     }
     t.settle_counters();
-    let allowed = t.stat("wasmcustom.egress_identity.requests_allowed").unwrap_or(0);
-    let denied = t.stat("wasmcustom.egress_identity.requests_denied").unwrap_or(0);
+    let allowed = t.metric("egress_identity_decisions_total", &[("decision", "allow")]);
+    let denied = t.metric("egress_identity_decisions_total", &[("decision", "deny")]);
     eprintln!(
         "soak: {total} requests in {:.0} s, {bad} unexpected; filter allowed {allowed}, denied {denied}",
         started.elapsed().as_secs_f64()

@@ -180,7 +180,7 @@ const STRINGS: &[&str] = &[
     "peer_certificate",
     "istio_peer_principal",
     "x-egress-identity-cluster",
-    "partner-api|team.app1",
+    "partner-api|team-app1",
     "cluster.local",
     "spiffe://cluster.local/ns/team/sa/app1",
     "*",

@@ -27,6 +27,7 @@ pub mod lds;
 pub mod load;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod sds;
 pub mod topology;
 

@@ -13,7 +13,7 @@
 //! | [`GATEWAY_CERT`] | `tls_certificate` | the listener's server certificate |
 //! | [`MESH_CA`] | `validation_context` | the listener's CA bundle for callers (one or more CAs) |
 //! | [`PARTNER_CA`] | `validation_context` | every per-identity cluster, to verify the partner |
-//! | [`external_identity`]`("team.app1")` = `external-team.app1` | `tls_certificate` | cluster `partner-api|team.app1` |
+//! | [`external_identity`]`("team.app1")` = `external-team.app1` | `tls_certificate` | cluster `partner-api|team-app1` |
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -541,6 +541,16 @@ impl Topology {
 
     /// Waits until every request sent so far is counted in `/stats`: each worker of the filter hands its
     /// counters to Envoy once a second (`egress_identity_core::metrics::FLUSH_INTERVAL`); this waits 1.5 s.
+    /// `/stats/prometheus`, parsed: what a Prometheus server would scrape.
+    pub fn prometheus(&self) -> Vec<crate::prometheus::Sample> {
+        crate::prometheus::parse(&self.admin("/stats/prometheus").unwrap_or_default())
+    }
+
+    /// The sum of `family`'s samples in `/stats/prometheus` that carry all of `labels` (0 when none).
+    pub fn metric(&self, family: &str, labels: &[(&str, &str)]) -> u64 {
+        crate::prometheus::sum(&self.prometheus(), family, labels) as u64
+    }
+
     pub fn settle_counters(&self) {
         std::thread::sleep(Duration::from_millis(1500));
     }

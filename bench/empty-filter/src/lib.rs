@@ -29,7 +29,7 @@ proxy_wasm::main! {{
 }}
 
 /// The benchmark caller's cluster (bench/policy.py `CALLER_CLUSTER`).
-const CALLER_CLUSTER: &str = "partner-api|team.app1";
+const CALLER_CLUSTER: &str = "partner-api|team-app1";
 const HEADERS: [&str; 10] = [
     "x-bench-probe-0",
     "x-bench-probe-1",

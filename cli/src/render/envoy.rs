@@ -770,6 +770,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         map([
             ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
             ("admin", map([("address", socket_address(&opts.admin))])),
+            ("stats_config", super::stats_config()),
             (
                 "static_resources",
                 map([

@@ -50,6 +50,23 @@ pub const EARLY_DATA_BYTES: i64 = 65536;
 /// connection the filter did not route (it did not run) goes nowhere.
 pub const UNROUTED_CLUSTER: &str = "egress-identity-unrouted";
 
+/// The bootstrap's `stats_config`: Envoy's tag extraction for egress-identity's metrics (`;tag=value` parts
+/// become labels, egress_identity_core::metrics), besides Envoy's default tags.
+pub fn stats_config() -> Yaml {
+    commented(
+        "egress-identity's metrics carry their labels in the name (`;decision=deny;layer=gateway...`): these\nregexes make them Prometheus labels (egress_identity_decisions_total{decision=\"deny\",...}).",
+        map([(
+            "stats_tags",
+            Yaml::Seq(
+                egress_identity_core::metrics::TAGS
+                    .iter()
+                    .map(|(name, regex)| map([("tag_name", s(*name)), ("regex", s(*regex))]))
+                    .collect(),
+            ),
+        )]),
+    )
+}
+
 /// A cluster's `load_assignment`: one endpoint, `host:port`.
 pub fn load_assignment(cluster: &str, host: &str, port: u16) -> Yaml {
     let address = map([("socket_address", map([("address", s(host)), ("port_value", int(port))]))]);
@@ -413,7 +430,7 @@ mod tests {
             "@type",
             "a: b",
             "a:",
-            "partner-api|team.app1",
+            "partner-api|team-app1",
             "%START_TIME%",
             "*.x",
             "-a",
