@@ -107,6 +107,8 @@ if [ "$NEED_RUN" = 1 ]; then
     packages=(nginx libnginx-mod-stream curl openssl ca-certificates)
     # docker-registry: the local OCI registry the publish test (publish/tests/registry.rs) pushes to and pulls from.
     [ "$NEED_TEST" = 0 ] || packages+=(docker-registry)
+    # prometheus: the monitoring tests scrape a real gateway and run promtool on the alert rules.
+    [ "$NEED_TEST" = 0 ] || packages+=(prometheus)
     # wrk: the load generator of the end-to-end benchmark (bench/bench.py).
     [ "$NEED_BENCH" = 0 ] || packages+=(wrk)
     for pkg in "${packages[@]}"; do

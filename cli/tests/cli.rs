@@ -320,7 +320,8 @@ fn validate_refuses_http_only_fields_where_connections_are_decided() {
 
 #[test]
 fn validate_refuses_cluster_names_that_break_envoys_stats() {
-    let dotted = demo_with(|p| p["destinations"][0]["identities"][0]["cluster"] = serde_json::json!("partner-api|team.app1"));
+    let dotted =
+        demo_with(|p| p["destinations"][0]["identities"][0]["cluster"] = serde_json::json!("partner-api|team.app1"));
     let (code, stderr) = validate_text("dotted-cluster", &dotted);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

@@ -252,3 +252,89 @@ fn the_access_log_carries_the_audit_record_that_explain_predicts() {
         format!("decision=deny principal={} layer=gateway reason=no_matching_allow dry_run=deny", SANDBOX.1)
     );
 }
+
+/// The shipped monitoring (monitoring/): a real Prometheus scrapes the gateway with the alert rules loaded;
+/// labelled PromQL queries count what was sent, every dashboard query returns data, and the alerts that
+/// this traffic should trip fire.
+#[test]
+fn a_real_prometheus_sees_labelled_decisions_the_dashboard_and_the_alerts() {
+    use egress_identity_harness::prometheus::{Server, JOB};
+    use std::time::{Duration, Instant};
+    let (_lock, s) = setup();
+    let monitoring = egress_identity_harness::repo_root().join("monitoring");
+    let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operations");
+    let prometheus = Server::start(&run_dir, topology::ADMIN_PORT, &[monitoring.join("alerts.yaml")]).unwrap();
+    let job = format!("job=\"{JOB}\"");
+    let value = |q: &str| prometheus.value(q).unwrap_or_else(|e| panic!("{e}\n{}", prometheus.log()));
+    // Wait for the first scrape.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&format!("count(egress_identity_config_generation{{{job}}})")) < 1.0 {
+        assert!(Instant::now() < deadline, "Prometheus never scraped the gateway:\n{}", prometheus.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let counts = [
+        format!("sum(egress_identity_decisions_total{{{job},decision=\"allow\",identity=\"team.app1\"}})"),
+        format!("sum(egress_identity_decisions_total{{{job},decision=\"deny\",layer=\"gateway\",reason=\"no_matching_allow\"}})"),
+        format!("sum(egress_identity_decisions_total{{{job},decision=\"deny\",policy=\"deny-admin-paths\",destination=\"partner-api\"}})"),
+        format!("sum(egress_identity_decisions_total{{{job},reason=\"unknown_destination\"}})"),
+        format!("sum(egress_identity_dry_run_decisions_total{{{job},decision=\"deny\"}})"),
+    ];
+    let before: Vec<f64> = counts.iter().map(|q| value(q)).collect();
+    for (who, host, path, status) in [
+        (APP1.0, "api.partner.example", "/v1/prom", 200),
+        (APP1.0, "api.partner.example", "/v1/prom", 200),
+        (APP2.0, "api.partner.example", "/v1/prom", 200), // a dry-run DENY
+        (SANDBOX.0, "api.partner.example", "/v1/prom", 403),
+        (APP1.0, "api.partner.example", "/admin/prom", 403),
+        (APP1.0, "unknown.partner.example", "/v1/prom", 403),
+    ] {
+        assert_eq!(send(s, who, host, path).status, status, "{who} {host}{path}");
+    }
+    // Counters reach Envoy within a second, Prometheus scrapes every second.
+    s.topology.settle_counters();
+    std::thread::sleep(Duration::from_secs(3));
+    let deltas: Vec<f64> = counts.iter().zip(&before).map(|(q, b)| value(q) - b).collect();
+    // Dry-run: app2 (its dry-run DENY), and the sandbox and admin requests, which the dry-run layers deny too.
+    assert_eq!(deltas, [2.0, 1.0, 1.0, 1.0, 3.0], "{counts:#?}");
+
+    // Every query of the dashboard returns data (Grafana's variables as a user would leave them).
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(monitoring.join("grafana-dashboard.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$job", ".*");
+            let results = prometheus.query(&expr).unwrap_or_else(|e| panic!("{title}: {e}"));
+            assert!(results.iter().any(|(_, v)| *v > 0.0), "{title}: `{expr}` returned no data: {results:?}");
+        }
+    }
+    let variable = &dashboard["templating"]["list"][1];
+    assert_eq!(variable["name"], "job");
+    let jobs = prometheus.query("count by (job) (egress_identity_config_generation)").unwrap();
+    assert!(jobs.iter().any(|(l, _)| l.get("job").map(String::as_str) == Some(JOB)), "{jobs:?}");
+
+    // The alerts this traffic trips (no `for:`): an unknown destination, a dry-run policy that would deny.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = ["EgressIdentityUnknownDestination", "EgressIdentityDryRunWouldDeny"];
+    loop {
+        let alerts = prometheus.alerts().unwrap();
+        let firing: Vec<&str> = alerts
+            .iter()
+            .filter(|a| a.state == "firing" && a.labels.get("job").map(String::as_str) == Some(JOB))
+            .map(|a| a.name.as_str())
+            .collect();
+        if wanted.iter().all(|w| firing.contains(w)) {
+            assert!(
+                !firing.contains(&"EgressIdentityHostErrors") && !firing.contains(&"EgressIdentityNotConfigured"),
+                "{firing:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "alerts firing: {firing:?}, wanted {wanted:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -241,6 +241,11 @@ impl PolicyLayer {
         Some(verdict(deny, allow))
     }
 
+    /// The names of the enforced DENY policies, in order (each may be the `policy` of a denial).
+    pub fn deny_policy_names(&self) -> impl Iterator<Item = &str> {
+        self.deny.policies.iter().map(|(name, _)| &**name)
+    }
+
     /// Number of policies in the layer, dry-run ones included.
     pub fn len(&self) -> usize {
         self.deny.len() + self.allow.len() + self.dry_run_deny.len() + self.dry_run_allow.len()

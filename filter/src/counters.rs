@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use egress_identity_core::config::Config;
-use egress_identity_core::decision::{Denial, DenialKind, Evaluation};
+use egress_identity_core::decision::{Denial, DenialKind, Evaluation, Layer};
 use egress_identity_core::metrics;
 use egress_identity_core::principal::{CacheUse, Caller, Resolution};
 use proxy_wasm::hostcalls;
@@ -89,6 +89,11 @@ struct DenialSeries {
     len: usize,
 }
 
+/// Whether denials of this kind name a destination (the layers after the destination lookup).
+fn has_destination(kind: DenialKind) -> bool {
+    matches!(kind.layer(), Layer::Destination | Layer::Identity) && kind != DenialKind::UnknownDestination
+}
+
 fn denial_hash(kind: DenialKind, policy: Option<&str>, destination: Option<&str>) -> u64 {
     let mut hasher = rustc_hash::FxHasher::default();
     (kind, policy, destination).hash(&mut hasher);
@@ -112,12 +117,15 @@ impl DenialSeries {
             increment(counter.as_ref());
             return;
         }
+        self.define(protocol, kind, policy, destination);
+        self.count(protocol, kind, policy, destination);
+    }
+
+    /// Defines a series now, at zero.
+    fn define(&mut self, protocol: &str, kind: DenialKind, policy: Option<&str>, destination: Option<&str>) {
         let counter = Counter::define(&metrics::denied(protocol, kind, policy, destination));
-        increment(counter.as_ref());
-        bucket.push((
-            DenialKey { kind, policy: policy.map(Box::from), destination: destination.map(Box::from) },
-            counter,
-        ));
+        let key = DenialKey { kind, policy: policy.map(Box::from), destination: destination.map(Box::from) };
+        self.by_hash.entry(denial_hash(kind, policy, destination)).or_default().push((key, counter));
         self.len += 1;
     }
 
@@ -139,10 +147,24 @@ impl Counters {
     /// their `protocol` tag.
     pub fn define(config: &Config, l4: bool) -> Self {
         let protocol = metrics::protocol(l4);
+        // Series that exist from the start: Prometheus' rate() and increase() only see a series' increments
+        // after its first sample, so the first denial of a series born at 1 would go unseen. These are the
+        // denials without a destination (request, principal, gateway layers, unknown destinations); a
+        // destination's series appear at its first denial.
+        let mut denied = DenialSeries::default();
+        for kind in DenialKind::ALL.iter().copied().filter(|k| !has_destination(*k)) {
+            if kind == DenialKind::GatewayDeniedByPolicy {
+                for policy in config.gateway.deny_policy_names() {
+                    denied.define(protocol, kind, Some(policy), None);
+                }
+            } else {
+                denied.define(protocol, kind, None, None);
+            }
+        }
         Self {
             protocol,
             allowed: metrics::identity_counters(config, protocol).map(|name| Counter::define(&name)).collect(),
-            denied: RefCell::default(),
+            denied: RefCell::new(denied),
             host_errors: Counter::define(metrics::HOST_ERRORS),
             host_error_decisions: Counter::define(&metrics::plugin_denied(protocol, "host_error")),
             cache_hits: Counter::define(metrics::CERTIFICATE_CACHE_HITS),

@@ -62,6 +62,161 @@ pub fn sum(samples: &[Sample], family: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A real Prometheus server (Debian's `prometheus`) on 127.0.0.1:[`PROMETHEUS_PORT`], scraping the gateway's
+/// `/stats/prometheus` every second (job `egress-gateway`) and evaluating rule files every second.
+pub struct Server {
+    process: crate::process::Supervised,
+    port: u16,
+}
+
+/// An alert Prometheus holds: its name, state (`pending`, `firing`) and labels.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub name: String,
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where the test Prometheus listens.
+pub const PROMETHEUS_PORT: u16 = 19090;
+/// The scrape job of the gateway.
+pub const JOB: &str = "egress-gateway";
+
+impl Server {
+    /// Starts Prometheus in `run_dir` (configuration, data, log), scraping the admin port `admin_port`,
+    /// with `rule_files`; waits until it is ready.
+    pub fn start(
+        run_dir: &std::path::Path,
+        admin_port: u16,
+        rule_files: &[std::path::PathBuf],
+    ) -> crate::Result<Server> {
+        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .iter()
+            .map(std::path::Path::new)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                crate::err("no prometheus binary: run `scripts/setup.sh test` (Debian package prometheus)")
+            })?;
+        crate::topology::ensure_free(PROMETHEUS_PORT, "test Prometheus")?;
+        let dir = run_dir.join("prometheus");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let rules: Vec<String> = rule_files.iter().map(|p| format!("  - {}\n", p.display())).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n- job_name: {JOB}\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{admin_port}']\n",
+            rules.concat()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        let args = [
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"),
+            "--web.enable-lifecycle".to_string(),
+        ];
+        let process =
+            crate::process::Supervised::spawn("prometheus", binary, &args, &dir, &dir.join("prometheus.log"))?;
+        let server = Server { process, port: PROMETHEUS_PORT };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while get(server.port, "/-/ready").map(|(s, _)| s) != Some(200) {
+            if std::time::Instant::now() > deadline {
+                return Err(crate::err(format!("prometheus not ready in 30 s: {}", server.process.log())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(server)
+    }
+
+    /// An instant query: each result's labels and value.
+    pub fn query(&self, promql: &str) -> crate::Result<Vec<(BTreeMap<String, String>, f64)>> {
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)))
+            .ok_or_else(|| crate::err("prometheus did not answer"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| crate::err(format!("{promql}: HTTP {status}: {e}: {body}")))?;
+        if json["status"] != "success" {
+            return Err(crate::err(format!("{promql}: {body}")));
+        }
+        let results = json["data"]["result"].as_array().cloned().unwrap_or_default();
+        Ok(results
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .unwrap_or_default();
+                let value = r["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect())
+    }
+
+    /// The sum of an instant query's values (0 when it returns nothing).
+    pub fn value(&self, promql: &str) -> crate::Result<f64> {
+        Ok(self.query(promql)?.iter().map(|(_, v)| v).sum())
+    }
+
+    /// The alerts Prometheus holds now.
+    pub fn alerts(&self) -> crate::Result<Vec<Alert>> {
+        let (_, body) = get(self.port, "/api/v1/alerts").ok_or_else(|| crate::err("prometheus did not answer"))?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| crate::err(format!("{e}: {body}")))?;
+        Ok(json["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let labels: BTreeMap<String, String> = a["labels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .unwrap_or_default();
+                let name = labels.get("alertname").cloned().unwrap_or_default();
+                Alert { name, state: a["state"].as_str().unwrap_or_default().to_string(), labels }
+            })
+            .collect())
+    }
+
+    /// Prometheus' own log.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// GET on 127.0.0.1:`port` (Connection: close; a chunked body is decoded).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some((status, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            break;
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size + 2..)?;
+    }
+    Some((status, out))
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,7 +171,7 @@ fn envoy_ready(admin_port: u16) -> bool {
 
 /// Fails if something listens on `port`, after giving a previous run's processes (which shut down
 /// asynchronously once their harness exits) up to 15 s to go away.
-fn ensure_free(port: u16, what: &str) -> Result<()> {
+pub(crate) fn ensure_free(port: u16, what: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while port_open(port) {
         if std::time::Instant::now() >= deadline {
