@@ -102,6 +102,9 @@ enum RenderTarget {
         /// Admin interface address.
         #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT")]
         admin: HostPort,
+        /// Listener serving only /stats/prometheus (for scraping the pod; the admin interface stays local).
+        #[arg(long, default_value = "0.0.0.0:15090", value_name = "ADDR:PORT")]
+        metrics: HostPort,
         /// The filter module, relative to Envoy's working directory.
         #[arg(long, default_value = "dist/egress_identity.wasm", value_name = "PATH")]
         wasm: String,
@@ -115,8 +118,8 @@ enum RenderTarget {
         /// Directory of the SDS resource files, relative to Envoy's working directory.
         #[arg(long, default_value = "sds", value_name = "DIR")]
         sds_dir: String,
-        /// Access log file (JSON lines with the audit record).
-        #[arg(long, default_value = "logs/gateway-access.log", value_name = "PATH")]
+        /// Access log file (JSON lines with the audit record; the container's stdout by default).
+        #[arg(long, default_value = "/dev/stdout", value_name = "PATH")]
         access_log: String,
         /// Maximum life of an upstream connection, in seconds (bounds the use of a rotated-out certificate).
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
@@ -223,6 +226,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
             listen,
             listen_l4,
             admin,
+            metrics,
             wasm,
             upstream,
             ca_secret,
@@ -235,6 +239,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 listen,
                 listen_l4,
                 admin,
+                metrics,
                 wasm,
                 upstreams: upstream.into_iter().collect(),
                 ca_secrets: ca_secret.into_iter().collect(),

@@ -229,7 +229,23 @@ fn the_access_log_carries_the_audit_record_that_explain_predicts() {
         let logged = access_log_entry(s, path);
         let predicted = explain(s, principal, "api.partner.example", path);
         assert_eq!(logged["audit"], predicted["audit"], "{principal} {path}: access log vs explain");
+        // The same fields as a JSON object (the Struct in filter state wasm.egress_identity.decision).
+        let structured = &logged["decision"]["value"];
+        let line: serde_json::Map<String, Value> = logged["audit"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap())
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect();
+        assert_eq!(structured, &Value::Object(line), "{principal} {path}: {logged}");
     }
+    // The plugin says once per configuration which version loaded which configuration, whatever the
+    // number of workers and of filters (HTTP and network) sharing the VM.
+    let log = s.topology.gateway_log();
+    let loaded: Vec<&str> = log.lines().filter(|l| l.contains(": configuration ") && l.contains(" loaded: ")).collect();
+    assert_eq!(loaded.len(), 1, "{loaded:#?}");
+    assert!(loaded[0].contains(&format!("version {}: configuration ", env!("CARGO_PKG_VERSION"))), "{}", loaded[0]);
     let audit = |path| access_log_entry(s, path)["audit"].as_str().unwrap().to_owned();
     assert_eq!(
         audit("/v1/audit-allow"),
@@ -263,7 +279,8 @@ fn a_real_prometheus_sees_labelled_decisions_the_dashboard_and_the_alerts() {
     let (_lock, s) = setup();
     let monitoring = egress_identity_harness::repo_root().join("monitoring");
     let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operations");
-    let prometheus = Server::start(&run_dir, topology::ADMIN_PORT, &[monitoring.join("alerts.yaml")]).unwrap();
+    // Scraped as a pod is: the metrics listener, not the admin interface.
+    let prometheus = Server::start(&run_dir, topology::METRICS_PORT, &[monitoring.join("alerts.yaml")]).unwrap();
     let job = format!("job=\"{JOB}\"");
     let value = |q: &str| prometheus.value(q).unwrap_or_else(|e| panic!("{e}\n{}", prometheus.log()));
     // Wait for the first scrape.

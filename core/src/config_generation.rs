@@ -36,7 +36,7 @@ impl Generation {
         format!("{} {}", self.fingerprint, self.generation)
     }
 
-    fn parse(record: &[u8]) -> Option<Self> {
+    pub fn parse(record: &[u8]) -> Option<Self> {
         let (fingerprint, generation) = std::str::from_utf8(record).ok()?.split_once(' ')?;
         Some(Self { fingerprint: fingerprint.parse().ok()?, generation: generation.parse().ok()? })
     }

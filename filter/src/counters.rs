@@ -2,8 +2,8 @@
 //! counts to Envoy once per [`metrics::FLUSH_INTERVAL`]: an `increment_metric` host call per request would
 //! cost about 1 µs of gateway CPU each. Allowed decisions are counted in an array indexed by the core's
 //! dense identity index ([`ExternalIdentity::index`]), so an allowed request costs no lookup by name.
-//! Denials are counted per (kind, policy, destination), each series defined the first time it occurs
-//! (at most [`MAX_DENIAL_SERIES`] per configuration; beyond, per kind only).
+//! Denials are counted per (kind, policy, destination); the series a configuration can produce are defined
+//! up front, up to [`MAX_DENIAL_SERIES`] (then at their first occurrence; past the bound, per kind only).
 //!
 //! [`ExternalIdentity::index`]: egress_identity_core::identity_mapping::ExternalIdentity::index
 
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use egress_identity_core::config::Config;
+use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Denial, DenialKind, Evaluation, Layer};
 use egress_identity_core::metrics;
 use egress_identity_core::principal::{CacheUse, Caller, Resolution};
@@ -148,9 +149,10 @@ impl Counters {
     pub fn define(config: &Config, l4: bool) -> Self {
         let protocol = metrics::protocol(l4);
         // Series that exist from the start: Prometheus' rate() and increase() only see a series' increments
-        // after its first sample, so the first denial of a series born at 1 would go unseen. These are the
-        // denials without a destination (request, principal, gateway layers, unknown destinations); a
-        // destination's series appear at its first denial.
+        // after its first sample, so the first denial of a series born at 1 would go unseen. Every denial
+        // without a destination (request, principal, gateway layers, unknown destinations), then each
+        // destination's, until MAX_DENIAL_SERIES; past that, a destination's series appear at its first
+        // denial.
         let mut denied = DenialSeries::default();
         for kind in DenialKind::ALL.iter().copied().filter(|k| !has_destination(*k)) {
             if kind == DenialKind::GatewayDeniedByPolicy {
@@ -159,6 +161,25 @@ impl Counters {
                 }
             } else {
                 denied.define(protocol, kind, None, None);
+            }
+        }
+        for d in config.destinations.iter() {
+            let name = Some(&*d.name);
+            let mut series: Vec<(DenialKind, Option<&str>)> =
+                d.policies.deny_policy_names().map(|p| (DenialKind::DestinationDeniedByPolicy, Some(p))).collect();
+            series.extend([
+                (DenialKind::DestinationNoMatchingAllow, None),
+                (DenialKind::NoIdentityMapping, None),
+                (DenialKind::ProtocolMismatch, None),
+            ]);
+            if d.protocol == Protocol::Tls {
+                series.push((DenialKind::SniMismatch, None));
+            }
+            if denied.len + series.len() > MAX_DENIAL_SERIES {
+                break;
+            }
+            for (kind, policy) in series {
+                denied.define(protocol, kind, policy, name);
             }
         }
         Self {

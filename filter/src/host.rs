@@ -1,5 +1,6 @@
 //! The host calls the filter makes, each checked: a failure is a value, never a panic of ours.
 
+use egress_identity_core::audit;
 use egress_identity_core::principal::{HostError, Lookup, PrincipalProperty};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
@@ -106,6 +107,31 @@ pub fn remove_request_header(name: &str) -> Result<(), HostError> {
 pub fn set_filter_state(key: &str, value: &str) {
     if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
         log::warn!("egress-identity: cannot set filter state {key}: {status:?}");
+    }
+}
+
+/// Declares filter state `wasm.egress_identity.decision` as a `google.protobuf.Struct` (the foreign function
+/// `declare_property`), so an access log's `%FILTER_STATE(...:TYPED)%` renders it as a JSON object. It
+/// lives as long as the request (HTTP filter) or the connection (network filter).
+pub fn declare_decision_property(l4: bool) -> Result<(), proxy_wasm::types::Status> {
+    // DeclarePropertyArguments { name = 1, readonly = 2, type = 3 (Protobuf = 3), schema = 4, span = 5 }
+    let name = audit::STRUCT_FILTER_STATE_KEY.as_bytes();
+    let schema = audit::STRUCT_TYPE_URL.as_bytes();
+    let span = if l4 { 2 } else { 1 }; // DownstreamConnection, DownstreamRequest
+    let mut arguments = Vec::with_capacity(name.len() + schema.len() + 12);
+    for (tag, bytes) in [(0x0a, name), (0x22, schema)] {
+        arguments.push(tag);
+        arguments.push(u8::try_from(bytes.len()).unwrap_or(0));
+        arguments.extend_from_slice(bytes);
+    }
+    arguments.extend_from_slice(&[0x18, 3, 0x28, span]);
+    hostcalls::call_foreign_function("declare_property", Some(&arguments)).map(|_| ())
+}
+
+/// Sets the declared `wasm.egress_identity.decision` to a serialized Struct.
+pub fn set_decision_struct(bytes: &[u8]) {
+    if let Err(status) = hostcalls::set_property(vec![audit::STRUCT_FILTER_STATE_KEY], Some(bytes)) {
+        log::warn!("egress-identity: cannot set filter state {}: {status:?}", audit::STRUCT_FILTER_STATE_KEY);
     }
 }
 

@@ -103,6 +103,7 @@ impl EgressIdentityFilter {
     fn record(&self, evaluation: &Evaluation<'_>, principal_id: &str) {
         let record = audit::record(evaluation, principal_id);
         host::set_filter_state(audit::FILTER_STATE_KEY, &record);
+        host::set_decision_struct(&audit::record_struct(evaluation, principal_id));
         log::debug!("egress-identity: {record}");
     }
 

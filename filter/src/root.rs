@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_generation::{self, Generation};
@@ -74,12 +75,6 @@ impl RootContext for EgressIdentityRoot {
                 return false;
             }
         };
-        log::info!(
-            "egress-identity: configuration loaded as the {} filter (root id {root_id:?}): {} gateway policies, {} destinations",
-            if self.l4 { "network (L4)" } else { "HTTP" },
-            config.gateway.len(),
-            config.destinations.iter().count()
-        );
         if self.l4 && !config.destinations.has_l4() {
             log::warn!("egress-identity: loaded as the network filter, but no destination is tcp or tls: every connection is denied");
         }
@@ -89,7 +84,23 @@ impl RootContext for EgressIdentityRoot {
         if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
             log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
         }
-        publish_config_generation(config_generation::fingerprint(&bytes));
+        let fingerprint = config_generation::fingerprint(&bytes);
+        // Logged once per configuration: by the worker whose load moved the generation.
+        if let Some(generation) = publish_config_generation(fingerprint) {
+            log::info!(
+                "version {}: configuration {fingerprint:016x} (generation {generation}) loaded: {} gateway policies, {} destinations ({} tcp/tls)",
+                env!("CARGO_PKG_VERSION"),
+                config.gateway.len(),
+                config.destinations.iter().count(),
+                config.destinations.iter().filter(|d| d.protocol.is_l4()).count()
+            );
+        }
+        if let Err(status) = host::declare_decision_property(self.l4) {
+            log::warn!(
+                "cannot declare filter state {}: {status:?}; access logs get only the audit line",
+                audit::STRUCT_FILTER_STATE_KEY
+            );
+        }
         self.config = Some(Rc::new(config));
         true
     }
@@ -118,12 +129,13 @@ impl RootContext for EgressIdentityRoot {
 
 /// Sets the config-generation gauge from the record in shared data (see [`Generation::next`]),
 /// retrying when another worker updates the record at the same time.
-fn publish_config_generation(fingerprint: u64) {
+/// Returns the generation when this call moved it (the first worker to load a new configuration).
+fn publish_config_generation(fingerprint: u64) -> Option<u64> {
     let gauge = match hostcalls::define_metric(MetricType::Gauge, metrics::CONFIG_GENERATION) {
         Ok(gauge) => gauge,
         Err(status) => {
             log::warn!("egress-identity: cannot define the config-generation gauge: {status:?}");
-            return;
+            return None;
         }
     };
     for _ in 0..8 {
@@ -131,22 +143,24 @@ fn publish_config_generation(fingerprint: u64) {
             Ok(found) => found,
             Err(status) => {
                 log::warn!("egress-identity: cannot read the config generation: {status:?}");
-                return;
+                return None;
             }
         };
         let next = Generation::next(stored.as_deref(), fingerprint);
+        let moved = stored.as_deref().and_then(Generation::parse) != Some(next);
         match hostcalls::set_shared_data(config_generation::SHARED_DATA_KEY, Some(next.record().as_bytes()), cas) {
             Ok(()) => {
                 if let Err(status) = hostcalls::record_metric(gauge, next.generation) {
                     log::warn!("egress-identity: cannot record the config generation: {status:?}");
                 }
-                return;
+                return moved.then_some(next.generation);
             }
             Err(Status::CasMismatch) => continue,
             Err(status) => {
                 log::warn!("egress-identity: cannot store the config generation: {status:?}");
-                return;
+                return None;
             }
         }
     }
+    None
 }

@@ -45,7 +45,7 @@ struct Passthrough {
     port: u16,
     cluster: Box<str>,
     identity: usize,
-    record: String,
+    record: Record,
 }
 
 pub struct EgressIdentityConnection {
@@ -115,7 +115,7 @@ impl EgressIdentityConnection {
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
         self.counters.count_dry_run(&evaluation);
-        let record = audit::record(&evaluation, principal_id);
+        let record = Record::of(&evaluation, principal_id);
         match evaluation.decision {
             Decision::Deny(denial) => Ok(self.deny(&denial, evaluation.destination, &record)),
             Decision::Allow(allowed) => {
@@ -150,29 +150,27 @@ impl EgressIdentityConnection {
             // The caller closed before its ClientHello was complete.
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-                let record = audit::record(&Evaluation::of(Decision::Deny(denial)), principal_of(&pending.record));
+                let record = Record::of(&Evaluation::of(Decision::Deny(denial)), pending.record.principal());
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                let record = audit::record(&evaluation, principal_of(&pending.record));
+                let record = Record::of(&evaluation, pending.record.principal());
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
         }
     }
 
-    fn forward(&mut self, cluster: &str, identity: usize, record: &str) -> Result<Action, HostError> {
+    fn forward(&mut self, cluster: &str, identity: usize, record: &Record) -> Result<Action, HostError> {
         host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
-        host::set_filter_state(audit::FILTER_STATE_KEY, record);
-        log::debug!("egress-identity: {record}");
+        record.store();
         self.counters.allowed(identity);
         self.state = State::Forwarding;
         Ok(Action::Continue)
     }
 
-    fn deny(&mut self, denial: &Denial<'_>, destination: Option<&str>, record: &str) -> Action {
-        host::set_filter_state(audit::FILTER_STATE_KEY, record);
-        log::debug!("egress-identity: {record}");
+    fn deny(&mut self, denial: &Denial<'_>, destination: Option<&str>, record: &Record) -> Action {
+        record.store();
         self.counters.denied(denial, destination);
         self.close()
     }
@@ -184,7 +182,25 @@ impl EgressIdentityConnection {
     }
 }
 
-/// The principal an audit record names (for a later record of the same connection).
-fn principal_of(record: &str) -> &str {
-    record.split(' ').find_map(|field| field.strip_prefix("principal=")).unwrap_or_default()
+/// A decision's audit record, as a line and as a Struct (audit.rs), until it is stored in filter state.
+struct Record {
+    line: String,
+    structured: Vec<u8>,
+}
+
+impl Record {
+    fn of(evaluation: &Evaluation<'_>, principal: &str) -> Self {
+        Self { line: audit::record(evaluation, principal), structured: audit::record_struct(evaluation, principal) }
+    }
+
+    /// The principal the record names (for a later record of the same connection).
+    fn principal(&self) -> &str {
+        self.line.split(' ').find_map(|field| field.strip_prefix("principal=")).unwrap_or_default()
+    }
+
+    fn store(&self) {
+        host::set_filter_state(audit::FILTER_STATE_KEY, &self.line);
+        host::set_decision_struct(&self.structured);
+        log::debug!("egress-identity: {}", self.line);
+    }
 }

@@ -96,7 +96,7 @@ fn bootstrap() -> Value {
             json!([router.clone()]),
             json!({ "direct_response": { "status": 200, "body": { "inline_string": identity } } }),
         ));
-        let name = format!("partner-api|{identity}");
+        let name = format!("partner-api|{}", identity.replace('.', "-"));
         clusters.push(json!({
             "name": name, "type": "STATIC", "connect_timeout": "2s",
             "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {

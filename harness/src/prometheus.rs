@@ -83,11 +83,11 @@ pub const PROMETHEUS_PORT: u16 = 19090;
 pub const JOB: &str = "egress-gateway";
 
 impl Server {
-    /// Starts Prometheus in `run_dir` (configuration, data, log), scraping the admin port `admin_port`,
+    /// Starts Prometheus in `run_dir` (configuration, data, log), scraping `/stats/prometheus` on port `metrics_port`,
     /// with `rule_files`; waits until it is ready.
     pub fn start(
         run_dir: &std::path::Path,
-        admin_port: u16,
+        metrics_port: u16,
         rule_files: &[std::path::PathBuf],
     ) -> crate::Result<Server> {
         let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
@@ -103,7 +103,7 @@ impl Server {
         std::fs::create_dir_all(&dir)?;
         let rules: Vec<String> = rule_files.iter().map(|p| format!("  - {}\n", p.display())).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n- job_name: {JOB}\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{admin_port}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n- job_name: {JOB}\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{metrics_port}']\n",
             rules.concat()
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;

@@ -19,6 +19,8 @@ pub const GATEWAY_L4_PORT: u16 = 10444;
 pub const GATEWAY_L4_UNDECLARED_PORT: u16 = 10446;
 /// Gateway admin interface.
 pub const ADMIN_PORT: u16 = 9901;
+/// The gateway's metrics listener (only /stats/prometheus, what a Prometheus scrapes).
+pub const METRICS_PORT: u16 = 15090;
 /// External partner server (mTLS from the gateway).
 pub const EXTERNAL_PORT: u16 = 18443;
 /// External partner's TCP service (mTLS from the gateway; answers with the client certificate's subject).
@@ -368,6 +370,7 @@ impl Topology {
         ensure_free(GATEWAY_PORT, "gateway listener")?;
         ensure_free(ADMIN_PORT, "gateway admin")?;
         ensure_free(GATEWAY_L4_PORT, "gateway L4 listener")?;
+        ensure_free(METRICS_PORT, "gateway metrics listener")?;
         ensure_free(GATEWAY_L4_UNDECLARED_PORT, "gateway L4 listener (second port)")?;
         ensure_free(EXTERNAL_PORT, "external server")?;
         ensure_free(EXTERNAL_TCP_PORT, "external TCP server")?;

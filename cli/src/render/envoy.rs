@@ -64,6 +64,9 @@ pub struct EnvoyOptions {
     /// to is the destination port the filter decides on.
     pub listen_l4: Vec<HostPort>,
     pub admin: HostPort,
+    /// The listener that serves only `/stats/prometheus` (from the admin interface), for scraping the pod
+    /// without exposing the admin interface.
+    pub metrics: HostPort,
     pub wasm: String,
     /// Destination name → upstream endpoint (default: its first exact host and first port).
     pub upstreams: BTreeMap<String, HostPort>,
@@ -83,11 +86,12 @@ impl Default for EnvoyOptions {
             listen: HostPort { host: "0.0.0.0".into(), port: 10443 },
             listen_l4: vec![HostPort { host: "0.0.0.0".into(), port: 10444 }],
             admin: HostPort { host: "127.0.0.1".into(), port: 9901 },
+            metrics: HostPort { host: "0.0.0.0".into(), port: 15090 },
             wasm: "dist/egress_identity.wasm".into(),
             upstreams: BTreeMap::new(),
             ca_secrets: BTreeMap::new(),
             sds_dir: "sds".into(),
-            access_log: "logs/gateway-access.log".into(),
+            access_log: "/dev/stdout".into(),
             max_connection_duration: 10,
         }
     }
@@ -106,6 +110,9 @@ impl EnvoyOptions {
         }
         if self.admin != d.admin {
             flags.push(format!("--admin {}", self.admin));
+        }
+        if self.metrics != d.metrics {
+            flags.push(format!("--metrics {}", self.metrics));
         }
         if self.wasm != d.wasm {
             flags.push(format!("--wasm {}", self.wasm));
@@ -253,6 +260,7 @@ const AUDIT_FIELDS: &[(&str, &str)] = &[
     ("details", "%RESPONSE_CODE_DETAILS%"),
     ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
     ("audit", "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%"),
+    ("decision", "%FILTER_STATE(wasm.egress_identity.decision:TYPED)%"),
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("duration_ms", "%DURATION%"),
 ];
@@ -478,6 +486,7 @@ const AUDIT_FIELDS_L4: &[(&str, &str)] = &[
     ("flags", "%RESPONSE_FLAGS%"),
     ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
     ("audit", "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%"),
+    ("decision", "%FILTER_STATE(wasm.egress_identity.decision:TYPED)%"),
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("bytes_received", "%BYTES_RECEIVED%"),
     ("bytes_sent", "%BYTES_SENT%"),
@@ -565,6 +574,66 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                 ])]),
             ),
         ])),
+    )
+}
+
+/// The cluster of the admin interface, for the metrics listener.
+const ADMIN_CLUSTER: &str = "egress-identity-admin";
+
+/// A listener that answers `/stats/prometheus` from the admin interface and nothing else: what a
+/// Prometheus scrapes (`prometheus.io/port`), without exposing the admin interface's other endpoints.
+fn metrics_listener(opts: &EnvoyOptions) -> Yaml {
+    let route = |prefix: &str, action: Yaml| map([("match", map([("path", s(prefix))])), ("route", action)]);
+    commented(
+        format!("Metrics for Prometheus: GET http://{}/stats/prometheus (the admin interface's, labels included),\nnothing else of the admin interface.", opts.metrics),
+        map([
+            ("name", s("metrics")),
+            ("address", socket_address(&opts.metrics)),
+            (
+                "filter_chains",
+                Yaml::Seq(vec![map([(
+                    "filters",
+                    Yaml::Seq(vec![map([
+                        ("name", s("envoy.filters.network.http_connection_manager")),
+                        (
+                            "typed_config",
+                            typed(
+                                "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                vec![
+                                    e("stat_prefix", s("metrics")),
+                                    e(
+                                        "route_config",
+                                        map([(
+                                            "virtual_hosts",
+                                            Yaml::Seq(vec![map([
+                                                ("name", s("metrics")),
+                                                ("domains", strs(["*"])),
+                                                (
+                                                    "routes",
+                                                    Yaml::Seq(vec![
+                                                        route("/stats/prometheus", map([("cluster", s(ADMIN_CLUSTER))])),
+                                                    ]),
+                                                ),
+                                            ])]),
+                                        )]),
+                                    ),
+                                    e(
+                                        "http_filters",
+                                        Yaml::Seq(vec![map([
+                                            ("name", s("envoy.filters.http.router")),
+                                            (
+                                                "typed_config",
+                                                typed("envoy.extensions.filters.http.router.v3.Router", vec![]),
+                                            ),
+                                        ])]),
+                                    ),
+                                ],
+                            ),
+                        ),
+                    ])]),
+                )])]),
+            ),
+        ]),
     )
 }
 
@@ -755,12 +824,17 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         ),
     ]);
 
-    let mut listeners = vec![listener];
+    let mut listeners = vec![listener, metrics_listener(opts)];
     if policy.config.destinations.has_l4() {
         listeners.push(l4_listener(policy, opts, downstream_tls(false)));
     }
 
-    let mut cluster_nodes = Vec::new();
+    let mut cluster_nodes = vec![map([
+        ("name", s(ADMIN_CLUSTER)),
+        ("type", s("STATIC")),
+        ("connect_timeout", s("1s")),
+        ("load_assignment", load_assignment(ADMIN_CLUSTER, &opts.admin.host, opts.admin.port)),
+    ])];
     for c in &clusters {
         let Some(up) = ups.get(&c.destination) else { continue };
         cluster_nodes.push(cluster(c, up, opts));
