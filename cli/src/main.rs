@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod explain;
 mod render;
+mod sds;
 
 use clap::{Parser, Subcommand};
 use egress_identity_core::config::Config;
@@ -69,6 +70,38 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the file-based SDS resources a `render envoy` gateway reads, from your own PEM files.
+    ///
+    /// One file per secret in DIR (gateway-cert, mesh-ca, external-<identity>, <destination>-ca), each
+    /// replaced atomically so a running Envoy reloads it. With --policy, every secret that policy's gateway
+    /// reads must be given (exit 1 names the missing ones).
+    Sds {
+        /// The directory of the SDS resources (render envoy's --sds-dir, relative to Envoy's directory).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Check that every secret this policy's gateway reads is given.
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// The gateway's server certificate chain (PEM), presented to callers.
+        #[arg(long, value_name = "PEM", requires = "gateway_key")]
+        gateway_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "gateway_cert")]
+        gateway_key: Option<PathBuf>,
+        /// A CA that issues callers' SVIDs (repeatable: old and new during a CA rotation).
+        #[arg(long, value_name = "PEM")]
+        mesh_ca: Vec<PathBuf>,
+        /// An external identity's client certificate chain and key (repeatable).
+        #[arg(long, value_name = "IDENTITY=CERT.pem,KEY.pem", value_parser = identity_files)]
+        identity: Vec<(String, (PathBuf, PathBuf))>,
+        /// The CA that verifies a destination's partner (repeatable).
+        #[arg(long, value_name = "DESTINATION=PEM", value_parser = name_value::<PathBuf>)]
+        ca: Vec<(String, PathBuf)>,
+        /// The secret name of a destination's CA, as given to `render envoy --ca-secret` (default
+        /// <destination>-ca). Repeatable.
+        #[arg(long = "ca-secret", value_name = "DESTINATION=SECRET", value_parser = name_value::<String>)]
+        ca_secret: Vec<(String, String)>,
     },
     /// Render what goes with a policy file: the Envoy bootstrap, or the Istio or Kuma manifests.
     ///
@@ -197,7 +230,43 @@ fn main() -> ExitCode {
             explain::explain(&config, principal.as_deref(), &request, json)
         }
         Command::Render { target } => render_command(target),
+        Command::Sds { out, policy, gateway_cert, gateway_key, mesh_ca, identity, ca, ca_secret } => {
+            let policy_file = match &policy {
+                Some(path) => match load_policy(path) {
+                    Some(p) => Some(p),
+                    None => return ExitCode::FAILURE,
+                },
+                None => None,
+            };
+            let request = sds::SdsRequest {
+                out,
+                gateway: gateway_cert.zip(gateway_key),
+                mesh_ca,
+                identities: identity.into_iter().collect(),
+                cas: ca.into_iter().collect(),
+                ca_secrets: ca_secret.into_iter().collect(),
+            };
+            match sds::write(&request, policy_file.as_ref()) {
+                Ok(files) => {
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sds: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// `IDENTITY=CERT.pem,KEY.pem`.
+fn identity_files(text: &str) -> Result<(String, (PathBuf, PathBuf)), String> {
+    let (name, files) = name_value::<String>(text)?;
+    let (cert, key) = files.split_once(',').ok_or_else(|| format!("{text:?} is not IDENTITY=CERT.pem,KEY.pem"))?;
+    Ok((name, (PathBuf::from(cert), PathBuf::from(key))))
 }
 
 fn load_policy(path: &PathBuf) -> Option<PolicyFile> {
@@ -257,6 +326,9 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 image,
                 workload_namespaces: workload_namespace,
             };
+            if opts.image == istio::DEFAULT_IMAGE {
+                eprintln!("warning: no --image: the WasmPlugin/TrafficExtension url is a placeholder (marked PLACEHOLDER in the output)");
+            }
             (config, istio::render(&policy, &opts).map(|files| (out_dir, files)))
         }
         RenderTarget::Kuma {
@@ -280,6 +352,9 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 egress_port,
                 workload_namespaces: workload_namespace,
             };
+            if opts.wasm_sha256 == kuma::SHA256_PLACEHOLDER {
+                eprintln!("warning: no --wasm-sha256: the module's digest is a placeholder (marked PLACEHOLDER in the output)");
+            }
             (config, kuma::render(&policy, &opts).map(|files| (out_dir, files)))
         }
     };

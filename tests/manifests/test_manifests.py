@@ -140,10 +140,12 @@ BUILTIN_KINDS: dict[tuple[str, str], dict] = {
 }
 
 # Built-in kinds checked against Kubernetes' own schema (vendored, tests/manifests/schemas/README.md).
-NETWORK_POLICY_SCHEMA = Path(__file__).resolve().parent / "schemas" / "kubernetes-1.37" / "networkpolicy-networking-v1.json"
-BUILTIN_KINDS[("networking.k8s.io/v1", "NetworkPolicy")] = json.loads(NETWORK_POLICY_SCHEMA.read_text(encoding="utf-8"))
+KUBERNETES_SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kubernetes-1.37"
+for _kind, _file in ((("networking.k8s.io/v1", "NetworkPolicy"), "networkpolicy-networking-v1.json"),
+                     (("v1", "ConfigMap"), "configmap-v1.json")):
+    BUILTIN_KINDS[_kind] = json.loads((KUBERNETES_SCHEMAS / _file).read_text(encoding="utf-8"))
 # Built-in kinds that live in a namespace (the examples spell it out, as for namespaced CRDs).
-NAMESPACED_BUILTINS = {("networking.k8s.io/v1", "NetworkPolicy")}
+NAMESPACED_BUILTINS = {("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ConfigMap")}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,6 +208,10 @@ CEL_RULES: dict[str, Callable[[Any], bool]] = {
         lambda s: sum(_has(s, f) for f in ("workloadSelector", "targetRefs")) <= 1,
     "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1":
         lambda s: sum(_has(s, f) for f in ("workloadSelector", "endpoints")) <= 1,
+    # Gateway API infrastructure annotations/labels: qualified names, prefix under 253 characters
+    'self.all(key, key.matches(r"""^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"""))':
+        lambda s: all(re.fullmatch(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]", k) for k in s),
+    'self.all(key, key.split("/")[0].size() < 253)': lambda s: all(len(k.split("/")[0]) < 253 for k in s),
     # label selectors
     'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
     "self.all(key, key.size() != 0)": lambda s: all(len(k) != 0 for k in s),
@@ -1144,6 +1150,7 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
         for p in l4_filters
     }
     l4_patched = {p: False for p in l4_filters}
+    stats_tags: dict[str, dict] = {}  # Istio's bootstrap additions (custom_bootstrap.json), by tag name
 
     for doc in example_docs():
         kind, spec, name = doc.obj.get("kind"), doc.obj.get("spec", {}), doc.obj["metadata"]["name"]
@@ -1194,6 +1201,9 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                     http_filter["name"] = f"envoy.filters.http.wasm.kuma-{name}-{i}"
                     config["vmConfig"]["vmId"] = f"kuma-{name}-{i}"
                     http_filters.append(http_filter)
+        elif kind == "ConfigMap" and "custom_bootstrap.json" in doc.obj.get("data", {}):
+            for tag in json.loads(doc.obj["data"]["custom_bootstrap.json"])["stats_config"]["stats_tags"]:
+                assert stats_tags.setdefault(tag["tag_name"], tag) == tag, f"{doc.id}: two regexes for {tag['tag_name']}"
         elif kind == "WasmPlugin" and wasm is not None:
             example = doc.example.name
             if spec["type"] == "NETWORK":
@@ -1206,6 +1216,7 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     return {
         "node": {"id": "manifests-check", "cluster": "manifests-check"},
+        "stats_config": {"stats_tags": list(stats_tags.values())},
         "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
                                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}},
         "static_resources": {
@@ -1265,6 +1276,9 @@ def test_envoy_accepts_the_envoy_configuration_of_the_examples(envoy: str, tmp_p
     if wasm is None:
         pytest.skip("dist/egress_identity.wasm not built: clusters and routes validated, plugin configs not loaded")
     assert len(hcm["http_filters"]) == 4, "expected the three plugin configurations and the router"
+    # Istio's bootstrap additions: every tag of egress-identity's metrics, each with its own regex.
+    tags = {t["tag_name"] for t in bootstrap["stats_config"]["stats_tags"]}
+    assert tags == {"protocol", "decision", "layer", "reason", "policy", "destination", "identity"}, tags
     # The L4 chains of the Istio gateway and of Kuma's zone egress: the network filter, then the patched
     # tcp_proxy (ON_DOWNSTREAM_DATA: the filter decides on the caller's first bytes; the unrouted cluster).
     l4 = {listener["name"]: listener["filter_chains"][0]["filters"] for listener in bootstrap["static_resources"]["listeners"][1:]}

@@ -152,7 +152,11 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
         (
             "url".to_string(),
             commented(
-                "The Wasm variant of the filter's OCI image, pinned by manifest digest (Istio checks the pulled\nimage against it). `make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` pushes it and\nrewrites this line; render with --image to keep it.",
+                if opts.image == DEFAULT_IMAGE {
+                    "PLACEHOLDER -- not a published image: the project's example registry. Push the module and pin it:\n`make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` rewrites this line, or render\nwith --image oci://<registry>/<repository>@sha256:<digest>. Istio checks the pulled image against it."
+                } else {
+                    "The Wasm variant of the filter's OCI image, pinned by manifest digest (Istio checks the pulled\nimage against it). `make publish REGISTRY=<registry>/<repository> TAG=<version> PIN=1` pushes it and\nrewrites this line; render with --image to keep it."
+                },
                 s(&opts.image),
             ),
         ),
@@ -578,7 +582,50 @@ fn gateway(
         file("authorization-policy.yaml", m, vec![auth]),
     ];
     files.push(file("network-policy.yaml", m, network_policies));
+    files.push(file(
+        "stats.yaml",
+        m,
+        vec![stats_configmap(ns, "Annotate the egress gateway's pods (helm install istio/gateway ... --set-json\n'podAnnotations={...}', README.md) with:")],
+    ));
     files
+}
+
+/// The ConfigMap of Envoy bootstrap additions for the gateway or waypoint pods.
+const STATS_CONFIGMAP: &str = "egress-identity-stats";
+
+/// The pod annotations that make egress-identity's metrics appear, labelled: Istio drops `wasmcustom.*`
+/// stats unless the proxy's stats matcher includes them, and its bootstrap lacks the tag regexes.
+fn stats_annotations() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "proxy.istio.io/config",
+            "{\"proxyStatsMatcher\":{\"inclusionPrefixes\":[\"wasmcustom.egress_identity\"]}}".to_string(),
+        ),
+        ("sidecar.istio.io/bootstrapOverride", STATS_CONFIGMAP.to_string()),
+    ]
+}
+
+/// `custom_bootstrap.json` for Istio's `sidecar.istio.io/bootstrapOverride`: the tag regexes of
+/// egress-identity's metrics (Istio merges them into its own `stats_config`).
+fn stats_configmap(ns: &str, how: &str) -> Yaml {
+    let tags: Vec<serde_json::Value> = egress_identity_core::metrics::TAGS
+        .iter()
+        .map(|(name, regex)| serde_json::json!({"tag_name": name, "regex": regex}))
+        .collect();
+    let bootstrap = serde_json::json!({"stats_config": {"stats_tags": tags}});
+    let annotations: String = stats_annotations().iter().map(|(k, v)| format!("\n  {k}: '{v}'")).collect();
+    commented(
+        format!("egress-identity's metrics as Istio shows them: `wasmcustom.egress_identity.*` included in the proxy's stats\n(Istio drops them otherwise) and their labels extracted (README.md, \"Metrics\"). {how}{annotations}\nScrape the pods' merged metrics as usual (Istio: port 15020 /stats/prometheus):\negress_identity_decisions_total{{decision=\"deny\",layer=\"gateway\",...}}."),
+        map([
+            ("apiVersion", s("v1")),
+            ("kind", s("ConfigMap")),
+            ("metadata", meta(STATS_CONFIGMAP, ns)),
+            (
+                "data",
+                map([("custom_bootstrap.json", Yaml::Literal(serde_json::to_string_pretty(&bootstrap).unwrap_or_default() + "\n"))]),
+            ),
+        ]),
+    )
 }
 
 /// The egress gateway's port for connections to tcp and tls destinations (one TLS server per destination,
@@ -853,6 +900,16 @@ fn waypoint(
                 map([
                     ("gatewayClassName", s("istio-waypoint")),
                     (
+                        "infrastructure",
+                        commented(
+                            "Copied onto the waypoint's pods: egress-identity's metrics kept and labelled (stats.yaml).",
+                            map([(
+                                "annotations",
+                                Yaml::Map(stats_annotations().into_iter().map(|(k, v)| (k.to_string(), s(v))).collect()),
+                            )]),
+                        ),
+                    ),
+                    (
                         "listeners",
                         Yaml::Seq(vec![map([("name", s("mesh")), ("port", int(15008)), ("protocol", s("HBONE"))])]),
                     ),
@@ -1010,6 +1067,11 @@ fn waypoint(
         plugins,
         extensions,
         file("network-policy.yaml", m, network_policies),
+        file(
+            "stats.yaml",
+            m,
+            vec![stats_configmap(ns, "The waypoint (waypoint.yaml) carries these annotations in\nspec.infrastructure, which Istio copies onto its pods:")],
+        ),
     ]
 }
 

@@ -402,60 +402,67 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
             ("envoy.filters.http.wasm", "http", "egress-identity")
         };
         to_yaml(&map([
-        ("name", s(filter)),
-        (
-            "typedConfig",
-            map([
-                ("@type", s(format!("type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm"))),
-                (
-                    "config",
-                    map([
-                        ("name", s(root_id)),
-                        ("rootId", s(root_id)),
-                        ("failOpen", Yaml::Bool(false)),
-                        (
-                            "vmConfig",
-                            map([
-                                ("vmId", s("egress-identity")),
-                                ("runtime", s("envoy.wasm.runtime.v8")),
-                                (
-                                    "code",
-                                    map([(
-                                        "remote",
-                                        map([
-                                            (
-                                                "httpUri",
-                                                map([
-                                                    ("uri", s(format!("http://{fetch}/egress_identity.wasm"))),
-                                                    ("cluster", s("egress-identity-wasm")),
-                                                    ("timeout", s("10s")),
-                                                ]),
-                                            ),
-                                            (
-                                                "sha256",
-                                                commented("`sha256sum dist/egress_identity.wasm` of the module served (render --wasm-sha256).", s(&opts.wasm_sha256)),
-                                            ),
-                                            ("retryPolicy", map([("numRetries", int(5))])),
-                                        ]),
-                                    )]),
-                                ),
-                            ]),
-                        ),
-                        (
-                            "configuration",
-                            commented(
-                                "The policy file, verbatim (README.md, Configuration reference).",
+            ("name", s(filter)),
+            (
+                "typedConfig",
+                map([
+                    ("@type", s(format!("type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm"))),
+                    (
+                        "config",
+                        map([
+                            ("name", s(root_id)),
+                            ("rootId", s(root_id)),
+                            ("failOpen", Yaml::Bool(false)),
+                            (
+                                "vmConfig",
                                 map([
-                                    ("@type", s("type.googleapis.com/google.protobuf.StringValue")),
-                                    ("value", Yaml::Literal(policy.text.clone())),
+                                    ("vmId", s("egress-identity")),
+                                    ("runtime", s("envoy.wasm.runtime.v8")),
+                                    (
+                                        "code",
+                                        map([(
+                                            "remote",
+                                            map([
+                                                (
+                                                    "httpUri",
+                                                    map([
+                                                        ("uri", s(format!("http://{fetch}/egress_identity.wasm"))),
+                                                        ("cluster", s("egress-identity-wasm")),
+                                                        ("timeout", s("10s")),
+                                                    ]),
+                                                ),
+                                                (
+                                                    "sha256",
+                                                    commented(
+                                                        if opts.wasm_sha256 == SHA256_PLACEHOLDER {
+                                                            "PLACEHOLDER -- Envoy refuses the module until this is its SHA-256: render with\n--wasm-sha256 \"$(sha256sum dist/egress_identity.wasm | cut -d' ' -f1)\"."
+                                                        } else {
+                                                            "`sha256sum dist/egress_identity.wasm` of the module served (render --wasm-sha256)."
+                                                        },
+                                                        s(&opts.wasm_sha256),
+                                                    ),
+                                                ),
+                                                ("retryPolicy", map([("numRetries", int(5))])),
+                                            ]),
+                                        )]),
+                                    ),
                                 ]),
                             ),
-                        ),
-                    ]),
-                ),
-            ]),
-        ),
-    ]))
+                            (
+                                "configuration",
+                                commented(
+                                    "The policy file, verbatim (README.md, Configuration reference).",
+                                    map([
+                                        ("@type", s("type.googleapis.com/google.protobuf.StringValue")),
+                                        ("value", Yaml::Literal(policy.text.clone())),
+                                    ]),
+                                ),
+                            ),
+                        ]),
+                    ),
+                ]),
+            ),
+        ]))
     };
     let filter = wasm_filter(false);
     let mut mods = vec![

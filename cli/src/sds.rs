@@ -1,0 +1,152 @@
+//! `egress-identity sds`: the file-based SDS resources a `render envoy` gateway reads, written from a user's
+//! own PEM files, so nobody writes SDS YAML by hand. One resource file per secret, `<dir>/<secret>.yaml`,
+//! each replaced atomically (temporary file, then rename: Envoy reloads on the rename, and a certificate
+//! and its key change together because both are inlined in the one file).
+//!
+//! With `--policy`, every secret the rendered gateway will ask for must be given: the client certificate
+//! of each external identity that originates TLS, and the CA of each destination.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use egress_identity_core::config_document::Protocol;
+
+use crate::render::envoy::{identity_clusters, GATEWAY_CERT, MESH_CA};
+use crate::render::{map, s, to_yaml, PolicyFile, Yaml};
+
+/// What to write.
+#[derive(Debug, Default)]
+pub struct SdsRequest {
+    pub out: PathBuf,
+    pub gateway: Option<(PathBuf, PathBuf)>,
+    pub mesh_ca: Vec<PathBuf>,
+    /// External identity name → (certificate chain, key).
+    pub identities: BTreeMap<String, (PathBuf, PathBuf)>,
+    /// Destination → CA bundle of the partner.
+    pub cas: BTreeMap<String, PathBuf>,
+    /// Destination → the name of its CA secret (default `<destination>-ca`, as `render envoy`).
+    pub ca_secrets: BTreeMap<String, String>,
+}
+
+/// A PEM file's text, checked to hold what it should: certificates (each parsed as X.509), or a key.
+fn read_pem(path: &Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let blocks: Vec<&str> = text.split("-----BEGIN ").skip(1).collect();
+    if what == "key" {
+        if !blocks.iter().any(|b| b.starts_with("PRIVATE KEY-----") || b.contains(" PRIVATE KEY-----")) {
+            return Err(format!("{}: no PEM private key", path.display()));
+        }
+        return Ok(text);
+    }
+    let certificates: Vec<&&str> = blocks.iter().filter(|b| b.starts_with("CERTIFICATE-----")).collect();
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate ({what})", path.display()));
+    }
+    for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).enumerate() {
+        let pem = pem.map_err(|e| format!("{}: certificate {i}: {e}", path.display()))?;
+        if pem.label == "CERTIFICATE" {
+            pem.parse_x509().map_err(|e| format!("{}: certificate {i} is not X.509: {e}", path.display()))?;
+        }
+    }
+    Ok(text)
+}
+
+fn secret(name: &str, body: (&str, Yaml)) -> String {
+    let header = "# SDS resource written by `egress-identity sds`. Replace it atomically (write a temporary file in\n# this directory, then rename it over this one): Envoy reloads on the rename.\n";
+    let resource = map([
+        ("@type", s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")),
+        ("name", s(name)),
+        body,
+    ]);
+    format!("{header}{}", to_yaml(&map([("resources", Yaml::Seq(vec![resource]))])))
+}
+
+fn inline(text: &str) -> Yaml {
+    map([("inline_string", Yaml::Literal(text.trim_end().to_string() + "\n"))])
+}
+
+fn tls_certificate(name: &str, chain: &str, key: &str) -> String {
+    secret(name, ("tls_certificate", map([("certificate_chain", inline(chain)), ("private_key", inline(key))])))
+}
+
+fn validation_context(name: &str, bundle: &str) -> String {
+    secret(name, ("validation_context", map([("trusted_ca", inline(bundle))])))
+}
+
+/// The secrets a `render envoy` gateway for `policy` reads, besides the listener's: (secret, what for).
+pub fn wanted(policy: &PolicyFile, ca_secrets: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let clusters = identity_clusters(policy).map_err(|e| e.to_string())?;
+    for d in &policy.spec.destinations {
+        if d.protocol == Protocol::Tls {
+            continue; // passthrough: the caller's own TLS, no certificate at the gateway
+        }
+        let ca = ca_secrets.get(&d.name).cloned().unwrap_or_else(|| format!("{}-ca", d.name));
+        out.push((ca, format!("the CA of destination {}", d.name)));
+        for c in clusters.iter().filter(|c| c.destination == d.name) {
+            out.push((
+                format!("external-{}", c.identity),
+                format!("the client certificate of identity {}", c.identity),
+            ));
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// Writes the resources; returns the files written. With `policy`, refuses when a secret it needs is missing.
+pub fn write(request: &SdsRequest, policy: Option<&PolicyFile>) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    if let Some((cert, key)) = &request.gateway {
+        files.push((
+            GATEWAY_CERT.into(),
+            tls_certificate(GATEWAY_CERT, &read_pem(cert, "gateway")?, &read_pem(key, "key")?),
+        ));
+    }
+    if !request.mesh_ca.is_empty() {
+        let bundle: Vec<String> = request.mesh_ca.iter().map(|p| read_pem(p, "mesh CA")).collect::<Result<_, _>>()?;
+        files.push((MESH_CA.into(), validation_context(MESH_CA, &bundle.join(""))));
+    }
+    for (identity, (cert, key)) in &request.identities {
+        let name = format!("external-{identity}");
+        files.push((name.clone(), tls_certificate(&name, &read_pem(cert, "identity")?, &read_pem(key, "key")?)));
+    }
+    for (destination, ca) in &request.cas {
+        let name = request.ca_secrets.get(destination).cloned().unwrap_or_else(|| format!("{destination}-ca"));
+        if files.iter().any(|(n, _)| *n == name) {
+            continue; // one CA secret shared by several destinations (--ca-secret)
+        }
+        files.push((name.clone(), validation_context(&name, &read_pem(ca, "CA")?)));
+    }
+    if let Some(policy) = policy {
+        let missing: Vec<String> = wanted(policy, &request.ca_secrets)?
+            .into_iter()
+            .filter(|(name, _)| !files.iter().any(|(n, _)| n == name))
+            .map(|(name, why)| format!("{name} ({why})"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("the gateway of this policy also reads: {}", missing.join(", ")));
+        }
+    }
+    if files.is_empty() {
+        return Err("nothing to write: give --gateway-cert/--gateway-key, --mesh-ca, --identity or --ca".into());
+    }
+    std::fs::create_dir_all(&request.out).map_err(|e| format!("{}: {e}", request.out.display()))?;
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let target = request.out.join(format!("{name}.yaml"));
+        let tmp = request.out.join(format!(".{name}.yaml.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        #[cfg(unix)]
+        {
+            // Private keys inside: readable by the owner only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        written.push(target);
+    }
+    Ok(written)
+}
