@@ -81,6 +81,14 @@ bench: setup-bench build
 bench-check: setup-bench build
 	CARGO='$(CARGO)' bash bench/run.sh --check
 
+## dashboard-preview: docs/dashboard.png, the README's picture of monitoring/grafana-dashboard.json: a test
+## gateway, a real Prometheus and 90 s of mixed traffic, the panels drawn with matplotlib (installed in .venv/).
+.PHONY: dashboard-preview
+dashboard-preview: setup-test build
+	.venv/bin/pip install -q matplotlib
+	mkdir -p docs
+	$(CARGO) run --quiet --release -p egress-identity-harness --bin dashboard -- docs/dashboard.png 90
+
 ## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_TIME seconds each (default 600), FUZZ_JOBS at a time.
 ## fuzz-smoke: 20 s each (part of `make test`; prints SKIP where no nightly toolchain can be installed).
 ## soak: SOAK_REQUESTS (default 1000000) through the real gateway with wrk, gateway RSS sampled
