@@ -544,8 +544,9 @@ pub fn oci_url(reference: &Reference, digest: &str) -> String {
 }
 
 /// Rewrites every `url: oci://...` line of a WasmPlugin or TrafficExtension manifest to `url` (keeping its
-/// indentation and any comment lines; a file may hold the HTTP and the network plugin, both the same
-/// module), and each `sha256:` line at the indentation of a url line, if there is one, to the digest in `url`.
+/// indentation and comment lines, but for a comment above it that says the url is a PLACEHOLDER; a file may
+/// hold the HTTP and the network plugin, both the same module), and each `sha256:` line at the indentation of
+/// a url line, if there is one, to the digest in `url`.
 pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
     let hex = url
         .rsplit_once("@sha256:")
@@ -568,10 +569,22 @@ pub fn pin_manifest(text: &str, url: &str) -> Result<String> {
     }
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let url_indents: Vec<usize> = urls.iter().filter_map(|i| lines.get(*i)).map(|line| indent(line)).collect();
+    // A comment block right above a url line that calls it a PLACEHOLDER is no longer true once pinned.
+    let mut dropped = Vec::new();
+    for &u in &urls {
+        let block: Vec<usize> =
+            (0..u).rev().take_while(|&j| lines.get(j).is_some_and(|l| l.trim_start().starts_with('#'))).collect();
+        if block.iter().any(|&j| lines.get(j).is_some_and(|l| l.contains("PLACEHOLDER"))) {
+            dropped.extend(block);
+        }
+    }
     let mut out = String::with_capacity(text.len());
     for (i, line) in lines.iter().enumerate() {
         let newline = if line.ends_with('\n') { "\n" } else { "" };
         let pad = line.get(..indent(line)).unwrap_or_default();
+        if dropped.contains(&i) {
+            continue;
+        }
         if urls.contains(&i) {
             out.push_str(&format!("{pad}url: {url}{newline}"));
         } else if is_key(line, "sha256") && url_indents.contains(&indent(line)) {
@@ -728,5 +741,9 @@ mod tests {
         let expected =
             format!("spec:\n  url: {url}\n---\nspec:\n  wasm:\n    url: {url}\n    sha256: {}\n", "b".repeat(64));
         assert_eq!(pin_manifest(two, &url).unwrap(), expected);
+        // A placeholder's warning goes with it; other comments stay.
+        let placeholder =
+            "spec:\n  # keep me\n  x: 1\n  # PLACEHOLDER -- not a published image:\n  # push it\n  url: oci://a/b:1\n";
+        assert_eq!(pin_manifest(placeholder, &url).unwrap(), format!("spec:\n  # keep me\n  x: 1\n  url: {url}\n"));
     }
 }
