@@ -28,27 +28,37 @@ pub struct SdsRequest {
     pub ca_secrets: BTreeMap<String, String>,
 }
 
-/// A PEM file's text, checked to hold what it should: certificates (each parsed as X.509), or a key.
-fn read_pem(path: &Path, what: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let blocks: Vec<&str> = text.split("-----BEGIN ").skip(1).collect();
-    if what == "key" {
-        if !blocks.iter().any(|b| b.starts_with("PRIVATE KEY-----") || b.contains(" PRIVATE KEY-----")) {
-            return Err(format!("{}: no PEM private key", path.display()));
-        }
-        return Ok(text);
-    }
-    let certificates: Vec<&&str> = blocks.iter().filter(|b| b.starts_with("CERTIFICATE-----")).collect();
-    if certificates.is_empty() {
-        return Err(format!("{}: no PEM certificate ({what})", path.display()));
-    }
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// A PEM file of certificates (a chain or a CA bundle), each parsed as X.509.
+fn read_certificates(path: &Path, what: &str) -> Result<String, String> {
+    let text = read(path)?;
+    let mut found = 0;
     for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).enumerate() {
-        let pem = pem.map_err(|e| format!("{}: certificate {i}: {e}", path.display()))?;
+        let pem = pem.map_err(|e| format!("{}: PEM block {i}: {e}", path.display()))?;
         if pem.label == "CERTIFICATE" {
             pem.parse_x509().map_err(|e| format!("{}: certificate {i} is not X.509: {e}", path.display()))?;
+            found += 1;
         }
     }
+    if found == 0 {
+        return Err(format!("{}: no PEM certificate ({what})", path.display()));
+    }
     Ok(text)
+}
+
+/// A PEM file holding a private key.
+fn read_key(path: &Path) -> Result<String, String> {
+    let text = read(path)?;
+    let is_key = |label: &str| label == "PRIVATE KEY" || label.ends_with(" PRIVATE KEY");
+    let has_key = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).flatten().any(|pem| is_key(&pem.label));
+    if has_key {
+        Ok(text)
+    } else {
+        Err(format!("{}: no PEM private key", path.display()))
+    }
 }
 
 fn secret(name: &str, body: (&str, Yaml)) -> String {
@@ -101,23 +111,24 @@ pub fn write(request: &SdsRequest, policy: Option<&PolicyFile>) -> Result<Vec<Pa
     if let Some((cert, key)) = &request.gateway {
         files.push((
             GATEWAY_CERT.into(),
-            tls_certificate(GATEWAY_CERT, &read_pem(cert, "gateway")?, &read_pem(key, "key")?),
+            tls_certificate(GATEWAY_CERT, &read_certificates(cert, "gateway")?, &read_key(key)?),
         ));
     }
     if !request.mesh_ca.is_empty() {
-        let bundle: Vec<String> = request.mesh_ca.iter().map(|p| read_pem(p, "mesh CA")).collect::<Result<_, _>>()?;
+        let bundle: Vec<String> =
+            request.mesh_ca.iter().map(|p| read_certificates(p, "mesh CA")).collect::<Result<_, _>>()?;
         files.push((MESH_CA.into(), validation_context(MESH_CA, &bundle.join(""))));
     }
     for (identity, (cert, key)) in &request.identities {
         let name = format!("external-{identity}");
-        files.push((name.clone(), tls_certificate(&name, &read_pem(cert, "identity")?, &read_pem(key, "key")?)));
+        files.push((name.clone(), tls_certificate(&name, &read_certificates(cert, "identity")?, &read_key(key)?)));
     }
     for (destination, ca) in &request.cas {
         let name = request.ca_secrets.get(destination).cloned().unwrap_or_else(|| format!("{destination}-ca"));
         if files.iter().any(|(n, _)| *n == name) {
             continue; // one CA secret shared by several destinations (--ca-secret)
         }
-        files.push((name.clone(), validation_context(&name, &read_pem(ca, "CA")?)));
+        files.push((name.clone(), validation_context(&name, &read_certificates(ca, "CA")?)));
     }
     if let Some(policy) = policy {
         let missing: Vec<String> = wanted(policy, &request.ca_secrets)?

@@ -47,7 +47,12 @@ impl KumaOptions {
     /// The SNI callers' sidecars send to the zone egress for a MeshExternalService (what the network filter
     /// reads as the destination's name).
     pub fn sni(&self, name: &str, port: u16) -> String {
-        format!("sni.extsvc.{}.{}.{}.{name}.{port}", self.mesh, self.zone, self.namespace)
+        format!("{}{port}", self.sni_prefix(name))
+    }
+
+    /// The SNI of a MeshExternalService up to its port.
+    fn sni_prefix(&self, name: &str) -> String {
+        format!("sni.extsvc.{}.{}.{}.{name}.", self.mesh, self.zone, self.namespace)
     }
 }
 
@@ -62,20 +67,16 @@ fn mes_protocol(f: &Front) -> &'static str {
 
 /// A tcp/tls destination at the zone egress: named by the SNI callers' sidecars send,
 /// `sni.extsvc.<mesh>.<zone>.<namespace>.<name>.<port>`, which its hosts must list; `<port>` is its
-/// MeshExternalService's port (the one applications connect to). Returns (that SNI, the port).
+/// MeshExternalService's port (the one applications connect to), which this returns.
 fn l4_mes_port(
     opts: &KumaOptions,
     i: usize,
     d: &egress_identity_core::config_document::DestinationSpec,
-) -> Result<(String, u16), RenderError> {
-    let prefix = opts.sni(&d.name, 0);
-    let prefix = prefix.trim_end_matches('0');
+) -> Result<u16, RenderError> {
+    let prefix = opts.sni_prefix(&d.name);
     d.hosts
         .iter()
-        .find_map(|h| {
-            let port: u16 = h.strip_prefix(prefix)?.parse().ok().filter(|p| *p != 0)?;
-            Some((h.clone(), port))
-        })
+        .find_map(|h| h.strip_prefix(prefix.as_str())?.parse().ok().filter(|p: &u16| *p != 0))
         .ok_or_else(|| {
             RenderError(format!(
                 "destinations[{i}] ({name}) is a {protocol} destination: at the zone egress its connections are named by the SNI callers' sidecars send, {prefix}<PORT> (PORT: the port applications connect to), which its hosts must list: every connection would be denied (unknown_destination)",
@@ -156,14 +157,13 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     }
     for (i, d) in policy.spec.destinations.iter().enumerate() {
         if d.protocol.is_l4() {
-            let (_, port) = l4_mes_port(opts, i, d)?;
+            l4_mes_port(opts, i, d)?;
             if !d.ports.contains(&u32::from(opts.egress_port)) {
                 return Err(RenderError(format!(
                     "destinations[{i}] ({}): callers' connections reach the zone egress on its port {} (--egress-port), the destination port the filter sees, which its ports do not list: every connection would be denied (unknown_destination)",
                     d.name, opts.egress_port
                 )));
             }
-            let _ = port;
             continue;
         }
         let called = format!("{}.extsvc.mesh.local", d.name);
@@ -202,7 +202,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         // A tcp/tls destination's MeshExternalService port is the one in the SNI it lists (its ports hold the
         // zone egress port).
         let port = match spec.filter(|d| d.protocol.is_l4()) {
-            Some(d) => l4_mes_port(opts, i, d)?.1,
+            Some(d) => l4_mes_port(opts, i, d)?,
             None => *port,
         };
         fronts.push(Front { name: name.clone(), port, upstream, protocol: *protocol });
