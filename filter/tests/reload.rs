@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::lds;
-use egress_identity_harness::load::{Caller, LoadGenerator, LoadReport, LoadSpec, Record};
+use egress_identity_harness::load::{Caller, LoadGenerator, LoadReport, LoadSpec};
 use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::topology::{Options, Topology};
 use serde_json::{json, Value};
@@ -128,19 +128,9 @@ fn current_plugin_config(t: &Topology) -> Value {
 
 /// Every request 200 from the partner as team.app1, at least MIN_REQUESTS, over kept-alive connections.
 fn check(report: &LoadReport) {
-    eprintln!("load: {}", report.summary());
-    if let Err(e) = report.check_no_failures(MIN_REQUESTS) {
+    if let Err(e) = report.check_all_as(TEAM_APP1, MIN_REQUESTS) {
         panic!("{e}");
     }
-    let wrong: Vec<&Record> =
-        report.records.iter().filter(|r| r.client_subject.as_deref() != Some(TEAM_APP1)).collect();
-    assert!(wrong.is_empty(), "{} responses did not see {TEAM_APP1}, e.g. {}", wrong.len(), wrong[0].describe());
-    assert!(
-        report.connections() * 5 <= report.total(),
-        "{} connections for {} requests",
-        report.connections(),
-        report.total()
-    );
 }
 
 /// Requests of batches (connections) open at `t`.

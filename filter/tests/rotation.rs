@@ -79,21 +79,11 @@ fn refused_at_tls(r: &Response) -> bool {
     r.status == 0 && r.curl_exit != 0
 }
 
+/// Every request 200 from the partner as team.app1, at least MIN_REQUESTS, over kept-alive connections.
 fn check(report: &LoadReport) {
-    eprintln!("load: {}", report.summary());
-    if let Err(e) = report.check_no_failures(MIN_REQUESTS) {
+    if let Err(e) = report.check_all_as(TEAM_APP1, MIN_REQUESTS) {
         panic!("{e}");
     }
-    let wrong: Vec<&Record> =
-        report.records.iter().filter(|r| r.client_subject.as_deref() != Some(TEAM_APP1)).collect();
-    assert!(wrong.is_empty(), "{} responses did not see {TEAM_APP1}, e.g. {}", wrong.len(), wrong[0].describe());
-    // Keep-alive did happen: K requests per connection.
-    assert!(
-        report.connections() * 5 <= report.total(),
-        "{} connections for {} requests",
-        report.connections(),
-        report.total()
-    );
 }
 
 /// team.app1's external client certificate (new key, new serial, same subject) is replaced through SDS

@@ -563,6 +563,22 @@ impl LoadReport {
         }
         Ok(())
     }
+
+    /// [`Self::check_no_failures`], every answer saw the client certificate `subject`, and keep-alive did
+    /// happen (at least 5 requests per connection).
+    pub fn check_all_as(&self, subject: &str, min_requests: usize) -> std::result::Result<(), String> {
+        eprintln!("load: {}", self.summary());
+        self.check_no_failures(min_requests)?;
+        let wrong: Vec<&Record> =
+            self.records.iter().filter(|r| r.client_subject.as_deref() != Some(subject)).collect();
+        if let Some(first) = wrong.first() {
+            return Err(format!("{} responses did not see {subject}, e.g. {}", wrong.len(), first.describe()));
+        }
+        if self.connections() * 5 > self.total() {
+            return Err(format!("{} connections for {} requests", self.connections(), self.total()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

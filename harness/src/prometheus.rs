@@ -180,32 +180,8 @@ impl Server {
     }
 }
 
-/// GET on 127.0.0.1:`port` (Connection: close; a chunked body is decoded).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Some((status, body.to_string()));
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).ok()?;
-        if size == 0 {
-            break;
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
-    }
-    Some((status, out))
+    crate::topology::http_get(port, path)
 }
 
 fn url_encode(text: &str) -> String {

@@ -149,7 +149,8 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_request("GET", port, path)
 }
 
-/// A plain HTTP/1.1 request without a body (Connection: close) on 127.0.0.1:`port`; returns (status, body).
+/// A plain HTTP/1.1 request without a body (Connection: close) on 127.0.0.1:`port`; returns (status, body),
+/// a chunked body decoded.
 fn http_request(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -163,8 +164,21 @@ fn http_request(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some((status, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            break;
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size + 2..)?;
+    }
+    Some((status, out))
 }
 
 fn envoy_ready(admin_port: u16) -> bool {
