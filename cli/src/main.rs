@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod explain;
 mod render;
 mod sds;
+mod secrets;
 
 use clap::{Parser, Subcommand};
 use egress_identity_core::config::Config;
@@ -103,6 +104,16 @@ enum Command {
         #[arg(long = "ca-secret", value_name = "DESTINATION=SECRET", value_parser = name_value::<String>)]
         ca_secret: Vec<(String, String)>,
     },
+    /// Write the Kubernetes Secrets the `render istio|kuma` manifests read, from your own PEM files.
+    ///
+    /// Istio: egress-identity-<identity> (tls.crt, tls.key, ca.crt: the partner's CA). Kuma:
+    /// <destination>-ca, egress-identity-<identity>-cert and -key (system.kuma.io/secret). Every Secret the
+    /// policy's manifests read must be given, and nothing else (exit 1 names what is missing or unused).
+    /// Output on stdout, or --out FILE (mode 0600): it holds private keys.
+    Secrets {
+        #[command(subcommand)]
+        target: SecretsTarget,
+    },
     /// Render what goes with a policy file: the Envoy bootstrap, or the Istio or Kuma manifests.
     ///
     /// The policy is validated first (errors with JSON paths, exit 1) and embedded verbatim. Output on
@@ -110,6 +121,46 @@ enum Command {
     Render {
         #[command(subcommand)]
         target: RenderTarget,
+    },
+}
+
+/// What `secrets istio` and `secrets kuma` share.
+#[derive(clap::Args)]
+struct SecretFiles {
+    /// The policy (plugin configuration, JSON): it says which Secrets the manifests read.
+    config: PathBuf,
+    /// An external identity's client certificate chain and key (repeatable).
+    #[arg(long, value_name = "IDENTITY=CERT.pem,KEY.pem", value_parser = identity_files)]
+    identity: Vec<(String, (PathBuf, PathBuf))>,
+    /// The CA that verifies a destination's partner (repeatable).
+    #[arg(long, value_name = "DESTINATION=PEM", value_parser = name_value::<PathBuf>)]
+    ca: Vec<(String, PathBuf)>,
+    /// Write to this file (created with mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SecretsTarget {
+    /// For `render istio` (gateway or waypoint): one Secret per external identity.
+    Istio {
+        #[command(flatten)]
+        files: SecretFiles,
+        #[arg(long, value_enum, default_value = "gateway")]
+        mode: IstioMode,
+        /// Namespace of the gateway or waypoint (default istio-egress, or egress-waypoint).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// For `render kuma`: the partners' CAs and each identity's certificate and key, as Kuma Secrets.
+    Kuma {
+        #[command(flatten)]
+        files: SecretFiles,
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        /// Kuma's system namespace.
+        #[arg(long, default_value = "kuma-system")]
+        namespace: String,
     },
 }
 
@@ -230,6 +281,7 @@ fn main() -> ExitCode {
             explain::explain(&config, principal.as_deref(), &request, json)
         }
         Command::Render { target } => render_command(target),
+        Command::Secrets { target } => secrets_command(target),
         Command::Sds { out, policy, gateway_cert, gateway_key, mesh_ca, identity, ca, ca_secret } => {
             let policy_file = match &policy {
                 Some(path) => match load_policy(path) {
@@ -259,6 +311,47 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn secrets_command(target: SecretsTarget) -> ExitCode {
+    let (files, platform, namespace, mesh) = match target {
+        SecretsTarget::Istio { files, mode, namespace } => {
+            let namespace = namespace.unwrap_or_else(|| mode.default_namespace().into());
+            (files, secrets::Platform::Istio, namespace, String::new())
+        }
+        SecretsTarget::Kuma { files, mesh, namespace } => (files, secrets::Platform::Kuma, namespace, mesh),
+    };
+    let Some(policy) = load_policy(&files.config) else { return ExitCode::FAILURE };
+    let request = secrets::SecretsRequest {
+        platform,
+        namespace,
+        mesh,
+        identities: files.identity.into_iter().collect(),
+        cas: files.ca.into_iter().collect(),
+    };
+    let text = match secrets::render(&request, &policy) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("secrets: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &files.out {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match sds::write_private(path, &text) {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("secrets: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -33,7 +33,7 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// A PEM file of certificates (a chain or a CA bundle), each parsed as X.509.
-fn read_certificates(path: &Path, what: &str) -> Result<String, String> {
+pub(crate) fn read_certificates(path: &Path, what: &str) -> Result<String, String> {
     let text = read(path)?;
     let mut found = 0;
     for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).enumerate() {
@@ -50,7 +50,7 @@ fn read_certificates(path: &Path, what: &str) -> Result<String, String> {
 }
 
 /// A PEM file holding a private key.
-fn read_key(path: &Path) -> Result<String, String> {
+pub(crate) fn read_key(path: &Path) -> Result<String, String> {
     let text = read(path)?;
     let is_key = |label: &str| label == "PRIVATE KEY" || label.ends_with(" PRIVATE KEY");
     let has_key = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).flatten().any(|pem| is_key(&pem.label));
@@ -147,17 +147,28 @@ pub fn write(request: &SdsRequest, policy: Option<&PolicyFile>) -> Result<Vec<Pa
     let mut written = Vec::new();
     for (name, text) in files {
         let target = request.out.join(format!("{name}.yaml"));
-        let tmp = request.out.join(format!(".{name}.yaml.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        #[cfg(unix)]
-        {
-            // Private keys inside: readable by the owner only.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        }
-        std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        write_private(&target, &text)?;
         written.push(target);
     }
     Ok(written)
+}
+
+/// Replaces `target` atomically (a temporary file beside it, then rename) with a file only its owner can
+/// read: private keys inside.
+pub(crate) fn write_private(target: &Path, text: &str) -> Result<(), String> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp); // a leftover of an interrupted run would keep its old mode
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        // Created readable by the owner only: the key is never readable by others, not even briefly.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, target).map_err(|e| format!("{}: {e}", target.display()))
 }

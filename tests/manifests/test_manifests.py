@@ -142,10 +142,10 @@ BUILTIN_KINDS: dict[tuple[str, str], dict] = {
 # Built-in kinds checked against Kubernetes' own schema (vendored, tests/manifests/schemas/README.md).
 KUBERNETES_SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kubernetes-1.37"
 for _kind, _file in ((("networking.k8s.io/v1", "NetworkPolicy"), "networkpolicy-networking-v1.json"),
-                     (("v1", "ConfigMap"), "configmap-v1.json")):
+                     (("v1", "ConfigMap"), "configmap-v1.json"), (("v1", "Secret"), "secret-v1.json")):
     BUILTIN_KINDS[_kind] = json.loads((KUBERNETES_SCHEMAS / _file).read_text(encoding="utf-8"))
 # Built-in kinds that live in a namespace (the examples spell it out, as for namespaced CRDs).
-NAMESPACED_BUILTINS = {("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ConfigMap")}
+NAMESPACED_BUILTINS = {("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ConfigMap"), ("v1", "Secret")}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ fn identity_service(c: &IdentityCluster) -> String {
     format!("{}-{}", k8s_name(&c.destination), k8s_name(&c.identity))
 }
 
-fn secret_base(identity: &str) -> String {
+pub fn secret_base(identity: &str) -> String {
     format!("egress-identity-{}", k8s_name(identity))
 }
 

@@ -1,0 +1,182 @@
+//! `egress-identity secrets istio|kuma`: the Kubernetes Secrets the manifests of `render istio|kuma` read,
+//! written from a user's own PEM files, so nobody assembles them with `kubectl create secret` by hand.
+//!
+//! The policy says which Secrets exist: every one the rendered manifests name must be given, and a given
+//! identity or CA the policy does not use is refused (a typo would otherwise leave a Secret missing).
+//! - Istio: `egress-identity-<identity>` (generic: `tls.crt`, `tls.key`, `ca.crt` = the partner's CA), read
+//!   by istiod over SDS (`kubernetes://<secret>` and `kubernetes://<secret>-cacert`).
+//! - Kuma: `<destination>-ca`, `egress-identity-<identity>-cert` and `-key`, each `type:
+//!   system.kuma.io/secret` with `data.value`, labelled `kuma.io/mesh`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use egress_identity_core::config_document::Protocol;
+
+use crate::render::envoy::{identity_clusters, IdentityCluster};
+use crate::render::{documents, istio, kuma, map, s, PolicyFile, Yaml};
+use crate::sds::{read_certificates, read_key};
+
+/// The platform whose Secrets to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    Istio,
+    Kuma,
+}
+
+/// What to write.
+#[derive(Debug)]
+pub struct SecretsRequest {
+    pub platform: Platform,
+    pub namespace: String,
+    /// Kuma: the mesh the Secrets belong to (label `kuma.io/mesh`).
+    pub mesh: String,
+    /// External identity name → (certificate chain, key).
+    pub identities: BTreeMap<String, (PathBuf, PathBuf)>,
+    /// Destination → CA bundle of the partner.
+    pub cas: BTreeMap<String, PathBuf>,
+}
+
+fn b64(text: &str) -> Yaml {
+    s(base64::engine::general_purpose::STANDARD.encode(text))
+}
+
+fn labels(extra: &[(&str, &str)]) -> Yaml {
+    let mut out = vec![("app.kubernetes.io/managed-by".to_string(), s("egress-identity"))];
+    out.extend(extra.iter().map(|(k, v)| (k.to_string(), s(*v))));
+    Yaml::Map(out)
+}
+
+fn secret(name: &str, namespace: &str, labels: Yaml, kind: &str, data: Vec<(&str, Yaml)>) -> Yaml {
+    map([
+        ("apiVersion", s("v1")),
+        ("kind", s("Secret")),
+        ("metadata", map([("name", s(name)), ("namespace", s(namespace)), ("labels", labels)])),
+        ("type", s(kind)),
+        ("data", map(data)),
+    ])
+}
+
+/// The clusters that present a client certificate (tls passthrough presents none).
+fn originating(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, String> {
+    let clusters = identity_clusters(policy).map_err(|e| e.to_string())?;
+    let passthrough: Vec<&str> =
+        policy.spec.destinations.iter().filter(|d| d.protocol == Protocol::Tls).map(|d| d.name.as_str()).collect();
+    Ok(clusters.into_iter().filter(|c| !passthrough.contains(&c.destination.as_str())).collect())
+}
+
+/// Refuses what was given but is never read, and names what is read but was not given.
+fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for identity in request.identities.keys() {
+        if !clusters.iter().any(|c| c.identity == *identity) {
+            problems.push(format!("--identity {identity}: no destination of the policy originates TLS as it"));
+        }
+    }
+    for destination in request.cas.keys() {
+        if !clusters.iter().any(|c| c.destination == *destination) {
+            problems.push(format!("--ca {destination}: not a destination of the policy that originates TLS"));
+        }
+    }
+    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in clusters.iter().filter(|c| !request.identities.contains_key(&c.identity)) {
+        users.entry(&c.identity).or_default().push(&c.destination);
+    }
+    let mut missing: Vec<String> = users
+        .iter()
+        .map(|(identity, destinations)| format!("--identity {identity}=CERT,KEY (used by {})", destinations.join(", ")))
+        .collect();
+    let mut destinations: Vec<&str> = clusters.iter().map(|c| c.destination.as_str()).collect();
+    destinations.dedup();
+    for d in destinations.into_iter().filter(|d| !request.cas.contains_key(*d)) {
+        missing.push(format!("--ca {d}=PEM (the partner's CA)"));
+    }
+    if !missing.is_empty() {
+        problems.push(format!("the manifests of this policy also read: {}", missing.join(", ")));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// The Secrets, as one multi-document YAML text.
+pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, String> {
+    let clusters = originating(policy)?;
+    check_given(request, &clusters)?;
+    let mut cas: BTreeMap<&str, String> = BTreeMap::new();
+    for (destination, path) in &request.cas {
+        cas.insert(destination, read_certificates(path, "CA")?);
+    }
+    let mut docs = Vec::new();
+    let ns = request.namespace.as_str();
+    match request.platform {
+        Platform::Istio => {
+            for (identity, (cert, key)) in &request.identities {
+                // One Secret per identity carries the partner's CA too: every destination using it must
+                // trust the same CA, or one partner's CA would vouch for another partner.
+                let mut ca: Option<(&str, &String)> = None;
+                for c in clusters.iter().filter(|c| c.identity == *identity) {
+                    let Some(bundle) = cas.get(c.destination.as_str()) else { continue };
+                    match ca {
+                        Some((first, other)) if other != bundle => {
+                            return Err(format!(
+                                "identity {identity}: destinations {first} and {} have different CAs, but Istio reads one Secret ({}) per identity; give them different identity names",
+                                c.destination,
+                                istio::identity_secret(identity)
+                            ))
+                        }
+                        Some(_) => {}
+                        None => ca = Some((c.destination.as_str(), bundle)),
+                    }
+                }
+                let Some((_, ca)) = ca else { continue };
+                docs.push(secret(
+                    &istio::identity_secret(identity),
+                    ns,
+                    labels(&[]),
+                    "Opaque",
+                    vec![
+                        ("tls.crt", b64(&read_certificates(cert, "identity")?)),
+                        ("tls.key", b64(&read_key(key)?)),
+                        ("ca.crt", b64(ca)),
+                    ],
+                ));
+            }
+        }
+        Platform::Kuma => {
+            let kuma_labels = || labels(&[("kuma.io/mesh", request.mesh.as_str())]);
+            for (destination, ca) in &cas {
+                docs.push(secret(
+                    &format!("{destination}-ca"),
+                    ns,
+                    kuma_labels(),
+                    "system.kuma.io/secret",
+                    vec![("value", b64(ca))],
+                ));
+            }
+            for (identity, (cert, key)) in &request.identities {
+                let base = kuma::secret_base(identity);
+                let (cert, key) = (read_certificates(cert, "identity")?, read_key(key)?);
+                docs.push(secret(
+                    &format!("{base}-cert"),
+                    ns,
+                    kuma_labels(),
+                    "system.kuma.io/secret",
+                    vec![("value", b64(&cert))],
+                ));
+                docs.push(secret(
+                    &format!("{base}-key"),
+                    ns,
+                    kuma_labels(),
+                    "system.kuma.io/secret",
+                    vec![("value", b64(&key))],
+                ));
+            }
+        }
+    }
+    let header = "# Kubernetes Secrets written by `egress-identity secrets`: private keys inside -- apply them\n# (kubectl apply -f), do not commit them.\n";
+    Ok(format!("{header}{}", documents(&docs)))
+}
