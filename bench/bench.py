@@ -11,6 +11,7 @@ Environment: ENVOY (default .venv/bin/envoy), WRK (wrk), NGINX (nginx), BENCH_PO
 """
 
 import argparse
+import glob
 import ctypes
 import json
 import os
@@ -63,6 +64,19 @@ DESCRIPTION = {
     "L1": "L4: empty network Wasm filter + tcp_proxy (early data)",
     "L2": "L4: egress-identity network filter, 1,000 rules + tcp_proxy (early data)",
 }
+# The ladder (--ladder, filter/src/bench_ladder.rs): rung N runs the first N steps of the filter; rungs before
+# the header sets are routed to the caller's cluster directly (nothing names it yet).
+LADDER_STEPS = [
+    "nothing (context creation, dispatch)",
+    "+ peer-certificate digest read",
+    "+ certificate-cache lookup (principal resolved)",
+    "+ header reads (:authority, :path)",
+    "+ decision (1,000 rules)",
+    "+ internal header sets (route by cluster header)",
+    "+ audit record (filter state)",
+    "+ counters (the whole filter)",
+]
+LADDER_FIRST_ROUTED = 5
 # Variants also measured with a new downstream connection per request.
 NEWCONN_VARIANTS = ["A", "C", "D", "L0", "L1", "L2"]
 
@@ -123,7 +137,8 @@ def l4_filters(kind, rules, run_dir, port, wasm_file):
     return filters
 
 
-def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm", fixed_route=False):
+def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm", fixed_route=False,
+                      root_id="egress-identity", extra_config=None):
     """The gateway under test: envoy/gateway.yaml's listener (downstream mTLS from file SDS, header_mutation,
     the variant's filter, router) and the caller's per-identity cluster (upstream mTLS to the partner); for
     the L4 variants its egress-l4 listener (tls_inspector, mTLS without ALPN, network filters, tcp_proxy).
@@ -141,14 +156,14 @@ def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm",
         },
     }
 
-    def wasm(name, filename, configuration):
+    def wasm(name, filename, configuration, root=None):
         return {
             "name": "envoy.filters.http.wasm",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": name,
-                    "root_id": name,
+                    "root_id": root or name,
                     "fail_open": False,
                     "vm_config": {
                         "vm_id": name,
@@ -175,7 +190,8 @@ def gateway_bootstrap(i, kind, rules, run_dir, wasm_file="egress_identity.wasm",
             wasm(
                 "egress-identity",
                 os.path.join(run_dir, wasm_file),
-                json.dumps(policy.plugin_config(rules), separators=(",", ":")),
+                json.dumps({**policy.plugin_config(rules), **(extra_config or {})}, separators=(",", ":")),
+                root_id,
             )
         )
         if not fixed_route:
@@ -573,6 +589,28 @@ def main():
         "'set_cluster_header;get_header:10' (bench/empty-filter/src/lib.rs); routed by the cluster header "
         "when CALLS sets it",
     )
+    ap.add_argument(
+        "--config-variant",
+        action="append",
+        default=[],
+        metavar="NAME=KEY:JSON",
+        help="an extra variant: egress-identity (dist build, 1,000 rules) with one more top-level configuration "
+        "key, e.g. 'DN=auditRecord:\"none\"'",
+    )
+    ap.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timing: run each variant's gateway under valgrind's callgrind and count the "
+        "instructions it executes for N sequential requests (after a warm-up): deterministic, unlike CPU time",
+    )
+    ap.add_argument(
+        "--ladder",
+        action="store_true",
+        help="also measure the rungs R0..R7 of the ladder: the filter built with the bench-ladder feature "
+        "(RUN/egress_identity_ladder.wasm, made by run.sh) stopped after each step (filter/src/bench_ladder.rs)",
+    )
     a = ap.parse_args()
     extra = []  # variants added by --probe / --wasm-variant, measured in every round after the others
 
@@ -597,6 +635,20 @@ def main():
         wasm_files[name] = os.path.abspath(path)
         if fixed:
             fixed_routes.add(name)
+    extra_config = {}
+    for spec in a.config_variant:
+        key, _, value = spec.partition("=")[2].partition(":")
+        name = add_variant("--config-variant", spec, bool(key and value), "egress_identity", 1000,
+                           f"egress-identity, 1,000 rules, {key}: {value}")
+        extra_config[name] = {key: json.loads(value)}
+    root_ids = {}
+    if a.ladder:
+        for rung, step in enumerate(LADDER_STEPS):
+            name = add_variant("--ladder", f"R{rung}=", True, "egress_identity", 1000, f"ladder rung {rung}: {step}")
+            wasm_files[name] = "egress_identity_ladder.wasm"
+            root_ids[name] = f"egress-identity-rung-{rung}"
+            if rung < LADDER_FIRST_ROUTED:
+                fixed_routes.add(name)
     a.variants = ",".join([v for v in a.variants.split(",") if v and v not in extra] + extra)
     names = [v for v in a.variants.split(",") if v]
     for v in names:
@@ -611,7 +663,8 @@ def main():
         kind, rules = VARIANTS[v]
         path = os.path.join(run, f"gateway-{v}.json")
         with open(path, "w") as f:
-            json.dump(gateway_bootstrap(i, kind, rules, run, wasm_files.get(v, "egress_identity.wasm"), v in fixed_routes), f)
+            json.dump(gateway_bootstrap(i, kind, rules, run, wasm_files.get(v, "egress_identity.wasm"), v in fixed_routes,
+                                        root_ids.get(v, "egress-identity"), extra_config.get(v, {})), f)
         configs[v] = path
     client_cfg = os.path.join(run, "client.json")
     with open(client_cfg, "w") as f:
@@ -633,6 +686,9 @@ def main():
             bad += 1
             print(r.stderr[-2000:])
         sys.exit(1 if bad else 0)
+
+    if a.instructions:
+        return count_instructions(names, configs, client_cfg, run, a.instructions)
 
     procs = Procs()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -688,8 +744,8 @@ def main():
         for v, (i, _) in gateways.items():
             if VARIANTS[v][0] in ("egress_identity", "egress_identity_l4"):
                 s = stats(gw_admin(i), "certificate_cache")
-                hits = sum(val for k, val in s.items() if k.endswith("certificate_cache.hits"))
-                misses = sum(val for k, val in s.items() if k.endswith("certificate_cache.misses"))
+                hits = sum(val for k, val in s.items() if k.endswith("certificate_cache_hits_total"))
+                misses = sum(val for k, val in s.items() if k.endswith("certificate_cache_misses_total"))
                 cache[v] = {"hits": hits, "misses": misses, "hit_rate": hits / (hits + misses) if hits + misses else float("nan")}
         tls = {v: stats(gw_admin(i), r"^listener\.127\.0\.0\.1_\d+\.ssl\.handshake$") for v, (i, _) in gateways.items()}
         rss = {v: rss_mb(p.pid) for v, (_, p) in gateways.items()}
@@ -707,6 +763,91 @@ def main():
     if errors:
         print(f"WARNING: {len(errors)} measurements had non-2xx responses or socket errors", file=sys.stderr)
         sys.exit(1)
+
+
+def count_instructions(names, configs, client_cfg, run, n, warmup=200):
+    """Instructions per request of each gateway (valgrind --tool=callgrind, counters zeroed after a warm-up,
+    dumped after `n` sequential requests through the client Envoy; an idle window of the same length is
+    subtracted, so timers do not count). Deterministic to within a fraction of a percent, where CPU time on
+    this VM varies by +-15 %: what the ladder's small steps need."""
+    procs = Procs()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = []
+    try:
+        procs.spawn("partner nginx", [NGINX, "-p", run + "/", "-c", "partner-nginx.conf", "-e", "logs/partner-error.log"], run, os.path.join(run, "logs/nginx.log"))
+        cp = procs.spawn("client envoy", [ENVOY, "-c", client_cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "warning"], run, os.path.join(run, "logs/client.out"))
+        wait_ready(cp, CLIENT_ADMIN)
+
+        def dump(pid, label):
+            subprocess.run(["callgrind_control", f"--dump={label}", str(pid)], check=True, capture_output=True)
+            for f in sorted(glob.glob(os.path.join(run, f"callgrind.out.{pid}.*")), key=os.path.getmtime, reverse=True):
+                with open(f) as fh:
+                    text = fh.read()
+                if f"desc: Trigger: dump {label}\n" in text:
+                    m = re.search(r"^summary: (\d+)", text, re.M)
+                    return int(m.group(1))
+            raise SystemExit(f"no callgrind dump {label} for {pid}")
+
+        # Started together (valgrind is single-threaded: both cores start them), measured one at a time.
+        gateways = {}
+        for i, v in enumerate(names):
+            gateways[v] = procs.spawn(
+                f"gateway {v} (callgrind)",
+                ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={run}/callgrind.out.%p",
+                 ENVOY, "-c", configs[v], "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
+                run,
+                os.path.join(run, f"logs/gateway-{v}.callgrind.out"),
+            )
+        for i, v in enumerate(names):
+            wait_ready(gateways[v], gw_admin(i), timeout=1800)
+        print(f"callgrind: {len(names)} gateways ready", flush=True)
+        for i, v in enumerate(names):
+            p = gateways[v]
+            url = f"http://127.0.0.1:{client_port(i, False)}/bench"
+            deadline = time.time() + 300  # the first requests under valgrind may time out in the client
+            while True:
+                try:
+                    status, body = http_get(url, 60)
+                    break
+                except OSError as e:
+                    if time.time() > deadline:
+                        raise SystemExit(f"variant {v}: no answer: {e}")
+                    time.sleep(1)
+            for _ in range(warmup):
+                status, body = http_get(url, 60)
+                if status != 200 or "team.app1" not in body:
+                    raise SystemExit(f"variant {v}: request failed: {status} {body!r}")
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
+            start = time.time()
+            for _ in range(n):
+                http_get(url, 60)
+            busy = dump(p.pid, "busy")
+            elapsed = time.time() - start
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
+            time.sleep(elapsed)
+            idle = dump(p.pid, "idle")
+            rows.append({"variant": v, "requests": n, "busy_ir": busy, "idle_ir": idle, "ir_per_rq": (busy - idle) / n})
+            print(f"  {v:5s} {(busy - idle) / n:12.0f} instructions/request  (busy {busy}, idle {idle}, {elapsed:.1f}s)", flush=True)
+            p.terminate()
+            p.wait(timeout=120)
+    finally:
+        procs.stop()
+    by = {r["variant"]: r["ir_per_rq"] for r in rows}
+    out = [f"Instructions per request (callgrind, {n} sequential requests after {warmup} warm-up, idle subtracted):\n",
+           "| variant | | instructions/request | step (vs the variant before) | /C |", "|---|---|---:|---:|---:|"]
+    prev = None
+    for r in rows:
+        v = r["variant"]
+        step = f"{r['ir_per_rq'] - by[prev]:+.0f}" if prev else ""
+        ratio = f"{r['ir_per_rq'] / by['C']:.3f}" if "C" in by else ""
+        out.append(f"| {v} | {DESCRIPTION[v]} | {r['ir_per_rq']:.0f} | {step} | {ratio} |")
+        prev = v
+    summary = "\n".join(out) + "\n"
+    with open(os.path.join(run, "instructions.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(run, "instructions.md"), "w") as f:
+        f.write(summary)
+    print("\n" + summary)
 
 
 def rss_mb(pid):
@@ -746,6 +887,30 @@ def summarize(results, names, nc_names, cache, ready_s, rss, tls, a):
         if num in names and den in names:
             m, rs = paired(num, den)
             out.append(f"| {num}/{den} | {m:.3f} | {min(rs):.3f}-{max(rs):.3f} |" if rs else f"| {num}/{den} | n/a | |")
+    rungs = [f"R{k}" for k in range(len(LADDER_STEPS)) if f"R{k}" in names]
+    if rungs:
+        out.append("\nThe ladder: each rung adds one step of the filter; a step's cost is the paired difference to the rung\nbefore (R0: to C, the empty filter), per round, then the median and the interquartile range:\n")
+        out.append("| rung | step | µs/request | step µs (median) | step µs (IQR) | rung/C |")
+        out.append("|---|---|---:|---:|---|---:|")
+        for k, v in enumerate(rungs):
+            ms = [m for m in rows(False) if m["variant"] == v]
+            below = "C" if k == 0 else rungs[k - 1]
+            by = {}
+            for m in rows(False):
+                by.setdefault(m["round"], {})[m["variant"]] = m["cpu_us_per_rq"]
+            diffs = sorted(d[v] - d[below] for d in by.values() if v in d and below in d)
+            q = lambda f: diffs[min(len(diffs) - 1, int(f * len(diffs)))] if diffs else float("nan")
+            ratio = paired(v, "C")[0] if "C" in names else float("nan")
+            out.append(f"| {v} | {LADDER_STEPS[k]} | {med([m['cpu_us_per_rq'] for m in ms]):.1f} | {med(diffs) if diffs else float('nan'):.2f} | {q(0.25):.2f}–{q(0.75):.2f} | {ratio:.3f} |")
+    others = [v for v in names if v not in rungs and v not in ("A", "B", "C", "D", "D10", "D10k", "L0", "L1", "L2")]
+    if others and "C" in names:
+        out.append("\nOther variants, paired against C and D:\n")
+        out.append("| variant | /C median | range | /D median |")
+        out.append("|---|---:|---|---:|")
+        for v in others:
+            m, rs = paired(v, "C")
+            d = paired(v, "D")[0] if "D" in names else float("nan")
+            out.append(f"| {v} | {m:.3f} | {min(rs):.3f}-{max(rs):.3f} | {d:.3f} |" if rs else f"| {v} | n/a | | |")
     if nc_names and any(m["newconn"] for m in results):
         out.append("\nNew downstream connection (mTLS handshake, TLS session resumption allowed) per request; for the L4\nvariants, requests/s is connections/s and CPU per request is CPU per connection (each a new upstream mTLS\nconnection too):\n")
         out.append("| variant | gateway CPU µs/request | requests/s | p50 ms | p99 ms |")

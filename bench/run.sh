@@ -9,6 +9,7 @@
 #   bash bench/run.sh --check           only generate and validate every config (envoy --mode validate, nginx -t)
 #   bash bench/run.sh --wasm-variant X=path/to/other.wasm   also measure another build (A/B experiments)
 #   bash bench/run.sh --probe P=set_cluster_header\;get_header:10   price host calls (bench/empty-filter)
+#   bash bench/run.sh --ladder         the filter stopped after each step, R0..R7 (filter/src/bench_ladder.rs)
 # Needs dist/egress_identity.wasm (make build), wrk, nginx and .venv/bin/envoy. Ports: BENCH_PORT_BASE (28400)
 # .. +399, none of which the e2e tests use.
 set -Eeuo pipefail
@@ -26,6 +27,15 @@ rm -rf "$RUN"
 mkdir -p "$RUN"
 "$CARGO" run -q --release -p egress-identity-harness --bin pki -- "$RUN/pki" "$RUN/sds" >/dev/null
 cp dist/egress_identity.wasm target/bench/empty_filter.wasm "$RUN/"
+for arg in "$@"; do
+    if [ "$arg" = --ladder ]; then
+        # The same filter with the bench-ladder feature, in its own target directory (never dist/).
+        (export CARGO_TARGET_DIR="$ROOT/target/ladder"; . scripts/wasm-env.sh
+         wasm_cargo wasm32-wasip1 build --release -p egress-identity-filter --features bench-ladder &&
+         cp "$WASM_TARGET_DIR/wasm32-wasip1/release/egress_identity.wasm" "$RUN/egress_identity_ladder.wasm")
+        echo "== ladder build: $(stat -c %s "$RUN/egress_identity_ladder.wasm") bytes"
+    fi
+done
 
 if [ "${1:-}" = --check ]; then
     exec python3 bench/bench.py "$RUN" --check

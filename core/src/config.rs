@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use serde_path_to_error::Segment;
 
-use crate::config_document::{PluginConfigSpec, PrincipalSource};
+use crate::config_document::{AuditRecord, PluginConfigSpec, PrincipalSource};
 use crate::config_error::{ConfigError, Errors, JsonPath};
 use crate::destination::DestinationTable;
 use crate::peer_certificate::SanPolicy;
@@ -169,6 +169,7 @@ pub struct Config {
     pub default_port: u16,
     pub certificate_cache_size: usize,
     pub san_policy: SanPolicy,
+    pub audit_record: AuditRecord,
     pub gateway: PolicyLayer,
     pub destinations: DestinationTable,
     /// The request attributes some policy looks at: the adapter reads only those headers.
@@ -281,6 +282,7 @@ impl Config {
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
             san_policy: if spec.accept_legacy_kuma_sans { SanPolicy::AcceptLegacyKuma } else { SanPolicy::Strict },
+            audit_record: spec.audit_record,
             gateway,
             destinations,
             attributes_used,
@@ -425,6 +427,19 @@ pub(crate) mod tests {
         assert_eq!(config.san_policy, SanPolicy::Strict, "legacy Kuma SANs are opt-in");
         let legacy = EXAMPLE.replacen('{', r#"{"acceptLegacyKumaSans": true,"#, 1);
         assert_eq!(Config::load(legacy.as_bytes()).unwrap().san_policy, SanPolicy::AcceptLegacyKuma);
+        assert_eq!(config.audit_record, AuditRecord::Object, "the JSON object only, unless asked");
+        for (text, forms, line, object) in [
+            ("both", AuditRecord::Both, true, true),
+            ("line", AuditRecord::Line, true, false),
+            ("none", AuditRecord::None, false, false),
+        ] {
+            let with = EXAMPLE.replacen('{', &format!(r#"{{"auditRecord": "{text}","#), 1);
+            let loaded = Config::load(with.as_bytes()).unwrap().audit_record;
+            assert_eq!((loaded, loaded.line(), loaded.object()), (forms, line, object));
+        }
+        let typo = EXAMPLE.replacen('{', r#"{"auditRecord": "json","#, 1);
+        let e = Config::load(typo.as_bytes()).unwrap_err();
+        assert!(e[0].to_string().starts_with("auditRecord: unknown variant `json`"), "{e:?}");
     }
 
     #[wasm_bindgen_test(unsupported = test)]

@@ -31,9 +31,41 @@ pub struct PluginConfigSpec {
     /// How request paths are compared with `paths` values, for partners that read paths loosely.
     #[serde(default)]
     pub path_matching: PathMatchingSpec,
+    /// Which forms of the audit record go to filter state (README, "Audit record").
+    #[serde(default)]
+    pub audit_record: AuditRecord,
     #[serde(default)]
     pub gateway: GatewaySpec,
     pub destinations: Vec<DestinationSpec>,
+}
+
+/// `auditRecord`: the forms of a decision's audit record the filter writes to filter state. Each costs a
+/// host call per request or connection, and building it runs in the sandbox (BENCHMARKS.md, "The ladder").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditRecord {
+    /// `wasm.egress_identity.decision`, a `google.protobuf.Struct`: `%FILTER_STATE(...:TYPED)%` renders it
+    /// as a JSON object.
+    #[default]
+    Object,
+    /// `wasm.egress_identity.audit`, one logfmt line (`%FILTER_STATE(...:PLAIN)%`).
+    Line,
+    /// Both.
+    Both,
+    /// Neither: the access log has no decision (the 403 body, the counters and the debug log still do).
+    None,
+}
+
+impl AuditRecord {
+    /// Whether the Struct is written.
+    pub fn object(self) -> bool {
+        matches!(self, Self::Object | Self::Both)
+    }
+
+    /// Whether the logfmt line is written.
+    pub fn line(self) -> bool {
+        matches!(self, Self::Line | Self::Both)
+    }
 }
 
 /// Where the caller's principal comes from.

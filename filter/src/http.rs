@@ -15,6 +15,18 @@ use proxy_wasm::types::Action;
 use crate::counters::Counters;
 use crate::host;
 
+/// Whether a benchmark-ladder build stops this request before step `step` (always false in any other build).
+#[inline(always)]
+fn ladder(step: u8) -> bool {
+    #[cfg(feature = "bench-ladder")]
+    return crate::bench_ladder::stops_before(step);
+    #[cfg(not(feature = "bench-ladder"))]
+    {
+        let _ = step;
+        false
+    }
+}
+
 const NOT_CONFIGURED: &str = r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"not_configured"}"#;
 const HOST_ERROR: &str = r#"{"decision":"deny","layer":"plugin","policy":null,"reason":"host_error"}"#;
 
@@ -62,11 +74,23 @@ impl EgressIdentityFilter {
     /// survive: an allowed request gets both set (setting a header replaces every copy of it), any other
     /// request is answered here.
     fn decide(&self, config: &Config) -> Result<Action, HostError> {
+        if ladder(1) {
+            return Ok(Action::Continue);
+        }
+        if ladder(2) {
+            host::property(egress_identity_core::principal::PrincipalProperty::PeerCertificateDigest)?;
+            return Ok(Action::Continue);
+        }
         let resolution = {
             let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
             principal::resolve(&config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
         };
-        self.counters.count_resolution(&resolution);
+        if !ladder(7) {
+            self.counters.count_resolution(&resolution);
+        }
+        if ladder(3) {
+            return Ok(Action::Continue);
+        }
         let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
 
         // Only the headers some policy looks at: each read is a host call (~2 µs of gateway CPU).
@@ -74,15 +98,25 @@ impl EgressIdentityFilter {
         let method = if used.method { host::request_header(":method")? } else { None };
         let path = if used.path { host::request_header(":path")? } else { None };
         let authority = host::request_header(":authority")?;
+        if ladder(4) {
+            return Ok(Action::Continue);
+        }
         let Some(request) = Request::from_headers(authority.as_deref(), method.as_deref(), path.as_deref()) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-            self.record(&Evaluation::of(Decision::Deny(denial)), principal_id);
+            self.record(config, &Evaluation::of(Decision::Deny(denial)), principal_id);
             return self.deny(config, &denial, None);
         };
 
         let evaluation = config.evaluate(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &request);
-        self.counters.count_dry_run(&evaluation);
-        self.record(&evaluation, principal_id);
+        if ladder(5) {
+            return Ok(Action::Continue);
+        }
+        if !ladder(7) {
+            self.counters.count_dry_run(&evaluation);
+        }
+        if !ladder(6) {
+            self.record(config, &evaluation, principal_id);
+        }
         match evaluation.decision {
             Decision::Allow(allowed) => {
                 for spelling in &config.headers.underscore_spellings {
@@ -90,7 +124,9 @@ impl EgressIdentityFilter {
                 }
                 host::set_request_header(&config.headers.principal, principal_id)?;
                 host::set_request_header(&config.headers.cluster, &allowed.identity.cluster)?;
-                self.counters.allowed(allowed.identity.index);
+                if !ladder(7) {
+                    self.counters.allowed(allowed.identity.index);
+                }
                 #[cfg(feature = "test-trap")]
                 crate::test_trap::maybe_trap(crate::test_trap::Point::AfterAllow);
                 Ok(Action::Continue)
@@ -99,12 +135,20 @@ impl EgressIdentityFilter {
         }
     }
 
-    /// The audit record, in filter state for the access log, and in the plugin's debug log.
-    fn record(&self, evaluation: &Evaluation<'_>, principal_id: &str) {
-        let record = audit::record(evaluation, principal_id);
-        host::set_filter_state(audit::FILTER_STATE_KEY, &record);
-        host::set_decision_struct(&audit::record_struct(evaluation, principal_id));
-        log::debug!("egress-identity: {record}");
+    /// The audit record, in filter state for the access log (the forms `auditRecord` asks for), and in the
+    /// plugin's debug log. Nothing is built that nobody reads.
+    fn record(&self, config: &Config, evaluation: &Evaluation<'_>, principal_id: &str) {
+        let forms = config.audit_record;
+        if forms.object() {
+            host::set_decision_struct(&audit::record_struct(evaluation, principal_id));
+        }
+        if forms.line() || log::log_enabled!(log::Level::Debug) {
+            let line = audit::record(evaluation, principal_id);
+            if forms.line() {
+                host::set_filter_state(audit::FILTER_STATE_KEY, &line);
+            }
+            log::debug!("egress-identity: {line}");
+        }
     }
 
     /// Answers 403. The internal headers are removed first: Envoy resolved the route when the request

@@ -12,6 +12,8 @@
 //!
 //! [`principal::resolve`]: egress_identity_core::principal::resolve
 
+#[cfg(feature = "bench-ladder")]
+mod bench_ladder;
 mod counters;
 mod host;
 mod http;

@@ -59,6 +59,8 @@ impl RootContext for EgressIdentityRoot {
         self.follow_envoy_log_level();
         let root_id = host::plugin_root_id();
         self.l4 = root_id.ends_with(L4_ROOT_ID_SUFFIX);
+        #[cfg(feature = "bench-ladder")]
+        crate::bench_ladder::configure(&root_id);
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(bytes)) if !bytes.is_empty() => bytes,
             _ => {
@@ -95,7 +97,9 @@ impl RootContext for EgressIdentityRoot {
                 config.destinations.iter().filter(|d| d.protocol.is_l4()).count()
             );
         }
-        if let Err(status) = host::declare_decision_property(self.l4) {
+        if !config.audit_record.object() {
+            // Not declared: nothing writes it.
+        } else if let Err(status) = host::declare_decision_property(self.l4) {
             log::warn!(
                 "cannot declare filter state {}: {status:?}; access logs get only the audit line",
                 audit::STRUCT_FILTER_STATE_KEY

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
-use egress_identity_core::config_document::Protocol;
+use egress_identity_core::config_document::{AuditRecord, Protocol};
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
@@ -115,7 +115,7 @@ impl EgressIdentityConnection {
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
         self.counters.count_dry_run(&evaluation);
-        let record = Record::of(&evaluation, principal_id);
+        let record = Record::of(config.audit_record, &evaluation, principal_id);
         match evaluation.decision {
             Decision::Deny(denial) => Ok(self.deny(&denial, evaluation.destination, &record)),
             Decision::Allow(allowed) => {
@@ -150,12 +150,16 @@ impl EgressIdentityConnection {
             // The caller closed before its ClientHello was complete.
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-                let record = Record::of(&Evaluation::of(Decision::Deny(denial)), pending.record.principal());
+                let record = Record::of(
+                    config.audit_record,
+                    &Evaluation::of(Decision::Deny(denial)),
+                    pending.record.principal(),
+                );
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                let record = Record::of(&evaluation, pending.record.principal());
+                let record = Record::of(config.audit_record, &evaluation, pending.record.principal());
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
         }
@@ -182,25 +186,37 @@ impl EgressIdentityConnection {
     }
 }
 
-/// A decision's audit record, as a line and as a Struct (audit.rs), until it is stored in filter state.
+/// A decision's audit record in the forms `auditRecord` asks for (audit.rs), until it is stored in filter
+/// state.
 struct Record {
-    line: String,
-    structured: Vec<u8>,
+    principal: String,
+    /// Built when it is written or the debug log is on.
+    line: Option<String>,
+    write_line: bool,
+    structured: Option<Vec<u8>>,
 }
 
 impl Record {
-    fn of(evaluation: &Evaluation<'_>, principal: &str) -> Self {
-        Self { line: audit::record(evaluation, principal), structured: audit::record_struct(evaluation, principal) }
+    fn of(forms: AuditRecord, evaluation: &Evaluation<'_>, principal: &str) -> Self {
+        let line = (forms.line() || log::log_enabled!(log::Level::Debug)).then(|| audit::record(evaluation, principal));
+        let structured = forms.object().then(|| audit::record_struct(evaluation, principal));
+        Self { principal: principal.to_owned(), line, write_line: forms.line(), structured }
     }
 
     /// The principal the record names (for a later record of the same connection).
     fn principal(&self) -> &str {
-        self.line.split(' ').find_map(|field| field.strip_prefix("principal=")).unwrap_or_default()
+        &self.principal
     }
 
     fn store(&self) {
-        host::set_filter_state(audit::FILTER_STATE_KEY, &self.line);
-        host::set_decision_struct(&self.structured);
-        log::debug!("egress-identity: {}", self.line);
+        if let Some(structured) = &self.structured {
+            host::set_decision_struct(structured);
+        }
+        if let Some(line) = &self.line {
+            if self.write_line {
+                host::set_filter_state(audit::FILTER_STATE_KEY, line);
+            }
+            log::debug!("egress-identity: {line}");
+        }
     }
 }

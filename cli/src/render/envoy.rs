@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use egress_identity_core::config_document::Protocol;
+use egress_identity_core::config_document::{AuditRecord, Protocol};
 
 use super::{
     check_file_safe, commented, dns_san_validation, first_exact_host, int, load_assignment, map, s, strs, to_yaml,
@@ -209,7 +209,13 @@ fn typed(ty: &str, mut entries: Vec<(String, Yaml)>) -> Yaml {
 }
 
 /// The JSON access log both listeners write (the audit record among its fields).
-fn file_access_log(path: &str, fields: &[(&str, &str)]) -> Yaml {
+/// The access log: `fields`, without the audit-record forms the policy's `auditRecord` does not write.
+fn file_access_log(path: &str, fields: &[(&str, &str)], forms: AuditRecord) -> Yaml {
+    let written = |key: &str| match key {
+        "audit" => forms.line(),
+        "decision" => forms.object(),
+        _ => true,
+    };
     Yaml::Seq(vec![map([
         ("name", s("envoy.access_loggers.file")),
         (
@@ -218,7 +224,13 @@ fn file_access_log(path: &str, fields: &[(&str, &str)]) -> Yaml {
                 "envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 vec![
                     e("path", s(path)),
-                    e("log_format", map([("json_format", map(fields.iter().map(|(k, v)| (*k, s(*v)))))])),
+                    e(
+                        "log_format",
+                        map([(
+                            "json_format",
+                            map(fields.iter().filter(|(k, _)| written(k)).map(|(k, v)| (*k, s(*v)))),
+                        )]),
+                    ),
                 ],
             ),
         ),
@@ -503,7 +515,7 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
             typed("envoy.extensions.filters.network.wasm.v3.Wasm", vec![e("config", plugin(policy, opts, ROOT_ID_L4))]),
         ),
     ]);
-    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS_L4);
+    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS_L4, policy.config.audit_record);
     let tcp_proxy = map([
         ("name", s("envoy.filters.network.tcp_proxy")),
         (
@@ -687,7 +699,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     ])
     };
 
-    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS);
+    let access_log = file_access_log(&opts.access_log, AUDIT_FIELDS, policy.config.audit_record);
 
     let route_config = map([
         ("name", s("egress")),
@@ -919,7 +931,7 @@ mod tests {
             "forward_client_cert_details: SANITIZE",
             "cluster_header: x-egress-identity-cluster",
             "max_connection_duration: 10s",
-            "%FILTER_STATE(wasm.egress_identity.audit:PLAIN)%",
+            "%FILTER_STATE(wasm.egress_identity.decision:TYPED)%",
         ] {
             assert!(out.contains(must), "{must}\n{out}");
         }
