@@ -71,7 +71,8 @@ clippy:
 
 ## bench: egress-identity vs Envoy router only / native RBAC / an empty Wasm filter, rule scaling, criterion
 ## micro-benchmarks (BENCHMARKS.md). Not part of `make test`; installs wrk. ~7 min; shorter: make bench ROUNDS=1 DURATION=2
-## (also NEWCONN_ROUNDS=, CONNECTIONS=, VARIANTS=A,C,D, MICRO=0, E2E=0, BENCH_ARGS="--probe F=set_cluster_header").
+## (also NEWCONN_ROUNDS=, CONNECTIONS=, VARIANTS=A,C,D, MICRO=0, E2E=0, BENCH_ARGS="--probe F=set_cluster_header",
+## BENCH_ARGS="--ladder --instructions 1000": the filter step by step, in instructions counted by callgrind).
 ## Config check only: make bench-check
 .PHONY: bench bench-check
 bench: setup-bench build

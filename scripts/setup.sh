@@ -7,7 +7,7 @@
 #   scripts/setup.sh test    demo + what the tests need (make test): the wasm32-unknown-unknown target,
 #                            wasm-bindgen-cli, node, pytest/jsonschema/pyyaml, docker-registry, clippy,
 #                            rustfmt, and (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke
-#   scripts/setup.sh bench   demo + wrk (make bench)
+#   scripts/setup.sh bench   demo + wrk, valgrind (make bench)
 #
 # What each piece is:
 #   * Debian packages, installed with apt-get only when one is missing.
@@ -111,6 +111,8 @@ if [ "$NEED_RUN" = 1 ]; then
     [ "$NEED_TEST" = 0 ] || packages+=(prometheus)
     # wrk: the load generator of the end-to-end benchmark (bench/bench.py).
     [ "$NEED_BENCH" = 0 ] || packages+=(wrk)
+    # valgrind: `make bench BENCH_ARGS="--instructions N"` counts instructions per request with callgrind.
+    [ "$NEED_BENCH" = 0 ] || command -v valgrind >/dev/null || packages+=(valgrind)
     for pkg in "${packages[@]}"; do
         have_deb "$pkg" || missing+=("$pkg")
     done
