@@ -707,6 +707,12 @@ def test_examples_cover_every_platform() -> None:
     )
 
 
+def test_no_example_carries_a_secret() -> None:
+    # Secrets hold private keys: `egress-identity secrets` writes them at deploy time (test_secrets.py).
+    secrets = [d.id for d in example_docs() if isinstance(d.obj, dict) and d.obj.get("kind") == "Secret"]
+    assert not secrets, secrets
+
+
 @pytest.mark.parametrize("doc", _docs_or_placeholder())
 def test_document_matches_its_crd(doc: Doc | None, crds) -> None:
     assert doc is not None, "no example documents (see test_every_example_file_parses)"
@@ -947,7 +953,7 @@ BROKEN_MANIFESTS = {
     "unknown version": _broken(lambda o: o.update(apiVersion="extensions.istio.io/v9")),
     "kind without CRD and not allow-listed": {
         "apiVersion": "v1",
-        "kind": "Secret",
+        "kind": "Pod",
         "metadata": {"name": "s", "namespace": "istio-egress"},
     },
     "EnvoyFilter: applyTo enum": {
