@@ -9,9 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use egress_identity_core::config_document::Protocol;
-
-use crate::render::envoy::{identity_clusters, GATEWAY_CERT, MESH_CA};
+use crate::render::envoy::{originating_clusters, GATEWAY_CERT, MESH_CA};
 use crate::render::{map, s, to_yaml, PolicyFile, Yaml};
 
 /// What to write.
@@ -86,19 +84,10 @@ fn validation_context(name: &str, bundle: &str) -> String {
 /// The secrets a `render envoy` gateway for `policy` reads, besides the listener's: (secret, what for).
 pub fn wanted(policy: &PolicyFile, ca_secrets: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    let clusters = identity_clusters(policy).map_err(|e| e.to_string())?;
-    for d in &policy.spec.destinations {
-        if d.protocol == Protocol::Tls {
-            continue; // passthrough: the caller's own TLS, no certificate at the gateway
-        }
-        let ca = ca_secrets.get(&d.name).cloned().unwrap_or_else(|| format!("{}-ca", d.name));
-        out.push((ca, format!("the CA of destination {}", d.name)));
-        for c in clusters.iter().filter(|c| c.destination == d.name) {
-            out.push((
-                format!("external-{}", c.identity),
-                format!("the client certificate of identity {}", c.identity),
-            ));
-        }
+    for c in originating_clusters(policy).map_err(|e| e.to_string())? {
+        let ca = ca_secrets.get(&c.destination).cloned().unwrap_or_else(|| format!("{}-ca", c.destination));
+        out.push((ca, format!("the CA of destination {}", c.destination)));
+        out.push((format!("external-{}", c.identity), format!("the client certificate of identity {}", c.identity)));
     }
     out.sort();
     out.dedup_by(|a, b| a.0 == b.0);

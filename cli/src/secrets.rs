@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use egress_identity_core::config_document::Protocol;
 
-use crate::render::envoy::{identity_clusters, IdentityCluster};
+use crate::render::envoy::{originating_clusters, IdentityCluster};
 use crate::render::{documents, istio, kuma, map, s, PolicyFile, Yaml};
 use crate::sds::{read_certificates, read_key};
 
@@ -58,14 +57,6 @@ fn secret(name: &str, namespace: &str, labels: Yaml, kind: &str, data: Vec<(&str
     ])
 }
 
-/// The clusters that present a client certificate (tls passthrough presents none).
-fn originating(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, String> {
-    let clusters = identity_clusters(policy).map_err(|e| e.to_string())?;
-    let passthrough: Vec<&str> =
-        policy.spec.destinations.iter().filter(|d| d.protocol == Protocol::Tls).map(|d| d.name.as_str()).collect();
-    Ok(clusters.into_iter().filter(|c| !passthrough.contains(&c.destination.as_str())).collect())
-}
-
 /// Refuses what was given but is never read, and names what is read but was not given.
 fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -104,7 +95,7 @@ fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result
 
 /// The Secrets, as one multi-document YAML text.
 pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, String> {
-    let clusters = originating(policy)?;
+    let clusters = originating_clusters(policy).map_err(|e| e.to_string())?;
     check_given(request, &clusters)?;
     let mut cas: BTreeMap<&str, String> = BTreeMap::new();
     for (destination, path) in &request.cas {

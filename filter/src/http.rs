@@ -3,7 +3,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, Reason};
@@ -14,6 +13,7 @@ use proxy_wasm::types::Action;
 
 use crate::counters::Counters;
 use crate::host;
+use crate::record::Record;
 
 /// Whether a benchmark-ladder build stops this request before step `step` (always false in any other build).
 #[inline(always)]
@@ -103,7 +103,7 @@ impl EgressIdentityFilter {
         }
         let Some(request) = Request::from_headers(authority.as_deref(), method.as_deref(), path.as_deref()) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-            self.record(config, &Evaluation::of(Decision::Deny(denial)), principal_id);
+            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal_id).store();
             return self.deny(config, &denial, None);
         };
 
@@ -115,7 +115,7 @@ impl EgressIdentityFilter {
             self.counters.count_dry_run(&evaluation);
         }
         if !ladder(6) {
-            self.record(config, &evaluation, principal_id);
+            Record::of(config.audit_record, &evaluation, principal_id).store();
         }
         match evaluation.decision {
             Decision::Allow(allowed) => {
@@ -132,22 +132,6 @@ impl EgressIdentityFilter {
                 Ok(Action::Continue)
             }
             Decision::Deny(denial) => self.deny(config, &denial, evaluation.destination),
-        }
-    }
-
-    /// The audit record, in filter state for the access log (the forms `auditRecord` asks for), and in the
-    /// plugin's debug log. Nothing is built that nobody reads.
-    fn record(&self, config: &Config, evaluation: &Evaluation<'_>, principal_id: &str) {
-        let forms = config.audit_record;
-        if forms.object() {
-            host::set_decision_struct(&audit::record_struct(evaluation, principal_id));
-        }
-        if forms.line() || log::log_enabled!(log::Level::Debug) {
-            let line = audit::record(evaluation, principal_id);
-            if forms.line() {
-                host::set_filter_state(audit::FILTER_STATE_KEY, &line);
-            }
-            log::debug!("egress-identity: {line}");
         }
     }
 

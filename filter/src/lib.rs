@@ -17,6 +17,7 @@ mod bench_ladder;
 mod counters;
 mod host;
 mod http;
+mod record;
 mod root;
 mod stream;
 #[cfg(feature = "test-trap")]

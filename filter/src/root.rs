@@ -97,13 +97,14 @@ impl RootContext for EgressIdentityRoot {
                 config.destinations.iter().filter(|d| d.protocol.is_l4()).count()
             );
         }
-        if !config.audit_record.object() {
-            // Not declared: nothing writes it.
-        } else if let Err(status) = host::declare_decision_property(self.l4) {
-            log::warn!(
-                "cannot declare filter state {}: {status:?}; access logs get only the audit line",
-                audit::STRUCT_FILTER_STATE_KEY
-            );
+        // Declared only when written (`auditRecord`).
+        if config.audit_record.object() {
+            if let Err(status) = host::declare_decision_property(self.l4) {
+                log::warn!(
+                    "cannot declare filter state {}: {status:?}; the access log's decision object stays empty",
+                    audit::STRUCT_FILTER_STATE_KEY
+                );
+            }
         }
         self.config = Some(Rc::new(config));
         true

@@ -14,10 +14,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use egress_identity_core::audit;
 use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
-use egress_identity_core::config_document::{AuditRecord, Protocol};
+use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
@@ -26,6 +25,7 @@ use proxy_wasm::types::Action;
 
 use crate::counters::Counters;
 use crate::host;
+use crate::record::Record;
 
 /// The filter-state key tcp_proxy reads its upstream cluster from.
 const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
@@ -45,6 +45,8 @@ struct Passthrough {
     port: u16,
     cluster: Box<str>,
     identity: usize,
+    /// The caller, for the record of a later denial.
+    principal: Box<str>,
     record: Record,
 }
 
@@ -122,7 +124,8 @@ impl EgressIdentityConnection {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
                 if allowed.protocol == Protocol::Tls {
                     let destination = allowed.destination.into();
-                    let pending = Passthrough { destination, port, cluster, identity, record };
+                    let pending =
+                        Passthrough { destination, port, cluster, identity, principal: principal_id.into(), record };
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
                 self.forward(&cluster, identity, &record)
@@ -150,16 +153,13 @@ impl EgressIdentityConnection {
             // The caller closed before its ClientHello was complete.
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-                let record = Record::of(
-                    config.audit_record,
-                    &Evaluation::of(Decision::Deny(denial)),
-                    pending.record.principal(),
-                );
+                let record =
+                    Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), &pending.principal);
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                let record = Record::of(config.audit_record, &evaluation, pending.record.principal());
+                let record = Record::of(config.audit_record, &evaluation, &pending.principal);
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
         }
@@ -183,40 +183,5 @@ impl EgressIdentityConnection {
         self.state = State::Closed;
         host::close_downstream();
         Action::Pause
-    }
-}
-
-/// A decision's audit record in the forms `auditRecord` asks for (audit.rs), until it is stored in filter
-/// state.
-struct Record {
-    principal: String,
-    /// Built when it is written or the debug log is on.
-    line: Option<String>,
-    write_line: bool,
-    structured: Option<Vec<u8>>,
-}
-
-impl Record {
-    fn of(forms: AuditRecord, evaluation: &Evaluation<'_>, principal: &str) -> Self {
-        let line = (forms.line() || log::log_enabled!(log::Level::Debug)).then(|| audit::record(evaluation, principal));
-        let structured = forms.object().then(|| audit::record_struct(evaluation, principal));
-        Self { principal: principal.to_owned(), line, write_line: forms.line(), structured }
-    }
-
-    /// The principal the record names (for a later record of the same connection).
-    fn principal(&self) -> &str {
-        &self.principal
-    }
-
-    fn store(&self) {
-        if let Some(structured) = &self.structured {
-            host::set_decision_struct(structured);
-        }
-        if let Some(line) = &self.line {
-            if self.write_line {
-                host::set_filter_state(audit::FILTER_STATE_KEY, line);
-            }
-            log::debug!("egress-identity: {line}");
-        }
     }
 }

@@ -159,6 +159,14 @@ pub struct IdentityCluster {
     pub identity: String,
 }
 
+/// The identity clusters that originate TLS, i.e. present a client certificate and verify the partner
+/// (`http` and `tcp` destinations; a `tls` passthrough presents none), in policy order.
+pub fn originating_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {
+    let passthrough =
+        |name: &str| policy.spec.destinations.iter().any(|d| d.name == name && d.protocol == Protocol::Tls);
+    Ok(identity_clusters(policy)?.into_iter().filter(|c| !passthrough(&c.destination)).collect())
+}
+
 /// Every identity cluster of the policy, once each, in policy order. A cluster shared by two different
 /// identities or destinations is an error (one cluster presents one certificate to one endpoint).
 pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {

@@ -1,0 +1,36 @@
+//! A decision's audit record, built in the forms `auditRecord` asks for (core `audit.rs`) and then stored in
+//! filter state for the access log; the same for requests and connections. Nothing is built that nobody
+//! reads: the logfmt line only when it is written or the debug log is on.
+
+use egress_identity_core::audit;
+use egress_identity_core::config_document::AuditRecord;
+use egress_identity_core::decision::Evaluation;
+
+use crate::host;
+
+pub struct Record {
+    line: Option<String>,
+    write_line: bool,
+    structured: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn of(forms: AuditRecord, evaluation: &Evaluation<'_>, principal: &str) -> Self {
+        let line = (forms.line() || log::log_enabled!(log::Level::Debug)).then(|| audit::record(evaluation, principal));
+        let structured = forms.object().then(|| audit::record_struct(evaluation, principal));
+        Self { line, write_line: forms.line(), structured }
+    }
+
+    /// Writes the forms asked for to filter state, and the line to the debug log.
+    pub fn store(&self) {
+        if let Some(structured) = &self.structured {
+            host::set_decision_struct(structured);
+        }
+        if let Some(line) = &self.line {
+            if self.write_line {
+                host::set_filter_state(audit::FILTER_STATE_KEY, line);
+            }
+            log::debug!("egress-identity: {line}");
+        }
+    }
+}
