@@ -82,13 +82,20 @@ fn verdict(v: Option<Verdict<'_>>) -> Value {
 /// connection, the audit record's fields before it is closed).
 fn report(asked: Value, e: &Evaluation<'_>, audit_record: &str) -> Value {
     let decision = match e.decision {
-        Decision::Allow(a) => json!({
-            "decision": "allow",
-            "destination": a.destination,
-            "protocol": a.protocol.as_str(),
-            "identity": &*a.identity.name,
-            "cluster": &*a.identity.cluster,
-        }),
+        Decision::Allow(a) => {
+            let mut allowed = json!({
+                "decision": "allow",
+                "destination": a.destination,
+                "protocol": a.protocol.as_str(),
+                "identity": &*a.identity.name,
+                "cluster": &*a.identity.cluster,
+            });
+            if let (Some(secret), Some(fields)) = (&a.identity.secret, allowed.as_object_mut()) {
+                // Single-cluster mode: the SDS secret the shared cluster presents for this request.
+                fields.insert("secret".into(), Value::from(&**secret));
+            }
+            allowed
+        }
         Decision::Deny(d) => serde_json::from_str(&d.to_json()).unwrap_or(Value::Null),
     };
     json!({

@@ -208,6 +208,11 @@ enum RenderTarget {
         /// Maximum life of an upstream connection, in seconds (bounds the use of a rotated-out certificate).
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         max_connection_duration: u32,
+        /// The gRPC SDS server of the single-cluster destinations' identities (sharedCluster): ADDR:PORT,
+        /// or unix:PATH (e.g. the SPIRE agent's socket). Required when the policy has such a destination:
+        /// file SDS holds one secret per file.
+        #[arg(long = "identity-sds", value_name = "ADDR:PORT|unix:PATH")]
+        identity_sds: Option<String>,
     },
     /// Istio manifests: egress gateway (sidecar mode) or ambient egress waypoint.
     Istio {
@@ -395,9 +400,11 @@ fn render_command(target: RenderTarget) -> ExitCode {
             sds_dir,
             access_log,
             max_connection_duration,
+            identity_sds,
         } => {
             let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
             let opts = EnvoyOptions {
+                identity_sds,
                 listen,
                 listen_l4,
                 admin,

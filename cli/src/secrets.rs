@@ -95,6 +95,8 @@ fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result
 
 /// The Secrets, as one multi-document YAML text.
 pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, String> {
+    let mesh = if request.platform == Platform::Istio { "Istio" } else { "Kuma" };
+    crate::render::refuse_shared_clusters(policy, mesh).map_err(|e| e.to_string())?;
     let clusters = originating_clusters(policy).map_err(|e| e.to_string())?;
     check_given(request, &clusters)?;
     let mut cas: BTreeMap<&str, String> = BTreeMap::new();

@@ -87,7 +87,9 @@ fn explain_gives_the_same_answer_as_the_filter() {
         (QUARANTINE, "api.partner.example", "/v1/x"),
         (APP1, "api.partner.example", "/admin/users"),
         (APP1, "unknown.example", "/v1/x"),
-        (APP1, "api.partner.example:8443", "/v1/x"),
+        (APP1, "api.partner.example:9443", "/v1/x"),
+        // The single-cluster destination: the certificate chosen per connection, same answer.
+        (APP2, "api.partner.example:8443", "/v1/shared"),
     ];
     let mut allowed = 0;
     for ((who, principal), host, path) in cases {
@@ -120,7 +122,7 @@ fn explain_gives_the_same_answer_as_the_filter() {
             }
         }
     }
-    assert_eq!(allowed, 2, "app1 and app2 are the allowed cases");
+    assert_eq!(allowed, 3, "app1 and app2 at partner-api, app2 at partner-shared are the allowed cases");
 }
 
 #[test]

@@ -149,6 +149,28 @@ pub struct DestinationSpec {
     pub identities: Vec<IdentitySpec>,
     #[serde(default)]
     pub default_identity: Option<ExternalIdentitySpec>,
+    /// Single-cluster mode: every identity of this destination goes through this one cluster, which picks
+    /// the identity's client certificate (SDS secret) per upstream connection. Identities then name a
+    /// `secret` (default: their name), not a `cluster`.
+    #[serde(default)]
+    pub shared_cluster: Option<String>,
+}
+
+impl DestinationSpec {
+    /// Every identity (mappings, then the default) as `(name, cluster, secret)`: the cluster the router
+    /// sends its requests to, and, in single-cluster mode, the SDS secret that cluster presents for it.
+    /// `None` as cluster where the document names none (refused when it is compiled).
+    pub fn identity_routes(&self) -> impl Iterator<Item = (&str, Option<&str>, Option<&str>)> {
+        let shared = self.shared_cluster.as_deref();
+        self.identities
+            .iter()
+            .map(|i| (i.name.as_str(), i.cluster.as_deref(), i.secret.as_deref()))
+            .chain(self.default_identity.iter().map(|i| (i.name.as_str(), i.cluster.as_deref(), i.secret.as_deref())))
+            .map(move |(name, cluster, secret)| match shared {
+                Some(shared) => (name, Some(shared), Some(secret.unwrap_or(name))),
+                None => (name, cluster, None),
+            })
+    }
 }
 
 /// How a destination is reached, and by which of the filter's two forms.
@@ -185,7 +207,12 @@ impl Protocol {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IdentitySpec {
     pub name: String,
-    pub cluster: String,
+    /// The cluster that presents this identity (one cluster per identity); absent in single-cluster mode.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Single-cluster mode only: the SDS secret of this identity's client certificate (default: `name`).
+    #[serde(default)]
+    pub secret: Option<String>,
     pub principals: Vec<String>,
 }
 
@@ -193,7 +220,10 @@ pub struct IdentitySpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExternalIdentitySpec {
     pub name: String,
-    pub cluster: String,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 /// An Istio-style authorization policy.

@@ -84,6 +84,15 @@ impl DestinationTable {
                     spec.protocol.as_str()
                 );
                 refuse_http_only_fields(&spec.policies, &path.field("policies"), &why, errors);
+                if spec.shared_cluster.is_some() {
+                    errors.push(
+                        path.field("sharedCluster"),
+                        format!(
+                            "single-cluster mode is HTTP-only for now: a {} destination has one cluster per identity (README.md, \"Identity scale\")",
+                            spec.protocol.as_str()
+                        ),
+                    );
+                }
             }
             table.destinations.push(Destination {
                 name: spec.name.into_boxed_str(),
@@ -98,6 +107,7 @@ impl DestinationTable {
                 identities: IdentityMapping::compile(
                     spec.identities,
                     spec.default_identity,
+                    spec.shared_cluster,
                     &path,
                     rules,
                     &mut table.identity_count,
@@ -278,5 +288,22 @@ mod tests {
         assert!(e[7].contains("already declared by destinations[0]"), "{e:?}");
         let e = table(json!([])).unwrap_err();
         assert!(e[0].starts_with("destinations: must declare"), "{e:?}");
+    }
+
+    /// Single-cluster mode is HTTP-only: on an L4 destination it would be accepted and never used.
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_shared_cluster_on_an_l4_destination_is_refused() {
+        let e = table(json!([
+            {"name": "t", "protocol": "tcp", "hosts": ["t.example"], "ports": [443], "sharedCluster": "t",
+             "identities": [{"name": "i", "principals": ["*"]}]}
+        ]))
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("destinations[0].sharedCluster: single-cluster mode is HTTP-only"), "{e:?}");
+        let ok = table(json!([
+            {"name": "h", "hosts": ["h.example"], "ports": [443], "sharedCluster": "h",
+             "identities": [{"name": "i", "principals": ["*"]}]}
+        ]));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! The host calls the filter makes, each checked: a failure is a value, never a panic of ours.
 
 use egress_identity_core::audit;
+use egress_identity_core::identity_mapping::SECRET_FILTER_STATE_KEY;
 use egress_identity_core::principal::{HostError, Lookup, PrincipalProperty};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
@@ -108,6 +109,16 @@ pub fn set_filter_state(key: &str, value: &str) {
     if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
         log::warn!("egress-identity: cannot set filter state {key}: {status:?}");
     }
+}
+
+/// Names the SDS secret of the identity chosen for a single-cluster destination in filter state
+/// (`wasm.egress_identity.secret`), which the gateway's `set_filter_state` hands to the upstream connection.
+/// Unlike the audit record, the request cannot go on without it.
+pub fn set_identity_secret(secret: &str) -> Result<(), HostError> {
+    hostcalls::set_property(vec![SECRET_FILTER_STATE_KEY], Some(secret.as_bytes())).map_err(|status| {
+        log::warn!("egress-identity: cannot set filter state {SECRET_FILTER_STATE_KEY}: {status:?}");
+        HostError
+    })
 }
 
 /// Declares filter state `wasm.egress_identity.decision` as a `google.protobuf.Struct` (the foreign function

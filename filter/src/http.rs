@@ -124,6 +124,9 @@ impl EgressIdentityFilter {
                 }
                 host::set_request_header(&config.headers.principal, principal_id)?;
                 host::set_request_header(&config.headers.cluster, &allowed.identity.cluster)?;
+                if let Some(secret) = &allowed.identity.secret {
+                    host::set_identity_secret(secret)?;
+                }
                 if !ladder(7) {
                     self.counters.allowed(allowed.identity.index);
                 }

@@ -176,7 +176,7 @@ fn unknown_host_is_unknown_destination() {
 #[test]
 fn known_host_on_undeclared_port_is_unknown_destination() {
     let path = unique_path("/e2e", "unknown-port");
-    let r = send(&Call::get(&workload("team-app1"), &path).host("api.partner.example:8443"));
+    let r = send(&Call::get(&workload("team-app1"), &path).host("api.partner.example:9443"));
     assert_denied(&r, &path, "destination", "unknown_destination", None);
 }
 

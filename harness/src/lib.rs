@@ -29,6 +29,7 @@ pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod sds;
+pub mod sds_server;
 pub mod topology;
 
 /// Boxed error used across the harness.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::pki::Pki;
 use crate::process::{self, Supervised};
+use crate::sds_server::{tls_certificate, SdsServer};
 use crate::{err, repo_root, Result};
 
 /// Gateway listener (mTLS from callers).
@@ -27,6 +28,8 @@ pub const EXTERNAL_PORT: u16 = 18443;
 pub const EXTERNAL_TCP_PORT: u16 = 18444;
 /// External partner's TLS service for passthrough (the caller's TLS; answers with the server name it got).
 pub const EXTERNAL_TLS_PORT: u16 = 18445;
+/// The gRPC SDS server of the single-cluster destination's identities (render `--identity-sds`).
+pub const IDENTITY_SDS_PORT: u16 = 18447;
 
 /// How often the gateway flushes its access log (`--file-flush-interval-msec`).
 pub const ACCESS_LOG_FLUSH_MS: u64 = 100;
@@ -137,6 +140,7 @@ pub struct Topology {
     // Field order = drop order: the gateway stops before the server it forwards to.
     envoy: Supervised,
     nginx: Supervised,
+    identity_sds: SdsServer,
 }
 
 fn port_open(port: u16) -> bool {
@@ -389,6 +393,7 @@ impl Topology {
         ensure_free(EXTERNAL_PORT, "external server")?;
         ensure_free(EXTERNAL_TCP_PORT, "external TCP server")?;
         ensure_free(EXTERNAL_TLS_PORT, "external TLS server")?;
+        ensure_free(IDENTITY_SDS_PORT, "identity SDS server")?;
         let pki = populate_run_dir(&run_dir, &opts.wasm, &opts.nginx_config)?;
         let gateway_config = match &opts.plugin_config {
             None => absolute(&opts.gateway_config)?,
@@ -423,6 +428,15 @@ impl Topology {
             err(format!("{e}\n--- {}:\n{}", nginx_log.display(), process::tail(&process::read_lossy(&nginx_log), 30)))
         })?;
 
+        let identity_sds = SdsServer::start(SocketAddr::from(([127, 0, 0, 1], IDENTITY_SDS_PORT)))?;
+        let mut shared = Vec::new();
+        for identity in crate::pki::EXTERNAL_IDENTITIES {
+            let files = pki.external_identity(identity);
+            let read = |p: &Path| fs::read_to_string(p).map_err(|e| err(format!("reading {}: {e}", p.display())));
+            shared.push((identity.to_string(), tls_certificate(identity, read(&files.cert)?, read(&files.key)?)));
+        }
+        identity_sds.put(shared);
+
         let mut envoy = Supervised::spawn(
             "gateway (envoy)",
             &opts.envoy,
@@ -444,13 +458,19 @@ impl Topology {
             &logs.join("gateway-envoy.log"),
         )?;
         envoy.wait_ready(opts.startup_timeout, || envoy_ready(ADMIN_PORT) && port_open(GATEWAY_PORT))?;
-        Ok(Topology { run_dir, pki, gateway_config, envoy, nginx })
+        Ok(Topology { run_dir, pki, gateway_config, envoy, nginx, identity_sds })
     }
 
     /// The bootstrap the gateway runs (`envoy/gateway.yaml`, or the variant or LDS bootstrap in the run
     /// directory).
     pub fn gateway_config(&self) -> &Path {
         &self.gateway_config
+    }
+
+    /// The gRPC SDS server of the single-cluster destination `partner-shared`: it serves the external
+    /// identities' certificates under their names (`team.app1`, ...).
+    pub fn identity_sds(&self) -> &SdsServer {
+        &self.identity_sds
     }
 
     /// The directory of the gateway's SDS resource files (`<run>/sds`), see [`crate::sds`].

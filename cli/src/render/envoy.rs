@@ -78,6 +78,8 @@ pub struct EnvoyOptions {
     /// Bound on the life of an upstream connection, in seconds (how long a rotated-out client
     /// certificate can stay in use).
     pub max_connection_duration: u32,
+    /// The gRPC SDS server of the shared clusters' identities: `ADDR:PORT` or `unix:PATH`.
+    pub identity_sds: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -93,6 +95,7 @@ impl Default for EnvoyOptions {
             sds_dir: "sds".into(),
             access_log: "/dev/stdout".into(),
             max_connection_duration: 10,
+            identity_sds: None,
         }
     }
 }
@@ -132,6 +135,9 @@ impl EnvoyOptions {
         if self.max_connection_duration != d.max_connection_duration {
             flags.push(format!("--max-connection-duration {}", self.max_connection_duration));
         }
+        if let Some(sds) = &self.identity_sds {
+            flags.push(format!("--identity-sds {sds}"));
+        }
         flags
     }
 }
@@ -167,19 +173,26 @@ pub fn originating_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>,
     Ok(identity_clusters(policy)?.into_iter().filter(|c| !passthrough(&c.destination)).collect())
 }
 
-/// Every identity cluster of the policy, once each, in policy order. A cluster shared by two different
-/// identities or destinations is an error (one cluster presents one certificate to one endpoint).
+/// Every identity cluster of the policy (destinations without a `sharedCluster`), once each, in policy
+/// order. A cluster shared by two different identities or destinations is an error (one cluster presents
+/// one certificate to one endpoint), and so is a cluster name that is also a [`shared_clusters`] one.
 pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {
+    let shared = shared_clusters(policy)?;
     let mut out: Vec<IdentityCluster> = Vec::new();
-    for d in &policy.spec.destinations {
-        let pairs = d
-            .identities
-            .iter()
-            .map(|i| (&i.name, &i.cluster))
-            .chain(d.default_identity.iter().map(|i| (&i.name, &i.cluster)));
-        for (name, cluster) in pairs {
-            let entry =
-                IdentityCluster { cluster: cluster.clone(), destination: d.name.clone(), identity: name.clone() };
+    for d in policy.spec.destinations.iter().filter(|d| d.shared_cluster.is_none()) {
+        for (name, cluster, _) in d.identity_routes() {
+            let cluster = cluster.unwrap_or_default(); // the compiled policy has one for each
+            let entry = IdentityCluster {
+                cluster: cluster.to_string(),
+                destination: d.name.clone(),
+                identity: name.to_string(),
+            };
+            if let Some(s) = shared.iter().find(|s| s.cluster == cluster) {
+                return Err(RenderError(format!(
+                    "cluster {cluster:?} is the sharedCluster of destination {:?} and the cluster of identity {name:?} of destination {:?}",
+                    s.destination, d.name
+                )));
+            }
             match out.iter().find(|c| c.cluster == *cluster) {
                 Some(existing) if *existing == entry => {}
                 Some(existing) => {
@@ -195,18 +208,105 @@ pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, Re
     Ok(out)
 }
 
-fn sds(name: &str, dir: &str) -> Yaml {
-    map([
-        ("name", s(name)),
+/// A destination in single-cluster mode: its one cluster, and the SDS secret of each of its identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedCluster {
+    pub cluster: String,
+    pub destination: String,
+    /// `(identity, secret)`, in policy order; one secret may serve several identities.
+    pub identities: Vec<(String, String)>,
+}
+
+/// The cluster of the gRPC SDS server that serves the shared clusters' identities (`--identity-sds`).
+pub const IDENTITY_SDS_CLUSTER: &str = "egress-identity-sds";
+
+/// The cluster of the identities' SDS server: HTTP/2 (gRPC) to `ADDR:PORT` or a Unix socket `unix:PATH`.
+fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
+    let address = match address.strip_prefix("unix:") {
+        Some(path) if !path.is_empty() => map([("pipe", map([("path", s(path))]))]),
+        Some(_) => {
+            return Err(RenderError(
+                "--identity-sds unix: needs a socket path, e.g. unix:/run/spire/sockets/agent.sock".into(),
+            ))
+        }
+        None => {
+            let hp: HostPort = address.parse().map_err(|e| RenderError(format!("--identity-sds {address:?}: {e}")))?;
+            socket_address(&hp)
+        }
+    };
+    Ok(map([
+        ("name", s(IDENTITY_SDS_CLUSTER)),
+        ("type", s("STATIC")),
+        ("connect_timeout", s("1s")),
         (
-            "sds_config",
+            "typed_extension_protocol_options",
+            map([(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                typed(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    vec![e("explicit_http_config", map([("http2_protocol_options", map::<&str>([]))]))],
+                ),
+            )]),
+        ),
+        (
+            "load_assignment",
             map([
-                ("resource_api_version", s("V3")),
+                ("cluster_name", s(IDENTITY_SDS_CLUSTER)),
                 (
-                    "path_config_source",
-                    map([("path", s(format!("{dir}/{name}.yaml"))), ("watched_directory", map([("path", s(dir))]))]),
+                    "endpoints",
+                    Yaml::Seq(vec![map([(
+                        "lb_endpoints",
+                        Yaml::Seq(vec![map([("endpoint", map([("address", address)]))])]),
+                    )])]),
                 ),
             ]),
+        ),
+    ]))
+}
+
+/// The secret the shared clusters' certificate mapper falls back to when a connection names no identity
+/// (the filter did not run, or the gateway's `set_filter_state` is missing). No SDS source may define it:
+/// such a connection presents no certificate and its handshake fails, whatever the partner accepts.
+pub const NO_IDENTITY_SECRET: &str = "egress-identity-no-identity";
+
+/// The destinations in single-cluster mode (`sharedCluster`), in policy order; two destinations cannot
+/// share one.
+pub fn shared_clusters(policy: &PolicyFile) -> Result<Vec<SharedCluster>, RenderError> {
+    let mut out: Vec<SharedCluster> = Vec::new();
+    for d in &policy.spec.destinations {
+        let Some(cluster) = &d.shared_cluster else { continue };
+        if let Some(other) = out.iter().find(|s| s.cluster == *cluster) {
+            return Err(RenderError(format!(
+                "sharedCluster {cluster:?} is named by destinations {:?} and {:?}; one cluster reaches one destination",
+                other.destination, d.name
+            )));
+        }
+        let identities = d
+            .identity_routes()
+            .map(|(name, _, secret)| (name.to_string(), secret.unwrap_or(name).to_string()))
+            .collect::<Vec<_>>();
+        if let Some((name, _)) = identities.iter().find(|(_, secret)| secret == NO_IDENTITY_SECRET) {
+            return Err(RenderError(format!(
+                "identity {name:?} of destination {:?} uses the secret {NO_IDENTITY_SECRET:?}, which the gateway keeps for connections that name no identity",
+                d.name
+            )));
+        }
+        out.push(SharedCluster { cluster: cluster.clone(), destination: d.name.clone(), identities });
+    }
+    Ok(out)
+}
+
+fn sds(name: &str, dir: &str) -> Yaml {
+    map([("name", s(name)), ("sds_config", sds_config(name, dir))])
+}
+
+/// The config source of file `<dir>/<file>.yaml` (the directory watched: a file moved in is reloaded).
+fn sds_config(file: &str, dir: &str) -> Yaml {
+    map([
+        ("resource_api_version", s("V3")),
+        (
+            "path_config_source",
+            map([("path", s(format!("{dir}/{file}.yaml"))), ("watched_directory", map([("path", s(dir))]))]),
         ),
     ])
 }
@@ -327,9 +427,21 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
     Ok(out)
 }
 
-fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
+/// What an upstream cluster presents to the partner.
+enum Presents<'a> {
+    /// One external identity's certificate (one cluster per identity).
+    Identity(&'a IdentityCluster),
+    /// The certificate of whichever identity the connection names (single-cluster mode).
+    Shared(&'a SharedCluster),
+}
+
+fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
+    let (name, destination) = match &presents {
+        Presents::Identity(c) => (&c.cluster, &c.destination),
+        Presents::Shared(c) => (&c.cluster, &c.destination),
+    };
     let dns = !is_ip(&up.endpoint.host);
-    let mut entries = vec![e("name", s(&c.cluster)), e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" }))];
+    let mut entries = vec![e("name", s(name)), e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" }))];
     if dns {
         entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
     }
@@ -358,40 +470,147 @@ fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
             )]),
         ));
     }
-    entries.push(e("load_assignment", load_assignment(&c.cluster, &up.endpoint.host, up.endpoint.port)));
-    if up.protocol == Protocol::Tls {
-        let what = format!(
-            "destination {} (tls passthrough), mapping {}: the caller's own TLS goes through",
-            c.destination, c.identity
-        );
-        return commented(what, Yaml::Map(entries));
+    entries.push(e("load_assignment", load_assignment(name, &up.endpoint.host, up.endpoint.port)));
+    let (certificates, comment) = match presents {
+        Presents::Identity(c) if up.protocol == Protocol::Tls => {
+            let what =
+                format!("destination {}, mapping {}: the caller's own TLS goes through", c.destination, c.identity);
+            return commented(format!("{what} (tls passthrough)"), Yaml::Map(entries));
+        }
+        Presents::Identity(c) => (
+            e(
+                "tls_certificate_sds_secret_configs",
+                commented(
+                    format!("The external identity {}; replaced through SDS when it is rotated.", c.identity),
+                    Yaml::Seq(vec![sds(&identity_secret(&c.identity), &opts.sds_dir)]),
+                ),
+            ),
+            format!("destination {destination}, external identity {}", c.identity),
+        ),
+        Presents::Shared(c) => (
+            e("custom_tls_certificate_selector", on_demand_selector()),
+            format!(
+                "destination {destination}: ONE cluster for its {} external identities (single-cluster mode)",
+                c.identities.len()
+            ),
+        ),
+    };
+    let mut tls = vec![e("sni", s(&up.sni))];
+    if matches!(presents, Presents::Shared(_)) {
+        tls.push(e(
+            "max_session_keys",
+            commented(
+                "No TLS session resumption: all identities share this cluster's client context, and a resumed\nsession carries the identity of the handshake that created it -- one caller would reach the partner\nas another.",
+                int(0),
+            ),
+        ));
     }
+    tls.push(e(
+        "common_tls_context",
+        map([
+            (certificates.0.as_str(), certificates.1),
+            ("combined_validation_context", dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir))),
+        ]),
+    ));
     entries.push(e(
         "transport_socket",
         map([
             ("name", s("envoy.transport_sockets.tls")),
+            ("typed_config", typed("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", tls)),
+        ]),
+    ));
+    commented(comment, Yaml::Map(entries))
+}
+
+/// The filter-state key the shared clusters' certificate mapper reads (Envoy's, not configurable).
+pub const ON_DEMAND_SECRET_KEY: &str = "envoy.tls.certificate_mappers.on_demand_secret";
+
+/// `set_filter_state` after the egress-identity filter: copies the secret the filter chose for a
+/// single-cluster destination into [`ON_DEMAND_SECRET_KEY`], hashable (so the upstream connection pool is
+/// keyed by it) and shared with the upstream connection (where the certificate mapper reads it).
+fn identity_filter_state() -> Yaml {
+    commented(
+        format!(
+            "Single-cluster mode: the SDS secret the filter chose (property wasm.{key}) becomes the upstream\nconnection's {ON_DEMAND_SECRET_KEY}. envoy.hashable_string puts it in the connection\npool's key: a pooled connection is never reused by another identity (a plain envoy.string is not hashed\nand would be). Requests to other destinations name no secret and set nothing.",
+            key = egress_identity_core::identity_mapping::SECRET_FILTER_STATE_KEY
+        ),
+        map([
+            ("name", s("envoy.filters.http.set_filter_state")),
             (
                 "typed_config",
                 typed(
-                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    vec![
-                        e("sni", s(&up.sni)),
-                        e(
-                            "common_tls_context",
-                            map([
-                                (
-                                    "tls_certificate_sds_secret_configs",
-                                    commented(
-                                        format!(
-                                            "The external identity {}; replaced through SDS when it is rotated.",
-                                            c.identity
-                                        ),
-                                        Yaml::Seq(vec![sds(&identity_secret(&c.identity), &opts.sds_dir)]),
+                    "envoy.extensions.filters.http.set_filter_state.v3.Config",
+                    vec![e(
+                        "on_request_headers",
+                        Yaml::Seq(vec![map([
+                            ("object_key", s(ON_DEMAND_SECRET_KEY)),
+                            ("factory_key", s("envoy.hashable_string")),
+                            (
+                                "format_string",
+                                map([
+                                    (
+                                        "text_format_source",
+                                        map([(
+                                            "inline_string",
+                                            s(format!(
+                                                "%FILTER_STATE(wasm.{}:PLAIN)%",
+                                                egress_identity_core::identity_mapping::SECRET_FILTER_STATE_KEY
+                                            )),
+                                        )]),
                                     ),
-                                ),
+                                    ("omit_empty_values", Yaml::Bool(true)),
+                                ]),
+                            ),
+                            ("skip_if_empty", Yaml::Bool(true)),
+                            ("shared_with_upstream", s("ONCE")),
+                        ])]),
+                    )],
+                ),
+            ),
+        ]),
+    )
+}
+
+/// The on-demand certificate selector of a shared cluster: the secret named by the connection's
+/// `envoy.tls.certificate_mappers.on_demand_secret` (which the gateway's `set_filter_state` writes from
+/// the filter's choice), fetched from the destination's SDS file on first use.
+fn on_demand_selector() -> Yaml {
+    let config_source = map([
+        ("resource_api_version", s("V3")),
+        (
+            "api_config_source",
+            map([
+                ("api_type", s("GRPC")),
+                ("transport_api_version", s("V3")),
+                (
+                    "grpc_services",
+                    Yaml::Seq(vec![map([("envoy_grpc", map([("cluster_name", s(IDENTITY_SDS_CLUSTER))]))])]),
+                ),
+            ]),
+        ),
+    ]);
+    commented(
+        format!(
+            "The client certificate of the identity the filter chose, by SDS secret name, fetched on the first\nconnection that needs it. Mapper default {NO_IDENTITY_SECRET:?}: no SDS source defines it, so a connection\nthat names no identity presents nothing and fails its handshake -- never a default identity."
+        ),
+        map([
+            ("name", s("envoy.tls.certificate_selectors.on_demand_secret")),
+            (
+                "typed_config",
+                typed(
+                    "envoy.extensions.transport_sockets.tls.cert_selectors.on_demand_secret.v3.Config",
+                    vec![
+                        e("config_source", config_source),
+                        e(
+                            "certificate_mapper",
+                            map([
+                                ("name", s("envoy.tls.upstream_certificate_mappers.filter_state_override")),
                                 (
-                                    "combined_validation_context",
-                                    dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)),
+                                    "typed_config",
+                                    typed(
+                                        "envoy.extensions.transport_sockets.tls.cert_mappers.filter_state_override.v3.Config",
+                                        vec![e("default_value", s(NO_IDENTITY_SECRET))],
+                                    ),
                                 ),
                             ]),
                         ),
@@ -399,14 +618,14 @@ fn cluster(c: &IdentityCluster, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
                 ),
             ),
         ]),
-    ));
-    commented(format!("destination {}, external identity {}", c.destination, c.identity), Yaml::Map(entries))
+    )
 }
 
 fn header(
     policy: &PolicyFile,
     opts: &EnvoyOptions,
     clusters: &[IdentityCluster],
+    shared: &[SharedCluster],
     ups: &BTreeMap<String, Upstream>,
 ) -> String {
     let flags = opts.flags();
@@ -444,6 +663,20 @@ secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.
             identity_secret(&c.identity),
             c.cluster,
             c.identity
+        ));
+    }
+    for c in shared {
+        let mut secrets: Vec<&str> = c.identities.iter().take(4).map(|(_, secret)| secret.as_str()).collect();
+        let more = format!("... ({} in all)", c.identities.len());
+        if c.identities.len() > 4 {
+            secrets.push(&more);
+        }
+        h.push_str(&format!(
+            "  {:<31} cluster {:?} (single-cluster mode), from the gRPC SDS server {}:\n  {:<31} the client certificates of its identities, each fetched on first use\n",
+            secrets.join(", "),
+            c.cluster,
+            opts.identity_sds.as_deref().unwrap_or("(--identity-sds)"),
+            ""
         ));
     }
     for (name, up) in ups.iter().filter(|(name, _)| !passthrough(name)) {
@@ -664,6 +897,10 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     for c in &clusters {
         check_file_safe(&format!("identity of destination {}", c.destination), &c.identity)?;
     }
+    let shared = shared_clusters(policy)?;
+    for c in &shared {
+        check_file_safe("destination", &c.destination)?;
+    }
     let ups = upstreams(policy, opts)?;
     let principal_header = policy.config.headers.principal.to_string();
     let cluster_header = policy.config.headers.cluster.to_string();
@@ -817,11 +1054,14 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                         ]),
                     ),
                     wasm,
-                    map([
+                ]
+                .into_iter()
+                .chain((!shared.is_empty()).then(identity_filter_state))
+                .chain([map([
                         ("name", s("envoy.filters.http.router")),
                         ("typed_config", typed("envoy.extensions.filters.http.router.v3.Router", vec![])),
-                    ]),
-                ]),
+                    ])])
+                .collect()),
             ),
         ],
     );
@@ -857,10 +1097,32 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     ])];
     for c in &clusters {
         let Some(up) = ups.get(&c.destination) else { continue };
-        cluster_nodes.push(cluster(c, up, opts));
+        cluster_nodes.push(cluster(Presents::Identity(c), up, opts));
+    }
+    for c in &shared {
+        let Some(up) = ups.get(&c.destination) else { continue };
+        cluster_nodes.push(cluster(Presents::Shared(c), up, opts));
+    }
+    match (&opts.identity_sds, shared.first()) {
+        (Some(address), Some(_)) => cluster_nodes.push(commented(
+            "The gRPC SDS server of the single-cluster destinations' identities (--identity-sds).",
+            identity_sds_cluster(address)?,
+        )),
+        (None, Some(c)) => {
+            return Err(RenderError(format!(
+                "destination {:?} has a sharedCluster, whose identities' certificates come from a gRPC SDS server: give --identity-sds ADDR:PORT or unix:PATH (e.g. the SPIRE agent's socket). File SDS cannot serve them: Envoy reads one secret per file, and the cluster has one source for all its identities",
+                c.destination
+            )))
+        }
+        (Some(_), None) => {
+            return Err(RenderError(
+                "--identity-sds is only for destinations with a sharedCluster, and this policy has none".into(),
+            ))
+        }
+        (None, None) => {}
     }
     let bootstrap = commented(
-        header(policy, opts, &clusters, &ups),
+        header(policy, opts, &clusters, &shared, &ups),
         map([
             ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
             ("admin", map([("address", socket_address(&opts.admin))])),
@@ -872,7 +1134,11 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                     (
                         "clusters",
                         commented(
-                            "One upstream cluster per external identity: same partner endpoint, different client certificate.",
+                            if shared.is_empty() {
+                                "One upstream cluster per external identity: same partner endpoint, different client certificate."
+                            } else {
+                                "One upstream cluster per external identity (same partner endpoint, different client certificate),\nor one per single-cluster destination (the certificate chosen per connection)."
+                            },
                             Yaml::Seq(cluster_nodes),
                         ),
                     ),
@@ -947,6 +1213,68 @@ mod tests {
         let filter = out.find("envoy.filters.http.wasm").unwrap();
         let router = out.find("envoy.filters.http.router").unwrap();
         assert!(header_mutation < filter && filter < router);
+    }
+
+    const SHARED: &str = r#"{
+      "trustDomains": ["cluster.local"],
+      "gateway": { "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ] },
+      "destinations": [
+        { "name": "s", "hosts": ["api.s.example"], "ports": [443], "sharedCluster": "s-all",
+          "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
+          "identities": [ { "name": "x", "principals": ["cluster.local/ns/a/*"] },
+                          { "name": "y", "secret": "spiffe://partner/y", "principals": ["*"] } ] }
+      ]
+    }"#;
+
+    #[test]
+    fn a_shared_cluster_picks_the_certificate_per_connection_from_grpc_sds() {
+        let opts =
+            EnvoyOptions { identity_sds: Some("unix:/run/spire/sockets/agent.sock".into()), ..Default::default() };
+        let out = render(&policy(SHARED), &opts).unwrap();
+        for expected in [
+            "name: s-all",
+            "name: envoy.tls.certificate_selectors.on_demand_secret",
+            "name: envoy.tls.upstream_certificate_mappers.filter_state_override",
+            "default_value: egress-identity-no-identity",
+            "cluster_name: egress-identity-sds",
+            "path: /run/spire/sockets/agent.sock",
+            "max_session_keys: 0",
+            "name: envoy.filters.http.set_filter_state",
+            "object_key: envoy.tls.certificate_mappers.on_demand_secret",
+            "factory_key: envoy.hashable_string",
+            "inline_string: \"%FILTER_STATE(wasm.egress_identity.secret:PLAIN)%\"",
+            "shared_with_upstream: ONCE",
+            "# Generated by `egress-identity render envoy POLICY --identity-sds unix:/run/spire/sockets/agent.sock`",
+        ] {
+            assert!(out.to_lowercase().contains(&expected.to_lowercase()), "missing {expected:?}:\n{out}");
+        }
+        assert!(!out.contains("external-x"), "no per-identity secret file in single-cluster mode:\n{out}");
+        // A policy without a shared cluster has no set_filter_state.
+        assert!(!render(&policy(POLICY), &EnvoyOptions::default()).unwrap().contains("set_filter_state"));
+    }
+
+    #[test]
+    fn a_shared_cluster_needs_an_sds_server_and_its_own_name() {
+        let e = render(&policy(SHARED), &EnvoyOptions::default()).unwrap_err().0;
+        assert!(e.contains("give --identity-sds") && e.contains("File SDS cannot serve them"), "{e}");
+        let opts = EnvoyOptions { identity_sds: Some("127.0.0.1:1".into()), ..Default::default() };
+        let e = render(&policy(POLICY), &opts).unwrap_err().0;
+        assert!(e.contains("--identity-sds is only for destinations with a sharedCluster"), "{e}");
+        let e = render(
+            &policy(
+                &SHARED.replace("\"secret\": \"spiffe://partner/y\"", "\"secret\": \"egress-identity-no-identity\""),
+            ),
+            &opts,
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("keeps for connections that name no identity"), "{e}");
+        let opts = EnvoyOptions { identity_sds: Some("unix:".into()), ..Default::default() };
+        assert!(render(&policy(SHARED), &opts).unwrap_err().0.contains("needs a socket path"));
+        for mesh in ["Istio", "Kuma"] {
+            let e = super::super::refuse_shared_clusters(&policy(SHARED), mesh).unwrap_err().0;
+            assert!(e.contains(&format!("cannot be rendered for {mesh} yet")), "{e}");
+        }
     }
 
     #[test]

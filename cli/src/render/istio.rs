@@ -264,7 +264,7 @@ fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
                     "when",
                     Yaml::Seq(vec![map([
                         ("key", s(format!("request.headers[{header}]"))),
-                        ("values", strs([i.cluster.as_str()])),
+                        ("values", strs([i.cluster.as_deref().unwrap_or_default()])),
                     ])]),
                 ),
             ]));
@@ -313,6 +313,7 @@ fn file(name: &str, mode: &str, docs: Vec<Yaml>) -> (String, String) {
 /// The manifests, as `(file name, multi-document YAML)` in apply order.
 pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, String)>, RenderError> {
     super::check_one_endpoint_per_destination(policy, true)?;
+    super::refuse_shared_clusters(policy, "Istio")?;
     let clusters = identity_clusters(policy)?;
     check_k8s_names(&clusters)?;
     let dests = destinations(policy)?;

@@ -141,6 +141,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         return Err(RenderError("principalSources must include peer_certificate: callers present their MeshIdentity SVID to the zone egress".into()));
     }
     super::check_one_endpoint_per_destination(policy, false)?;
+    super::refuse_shared_clusters(policy, "Kuma")?;
     let clusters = identity_clusters(policy)?;
     let dests = destinations(policy)?;
     for name in opts.upstreams.keys() {

@@ -397,6 +397,18 @@ pub fn check_one_endpoint_per_destination(policy: &PolicyFile, one_host: bool) -
     Ok(())
 }
 
+/// Refuses single-cluster destinations (`sharedCluster`) where `mesh` cannot render them: its own API has
+/// no per-connection certificate selection, and a patch would be silently overwritten by its control plane.
+pub fn refuse_shared_clusters(policy: &PolicyFile, mesh: &str) -> Result<(), RenderError> {
+    match policy.spec.destinations.iter().enumerate().find(|(_, d)| d.shared_cluster.is_some()) {
+        Some((i, d)) => Err(RenderError(format!(
+            "destinations[{i}] ({}): sharedCluster (single-cluster mode) cannot be rendered for {mesh} yet: it needs Envoy's on-demand certificate selector on the cluster and set_filter_state in the HTTP chain, which {mesh}'s API does not express; render it with `render envoy`, or give each identity a cluster (README.md, \"Identity scale\")",
+            d.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn first_exact_host(hosts: &[String]) -> Option<&str> {
     hosts.iter().map(String::as_str).find(|h| !h.starts_with('*'))
 }
