@@ -82,6 +82,17 @@ bench: setup-bench build
 bench-check: setup-bench build
 	CARGO='$(CARGO)' bash bench/run.sh --check
 
+## bench-scale: one cluster per identity vs single-cluster mode (sharedCluster) at SIZES identities (default
+## 10,1000,10000): ready time, RSS, first request of a new identity, CPU per request, time to add one
+## identity (BENCHMARKS.md, "Identity scale"). Not part of `make test`; uses the test ports. ~10 min.
+SIZES ?= 10,1000,10000
+SCALE_ROUNDS ?= 10
+.PHONY: bench-scale
+bench-scale: setup-test build
+	$(CARGO) build --release -p egress-identity-cli -p egress-identity-harness --bin egress-identity --bin identity_scale
+	target/release/identity_scale --cli target/release/egress-identity --out target/bench-scale \
+		--sizes '$(SIZES)' --rounds '$(SCALE_ROUNDS)'
+
 ## dashboard-preview: docs/dashboard.png, the README's picture of monitoring/grafana-dashboard.json: a test
 ## gateway, a real Prometheus and 90 s of mixed traffic, the panels drawn with matplotlib (installed in .venv/).
 .PHONY: dashboard-preview

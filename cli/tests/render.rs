@@ -70,7 +70,7 @@ fn gateway_yaml_is_the_render_of_the_demo_policy() {
     let block: serde_json::Value = serde_json::from_str(&topology::plugin_config(&committed).unwrap()).unwrap();
     assert_eq!(block, policy);
     // Not vacuous: the production defaults give another file.
-    assert_ne!(stdout_of(&["render", "envoy", "envoy/policy.json"]), committed);
+    assert_ne!(stdout_of(&["render", "envoy", "envoy/policy.json", "--identity-sds", "unix:/run/sds.sock"]), committed);
 }
 
 /// `(directory, render arguments)` of each example.

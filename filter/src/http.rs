@@ -128,7 +128,7 @@ impl EgressIdentityFilter {
                     host::set_identity_secret(secret)?;
                 }
                 if !ladder(7) {
-                    self.counters.allowed(allowed.identity.index);
+                    self.counters.allowed(config, allowed.identity.index);
                 }
                 #[cfg(feature = "test-trap")]
                 crate::test_trap::maybe_trap(crate::test_trap::Point::AfterAllow);

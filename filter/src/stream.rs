@@ -128,7 +128,7 @@ impl EgressIdentityConnection {
                         Passthrough { destination, port, cluster, identity, principal: principal_id.into(), record };
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
-                self.forward(&cluster, identity, &record)
+                self.forward(config, &cluster, identity, &record)
             }
         }
     }
@@ -145,7 +145,7 @@ impl EgressIdentityConnection {
         let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
         match config.passthrough_verdict(&pending.destination, pending.port, &hello) {
-            PassthroughVerdict::Allow => self.forward(&pending.cluster, pending.identity, &pending.record),
+            PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, &pending.record),
             PassthroughVerdict::Wait if !end_of_stream => {
                 self.state = State::AwaitingClientHello(pending);
                 Ok(Action::Pause)
@@ -165,10 +165,16 @@ impl EgressIdentityConnection {
         }
     }
 
-    fn forward(&mut self, cluster: &str, identity: usize, record: &Record) -> Result<Action, HostError> {
+    fn forward(
+        &mut self,
+        config: &Config,
+        cluster: &str,
+        identity: usize,
+        record: &Record,
+    ) -> Result<Action, HostError> {
         host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
         record.store();
-        self.counters.allowed(identity);
+        self.counters.allowed(config, identity);
         self.state = State::Forwarding;
         Ok(Action::Continue)
     }

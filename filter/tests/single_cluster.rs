@@ -227,3 +227,46 @@ fn a_caller_without_a_mapping_is_denied_locally() {
     assert!(partner_entries(&topo, path, 1).is_empty());
     assert!(topo.identity_sds().requested_names().is_empty(), "{:?}", topo.identity_sds().requested_names());
 }
+
+/// Identity scale: a destination with more identities than the filter defines counters for up front
+/// (1,024) still counts each one's allowed decisions, the later ones from their first request, so a
+/// configuration of 10,000 identities does not define 10,000 stats before it serves.
+#[test]
+fn identities_past_the_up_front_counters_are_counted_from_their_first_request() {
+    let _serial = serial();
+    let mut policy: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("envoy/policy.json")).unwrap()).unwrap();
+    let shared = policy["destinations"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d["name"] == "partner-shared")
+        .expect("partner-shared in envoy/policy.json");
+    let mut identities: Vec<Value> = (0..1100)
+        .map(|i| serde_json::json!({"name": format!("bulk.{i}"), "principals": [format!("spiffe://cluster.local/ns/bulk/sa/s{i}")]}))
+        .collect();
+    identities.extend(shared["identities"].as_array().unwrap().iter().cloned());
+    shared["identities"] = Value::Array(identities);
+    let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("single-cluster").join("many-identities");
+    let opts = Options::new(&run_dir).with_plugin_config(serde_json::to_string(&policy).unwrap());
+    let topo = Topology::start(&opts).unwrap_or_else(|e| panic!("starting the topology: {e}"));
+    let series = |identity: &str| {
+        topo.prometheus()
+            .into_iter()
+            .filter(|s| {
+                s.family == "egress_identity_decisions_total"
+                    && s.labels.get("identity").map(String::as_str) == Some(identity)
+                    && s.labels.get("destination").map(String::as_str) == Some("partner-shared")
+                    && s.labels.get("protocol").map(String::as_str) == Some("http")
+            })
+            .map(|s| s.value)
+            .collect::<Vec<f64>>()
+    };
+    assert_eq!(series("bulk.0"), [0.0], "the first identities' counters exist from the start, at zero");
+    assert!(series("team.app1").is_empty(), "identity 1,100 has no counter before its first request");
+    let r = send(&topo, "team-app1", "/single-cluster/many-identities/app1");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.field("client_subject"), Some("CN=team.app1"));
+    topo.settle_counters();
+    assert_eq!(series("team.app1").iter().sum::<f64>(), 1.0, "{:?}", series("team.app1"));
+}

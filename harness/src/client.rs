@@ -114,6 +114,12 @@ impl Client {
         Client { ca: mesh_ca, port: GATEWAY_PORT }
     }
 
+    /// The same client for a gateway listening on `port` (e.g. a benchmark's second gateway).
+    pub fn on_port(mut self, port: u16) -> Client {
+        self.port = port;
+        self
+    }
+
     /// Send `call` (HTTP/1.1 unless [`Call::http2`], 20 s timeout).
     pub fn send(&self, call: &Call) -> Result<Response> {
         let curl = std::env::var_os("CURL_BIN").unwrap_or_else(|| "curl".into());

@@ -60,6 +60,14 @@ impl Supervised {
         Ok(s)
     }
 
+    /// The process id of the program (not of its wrapper), once it runs.
+    pub fn program_pid(&self) -> Option<u32> {
+        let wrapper = self.wrapper.id();
+        let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).ok()?;
+        // The wrapper's first child is the program (started before its watcher subshell).
+        children.split_whitespace().next()?.parse().ok()
+    }
+
     /// Name given at spawn.
     pub fn name(&self) -> &str {
         &self.name

@@ -220,6 +220,9 @@ pub struct SharedCluster {
 /// The cluster of the gRPC SDS server that serves the shared clusters' identities (`--identity-sds`).
 pub const IDENTITY_SDS_CLUSTER: &str = "egress-identity-sds";
 
+/// Concurrent SDS streams the identities' SDS cluster allows: one per identity in use.
+pub const MAX_IDENTITY_STREAMS: i64 = 1_000_000;
+
 /// The cluster of the identities' SDS server: HTTP/2 (gRPC) to `ADDR:PORT` or a Unix socket `unix:PATH`.
 fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
     let address = match address.strip_prefix("unix:") {
@@ -238,6 +241,13 @@ fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
         ("name", s(IDENTITY_SDS_CLUSTER)),
         ("type", s("STATIC")),
         ("connect_timeout", s("1s")),
+        (
+            "circuit_breakers",
+            commented(
+                "Every identity in use is one SDS stream (one gRPC request) on this cluster: Envoy's default of\n1,024 concurrent requests would leave identities past it without a certificate (overflow).",
+                map([("thresholds", Yaml::Seq(vec![map([("max_requests", int(MAX_IDENTITY_STREAMS))])]))]),
+            ),
+        ),
         (
             "typed_extension_protocol_options",
             map([(

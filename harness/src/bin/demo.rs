@@ -16,6 +16,8 @@ enum Expect {
 }
 
 struct Step {
+    /// The Host the caller asks for (the destination).
+    host: &'static str,
     who: &'static str,
     workload: &'static str,
     path: &'static str,
@@ -25,6 +27,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
+        host: EXTERNAL_HOST,
         who: "spiffe://cluster.local/ns/team/sa/app1",
         workload: "team-app1",
         path: "/v1/orders",
@@ -32,6 +35,7 @@ const STEPS: &[Step] = &[
         expect: Expect::Allow("CN=team.app1"),
     },
     Step {
+        host: EXTERNAL_HOST,
         who: "spiffe://cluster.local/ns/team/sa/app2",
         workload: "team-app2",
         path: "/v1/invoices",
@@ -39,6 +43,7 @@ const STEPS: &[Step] = &[
         expect: Expect::Allow("CN=team.app2"),
     },
     Step {
+        host: EXTERNAL_HOST,
         who: "spiffe://cluster.local/ns/sandbox/sa/default",
         workload: "sandbox-default",
         path: "/v1/reports",
@@ -46,11 +51,28 @@ const STEPS: &[Step] = &[
         expect: Expect::Deny("gateway", "no_matching_allow", None),
     },
     Step {
+        host: EXTERNAL_HOST,
         who: "spiffe://cluster.local/ns/team/sa/app1",
         workload: "team-app1",
         path: "/admin/users",
         why: "nobody may reach the partner's admin paths",
         expect: Expect::Deny("destination", "denied_by_policy", Some("deny-admin-paths")),
+    },
+    Step {
+        host: "api.partner.example:8443",
+        who: "spiffe://cluster.local/ns/team/sa/app1",
+        workload: "team-app1",
+        path: "/v1/shared/orders",
+        why: "partner-shared: ONE cluster for every identity, the certificate picked per connection (fetched over SDS)",
+        expect: Expect::Allow("CN=team.app1"),
+    },
+    Step {
+        host: "api.partner.example:8443",
+        who: "spiffe://cluster.local/ns/team/sa/app2",
+        workload: "team-app2",
+        path: "/v1/shared/invoices",
+        why: "the same shared cluster for another caller: the partner must see team.app2",
+        expect: Expect::Allow("CN=team.app2"),
     },
 ];
 
@@ -80,10 +102,10 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
     let client = topo.client();
     let mut ok = 0;
     for (i, step) in STEPS.iter().enumerate() {
-        let call = Call::get(&topo.pki().workload(step.workload), step.path);
+        let call = Call::get(&topo.pki().workload(step.workload), step.path).host(step.host);
         let r = client.send(&call)?;
         println!();
-        println!("{}. {} calls GET https://{EXTERNAL_HOST}{}", i + 1, step.who, step.path);
+        println!("{}. {} calls GET https://{}{}", i + 1, step.who, step.host, step.path);
         println!("   ({})", step.why);
         println!("   gateway decided: {}", describe(&r));
         // nginx writes its access log after it has sent the response: give it a moment to show up.

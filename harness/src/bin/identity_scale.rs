@@ -1,0 +1,649 @@
+//! `identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds N] [--instructions N]`: the identity-scale benchmark
+//! (BENCHMARKS.md, "Identity scale"). For each size N, one destination with N external identities is
+//! rendered twice by `egress-identity render envoy` -- one cluster per identity (file SDS), and
+//! single-cluster mode (`sharedCluster`, certificates from the harness's gRPC SDS server) -- and both
+//! gateways run side by side (`--concurrency 2`) in front of the partner (nginx). Measured, per mode:
+//!
+//! * ready: from the start of Envoy to `/ready` and its listener accepting;
+//! * RSS: the gateway's VmRSS once ready and after the first requests;
+//! * first request of an identity never used before (in single-cluster mode: the SDS fetch, then the
+//!   handshake), against the next request of the same identity;
+//! * CPU per request: gateway CPU time (all threads' `schedstat`) over batches of keep-alive requests of one
+//!   identity, the two gateways alternating, batch by batch; the ratio per pair of batches, median; and,
+//!   with `--instructions N`, at the smallest size, instructions per request under callgrind (N keep-alive
+//!   requests, an idle window subtracted), repeatable where CPU time on these machines is not;
+//! * adding one identity: from publishing the new configuration (the certificate on the SDS server; the
+//!   policy over file LDS; per-cluster also the clusters over file CDS) to the new identity's first 200
+//!   with its certificate.
+//!
+//! Both modes take the identities' certificates from the same gRPC SDS server (the harness's): with file
+//! SDS, one watched directory per secret, Envoy runs out of inotify instances before 1,000 clusters.
+//!
+//! Runs on the fixed loopback ports of the test topology (partner 18443) plus 20000-21999: never during
+//! `make test`. Prints a Markdown table and writes `DIR/identity-scale.json`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use egress_identity_harness::client::{Call, Client};
+use egress_identity_harness::lds;
+use egress_identity_harness::pki::{CertFiles, Pki, WorkloadSpec, GATEWAY_HOST};
+use egress_identity_harness::process::Supervised;
+use egress_identity_harness::sds_server::{tls_certificate, SdsServer};
+use egress_identity_harness::topology::{envoy_bin, nginx_bin, populate_run_dir, wasm_path, EXTERNAL_PORT};
+use egress_identity_harness::{repo_root, Result};
+use serde_json::{json, Value};
+
+const HOST: &str = "api.partner.example";
+const SDS_PORT: u16 = 21447;
+/// Identities whose first request is timed (never used before the measurement).
+const FIRST_REQUESTS: usize = 5;
+/// Requests per curl (one keep-alive connection) in a CPU batch.
+const BATCH: usize = 1000;
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("identity_scale: {msg}");
+    std::process::exit(1)
+}
+
+fn ok<T>(r: Result<T>, what: &str) -> T {
+    r.unwrap_or_else(|e| fail(format!("{what}: {e}")))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    PerCluster,
+    Single,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::PerCluster => "per-cluster",
+            Mode::Single => "single-cluster",
+        }
+    }
+    fn ports(self) -> (u16, u16, u16) {
+        match self {
+            Mode::PerCluster => (20443, 20901, 20090),
+            Mode::Single => (21443, 21901, 21090),
+        }
+    }
+}
+
+fn identity(i: usize) -> String {
+    format!("id-{i}")
+}
+
+fn principal(i: usize) -> String {
+    format!("spiffe://cluster.local/ns/bench/sa/id-{i}")
+}
+
+/// The policy: one destination, `n` identities, everybody allowed.
+fn policy(n: usize, mode: Mode) -> Value {
+    let identities: Vec<Value> = (0..n)
+        .map(|i| match mode {
+            Mode::PerCluster => {
+                json!({"name": identity(i), "cluster": format!("bench|id-{i}"), "principals": [principal(i)]})
+            }
+            Mode::Single => json!({"name": identity(i), "principals": [principal(i)]}),
+        })
+        .collect();
+    let mut destination = json!({
+        "name": "bench", "hosts": [HOST], "ports": [443],
+        "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
+        "identities": identities
+    });
+    if mode == Mode::Single {
+        destination["sharedCluster"] = json!("bench");
+    }
+    json!({
+        "trustDomains": ["cluster.local"],
+        "auditRecord": "none",
+        "gateway": {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]},
+        "destinations": [destination]
+    })
+}
+
+/// Renders the policy with the CLI and splits the bootstrap: listeners over file LDS and, one cluster per
+/// identity, the clusters over file CDS (how a control plane would add one). Returns the bootstrap path.
+fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
+    let (listen, admin, metrics) = mode.ports();
+    let policy_file = dir.join(format!("policy-{}.json", mode.name()));
+    ok(
+        fs::write(&policy_file, serde_json::to_vec_pretty(&policy(n, mode)).unwrap_or_default()).map_err(Into::into),
+        "policy",
+    );
+    let mut cmd = Command::new(cli);
+    cmd.arg("render").arg("envoy").arg(&policy_file);
+    cmd.args(["--listen", &format!("127.0.0.1:{listen}"), "--admin", &format!("127.0.0.1:{admin}")]);
+    cmd.args(["--metrics", &format!("127.0.0.1:{metrics}"), "--access-log", "/dev/null"]);
+    cmd.args(["--upstream", &format!("bench=127.0.0.1:{EXTERNAL_PORT}"), "--ca-secret", "bench=partner-ca"]);
+    if mode == Mode::Single {
+        cmd.args(["--identity-sds", &format!("127.0.0.1:{SDS_PORT}")]);
+    }
+    let out = cmd.output().unwrap_or_else(|e| fail(format!("running {}: {e}", cli.display())));
+    if !out.status.success() {
+        fail(format!("render: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let yaml = dir.join(format!("gateway-{}.yaml", mode.name()));
+    ok(fs::write(&yaml, &out.stdout).map_err(Into::into), "bootstrap");
+    let bootstrap = ok(lds::yaml_file_to_json(&yaml), "bootstrap to JSON");
+    let (mut bootstrap, listeners) = ok(lds::split(bootstrap), "LDS split");
+    let mode_dir = dir.join(mode.name());
+    let lds_dir = mode_dir.join("lds");
+    ok(lds::write_listeners(&lds_dir, &listeners).map(|_| ()), "LDS file");
+    bootstrap["dynamic_resources"]["lds_config"]["path_config_source"] =
+        json!({"path": lds_dir.join("listeners.yaml"), "watched_directory": {"path": lds_dir}});
+    if mode == Mode::PerCluster {
+        let clusters = bootstrap["static_resources"]["clusters"].as_array().cloned().unwrap_or_default();
+        let (mut identity_clusters, mut other): (Vec<Value>, Vec<Value>) =
+            clusters.into_iter().partition(|c| c["name"].as_str().is_some_and(|n| n.starts_with("bench|")));
+        // The same certificate source as single-cluster mode: file SDS watches a directory per secret and
+        // Envoy runs out of inotify instances (max_user_instances, 128 by default) long before 1,000.
+        for c in &mut identity_clusters {
+            let name = c["name"].as_str().unwrap_or_default().trim_start_matches("bench|").to_string();
+            c["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"] =
+                json!([{"name": name, "sds_config": grpc_sds_config()}]);
+        }
+        other.push(sds_cluster());
+        bootstrap["static_resources"]["clusters"] = Value::Array(other);
+        let cds_dir = mode_dir.join("cds");
+        write_clusters(&cds_dir, &identity_clusters);
+        bootstrap["dynamic_resources"]["cds_config"] = json!({
+            "resource_api_version": "V3",
+            "path_config_source": {"path": cds_dir.join("clusters.json"), "watched_directory": {"path": cds_dir}}
+        });
+    }
+    let path = dir.join(format!("gateway-{}.json", mode.name()));
+    ok(fs::write(&path, serde_json::to_vec(&bootstrap).unwrap_or_default()).map_err(Into::into), "bootstrap");
+    path
+}
+
+/// The config source of the harness's gRPC SDS server (as `render envoy --identity-sds` writes it).
+fn grpc_sds_config() -> Value {
+    json!({"resource_api_version": "V3", "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "egress-identity-sds"}}]}})
+}
+
+fn sds_cluster() -> Value {
+    json!({"name": "egress-identity-sds", "type": "STATIC", "connect_timeout": "1s",
+        "circuit_breakers": {"thresholds": [{"max_requests": 1_000_000}]},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "egress-identity-sds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": "127.0.0.1", "port_value": SDS_PORT}}}}]}]}})
+}
+
+fn write_clusters(cds_dir: &Path, clusters: &[Value]) {
+    let resources: Vec<Value> = clusters
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+            c
+        })
+        .collect();
+    ok(fs::create_dir_all(cds_dir).map_err(Into::into), "CDS dir");
+    let tmp = cds_dir.join(".clusters.json.tmp");
+    ok(
+        fs::write(&tmp, serde_json::to_vec(&json!({"resources": resources})).unwrap_or_default()).map_err(Into::into),
+        "CDS",
+    );
+    ok(fs::rename(&tmp, cds_dir.join("clusters.json")).map_err(Into::into), "CDS rename");
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    egress_identity_harness::topology::http_get(port, path).filter(|(s, _)| *s == 200).map(|(_, b)| b)
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+struct Gateway {
+    mode: Mode,
+    /// Stops the gateway when dropped.
+    _process: Supervised,
+    pid: u32,
+    ready_s: f64,
+    client: Client,
+    lds_dir: PathBuf,
+}
+
+fn start_gateway(dir: &Path, bootstrap: &Path, mode: Mode) -> Gateway {
+    let (listen, admin, _) = mode.ports();
+    let started = Instant::now();
+    let mut process = ok(
+        Supervised::spawn(
+            mode.name(),
+            &envoy_bin(),
+            &[
+                "-c".into(),
+                bootstrap.display().to_string(),
+                "--disable-hot-restart".into(),
+                "--concurrency".into(),
+                "2".into(),
+                "--base-id".into(),
+                (admin as u32).to_string(),
+            ],
+            dir,
+            &dir.join(format!("logs/gateway-{}.log", mode.name())),
+        ),
+        "starting envoy",
+    );
+    ok(
+        process.wait_ready(Duration::from_secs(600), || {
+            http_get(admin, "/ready").is_some_and(|b| b.trim() == "LIVE") && listening(listen)
+        }),
+        "gateway ready",
+    );
+    let ready_s = started.elapsed().as_secs_f64();
+    let pid = process.program_pid().unwrap_or_else(|| fail("no envoy pid"));
+    let pki = ok(Pki::load(dir.join("pki")), "PKI");
+    Gateway {
+        mode,
+        _process: process,
+        pid,
+        ready_s,
+        client: Client::new(pki.mesh_ca_cert()).on_port(listen),
+        lds_dir: dir.join(mode.name()).join("lds"),
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU seconds the process has used, all threads, in nanoseconds' resolution (`schedstat`: time on CPU).
+fn cpu_s(pid: u32) -> f64 {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    let ns: u64 = tasks
+        .iter()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e9
+}
+
+fn caller(pki: &Pki, i: usize) -> CertFiles {
+    ok(pki.issue_workload(&format!("bench-id-{i}"), &WorkloadSpec::spiffe(&principal(i))), "caller certificate")
+}
+
+/// One request as caller `i`; the seconds it took and whether the partner saw identity `i`.
+fn request(g: &Gateway, cert: &CertFiles, i: usize, path: &str) -> (f64, bool) {
+    let started = Instant::now();
+    let r = ok(g.client.send(&Call::get(cert, path).host(HOST)), "curl");
+    let seen = r.status == 200 && r.field("client_subject") == Some(&format!("CN={}", identity(i)));
+    (started.elapsed().as_secs_f64(), seen)
+}
+
+/// `BATCH` keep-alive requests in one curl (one downstream connection, one upstream identity).
+fn batch(g: &Gateway, cert: &CertFiles, ca: &Path, tag: &str) {
+    requests(g.mode, cert, ca, tag, BATCH);
+}
+
+/// `count` keep-alive requests in one curl to the gateway of `mode`.
+fn requests(mode: Mode, cert: &CertFiles, ca: &Path, tag: &str, count: usize) {
+    let (listen, _, _) = mode.ports();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http1.1", "-o", "/dev/null", "--cacert"]).arg(ca);
+    cmd.arg("--resolve").arg(format!("{GATEWAY_HOST}:{listen}:127.0.0.1"));
+    cmd.arg("--cert").arg(&cert.cert).arg("--key").arg(&cert.key).args(["-H", &format!("Host: {HOST}")]);
+    for k in 0..count {
+        cmd.arg(format!("https://{GATEWAY_HOST}:{listen}/cpu/{tag}/{k}"));
+    }
+    let out = cmd.output().unwrap_or_else(|e| fail(format!("curl: {e}")));
+    if !out.status.success() {
+        fail(format!("CPU batch failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+}
+
+/// The `summary:` of the callgrind dump `label` of `pid` in `dir`.
+fn callgrind_dump(dir: &Path, pid: u32, label: &str) -> f64 {
+    let status = Command::new("callgrind_control").arg(format!("--dump={label}")).arg(pid.to_string()).status();
+    if !status.is_ok_and(|s| s.success()) {
+        fail(format!("callgrind_control --dump {pid} failed"));
+    }
+    let prefix = format!("callgrind.out.{pid}.");
+    let trigger = format!("desc: Trigger: dump {label}\n");
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|e| std::cmp::Reverse(e.metadata().and_then(|m| m.modified()).ok()));
+    for f in files {
+        let text = fs::read_to_string(f.path()).unwrap_or_default();
+        if text.contains(&trigger) {
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("summary: ")).and_then(|v| v.trim().parse().ok())
+            {
+                return v;
+            }
+        }
+    }
+    fail(format!("no callgrind dump {label} of {pid}"))
+}
+
+fn callgrind_zero(pid: u32) {
+    let status = Command::new("callgrind_control").arg("-z").arg(pid.to_string()).status();
+    if !status.is_ok_and(|s| s.success()) {
+        fail(format!("callgrind_control -z {pid} failed"));
+    }
+}
+
+/// Instructions per request of each mode's gateway under callgrind (`--concurrency 1`): `count`
+/// keep-alive requests of one identity after a warm-up, minus an idle window as long (timers).
+fn instructions(
+    dir: &Path,
+    bootstraps: &[(Mode, PathBuf)],
+    cert: &CertFiles,
+    ca: &Path,
+    count: usize,
+) -> BTreeMap<Mode, f64> {
+    let mut gateways = Vec::new();
+    for (mode, bootstrap) in bootstraps {
+        let (_, admin, _) = mode.ports();
+        let process = ok(
+            Supervised::spawn(
+                &format!("{} (callgrind)", mode.name()),
+                Path::new("valgrind"),
+                &[
+                    "--tool=callgrind".into(),
+                    "--smc-check=all-non-file".into(),
+                    format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
+                    envoy_bin().display().to_string(),
+                    "-c".into(),
+                    bootstrap.display().to_string(),
+                    "--concurrency".into(),
+                    "1".into(),
+                    "--disable-hot-restart".into(),
+                    "-l".into(),
+                    "warning".into(),
+                    "--base-id".into(),
+                    (admin as u32 + 7).to_string(),
+                ],
+                dir,
+                &dir.join(format!("logs/gateway-{}.callgrind.log", mode.name())),
+            ),
+            "valgrind",
+        );
+        gateways.push((*mode, process));
+    }
+    let mut out = BTreeMap::new();
+    for (mode, process) in &mut gateways {
+        let (listen, admin, _) = mode.ports();
+        ok(
+            process.wait_ready(Duration::from_secs(1800), || {
+                http_get(admin, "/ready").is_some_and(|b| b.trim() == "LIVE") && listening(listen)
+            }),
+            "gateway under callgrind",
+        );
+        let pid = process.program_pid().unwrap_or_else(|| fail("no valgrind pid"));
+        requests(*mode, cert, ca, "callgrind-warm", 200);
+        callgrind_zero(pid);
+        let started = Instant::now();
+        requests(*mode, cert, ca, "callgrind", count);
+        let busy = callgrind_dump(dir, pid, "busy");
+        let elapsed = started.elapsed();
+        callgrind_zero(pid);
+        std::thread::sleep(elapsed);
+        let idle = callgrind_dump(dir, pid, "idle");
+        let per_request = (busy - idle) / count as f64;
+        eprintln!(
+            "{}: {per_request:.0} instructions/request (busy {busy}, idle {idle}, {:.1}s)",
+            mode.name(),
+            elapsed.as_secs_f64()
+        );
+        out.insert(*mode, per_request);
+        process.stop();
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Polls the new identity until its request reaches the partner with its certificate.
+fn until_served(g: &Gateway, cert: &CertFiles, i: usize, since: Instant) -> f64 {
+    loop {
+        if request(g, cert, i, "/add").1 {
+            return since.elapsed().as_secs_f64();
+        }
+        if since.elapsed() > Duration::from_secs(300) {
+            fail(format!("{}: identity {i} not served after 300 s", g.mode.name()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let (Some(cli), Some(out)) = (arg("--cli"), arg("--out")) else {
+        fail("usage: identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds 10] [--instructions N]")
+    };
+    let sizes: Vec<usize> = arg("--sizes")
+        .unwrap_or_else(|| "10,1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap_or_else(|_| fail(format!("bad size {s:?}"))))
+        .collect();
+    let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(10);
+    // Instructions per request under callgrind, at the smallest size only (valgrind makes a gateway of
+    // thousands of clusters take many minutes to start).
+    let instruction_requests: Option<usize> = arg("--instructions").and_then(|r| r.parse().ok());
+    let smallest = sizes.iter().copied().min().unwrap_or(0);
+    let cli = fs::canonicalize(&cli).unwrap_or_else(|e| fail(format!("{cli}: {e}")));
+    let out = PathBuf::from(out);
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    println!(
+        "identity-scale on {cpu}, {} cores; sizes {sizes:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut results = Vec::new();
+    for n in sizes {
+        let dir = ok(
+            fs::canonicalize(&out)
+                .or_else(|_| fs::create_dir_all(&out).and_then(|_| fs::canonicalize(&out)))
+                .map_err(Into::into),
+            "out dir",
+        )
+        .join(format!("n{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        let nginx_conf = repo_root().join("envoy/external-server/nginx.conf");
+        let pki = ok(populate_run_dir(&dir, &wasm_path(), &nginx_conf), "run dir");
+        // The identities' certificates, +1 for the identity added at the end.
+        let t = Instant::now();
+        let sds_server = ok(SdsServer::start(SocketAddr::from(([127, 0, 0, 1], SDS_PORT))), "SDS server");
+        let mut secrets = Vec::with_capacity(n);
+        for i in 0..=n {
+            let files = ok(pki.issue_external_identity(&identity(i)), "external identity");
+            if i < n {
+                let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+                secrets.push((identity(i), tls_certificate(&identity(i), read(&files.cert), read(&files.key))));
+            }
+        }
+        sds_server.put(secrets);
+        eprintln!("n={n}: {} certificates in {:.1}s", n + 1, t.elapsed().as_secs_f64());
+        let nginx = ok(
+            Supervised::spawn(
+                "partner",
+                &nginx_bin(),
+                &[
+                    "-p".into(),
+                    format!("{}/", dir.display()),
+                    "-c".into(),
+                    "external-server.nginx.conf".into(),
+                    "-e".into(),
+                    "logs/external-error.log".into(),
+                ],
+                &dir,
+                &dir.join("logs/nginx.out"),
+            ),
+            "nginx",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+
+        let mut row: BTreeMap<&str, Value> = BTreeMap::new();
+        let mut gateways = Vec::new();
+        let bootstraps: Vec<(Mode, PathBuf)> =
+            [Mode::PerCluster, Mode::Single].into_iter().map(|mode| (mode, render(&cli, &dir, n, mode))).collect();
+        if let (Some(count), true) = (instruction_requests, n == smallest) {
+            let cert = caller(&pki, 0);
+            let ir = instructions(&dir, &bootstraps, &cert, &pki.mesh_ca_cert(), count);
+            let (c, s) = (ir.get(&Mode::PerCluster).copied(), ir.get(&Mode::Single).copied());
+            row.insert("c_instructions", json!(c));
+            row.insert("s_instructions", json!(s));
+            row.insert("instructions_ratio", json!(c.zip(s).map(|(c, s)| s / c)));
+            // Fresh LDS/CDS files for the timed gateways.
+            for (mode, _) in &bootstraps {
+                render(&cli, &dir, n, *mode);
+            }
+        }
+        for (mode, bootstrap) in &bootstraps {
+            let mode = *mode;
+            let g = start_gateway(&dir, bootstrap, mode);
+            std::thread::sleep(Duration::from_secs(2));
+            eprintln!("n={n} {}: ready {:.2}s, RSS {:.0} MB", mode.name(), g.ready_s, rss_mb(g.pid));
+            row.insert(if mode == Mode::PerCluster { "c_ready_s" } else { "s_ready_s" }, json!(g.ready_s));
+            row.insert(
+                if mode == Mode::PerCluster { "c_rss_ready_mb" } else { "s_rss_ready_mb" },
+                json!(rss_mb(g.pid)),
+            );
+            gateways.push(g);
+        }
+        // First requests of identities never used, alternating gateways; then the same identities again.
+        let callers: Vec<CertFiles> = (0..FIRST_REQUESTS).map(|i| caller(&pki, i)).collect();
+        let mut first: BTreeMap<Mode, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for (i, cert) in callers.iter().enumerate() {
+            for g in &gateways {
+                let (cold, seen) = request(g, cert, i, "/first");
+                let (warm, seen_again) = request(g, cert, i, "/again");
+                if !(seen && seen_again) {
+                    fail(format!("{}: identity {i} not served with its certificate", g.mode.name()));
+                }
+                let e = first.entry(g.mode).or_default();
+                e.0.push(cold * 1000.0);
+                e.1.push(warm * 1000.0);
+            }
+        }
+        for g in &gateways {
+            let (cold, warm) = first.remove(&g.mode).unwrap_or_default();
+            let key = if g.mode == Mode::PerCluster { "c" } else { "s" };
+            row.insert(if key == "c" { "c_first_ms" } else { "s_first_ms" }, json!(median(cold)));
+            row.insert(if key == "c" { "c_again_ms" } else { "s_again_ms" }, json!(median(warm)));
+        }
+        // CPU per request: alternating batches of one identity.
+        let ca = pki.mesh_ca_cert();
+        let cert = &callers[0];
+        for g in &gateways {
+            batch(g, cert, &ca, "warm");
+        }
+        let mut ratios = Vec::new();
+        let mut per_request: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+        for r in 0..rounds {
+            let mut us = BTreeMap::new();
+            let order: Vec<&Gateway> =
+                if r % 2 == 0 { gateways.iter().collect() } else { gateways.iter().rev().collect() };
+            for g in order {
+                let before = cpu_s(g.pid);
+                batch(g, cert, &ca, &format!("r{r}"));
+                let used = (cpu_s(g.pid) - before) * 1e6 / BATCH as f64;
+                us.insert(g.mode, used);
+                per_request.entry(g.mode).or_default().push(used);
+            }
+            if let (Some(c), Some(s)) = (us.get(&Mode::PerCluster), us.get(&Mode::Single)) {
+                ratios.push(s / c);
+            }
+        }
+        row.insert("c_cpu_us", json!(median(per_request.remove(&Mode::PerCluster).unwrap_or_default())));
+        row.insert("s_cpu_us", json!(median(per_request.remove(&Mode::Single).unwrap_or_default())));
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        row.insert("cpu_ratio_median", json!(median(ratios)));
+        row.insert("cpu_ratio_min", json!(sorted.first()));
+        row.insert("cpu_ratio_max", json!(sorted.last()));
+        for g in &gateways {
+            let key = if g.mode == Mode::PerCluster { "c_rss_mb" } else { "s_rss_mb" };
+            row.insert(key, json!(rss_mb(g.pid)));
+        }
+        // Add identity n.
+        let new_cert = caller(&pki, n);
+        let new_files = pki.external_identity(&identity(n));
+        for g in &gateways {
+            let text = serde_json::to_string_pretty(&policy(n + 1, g.mode)).unwrap_or_default();
+            let started = Instant::now();
+            let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+            sds_server.put([(identity(n), tls_certificate(&identity(n), read(&new_files.cert), read(&new_files.key)))]);
+            if g.mode == Mode::PerCluster {
+                let cds_dir = dir.join(g.mode.name()).join("cds");
+                let text = fs::read_to_string(cds_dir.join("clusters.json")).unwrap_or_default();
+                let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let mut clusters = doc["resources"].as_array().cloned().unwrap_or_default();
+                if let Some(mut added) = clusters.first().cloned() {
+                    added["name"] = json!(format!("bench|id-{n}"));
+                    added["load_assignment"]["cluster_name"] = json!(format!("bench|id-{n}"));
+                    added["transport_socket"]["typed_config"]["common_tls_context"]
+                        ["tls_certificate_sds_secret_configs"][0]["name"] = json!(identity(n));
+                    clusters.push(added);
+                }
+                write_clusters(&cds_dir, &clusters);
+            }
+            ok(lds::push_plugin_config(&g.lds_dir, &text).map(|_| ()), "LDS write");
+            let took = until_served(g, &new_cert, n, started);
+            row.insert(if g.mode == Mode::PerCluster { "c_add_s" } else { "s_add_s" }, json!(took));
+            eprintln!("n={n} {}: identity {n} added and served in {took:.2}s", g.mode.name());
+        }
+        drop(gateways);
+        drop(nginx);
+        println!("n={n}: {}", serde_json::to_string(&row).unwrap_or_default());
+        results.push(json!({"identities": n, "results": row}));
+    }
+    let report = json!({"cpu": cpu, "batch": BATCH, "rounds": rounds, "sizes": results});
+    let path = out.join("identity-scale.json");
+    ok(fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default()).map_err(Into::into), "report");
+    println!("\n| identities | mode | ready s | RSS MB (ready) | RSS MB (after load) | first request ms | next request ms | CPU µs/request | add one identity s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &results {
+        let n = &r["identities"];
+        let v = &r["results"];
+        for (k, name) in [("c", "one cluster per identity"), ("s", "single cluster")] {
+            let f = |key: &str| v[format!("{k}_{key}")].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {n} | {name} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} |",
+                f("ready_s"),
+                f("rss_ready_mb"),
+                f("rss_mb"),
+                f("first_ms"),
+                f("again_ms"),
+                f("cpu_us"),
+                f("add_s")
+            );
+        }
+        println!(
+            "| {n} | single/per-cluster CPU per request | | | | | | {:.3} (min {:.3}, max {:.3}) | |",
+            v["cpu_ratio_median"].as_f64().unwrap_or(f64::NAN),
+            v["cpu_ratio_min"].as_f64().unwrap_or(f64::NAN),
+            v["cpu_ratio_max"].as_f64().unwrap_or(f64::NAN)
+        );
+        if let (Some(c), Some(s)) = (v["c_instructions"].as_f64(), v["s_instructions"].as_f64()) {
+            println!("| {n} | instructions per request (callgrind): per-cluster {c:.0}, single cluster {s:.0} | | | | | | {:.4} | |", s / c);
+        }
+    }
+    println!("\nwrote {}", path.display());
+}
