@@ -416,6 +416,9 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 access_log,
                 max_connection_duration,
             };
+            if let Some(warning) = render::envoy::scale_warning(&policy) {
+                eprintln!("warning: {warning}");
+            }
             (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
         }
         RenderTarget::Istio { config, mode, namespace, image, workload_namespace, out_dir } => {

@@ -96,7 +96,9 @@ impl SdsServer {
         let service = Service { store: store.clone(), changed: watcher };
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // One stream per secret Envoy watches: thousands at once.
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(u32::MAX))
                 .add_service(SecretDiscoveryServiceServer::new(service))
                 .serve_with_incoming(incoming)
                 .await;

@@ -208,6 +208,22 @@ pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, Re
     Ok(out)
 }
 
+/// Identity clusters past which `render envoy` warns: each reads its certificate from its own SDS file,
+/// and Envoy watches one directory per secret (an inotify instance each; Linux allows 128 per user by
+/// default, and Envoy aborts when it runs out).
+pub const FILE_SDS_CLUSTERS_WARNING: usize = 100;
+
+/// A warning for a policy whose gateway would need more file-SDS secrets than a default Linux allows
+/// watches for, pointing to single-cluster mode.
+pub fn scale_warning(policy: &PolicyFile) -> Option<String> {
+    let n = originating_clusters(policy).ok()?.len();
+    (n > FILE_SDS_CLUSTERS_WARNING).then(|| {
+        format!(
+            "{n} identity clusters, each watching its own SDS file: Envoy needs an inotify instance per secret and aborts at startup past fs.inotify.max_user_instances (128 by default); raise it, or give the destinations a sharedCluster (README.md, \"Identity scale\")"
+        )
+    })
+}
+
 /// A destination in single-cluster mode: its one cluster, and the SDS secret of each of its identities.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedCluster {
@@ -244,8 +260,15 @@ fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
         (
             "circuit_breakers",
             commented(
-                "Every identity in use is one SDS stream (one gRPC request) on this cluster: Envoy's default of\n1,024 concurrent requests would leave identities past it without a certificate (overflow).",
-                map([("thresholds", Yaml::Seq(vec![map([("max_requests", int(MAX_IDENTITY_STREAMS))])]))]),
+                "Every identity in use is one SDS stream (one gRPC request) on this cluster: Envoy's defaults (1,024\nrequests, pending requests, connections) would leave identities past them without a certificate.",
+                map([(
+                    "thresholds",
+                    Yaml::Seq(vec![map([
+                        ("max_requests", int(MAX_IDENTITY_STREAMS)),
+                        ("max_pending_requests", int(MAX_IDENTITY_STREAMS)),
+                        ("max_connections", int(MAX_IDENTITY_STREAMS)),
+                    ])]),
+                )]),
             ),
         ),
         (
@@ -1285,6 +1308,20 @@ mod tests {
             let e = super::super::refuse_shared_clusters(&policy(SHARED), mesh).unwrap_err().0;
             assert!(e.contains(&format!("cannot be rendered for {mesh} yet")), "{e}");
         }
+    }
+
+    #[test]
+    fn many_file_sds_identity_clusters_are_warned_about() {
+        assert_eq!(scale_warning(&policy(POLICY)), None);
+        let identities: Vec<String> = (0..=FILE_SDS_CLUSTERS_WARNING)
+            .map(|i| format!(r#"{{ "name": "i{i}", "cluster": "a|i{i}", "principals": ["*"] }}"#))
+            .collect();
+        let many = POLICY.replace(
+            r#"[ { "name": "x", "cluster": "a|x", "principals": ["*"] } ]"#,
+            &format!("[{}]", identities.join(",")),
+        );
+        let w = scale_warning(&policy(&many)).expect("a warning");
+        assert!(w.contains("fs.inotify.max_user_instances") && w.contains("sharedCluster"), "{w}");
     }
 
     #[test]
