@@ -11,7 +11,8 @@
 //! * CPU per request: gateway CPU time (all threads' `schedstat`) over batches of keep-alive requests of one
 //!   identity, the two gateways alternating, batch by batch; the ratio per pair of batches, median; and,
 //!   with `--instructions N`, at the smallest size, instructions per request under callgrind (N keep-alive
-//!   requests, an idle window subtracted), repeatable where CPU time on these machines is not;
+//!   requests, an idle window subtracted), repeatable where CPU time on these machines is not (with
+//!   `--instructions-breakdown` also single-cluster without the `set_filter_state` copy);
 //! * adding one identity: from publishing the new configuration (the certificate on the SDS server; the
 //!   policy over file LDS; per-cluster also the clusters over file CDS) to the new identity's first 200
 //!   with its certificate.
@@ -58,6 +59,10 @@ fn ok<T>(r: Result<T>, what: &str) -> T {
 enum Mode {
     PerCluster,
     Single,
+    /// `--instructions-breakdown`: single-cluster without the `set_filter_state` copy (the mapper's default
+    /// is the benchmark caller's secret, so its requests still succeed): what the copy and the pool key
+    /// cost, against [`Mode::Single`].
+    NoCopy,
 }
 
 impl Mode {
@@ -65,12 +70,14 @@ impl Mode {
         match self {
             Mode::PerCluster => "per-cluster",
             Mode::Single => "single-cluster",
+            Mode::NoCopy => "single-cluster-no-copy",
         }
     }
     fn ports(self) -> (u16, u16, u16) {
         match self {
             Mode::PerCluster => (20443, 20901, 20090),
             Mode::Single => (21443, 21901, 21090),
+            Mode::NoCopy => (22443, 22901, 22090),
         }
     }
 }
@@ -90,7 +97,7 @@ fn policy(n: usize, mode: Mode) -> Value {
             Mode::PerCluster => {
                 json!({"name": identity(i), "cluster": format!("bench|id-{i}"), "principals": [principal(i)]})
             }
-            Mode::Single => json!({"name": identity(i), "principals": [principal(i)]}),
+            Mode::Single | Mode::NoCopy => json!({"name": identity(i), "principals": [principal(i)]}),
         })
         .collect();
     let mut destination = json!({
@@ -98,7 +105,7 @@ fn policy(n: usize, mode: Mode) -> Value {
         "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
         "identities": identities
     });
-    if mode == Mode::Single {
+    if mode != Mode::PerCluster {
         destination["sharedCluster"] = json!("bench");
     }
     json!({
@@ -122,7 +129,7 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
     cmd.args(["--listen", &format!("127.0.0.1:{listen}"), "--admin", &format!("127.0.0.1:{admin}")]);
     cmd.args(["--metrics", &format!("127.0.0.1:{metrics}"), "--access-log", "/dev/null"]);
     cmd.args(["--upstream", &format!("bench=127.0.0.1:{EXTERNAL_PORT}"), "--ca-secret", "bench=partner-ca"]);
-    if mode == Mode::Single {
+    if mode != Mode::PerCluster {
         cmd.args(["--identity-sds", &format!("127.0.0.1:{SDS_PORT}")]);
     }
     let out = cmd.output().unwrap_or_else(|e| fail(format!("running {}: {e}", cli.display())));
@@ -132,7 +139,13 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
     let yaml = dir.join(format!("gateway-{}.yaml", mode.name()));
     ok(fs::write(&yaml, &out.stdout).map_err(Into::into), "bootstrap");
     let bootstrap = ok(lds::yaml_file_to_json(&yaml), "bootstrap to JSON");
-    let (mut bootstrap, listeners) = ok(lds::split(bootstrap), "LDS split");
+    let (mut bootstrap, mut listeners) = ok(lds::split(bootstrap), "LDS split");
+    if mode == Mode::NoCopy {
+        for l in &mut listeners {
+            without_filter(l, "envoy.filters.http.set_filter_state");
+        }
+        replace_key(&mut bootstrap, "default_value", &json!(identity(0)));
+    }
     let mode_dir = dir.join(mode.name());
     let lds_dir = mode_dir.join("lds");
     ok(lds::write_listeners(&lds_dir, &listeners).map(|_| ()), "LDS file");
@@ -161,6 +174,34 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
     let path = dir.join(format!("gateway-{}.json", mode.name()));
     ok(fs::write(&path, serde_json::to_vec(&bootstrap).unwrap_or_default()).map_err(Into::into), "bootstrap");
     path
+}
+
+/// Removes the filters named `name` from every `http_filters` list in `v`.
+fn without_filter(v: &mut Value, name: &str) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Array(filters)) = o.get_mut("http_filters") {
+                filters.retain(|f| f["name"] != name);
+            }
+            o.values_mut().for_each(|x| without_filter(x, name));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| without_filter(x, name)),
+        _ => {}
+    }
+}
+
+/// Sets every `key` in `v` to `value`.
+fn replace_key(v: &mut Value, key: &str, value: &Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(x) = o.get_mut(key) {
+                *x = value.clone();
+            }
+            o.values_mut().for_each(|x| replace_key(x, key, value));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| replace_key(x, key, value)),
+        _ => {}
+    }
 }
 
 /// The config source of the harness's gRPC SDS server (as `render envoy --identity-sds` writes it).
@@ -431,7 +472,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let (Some(cli), Some(out)) = (arg("--cli"), arg("--out")) else {
-        fail("usage: identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds 10] [--instructions N]")
+        fail("usage: identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds 10] [--instructions N [--instructions-breakdown]]")
     };
     let sizes: Vec<usize> = arg("--sizes")
         .unwrap_or_else(|| "10,1000,10000".into())
@@ -443,6 +484,7 @@ fn main() {
     // thousands of clusters take many minutes to start).
     let instruction_requests: Option<usize> = arg("--instructions").and_then(|r| r.parse().ok());
     let smallest = sizes.iter().copied().min().unwrap_or(0);
+    let breakdown = args.iter().any(|a| a == "--instructions-breakdown");
     let cli = fs::canonicalize(&cli).unwrap_or_else(|e| fail(format!("{cli}: {e}")));
     let out = PathBuf::from(out);
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -506,10 +548,15 @@ fn main() {
             [Mode::Single, Mode::PerCluster].into_iter().map(|mode| (mode, render(&cli, &dir, n, mode))).collect();
         if let (Some(count), true) = (instruction_requests, n == smallest) {
             let cert = caller(&pki, 0);
-            let ir = instructions(&dir, &bootstraps, &cert, &pki.mesh_ca_cert(), count);
+            let mut measured = bootstraps.clone();
+            if breakdown {
+                measured.push((Mode::NoCopy, render(&cli, &dir, n, Mode::NoCopy)));
+            }
+            let ir = instructions(&dir, &measured, &cert, &pki.mesh_ca_cert(), count);
             let (c, s) = (ir.get(&Mode::PerCluster).copied(), ir.get(&Mode::Single).copied());
             row.insert("c_instructions", json!(c));
             row.insert("s_instructions", json!(s));
+            row.insert("s_no_copy_instructions", json!(ir.get(&Mode::NoCopy).copied()));
             row.insert("instructions_ratio", json!(c.zip(s).map(|(c, s)| s / c)));
             // Fresh LDS/CDS files for the timed gateways.
             for (mode, _) in &bootstraps {
@@ -644,6 +691,9 @@ fn main() {
         );
         if let (Some(c), Some(s)) = (v["c_instructions"].as_f64(), v["s_instructions"].as_f64()) {
             println!("| {n} | instructions per request (callgrind): per-cluster {c:.0}, single cluster {s:.0} | | | | | | {:.4} | |", s / c);
+            if let Some(x) = v["s_no_copy_instructions"].as_f64() {
+                println!("| {n} | single cluster without set_filter_state: {x:.0} ({:+.0} vs per-cluster, {:+.0} vs single) | | | | | | | |", x - c, x - s);
+            }
         }
     }
     println!("\nwrote {}", path.display());
