@@ -146,11 +146,13 @@ publish-args:
 ## (envoy/policy.json, examples/*/policy.json) with `egress-identity render`; cli/tests/render.rs checks that
 ## the committed files are exactly this output.
 RENDER := $(CARGO) run --quiet -p egress-identity-cli --bin egress-identity -- render
-DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --listen-l4 127.0.0.1:10444 --listen-l4 127.0.0.1:10446 --metrics 127.0.0.1:15090 \
+DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --listen-l4 127.0.0.1:10444 --listen-l4 127.0.0.1:10446 --listen-l4 127.0.0.1:10447 \
+	--metrics 127.0.0.1:15090 \
 	--access-log logs/gateway-access.log --upstream partner-api=127.0.0.1:18443 \
 	--ca-secret partner-api=partner-ca --upstream partner-shared=127.0.0.1:18443 --ca-secret partner-shared=partner-ca \
 	--identity-sds 127.0.0.1:18447 \
 	--upstream partner-tcp=127.0.0.1:18444 --ca-secret partner-tcp=partner-ca \
+	--upstream partner-shared-tcp=127.0.0.1:18444 --ca-secret partner-shared-tcp=partner-ca \
 	--upstream partner-tls=127.0.0.1:18445
 ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml | head -n 1)
 .PHONY: render

@@ -84,13 +84,10 @@ impl DestinationTable {
                     spec.protocol.as_str()
                 );
                 refuse_http_only_fields(&spec.policies, &path.field("policies"), &why, errors);
-                if spec.shared_cluster.is_some() {
+                if spec.shared_cluster.is_some() && spec.protocol == Protocol::Tls {
                     errors.push(
                         path.field("sharedCluster"),
-                        format!(
-                            "single-cluster mode is HTTP-only for now: a {} destination has one cluster per identity (README.md, \"Identity scale\")",
-                            spec.protocol.as_str()
-                        ),
+                        "a tls (passthrough) destination presents no client certificate of the gateway's: there is none to choose per connection",
                     );
                 }
             }
@@ -290,20 +287,22 @@ mod tests {
         assert!(e[0].starts_with("destinations: must declare"), "{e:?}");
     }
 
-    /// Single-cluster mode is HTTP-only: on an L4 destination it would be accepted and never used.
+    /// A passthrough destination presents no certificate: a shared cluster there would be accepted and do nothing.
     #[wasm_bindgen_test(unsupported = test)]
-    fn a_shared_cluster_on_an_l4_destination_is_refused() {
+    fn a_shared_cluster_on_a_passthrough_destination_is_refused() {
         let e = table(json!([
-            {"name": "t", "protocol": "tcp", "hosts": ["t.example"], "ports": [443], "sharedCluster": "t",
+            {"name": "t", "protocol": "tls", "hosts": ["t.example"], "ports": [443], "sharedCluster": "t",
              "identities": [{"name": "i", "principals": ["*"]}]}
         ]))
         .unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("destinations[0].sharedCluster: single-cluster mode is HTTP-only"), "{e:?}");
-        let ok = table(json!([
-            {"name": "h", "hosts": ["h.example"], "ports": [443], "sharedCluster": "h",
-             "identities": [{"name": "i", "principals": ["*"]}]}
-        ]));
-        assert!(ok.is_ok(), "{ok:?}");
+        assert!(e[0].starts_with("destinations[0].sharedCluster: a tls (passthrough) destination"), "{e:?}");
+        for protocol in ["http", "tcp"] {
+            let ok = table(json!([
+                {"name": "h", "protocol": protocol, "hosts": ["h.example"], "ports": [443], "sharedCluster": "h",
+                 "identities": [{"name": "i", "principals": ["*"]}]}
+            ]));
+            assert!(ok.is_ok(), "{ok:?}");
+        }
     }
 }

@@ -128,6 +128,11 @@ impl EgressIdentityConnection {
                         Passthrough { destination, port, cluster, identity, principal: principal_id.into(), record };
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
+                if let Some(secret) = &allowed.identity.secret {
+                    // Single-cluster mode: the gateway's network set_filter_state, which runs only once this
+                    // filter lets the connection go on, hands it to the upstream connection.
+                    host::set_identity_secret(secret)?;
+                }
                 self.forward(config, &cluster, identity, &record)
             }
         }

@@ -270,3 +270,33 @@ fn identities_past_the_up_front_counters_are_counted_from_their_first_request() 
     topo.settle_counters();
     assert_eq!(series("team.app1").iter().sum::<f64>(), 1.0, "{:?}", series("team.app1"));
 }
+
+/// The same over L4: the single-cluster tcp destination `partner-shared-tcp` (gateway port 10447). The
+/// network filter holds the chain until it has decided; the network `set_filter_state` after it then hands
+/// the secret to the upstream connection. Two callers alternate; the partner answers each connection with
+/// the subject it saw, and logs whether the TLS session was resumed.
+#[test]
+fn l4_connections_through_one_cluster_present_each_callers_identity() {
+    let _serial = serial();
+    let topo = start("l4", &[]);
+    let client = topo.l4_client().on_port(egress_identity_harness::topology::GATEWAY_L4_SHARED_PORT);
+    let mut wrong = Vec::new();
+    for round in 0..6 {
+        for (caller, subject) in CALLERS {
+            let outcome = client
+                .call(&topo.pki().workload(caller), egress_identity_harness::pki::EXTERNAL_HOST, b"hello\n")
+                .expect("connecting to the gateway");
+            if outcome.received.trim() != format!("subject={subject}") {
+                wrong.push(format!("round {round} {caller}: {outcome:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "connections that reached the partner as someone else (or not at all): {wrong:?}");
+    let log = std::fs::read_to_string(topo.run_dir().join("logs/external-stream.log")).unwrap_or_default();
+    let entries: Vec<Value> =
+        log.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|e: &Value| e["port"] == 18444).collect();
+    assert_eq!(entries.len(), 12, "{log}");
+    assert!(entries.iter().all(|e| e["session_reused"] != "r"), "no TLS session may be resumed: {log}");
+    let fetched = topo.identity_sds().requested_names();
+    assert_eq!(fetched.into_iter().collect::<Vec<_>>(), ["team.app1", "team.app2"]);
+}

@@ -28,6 +28,8 @@ pub const EXTERNAL_PORT: u16 = 18443;
 pub const EXTERNAL_TCP_PORT: u16 = 18444;
 /// External partner's TLS service for passthrough (the caller's TLS; answers with the server name it got).
 pub const EXTERNAL_TLS_PORT: u16 = 18445;
+/// The gateway's L4 listener address of the single-cluster tcp destination `partner-shared-tcp`.
+pub const GATEWAY_L4_SHARED_PORT: u16 = 10447;
 /// The gRPC SDS server of the single-cluster destination's identities (render `--identity-sds`).
 pub const IDENTITY_SDS_PORT: u16 = 18447;
 
@@ -394,6 +396,7 @@ impl Topology {
         ensure_free(EXTERNAL_TCP_PORT, "external TCP server")?;
         ensure_free(EXTERNAL_TLS_PORT, "external TLS server")?;
         ensure_free(IDENTITY_SDS_PORT, "identity SDS server")?;
+        ensure_free(GATEWAY_L4_SHARED_PORT, "gateway L4 listener (single-cluster tcp destination)")?;
         let pki = populate_run_dir(&run_dir, &opts.wasm, &opts.nginx_config)?;
         let gateway_config = match &opts.plugin_config {
             None => absolute(&opts.gateway_config)?,

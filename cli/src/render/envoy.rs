@@ -562,19 +562,42 @@ pub const ON_DEMAND_SECRET_KEY: &str = "envoy.tls.certificate_mappers.on_demand_
 /// single-cluster destination into [`ON_DEMAND_SECRET_KEY`], hashable (so the upstream connection pool is
 /// keyed by it) and shared with the upstream connection (where the certificate mapper reads it).
 fn identity_filter_state() -> Yaml {
+    identity_filter_state_for(false)
+}
+
+/// The same for the network (L4) chain: its `on_new_connection` runs when the egress-identity filter, which
+/// holds the filters after it until it has decided, lets the connection go on.
+fn identity_filter_state_l4() -> Yaml {
+    identity_filter_state_for(true)
+}
+
+fn identity_filter_state_for(l4: bool) -> Yaml {
+    let (name, ty, on) = if l4 {
+        (
+            "envoy.filters.network.set_filter_state",
+            "envoy.extensions.filters.network.set_filter_state.v3.Config",
+            "on_new_connection",
+        )
+    } else {
+        (
+            "envoy.filters.http.set_filter_state",
+            "envoy.extensions.filters.http.set_filter_state.v3.Config",
+            "on_request_headers",
+        )
+    };
     commented(
         format!(
             "Single-cluster mode: the SDS secret the filter chose (property wasm.{key}) becomes the upstream\nconnection's {ON_DEMAND_SECRET_KEY}. envoy.hashable_string puts it in the connection\npool's key: a pooled connection is never reused by another identity (a plain envoy.string is not hashed\nand would be). Requests to other destinations name no secret and set nothing.",
             key = egress_identity_core::identity_mapping::SECRET_FILTER_STATE_KEY
         ),
         map([
-            ("name", s("envoy.filters.http.set_filter_state")),
+            ("name", s(name)),
             (
                 "typed_config",
                 typed(
-                    "envoy.extensions.filters.http.set_filter_state.v3.Config",
+                    ty,
                     vec![e(
-                        "on_request_headers",
+                        on,
                         Yaml::Seq(vec![map([
                             ("object_key", s(ON_DEMAND_SECRET_KEY)),
                             ("factory_key", s("envoy.hashable_string")),
@@ -782,6 +805,7 @@ const AUDIT_FIELDS_L4: &[(&str, &str)] = &[
 /// The listener of the network (L4) filter: the same mTLS, then egress-identity, then tcp_proxy to the
 /// cluster the filter names in filter state `envoy.tcp_proxy.cluster`.
 fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -> Yaml {
+    let shared_l4 = policy.spec.destinations.iter().any(|d| d.shared_cluster.is_some() && d.protocol.is_l4());
     let wasm = map([
         ("name", s("envoy.filters.network.wasm")),
         (
@@ -856,7 +880,10 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                 "filter_chains",
                 Yaml::Seq(vec![map([
                     ("transport_socket", downstream_tls),
-                    ("filters", Yaml::Seq(vec![wasm, tcp_proxy])),
+                    (
+                        "filters",
+                        Yaml::Seq(if shared_l4 { vec![wasm, identity_filter_state_l4(), tcp_proxy] } else { vec![wasm, tcp_proxy] }),
+                    ),
                 ])]),
             ),
         ])),
@@ -934,6 +961,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     for c in &shared {
         check_file_safe("destination", &c.destination)?;
     }
+    let shared_http = policy.spec.destinations.iter().any(|d| d.shared_cluster.is_some() && !d.protocol.is_l4());
     let ups = upstreams(policy, opts)?;
     let principal_header = policy.config.headers.principal.to_string();
     let cluster_header = policy.config.headers.cluster.to_string();
@@ -1089,7 +1117,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                     wasm,
                 ]
                 .into_iter()
-                .chain((!shared.is_empty()).then(identity_filter_state))
+                .chain(shared_http.then(identity_filter_state))
                 .chain([map([
                         ("name", s("envoy.filters.http.router")),
                         ("typed_config", typed("envoy.extensions.filters.http.router.v3.Router", vec![])),
@@ -1284,6 +1312,19 @@ mod tests {
         assert!(!out.contains("external-x"), "no per-identity secret file in single-cluster mode:\n{out}");
         // A policy without a shared cluster has no set_filter_state.
         assert!(!render(&policy(POLICY), &EnvoyOptions::default()).unwrap().contains("set_filter_state"));
+    }
+
+    #[test]
+    fn a_shared_tcp_destination_gets_the_network_set_filter_state_between_the_filter_and_tcp_proxy() {
+        let tcp = SHARED.replace(r#""name": "s", "hosts""#, r#""name": "s", "protocol": "tcp", "hosts""#);
+        let opts = EnvoyOptions { identity_sds: Some("127.0.0.1:1".into()), ..Default::default() };
+        let out = render(&policy(&tcp), &opts).unwrap();
+        let at = |needle: &str| out.find(needle).unwrap_or_else(|| panic!("missing {needle:?}:\n{out}"));
+        assert!(at("name: envoy.filters.network.wasm") < at("name: envoy.filters.network.set_filter_state"));
+        assert!(at("name: envoy.filters.network.set_filter_state") < at("name: envoy.filters.network.tcp_proxy"));
+        assert!(out.contains("on_new_connection:"), "{out}");
+        assert!(!out.contains("envoy.filters.http.set_filter_state"), "no HTTP shared destination:\n{out}");
+        assert!(out.contains("max_session_keys: 0"), "{out}");
     }
 
     #[test]
