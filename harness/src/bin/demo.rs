@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::pki::{EXTERNAL_HOST, EXTERNAL_TLS_HOST};
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_L4_PORT, GATEWAY_PORT};
+use egress_identity_harness::topology::{
+    Options, Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_L4_PORT, GATEWAY_L4_SHARED_PORT, GATEWAY_PORT,
+};
 
 enum Expect {
     /// Forwarded; the partner sees this client certificate subject.
@@ -154,7 +156,7 @@ fn run() -> Result<bool, egress_identity_harness::Error> {
     Ok(ok + l4_ok == total)
 }
 
-const L4_STEPS: usize = 2;
+const L4_STEPS: usize = 3;
 
 /// The L4 listener: one tcp connection allowed (the gateway originates mTLS as the caller's external
 /// identity) and one tls passthrough connection refused by the destination layer.
@@ -195,6 +197,26 @@ fn l4_steps(topo: &Topology) -> Result<usize, egress_identity_harness::Error> {
         println!("   as expected");
     } else {
         println!("   NOT AS EXPECTED: wanted a closed connection, nothing at the partner, reason=no_matching_allow; got {outcome:?}");
+    }
+
+    println!();
+    println!(
+        "{}. spiffe://cluster.local/ns/team/sa/app2 opens a TCP connection to {EXTERNAL_HOST}:{GATEWAY_L4_SHARED_PORT}",
+        STEPS.len() + 3
+    );
+    println!("   (L4: partner-shared-tcp, ONE cluster for every identity: the certificate picked per connection)");
+    let outcome = topo.l4_client().on_port(GATEWAY_L4_SHARED_PORT).call(
+        &topo.pki().workload("team-app2"),
+        EXTERNAL_HOST,
+        b"hello\n",
+    )?;
+    println!("   partner answered: {:?}", outcome.received.trim());
+    print_l4_audit(topo);
+    if outcome.received.trim() == "subject=CN=team.app2" {
+        ok += 1;
+        println!("   as expected");
+    } else {
+        println!("   NOT AS EXPECTED: wanted the partner to answer subject=CN=team.app2; got {outcome:?}");
     }
     Ok(ok)
 }
