@@ -156,23 +156,6 @@ pub struct DestinationSpec {
     pub shared_cluster: Option<String>,
 }
 
-impl DestinationSpec {
-    /// Every identity (mappings, then the default) as `(name, cluster, secret)`: the cluster the router
-    /// sends its requests to, and, in single-cluster mode, the SDS secret that cluster presents for it.
-    /// `None` as cluster where the document names none (refused when it is compiled).
-    pub fn identity_routes(&self) -> impl Iterator<Item = (&str, Option<&str>, Option<&str>)> {
-        let shared = self.shared_cluster.as_deref();
-        self.identities
-            .iter()
-            .map(|i| (i.name.as_str(), i.cluster.as_deref(), i.secret.as_deref()))
-            .chain(self.default_identity.iter().map(|i| (i.name.as_str(), i.cluster.as_deref(), i.secret.as_deref())))
-            .map(move |(name, cluster, secret)| match shared {
-                Some(shared) => (name, Some(shared), Some(secret.unwrap_or(name))),
-                None => (name, cluster, None),
-            })
-    }
-}
-
 /// How a destination is reached, and by which of the filter's two forms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use egress_identity_core::config_document::{AuditRecord, Protocol};
+use egress_identity_core::identity_mapping::ExternalIdentity;
 
 use super::{
     check_file_safe, commented, dns_san_validation, first_exact_host, int, load_assignment, map, s, strs, to_yaml,
@@ -173,6 +174,12 @@ pub fn originating_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>,
     Ok(identity_clusters(policy)?.into_iter().filter(|c| !passthrough(&c.destination)).collect())
 }
 
+/// The compiled identities of destination `name` (mappings, then the default): each with the cluster
+/// the router sends its requests to and, in single-cluster mode, its secret (defaulted by the core).
+fn compiled_identities<'p>(policy: &'p PolicyFile, name: &'p str) -> impl Iterator<Item = &'p ExternalIdentity> {
+    policy.config.destinations.identities().filter(move |(d, _)| &*d.name == name).map(|(_, i)| i)
+}
+
 /// Every identity cluster of the policy (destinations without a `sharedCluster`), once each, in policy
 /// order. A cluster shared by two different identities or destinations is an error (one cluster presents
 /// one certificate to one endpoint), and so is a cluster name that is also a [`shared_clusters`] one.
@@ -180,8 +187,8 @@ pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, Re
     let shared = shared_clusters(policy)?;
     let mut out: Vec<IdentityCluster> = Vec::new();
     for d in policy.spec.destinations.iter().filter(|d| d.shared_cluster.is_none()) {
-        for (name, cluster, _) in d.identity_routes() {
-            let cluster = cluster.unwrap_or_default(); // the compiled policy has one for each
+        for identity in compiled_identities(policy, &d.name) {
+            let (name, cluster) = (&*identity.name, &*identity.cluster);
             let entry = IdentityCluster {
                 cluster: cluster.to_string(),
                 destination: d.name.clone(),
@@ -314,9 +321,8 @@ pub fn shared_clusters(policy: &PolicyFile) -> Result<Vec<SharedCluster>, Render
                 other.destination, d.name
             )));
         }
-        let identities = d
-            .identity_routes()
-            .map(|(name, _, secret)| (name.to_string(), secret.unwrap_or(name).to_string()))
+        let identities = compiled_identities(policy, &d.name)
+            .map(|i| (i.name.to_string(), i.secret.as_deref().unwrap_or_default().to_string()))
             .collect::<Vec<_>>();
         if let Some((name, _)) = identities.iter().find(|(_, secret)| secret == NO_IDENTITY_SECRET) {
             return Err(RenderError(format!(
