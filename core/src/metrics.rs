@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::config_document::Protocol;
 use crate::decision::DenialKind;
 
 /// How often each worker hands its counted decisions to Envoy: counters lag by at most this much, and a
@@ -91,9 +92,21 @@ pub fn dry_run(decision: &str) -> String {
 }
 
 /// The allow counter of every external identity, in [`crate::identity_mapping::ExternalIdentity::index`]
-/// order: the adapter keeps them in an array indexed like that.
-pub fn identity_counters<'c>(config: &'c Config, protocol: &'c str) -> impl Iterator<Item = String> + 'c {
-    config.destinations.identities().map(move |(d, i)| allowed(protocol, &d.name, &i.name))
+/// order (the adapter keeps them in an array indexed like that): `None` for the identities of destinations
+/// the other filter serves (an HTTP request never forwards to a tcp destination's identity, a connection
+/// never to an HTTP one's), so that no series exists that can never count.
+pub fn identity_counters(config: &Config, l4: bool) -> impl Iterator<Item = Option<String>> + '_ {
+    let protocol = protocol(l4);
+    config
+        .destinations
+        .identities()
+        .map(move |(d, i)| (d.protocol.is_l4() == l4).then(|| allowed(protocol, &d.name, &i.name)))
+}
+
+/// Whether a filter (`l4` or HTTP) can record a denial of this kind against a destination of that protocol:
+/// the other filter's destinations only ever meet `protocol_mismatch`.
+pub fn denial_possible(kind: DenialKind, destination_protocol: Protocol, l4: bool) -> bool {
+    destination_protocol.is_l4() == l4 || kind == DenialKind::ProtocolMismatch
 }
 
 #[cfg(test)]
@@ -156,11 +169,47 @@ mod tests {
           { "name": "team.app3", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app3"] }"#,
         );
         let config = Config::load(json.as_bytes()).unwrap();
-        let names: Vec<String> = identity_counters(&config, "http").collect();
+        let names: Vec<String> = identity_counters(&config, false).map(Option::unwrap).collect();
         let identities: Vec<String> = names.iter().map(|n| extract(n).1.last().unwrap().1.clone()).collect();
         assert_eq!(identities, ["team.app1", "team.app2", "team.app3"]);
         let indexes: Vec<usize> = config.destinations.identities().map(|(_, i)| i.index).collect();
         assert_eq!(indexes, [0, 1, 2], "one counter slot per identity, whatever its cluster");
         assert_eq!(config.destinations.identity_count(), names.len());
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn each_filter_counts_only_its_own_destinations_identities() {
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        let tcp = serde_json::json!({
+            "name": "partner-tcp", "protocol": "tcp", "hosts": ["api.partner.example"], "ports": [5432],
+            "policies": [{ "name": "all", "action": "ALLOW", "rules": [{}] }],
+            "identities": [{ "name": "team.app1", "cluster": "partner-tcp|team-app1",
+                             "principals": ["spiffe://cluster.local/ns/team/sa/app1"] }]
+        });
+        doc["destinations"].as_array_mut().unwrap().push(tcp);
+        let config = Config::load(doc.to_string().as_bytes()).unwrap();
+        let of = |l4| -> Vec<(bool, Option<String>)> {
+            config
+                .destinations
+                .identities()
+                .map(|(d, _)| d.protocol.is_l4())
+                .zip(identity_counters(&config, l4))
+                .collect()
+        };
+        for l4 in [false, true] {
+            let counters = of(l4);
+            assert_eq!(counters.len(), config.destinations.identity_count());
+            assert!(counters.iter().any(|(d, _)| *d) && counters.iter().any(|(d, _)| !*d), "both kinds in the example");
+            for (destination_l4, name) in counters {
+                assert_eq!(name.is_some(), destination_l4 == l4, "{name:?}");
+                if let Some(name) = name {
+                    assert!(name.contains(&format!(";protocol={};", protocol(l4))), "{name}");
+                }
+            }
+        }
+        assert!(denial_possible(DenialKind::ProtocolMismatch, Protocol::Http, true));
+        assert!(!denial_possible(DenialKind::NoIdentityMapping, Protocol::Http, true));
+        assert!(!denial_possible(DenialKind::DestinationNoMatchingAllow, Protocol::Tcp, false));
+        assert!(denial_possible(DenialKind::SniMismatch, Protocol::Tls, true));
     }
 }

@@ -7,6 +7,8 @@
 //! configuration).
 //! Denials are counted per (kind, policy, destination); the series a configuration can produce are defined
 //! up front, up to [`MAX_DENIAL_SERIES`] (then at their first occurrence; past the bound, per kind only).
+//! Each filter (HTTP, network) defines only series it can count: none for the other filter's identities, and
+//! of the other filter's destinations only `protocol_mismatch`.
 //!
 //! [`ExternalIdentity::index`]: egress_identity_core::identity_mapping::ExternalIdentity::index
 
@@ -182,6 +184,7 @@ impl Counters {
             if d.protocol == Protocol::Tls {
                 series.push((DenialKind::SniMismatch, None));
             }
+            series.retain(|(kind, _)| metrics::denial_possible(*kind, d.protocol, l4));
             if denied.len + series.len() > MAX_DENIAL_SERIES {
                 break;
             }
@@ -189,11 +192,17 @@ impl Counters {
                 denied.define(protocol, kind, policy, name);
             }
         }
-        let mut allowed: Vec<OnceCell<Option<Counter>>> = metrics::identity_counters(config, protocol)
-            .take(MAX_IDENTITY_SERIES_UP_FRONT)
-            .map(|name| OnceCell::from(Counter::define(&name)))
+        // The other filter's identities get an empty slot: this filter never forwards to them.
+        let mut up_front = 0;
+        let allowed: Vec<OnceCell<Option<Counter>>> = metrics::identity_counters(config, l4)
+            .map(|name| match name {
+                Some(name) if up_front < MAX_IDENTITY_SERIES_UP_FRONT => {
+                    up_front += 1;
+                    OnceCell::from(Counter::define(&name))
+                }
+                _ => OnceCell::new(),
+            })
             .collect();
-        allowed.resize_with(config.destinations.identity_count(), OnceCell::new);
         Self {
             protocol,
             allowed,

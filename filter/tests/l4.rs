@@ -247,3 +247,57 @@ fn connections_are_counted_apart_from_requests() {
     let deltas: Vec<u64> = names.iter().zip(&before).map(|(n, b)| stat(n) - b).collect();
     assert_eq!(deltas, [1, 2, 0, 0, 1, 1, 1], "{names:?}");
 }
+
+/// Each filter defines only series it can count: an HTTP request never forwards to a tcp or tls
+/// destination's identity, and meets such a destination only as `protocol_mismatch` (a connection likewise
+/// for HTTP destinations). Before, the network filter defined an allow series for every HTTP identity.
+#[test]
+fn neither_filter_defines_series_that_can_never_count() {
+    let (_lock, t) = topo();
+    let policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json")).unwrap(),
+    )
+    .unwrap();
+    let destinations: Vec<(String, bool)> = policy["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap().to_owned(), d["protocol"].as_str().is_some_and(|p| p != "http")))
+        .collect();
+    assert!(destinations.iter().any(|d| d.1) && destinations.iter().any(|d| !d.1), "{destinations:?}");
+    let samples = t.prometheus();
+    let decisions: Vec<_> = samples.iter().filter(|s| s.family == "egress_identity_decisions_total").collect();
+    let label =
+        |s: &&egress_identity_harness::prometheus::Sample, l: &str| s.labels.get(l).cloned().unwrap_or_default();
+    let mut own_identities = 0;
+    let mut mismatches = Vec::new();
+    for s in &decisions {
+        let Some((_, destination_l4)) = destinations.iter().find(|(name, _)| *name == label(s, "destination")) else {
+            continue;
+        };
+        let filter_l4 = label(s, "protocol") == "l4";
+        if filter_l4 == *destination_l4 {
+            own_identities += usize::from(!label(s, "identity").is_empty());
+            continue;
+        }
+        assert_eq!(
+            label(s, "reason"),
+            "protocol_mismatch",
+            "a series the {} filter can never count: {:?}",
+            if filter_l4 { "network" } else { "HTTP" },
+            s.labels
+        );
+        mismatches.push(label(s, "destination"));
+    }
+    mismatches.sort();
+    let mut expected: Vec<String> = destinations.iter().map(|d| d.0.clone()).collect();
+    expected.sort();
+    assert_eq!(mismatches, expected, "each destination's protocol_mismatch series in the other filter");
+    let identities: usize = policy["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["identities"].as_array().map_or(0, Vec::len) + usize::from(d.get("defaultIdentity").is_some()))
+        .sum();
+    assert_eq!(own_identities, identities, "each identity's allow series, in its own filter only");
+}
