@@ -87,11 +87,14 @@ bench-check: setup-bench build
 ## identity (BENCHMARKS.md, "Identity scale"). Not part of `make test`; uses the test ports. ~10 min.
 SIZES ?= 10,1000,10000
 SCALE_ROUNDS ?= 10
+## SCALE_ARGS="--instructions 2000 [--instructions-breakdown]": also instructions per request and per tcp
+## connection under callgrind, at the smallest size (+15 min; valgrind, from `make setup-bench`).
+SCALE_ARGS ?=
 .PHONY: bench-scale
 bench-scale: setup-test build
 	$(CARGO) build --release -p egress-identity-cli -p egress-identity-harness --bin egress-identity --bin identity_scale
 	target/release/identity_scale --cli target/release/egress-identity --out target/bench-scale \
-		--sizes '$(SIZES)' --rounds '$(SCALE_ROUNDS)'
+		--sizes '$(SIZES)' --rounds '$(SCALE_ROUNDS)' $(SCALE_ARGS)
 
 ## dashboard-preview: docs/dashboard.png, the README's picture of monitoring/grafana-dashboard.json: a test
 ## gateway, a real Prometheus and 90 s of mixed traffic, the panels drawn with matplotlib (installed in .venv/).

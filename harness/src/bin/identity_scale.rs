@@ -11,8 +11,10 @@
 //! * CPU per request: gateway CPU time (all threads' `schedstat`) over batches of keep-alive requests of one
 //!   identity, the two gateways alternating, batch by batch; the ratio per pair of batches, median; and,
 //!   with `--instructions N`, at the smallest size, instructions per request under callgrind (N keep-alive
-//!   requests, an idle window subtracted), repeatable where CPU time on these machines is not (with
-//!   `--instructions-breakdown` also single-cluster without the `set_filter_state` copy);
+//!   requests, an idle window subtracted), repeatable where CPU time on these machines is not; and
+//!   instructions per tcp connection (the destination `bench-tcp`, N / 10 connections, each a mesh mTLS
+//!   handshake, the decision and an upstream mTLS handshake). `--instructions-breakdown` adds three
+//!   variants that tell where single-cluster mode's extra instructions go (see [`Mode`]);
 //! * adding one identity: from publishing the new configuration (the certificate on the SDS server; the
 //!   policy over file LDS; per-cluster also the clusters over file CDS) to the new identity's first 200
 //!   with its certificate.
@@ -20,7 +22,7 @@
 //! Both modes take the identities' certificates from the same gRPC SDS server (the harness's): with file
 //! SDS, one watched directory per secret, Envoy runs out of inotify instances before 1,000 clusters.
 //!
-//! Runs on the fixed loopback ports of the test topology (partner 18443) plus 20000-21999: never during
+//! Runs on the fixed loopback ports of the test topology (partners 18443, 18444) plus 20000-24999: never during
 //! `make test`. Prints a Markdown table and writes `DIR/identity-scale.json`.
 
 use std::collections::BTreeMap;
@@ -31,11 +33,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::{Call, Client};
+use egress_identity_harness::l4::L4Client;
 use egress_identity_harness::lds;
 use egress_identity_harness::pki::{CertFiles, Pki, WorkloadSpec, GATEWAY_HOST};
 use egress_identity_harness::process::Supervised;
 use egress_identity_harness::sds_server::{tls_certificate, SdsServer};
-use egress_identity_harness::topology::{envoy_bin, nginx_bin, populate_run_dir, wasm_path, EXTERNAL_PORT};
+use egress_identity_harness::topology::{
+    envoy_bin, nginx_bin, populate_run_dir, wasm_path, EXTERNAL_PORT, EXTERNAL_TCP_PORT,
+};
 use egress_identity_harness::{repo_root, Result};
 use serde_json::{json, Value};
 
@@ -63,6 +68,14 @@ enum Mode {
     /// is the benchmark caller's secret, so its requests still succeed): what the copy and the pool key
     /// cost, against [`Mode::Single`].
     NoCopy,
+    /// `--instructions-breakdown`: single-cluster whose copy writes a constant (the benchmark caller's
+    /// secret) instead of the filter's value: against [`Mode::NoCopy`], what the hashable object costs on
+    /// the shared cluster, whatever its source.
+    ConstantCopy,
+    /// `--instructions-breakdown`: per-cluster plus the same `set_filter_state` copy, reading the cluster
+    /// header the filter sets anyway (the object is ignored by a cluster without the selector): against
+    /// [`Mode::PerCluster`], what the copy filter, its format string and the hashed pool key cost alone.
+    PerClusterCopy,
 }
 
 impl Mode {
@@ -71,13 +84,26 @@ impl Mode {
             Mode::PerCluster => "per-cluster",
             Mode::Single => "single-cluster",
             Mode::NoCopy => "single-cluster-no-copy",
+            Mode::ConstantCopy => "single-cluster-constant-copy",
+            Mode::PerClusterCopy => "per-cluster-with-copy",
         }
     }
+    fn per_cluster(self) -> bool {
+        matches!(self, Mode::PerCluster | Mode::PerClusterCopy)
+    }
+
+    /// The gateway's tcp listener (instruction runs only).
+    fn l4_port(self) -> u16 {
+        self.ports().0 + 5
+    }
+
     fn ports(self) -> (u16, u16, u16) {
         match self {
             Mode::PerCluster => (20443, 20901, 20090),
             Mode::Single => (21443, 21901, 21090),
             Mode::NoCopy => (22443, 22901, 22090),
+            Mode::ConstantCopy => (23443, 23901, 23090),
+            Mode::PerClusterCopy => (24443, 24901, 24090),
         }
     }
 }
@@ -90,46 +116,66 @@ fn principal(i: usize) -> String {
     format!("spiffe://cluster.local/ns/bench/sa/id-{i}")
 }
 
-/// The policy: one destination, `n` identities, everybody allowed.
-fn policy(n: usize, mode: Mode) -> Value {
-    let identities: Vec<Value> = (0..n)
-        .map(|i| match mode {
-            Mode::PerCluster => {
-                json!({"name": identity(i), "cluster": format!("bench|id-{i}"), "principals": [principal(i)]})
-            }
-            Mode::Single | Mode::NoCopy => json!({"name": identity(i), "principals": [principal(i)]}),
-        })
-        .collect();
-    let mut destination = json!({
-        "name": "bench", "hosts": [HOST], "ports": [443],
-        "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
-        "identities": identities
-    });
-    if mode != Mode::PerCluster {
-        destination["sharedCluster"] = json!("bench");
+/// The policy: one destination, `n` identities, everybody allowed; with `l4`, also the tcp destination
+/// `bench-tcp` (same identities, on the mode's tcp port).
+fn policy(n: usize, mode: Mode, l4: bool) -> Value {
+    let destination = |name: &str, port: u16| {
+        let identities: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut identity = json!({"name": identity(i), "principals": [principal(i)]});
+                if mode.per_cluster() {
+                    identity["cluster"] = json!(format!("{name}|id-{i}"));
+                }
+                identity
+            })
+            .collect();
+        let mut destination = json!({
+            "name": name, "hosts": [HOST], "ports": [port],
+            "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
+            "identities": identities
+        });
+        if !mode.per_cluster() {
+            destination["sharedCluster"] = json!(name);
+        }
+        destination
+    };
+    let mut destinations = vec![destination("bench", 443)];
+    if l4 {
+        let mut tcp = destination("bench-tcp", mode.l4_port());
+        tcp["protocol"] = json!("tcp");
+        destinations.push(tcp);
     }
     json!({
         "trustDomains": ["cluster.local"],
         "auditRecord": "none",
         "gateway": {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]},
-        "destinations": [destination]
+        "destinations": destinations
     })
 }
 
 /// Renders the policy with the CLI and splits the bootstrap: listeners over file LDS and, one cluster per
 /// identity, the clusters over file CDS (how a control plane would add one). Returns the bootstrap path.
-fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
+/// `l4` adds the tcp destination (instruction runs).
+fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
     let (listen, admin, metrics) = mode.ports();
     let policy_file = dir.join(format!("policy-{}.json", mode.name()));
     // Compact, as a generated policy of thousands of identities would be: Envoy parses it inside the LDS
     // resource (pretty-printed, it is twice the size).
-    ok(fs::write(&policy_file, serde_json::to_vec(&policy(n, mode)).unwrap_or_default()).map_err(Into::into), "policy");
+    ok(
+        fs::write(&policy_file, serde_json::to_vec(&policy(n, mode, l4)).unwrap_or_default()).map_err(Into::into),
+        "policy",
+    );
     let mut cmd = Command::new(cli);
     cmd.arg("render").arg("envoy").arg(&policy_file);
     cmd.args(["--listen", &format!("127.0.0.1:{listen}"), "--admin", &format!("127.0.0.1:{admin}")]);
     cmd.args(["--metrics", &format!("127.0.0.1:{metrics}"), "--access-log", "/dev/null"]);
     cmd.args(["--upstream", &format!("bench=127.0.0.1:{EXTERNAL_PORT}"), "--ca-secret", "bench=partner-ca"]);
-    if mode != Mode::PerCluster {
+    if l4 {
+        cmd.args(["--listen-l4", &format!("127.0.0.1:{}", mode.l4_port())]);
+        cmd.args(["--upstream", &format!("bench-tcp=127.0.0.1:{EXTERNAL_TCP_PORT}")]);
+        cmd.args(["--ca-secret", "bench-tcp=partner-ca"]);
+    }
+    if !mode.per_cluster() {
         cmd.args(["--identity-sds", &format!("127.0.0.1:{SDS_PORT}")]);
     }
     let out = cmd.output().unwrap_or_else(|e| fail(format!("running {}: {e}", cli.display())));
@@ -146,19 +192,35 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode) -> PathBuf {
         }
         replace_key(&mut bootstrap, "default_value", &json!(identity(0)));
     }
+    if mode == Mode::ConstantCopy {
+        for l in &mut listeners {
+            replace_key(l, "inline_string", &json!(identity(0)));
+        }
+    }
+    if mode == Mode::PerClusterCopy {
+        for l in &mut listeners {
+            with_copy_of_cluster_header(l);
+        }
+    }
     let mode_dir = dir.join(mode.name());
     let lds_dir = mode_dir.join("lds");
     ok(lds::write_listeners(&lds_dir, &listeners).map(|_| ()), "LDS file");
     bootstrap["dynamic_resources"]["lds_config"]["path_config_source"] =
         json!({"path": lds_dir.join("listeners.yaml"), "watched_directory": {"path": lds_dir}});
-    if mode == Mode::PerCluster {
+    if mode.per_cluster() {
         let clusters = bootstrap["static_resources"]["clusters"].as_array().cloned().unwrap_or_default();
-        let (mut identity_clusters, mut other): (Vec<Value>, Vec<Value>) =
-            clusters.into_iter().partition(|c| c["name"].as_str().is_some_and(|n| n.starts_with("bench|")));
+        let (mut identity_clusters, mut other): (Vec<Value>, Vec<Value>) = clusters
+            .into_iter()
+            .partition(|c| c["name"].as_str().is_some_and(|n| n.starts_with("bench|") || n.starts_with("bench-tcp|")));
         // The same certificate source as single-cluster mode: file SDS watches a directory per secret and
         // Envoy runs out of inotify instances (max_user_instances, 128 by default) long before 1,000.
         for c in &mut identity_clusters {
-            let name = c["name"].as_str().unwrap_or_default().trim_start_matches("bench|").to_string();
+            let name = c["name"]
+                .as_str()
+                .unwrap_or_default()
+                .split_once('|')
+                .map(|(_, id)| id.to_string())
+                .unwrap_or_default();
             c["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"] =
                 json!([{"name": name, "sds_config": grpc_sds_config()}]);
         }
@@ -186,6 +248,33 @@ fn without_filter(v: &mut Value, name: &str) {
             o.values_mut().for_each(|x| without_filter(x, name));
         }
         Value::Array(a) => a.iter_mut().for_each(|x| without_filter(x, name)),
+        _ => {}
+    }
+}
+
+/// Adds, before the router of every `http_filters` list in `v`, the single-cluster mode's `set_filter_state`
+/// copy, reading the cluster header ([`Mode::PerClusterCopy`]).
+fn with_copy_of_cluster_header(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Array(filters)) = o.get_mut("http_filters") {
+                let router = filters.iter().position(|f| f["name"] == "envoy.filters.http.router").unwrap_or(0);
+                filters.insert(
+                    router,
+                    json!({"name": "envoy.filters.http.set_filter_state", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+                        "on_request_headers": [{
+                            "object_key": "envoy.tls.certificate_mappers.on_demand_secret",
+                            "factory_key": "envoy.hashable_string",
+                            "format_string": {"text_format_source": {"inline_string": "%REQ(x-egress-identity-cluster)%"},
+                                              "omit_empty_values": true},
+                            "skip_if_empty": true,
+                            "shared_with_upstream": "ONCE"}]}}),
+                );
+            }
+            o.values_mut().for_each(with_copy_of_cluster_header);
+        }
+        Value::Array(a) => a.iter_mut().for_each(with_copy_of_cluster_header),
         _ => {}
     }
 }
@@ -381,15 +470,45 @@ fn callgrind_zero(pid: u32) {
     }
 }
 
-/// Instructions per request of each mode's gateway under callgrind (`--concurrency 1`): `count`
-/// keep-alive requests of one identity after a warm-up, minus an idle window as long (timers).
+/// `count` tcp connections of one identity through the mode's `bench-tcp` destination, each checked to
+/// reach the partner with the identity's certificate.
+fn connections(mode: Mode, client: &L4Client, cert: &CertFiles, count: usize) {
+    let client = client.clone().on_port(mode.l4_port());
+    for _ in 0..count {
+        let outcome = ok(client.call(cert, HOST, b"hello\n"), "tcp connection");
+        if outcome.received.trim() != format!("subject=CN={}", identity(0)) {
+            fail(format!("{}: tcp connection not served with its certificate: {outcome:?}", mode.name()));
+        }
+    }
+}
+
+/// The instructions the gateway under callgrind `pid` executes per unit of `work` (which runs `count`
+/// units), minus an idle window as long (timers).
+fn per_unit(dir: &Path, pid: u32, count: usize, what: &str, work: impl FnOnce()) -> f64 {
+    callgrind_zero(pid);
+    let started = Instant::now();
+    work();
+    let busy = callgrind_dump(dir, pid, "busy");
+    let elapsed = started.elapsed();
+    callgrind_zero(pid);
+    std::thread::sleep(elapsed);
+    let idle = callgrind_dump(dir, pid, "idle");
+    let per_unit = (busy - idle) / count as f64;
+    eprintln!("{what}: {per_unit:.0} instructions each (busy {busy}, idle {idle}, {:.1}s)", elapsed.as_secs_f64());
+    per_unit
+}
+
+/// Instructions per request and per tcp connection of each mode's gateway under callgrind
+/// (`--concurrency 1`): `count` keep-alive requests of one identity after a warm-up, then `count / 10`
+/// connections, each minus an idle window as long (timers).
 fn instructions(
     dir: &Path,
     bootstraps: &[(Mode, PathBuf)],
     cert: &CertFiles,
     ca: &Path,
+    l4: &L4Client,
     count: usize,
-) -> BTreeMap<Mode, f64> {
+) -> BTreeMap<Mode, (f64, f64)> {
     let mut gateways = Vec::new();
     for (mode, bootstrap) in bootstraps {
         let (_, admin, _) = mode.ports();
@@ -430,21 +549,15 @@ fn instructions(
         );
         let pid = process.program_pid().unwrap_or_else(|| fail("no valgrind pid"));
         requests(*mode, cert, ca, "callgrind-warm", 200);
-        callgrind_zero(pid);
-        let started = Instant::now();
-        requests(*mode, cert, ca, "callgrind", count);
-        let busy = callgrind_dump(dir, pid, "busy");
-        let elapsed = started.elapsed();
-        callgrind_zero(pid);
-        std::thread::sleep(elapsed);
-        let idle = callgrind_dump(dir, pid, "idle");
-        let per_request = (busy - idle) / count as f64;
-        eprintln!(
-            "{}: {per_request:.0} instructions/request (busy {busy}, idle {idle}, {:.1}s)",
-            mode.name(),
-            elapsed.as_secs_f64()
-        );
-        out.insert(*mode, per_request);
+        let per_request = per_unit(dir, pid, count, &format!("{} request", mode.name()), || {
+            requests(*mode, cert, ca, "callgrind", count)
+        });
+        let conns = (count / 10).max(1);
+        connections(*mode, l4, cert, 5);
+        let per_connection = per_unit(dir, pid, conns, &format!("{} tcp connection", mode.name()), || {
+            connections(*mode, l4, cert, conns)
+        });
+        out.insert(*mode, (per_request, per_connection));
         process.stop();
     }
     out
@@ -545,22 +658,32 @@ fn main() {
         let bootstraps: Vec<(Mode, PathBuf)> =
             // Single-cluster first: started beside an idle gateway, not beside one still fetching thousands of
             // secrets (the per-cluster gateway's start is measured beside the idle single-cluster one).
-            [Mode::Single, Mode::PerCluster].into_iter().map(|mode| (mode, render(&cli, &dir, n, mode))).collect();
+            [Mode::Single, Mode::PerCluster].into_iter().map(|mode| (mode, render(&cli, &dir, n, mode, false))).collect();
         if let (Some(count), true) = (instruction_requests, n == smallest) {
             let cert = caller(&pki, 0);
-            let mut measured = bootstraps.clone();
+            let mut modes = vec![Mode::Single, Mode::PerCluster];
             if breakdown {
-                measured.push((Mode::NoCopy, render(&cli, &dir, n, Mode::NoCopy)));
+                modes.extend([Mode::NoCopy, Mode::ConstantCopy, Mode::PerClusterCopy]);
             }
-            let ir = instructions(&dir, &measured, &cert, &pki.mesh_ca_cert(), count);
-            let (c, s) = (ir.get(&Mode::PerCluster).copied(), ir.get(&Mode::Single).copied());
+            let measured: Vec<(Mode, PathBuf)> =
+                modes.into_iter().map(|m| (m, render(&cli, &dir, n, m, true))).collect();
+            let l4 = L4Client::new(pki.mesh_ca_cert(), pki.partner_ca_cert());
+            let ir = instructions(&dir, &measured, &cert, &pki.mesh_ca_cert(), &l4, count);
+            let of = |mode: Mode| ir.get(&mode).map(|r| r.0);
+            let (c, s) = (of(Mode::PerCluster), of(Mode::Single));
             row.insert("c_instructions", json!(c));
             row.insert("s_instructions", json!(s));
-            row.insert("s_no_copy_instructions", json!(ir.get(&Mode::NoCopy).copied()));
+            row.insert("s_no_copy_instructions", json!(of(Mode::NoCopy)));
+            row.insert("s_constant_copy_instructions", json!(of(Mode::ConstantCopy)));
+            row.insert("c_with_copy_instructions", json!(of(Mode::PerClusterCopy)));
             row.insert("instructions_ratio", json!(c.zip(s).map(|(c, s)| s / c)));
+            let (cl4, sl4) = (ir.get(&Mode::PerCluster).map(|r| r.1), ir.get(&Mode::Single).map(|r| r.1));
+            row.insert("c_l4_instructions", json!(cl4));
+            row.insert("s_l4_instructions", json!(sl4));
+            row.insert("l4_instructions_ratio", json!(cl4.zip(sl4).map(|(c, s)| s / c)));
             // Fresh LDS/CDS files for the timed gateways.
             for (mode, _) in &bootstraps {
-                render(&cli, &dir, n, *mode);
+                render(&cli, &dir, n, *mode, false);
             }
         }
         for (mode, bootstrap) in &bootstraps {
@@ -634,7 +757,7 @@ fn main() {
         let new_cert = caller(&pki, n);
         let new_files = pki.external_identity(&identity(n));
         for g in &gateways {
-            let text = serde_json::to_string(&policy(n + 1, g.mode)).unwrap_or_default();
+            let text = serde_json::to_string(&policy(n + 1, g.mode, false)).unwrap_or_default();
             let started = Instant::now();
             let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
             sds_server.put([(identity(n), tls_certificate(&identity(n), read(&new_files.cert), read(&new_files.key)))]);
@@ -691,9 +814,23 @@ fn main() {
         );
         if let (Some(c), Some(s)) = (v["c_instructions"].as_f64(), v["s_instructions"].as_f64()) {
             println!("| {n} | instructions per request (callgrind): per-cluster {c:.0}, single cluster {s:.0} | | | | | | {:.4} | |", s / c);
-            if let Some(x) = v["s_no_copy_instructions"].as_f64() {
-                println!("| {n} | single cluster without set_filter_state: {x:.0} ({:+.0} vs per-cluster, {:+.0} vs single) | | | | | | | |", x - c, x - s);
+            let variants = [
+                ("s_no_copy_instructions", "single cluster without set_filter_state"),
+                ("s_constant_copy_instructions", "single cluster, set_filter_state of a constant"),
+                ("c_with_copy_instructions", "per-cluster plus set_filter_state (of the cluster header)"),
+            ];
+            for (key, what) in variants {
+                if let Some(x) = v[key].as_f64() {
+                    println!(
+                        "| {n} | {what}: {x:.0} ({:+.0} vs per-cluster, {:+.0} vs single) | | | | | | | |",
+                        x - c,
+                        x - s
+                    );
+                }
             }
+        }
+        if let (Some(c), Some(s)) = (v["c_l4_instructions"].as_f64(), v["s_l4_instructions"].as_f64()) {
+            println!("| {n} | instructions per tcp connection (callgrind): per-cluster {c:.0}, single cluster {s:.0} ({:+.0}) | | | | | | {:.4} | |", s - c, s / c);
         }
     }
     println!("\nwrote {}", path.display());
