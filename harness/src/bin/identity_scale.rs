@@ -209,9 +209,8 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
         json!({"path": lds_dir.join("listeners.yaml"), "watched_directory": {"path": lds_dir}});
     if mode.per_cluster() {
         let clusters = bootstrap["static_resources"]["clusters"].as_array().cloned().unwrap_or_default();
-        let (mut identity_clusters, mut other): (Vec<Value>, Vec<Value>) = clusters
-            .into_iter()
-            .partition(|c| c["name"].as_str().is_some_and(|n| n.starts_with("bench|") || n.starts_with("bench-tcp|")));
+        let (mut identity_clusters, mut other): (Vec<Value>, Vec<Value>) =
+            clusters.into_iter().partition(|c| c["name"].as_str().is_some_and(|n| n.contains('|')));
         // The same certificate source as single-cluster mode: file SDS watches a directory per secret and
         // Envoy runs out of inotify instances (max_user_instances, 128 by default) long before 1,000.
         for c in &mut identity_clusters {
