@@ -145,11 +145,11 @@ publish: publish-args build
 publish-args:
 	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/publish.sh --check
 
-## render: regenerate envoy/gateway.yaml and the manifests of examples/ from their policy files
-## (envoy/policy.json, examples/*/policy.json) with `egress-identity render`; cli/tests/render.rs checks that
-## the committed files are exactly this output.
+## render: regenerate envoy/gateway.yaml from the demo policy (envoy/policy.json) and every platform's files in
+## examples/ from the one example policy (examples/policy.json) with `egress-identity render`; cli/tests/render.rs
+## checks that the committed files are exactly this output.
 RENDER := $(CARGO) run --quiet -p egress-identity-cli --bin egress-identity -- render
-DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --listen-l4 127.0.0.1:10444 --listen-l4 127.0.0.1:10446 --listen-l4 127.0.0.1:10447 \
+DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --l4-address 127.0.0.1 \
 	--metrics 127.0.0.1:15090 \
 	--access-log logs/gateway-access.log --upstream partner-api=127.0.0.1:18443 \
 	--ca-secret partner-api=partner-ca --upstream partner-shared=127.0.0.1:18443 --ca-secret partner-shared=partner-ca \
@@ -162,9 +162,11 @@ ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml | head -n 1)
 render:
 	$(RENDER) envoy envoy/policy.json $(DEMO_RENDER_FLAGS) > envoy/gateway.yaml.tmp
 	mv envoy/gateway.yaml.tmp envoy/gateway.yaml
-	$(RENDER) istio examples/istio/egress-gateway/policy.json --mode gateway \
+	mkdir -p examples/envoy
+	$(RENDER) envoy examples/policy.json > examples/envoy/gateway.yaml.tmp
+	mv examples/envoy/gateway.yaml.tmp examples/envoy/gateway.yaml
+	$(RENDER) istio examples/policy.json --mode gateway \
 		--image "$(call ISTIO_IMAGE,examples/istio/egress-gateway)" --out-dir examples/istio/egress-gateway
-	$(RENDER) istio examples/istio/egress-waypoint/policy.json --mode waypoint \
+	$(RENDER) istio examples/policy.json --mode waypoint \
 		--image "$(call ISTIO_IMAGE,examples/istio/egress-waypoint)" --out-dir examples/istio/egress-waypoint
-	$(RENDER) kuma examples/kuma/policy.json --upstream partner-api=api.partner.example:443 \
-		--upstream partner-db=db.partner.example:5432 --out-dir examples/kuma
+	$(RENDER) kuma examples/policy.json --out-dir examples/kuma

@@ -5,12 +5,14 @@ The shape (core/benches/decision.rs builds the very same document in Rust; keep 
   gateway layer      DENY  "deny-blocked":   N rules, rule i: principals ["cluster.local/ns/blocked-<i>/*"] (prefix)
                      ALLOW "allow-callers":  N rules, rule i < N-1: principals ["cluster.local/ns/other-<i>/sa/app"],
                                              the LAST rule: the benchmark caller cluster.local/ns/team/sa/app1
-  destinations       N: svc-<i>.partner.example:443 (i < N-1, each allow-all with one mapping) and, LAST,
+  identities         declared once each: svc-<i> (cluster.local/ns/other-<i>/sa/app, i < N-1), other-<i>
+                     (cluster.local/ns/other-<i>/sa/*, i < N-1) and, LAST, team.app1 (the benchmark caller)
+  destinations       N: svc-<i>.partner.example:443 (i < N-1, each allow-all presenting svc-<i>) and, LAST,
                      partner-api = api.partner.example:443
   partner-api layer  DENY  "deny-paths":     N rules, rule i: paths ["/admin-<i>*"] (prefix)
                      ALLOW "allow-callers":  as in the gateway layer (the caller matches the last rule)
-  partner-api ids    N mappings, i < N-1: cluster.local/ns/other-<i>/sa/* -> partner-api|other-<i>;
-                     the LAST one: spiffe://cluster.local/ns/team/sa/app1 -> partner-api|team-app1
+  partner-api ids    N identities in order, other-0 .. other-<N-2> then team.app1: the caller's is the LAST,
+                     cluster partner-api|team-app1 (derived: <destination>|<identity, '.' -> '-'>)
 
 so the benchmark caller (GET api.partner.example/bench) is allowed, but only after every DENY rule of both
 layers missed, by the last ALLOW rule of both layers, and mapped by the last mapping: the worst case of a
@@ -29,30 +31,27 @@ def _allow_rules(n):
 
 
 def plugin_config(n):
-    """The egress-identity configuration with N rules per list (see the module doc)."""
+    """The egress-identity policy with N rules per list (see the module doc): a plain Envoy plugin
+    configuration (it names no platform)."""
     assert n >= 1
+    identities = [{"name": f"svc-{i}", "principals": [f"cluster.local/ns/other-{i}/sa/app"]} for i in range(n - 1)]
+    identities += [{"name": f"other-{i}", "principals": [f"cluster.local/ns/other-{i}/sa/*"]} for i in range(n - 1)]
+    identities.append({"name": "team.app1", "principals": [CALLER]})
     destinations = [
         {
             "name": f"svc-{i}",
-            "hosts": [f"svc-{i}.partner.example"],
-            "ports": [443],
+            "host": f"svc-{i}.partner.example",
+            "port": 443,
             "policies": [{"name": "allow-all", "action": "ALLOW", "rules": [{}]}],
-            "identities": [
-                {"name": f"svc-{i}", "cluster": f"svc-{i}|app", "principals": [f"cluster.local/ns/other-{i}/sa/app"]}
-            ],
+            "identities": [f"svc-{i}"],
         }
         for i in range(n - 1)
     ]
-    identities = [
-        {"name": f"other-{i}", "cluster": f"partner-api|other-{i}", "principals": [f"cluster.local/ns/other-{i}/sa/*"]}
-        for i in range(n - 1)
-    ]
-    identities.append({"name": "team.app1", "cluster": CALLER_CLUSTER, "principals": [CALLER]})
     destinations.append(
         {
             "name": "partner-api",
-            "hosts": [HOST],
-            "ports": [443],
+            "host": HOST,
+            "port": 443,
             "policies": [
                 {
                     "name": "deny-paths",
@@ -61,12 +60,13 @@ def plugin_config(n):
                 },
                 {"name": "allow-callers", "action": "ALLOW", "rules": _allow_rules(n)},
             ],
-            "identities": identities,
+            "identities": [f"other-{i}" for i in range(n - 1)] + ["team.app1"],
         }
     )
     return {
         "localTrustDomain": "cluster.local",
         "trustDomainAliases": ["example.com", "example.org"],
+        "identities": identities,
         "gateway": {
             "policies": [
                 {
@@ -154,7 +154,7 @@ def l4_plugin_config(n, port):
     config = plugin_config(n)
     partner = config["destinations"][-1]
     partner["protocol"] = "tcp"
-    partner["ports"] = [port]
+    partner["port"] = port
     partner["policies"][0] = {
         "name": "deny-blocked",
         "action": "DENY",

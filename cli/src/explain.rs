@@ -36,7 +36,7 @@ pub fn explain(config: &Config, principal: Option<&str>, request: &Request<'_>, 
     let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
     let asked =
         json!({"principal": principal, "authority": request.authority, "method": request.method, "path": request.path});
-    finish(report(asked, &evaluation, &audit_record), &evaluation.decision, as_json)
+    finish(report(config, asked, &evaluation, &audit_record), &evaluation.decision, as_json)
 }
 
 /// As [`explain`], for a connection: the same layers on SNI and port, then, for an allowed `tls`
@@ -48,13 +48,13 @@ pub fn explain_connection(config: &Config, principal: Option<&str>, c: &Connecti
     if let Decision::Allow(allowed) = evaluation.decision {
         if allowed.protocol == Protocol::Tls {
             let hello = ClientHello::ServerName(c.inner_sni.to_string());
-            if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict(allowed.destination, c.port, &hello) {
+            if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict(allowed.host, &hello) {
                 evaluation.decision = Decision::Deny(denial);
             }
         }
     }
     let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
-    finish(report(asked, &evaluation, &audit_record), &evaluation.decision, as_json)
+    finish(report(config, asked, &evaluation, &audit_record), &evaluation.decision, as_json)
 }
 
 fn finish(report: Value, decision: &Decision<'_>, as_json: bool) -> ExitCode {
@@ -80,7 +80,7 @@ fn verdict(v: Option<Verdict<'_>>) -> Value {
 
 /// The explanation as JSON: `decision` is exactly what the filter does (the 403 body on deny; for a
 /// connection, the audit record's fields before it is closed).
-fn report(asked: Value, e: &Evaluation<'_>, audit_record: &str) -> Value {
+fn report(config: &Config, asked: Value, e: &Evaluation<'_>, audit_record: &str) -> Value {
     let decision = match e.decision {
         Decision::Allow(a) => {
             let mut allowed = json!({
@@ -90,9 +90,19 @@ fn report(asked: Value, e: &Evaluation<'_>, audit_record: &str) -> Value {
                 "identity": &*a.identity.name,
                 "cluster": &*a.identity.cluster,
             });
-            if let (Some(secret), Some(fields)) = (&a.identity.secret, allowed.as_object_mut()) {
-                // Single-cluster mode: the SDS secret the shared cluster presents for this request.
-                fields.insert("secret".into(), Value::from(&**secret));
+            if let Some(fields) = allowed.as_object_mut() {
+                if let Some(secret) = &a.identity.secret {
+                    // Single-cluster mode: the SDS secret the shared cluster presents for this request.
+                    fields.insert("secret".into(), Value::from(&**secret));
+                }
+                // What the partner sees: the declared identity's certificate; nothing of the gateway's
+                // for a passthrough.
+                let declared = a.identity.declared.and_then(|_| config.identities.get(&a.identity.name));
+                let presents = match declared {
+                    Some((_, identity)) => identity.certificate.describe(),
+                    None => "the caller's own certificate (tls passthrough)".to_string(),
+                };
+                fields.insert("presents".into(), Value::from(presents));
             }
             allowed
         }
@@ -148,6 +158,7 @@ fn print_text(report: &Value) {
     let d = &report["decision"];
     if s(&d["decision"]) == "allow" {
         println!("decision:     allow as {} (cluster {})", s(&d["identity"]), s(&d["cluster"]));
+        println!("partner sees: {}", s(&d["presents"]));
     } else {
         println!("decision:     deny layer={} policy={} reason={}", s(&d["layer"]), s(&d["policy"]), s(&d["reason"]));
     }

@@ -3,19 +3,25 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod certificate_material;
+mod doctor;
 mod explain;
+mod migrate;
 mod render;
 mod sds;
 mod secrets;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use egress_identity_core::config::Config;
+use egress_identity_core::config_document::PlatformSpec;
 use egress_identity_core::request::Request;
 use egress_identity_core::spiffe_id::SpiffeId;
 use render::envoy::{name_value, EnvoyOptions, HostPort};
 use render::istio::{self, IstioMode, IstioOptions};
 use render::kuma::{self, KumaOptions};
 use render::PolicyFile;
+use validate::PlatformArg;
 
 #[derive(Parser)]
 #[command(name = "egress-identity", version, about = "Identity-aware egress for Envoy: operator tools")]
@@ -33,19 +39,24 @@ enum Command {
         /// e.g. spiffe://cluster.local/ns/team/sa/app1
         id: String,
     },
-    /// Check a plugin configuration file; print every error with the JSON path of the field.
+    /// Check a policy as every `render` will: print every error with the JSON path of the field (and the
+    /// platforms it applies to, when not all), and what a platform leaves out.
     ///
-    /// Exit status 0 when valid, 1 when not.
+    /// Exit status 0 when every platform asked accepts the policy, 1 when one does not.
     Validate {
-        /// The plugin configuration (JSON), as given to Envoy or Istio's pluginConfig.
+        /// The policy (JSON).
         config: PathBuf,
+        /// Check for this platform only (repeatable; default: every platform, with `render`'s defaults).
+        #[arg(long, value_enum)]
+        platform: Vec<PlatformArg>,
     },
     /// Show how the filter decides one request (or, with --sni, one L4 connection): each layer's verdict,
     /// the policy and rule that decided, and the external identity chosen.
     ///
     /// Exit status 0 when the request would be allowed, 3 when denied, 1 on a bad configuration.
     Explain {
-        /// The plugin configuration (JSON).
+        /// The policy (JSON), decided as plain Envoy receives requests; or a rendered plugin configuration,
+        /// decided as its platform receives them.
         config: PathBuf,
         /// The caller's SPIFFE ID; omit it for a caller without one.
         #[arg(long)]
@@ -75,25 +86,32 @@ enum Command {
     /// Write the file-based SDS resources a `render envoy` gateway reads, from your own PEM files.
     ///
     /// One file per secret in DIR (gateway-cert, mesh-ca, external-<identity>, <destination>-ca), each
-    /// replaced atomically so a running Envoy reloads it. With --policy, every secret that policy's gateway
-    /// reads must be given (exit 1 names the missing ones).
+    /// replaced atomically so a running Envoy reloads it. Every file is checked first, and nothing is
+    /// written when one fails (exit 1, every problem named with its identity or role and file): a
+    /// certificate file must hold certificates only (no private key), each valid now (a warning when one
+    /// expires within 30 days); a key must be its certificate's; a CA file must hold CAs only. With
+    /// --policy, every secret that policy's gateway reads must be given (gateway certificate and mesh CA
+    /// included), and each identity's certificate must carry what the policy declares (subject CN, DNS and
+    /// URI SANs). --identity needs --policy.
     Sds {
         /// The directory of the SDS resources (render envoy's --sds-dir, relative to Envoy's directory).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// Check that every secret this policy's gateway reads is given.
+        /// The policy: every secret its gateway reads must be given, and it declares what each identity's
+        /// certificate carries. Required with --identity.
         #[arg(long, value_name = "POLICY")]
         policy: Option<PathBuf>,
-        /// The gateway's server certificate chain (PEM), presented to callers.
+        /// The gateway's server certificate chain (PEM, leaf first, no key), presented to callers.
         #[arg(long, value_name = "PEM", requires = "gateway_key")]
         gateway_cert: Option<PathBuf>,
-        /// Its private key (PEM).
+        /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1; ECDSA P-256/P-384, Ed25519 or RSA).
         #[arg(long, value_name = "PEM", requires = "gateway_cert")]
         gateway_key: Option<PathBuf>,
         /// A CA that issues callers' SVIDs (repeatable: old and new during a CA rotation).
         #[arg(long, value_name = "PEM")]
         mesh_ca: Vec<PathBuf>,
-        /// An external identity's client certificate chain and key (repeatable).
+        /// An external identity's client certificate chain (leaf first, no key) and its key (repeatable;
+        /// needs --policy).
         #[arg(long, value_name = "IDENTITY=CERT.pem,KEY.pem", value_parser = identity_files)]
         identity: Vec<(String, (PathBuf, PathBuf))>,
         /// The CA that verifies a destination's partner (repeatable).
@@ -108,11 +126,39 @@ enum Command {
     ///
     /// Istio: egress-identity-<identity> (tls.crt, tls.key, ca.crt: the partner's CA). Kuma:
     /// <destination>-ca, egress-identity-<identity>-cert and -key (system.kuma.io/secret). Every Secret the
-    /// policy's manifests read must be given, and nothing else (exit 1 names what is missing or unused).
+    /// policy's manifests read must be given, and nothing else; every file is checked as `sds` checks it
+    /// (each identity's certificate against what the policy declares). Exit 1 names every problem.
     /// Output on stdout, or --out FILE (mode 0600): it holds private keys.
     Secrets {
         #[command(subcommand)]
         target: SecretsTarget,
+    },
+    /// Check a running gateway against the policy, through its admin API: the plugin configuration it loaded
+    /// is this policy, every identity's cluster presents the certificate the policy declares (not expiring
+    /// soon), every destination has a listener or route, and the metrics are exported with their labels.
+    ///
+    /// Exit status 0 when the gateway runs the policy, 1 with the list of what differs, 2 when the gateway
+    /// cannot be asked.
+    Doctor {
+        /// The gateway's admin interface, e.g. http://127.0.0.1:9901 (kubectl port-forward POD 15000 for Istio).
+        admin: String,
+        /// The policy (JSON).
+        policy: PathBuf,
+        /// A certificate expiring within this many days is reported.
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        expiry_days: u32,
+    },
+    /// Convert a policy of the previous format (which named Envoy clusters and platform hosts) into the
+    /// current, platform-neutral one; print what changed that you must know.
+    ///
+    /// Exit status 0 with the new policy on stdout (or --out), 1 with every problem that cannot be converted
+    /// faithfully, each with its JSON path.
+    Migrate {
+        /// The policy in the previous format.
+        old: PathBuf,
+        /// Write the new policy to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Render what goes with a policy file: the Envoy bootstrap, or the Istio or Kuma manifests.
     ///
@@ -129,7 +175,7 @@ enum Command {
 struct SecretFiles {
     /// The policy (plugin configuration, JSON): it says which Secrets the manifests read.
     config: PathBuf,
-    /// An external identity's client certificate chain and key (repeatable).
+    /// An external identity's client certificate chain (leaf first, no key) and its key (repeatable).
     #[arg(long, value_name = "IDENTITY=CERT.pem,KEY.pem", value_parser = identity_files)]
     identity: Vec<(String, (PathBuf, PathBuf))>,
     /// The CA that verifies a destination's partner (repeatable).
@@ -171,18 +217,17 @@ enum RenderTarget {
     ///
     /// SDS secrets: gateway-cert (listener certificate), mesh-ca (callers' CA), external-<identity name>
     /// (each identity's client certificate), <destination>-ca (the partner's CA). SNI and the checked DNS
-    /// SAN are the destination's first exact host.
+    /// SAN are the destination's host.
     Envoy {
-        /// The policy (plugin configuration, JSON).
+        /// The policy (JSON).
         config: PathBuf,
         /// Listener address.
         #[arg(long, default_value = "0.0.0.0:10443", value_name = "ADDR:PORT")]
         listen: HostPort,
-        /// Listener of the network (L4) filter, for tcp/tls destinations (only when the policy has some).
-        /// Repeatable: one listener on every address given; the port a caller connects to is the port the
-        /// destination must declare.
-        #[arg(long = "listen-l4", default_value = "0.0.0.0:10444", value_name = "ADDR:PORT")]
-        listen_l4: Vec<HostPort>,
+        /// Address of the network (L4) filter's listener, for tcp/tls destinations (only when the policy has
+        /// some): it listens there on every port a tcp/tls destination declares, the port callers connect to.
+        #[arg(long = "l4-address", default_value = "0.0.0.0", value_name = "ADDR")]
+        l4_address: String,
         /// Admin interface address.
         #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT")]
         admin: HostPort,
@@ -216,7 +261,7 @@ enum RenderTarget {
     },
     /// Istio manifests: egress gateway (sidecar mode) or ambient egress waypoint.
     Istio {
-        /// The policy (plugin configuration, JSON).
+        /// The policy (JSON).
         config: PathBuf,
         #[arg(long, value_enum, default_value = "gateway")]
         mode: IstioMode,
@@ -236,7 +281,7 @@ enum RenderTarget {
     },
     /// Kuma manifests for a mesh-scoped ZoneEgress.
     Kuma {
-        /// The policy (plugin configuration, JSON).
+        /// The policy (JSON).
         config: PathBuf,
         #[arg(long, default_value = "default")]
         mesh: String,
@@ -245,7 +290,7 @@ enum RenderTarget {
         /// Kuma's system namespace.
         #[arg(long, default_value = "kuma-system")]
         namespace: String,
-        /// The partner endpoint of a destination (default: its first exact host and port 443). Repeatable.
+        /// The partner endpoint of a destination (default: its host and port). Repeatable.
         #[arg(long, value_name = "DESTINATION=HOST:PORT", value_parser = name_value::<HostPort>)]
         upstream: Vec<(String, HostPort)>,
         /// A namespace whose workloads the NetworkPolicy keeps off the external network, besides those the
@@ -267,7 +312,13 @@ enum RenderTarget {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::SpiffeId { id } => spiffe_id(&id),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, platform } => match std::fs::read_to_string(&config) {
+            Ok(text) => validate::validate(&config, &text, &platform),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Explain { config, principal, host, sni, inner_sni, port, method, path, json } => {
             let Some(config) = load(&config) else { return ExitCode::FAILURE };
             if let Some(sni) = sni {
@@ -286,10 +337,18 @@ fn main() -> ExitCode {
             explain::explain(&config, principal.as_deref(), &request, json)
         }
         Command::Render { target } => render_command(target),
+        Command::Migrate { old, out } => migrate_command(&old, out.as_deref()),
+        Command::Doctor { admin, policy, expiry_days } => match std::fs::read_to_string(&policy) {
+            Ok(text) => doctor::run(&admin, &policy, &text, expiry_days),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", policy.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Secrets { target } => secrets_command(target),
         Command::Sds { out, policy, gateway_cert, gateway_key, mesh_ca, identity, ca, ca_secret } => {
             let policy_file = match &policy {
-                Some(path) => match load_policy(path) {
+                Some(path) => match load_policy(path, &PlatformSpec::Envoy) {
                     Some(p) => Some(p),
                     None => return ExitCode::FAILURE,
                 },
@@ -303,7 +362,12 @@ fn main() -> ExitCode {
                 cas: ca.into_iter().collect(),
                 ca_secrets: ca_secret.into_iter().collect(),
             };
-            match sds::write(&request, policy_file.as_ref()) {
+            let mut checker = certificate_material::Checker::new();
+            let result = sds::write(&request, policy_file.as_ref(), &mut checker);
+            for warning in &checker.warnings {
+                eprintln!("sds: warning: {warning}");
+            }
+            match result {
                 Ok(files) => {
                     for f in files {
                         eprintln!("wrote {}", f.display());
@@ -311,7 +375,9 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sds: {e}");
+                    for line in e.lines() {
+                        eprintln!("sds: {line}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -319,15 +385,67 @@ fn main() -> ExitCode {
     }
 }
 
+fn migrate_command(path: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+    let old = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}")))
+    {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match migrate::migrate(&old) {
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            ExitCode::FAILURE
+        }
+        Ok(migrated) => {
+            for note in &migrated.notes {
+                eprintln!("note: {note}");
+            }
+            let text = migrate::to_text(&migrated.policy);
+            match out {
+                None => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Some(file) => match std::fs::write(file, text) {
+                    Ok(()) => {
+                        eprintln!("wrote {}", file.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", file.display());
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
+    }
+}
+
 fn secrets_command(target: SecretsTarget) -> ExitCode {
-    let (files, platform, namespace, mesh) = match target {
+    let (files, platform, namespace, mesh, spec) = match target {
         SecretsTarget::Istio { files, mode, namespace } => {
             let namespace = namespace.unwrap_or_else(|| mode.default_namespace().into());
-            (files, secrets::Platform::Istio, namespace, String::new())
+            (files, secrets::Platform::Istio, namespace, String::new(), mode.platform())
         }
-        SecretsTarget::Kuma { files, mesh, namespace } => (files, secrets::Platform::Kuma, namespace, mesh),
+        SecretsTarget::Kuma { files, mesh, namespace } => {
+            // Secret names do not depend on the zone or the egress port: render kuma's defaults.
+            let spec = PlatformSpec::Kuma {
+                mesh: mesh.clone(),
+                zone: "zone-1".into(),
+                namespace: namespace.clone(),
+                egress_port: 10002,
+            };
+            (files, secrets::Platform::Kuma, namespace, mesh, spec)
+        }
     };
-    let Some(policy) = load_policy(&files.config) else { return ExitCode::FAILURE };
+    let Some(policy) = load_policy(&files.config, &spec) else { return ExitCode::FAILURE };
     let request = secrets::SecretsRequest {
         platform,
         namespace,
@@ -335,10 +453,17 @@ fn secrets_command(target: SecretsTarget) -> ExitCode {
         identities: files.identity.into_iter().collect(),
         cas: files.ca.into_iter().collect(),
     };
-    let text = match secrets::render(&request, &policy) {
+    let mut checker = certificate_material::Checker::new();
+    let result = secrets::render(&request, &policy, &mut checker);
+    for warning in &checker.warnings {
+        eprintln!("secrets: warning: {warning}");
+    }
+    let text = match result {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("secrets: {e}");
+            for line in e.lines() {
+                eprintln!("secrets: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -367,7 +492,8 @@ fn identity_files(text: &str) -> Result<(String, (PathBuf, PathBuf)), String> {
     Ok((name, (PathBuf::from(cert), PathBuf::from(key))))
 }
 
-fn load_policy(path: &PathBuf) -> Option<PolicyFile> {
+/// The policy at `path`, compiled for `platform` (errors and warnings on stderr).
+fn load_policy(path: &PathBuf, platform: &PlatformSpec) -> Option<PolicyFile> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
@@ -375,8 +501,13 @@ fn load_policy(path: &PathBuf) -> Option<PolicyFile> {
             return None;
         }
     };
-    match PolicyFile::parse(&text) {
-        Ok(policy) => Some(policy),
+    match PolicyFile::for_platform(&text, platform) {
+        Ok(policy) => {
+            for warning in &policy.config.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            Some(policy)
+        }
         Err(errors) => {
             for error in &errors {
                 eprintln!("{}: {error}", path.display());
@@ -391,7 +522,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
         RenderTarget::Envoy {
             config,
             listen,
-            listen_l4,
+            l4_address,
             admin,
             metrics,
             wasm,
@@ -402,11 +533,11 @@ fn render_command(target: RenderTarget) -> ExitCode {
             max_connection_duration,
             identity_sds,
         } => {
-            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let Some(policy) = load_policy(&config, &PlatformSpec::Envoy) else { return ExitCode::FAILURE };
             let opts = EnvoyOptions {
                 identity_sds,
                 listen,
-                listen_l4,
+                l4_address,
                 admin,
                 metrics,
                 wasm,
@@ -422,7 +553,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
             (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
         }
         RenderTarget::Istio { config, mode, namespace, image, workload_namespace, out_dir } => {
-            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
+            let Some(policy) = load_policy(&config, &mode.platform()) else { return ExitCode::FAILURE };
             let opts = IstioOptions {
                 namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()),
                 mode,
@@ -445,7 +576,6 @@ fn render_command(target: RenderTarget) -> ExitCode {
             workload_namespace,
             out_dir,
         } => {
-            let Some(policy) = load_policy(&config) else { return ExitCode::FAILURE };
             let opts = KumaOptions {
                 mesh,
                 zone,
@@ -455,6 +585,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 egress_port,
                 workload_namespaces: workload_namespace,
             };
+            let Some(policy) = load_policy(&config, &opts.platform()) else { return ExitCode::FAILURE };
             if opts.wasm_sha256 == kuma::SHA256_PLACEHOLDER {
                 eprintln!("warning: no --wasm-sha256: the module's digest is a placeholder (marked PLACEHOLDER in the output)");
             }
@@ -519,20 +650,5 @@ fn spiffe_id(id: &str) -> ExitCode {
             eprintln!("invalid SPIFFE ID {id:?}: {e} ({})", e.code());
             ExitCode::FAILURE
         }
-    }
-}
-
-fn validate(path: &PathBuf) -> ExitCode {
-    match load(path) {
-        Some(config) => {
-            println!(
-                "{}: valid ({} gateway policies, {} destinations)",
-                path.display(),
-                config.gateway.len(),
-                config.destinations.iter().count()
-            );
-            ExitCode::SUCCESS
-        }
-        None => ExitCode::FAILURE,
     }
 }

@@ -3,13 +3,17 @@
 //! each replaced atomically (temporary file, then rename: Envoy reloads on the rename, and a certificate
 //! and its key change together because both are inlined in the one file).
 //!
-//! With `--policy`, every secret the rendered gateway will ask for must be given: the client certificate
-//! of each external identity that originates TLS, and the CA of each destination.
+//! Every file is checked for the role it serves ([`crate::certificate_material`]) before anything is
+//! written. With `--policy`, every secret the rendered gateway will ask for must be given (the gateway's
+//! certificate, the mesh CA, the client certificate of each external identity that originates TLS, the CA
+//! of each destination), and each identity's certificate must carry what the policy declares; `--identity`
+//! needs `--policy`, which declares it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::render::envoy::{originating_clusters, GATEWAY_CERT, MESH_CA};
+use crate::certificate_material::{Checker, Role};
+use crate::render::envoy::{default_ca_secret, identity_secret, originating_clusters, GATEWAY_CERT, MESH_CA};
 use crate::render::{map, s, to_yaml, PolicyFile, Yaml};
 
 /// What to write.
@@ -26,38 +30,8 @@ pub struct SdsRequest {
     pub ca_secrets: BTreeMap<String, String>,
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
-}
-
-/// A PEM file of certificates (a chain or a CA bundle), each parsed as X.509.
-pub(crate) fn read_certificates(path: &Path, what: &str) -> Result<String, String> {
-    let text = read(path)?;
-    let mut found = 0;
-    for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).enumerate() {
-        let pem = pem.map_err(|e| format!("{}: PEM block {i}: {e}", path.display()))?;
-        if pem.label == "CERTIFICATE" {
-            pem.parse_x509().map_err(|e| format!("{}: certificate {i} is not X.509: {e}", path.display()))?;
-            found += 1;
-        }
-    }
-    if found == 0 {
-        return Err(format!("{}: no PEM certificate ({what})", path.display()));
-    }
-    Ok(text)
-}
-
-/// A PEM file holding a private key.
-pub(crate) fn read_key(path: &Path) -> Result<String, String> {
-    let text = read(path)?;
-    let is_key = |label: &str| label == "PRIVATE KEY" || label.ends_with(" PRIVATE KEY");
-    let has_key = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()).flatten().any(|pem| is_key(&pem.label));
-    if has_key {
-        Ok(text)
-    } else {
-        Err(format!("{}: no PEM private key", path.display()))
-    }
-}
+/// Why `--identity` needs `--policy`.
+pub const IDENTITY_NEEDS_POLICY: &str = "--identity needs --policy: the policy declares what each identity's certificate must carry (identities[].certificate; by default CN=<name>), and without it the certificate cannot be checked";
 
 fn secret(name: &str, body: (&str, Yaml)) -> String {
     let header = "# SDS resource written by `egress-identity sds`. Replace it atomically (write a temporary file in\n# this directory, then rename it over this one): Envoy reloads on the rename.\n";
@@ -81,53 +55,109 @@ fn validation_context(name: &str, bundle: &str) -> String {
     secret(name, ("validation_context", map([("trusted_ca", inline(bundle))])))
 }
 
-/// The secrets a `render envoy` gateway for `policy` reads, besides the listener's: (secret, what for).
-pub fn wanted(policy: &PolicyFile, ca_secrets: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for c in originating_clusters(policy).map_err(|e| e.to_string())? {
-        let ca = ca_secrets.get(&c.destination).cloned().unwrap_or_else(|| format!("{}-ca", c.destination));
+/// The secrets a `render envoy` gateway for `policy` reads: (secret, what for).
+pub fn wanted(policy: &PolicyFile, ca_secrets: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out = vec![
+        (GATEWAY_CERT.to_string(), "the gateway's server certificate: --gateway-cert and --gateway-key".to_string()),
+        (MESH_CA.to_string(), "the CA of the callers' certificates: --mesh-ca".to_string()),
+    ];
+    for c in originating_clusters(policy) {
+        let ca = ca_secrets.get(&c.destination).cloned().unwrap_or_else(|| default_ca_secret(&c.destination));
         out.push((ca, format!("the CA of destination {}", c.destination)));
-        out.push((format!("external-{}", c.identity), format!("the client certificate of identity {}", c.identity)));
+        out.push((identity_secret(&c.identity), format!("the client certificate of identity {}", c.identity)));
     }
     out.sort();
     out.dedup_by(|a, b| a.0 == b.0);
-    Ok(out)
+    out
 }
 
-/// Writes the resources; returns the files written. With `policy`, refuses when a secret it needs is missing.
-pub fn write(request: &SdsRequest, policy: Option<&PolicyFile>) -> Result<Vec<PathBuf>, String> {
+/// Checks every file and writes the resources; returns the files written. Refused, with every problem
+/// (one per line) and nothing written, when a file does not serve its role, when `--identity` comes without
+/// a policy, or when a secret the policy's gateway reads is missing. Warnings are left in `checker`.
+pub fn write(request: &SdsRequest, policy: Option<&PolicyFile>, checker: &mut Checker) -> Result<Vec<PathBuf>, String> {
+    if policy.is_none() && !request.identities.is_empty() {
+        return Err(IDENTITY_NEEDS_POLICY.into());
+    }
+    let mut problems: Vec<String> = Vec::new();
+    // Every secret given (written or refused), and the text of those that passed.
+    let mut given: Vec<String> = Vec::new();
     let mut files: Vec<(String, String)> = Vec::new();
     if let Some((cert, key)) = &request.gateway {
-        files.push((
-            GATEWAY_CERT.into(),
-            tls_certificate(GATEWAY_CERT, &read_certificates(cert, "gateway")?, &read_key(key)?),
-        ));
+        given.push(GATEWAY_CERT.into());
+        match checker.keyed_certificate(Role::Gateway, cert, key) {
+            Ok(k) => files.push((GATEWAY_CERT.into(), tls_certificate(GATEWAY_CERT, &k.chain, &k.key))),
+            Err(e) => problems.extend(e),
+        }
     }
+    let mut mesh_bundle = None;
     if !request.mesh_ca.is_empty() {
-        let bundle: Vec<String> =
-            request.mesh_ca.iter().map(|p| read_certificates(p, "mesh CA")).collect::<Result<_, _>>()?;
-        files.push((MESH_CA.into(), validation_context(MESH_CA, &bundle.join(""))));
+        given.push(MESH_CA.into());
+        let mut bundle = String::new();
+        let before = problems.len();
+        for path in &request.mesh_ca {
+            match checker.ca_bundle(Role::MeshCa, path) {
+                Ok(text) => bundle.push_str(&text),
+                Err(e) => problems.extend(e),
+            }
+        }
+        if problems.len() == before {
+            files.push((MESH_CA.into(), validation_context(MESH_CA, &bundle)));
+            mesh_bundle = Some(bundle);
+        }
     }
     for (identity, (cert, key)) in &request.identities {
-        let name = format!("external-{identity}");
-        files.push((name.clone(), tls_certificate(&name, &read_certificates(cert, "identity")?, &read_key(key)?)));
-    }
-    for (destination, ca) in &request.cas {
-        let name = request.ca_secrets.get(destination).cloned().unwrap_or_else(|| format!("{destination}-ca"));
-        if files.iter().any(|(n, _)| *n == name) {
-            continue; // one CA secret shared by several destinations (--ca-secret)
+        let name = identity_secret(identity);
+        given.push(name.clone());
+        let Some((_, declared)) = policy.and_then(|p| p.config.identities.get(identity)) else {
+            problems.push(format!("--identity {identity}: the policy declares no identity {identity}"));
+            continue;
+        };
+        let role = Role::Identity { name: identity, expected: &declared.certificate };
+        match checker.keyed_certificate(role, cert, key) {
+            Ok(k) => files.push((name.clone(), tls_certificate(&name, &k.chain, &k.key))),
+            Err(e) => problems.extend(e),
         }
-        files.push((name.clone(), validation_context(&name, &read_certificates(ca, "CA")?)));
+    }
+    // One CA secret may serve several destinations (--ca-secret), even be the mesh CA's: each file is
+    // checked, and all must agree.
+    let own: Vec<String> = given.iter().filter(|n| *n != MESH_CA).cloned().collect();
+    let mut cas: BTreeMap<String, (&str, String)> = BTreeMap::new();
+    if let Some(bundle) = mesh_bundle {
+        cas.insert(MESH_CA.into(), ("--mesh-ca", bundle));
+    }
+    for (destination, path) in &request.cas {
+        let name = request.ca_secrets.get(destination).cloned().unwrap_or_else(|| default_ca_secret(destination));
+        if own.contains(&name) {
+            problems.push(format!("--ca {destination}: its CA secret {name} is a certificate's, not a CA's"));
+            continue;
+        }
+        given.push(name.clone());
+        match checker.ca_bundle(Role::PartnerCa(destination), path) {
+            Err(e) => problems.extend(e),
+            Ok(bundle) => match cas.get(&name) {
+                Some((first, other)) if *other != bundle => problems.push(format!(
+                    "--ca {destination}: {first} and {destination} share the CA secret {name} but were given different CAs"
+                )),
+                Some(_) => {}
+                None => {
+                    files.push((name.clone(), validation_context(&name, &bundle)));
+                    cas.insert(name, (destination, bundle));
+                }
+            },
+        }
     }
     if let Some(policy) = policy {
-        let missing: Vec<String> = wanted(policy, &request.ca_secrets)?
+        let missing: Vec<String> = wanted(policy, &request.ca_secrets)
             .into_iter()
-            .filter(|(name, _)| !files.iter().any(|(n, _)| n == name))
+            .filter(|(name, _)| !given.contains(name))
             .map(|(name, why)| format!("{name} ({why})"))
             .collect();
         if !missing.is_empty() {
-            return Err(format!("the gateway of this policy also reads: {}", missing.join(", ")));
+            problems.push(format!("the gateway of this policy also reads: {}", missing.join(", ")));
         }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
     }
     if files.is_empty() {
         return Err("nothing to write: give --gateway-cert/--gateway-key, --mesh-ca, --identity or --ca".into());

@@ -7,15 +7,19 @@
 //!   by istiod over SDS (`kubernetes://<secret>` and `kubernetes://<secret>-cacert`).
 //! - Kuma: `<destination>-ca`, `egress-identity-<identity>-cert` and `-key`, each `type:
 //!   system.kuma.io/secret` with `data.value`, labelled `kuma.io/mesh`.
+//!
+//! Every file is checked for the role it serves ([`crate::certificate_material`]): each identity's
+//! certificate against what the policy declares it carries, each CA as a CA; a certificate field holds
+//! certificates only.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
 
+use crate::certificate_material::{Checker, KeyedCertificate, Role};
 use crate::render::envoy::{originating_clusters, IdentityCluster};
 use crate::render::{documents, istio, kuma, map, s, PolicyFile, Yaml};
-use crate::sds::{read_certificates, read_key};
 
 /// The platform whose Secrets to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +61,8 @@ fn secret(name: &str, namespace: &str, labels: Yaml, kind: &str, data: Vec<(&str
     ])
 }
 
-/// Refuses what was given but is never read, and names what is read but was not given.
-fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result<(), String> {
+/// What was given but is never read, and what is read but was not given.
+fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Vec<String> {
     let mut problems = Vec::new();
     for identity in request.identities.keys() {
         if !clusters.iter().any(|c| c.identity == *identity) {
@@ -86,28 +90,42 @@ fn check_given(request: &SecretsRequest, clusters: &[IdentityCluster]) -> Result
     if !missing.is_empty() {
         problems.push(format!("the manifests of this policy also read: {}", missing.join(", ")));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems
 }
 
-/// The Secrets, as one multi-document YAML text.
-pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, String> {
-    let mesh = if request.platform == Platform::Istio { "Istio" } else { "Kuma" };
-    crate::render::refuse_shared_clusters(policy, mesh).map_err(|e| e.to_string())?;
-    let clusters = originating_clusters(policy).map_err(|e| e.to_string())?;
-    check_given(request, &clusters)?;
+/// The Secrets, as one multi-document YAML text; refused with every problem, one per line. Warnings are
+/// left in `checker`.
+pub fn render(request: &SecretsRequest, policy: &PolicyFile, checker: &mut Checker) -> Result<String, String> {
+    let clusters = originating_clusters(policy);
+    let mut problems = check_given(request, &clusters);
     let mut cas: BTreeMap<&str, String> = BTreeMap::new();
     for (destination, path) in &request.cas {
-        cas.insert(destination, read_certificates(path, "CA")?);
+        match checker.ca_bundle(Role::PartnerCa(destination), path) {
+            Ok(bundle) => {
+                cas.insert(destination, bundle);
+            }
+            Err(e) => problems.extend(e),
+        }
+    }
+    let mut identities: BTreeMap<&str, KeyedCertificate> = BTreeMap::new();
+    for (identity, (cert, key)) in &request.identities {
+        // An identity the policy does not declare is named by check_given (no destination uses it).
+        let Some((_, declared)) = policy.config.identities.get(identity) else { continue };
+        match checker.keyed_certificate(Role::Identity { name: identity, expected: &declared.certificate }, cert, key) {
+            Ok(material) => {
+                identities.insert(identity, material);
+            }
+            Err(e) => problems.extend(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
     }
     let mut docs = Vec::new();
     let ns = request.namespace.as_str();
     match request.platform {
         Platform::Istio => {
-            for (identity, (cert, key)) in &request.identities {
+            for (identity, material) in &identities {
                 // One Secret per identity carries the partner's CA too: every destination using it must
                 // trust the same CA, or one partner's CA would vouch for another partner.
                 let mut ca: Option<(&str, &String)> = None;
@@ -131,11 +149,7 @@ pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, S
                     ns,
                     labels(&[]),
                     "Opaque",
-                    vec![
-                        ("tls.crt", b64(&read_certificates(cert, "identity")?)),
-                        ("tls.key", b64(&read_key(key)?)),
-                        ("ca.crt", b64(ca)),
-                    ],
+                    vec![("tls.crt", b64(&material.chain)), ("tls.key", b64(&material.key)), ("ca.crt", b64(ca))],
                 ));
             }
         }
@@ -150,22 +164,21 @@ pub fn render(request: &SecretsRequest, policy: &PolicyFile) -> Result<String, S
                     vec![("value", b64(ca))],
                 ));
             }
-            for (identity, (cert, key)) in &request.identities {
+            for (identity, material) in &identities {
                 let base = kuma::secret_base(identity);
-                let (cert, key) = (read_certificates(cert, "identity")?, read_key(key)?);
                 docs.push(secret(
                     &format!("{base}-cert"),
                     ns,
                     kuma_labels(),
                     "system.kuma.io/secret",
-                    vec![("value", b64(&cert))],
+                    vec![("value", b64(&material.chain))],
                 ));
                 docs.push(secret(
                     &format!("{base}-key"),
                     ns,
                     kuma_labels(),
                     "system.kuma.io/secret",
-                    vec![("value", b64(&key))],
+                    vec![("value", b64(&material.key))],
                 ));
             }
         }

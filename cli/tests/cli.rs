@@ -4,6 +4,9 @@
 
 use std::process::{Command, Output};
 
+use egress_identity_core::config_document::PlatformSpec;
+use egress_identity_core::platform::plugin_configuration;
+
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_egress-identity")).args(args).output().expect("running the CLI")
 }
@@ -53,26 +56,104 @@ fn validate_reports_every_error_with_its_path() {
     let bad = dir.join("bad.json");
     std::fs::write(
         &bad,
-        r#"{"trustDomains": ["Bad"], "destinations": [{"name": "d", "hosts": ["x.example"], "ports": [0],
-            "identities": [{"name": "i", "cluster": "c", "principals": ["*"]}]}]}"#,
+        r#"{"trustDomains": ["Bad"], "identities": [{"name": "i", "principals": ["*"]}],
+            "destinations": [{"name": "d", "host": "x.example", "port": 0, "identities": ["i"]}]}"#,
     )
     .unwrap();
     let out = cli(&["validate", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("trustDomains[0]: \"Bad\""), "{stderr}");
-    assert!(stderr.contains("destinations[0].ports[0]: 0 is not a port"), "{stderr}");
+    // Every platform refuses both: each said once, untagged.
+    let shown = bad.display();
+    assert!(stderr.contains(&format!("{shown}: trustDomains[0]: \"Bad\"")), "{stderr}");
+    assert!(stderr.contains(&format!("{shown}: destinations[0].port: 0 is not a port")), "{stderr}");
+    assert_eq!(stderr.matches("destinations[0].port: ").count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty(), "no platform accepts it: {}", text(&out.stdout));
 
     let good = dir.join("good.json");
     std::fs::write(
         &good,
-        r#"{"trustDomains": ["cluster.local"], "destinations": [{"name": "d", "hosts": ["x.example"], "ports": [443],
-            "identities": [{"name": "i", "cluster": "c", "principals": ["*"]}]}]}"#,
+        r#"{"trustDomains": ["cluster.local"], "identities": [{"name": "i", "principals": ["*"]}],
+            "destinations": [{"name": "d", "host": "x.example", "port": 443, "identities": ["i"]}]}"#,
     )
     .unwrap();
     let out = cli(&["validate", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("valid (0 gateway policies, 1 destinations)"));
+    assert!(
+        text(&out.stdout).contains(
+            "valid for envoy, istio-gateway, istio-waypoint, kuma (0 gateway policies, 1 destinations, 1 identities)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+/// `validate` compiles for every platform unless told which: what one platform refuses fails the policy,
+/// each error tagged with the platforms that refuse it when not all of them do.
+#[test]
+fn validate_checks_every_platform_and_names_those_that_refuse() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
+    // The demo's single-cluster destinations are Envoy's alone.
+    let out = cli(&["validate", demo]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("valid for envoy (2 gateway policies, 5 destinations, 2 identities)"), "{stdout}");
+    for platform in ["istio-gateway", "istio-waypoint", "kuma"] {
+        for d in [3, 4] {
+            let tagged =
+                format!("[{platform}] destinations[{d}].singleCluster: {platform} cannot carry single-cluster mode");
+            assert!(stderr.contains(&tagged), "{tagged:?} in:\n{stderr}");
+        }
+    }
+    assert!(!stderr.contains("[envoy"), "{stderr}");
+    // Asked for Envoy alone: valid, and nothing said of the others.
+    let out = cli(&["validate", demo, "--platform", "envoy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("valid for envoy (2 gateway policies"), "{}", text(&out.stdout));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // Asked for Kuma alone: refused, its errors untagged (every platform asked refuses), nothing valid.
+    let out = cli(&["validate", demo, "--platform", "kuma"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("policy.json: destinations[3].singleCluster: kuma cannot carry"), "{stderr}");
+    assert!(!stderr.contains("[kuma]"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // One error shared by three platforms: Kuma alone gives callers its MeshIdentity's trust domain.
+    let kuma_callers = r#"{"localTrustDomain": "cluster.local",
+        "identities": [{"name": "app", "principals": ["spiffe://default.zone-1.mesh.local/ns/team/sa/app1"]}],
+        "destinations": [{"name": "d", "host": "x.example", "port": 443, "identities": ["app"]}]}"#;
+    let (code, stdout, stderr) = validate_on("kuma-callers", kuma_callers, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.contains("valid for kuma (0 gateway policies, 1 destinations, 1 identities)"), "{stdout}");
+    assert!(
+        stderr.contains("[envoy, istio-gateway, istio-waypoint] identities[0].principals[0]: ")
+            && stderr.contains("not one callers can come from"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = validate_on("kuma-callers", kuma_callers, &["kuma"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // What a platform leaves out is a warning, tagged with it; the policy is valid everywhere.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.json");
+    let out = cli(&["validate", example]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "valid for envoy, istio-gateway, istio-waypoint, kuma (2 gateway policies, 3 destinations, 2 identities)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    for warning in [
+        "[istio-waypoint] warning: destinations[1]: partner-db (tcp) is not carried by istio-waypoint",
+        "[istio-waypoint] warning: destinations[2]: partner-files (tls) is not carried by istio-waypoint",
+    ] {
+        assert!(stderr.contains(warning), "{warning:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
 }
 
 #[test]
@@ -108,14 +189,26 @@ fn explain_exits_0_on_allow_3_on_deny_and_1_on_a_bad_configuration() {
     assert!(out.stdout.is_empty());
 }
 
-/// Writes `json` to a file of its own and runs `validate` on it: (exit code, stderr).
-fn validate_text(name: &str, json: &str) -> (Option<i32>, String) {
+/// Writes `json` to a file of its own and runs `validate` on it for `platforms` (every platform when none):
+/// (exit code, stdout, stderr).
+fn validate_on(name: &str, json: &str, platforms: &[&str]) -> (Option<i32>, String, String) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-validate");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, json).unwrap();
-    let out = cli(&["validate", file.to_str().unwrap()]);
-    (out.status.code(), text(&out.stderr))
+    let mut args = vec!["validate", file.to_str().unwrap()];
+    for platform in platforms {
+        args.extend(["--platform", platform]);
+    }
+    let out = cli(&args);
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `validate --platform envoy` of `json` (the demo policy is a plain Envoy one: its single-cluster
+/// destinations are Envoy's alone): (exit code, stderr).
+fn validate_text(name: &str, json: &str) -> (Option<i32>, String) {
+    let (code, _, stderr) = validate_on(name, json, &["envoy"]);
+    (code, stderr)
 }
 
 /// The demo policy with `edit` applied to its JSON.
@@ -212,7 +305,8 @@ fn validate_reports_every_schema_error_and_bounds_the_document() {
     let json = demo_with(|p| {
         p["gateway"]["policies"][0]["action"] = json!("ALOW");
         p["gateway"]["policies"][1]["rules"][0]["when"] = json!([{"key": "k"}]);
-        p["destinations"][0]["ports"] = json!([443, "https"]);
+        p["destinations"][0]["port"] = json!("https");
+        p["identities"][1]["principals"] = json!("spiffe://cluster.local/ns/team/sa/app2");
         p["trustDomain"] = json!("x");
     });
     let (code, stderr) = validate_text("schema", &json);
@@ -220,7 +314,8 @@ fn validate_reports_every_schema_error_and_bounds_the_document() {
     for path in [
         "gateway.policies[0].action: unknown variant `ALOW`",
         "gateway.policies[1].rules[0].when: unknown field `when`",
-        "destinations[0].ports[1]: invalid type",
+        "destinations[0].port: invalid type",
+        "identities[1].principals: invalid type",
         "trustDomain: unknown field `trustDomain`",
     ] {
         assert!(stderr.contains(path), "missing {path:?} in:\n{stderr}");
@@ -234,7 +329,7 @@ fn validate_reports_every_schema_error_and_bounds_the_document() {
     let long_name = "d".repeat(200);
     let (code, stderr) = validate_text("long-name", &demo_with(|p| p["destinations"][0]["name"] = json!(long_name)));
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("destinations[0].name: ") && stderr.contains("(200 bytes)"), "{stderr}");
+    assert!(stderr.contains("destinations[0].name: ") && stderr.contains("(200 bytes) is not a DNS label"), "{stderr}");
 
     let huge = format!("{{\"destinations\": [], \"pad\": \"{}\"}}", "x".repeat(17 * 1024 * 1024));
     let (code, stderr) = validate_text("huge", &huge);
@@ -318,16 +413,172 @@ fn validate_refuses_http_only_fields_where_connections_are_decided() {
     assert_eq!(validate_text("http-methods", &on_http).0, Some(0));
 }
 
+/// Envoy files a cluster's stats under its name split at '.': identity names may have dots (`team.app1`)
+/// because no cluster is named by hand any more; the derived cluster writes them as '-'. A name that could
+/// not be written into a cluster, a file or a Secret is refused.
 #[test]
-fn validate_refuses_cluster_names_that_break_envoys_stats() {
-    let dotted =
-        demo_with(|p| p["destinations"][0]["identities"][0]["cluster"] = serde_json::json!("partner-api|team.app1"));
-    let (code, stderr) = validate_text("dotted-cluster", &dotted);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("destinations[0].identities[0].cluster: ")
-            && stderr.contains("filed under \"partner-api|team\"")
-            && stderr.contains("\"partner-api|team-app1\""),
-        "{stderr}"
+fn identity_names_with_dots_give_clusters_without_them() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
+    let explain = |principal: &str, extra: &[&str]| {
+        let mut args = vec!["explain", policy, "--principal", principal, "--json"];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["decision"].clone()
+    };
+    let app2 = "spiffe://cluster.local/ns/team/sa/app2";
+    let d = explain(app2, &["--host", "api.partner.example"]);
+    assert_eq!((d["identity"].as_str(), d["cluster"].as_str()), (Some("team.app2"), Some("partner-api|team-app2")));
+    let d = explain(app2, &["--sni", "api.partner.example", "--port", "10444"]);
+    assert_eq!((d["identity"].as_str(), d["cluster"].as_str()), (Some("team.app2"), Some("partner-tcp|team-app2")));
+    // Single-cluster mode: one cluster for the destination, the identity's SDS secret by its own name.
+    let d = explain(app2, &["--host", "api.partner.example", "--port", "8443"]);
+    assert_eq!(
+        (d["identity"].as_str(), d["cluster"].as_str(), d["secret"].as_str()),
+        (Some("team.app2"), Some("partner-shared|shared"), Some("team.app2"))
     );
+    // Kuma names the same identity's cluster after the MeshExternalService `<destination>-<identity>`.
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.json")).unwrap();
+    let kuma = PlatformSpec::Kuma {
+        mesh: "default".into(),
+        zone: "zone-1".into(),
+        namespace: "kuma-system".into(),
+        egress_port: 10002,
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-explain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kuma_configuration = dir.join("kuma-plugin-configuration.json");
+    std::fs::write(&kuma_configuration, plugin_configuration(&example, &kuma).unwrap()).unwrap();
+    let out = cli(&[
+        "explain",
+        kuma_configuration.to_str().unwrap(),
+        "--principal",
+        "spiffe://default.zone-1.mesh.local/ns/team/sa/app2",
+        "--host",
+        "partner-api.extsvc.mesh.local",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["decision"]["identity"], "team.app2");
+    assert_eq!(report["decision"]["cluster"], "kri_extsvc_default_zone-1_kuma-system_partner-api-team-app2_80");
+    for (name, bad) in [("pipe", "team|app1"), ("upper", "Team.App1"), ("edge-dot", "team.app1.")] {
+        let json = demo_with(|p| {
+            p["identities"][0]["name"] = serde_json::json!(bad);
+            for d in p["destinations"].as_array_mut().unwrap() {
+                if let Some(list) = d.get_mut("identities") {
+                    list[0] = serde_json::json!(bad);
+                }
+            }
+        });
+        let (code, stderr) = validate_text(&format!("identity-{name}"), &json);
+        assert_eq!(code, Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains(&format!("identities[0].name: {bad:?} is not an identity name")), "{bad}: {stderr}");
+    }
+}
+
+/// What the partner sees of the chosen identity (its declared certificate, `CN=<name>` by default), and
+/// nothing of the gateway's for a tls passthrough.
+#[test]
+fn explain_says_what_the_partner_sees() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/policy.json");
+    let app1 = "spiffe://cluster.local/ns/team/sa/app1";
+    let out = cli(&["explain", policy, "--principal", app1, "--host", "api.partner.example"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("decision:     allow as team.app1 (cluster partner-api|team-app1)\n"), "{stdout}");
+    assert!(stdout.contains("partner sees: CN=team.app1\n"), "{stdout}");
+    let out = cli(&["explain", policy, "--principal", app1, "--sni", "tls.partner.example", "--port", "10444"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("allow as passthrough (cluster partner-tls|passthrough)"), "{stdout}");
+    assert!(stdout.contains("partner sees: the caller's own certificate (tls passthrough)\n"), "{stdout}");
+    // A declared certificate: its common name and every DNS SAN (lower case), as the partner reads them.
+    let declared = demo_with(|p| {
+        p["identities"][0]["certificate"] =
+            serde_json::json!({"commonName": "partner-issued-17", "dnsNames": ["App1.Partner.Example"]});
+    });
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-explain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("certificate.json");
+    std::fs::write(&file, declared).unwrap();
+    let out = cli(&["explain", file.to_str().unwrap(), "--principal", app1, "--host", "api.partner.example", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["decision"]["presents"], "CN=partner-issued-17, DNS SANs [app1.partner.example]");
+}
+
+/// Rules keep Istio's meaning of an absent field (any), so an empty list, which reads as "none", is refused
+/// with its path and the way out.
+#[test]
+fn validate_refuses_empty_lists_in_rules() {
+    for (pointer, path) in [
+        (
+            "/gateway/policies/0/rules/0/from/0/source/namespaces",
+            "gateway.policies[0].rules[0].from[0].source.namespaces",
+        ),
+        ("/destinations/0/policies/1/rules/0/from", "destinations[0].policies[1].rules[0].from"),
+        (
+            "/destinations/0/policies/1/rules/0/from/0/source/principals",
+            "destinations[0].policies[1].rules[0].from[0].source.principals",
+        ),
+        (
+            "/destinations/0/policies/0/rules/0/to/0/operation/paths",
+            "destinations[0].policies[0].rules[0].to[0].operation.paths",
+        ),
+    ] {
+        let json = demo_with(|p| *p.pointer_mut(pointer).unwrap() = serde_json::json!([]));
+        let (code, stderr) = validate_text(&format!("empty{}", pointer.replace('/', "-")), &json);
+        assert_eq!(code, Some(1), "{path}: {stderr}");
+        let line = format!("{path}: an empty list");
+        assert!(stderr.contains(&line) && stderr.contains("omit the field to match any"), "{line:?} in:\n{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+/// A policy of the previous format is refused with the way out, and `migrate` is that way: the new policy on
+/// stdout (what changed on stderr), or every problem it cannot convert faithfully, with its path.
+#[test]
+fn the_previous_format_points_to_migrate_which_converts_it() {
+    let fixture = |name: &str| format!("{}/tests/migrate/{name}", env!("CARGO_MANIFEST_DIR"));
+    let old = fixture("istio-gateway.json");
+    let out = cli(&["validate", &old]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("destinations[0].hosts: unknown field `hosts`"), "{stderr}");
+    assert!(stderr.contains("`egress-identity migrate POLICY` rewrites it"), "{stderr}");
+
+    let out = cli(&["migrate", &old]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let notes = text(&out.stderr);
+    assert!(!notes.is_empty() && notes.lines().all(|l| l.starts_with("note: ")), "{notes}");
+    assert!(notes.contains("note: principalSources: dropped"), "{notes}");
+    let migrated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(migrated["identities"].is_array() && migrated.get("principalSources").is_none(), "{migrated}");
+    // The converted policy is valid everywhere, and --out writes the same text.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-migrate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = dir.join("istio-gateway.json");
+    let out_file = cli(&["migrate", &old, "--out", new.to_str().unwrap()]);
+    assert_eq!(out_file.status.code(), Some(0), "{}", text(&out_file.stderr));
+    assert!(out_file.stdout.is_empty());
+    assert!(text(&out_file.stderr).contains(&format!("wrote {}", new.display())), "{}", text(&out_file.stderr));
+    assert_eq!(std::fs::read(&new).unwrap(), out.stdout);
+    let out = cli(&["validate", new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("valid for envoy, istio-gateway, istio-waypoint, kuma"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Kuma's old policies named Kuma's own host names: the partner's host is unknown, so nothing is written.
+    let out = cli(&["migrate", &fixture("kuma.json")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    for path in ["destinations[0].hosts: ", "destinations[1].hosts: "] {
+        assert!(stderr.contains(&format!("kuma.json: {path}")), "{path:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("write \"host\""), "{stderr}");
 }

@@ -1,20 +1,106 @@
-//! `egress-identity render`: the committed envoy/gateway.yaml and examples/ manifests are exactly the render
-//! of their policy files, and a rendered bootstrap for a bigger policy passes `envoy --mode validate`.
+//! `egress-identity render`: the committed envoy/gateway.yaml and examples/ files are exactly what the
+//! Makefile's `render` target writes (the demo policy, and the one example policy for every platform), the
+//! rendered Envoy bootstraps pass `envoy --mode validate`, and so does the bootstrap of a bigger policy.
 #![cfg(test)]
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use egress_identity_core::config_document::PlatformSpec;
+use egress_identity_core::platform::plugin_configuration;
 use egress_identity_harness::{repo_root, sds, topology};
 
-/// The flags `make render` gives `render envoy` for the local demo (Makefile: DEMO_RENDER_FLAGS).
-/// The Makefile's `DEMO_RENDER_FLAGS` (continuation lines joined), what `make render` renders the demo with.
+/// The Makefile with its continuation lines joined.
+fn makefile() -> String {
+    std::fs::read_to_string(repo_root().join("Makefile")).unwrap().replace("\\\n", " ")
+}
+
+/// The Makefile's `DEMO_RENDER_FLAGS`, what `make render` renders the demo with.
 fn demo_flags() -> Vec<String> {
-    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
-    let joined = makefile.replace("\\\n", " ");
-    let line = joined.lines().find_map(|l| l.strip_prefix("DEMO_RENDER_FLAGS := ")).expect("DEMO_RENDER_FLAGS");
+    let makefile = makefile();
+    let line = makefile.lines().find_map(|l| l.strip_prefix("DEMO_RENDER_FLAGS := ")).expect("DEMO_RENDER_FLAGS");
     line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Where one `$(RENDER)` line of the `render` target writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Written {
+    /// Its stdout, redirected to this file.
+    File(String),
+    /// `--out-dir`: one file per kind in this directory.
+    Dir(String),
+}
+
+/// One `$(RENDER) ...` command of the Makefile's `render` target: its arguments after `render`, Make's
+/// variables expanded, and where it writes.
+#[derive(Debug)]
+struct RenderCommand {
+    args: Vec<String>,
+    output: Written,
+}
+
+/// The `$(RENDER)` commands of the Makefile's `render` target, in order. A Make variable this does not know
+/// fails the test, so a change of the target's shape is noticed rather than rendered differently.
+fn render_target() -> Vec<RenderCommand> {
+    let makefile = makefile();
+    let mut lines = makefile.lines().skip_while(|l| *l != "render:").skip(1);
+    let mut commands = Vec::new();
+    while let Some(line) = lines.next().filter(|l| l.starts_with('\t')) {
+        let Some(rest) = line.trim().strip_prefix("$(RENDER) ") else { continue };
+        let mut args = Vec::new();
+        let mut output = None;
+        // `$(call F,ARGS)` as one token.
+        let rest = rest.replace("$(call ", "$(call:");
+        let mut tokens = rest.split_whitespace().map(|t| t.trim_matches('"'));
+        while let Some(token) = tokens.next() {
+            if token == ">" {
+                let file = tokens.next().expect("a file after >");
+                output = Some(Written::File(file.strip_suffix(".tmp").unwrap_or(file).to_string()));
+            } else if token == "--out-dir" {
+                output = Some(Written::Dir(tokens.next().expect("a directory after --out-dir").to_string()));
+            } else if token == "$(DEMO_RENDER_FLAGS)" {
+                args.extend(demo_flags());
+            } else if let Some(dir) = token.strip_prefix("$(call:ISTIO_IMAGE,").and_then(|t| t.strip_suffix(')')) {
+                args.push(istio_image(dir));
+            } else {
+                assert!(!token.contains('$'), "Makefile render: unknown Make variable in {token:?}: {line}");
+                args.push(token.to_string());
+            }
+        }
+        commands.push(RenderCommand { args, output: output.unwrap_or_else(|| panic!("no output in {line}")) });
+    }
+    commands
+}
+
+/// The image of the committed WasmPlugin of `dir` (the Makefile's `ISTIO_IMAGE`).
+fn istio_image(dir: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join(dir).join("wasm-plugin.yaml")).unwrap();
+    text.lines().find_map(|l| l.trim().strip_prefix("url: ")).expect("url: line").to_string()
+}
+
+#[test]
+fn the_render_target_renders_the_demo_and_every_platform_from_the_example_policy() {
+    let commands = render_target();
+    let outputs: Vec<(&Written, &str, &str)> =
+        commands.iter().map(|c| (&c.output, c.args[0].as_str(), c.args[1].as_str())).collect();
+    let file = |f: &str| Written::File(f.into());
+    let dir = |d: &str| Written::Dir(d.into());
+    assert_eq!(
+        outputs,
+        [
+            (&file("envoy/gateway.yaml"), "envoy", "envoy/policy.json"),
+            (&file("examples/envoy/gateway.yaml"), "envoy", "examples/policy.json"),
+            (&dir("examples/istio/egress-gateway"), "istio", "examples/policy.json"),
+            (&dir("examples/istio/egress-waypoint"), "istio", "examples/policy.json"),
+            (&dir("examples/kuma"), "kuma", "examples/policy.json"),
+        ],
+        "{commands:#?}"
+    );
+    // The demo listens on the L4 ports its tcp/tls destinations declare, on loopback: no fixed L4 listener.
+    let flags = demo_flags();
+    assert!(flags.len() >= 6 && flags.windows(2).any(|w| w == ["--l4-address", "127.0.0.1"]), "{flags:?}");
+    assert!(!flags.iter().any(|f| f == "--listen-l4"), "{flags:?}");
 }
 
 fn cli(args: &[&str]) -> Output {
@@ -50,79 +136,137 @@ fn first_difference(a: &str, b: &str) -> Option<String> {
     Some(format!("line {}: committed {:?}, rendered {:?}", i + 1, al.get(i), bl.get(i)))
 }
 
-#[test]
-fn gateway_yaml_is_the_render_of_the_demo_policy() {
-    let committed = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
-    let flags = demo_flags();
-    assert!(flags.len() >= 6 && flags.iter().any(|f| f == "--listen-l4"), "{flags:?}");
-    let mut args = vec!["render", "envoy", "envoy/policy.json"];
-    args.extend(flags.iter().map(String::as_str));
-    let rendered = stdout_of(&args);
-    if let Some(d) = first_difference(&committed, &rendered) {
-        panic!(
-            "envoy/gateway.yaml is not `render envoy envoy/policy.json {}` (run `make render`): {d}",
-            flags.join(" ")
-        );
-    }
-    // The plugin configuration the harness runs is the policy file.
-    let policy: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("envoy/policy.json")).unwrap()).unwrap();
-    let block: serde_json::Value = serde_json::from_str(&topology::plugin_config(&committed).unwrap()).unwrap();
-    assert_eq!(block, policy);
-    // Not vacuous: the production defaults give another file.
-    assert_ne!(stdout_of(&["render", "envoy", "envoy/policy.json", "--identity-sds", "unix:/run/sds.sock"]), committed);
-}
-
-/// `(directory, render arguments)` of each example.
-fn examples() -> Vec<(&'static str, Vec<String>)> {
-    let image = |dir: &str| {
-        let text = std::fs::read_to_string(repo_root().join(dir).join("wasm-plugin.yaml")).unwrap();
-        text.lines().find_map(|l| l.trim().strip_prefix("url: ")).expect("url: line").to_string()
-    };
-    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let mut gateway = owned(&["istio", "examples/istio/egress-gateway/policy.json", "--mode", "gateway", "--image"]);
-    gateway.push(image("examples/istio/egress-gateway"));
-    let mut waypoint = owned(&["istio", "examples/istio/egress-waypoint/policy.json", "--mode", "waypoint", "--image"]);
-    waypoint.push(image("examples/istio/egress-waypoint"));
-    let kuma = owned(&[
-        "kuma",
-        "examples/kuma/policy.json",
-        "--upstream",
-        "partner-api=api.partner.example:443",
-        "--upstream",
-        "partner-db=db.partner.example:5432",
-    ]);
-    vec![
-        ("examples/istio/egress-gateway", gateway),
-        ("examples/istio/egress-waypoint", waypoint),
-        ("examples/kuma", kuma),
-    ]
+/// The text of a repository file.
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
-fn example_manifests_are_the_render_of_their_policies() {
-    for (dir, args) in examples() {
-        let out_dir = tmp(&dir.replace('/', "_"));
-        let mut full = vec!["render".to_string()];
-        full.extend(args.clone());
-        full.extend(["--out-dir".to_string(), out_dir.display().to_string()]);
-        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        stdout_of(&refs);
-        let rendered = yaml_files(&out_dir);
-        let committed = yaml_files(&repo_root().join(dir));
-        assert_eq!(committed, rendered, "{dir}: the manifests are not those render writes");
-        for name in &rendered {
-            let a = std::fs::read_to_string(repo_root().join(dir).join(name)).unwrap();
-            let b = std::fs::read_to_string(out_dir.join(name)).unwrap();
-            if let Some(d) = first_difference(&a, &b) {
-                panic!("{dir}/{name} is not the render of {dir}/policy.json (run `make render`): {d}");
+fn committed_renders_are_what_the_render_target_writes() {
+    for command in render_target() {
+        let args: Vec<&str> = std::iter::once("render").chain(command.args.iter().map(String::as_str)).collect();
+        match &command.output {
+            Written::File(file) => {
+                let rendered = stdout_of(&args);
+                if let Some(d) = first_difference(&read(file), &rendered) {
+                    panic!("{file} is not `{}` (run `make render`): {d}", args.join(" "));
+                }
+            }
+            Written::Dir(dir) => {
+                let out_dir = tmp(&dir.replace('/', "_"));
+                let out = out_dir.display().to_string();
+                let mut with_dir = args.clone();
+                with_dir.extend(["--out-dir", out.as_str()]);
+                stdout_of(&with_dir);
+                let rendered = yaml_files(&out_dir);
+                let committed = yaml_files(&repo_root().join(dir));
+                assert_eq!(committed, rendered, "{dir}: the manifests are not those render writes");
+                for name in &rendered {
+                    let a = read(&format!("{dir}/{name}"));
+                    let b = std::fs::read_to_string(out_dir.join(name)).unwrap();
+                    if let Some(d) = first_difference(&a, &b) {
+                        panic!("{dir}/{name} is not the render of `{}` (run `make render`): {d}", args.join(" "));
+                    }
+                }
+                // On stdout: the same documents, in the same order.
+                let stdout = stdout_of(&args);
+                let joined = rendered_in_order(&out_dir, &stdout);
+                assert_eq!(stdout, joined.join("---\n"), "{dir}: stdout differs from the files");
             }
         }
-        // On stdout: the same documents, in the same order.
-        let stdout = stdout_of(&refs[..refs.len() - 2]);
-        let joined: Vec<String> = rendered_in_order(&out_dir, &stdout).into_iter().collect();
-        assert_eq!(stdout, joined.join("---\n"), "{dir}: stdout differs from the files");
     }
+}
+
+#[test]
+fn the_gateways_run_their_policy_verbatim_with_its_platform() {
+    for (gateway, policy) in
+        [("envoy/gateway.yaml", "envoy/policy.json"), ("examples/envoy/gateway.yaml", "examples/policy.json")]
+    {
+        let committed = read(gateway);
+        let policy_text = read(policy);
+        // The plugin configuration the gateway runs (every filter's, identical) is the policy file, byte for
+        // byte, plus the platform.
+        let block = topology::plugin_config(&committed).unwrap();
+        let expected = plugin_configuration(&policy_text, &PlatformSpec::Envoy).unwrap();
+        assert_eq!(format!("{block}\n"), expected, "{gateway}");
+        let mut value: serde_json::Value = serde_json::from_str(&block).unwrap();
+        assert_eq!(value["platform"], serde_json::json!({"kind": "envoy"}), "{gateway}");
+        value.as_object_mut().unwrap().remove("platform");
+        assert_eq!(value, serde_json::from_str::<serde_json::Value>(&policy_text).unwrap(), "{gateway}");
+        // The L4 listener listens on every port a tcp/tls destination of the policy declares, and no other.
+        let mut declared: Vec<String> = value["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d.get("protocol").is_some_and(|p| p != "http"))
+            .map(|d| d["port"].to_string())
+            .collect();
+        declared.sort();
+        declared.dedup();
+        assert!(!declared.is_empty(), "{policy}: no tcp/tls destination");
+        assert_eq!(l4_ports(&committed), declared, "{gateway}");
+    }
+    // Not vacuous: the production defaults give another file.
+    let demo = read("envoy/gateway.yaml");
+    assert_ne!(stdout_of(&["render", "envoy", "envoy/policy.json", "--identity-sds", "unix:/run/sds.sock"]), demo);
+}
+
+/// The ports of the `egress-l4` listener of a rendered bootstrap (its address and additional addresses),
+/// sorted.
+fn l4_ports(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == "- name: egress-l4").expect("an egress-l4 listener");
+    let mut ports: Vec<String> = lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with("filter_chains:") && !l.starts_with("  - name:"))
+        .filter_map(|l| l.trim().strip_prefix("port_value: "))
+        .map(str::to_owned)
+        .collect();
+    ports.sort();
+    ports
+}
+
+/// Runs `envoy --mode validate` on a rendered bootstrap in a run directory with the filter, the test PKI's
+/// gateway secrets and the given extra SDS secrets (identities, partner CAs).
+fn validate_in_run_dir(name: &str, yaml: &str, identities: &[&str], cas: &[&str]) -> (PathBuf, topology::Validation) {
+    let run_dir = tmp(name);
+    let pki = topology::populate_run_dir(
+        &run_dir,
+        &topology::wasm_path(),
+        &repo_root().join("envoy/external-server/nginx.conf"),
+    )
+    .expect("preparing the run directory");
+    let sds_dir = run_dir.join(sds::SDS_DIR_IN_RUN_DIR);
+    let cert = pki.external_identity("team.app1");
+    for identity in identities {
+        sds::write_tls_certificate(&sds_dir, &sds::external_identity(identity), &cert).unwrap();
+    }
+    for ca in cas {
+        sds::write_validation_context(&sds_dir, ca, &[&pki.partner_ca_cert()]).unwrap();
+    }
+    let bootstrap = run_dir.join("gateway.yaml");
+    std::fs::write(&bootstrap, yaml).unwrap();
+    let v = topology::validate_bootstrap(&bootstrap, &run_dir).expect("running envoy");
+    (sds_dir, v)
+}
+
+/// The committed Envoy bootstraps (the demo's and the plain Envoy example's) load in Envoy, the filter
+/// accepting their plugin configuration; the example's fails without one of its partner CAs.
+#[test]
+fn committed_envoy_bootstraps_validate() {
+    let demo = read("envoy/gateway.yaml");
+    let (_, v) = validate_in_run_dir("validate-demo", &demo, &[], &[]);
+    assert!(v.ok, "envoy/gateway.yaml does not validate:\n{}", v.output);
+
+    let example = read("examples/envoy/gateway.yaml");
+    // render envoy's defaults: external-<identity> and <destination>-ca (no CA for the tls passthrough).
+    let cas = ["partner-api-ca", "partner-db-ca"];
+    let (sds_dir, v) = validate_in_run_dir("validate-example", &example, &["team.app2"], &cas);
+    assert!(v.ok, "examples/envoy/gateway.yaml does not validate:\n{}", v.output);
+    std::fs::remove_file(sds::resource_path(&sds_dir, "partner-db-ca")).unwrap();
+    let run_dir = sds_dir.parent().unwrap();
+    let v = topology::validate_bootstrap(&run_dir.join("gateway.yaml"), run_dir).expect("running envoy");
+    assert!(!v.ok && v.output.contains("partner-db-ca"), "validated without a partner CA:\n{}", v.output);
 }
 
 /// The YAML files under `dir` (subdirectories too), as sorted relative paths.
@@ -154,38 +298,34 @@ fn rendered_in_order(dir: &Path, stdout: &str) -> Vec<String> {
 const BIG_POLICY: &str = r#"{
   "localTrustDomain": "cluster.local",
   "trustDomains": ["partner-mesh.example"],
+  "identities": [
+    { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+    { "name": "team.app2", "principals": ["cluster.local/ns/team/sa/app2"] },
+    { "name": "team.shared" },
+    { "name": "billing.batch", "principals": ["cluster.local/ns/billing/sa/*"] },
+    { "name": "reports.reader", "principals": ["*"] }
+  ],
   "gateway": { "policies": [ { "name": "mesh", "action": "ALLOW",
     "rules": [ { "from": [ { "source": { "namespaces": ["team", "billing"] } } ] } ] } ] },
   "destinations": [
-    { "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+    { "name": "partner-api", "host": "api.partner.example", "port": 443,
       "policies": [ { "name": "team", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
-      "identities": [
-        { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] },
-        { "name": "team.app2", "cluster": "partner-api|team-app2", "principals": ["cluster.local/ns/team/sa/app2"] } ],
-      "defaultIdentity": { "name": "team.shared", "cluster": "partner-api|team-shared" } },
-    { "name": "billing", "hosts": ["billing.example.net"], "ports": [443],
+      "identities": ["team.app1", "team.app2"], "defaultIdentity": "team.shared" },
+    { "name": "billing", "host": "billing.example.net", "port": 443,
       "policies": [ { "name": "billing", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["billing"] } } ] } ] } ],
-      "identities": [
-        { "name": "billing.batch", "cluster": "billing|batch", "principals": ["cluster.local/ns/billing/sa/*"] },
-        { "name": "team.app1", "cluster": "billing|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ] },
-    { "name": "reports", "hosts": ["reports.example.org"], "ports": [9443],
-      "identities": [ { "name": "reports.reader", "cluster": "reports|reader", "principals": ["*"] } ] }
+      "identities": ["billing.batch", "team.app1"] },
+    { "name": "reports", "host": "reports.example.org", "port": 9443,
+      "identities": ["reports.reader"] }
   ]
 }"#;
 
-/// A bigger policy (three destinations, six identity clusters, a default identity, an identity name shared
-/// by two destinations, host-name and IP upstreams) renders into a bootstrap Envoy accepts, with the filter
-/// loading the policy; the control run without one identity's SDS file fails on it.
+/// A bigger policy (three destinations, six identity clusters, a default identity, an identity shared by two
+/// destinations, host-name and IP upstreams) renders into a bootstrap Envoy accepts, with the filter loading
+/// the policy; the control run without one identity's SDS file fails on it.
 #[test]
 fn rendered_bootstrap_of_a_bigger_policy_validates() {
-    let run_dir = tmp("validate");
-    let pki = topology::populate_run_dir(
-        &run_dir,
-        &topology::wasm_path(),
-        &repo_root().join("envoy/external-server/nginx.conf"),
-    )
-    .expect("preparing the run directory");
-    let policy = run_dir.join("policy.json");
+    let dir = tmp("big-policy");
+    let policy = dir.join("policy.json");
     std::fs::write(&policy, BIG_POLICY).unwrap();
     let yaml = stdout_of(&[
         "render",
@@ -198,31 +338,27 @@ fn rendered_bootstrap_of_a_bigger_policy_validates() {
         "--upstream",
         "reports=127.0.0.1:19443",
     ]);
+    // Derived: <destination>|<identity, '.' -> '-'>.
     for cluster in [
         "partner-api|team-app1",
         "partner-api|team-app2",
         "partner-api|team-shared",
-        "billing|batch",
+        "billing|billing-batch",
         "billing|team-app1",
-        "reports|reader",
+        "reports|reports-reader",
     ] {
         assert_eq!(yaml.matches(&format!("- name: \"{cluster}\"")).count(), 1, "{cluster}");
     }
-    let bootstrap = run_dir.join("big-gateway.yaml");
-    std::fs::write(&bootstrap, &yaml).unwrap();
-    let sds_dir = run_dir.join(sds::SDS_DIR_IN_RUN_DIR);
-    let cert = pki.external_identity("team.app1");
-    for identity in ["team.shared", "billing.batch", "reports.reader"] {
-        sds::write_tls_certificate(&sds_dir, &format!("external-{identity}"), &cert).unwrap();
-    }
-    for destination in ["partner-api", "billing", "reports"] {
-        sds::write_validation_context(&sds_dir, &format!("{destination}-ca"), &[&pki.partner_ca_cert()]).unwrap();
-    }
-    let v = topology::validate_bootstrap(&bootstrap, &run_dir).expect("running envoy");
+    // One secret per identity, whichever destinations present it.
+    assert_eq!(yaml.matches("- name: external-team.app1\n").count(), 2, "{yaml}");
+    let identities = ["team.shared", "billing.batch", "reports.reader"];
+    let cas = ["partner-api-ca", "billing-ca", "reports-ca"];
+    let (sds_dir, v) = validate_in_run_dir("validate", &yaml, &identities, &cas);
     assert!(v.ok, "the rendered bootstrap does not validate:\n{}\n{yaml}", v.output);
 
     std::fs::remove_file(sds::resource_path(&sds_dir, "external-billing.batch")).unwrap();
-    let v = topology::validate_bootstrap(&bootstrap, &run_dir).expect("running envoy");
+    let run_dir = sds_dir.parent().unwrap();
+    let v = topology::validate_bootstrap(&run_dir.join("gateway.yaml"), run_dir).expect("running envoy");
     assert!(
         !v.ok && v.output.contains("external-billing.batch"),
         "validated without an identity's secret:\n{}",
@@ -242,53 +378,70 @@ fn render_refuses_invalid_and_unrenderable_policies() {
         assert!(stderr.contains("gateway.policies[0].action: unknown variant `ALOW`"), "{target}: {stderr}");
         assert!(out.stdout.is_empty());
     }
-    // A wildcard, a second host or a second port would be sent to the one endpoint a cluster reaches.
+    // A destination is one partner host, which its clusters reach and its certificate is checked against: a
+    // wildcard is refused, and a list of hosts or ports is the previous format (migrate rewrites it).
     for (name, from, to, why) in [
         (
             "wildcard",
             "\"billing.example.net\"",
             "\"*.example.net\"",
-            "destinations[1] (billing): host \"*.example.net\" is a wildcard",
+            "destinations[1].host: \"*.example.net\" is a wildcard",
         ),
         (
             "hosts",
-            "\"billing.example.net\"",
-            "\"billing.example.net\", \"eu.billing.example.net\"",
-            "would be sent to \"billing.example.net\"",
+            "\"host\": \"billing.example.net\"",
+            "\"hosts\": [\"billing.example.net\", \"eu.billing.example.net\"]",
+            "destinations[1].hosts: unknown field `hosts`",
         ),
-        ("ports", "\"ports\": [9443]", "\"ports\": [9443, 443]", "destinations[2] (reports): ports 9443 and 443"),
+        ("ports", "\"port\": 9443", "\"ports\": [9443, 443]", "destinations[2].ports: unknown field `ports`"),
     ] {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, BIG_POLICY.replace(from, to)).unwrap();
-        for target in ["envoy", "istio"] {
+        for target in ["envoy", "istio", "kuma"] {
             let out = cli(&["render", target, file.to_str().unwrap()]);
-            assert_eq!(out.status.code(), Some(2), "{name} {target}");
+            assert_eq!(out.status.code(), Some(1), "{name} {target}");
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(stderr.contains(why), "{name} {target}: {stderr}");
+            if name != "wildcard" {
+                assert!(stderr.contains("egress-identity migrate"), "{name} {target}: {stderr}");
+            }
+            assert!(out.stdout.is_empty());
         }
     }
-    // The waypoint reads the principal from filter state only: a policy without that source is refused.
-    let out = cli(&["render", "istio", "examples/istio/egress-gateway/policy.json", "--mode", "waypoint"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("principalSources must include istio_peer_principal"));
-    // Nor does it carry tcp/tls destinations (no SNI names them inside HBONE): refused, not rendered half.
-    let mut waypoint: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("examples/istio/egress-waypoint/policy.json")).unwrap(),
-    )
-    .unwrap();
-    waypoint["destinations"].as_array_mut().unwrap().push(serde_json::json!({
-        "name": "db", "protocol": "tcp", "hosts": ["db.partner.example"], "ports": [5432],
-        "defaultIdentity": {"name": "db", "cluster": "db|x"}
-    }));
-    let file = dir.join("waypoint-l4.json");
-    std::fs::write(&file, waypoint.to_string()).unwrap();
-    let out = cli(&["render", "istio", file.to_str().unwrap(), "--mode", "waypoint"]);
-    assert_eq!(out.status.code(), Some(2));
+    // Single-cluster mode is Envoy's alone: the demo policy renders for Envoy, never for Istio or Kuma.
+    for args in [
+        &["istio", "envoy/policy.json"][..],
+        &["istio", "envoy/policy.json", "--mode", "waypoint"],
+        &["kuma", "envoy/policy.json"],
+    ] {
+        let mut full = vec!["render"];
+        full.extend_from_slice(args);
+        let out = cli(&full);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("destinations[3].singleCluster: ") && stderr.contains("cannot carry single-cluster mode"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // An ambient waypoint carries no tcp/tls destination (no SNI names it inside HBONE): rendered with a
+    // warning naming each, and nothing of theirs but the verbatim policy in the plugin configuration.
+    let out = cli(&["render", "istio", "examples/policy.json", "--mode", "waypoint"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("destinations[1] (db) is a tcp destination") && stderr.contains("--mode gateway"),
-        "{stderr}"
-    );
+    for warning in [
+        "destinations[1]: partner-db (tcp) is not carried by istio-waypoint",
+        "destinations[2]: partner-files (tls) is not carried by istio-waypoint",
+    ] {
+        assert!(stderr.contains(warning), "{stderr}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<&str> = stdout.split("---\n").collect();
+    assert!(docs.iter().any(|d| d.contains("api.partner.example")), "{stdout}");
+    for doc in docs.iter().filter(|d| !d.contains("kind: WasmPlugin") && !d.contains("kind: TrafficExtension")) {
+        assert!(!doc.contains("db.partner.example") && !doc.contains("files.partner.example"), "{doc}");
+    }
 }
 
 /// The spiffeID matches (type, value) of the rendered MeshTrafficPermissions.
@@ -308,38 +461,43 @@ fn kuma_allowed_ids(manifests: &str) -> Vec<(String, String)> {
 }
 
 /// Kuma's layer (MeshTrafficPermission) runs before the filter: it must let through every caller the filter
-/// would allow, or the rendered manifests deny what `explain` allows.
+/// would allow, or the rendered manifests deny what `explain` allows. `explain` decides on the plugin
+/// configuration the zone egress runs (the rendered MeshProxyPatch's), as Kuma delivers requests.
 #[test]
 fn the_rendered_kuma_permissions_let_through_whoever_explain_allows() {
     let dir = tmp("kuma-explain");
-    let example = std::fs::read_to_string(repo_root().join("examples/kuma/policy.json")).unwrap();
+    let example = read("examples/policy.json");
     let mut with_default: serde_json::Value = serde_json::from_str(&example).unwrap();
-    with_default["destinations"][0]["defaultIdentity"] = serde_json::json!({"name": "team.shared", "cluster": "kri_extsvc_default_zone-1_kuma-system_partner-api-team-shared_80"});
+    with_default["identities"].as_array_mut().unwrap().push(serde_json::json!({"name": "team.shared"}));
+    with_default["destinations"][0]["defaultIdentity"] = serde_json::json!("team.shared");
     with_default["gateway"]["policies"][1]["rules"][0]["from"][0]["source"]["namespaces"] =
         serde_json::json!(["team", "ops"]);
     with_default["destinations"][0]["policies"][1]["rules"][0]["from"][0]["source"] =
         serde_json::json!({"namespaces": ["team", "ops"]});
     let callers = ["team/sa/app1", "team/sa/app2", "team/sa/app3", "ops/sa/x", "quarantine/sa/app1", "other/sa/x"];
+    let kuma = PlatformSpec::Kuma {
+        mesh: "default".into(),
+        zone: "zone-1".into(),
+        namespace: "kuma-system".into(),
+        egress_port: 10002,
+    };
     let mut allowed_somewhere = 0;
     for (name, policy) in [("example", example), ("default-identity", with_default.to_string())] {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, &policy).unwrap();
-        let manifests = stdout_of(&[
-            "render",
-            "kuma",
-            file.to_str().unwrap(),
-            "--upstream",
-            "partner-api=api.partner.example:443",
-            "--upstream",
-            "partner-db=db.partner.example:5432",
-        ]);
+        let manifests = stdout_of(&["render", "kuma", file.to_str().unwrap()]);
         let permitted = kuma_allowed_ids(&manifests);
         assert!(!permitted.is_empty(), "{name}: no MeshTrafficPermission spiffeIDs:\n{manifests}");
+        // What the zone egress runs: the policy verbatim plus render kuma's platform.
+        let configuration = format!("{}\n", topology::plugin_config(&manifests).unwrap());
+        assert_eq!(Some(&configuration), plugin_configuration(&policy, &kuma).as_ref(), "{name}");
+        let plugin_file = dir.join(format!("{name}-plugin-configuration.json"));
+        std::fs::write(&plugin_file, &configuration).unwrap();
         for caller in callers {
             let id = format!("spiffe://default.zone-1.mesh.local/ns/{caller}");
             let out = cli(&[
                 "explain",
-                file.to_str().unwrap(),
+                plugin_file.to_str().unwrap(),
                 "--principal",
                 &id,
                 "--host",

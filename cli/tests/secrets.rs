@@ -1,5 +1,6 @@
 //! `egress-identity secrets`: what it refuses, by name. (That the Secrets it writes are valid and exactly
-//! those the rendered manifests read is tests/manifests/test_secrets.py.)
+//! those the rendered manifests read is tests/manifests/test_secrets.py; what it refuses of the certificate
+//! material itself is tests/certificate_checks.rs.)
 #![cfg(test)]
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -20,7 +21,7 @@ fn secrets_refuses_what_the_manifests_would_not_read_as_given() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-secrets");
     let _ = std::fs::remove_dir_all(&dir);
     let pki = Pki::generate(dir.join("pki")).unwrap();
-    let policy = repo_root().join("examples/istio/egress-gateway/policy.json");
+    let policy = repo_root().join("examples/policy.json");
     let p = policy.to_str().unwrap();
     let files = |name: &str| {
         let f = pki.external_identity(name);
@@ -59,10 +60,8 @@ fn secrets_refuses_what_the_manifests_would_not_read_as_given() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("destinations partner-api and partner-db have different CAs"), "{stderr}");
     // Kuma keeps one CA Secret per destination: the same files are fine there.
-    let kuma_policy = repo_root().join("examples/kuma/policy.json");
-    let k = kuma_policy.to_str().unwrap();
     let (code, stdout, stderr) =
-        secrets(&["kuma", k, "--identity", &app1, "--identity", &app2, "--ca", &api_ca, "--ca", &other_db]);
+        secrets(&["kuma", p, "--identity", &app1, "--identity", &app2, "--ca", &api_ca, "--ca", &other_db]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.matches("type: system.kuma.io/secret\n").count(), 6, "{stdout}");
 

@@ -35,36 +35,39 @@ fn allow_rules(n: usize) -> Vec<Value> {
 
 /// The same document as bench/policy.py's `plugin_config(n)`.
 fn policy(n: usize) -> Vec<u8> {
+    let mut declared: Vec<Value> = (0..n - 1)
+        .map(|i| json!({ "name": format!("svc-{i}"), "principals": [format!("cluster.local/ns/other-{i}/sa/app")] }))
+        .collect();
+    declared.extend(
+        (0..n - 1).map(
+            |i| json!({ "name": format!("other-{i}"), "principals": [format!("cluster.local/ns/other-{i}/sa/*")] }),
+        ),
+    );
+    declared.push(json!({ "name": "team.app1", "principals": [CALLER] }));
     let mut destinations: Vec<Value> = (0..n - 1)
         .map(|i| {
             json!({
                 "name": format!("svc-{i}"),
-                "hosts": [format!("svc-{i}.partner.example")],
-                "ports": [443],
+                "host": format!("svc-{i}.partner.example"),
+                "port": 443,
                 "policies": [ { "name": "allow-all", "action": "ALLOW", "rules": [ {} ] } ],
-                "identities": [ { "name": format!("svc-{i}"), "cluster": format!("svc-{i}|app"),
-                                  "principals": [format!("cluster.local/ns/other-{i}/sa/app")] } ],
+                "identities": [format!("svc-{i}")],
             })
         })
         .collect();
-    let mut identities: Vec<Value> = (0..n - 1)
-        .map(|i| {
-            json!({ "name": format!("other-{i}"), "cluster": format!("partner-api|other-{i}"),
-                    "principals": [format!("cluster.local/ns/other-{i}/sa/*")] })
-        })
-        .collect();
-    identities.push(json!({ "name": "team.app1", "cluster": "partner-api|team-app1", "principals": [CALLER] }));
+    let mut mapped: Vec<Value> = (0..n - 1).map(|i| json!(format!("other-{i}"))).collect();
+    mapped.push(json!("team.app1"));
     let deny_paths: Vec<Value> =
         (0..n).map(|i| json!({ "to": [ { "operation": { "paths": [format!("/admin-{i}*")] } } ] })).collect();
     destinations.push(json!({
         "name": "partner-api",
-        "hosts": ["api.partner.example"],
-        "ports": [443],
+        "host": "api.partner.example",
+        "port": 443,
         "policies": [
             { "name": "deny-paths", "action": "DENY", "rules": deny_paths },
             { "name": "allow-callers", "action": "ALLOW", "rules": allow_rules(n) },
         ],
-        "identities": identities,
+        "identities": mapped,
     }));
     let deny_blocked: Vec<Value> = (0..n)
         .map(|i| json!({ "from": [ { "source": { "principals": [format!("cluster.local/ns/blocked-{i}/*")] } } ] }))
@@ -72,6 +75,7 @@ fn policy(n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "localTrustDomain": "cluster.local",
         "trustDomainAliases": ["example.com", "example.org"],
+        "identities": declared,
         "gateway": { "policies": [
             { "name": "deny-blocked", "action": "DENY", "rules": deny_blocked },
             { "name": "allow-callers", "action": "ALLOW", "rules": allow_rules(n) },

@@ -147,10 +147,11 @@ mod tests {
         { "name": "mesh-egress", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team", "quarantine"] } } ] } ] },
         { "name": "shadow", "action": "DENY", "dryRun": true, "rules": [ { "from": [ { "source": { "principals": ["cluster.local/ns/team/sa/app2"] } } ] } ] }
       ] },
+      "identities": [ { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/*"] } ],
       "destinations": [ {
-        "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+        "name": "partner-api", "host": "api.partner.example", "port": 443,
         "policies": [ { "name": "callers", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
-        "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/*"] } ]
+        "identities": ["team.app1"]
       } ]
     }"#;
 

@@ -3,14 +3,14 @@
 //! Loading either yields a fully compiled configuration or every error found, each naming the JSON path
 //! of the field (`destinations[0].policies[1].action: ...`). There is no partial or permissive result.
 
-use std::collections::HashSet;
-
 use serde_path_to_error::Segment;
 
-use crate::config_document::{AuditRecord, PluginConfigSpec, PrincipalSource};
+use crate::config_document::{AuditRecord, PlatformSpec, PluginConfigSpec, PrincipalSource};
 use crate::config_error::{ConfigError, Errors, JsonPath};
-use crate::destination::DestinationTable;
+use crate::destination::{Context, DestinationTable};
+use crate::identity::Identities;
 use crate::peer_certificate::SanPolicy;
+use crate::platform::Platform;
 use crate::policy::{LayerKind, PolicyLayer};
 use crate::policy_value::ValueRules;
 use crate::request::PathMatching;
@@ -50,7 +50,11 @@ fn schema_errors(json: &[u8]) -> Vec<ConfigError> {
                 .is_some_and(|(last, parent)| parent == path && *last == Step::Key(k.into()))
         });
         if !artifact {
-            errors.push(ConfigError::new(original_path(&path, &removed), message.clone()));
+            let message = match legacy_hint(&message) {
+                Some(hint) => format!("{message}; {hint}"),
+                None => message.clone(),
+            };
+            errors.push(ConfigError::new(original_path(&path, &removed), message));
         }
         // The node at fault is dropped and the rest tried again; an object that misses a field only if it
         // is an element of a list. Where nothing can be dropped, stop.
@@ -64,6 +68,17 @@ fn schema_errors(json: &[u8]) -> Vec<ConfigError> {
         errors.push(ConfigError::new(".", "the document does not match the configuration schema"));
     }
     errors
+}
+
+/// Fields of the previous policy format (which named Envoy clusters and platform hosts): where one is met,
+/// the error says how to convert the document.
+const LEGACY_FIELDS: &[&str] = &["principalSources", "hosts", "ports", "sharedCluster", "cluster"];
+
+fn legacy_hint(message: &str) -> Option<&'static str> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    LEGACY_FIELDS.contains(&field).then_some(
+        "it belongs to the previous policy format, which named Envoy clusters and platform hosts: `egress-identity migrate POLICY` rewrites it (CHANGELOG)",
+    )
 }
 
 /// One step of a JSON path.
@@ -160,11 +175,15 @@ impl HeaderNames {
     }
 }
 
-/// The configuration the data path runs on: validated, with every policy compiled.
+/// The configuration the data path runs on: validated, with every policy compiled, every name derived for
+/// its platform. It is also the model every renderer builds from: what the policy means, once.
 #[derive(Debug)]
 pub struct Config {
+    /// The platform the configuration was rendered for (plain Envoy when it names none).
+    pub platform: Platform,
     pub trust_domains: TrustDomains,
-    pub principal_sources: Vec<PrincipalSource>,
+    /// Where the caller's principal comes from (the platform's).
+    pub principal_sources: &'static [PrincipalSource],
     pub headers: HeaderNames,
     pub default_port: u16,
     pub certificate_cache_size: usize,
@@ -176,6 +195,13 @@ pub struct Config {
     pub attributes_used: AttributesUsed,
     /// How request paths are compared with `paths` values.
     pub path_matching: PathMatching,
+    /// The declared external identities.
+    pub identities: Identities,
+    /// The namespaces the policy names as callers ([`crate::caller_namespaces`]).
+    pub caller_namespaces: Vec<Box<str>>,
+    /// What the platform leaves out of the policy (e.g. tcp destinations in an Istio waypoint): valid, but
+    /// said aloud by `validate`, `render` and the filter's log.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Whether any policy (enforced or dry-run, either layer) constrains methods or paths. When none does,
@@ -189,16 +215,18 @@ pub struct AttributesUsed {
 impl AttributesUsed {
     fn of(spec: &PluginConfigSpec) -> Self {
         let layers = std::iter::once(&spec.gateway.policies).chain(spec.destinations.iter().map(|d| &d.policies));
-        let operations = layers.flatten().flat_map(|p| &p.rules).flat_map(|r| &r.to).map(|t| &t.operation);
+        let operations =
+            layers.flatten().flat_map(|p| &p.rules).flat_map(|r| r.to.iter().flatten()).map(|t| &t.operation);
         operations.fold(Self::default(), |used, o| Self {
-            method: used.method || !o.methods.is_empty() || !o.not_methods.is_empty(),
-            path: used.path || !o.paths.is_empty() || !o.not_paths.is_empty(),
+            method: used.method || o.methods.is_some() || o.not_methods.is_some(),
+            path: used.path || o.paths.is_some() || o.not_paths.is_some(),
         })
     }
 }
 
 impl Config {
-    /// Parses and compiles a configuration document. Returns every error found.
+    /// Parses and compiles a configuration document: a policy, or a plugin configuration with the
+    /// `platform` it was rendered for. Returns every error found.
     pub fn load(json: &[u8]) -> Result<Self, Vec<ConfigError>> {
         if json.len() > MAX_DOCUMENT_BYTES {
             return Err(vec![ConfigError::new(
@@ -213,28 +241,46 @@ impl Config {
         }
     }
 
+    /// Compiles the policy `json` (which must not name a platform) for `platform`: what `validate
+    /// --platform` and `render` check. The plugin configuration `render` writes is
+    /// [`crate::platform::plugin_configuration`] of the same text, which compiles to the same result.
+    pub fn load_for(json: &[u8], platform: &PlatformSpec) -> Result<Self, Vec<ConfigError>> {
+        let text = std::str::from_utf8(json).map_err(|e| vec![ConfigError::new(".", e.to_string())])?;
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(document)) if document.contains_key("platform") => {
+                return Err(vec![ConfigError::new(
+                    "platform",
+                    "a policy names no platform: `render` adds it to the plugin configuration it writes (this looks like one; render from the policy file)",
+                )]);
+            }
+            Ok(serde_json::Value::Object(_)) => {}
+            // Not JSON, or not an object: the document's own errors, with line and column.
+            _ => return Self::load(json),
+        }
+        let configuration = crate::platform::plugin_configuration(text, platform)
+            .ok_or_else(|| vec![ConfigError::new(".", "the policy is not a JSON object")])?;
+        Self::load(configuration.as_bytes())
+    }
+
     /// Validates and compiles a parsed document, taking over its strings.
     pub fn compile(spec: PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
+        let mut warnings = Errors::default();
+        let platform = Platform::compile(spec.platform.as_ref(), &mut errors);
+        let platform_td = platform.local_trust_domain();
 
-        let trust_domains =
-            TrustDomains::new(&spec.trust_domains, spec.local_trust_domain.as_deref(), &spec.trust_domain_aliases)
-                .unwrap_or_else(|trust_errors| {
-                    for (path, message) in trust_errors {
-                        errors.push(path, message);
-                    }
-                    TrustDomains::default()
-                });
-
-        if spec.principal_sources.is_empty() {
-            errors.push("principalSources", "must list at least one source");
-        }
-        let mut seen = HashSet::new();
-        for (i, source) in spec.principal_sources.iter().enumerate() {
-            if !seen.insert(source) {
-                errors.push(format!("principalSources[{i}]"), "source is listed twice");
+        let trust_domains = TrustDomains::new(
+            &spec.trust_domains,
+            spec.local_trust_domain.as_deref(),
+            &spec.trust_domain_aliases,
+            platform_td.as_deref(),
+        )
+        .unwrap_or_else(|trust_errors| {
+            for (path, message) in trust_errors {
+                errors.push(path, message);
             }
-        }
+            TrustDomains::default()
+        });
 
         validate_header_name(&mut errors, "headers.principal", &spec.headers.principal);
         validate_header_name(&mut errors, "headers.cluster", &spec.headers.cluster);
@@ -258,6 +304,7 @@ impl Config {
             );
         }
         let attributes_used = AttributesUsed::of(&spec);
+        let caller_namespaces = crate::caller_namespaces::of(&spec);
         let path_matching = PathMatching {
             case_insensitive: spec.path_matching.case_insensitive,
             ignore_parameters: spec.path_matching.ignore_parameters,
@@ -270,14 +317,37 @@ impl Config {
             &rules,
             &mut errors,
         );
-        let destinations = DestinationTable::compile(spec.destinations, &rules, &mut errors);
+        let identities = Identities::compile(spec.identities, &rules, &mut errors);
+        let mut used = vec![false; identities.len()];
+        let context =
+            Context { declared: &identities, platform: &platform, default_port: spec.default_port, rules: &rules };
+        let destinations =
+            DestinationTable::compile(spec.destinations, &context, &mut used, &mut errors, &mut warnings);
+        for (i, identity) in identities.iter().enumerate() {
+            if !used.get(i).copied().unwrap_or(true) {
+                errors.push(
+                    format!("identities[{i}]"),
+                    format!("{:?} is used by no destination (identities or defaultIdentity): a typo?", identity.name),
+                );
+            } else if identity.certificate.secret.is_some()
+                && !destinations
+                    .iter()
+                    .any(|d| d.single_cluster && d.identities.identities().any(|e| e.name == identity.name))
+            {
+                errors.push(
+                    format!("identities[{i}].certificate.secret"),
+                    "no single-cluster destination presents this identity, and only those fetch a certificate by secret name: it would never be read",
+                );
+            }
+        }
 
         if !errors.is_empty() {
             return Err(errors.into_vec());
         }
         Ok(Self {
+            principal_sources: platform.principal_sources(),
+            platform,
             trust_domains,
-            principal_sources: spec.principal_sources,
             headers: HeaderNames::new(spec.headers.principal, spec.headers.cluster),
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
@@ -287,6 +357,9 @@ impl Config {
             destinations,
             attributes_used,
             path_matching,
+            identities,
+            caller_namespaces,
+            warnings: warnings.into_vec(),
         })
     }
 }
@@ -340,6 +413,10 @@ pub(crate) mod tests {
     /// A complete, valid configuration used across the core's tests.
     pub(crate) const EXAMPLE: &str = r#"{
       "trustDomains": ["cluster.local"],
+      "identities": [
+        { "name": "team.app1", "principals": ["spiffe://cluster.local/ns/team/sa/app1"] },
+        { "name": "team.app2", "principals": ["cluster.local/ns/team/sa/app2"] }
+      ],
       "gateway": { "policies": [
         { "name": "deny-quarantine", "action": "DENY",
           "rules": [ { "from": [ { "source": { "namespaces": ["quarantine"] } } ] } ] },
@@ -347,7 +424,7 @@ pub(crate) mod tests {
           "rules": [ { "from": [ { "source": { "namespaces": ["team", "quarantine"] } } ] } ] }
       ] },
       "destinations": [ {
-        "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+        "name": "partner-api", "host": "api.partner.example", "port": 443,
         "policies": [
           { "name": "deny-admin-paths", "action": "DENY",
             "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
@@ -355,12 +432,7 @@ pub(crate) mod tests {
             "rules": [ { "from": [ { "source": { "principals":
               ["cluster.local/ns/team/sa/app1", "spiffe://cluster.local/ns/team/sa/app2"] } } ] } ] }
         ],
-        "identities": [
-          { "name": "team.app1", "cluster": "partner-api|team-app1",
-            "principals": ["spiffe://cluster.local/ns/team/sa/app1"] },
-          { "name": "team.app2", "cluster": "partner-api|team-app2",
-            "principals": ["cluster.local/ns/team/sa/app2"] }
-        ]
+        "identities": ["team.app1", "team.app2"]
       } ]
     }"#;
 
@@ -422,7 +494,11 @@ pub(crate) mod tests {
         assert_eq!(spellings, ["x_egress_identity_principal", "x_egress_identity_cluster", "x_forwarded_client_cert"]);
         assert_eq!(config.default_port, 443);
         assert_eq!(config.certificate_cache_size, 1024);
-        assert_eq!(config.principal_sources, [PrincipalSource::PeerCertificate, PrincipalSource::IstioPeerPrincipal]);
+        assert_eq!(config.principal_sources, [PrincipalSource::PeerCertificate], "plain Envoy's");
+        assert_eq!(config.platform, Platform::Envoy);
+        assert!(config.warnings.is_empty());
+        let namespaces: Vec<&str> = config.caller_namespaces.iter().map(|n| &**n).collect();
+        assert_eq!(namespaces, ["quarantine", "team"]);
         assert!(config.trust_domains.accepts("cluster.local"));
         assert_eq!(config.san_policy, SanPolicy::Strict, "legacy Kuma SANs are opt-in");
         let legacy = EXAMPLE.replacen('{', r#"{"acceptLegacyKumaSans": true,"#, 1);
@@ -446,8 +522,8 @@ pub(crate) mod tests {
     fn syntax_and_type_errors_name_the_field() {
         let e = errors_of(&with("/gateway/policies/0/action", "ALOW".into()));
         assert!(e[0].starts_with("gateway.policies[0].action: unknown variant `ALOW`"), "{e:?}");
-        let e = errors_of(&with("/destinations/0/ports/0", "https".into()));
-        assert!(e[0].starts_with("destinations[0].ports[0]: invalid type"), "{e:?}");
+        let e = errors_of(&with("/destinations/0/port", "https".into()));
+        assert!(e[0].starts_with("destinations[0].port: invalid type"), "{e:?}");
         let e = errors_of(&with("/defaultPort", 70000.into()));
         assert!(e[0].starts_with("defaultPort:"), "{e:?}");
         let e = errors_of("{ not json");
@@ -496,9 +572,92 @@ pub(crate) mod tests {
     fn empty_lists_that_would_deny_everything_by_mistake_are_errors() {
         let e = errors_of(&with("/trustDomains", serde_json::json!([])));
         assert!(e[0].starts_with("trustDomains: must list"), "{e:?}");
-        let e = errors_of(&with("/principalSources", serde_json::json!([])));
-        assert!(e[0].starts_with("principalSources: must list"), "{e:?}");
         let e = errors_of(&with("/headers", serde_json::json!({"principal": "x-a", "cluster": "X-A"})));
         assert!(e.iter().any(|m| m.starts_with("headers.cluster:")), "{e:?}");
+    }
+
+    /// `principals: []` reads as "nobody" but would match anybody (Istio's semantics for an unset field):
+    /// every empty list in a rule is refused, saying to omit the field.
+    #[wasm_bindgen_test(unsupported = test)]
+    fn empty_lists_in_rules_are_refused_with_their_path() {
+        let compile_rule = |rule: serde_json::Value| {
+            let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+            doc["destinations"][0]["policies"][1]["rules"] = serde_json::json!([rule]);
+            errors_of(&doc.to_string())
+        };
+        let at = "destinations[0].policies[1].rules[0]";
+        for (rule, path) in [
+            (serde_json::json!({"from": [{"source": {"principals": []}}]}), "from[0].source.principals"),
+            (serde_json::json!({"from": [{"source": {"notNamespaces": []}}]}), "from[0].source.notNamespaces"),
+            (serde_json::json!({"to": [{"operation": {"ports": []}}]}), "to[0].operation.ports"),
+            (serde_json::json!({"to": [{"operation": {"paths": [], "methods": ["GET"]}}]}), "to[0].operation.paths"),
+            (serde_json::json!({"from": []}), "from"),
+            (serde_json::json!({"to": []}), "to"),
+        ] {
+            let e = compile_rule(rule);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].starts_with(&format!("{at}.{path}: an empty list")), "{e:?}");
+            assert!(e[0].contains("omit the field to match any"), "{e:?}");
+        }
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn identities_are_declared_once_and_each_is_used() {
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        doc["identities"].as_array_mut().unwrap().push(serde_json::json!({"name": "team.app3",
+            "principals": ["cluster.local/ns/team/sa/app3"], "certificate": {"secret": "team-app3"}}));
+        let e = errors_of(&doc.to_string());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("identities[2]: \"team.app3\" is used by no destination"), "{e:?}");
+        doc["destinations"][0]["identities"] = serde_json::json!(["team.app1", "team.app2", "team.app3"]);
+        let e = errors_of(&doc.to_string());
+        assert!(e[0].starts_with("identities[2].certificate.secret: no single-cluster destination"), "{e:?}");
+        doc["destinations"][0]["singleCluster"] = true.into();
+        let config = Config::load(doc.to_string().as_bytes()).unwrap();
+        let secrets: Vec<Option<&str>> = config.destinations.identities().map(|(_, i)| i.secret.as_deref()).collect();
+        assert_eq!(secrets, [Some("team.app1"), Some("team.app2"), Some("team-app3")]);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn the_previous_format_is_named_with_the_way_out() {
+        let old = EXAMPLE.replace(
+            r#""host": "api.partner.example", "port": 443"#,
+            r#""hosts": ["api.partner.example"], "ports": [443]"#,
+        );
+        let e = errors_of(&old);
+        assert!(e[0].starts_with("destinations[0].hosts: unknown field `hosts`"), "{e:?}");
+        assert!(e[0].contains("egress-identity migrate POLICY"), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_policy_compiles_for_each_platform_with_the_platforms_names() {
+        let kuma = PlatformSpec::Kuma {
+            mesh: "default".into(),
+            zone: "zone-1".into(),
+            namespace: "kuma-system".into(),
+            egress_port: 10002,
+        };
+        let config = Config::load_for(EXAMPLE.as_bytes(), &kuma).unwrap();
+        assert_eq!(config.platform.name(), "kuma");
+        let clusters: Vec<&str> = config.destinations.identities().map(|(_, i)| &*i.cluster).collect();
+        assert_eq!(
+            clusters,
+            [
+                "kri_extsvc_default_zone-1_kuma-system_partner-api-team-app1_80",
+                "kri_extsvc_default_zone-1_kuma-system_partner-api-team-app2_80"
+            ]
+        );
+        // Kuma's callers come from the MeshIdentity's trust domain, matched as the local family.
+        assert!(config.trust_domains.accepts("default.zone-1.mesh.local"));
+        let waypoint = Config::load_for(EXAMPLE.as_bytes(), &PlatformSpec::IstioWaypoint).unwrap();
+        assert_eq!(waypoint.principal_sources, [PrincipalSource::IstioPeerPrincipal]);
+        // A rendered plugin configuration is not a policy to render again.
+        let rendered = crate::platform::plugin_configuration(EXAMPLE, &PlatformSpec::IstioGateway).unwrap();
+        assert_eq!(Config::load(rendered.as_bytes()).unwrap().platform, Platform::IstioGateway);
+        let e = Config::load_for(rendered.as_bytes(), &PlatformSpec::Envoy).unwrap_err();
+        assert_eq!(e[0].path, "platform");
+        // A syntax error is reported as such, with its line and column.
+        let e = Config::load_for(b"{\"destinations\": [\n", &PlatformSpec::Envoy).unwrap_err();
+        assert!(e[0].message.contains("line 2"), "{e:?}");
     }
 }

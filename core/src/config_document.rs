@@ -6,7 +6,10 @@
 
 use serde::Deserialize;
 
-/// The whole plugin configuration document.
+/// The whole document: the policy a user writes and, in the plugin configuration `render` writes, the
+/// `platform` it was rendered for. The policy itself is platform-neutral: destinations by the host and port
+/// workloads call, identities by name; every Envoy cluster, mesh host name and listener port is derived from
+/// the platform ([`crate::platform`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginConfigSpec {
@@ -17,10 +20,9 @@ pub struct PluginConfigSpec {
     pub local_trust_domain: Option<String>,
     #[serde(default)]
     pub trust_domain_aliases: Vec<String>,
-    #[serde(default = "default_principal_sources")]
-    pub principal_sources: Vec<PrincipalSource>,
     #[serde(default)]
     pub headers: HeaderNamesSpec,
+    /// The port of a request whose `:authority` names none (plain Envoy, where callers address the partner).
     #[serde(default = "default_port")]
     pub default_port: u16,
     #[serde(default = "default_cache_size")]
@@ -34,9 +36,31 @@ pub struct PluginConfigSpec {
     /// Which forms of the audit record go to filter state (README, "Audit record").
     #[serde(default)]
     pub audit_record: AuditRecord,
+    /// The external identities: who they are for (principals) and what the partner sees of them.
+    #[serde(default)]
+    pub identities: Vec<IdentitySpec>,
     #[serde(default)]
     pub gateway: GatewaySpec,
     pub destinations: Vec<DestinationSpec>,
+    /// Written by `render` into the plugin configuration, never by hand: the platform the gateway runs on.
+    #[serde(default)]
+    pub platform: Option<PlatformSpec>,
+}
+
+/// The platform a plugin configuration was rendered for: where the caller's principal comes from and how
+/// that platform names destinations, clusters and ports ([`crate::platform::Platform`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PlatformSpec {
+    /// Plain Envoy (`render envoy`): requests and connections name the partner's host and port.
+    Envoy,
+    /// An Istio egress gateway in sidecar mode (`render istio --mode gateway`).
+    IstioGateway,
+    /// An Istio ambient egress waypoint (`render istio --mode waypoint`).
+    IstioWaypoint,
+    /// A Kuma ZoneEgress (`render kuma`).
+    #[serde(rename_all = "camelCase")]
+    Kuma { mesh: String, zone: String, namespace: String, egress_port: u16 },
 }
 
 /// `auditRecord`: the forms of a decision's audit record the filter writes to filter state. Each costs a
@@ -76,10 +100,6 @@ pub enum PrincipalSource {
     PeerCertificate,
     /// The filter state `io.istio.peer_principal` set by an Istio (ambient) waypoint.
     IstioPeerPrincipal,
-}
-
-fn default_principal_sources() -> Vec<PrincipalSource> {
-    vec![PrincipalSource::PeerCertificate, PrincipalSource::IstioPeerPrincipal]
 }
 
 fn default_port() -> u16 {
@@ -133,27 +153,32 @@ pub struct GatewaySpec {
     pub policies: Vec<PolicySpec>,
 }
 
+/// An external destination: the partner's host and port as workloads call it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationSpec {
     pub name: String,
     /// `http` (the default): requests through the HTTP filter; `tcp` / `tls`: connections through the
-    /// network (L4) filter, matched by SNI and port.
+    /// network (L4) filter.
     #[serde(default)]
     pub protocol: Protocol,
-    pub hosts: Vec<String>,
-    pub ports: Vec<u32>,
+    /// The partner's host name, as workloads call it.
+    pub host: String,
+    /// The partner's port, as workloads call it.
+    pub port: u32,
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// The names of the identities this destination may present, in order: the first whose principals
+    /// match the caller wins.
     #[serde(default)]
-    pub identities: Vec<IdentitySpec>,
+    pub identities: Option<Vec<String>>,
+    /// The identity of allowed callers no entry of `identities` matches.
     #[serde(default)]
-    pub default_identity: Option<ExternalIdentitySpec>,
-    /// Single-cluster mode: every identity of this destination goes through this one cluster, which picks
-    /// the identity's client certificate (SDS secret) per upstream connection. Identities then name a
-    /// `secret` (default: their name), not a `cluster`.
+    pub default_identity: Option<String>,
+    /// Single-cluster mode: one cluster for every identity of this destination, which picks the identity's
+    /// client certificate (its SDS secret) per upstream connection.
     #[serde(default)]
-    pub shared_cluster: Option<String>,
+    pub single_cluster: bool,
 }
 
 /// How a destination is reached, and by which of the filter's two forms.
@@ -186,25 +211,36 @@ impl Protocol {
     }
 }
 
+/// An external identity: the mesh principals it is for, and the client certificate the gateway presents
+/// as it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IdentitySpec {
     pub name: String,
-    /// The cluster that presents this identity (one cluster per identity); absent in single-cluster mode.
+    /// Principal patterns of the callers it is for; absent for an identity only used as a
+    /// `defaultIdentity`.
     #[serde(default)]
-    pub cluster: Option<String>,
-    /// Single-cluster mode only: the SDS secret of this identity's client certificate (default: `name`).
+    pub principals: Option<Vec<String>>,
+    /// What the partner sees; default: the subject `CN=<name>`.
     #[serde(default)]
-    pub secret: Option<String>,
-    pub principals: Vec<String>,
+    pub certificate: Option<CertificateSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What an identity's client certificate carries (checked wherever certificate material meets the policy:
+/// `sds`, `secrets`, `doctor`), and where a single-cluster gateway fetches it.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ExternalIdentitySpec {
-    pub name: String,
+pub struct CertificateSpec {
+    /// The subject's common name.
     #[serde(default)]
-    pub cluster: Option<String>,
+    pub common_name: Option<String>,
+    /// The DNS subject alternative names, all of them.
+    #[serde(default)]
+    pub dns_names: Option<Vec<String>>,
+    /// The URI subject alternative names, all of them.
+    #[serde(default)]
+    pub uris: Option<Vec<String>>,
+    /// Single-cluster mode: the SDS secret that holds it (default: the identity's name).
     #[serde(default)]
     pub secret: Option<String>,
 }
@@ -233,10 +269,12 @@ pub enum Action {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleSpec {
+    /// Absent: any source. An empty list is refused (it would read as "none" but mean "any").
     #[serde(default)]
-    pub from: Vec<FromSpec>,
+    pub from: Option<Vec<FromSpec>>,
+    /// Absent: any operation.
     #[serde(default)]
-    pub to: Vec<ToSpec>,
+    pub to: Option<Vec<ToSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,38 +295,38 @@ pub struct ToSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SourceSpec {
     #[serde(default)]
-    pub principals: Vec<String>,
+    pub principals: Option<Vec<String>>,
     #[serde(default)]
-    pub not_principals: Vec<String>,
+    pub not_principals: Option<Vec<String>>,
     #[serde(default)]
-    pub namespaces: Vec<String>,
+    pub namespaces: Option<Vec<String>>,
     #[serde(default)]
-    pub not_namespaces: Vec<String>,
+    pub not_namespaces: Option<Vec<String>>,
     #[serde(default)]
-    pub trust_domains: Vec<String>,
+    pub trust_domains: Option<Vec<String>>,
     #[serde(default)]
-    pub not_trust_domains: Vec<String>,
+    pub not_trust_domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OperationSpec {
     #[serde(default)]
-    pub hosts: Vec<String>,
+    pub hosts: Option<Vec<String>>,
     #[serde(default)]
-    pub not_hosts: Vec<String>,
+    pub not_hosts: Option<Vec<String>>,
     #[serde(default)]
-    pub ports: Vec<PortSpec>,
+    pub ports: Option<Vec<PortSpec>>,
     #[serde(default)]
-    pub not_ports: Vec<PortSpec>,
+    pub not_ports: Option<Vec<PortSpec>>,
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Option<Vec<String>>,
     #[serde(default)]
-    pub not_methods: Vec<String>,
+    pub not_methods: Option<Vec<String>>,
     #[serde(default)]
-    pub paths: Vec<String>,
+    pub paths: Option<Vec<String>>,
     #[serde(default)]
-    pub not_paths: Vec<String>,
+    pub not_paths: Option<Vec<String>>,
 }
 
 /// A port in an operation: a number, or a string as Istio writes it (`"443"`).

@@ -117,11 +117,69 @@ pub fn validate_name(errors: &mut Errors, path: &JsonPath<'_>, name: &str) {
     }
 }
 
+/// A DNS-1123 label (a Kubernetes object name part): 1 to 63 lower-case letters, digits and `-`, starting
+/// and ending with a letter or digit.
+pub fn dns_label(value: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&value.len())
+        && value.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} is not a DNS label: 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit", shown(value)))
+    }
+}
+
+/// Names that belong to the gateway itself (clusters `egress-identity-unrouted`, `-admin`, `-sds`, the
+/// secret `egress-identity-no-identity`, Kubernetes objects `egress-identity-*`): no destination, identity or
+/// secret of a policy may take one.
+pub const RESERVED_PREFIX: &str = "egress-identity";
+
+/// A destination's name: a DNS label (it names clusters, MeshExternalServices and Secrets), not one of the
+/// gateway's own.
+pub fn destination_name(value: &str) -> Result<(), String> {
+    dns_label(value)?;
+    if value.starts_with(RESERVED_PREFIX) {
+        return Err(format!("{value:?}: names starting with {RESERVED_PREFIX:?} are the gateway's own (its unrouted, admin and SDS clusters)"));
+    }
+    Ok(())
+}
+
+/// An identity's name: 1 to 63 lower-case letters, digits, `.` and `-`, starting and ending with a letter or
+/// digit (it names SDS files, Kubernetes Secrets and clusters, in its [`k8s_form`]).
+pub fn identity_name(value: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&value.len())
+        && value.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} is not an identity name: 1 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit (it names files, Secrets and clusters)", shown(value)))
+    }
+}
+
+/// The form of an identity name in cluster and Kubernetes names: `.` becomes `-` (`team.app1` → `team-app1`).
+pub fn k8s_form(name: &str) -> String {
+    name.replace('.', "-")
+}
+
 /// A value as an error message shows it: quoted, and cut short when it is long.
 pub fn shown(value: &str) -> String {
     match value.char_indices().nth(64) {
         Some((end, _)) => format!("{:?}... ({} bytes)", value.get(..end).unwrap_or_default(), value.len()),
         None => format!("{value:?}"),
+    }
+}
+
+/// Reports names used twice within the list at `path` (whatever else is wrong with them is reported apart).
+pub fn report_duplicates<'a>(errors: &mut Errors, path: &JsonPath<'_>, names: impl Iterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if !seen.insert(name) {
+            errors.push(path.index(i).field("name"), format!("{name:?} is used twice"));
+        }
     }
 }
 

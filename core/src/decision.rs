@@ -227,6 +227,8 @@ impl DenialKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowed<'c> {
     pub destination: &'c str,
+    /// The destination's (partner's) host: a `tls` passthrough's ClientHello must name it.
+    pub host: &'c str,
     /// How the destination is reached (for the network filter: `tcp` or `tls` passthrough).
     pub protocol: Protocol,
     pub gateway_policy: &'c str,
@@ -296,7 +298,7 @@ impl Config {
     ) -> Evaluation<'c> {
         // The documented order: the request, then the principal, then the layers.
         let (Some((host, port)), Some(path)) =
-            (split_authority(request.authority, self.default_port), matching_path(request.path, self.path_matching))
+            (split_authority(request.authority), matching_path(request.path, self.path_matching))
         else {
             return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
         };
@@ -315,7 +317,7 @@ impl Config {
         let Some(host) = normalize_host(sni) else {
             return Evaluation::of(deny(Layer::Request, None, Reason::MalformedRequest));
         };
-        self.evaluate_target(principal, Target { host, port, method: "", path: "", l4: true })
+        self.evaluate_target(principal, Target { host, port: Some(port), method: "", path: "", l4: true })
     }
 
     fn evaluate_target<'c>(
@@ -335,12 +337,19 @@ impl Config {
             return Evaluation::of(deny(Layer::Principal, None, Reason::UntrustedTrustDomain));
         }
         let canonical_principal = self.trust_domains.canonical_principal(principal);
+        // The destination as the platform delivered it; policies compare the partner's host and port, as
+        // the policy names them, whatever the platform's own names for it.
+        let found = self.destinations.lookup(&target.host, target.port);
+        let (host, port) = match found {
+            Some(d) => (&*d.host, d.port),
+            None => (&*target.host, target.port.unwrap_or(self.default_port)),
+        };
         let attributes = Attributes {
             principal: &canonical_principal,
             trust_domain: self.trust_domains.canonical(principal.trust_domain()),
             namespace: principal.namespace(),
-            host: &target.host,
-            port: target.port,
+            host,
+            port,
             method: target.method,
             path: target.path,
         };
@@ -353,7 +362,7 @@ impl Config {
             evaluation.decision = denied_by(Layer::Gateway, gateway);
             return evaluation;
         };
-        let Some(destination) = self.destinations.lookup(&target.host, target.port) else {
+        let Some(destination) = found else {
             evaluation.decision = deny(Layer::Destination, None, Reason::UnknownDestination);
             return evaluation;
         };
@@ -373,6 +382,7 @@ impl Config {
         evaluation.decision = match destination.identities.select(attributes.principal) {
             Some(identity) => Decision::Allow(Allowed {
                 destination: &destination.name,
+                host: &destination.host,
                 protocol: destination.protocol,
                 gateway_policy,
                 destination_policy,
@@ -385,17 +395,12 @@ impl Config {
 }
 
 impl Config {
-    /// For a `tls` passthrough connection allowed to `destination` on `port`: whether its ClientHello, as far
-    /// as it has arrived, names a host of that same destination (the gateway forwards the caller's own TLS,
-    /// so a ClientHello naming another host would tunnel to it under an allowed name). The connection's SNI
-    /// named the destination; behind a mesh (Kuma's zone egress) it is the mesh's name for it, while the
-    /// ClientHello names the partner: both must be hosts of the destination.
-    pub fn passthrough_verdict(
-        &self,
-        destination: &str,
-        port: u16,
-        hello: &crate::tls_client_hello::ClientHello,
-    ) -> PassthroughVerdict {
+    /// For a `tls` passthrough connection allowed to a destination whose partner is `host`: whether its
+    /// ClientHello, as far as it has arrived, names that host (the gateway forwards the caller's own TLS, so
+    /// a ClientHello naming another host would tunnel to it under an allowed name). The connection's SNI
+    /// named the destination as the platform delivers it (Kuma: `sni.extsvc…`); the ClientHello inside
+    /// names the partner.
+    pub fn passthrough_verdict(&self, host: &str, hello: &crate::tls_client_hello::ClientHello) -> PassthroughVerdict {
         use crate::tls_client_hello::ClientHello;
         let deny = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
         match hello {
@@ -406,10 +411,7 @@ impl Config {
                 reason: Reason::MalformedRequest,
             }),
             ClientHello::ServerName(name) => {
-                let same = normalize_host(name)
-                    .and_then(|host| self.destinations.lookup(&host, port))
-                    .is_some_and(|d| &*d.name == destination);
-                if same {
+                if normalize_host(name).is_some_and(|named| named == host) {
                     PassthroughVerdict::Allow
                 } else {
                     deny(Reason::SniMismatch)
@@ -432,7 +434,8 @@ pub enum PassthroughVerdict {
 /// What the layers compare: a request's host, port, method and path, or a connection's SNI and port.
 struct Target<'r> {
     host: std::borrow::Cow<'r, str>,
-    port: u16,
+    /// `None`: a request whose `:authority` names no port.
+    port: Option<u16>,
     method: &'r str,
     path: &'r str,
     l4: bool,
@@ -624,18 +627,16 @@ mod tests {
     }
 
     #[wasm_bindgen_test(unsupported = test)]
-    fn a_passthrough_client_hello_must_name_a_host_of_the_allowed_destination() {
+    fn a_passthrough_client_hello_must_name_the_allowed_partner() {
         use crate::tls_client_hello::ClientHello;
-        // Behind Kuma's zone egress the connection's SNI is the mesh's name; the ClientHello names the partner.
         let config = Config::load(
             br#"{ "trustDomains": ["cluster.local"], "destinations": [
-              { "name": "files", "protocol": "tls", "hosts": ["sni.extsvc.m.z.ns.files.443", "files.partner.example"],
-                "ports": [10002], "defaultIdentity": { "name": "p", "cluster": "files|p" } },
-              { "name": "db", "protocol": "tls", "hosts": ["db.partner.example"], "ports": [10002],
-                "defaultIdentity": { "name": "p", "cluster": "db|p" } } ] }"#,
+              { "name": "files", "protocol": "tls", "host": "files.partner.example", "port": 443 },
+              { "name": "db", "protocol": "tls", "host": "db.partner.example", "port": 443 } ] }"#,
         )
         .unwrap();
-        let verdict = |name: &str| config.passthrough_verdict("files", 10002, &ClientHello::ServerName(name.into()));
+        let files = "files.partner.example";
+        let verdict = |name: &str| config.passthrough_verdict(files, &ClientHello::ServerName(name.into()));
         assert_eq!(verdict("files.partner.example"), PassthroughVerdict::Allow);
         assert_eq!(verdict("FILES.partner.example."), PassthroughVerdict::Allow);
         let mismatch =
@@ -643,11 +644,52 @@ mod tests {
         // Another destination's host, an unknown one: tunnelling under the allowed name.
         assert_eq!(verdict("db.partner.example"), mismatch);
         assert_eq!(verdict("evil.example"), mismatch);
+        assert_eq!(config.passthrough_verdict(files, &ClientHello::NoServerName), mismatch);
+        assert_eq!(config.passthrough_verdict(files, &ClientHello::Incomplete), PassthroughVerdict::Wait);
+    }
+
+    /// Behind a mesh the gateway receives a destination under the mesh's names (Kuma: the MeshExternalService's
+    /// hostname on port 80, the zone egress SNI on its port); the policies still compare the partner's host
+    /// and port, as the policy names them.
+    #[wasm_bindgen_test(unsupported = test)]
+    fn policies_see_the_partners_host_and_port_whatever_the_platform_calls_them() {
+        let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        doc["gateway"]["policies"] = serde_json::json!([{"name": "partner-only", "action": "ALLOW",
+            "rules": [{"to": [{"operation": {"hosts": ["api.partner.example"], "ports": [443]}}]}]}]);
+        doc["destinations"].as_array_mut().unwrap().push(serde_json::json!({"name": "partner-db", "protocol": "tcp",
+            "host": "db.partner.example", "port": 5432, "identities": ["team.app1"],
+            "policies": [{"name": "db-port", "action": "ALLOW", "rules": [{"to": [{"operation": {"ports": [5432]}}]}]}]}));
+        doc["gateway"]["policies"][0]["rules"][0]["to"][0]["operation"]["hosts"] =
+            serde_json::json!(["api.partner.example", "db.partner.example"]);
+        doc["gateway"]["policies"][0]["rules"][0]["to"][0]["operation"]["ports"] = serde_json::json!([443, 5432]);
+        let kuma = crate::config_document::PlatformSpec::Kuma {
+            mesh: "default".into(),
+            zone: "zone-1".into(),
+            namespace: "kuma-system".into(),
+            egress_port: 10002,
+        };
+        let c = Config::load_for(doc.to_string().as_bytes(), &kuma).unwrap();
+        let app1 = id("spiffe://default.zone-1.mesh.local/ns/team/sa/app1");
+        for authority in ["partner-api.extsvc.mesh.local", "partner-api.extsvc.mesh.local:80"] {
+            match c.decide(Ok(&app1), &get(authority, "/v1")) {
+                Decision::Allow(a) => {
+                    assert_eq!(&*a.identity.cluster, "kri_extsvc_default_zone-1_kuma-system_partner-api-team-app1_80");
+                    assert_eq!(a.host, "api.partner.example");
+                }
+                d => panic!("{authority}: {d:?}"),
+            }
+        }
+        // The partner's own name is not how the zone egress receives it.
+        assert_eq!(denial(c.decide(Ok(&app1), &get("api.partner.example", "/"))).2, "unknown_destination");
+        let sni = "sni.extsvc.default.zone-1.kuma-system.partner-db.5432";
+        match c.evaluate_connection(Ok(&app1), sni, 10002).decision {
+            Decision::Allow(a) => assert_eq!(a.destination, "partner-db"),
+            d => panic!("{d:?}"),
+        }
         assert_eq!(
-            config.passthrough_verdict("files", 443, &ClientHello::ServerName("files.partner.example".into())),
-            mismatch
+            denial(c.evaluate_connection(Ok(&app1), sni, 5432).decision).2,
+            "no_matching_allow",
+            "not a port the policy allows"
         );
-        assert_eq!(config.passthrough_verdict("files", 10002, &ClientHello::NoServerName), mismatch);
-        assert_eq!(config.passthrough_verdict("files", 10002, &ClientHello::Incomplete), PassthroughVerdict::Wait);
     }
 }

@@ -162,12 +162,17 @@ mod tests {
 
     #[wasm_bindgen_test(unsupported = test)]
     fn identity_counters_follow_the_identity_index() {
-        // A third identity shares the cluster of the first.
-        let json = EXAMPLE.replace(
-            r#""principals": ["cluster.local/ns/team/sa/app2"] }"#,
-            r#""principals": ["cluster.local/ns/team/sa/app2"] },
-          { "name": "team.app3", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app3"] }"#,
-        );
+        // A third identity shares the one cluster of a single-cluster destination with the others.
+        let json = EXAMPLE
+            .replace(
+                r#""principals": ["cluster.local/ns/team/sa/app2"] }"#,
+                r#""principals": ["cluster.local/ns/team/sa/app2"] },
+          { "name": "team.app3", "principals": ["cluster.local/ns/team/sa/app3"] }"#,
+            )
+            .replace(
+                r#""identities": ["team.app1", "team.app2"]"#,
+                r#""identities": ["team.app1", "team.app2", "team.app3"], "singleCluster": true"#,
+            );
         let config = Config::load(json.as_bytes()).unwrap();
         let names: Vec<String> = identity_counters(&config, false).map(Option::unwrap).collect();
         let identities: Vec<String> = names.iter().map(|n| extract(n).1.last().unwrap().1.clone()).collect();
@@ -181,10 +186,9 @@ mod tests {
     fn each_filter_counts_only_its_own_destinations_identities() {
         let mut doc: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
         let tcp = serde_json::json!({
-            "name": "partner-tcp", "protocol": "tcp", "hosts": ["api.partner.example"], "ports": [5432],
+            "name": "partner-tcp", "protocol": "tcp", "host": "api.partner.example", "port": 5432,
             "policies": [{ "name": "all", "action": "ALLOW", "rules": [{}] }],
-            "identities": [{ "name": "team.app1", "cluster": "partner-tcp|team-app1",
-                             "principals": ["spiffe://cluster.local/ns/team/sa/app1"] }]
+            "identities": ["team.app1"]
         });
         doc["destinations"].as_array_mut().unwrap().push(tcp);
         let config = Config::load(doc.to_string().as_bytes()).unwrap();

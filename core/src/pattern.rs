@@ -113,6 +113,18 @@ impl Pattern {
     }
 }
 
+/// The pattern as written (`prefix*`, `*suffix`, `*`), after normalization.
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(v) => f.write_str(v),
+            Self::Prefix(v) => write!(f, "{v}*"),
+            Self::Suffix(v) => write!(f, "*{v}"),
+            Self::AnyPresent => f.write_str("*"),
+        }
+    }
+}
+
 /// The compiled values of one field (e.g. `principals`). Matches when any value matches. One pointer
 /// wide, so the many absent fields of a policy rule cost little.
 #[derive(Clone, Debug, Default)]

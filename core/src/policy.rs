@@ -296,11 +296,13 @@ impl Rule {
     ) -> Self {
         let from_path = path.field("from");
         let to_path = path.field("to");
+        let from = present(spec.from, &from_path, errors);
+        let to = present(spec.to, &to_path, errors);
         Self {
-            from: (spec.from.into_iter().enumerate())
+            from: (from.into_iter().enumerate())
                 .map(|(f, from)| Source::compile(from.source, &from_path.index(f).field("source"), rules, errors))
                 .collect(),
-            to: (spec.to.into_iter().enumerate())
+            to: (to.into_iter().enumerate())
                 .map(|(t, to)| {
                     Operation::compile(to.operation, kind, &to_path.index(t).field("operation"), rules, errors)
                 })
@@ -318,7 +320,7 @@ impl Source {
     fn compile(spec: SourceSpec, path: &JsonPath<'_>, rules: &ValueRules<'_>, errors: &mut Errors) -> Self {
         let principal = normalizer(|v| rules.principal(v));
         let trust_domain = normalizer(|v| rules.trust_domain(v));
-        let field = |values: Vec<String>, name: &str, normalize: &Normalize<'_>, errors: &mut Errors| {
+        let field = |values: Option<Vec<String>>, name: &str, normalize: &Normalize<'_>, errors: &mut Errors| {
             compile_field(values, Case::Sensitive, normalize, &path.field(name), errors)
         };
         Self {
@@ -354,7 +356,7 @@ impl Operation {
     ) -> Self {
         if kind == LayerKind::Destination {
             for (name, values) in [("hosts", &spec.hosts), ("notHosts", &spec.not_hosts)] {
-                if !values.is_empty() {
+                if values.is_some() {
                     errors.push(
                         path.field(name),
                         "not allowed in a destination's policies: the destination's hosts already apply",
@@ -362,9 +364,10 @@ impl Operation {
                 }
             }
         }
-        let field = |values: Vec<String>, name: &str, case: Case, normalize: &Normalize<'_>, errors: &mut Errors| {
-            compile_field(values, case, normalize, &path.field(name), errors)
-        };
+        let field =
+            |values: Option<Vec<String>>, name: &str, case: Case, normalize: &Normalize<'_>, errors: &mut Errors| {
+                compile_field(values, case, normalize, &path.field(name), errors)
+            };
         let paths = normalizer(|v| rules.path(v));
         Self {
             hosts: Constraint {
@@ -372,8 +375,8 @@ impl Operation {
                 none_of: field(spec.not_hosts, "notHosts", Case::Insensitive, &policy_value::host, errors),
             },
             ports: PortConstraint {
-                any_of: compile_ports(&spec.ports, &path.field("ports"), errors),
-                none_of: compile_ports(&spec.not_ports, &path.field("notPorts"), errors),
+                any_of: compile_ports(spec.ports, &path.field("ports"), errors),
+                none_of: compile_ports(spec.not_ports, &path.field("notPorts"), errors),
             },
             methods: Constraint {
                 any_of: field(spec.methods, "methods", Case::Sensitive, &policy_value::method, errors),
@@ -402,39 +405,60 @@ enum SingleField {
 }
 
 fn take_single_field(rule: &mut RuleSpec) -> Option<SingleField> {
-    match (rule.from.as_mut_slice(), rule.to.as_mut_slice()) {
-        ([from], []) if only_principals(&from.source) => {
-            Some(SingleField::Principals(std::mem::take(&mut from.source.principals)))
+    match (rule.from.as_deref_mut(), rule.to.as_deref_mut()) {
+        (Some([from]), None) if only_principals(&from.source) => {
+            from.source.principals.take().map(SingleField::Principals)
         }
-        ([], [to]) if only_paths(&to.operation) => Some(SingleField::Paths(std::mem::take(&mut to.operation.paths))),
+        (None, Some([to])) if only_paths(&to.operation) => to.operation.paths.take().map(SingleField::Paths),
         _ => None,
     }
 }
 
-/// Whether `principals` is the source's only field (an empty list is absent). Destructured without `..`
-/// so that a new field must be considered here.
+/// Whether `principals` is the source's only field, with values. Destructured without `..` so that a new
+/// field must be considered here.
 fn only_principals(source: &SourceSpec) -> bool {
     let SourceSpec { principals, not_principals, namespaces, not_namespaces, trust_domains, not_trust_domains } =
         source;
     let others = [not_principals, namespaces, not_namespaces, trust_domains, not_trust_domains];
-    !principals.is_empty() && others.iter().all(|values| values.is_empty())
+    principals.as_ref().is_some_and(|p| !p.is_empty()) && others.iter().all(|values| values.is_none())
 }
 
-/// Whether `paths` is the operation's only field (an empty list is absent).
+/// Whether `paths` is the operation's only field, with values.
 fn only_paths(operation: &OperationSpec) -> bool {
     let OperationSpec { hosts, not_hosts, ports, not_ports, methods, not_methods, paths, not_paths } = operation;
     let others = [hosts, not_hosts, methods, not_methods, not_paths];
-    !paths.is_empty() && ports.is_empty() && not_ports.is_empty() && others.iter().all(|values| values.is_empty())
+    paths.as_ref().is_some_and(|p| !p.is_empty())
+        && ports.is_none()
+        && not_ports.is_none()
+        && others.iter().all(|values| values.is_none())
 }
 
-/// An empty list is treated as absent, as Istio does.
+/// The items of a list field: absent is no constraint; an empty list is refused, because it reads as "none"
+/// while Istio's semantics (and ours) make it "any".
+fn present<T>(values: Option<Vec<T>>, path: &JsonPath<'_>, errors: &mut Errors) -> Vec<T> {
+    match values {
+        Some(values) if values.is_empty() => {
+            errors.push(path, EMPTY_LIST);
+            values
+        }
+        Some(values) => values,
+        None => Vec::new(),
+    }
+}
+
+/// Why an empty list in a rule is refused.
+pub const EMPTY_LIST: &str =
+    "an empty list matches any value here, which is easily read as \"none\": omit the field to match any";
+
+/// A field's patterns; `None` when the field is absent (or refused for being empty).
 fn compile_field(
-    values: Vec<String>,
+    values: Option<Vec<String>>,
     case: Case,
     normalize: &Normalize<'_>,
     path: &JsonPath<'_>,
     errors: &mut Errors,
 ) -> Option<PatternSet> {
+    let values = present(values, path, errors);
     if values.is_empty() {
         return None;
     }
@@ -459,7 +483,8 @@ fn port(value: &PortSpec) -> Result<u16, String> {
     }
 }
 
-fn compile_ports(values: &[PortSpec], path: &JsonPath<'_>, errors: &mut Errors) -> Option<Vec<u16>> {
+fn compile_ports(values: Option<Vec<PortSpec>>, path: &JsonPath<'_>, errors: &mut Errors) -> Option<Vec<u16>> {
+    let values = present(values, path, errors);
     if values.is_empty() {
         return None;
     }
@@ -484,7 +509,8 @@ mod tests {
         let specs: Vec<PolicySpec> = serde_json::from_value(policies).unwrap();
         let mut errors = Errors::default();
         let trust =
-            TrustDomains::new(&["cluster.local".into(), "other.td".into(), "partner.local".into()], None, &[]).unwrap();
+            TrustDomains::new(&["cluster.local".into(), "other.td".into(), "partner.local".into()], None, &[], None)
+                .unwrap();
         let rules = ValueRules { trust: &trust, paths: crate::request::PathMatching::default() };
         let layer = PolicyLayer::compile(specs, kind, &JsonPath::Root("p"), &rules, &mut errors);
         if errors.is_empty() {

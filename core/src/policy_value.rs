@@ -290,8 +290,13 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test;
 
     fn trust() -> TrustDomains {
-        TrustDomains::new(&["partner-mesh.example".into()], Some("prod.acme.internal"), &["old.acme.internal".into()])
-            .unwrap()
+        TrustDomains::new(
+            &["partner-mesh.example".into()],
+            Some("prod.acme.internal"),
+            &["old.acme.internal".into()],
+            None,
+        )
+        .unwrap()
     }
 
     fn rules(trust: &TrustDomains, paths: PathMatching) -> ValueRules<'_> {
@@ -341,7 +346,7 @@ mod tests {
 
     #[wasm_bindgen_test(unsupported = test)]
     fn cluster_local_is_the_local_family_only_with_a_local_trust_domain() {
-        let federated_only = TrustDomains::new(&["partner-mesh.example".into()], None, &[]).unwrap();
+        let federated_only = TrustDomains::new(&["partner-mesh.example".into()], None, &[], None).unwrap();
         let r = rules(&federated_only, PathMatching::default());
         let e = r.principal("cluster.local/ns/a/sa/b").unwrap_err();
         assert!(e.contains("only when localTrustDomain is set"), "{e}");

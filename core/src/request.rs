@@ -37,14 +37,14 @@ pub fn header_text(value: HeaderValue<'_>) -> Option<&str> {
     }
 }
 
-/// Splits `host[:port]` into a lower-case host without trailing dot and a port (`default_port` if none).
-/// `None` for an empty host or a port that is not written as a number from 1 to 65535 (digits only, no
-/// sign, no leading zero): a malformed authority.
-pub fn split_authority(authority: &str, default_port: u16) -> Option<(Cow<'_, str>, u16)> {
+/// Splits `host[:port]` into a lower-case host without trailing dot and its port (`None` when it names
+/// none). `None` for an empty host or a port that is not written as a number from 1 to 65535 (digits only,
+/// no sign, no leading zero): a malformed authority.
+pub fn split_authority(authority: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
     let (host, port) = match authority.rsplit_once(':') {
         // "[::1]" alone has a ':' but no port.
-        Some((host, port)) if !port.contains(']') => (host, parse_port(port)?),
-        _ => (authority, default_port),
+        Some((host, port)) if !port.contains(']') => (host, Some(parse_port(port)?)),
+        _ => (authority, None),
     };
     Some((normalize_host(host)?, port))
 }
@@ -178,24 +178,24 @@ mod tests {
 
     #[wasm_bindgen_test(unsupported = test)]
     fn authority_forms() {
-        assert_eq!(split_authority("API.Partner.Example", 443), Some((Cow::Owned("api.partner.example".into()), 443)));
+        assert_eq!(split_authority("API.Partner.Example"), Some((Cow::Owned("api.partner.example".into()), None)));
         assert_eq!(
-            split_authority("api.partner.example.:8443", 443),
-            Some((Cow::Borrowed("api.partner.example"), 8443))
+            split_authority("api.partner.example.:8443"),
+            Some((Cow::Borrowed("api.partner.example"), Some(8443)))
         );
-        assert_eq!(split_authority("[::1]", 443), Some((Cow::Borrowed("[::1]"), 443)));
-        assert_eq!(split_authority("[::1]:80", 443), Some((Cow::Borrowed("[::1]"), 80)));
-        assert_eq!(split_authority("host:https", 443), None);
-        assert_eq!(split_authority("host:abc", 443), None);
-        assert_eq!(split_authority("host:0", 443), None);
-        assert_eq!(split_authority("host:65536", 443), None);
+        assert_eq!(split_authority("[::1]"), Some((Cow::Borrowed("[::1]"), None)));
+        assert_eq!(split_authority("[::1]:80"), Some((Cow::Borrowed("[::1]"), Some(80))));
+        assert_eq!(split_authority("host:https"), None);
+        assert_eq!(split_authority("host:abc"), None);
+        assert_eq!(split_authority("host:0"), None);
+        assert_eq!(split_authority("host:65536"), None);
         for odd in ["host:+443", "host:0443", "host: 443", "host:443 ", "host:-1", "host:", "host:4430000"] {
-            assert_eq!(split_authority(odd, 443), None, "{odd}");
+            assert_eq!(split_authority(odd), None, "{odd}");
         }
         assert_eq!(parse_port("65535"), Some(65535));
         assert_eq!(parse_port("1"), Some(1));
-        assert_eq!(split_authority(":443", 443), None);
-        assert_eq!(split_authority("", 443), None);
+        assert_eq!(split_authority(":443"), None);
+        assert_eq!(split_authority(""), None);
         assert_eq!(path_without_query("/a/b?c=d#e"), "/a/b");
         assert_eq!(path_without_query("/a#e"), "/a");
     }

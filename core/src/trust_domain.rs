@@ -26,8 +26,16 @@ pub struct TrustDomains {
 }
 
 impl TrustDomains {
-    /// `federated`: accepted trust domains outside the local family. Returns `(path, message)` errors.
-    pub fn new(federated: &[String], local: Option<&str>, aliases: &[String]) -> Result<Self, Vec<(String, String)>> {
+    /// `federated`: accepted trust domains outside the local family. `platform`: the trust domain the
+    /// platform gives callers (Kuma's MeshIdentity), which joins the local family: the local trust domain
+    /// when the policy names none, else an alias of it (a federated entry of the same name moves there).
+    /// Returns `(path, message)` errors.
+    pub fn new(
+        federated: &[String],
+        local: Option<&str>,
+        aliases: &[String],
+        platform: Option<&str>,
+    ) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let mut this = Self::default();
         let mut add = |path: String, td: &str, this: &mut Self| {
@@ -51,6 +59,16 @@ impl TrustDomains {
         if local.is_none() && !aliases.is_empty() {
             errors.push(("trustDomainAliases".into(), "aliases need a localTrustDomain".into()));
         }
+        if let Some(td) = platform.filter(|td| validate_trust_domain(td).is_ok()) {
+            this.accepted.insert(td.into());
+            match &this.local {
+                None => this.local = Some(td.into()),
+                Some(local) if **local == *td => {}
+                Some(_) => {
+                    this.aliases.insert(td.into());
+                }
+            }
+        }
         if this.accepted.is_empty() {
             errors
                 .push(("trustDomains".into(), "must list at least one trust domain (or set localTrustDomain)".into()));
@@ -66,6 +84,11 @@ impl TrustDomains {
     /// what a policy value must name to ever match.
     pub fn matchable(&self) -> impl Iterator<Item = &str> {
         self.accepted.iter().map(|td| &**td).filter(|td| !self.aliases.contains(*td))
+    }
+
+    /// The local trust domain, if there is one (the policy's, or the platform's).
+    pub fn local(&self) -> Option<&str> {
+        self.local.as_deref()
     }
 
     /// Whether callers from `td` may use the gateway.
@@ -126,7 +149,7 @@ mod tests {
     }
 
     fn migrating() -> TrustDomains {
-        TrustDomains::new(&s(&["partner.example"]), Some("example.org"), &s(&["example.com"])).unwrap()
+        TrustDomains::new(&s(&["partner.example"]), Some("example.org"), &s(&["example.com"]), None).unwrap()
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -166,21 +189,40 @@ mod tests {
 
     #[wasm_bindgen_test(unsupported = test)]
     fn without_local_trust_domain_nothing_is_rewritten() {
-        let t = TrustDomains::new(&s(&["cluster.local"]), None, &[]).unwrap();
+        let t = TrustDomains::new(&s(&["cluster.local"]), None, &[], None).unwrap();
         assert_eq!(t.canonical_principal_pattern("spiffe://cluster.local/ns/a"), "cluster.local/ns/a");
         assert!(t.accepts("cluster.local"));
     }
 
     #[wasm_bindgen_test(unsupported = test)]
     fn invalid_sets_name_the_field() {
-        let e = TrustDomains::new(&s(&["example.org", "Bad"]), Some("example.org"), &s(&["x..y", "example.com"]))
+        let e = TrustDomains::new(&s(&["example.org", "Bad"]), Some("example.org"), &s(&["x..y", "example.com"]), None)
             .unwrap_err();
         let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["trustDomains[0]", "trustDomains[1]"]);
-        let e = TrustDomains::new(&[], None, &s(&["a"])).unwrap_err();
+        let e = TrustDomains::new(&[], None, &s(&["a"]), None).unwrap_err();
         let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["trustDomainAliases"]);
-        let e = TrustDomains::new(&[], None, &[]).unwrap_err();
+        let e = TrustDomains::new(&[], None, &[], None).unwrap_err();
         assert_eq!(e[0].0, "trustDomains");
+    }
+
+    /// Kuma's MeshIdentity trust domain joins the local family: "cluster.local/..." in a policy means the
+    /// mesh's own callers on every platform.
+    #[wasm_bindgen_test(unsupported = test)]
+    fn the_platform_trust_domain_joins_the_local_family() {
+        let kuma = "default.zone-1.mesh.local";
+        let id = SpiffeId::parse("spiffe://default.zone-1.mesh.local/ns/team/sa/app1").unwrap();
+        // The policy names a local trust domain: the platform's becomes an alias of it.
+        let t = TrustDomains::new(&[], Some("cluster.local"), &[], Some(kuma)).unwrap();
+        assert!(t.accepts(kuma));
+        assert_eq!(t.canonical_principal(&id), "cluster.local/ns/team/sa/app1");
+        // No local trust domain: the platform's is it, and "cluster.local" in patterns stands for it.
+        let t = TrustDomains::new(&s(&["partner.example"]), None, &[], Some(kuma)).unwrap();
+        assert_eq!(t.canonical_principal_pattern("cluster.local/ns/team/*"), "default.zone-1.mesh.local/ns/team/*");
+        assert_eq!(t.canonical_principal(&id), "default.zone-1.mesh.local/ns/team/sa/app1");
+        // Listed as federated: it moves into the local family.
+        let t = TrustDomains::new(&s(&[kuma]), Some("cluster.local"), &[], Some(kuma)).unwrap();
+        assert_eq!(t.canonical_principal(&id), "cluster.local/ns/team/sa/app1");
     }
 }

@@ -23,17 +23,21 @@ const POLICY: &str = r#"{
     { "name": "deny-quarantine", "action": "DENY", "rules": [ { "from": [ { "source": { "namespaces": ["quarantine"] } } ] } ] },
     { "name": "allow-team", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team", "quarantine"] } } ] } ] }
   ] },
+  "identities": [
+    { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+    { "name": "team" }
+  ],
   "destinations": [ {
-    "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+    "name": "partner-api", "host": "api.partner.example", "port": 443,
     "policies": [
       { "name": "deny-admin", "action": "DENY", "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
       { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "principals": ["cluster.local/ns/team/sa/app*"] } } ] } ] }
     ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ]
+    "identities": ["team.app1"]
   }, {
-    "name": "partner-db", "protocol": "tcp", "hosts": ["db.partner.example"], "ports": [5432],
+    "name": "partner-db", "protocol": "tcp", "host": "db.partner.example", "port": 5432,
     "policies": [ { "name": "allow-apps", "action": "ALLOW", "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
-    "defaultIdentity": { "name": "team", "cluster": "partner-db|team" }
+    "defaultIdentity": "team"
   } ]
 }"#;
 
@@ -132,7 +136,7 @@ fn produced_by_connections(config: &Config) -> Vec<(&'static str, &'static str)>
     }
     // A passthrough connection whose ClientHello names another host, or whose first bytes are not TLS.
     for hello in [ClientHello::ServerName("elsewhere.example".into()), ClientHello::NotClientHello] {
-        if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict("partner-db", 5432, &hello) {
+        if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict("db.partner.example", &hello) {
             record(Decision::Deny(denial));
         }
     }

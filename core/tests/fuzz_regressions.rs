@@ -99,6 +99,23 @@ fn every_fuzz_target_is_replayed() {
     }
 }
 
+/// The config_load seeds are documents of the current format: policies (which compile as plain Envoy) and a
+/// plugin configuration as `render` writes it, whose platform renames destinations and clusters.
+#[test]
+fn config_seeds_are_policies_and_a_plugin_configuration() {
+    let seeds = inputs("seeds", "config_load");
+    let platforms: Vec<(&str, &str)> = seeds
+        .iter()
+        .map(|(name, bytes)| match Config::load(bytes) {
+            Ok(config) => (name.as_str(), config.platform.name()),
+            Err(errors) => panic!("fuzz/seeds/config_load/{name} does not load: {errors:?}"),
+        })
+        .collect();
+    for platform in ["envoy", "kuma"] {
+        assert!(platforms.iter().any(|(_, p)| *p == platform), "no {platform} seed: {platforms:?}");
+    }
+}
+
 fn replay_config(what: &str, bytes: &[u8], must_load: bool) {
     match Config::load(bytes) {
         Ok(_) => {}

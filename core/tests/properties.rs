@@ -120,39 +120,24 @@ fn reference(config: &Value, principal: &str, authority: &str, method: &str, pat
     if let Err((policy, reason)) = layer(&config["gateway"]["policies"], &r) {
         return deny("gateway", policy, reason);
     }
-    // Destination: exact host first, then the longest matching "*.suffix"; the port must be declared.
-    let declares = |d: &&Value| d["ports"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(u64::from(port)));
-    let destinations: Vec<&Value> = config["destinations"].as_array().unwrap().iter().filter(declares).collect();
-    let exact = destinations.iter().find(|d| strings(d, "hosts").iter().any(|h| h.to_ascii_lowercase() == host));
-    let wildcard = || {
-        destinations
-            .iter()
-            .filter_map(|d| {
-                strings(d, "hosts")
-                    .iter()
-                    .filter_map(|h| h.strip_prefix('*').map(str::to_ascii_lowercase))
-                    .filter(|sfx| host.ends_with(sfx.as_str()) && host.len() > sfx.len())
-                    .map(|sfx| sfx.len())
-                    .max()
-                    .map(|len| (len, *d))
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, d)| d)
-    };
-    let Some(destination) = exact.copied().or_else(wildcard) else {
+    // Destination: the one whose host and port the request names.
+    let destination = config["destinations"].as_array().unwrap().iter().find(|d| {
+        d["host"].as_str().unwrap().to_ascii_lowercase() == host && d["port"].as_u64() == Some(u64::from(port))
+    });
+    let Some(destination) = destination else {
         return deny("destination", None, "unknown_destination");
     };
     if let Err((policy, reason)) = layer(&destination["policies"], &r) {
         return deny("destination", policy, reason);
     }
-    let mapped = destination["identities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| strings(i, "principals").iter().any(|p| value_matches(&no_scheme(p), Some(id))))
-        .or(destination.get("defaultIdentity"));
+    let declared = |name: &str| config["identities"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap();
+    let mapped = strings(destination, "identities")
+        .into_iter()
+        .find(|name| strings(declared(name), "principals").iter().any(|p| value_matches(&no_scheme(p), Some(id))))
+        .or_else(|| destination["defaultIdentity"].as_str().map(str::to_string));
     match mapped {
-        Some(identity) => format!("allow {}", identity["cluster"].as_str().unwrap()),
+        // The cluster the platform (plain Envoy) names: destination, then the identity with '.' as '-'.
+        Some(identity) => format!("allow {}|{}", destination["name"].as_str().unwrap(), identity.replace('.', "-")),
         None => deny("identity", None, "no_identity_mapping"),
     }
 }
@@ -181,6 +166,11 @@ fn pick(values: &'static [&'static str]) -> impl Strategy<Value = Vec<String>> {
     prop::collection::vec(prop::sample::select(values), 0..=2).prop_map(|v| v.into_iter().map(String::from).collect())
 }
 
+/// An object of the fields that have values: an empty list is refused (omitting the field matches any).
+fn fields(entries: Vec<(&str, Vec<String>)>) -> Value {
+    Value::Object(entries.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), json!(v))).collect())
+}
+
 fn source() -> impl Strategy<Value = Value> {
     let principals: &'static [&'static str] = &[
         "cluster.local/ns/team/sa/app1",
@@ -194,8 +184,15 @@ fn source() -> impl Strategy<Value = Value> {
     let trust_domains: &'static [&'static str] = &["cluster.local", "partner.example", "*.example", "*"];
     (pick(principals), pick(principals), pick(namespaces), pick(namespaces), pick(trust_domains), pick(trust_domains))
         .prop_map(|(p, np, n, nn, t, nt)| {
-            json!({ "source": { "principals": p, "notPrincipals": np, "namespaces": n, "notNamespaces": nn,
-                                "trustDomains": t, "notTrustDomains": nt } })
+            let source = fields(vec![
+                ("principals", p),
+                ("notPrincipals", np),
+                ("namespaces", n),
+                ("notNamespaces", nn),
+                ("trustDomains", t),
+                ("notTrustDomains", nt),
+            ]);
+            json!({ "source": source })
         })
 }
 
@@ -207,19 +204,33 @@ fn operation(with_hosts: bool) -> impl Strategy<Value = Value> {
         &["api.partner.example", "*.partner.example", "*.other.example", "API.Partner.Example"];
     (pick(methods), pick(methods), pick(paths), pick(paths), pick(ports), pick(ports), pick(hosts), pick(hosts))
         .prop_map(move |(m, nm, p, np, po, npo, h, nh)| {
-            let mut op =
-                json!({ "methods": m, "notMethods": nm, "paths": p, "notPaths": np, "ports": po, "notPorts": npo });
+            let mut entries = vec![
+                ("methods", m),
+                ("notMethods", nm),
+                ("paths", p),
+                ("notPaths", np),
+                ("ports", po),
+                ("notPorts", npo),
+            ];
             if with_hosts {
-                op["hosts"] = json!(h);
-                op["notHosts"] = json!(nh);
+                entries.extend([("hosts", h), ("notHosts", nh)]);
             }
-            json!({ "operation": op })
+            json!({ "operation": fields(entries) })
         })
 }
 
 fn policies(prefix: &'static str, with_hosts: bool) -> impl Strategy<Value = Value> {
     let complex = (prop::collection::vec(source(), 0..=2), prop::collection::vec(operation(with_hosts), 0..=2))
-        .prop_map(|(from, to)| json!({ "from": from, "to": to }));
+        .prop_map(|(from, to)| {
+            let mut rule = json!({});
+            if !from.is_empty() {
+                rule["from"] = json!(from);
+            }
+            if !to.is_empty() {
+                rule["to"] = json!(to);
+            }
+            rule
+        });
     // Rules with a single principals or paths constraint: the ones the engine's first-match index serves.
     let principals: &'static [&'static str] = &[
         "cluster.local/ns/team/sa/app1",
@@ -259,18 +270,21 @@ fn identities() -> impl Strategy<Value = (Vec<Vec<&'static str>>, bool)> {
     (prop::collection::vec(prop::collection::vec(prop::sample::select(patterns), 1..=2), 0..=2), prop::bool::ANY)
 }
 
-fn destination(name: &'static str, hosts: Value, ports: Value) -> impl Strategy<Value = Value> {
+/// A destination, and the identities it declares: `<name>.id<i>` with their principals, and
+/// `<name>.default` (no principals) when it has a default.
+fn destination(name: &'static str, host: &'static str, port: u16) -> impl Strategy<Value = (Value, Vec<Value>)> {
     (policies(name, false), identities()).prop_map(move |(policies, (ids, with_default))| {
-        let mut d = json!({
-            "name": name, "hosts": hosts.clone(), "ports": ports.clone(), "policies": policies,
-            "identities": ids.iter().enumerate().map(|(i, p)| json!({
-                "name": format!("{name}.id{i}"), "cluster": format!("{name}|id{i}"), "principals": p
-            })).collect::<Vec<_>>()
-        });
-        if with_default || ids.is_empty() {
-            d["defaultIdentity"] = json!({ "name": format!("{name}.default"), "cluster": format!("{name}|default") });
+        let mut declared: Vec<Value> =
+            ids.iter().enumerate().map(|(i, p)| json!({ "name": format!("{name}.id{i}"), "principals": p })).collect();
+        let mut d = json!({ "name": name, "host": host, "port": port, "policies": policies });
+        if !ids.is_empty() {
+            d["identities"] = json!((0..ids.len()).map(|i| format!("{name}.id{i}")).collect::<Vec<_>>());
         }
-        d
+        if with_default || ids.is_empty() {
+            d["defaultIdentity"] = json!(format!("{name}.default"));
+            declared.push(json!({ "name": format!("{name}.default") }));
+        }
+        (d, declared)
     })
 }
 
@@ -280,12 +294,14 @@ fn config() -> impl Strategy<Value = Value> {
     (
         Just(vec!["cluster.local", "partner.example"]),
         policies("gw", true),
-        destination("partner", json!(["api.partner.example"]), json!([443, 8443])),
-        destination("wild", json!(["*.partner.example"]), json!([443])),
-        destination("other", json!(["*.other.example", "deep.x.other.example"]), json!([443])),
+        destination("partner", "api.partner.example", 443),
+        destination("partner-alt", "api.partner.example", 8443),
+        destination("other", "deep.x.other.example", 443),
     )
         .prop_map(|(tds, gateway, d1, d2, d3)| {
-            json!({ "trustDomains": tds, "gateway": { "policies": gateway }, "destinations": [d1, d2, d3] })
+            let identities: Vec<Value> = [&d1, &d2, &d3].iter().flat_map(|(_, ids)| ids.clone()).collect();
+            json!({ "trustDomains": tds, "identities": identities, "gateway": { "policies": gateway },
+                    "destinations": [d1.0, d2.0, d3.0] })
         })
 }
 
@@ -294,7 +310,7 @@ fn request() -> impl Strategy<Value = (String, String, String, String)> {
         "api.partner.example",
         "API.Partner.Example:8443",
         "x.partner.example",
-        "a.b.partner.example:443",
+        "api.partner.example:443",
         "deep.x.other.example",
         "y.other.example",
         "unknown.example",
@@ -333,7 +349,7 @@ proptest! {
         let _ = SpiffeId::parse(&format!("spiffe://{text}"));
         let _ = principal_from_pem(&bytes, SanPolicy::AcceptLegacyKuma);
         let _ = principal_from_pem(format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----").as_bytes(), SanPolicy::Strict);
-        let _ = split_authority(&text, 443);
+        let _ = split_authority(&text);
     }
 
     /// Whatever the request attributes, a decision is made without panicking.
@@ -352,19 +368,24 @@ proptest! {
 /// wrong answer (guards against a reference that mirrors everything the engine says).
 #[test]
 fn the_reference_evaluator_is_not_vacuous() {
-    let c = json!({ "trustDomains": ["cluster.local"],
+    let c = json!({ "trustDomains": ["cluster.local"], "identities": [{ "name": "x" }],
         "gateway": { "policies": [
             { "name": "a", "action": "ALLOW", "rules": [{}] },
             { "name": "d", "action": "DENY", "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }] } ] },
-        "destinations": [{ "name": "p", "hosts": ["api.partner.example"], "ports": [443], "policies": [],
-            "defaultIdentity": { "name": "x", "cluster": "p|x" } }] });
+        "destinations": [{ "name": "p", "host": "api.partner.example", "port": 443, "policies": [
+            { "name": "app1", "action": "ALLOW", "rules": [{ "from": [{ "source": { "principals": ["cluster.local/ns/team/sa/app1"] } }] }] }
+        ], "defaultIdentity": "x" }] });
     let app1 = "spiffe://cluster.local/ns/team/sa/app1";
     assert_eq!(reference(&c, app1, "api.partner.example", "GET", "/admin/x"), "deny gateway d denied_by_policy");
-    assert_eq!(reference(&c, app1, "api.partner.example", "GET", "/v1"), "deny destination - no_matching_allow");
+    assert_eq!(reference(&c, app1, "api.partner.example", "GET", "/v1"), "allow p|x");
+    let app2 = "spiffe://cluster.local/ns/team/sa/app2";
+    assert_eq!(reference(&c, app2, "api.partner.example", "GET", "/v1"), "deny destination - no_matching_allow");
+    assert_eq!(reference(&c, app1, "api.partner.example:8443", "GET", "/v1"), "deny destination - unknown_destination");
     assert_eq!(
         reference(&c, "spiffe://x.example/a", "api.partner.example", "GET", "/v1"),
         "deny principal - untrusted_trust_domain"
     );
     let config = Config::load(c.to_string().as_bytes()).unwrap();
     assert_eq!(engine(&config, app1, "api.partner.example", "GET", "/admin/x"), "deny gateway d denied_by_policy");
+    assert_eq!(engine(&config, app1, "api.partner.example", "GET", "/v1"), "allow p|x");
 }

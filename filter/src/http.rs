@@ -83,7 +83,7 @@ impl EgressIdentityFilter {
         }
         let resolution = {
             let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
-            principal::resolve(&config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
+            principal::resolve(config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
         };
         if !ladder(7) {
             self.counters.count_resolution(&resolution);

@@ -90,12 +90,17 @@ impl RootContext for EgressIdentityRoot {
         // Logged once per configuration: by the worker whose load moved the generation.
         if let Some(generation) = publish_config_generation(fingerprint) {
             log::info!(
-                "version {}: configuration {fingerprint:016x} (generation {generation}) loaded: {} gateway policies, {} destinations ({} tcp/tls)",
+                "version {}: configuration {fingerprint:016x} (generation {generation}) loaded: {} gateway policies, {} destinations ({} tcp/tls), {} identities, platform {}",
                 env!("CARGO_PKG_VERSION"),
                 config.gateway.len(),
                 config.destinations.iter().count(),
-                config.destinations.iter().filter(|d| d.protocol.is_l4()).count()
+                config.destinations.iter().filter(|d| d.protocol.is_l4()).count(),
+                config.identities.len(),
+                config.platform.describe()
             );
+            for warning in &config.warnings {
+                log::warn!("egress-identity: configuration: {warning}");
+            }
         }
         // Declared only when written (`auditRecord`).
         if config.audit_record.object() {

@@ -42,7 +42,8 @@ enum State {
 /// An allowed passthrough connection until its ClientHello has arrived.
 struct Passthrough {
     destination: Box<str>,
-    port: u16,
+    /// The partner's host, which the caller's ClientHello must name.
+    host: Box<str>,
     cluster: Box<str>,
     identity: usize,
     /// The caller, for the record of a later denial.
@@ -108,7 +109,7 @@ impl EgressIdentityConnection {
     fn decide(&mut self, config: &Config, data_size: usize, end_of_stream: bool) -> Result<Action, HostError> {
         let resolution = {
             let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
-            principal::resolve(&config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
+            principal::resolve(config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
         };
         self.counters.count_resolution(&resolution);
         let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
@@ -123,9 +124,9 @@ impl EgressIdentityConnection {
             Decision::Allow(allowed) => {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
                 if allowed.protocol == Protocol::Tls {
-                    let destination = allowed.destination.into();
+                    let (destination, host) = (allowed.destination.into(), allowed.host.into());
                     let pending =
-                        Passthrough { destination, port, cluster, identity, principal: principal_id.into(), record };
+                        Passthrough { destination, host, cluster, identity, principal: principal_id.into(), record };
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
                 if let Some(secret) = &allowed.identity.secret {
@@ -149,7 +150,7 @@ impl EgressIdentityConnection {
     ) -> Result<Action, HostError> {
         let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
-        match config.passthrough_verdict(&pending.destination, pending.port, &hello) {
+        match config.passthrough_verdict(&pending.host, &hello) {
             PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, &pending.record),
             PassthroughVerdict::Wait if !end_of_stream => {
                 self.state = State::AwaitingClientHello(pending);

@@ -1,5 +1,5 @@
-//! The adapter's own promises on the real gateway (envoy/gateway.yaml with a variant of the demo policy in
-//! which app1 and app2 are two external identities that share one cluster):
+//! The adapter's own promises on the real gateway (envoy/gateway.yaml, whose single-cluster destination
+//! `partner-shared` presents its two external identities, team.app1 and team.app2, through one cluster):
 //!
 //! * per-identity counters count each identity, even when identities share a cluster;
 //! * a malformed `:authority` is a malformed request, decided before the principal and every layer;
@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::pki::WorkloadSpec;
-use egress_identity_harness::topology::{self, Options, Topology};
-use serde_json::Value;
+use egress_identity_harness::topology::{Options, Topology};
 
 fn topo() -> (MutexGuard<'static, ()>, &'static Topology) {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -23,7 +22,7 @@ fn topo() -> (MutexGuard<'static, ()>, &'static Topology) {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t = TOPOLOGY.get_or_init(|| {
         let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("adapter");
-        Topology::start(&Options::new(run_dir).with_plugin_config(shared_cluster_policy())).map_err(|e| e.to_string())
+        Topology::start(&Options::new(run_dir)).map_err(|e| e.to_string())
     });
     match t {
         Ok(t) => (guard, t),
@@ -31,15 +30,10 @@ fn topo() -> (MutexGuard<'static, ()>, &'static Topology) {
     }
 }
 
-/// The demo policy, with app2's identity presented by app1's cluster.
-fn shared_cluster_policy() -> String {
-    let yaml = std::fs::read_to_string(egress_identity_harness::repo_root().join("envoy/gateway.yaml")).unwrap();
-    let mut policy: Value = serde_json::from_str(&topology::plugin_config(&yaml).unwrap()).unwrap();
-    let identities = policy["destinations"][0]["identities"].as_array_mut().unwrap();
-    assert_eq!(identities[1]["name"], "team.app2");
-    identities[1]["cluster"] = identities[0]["cluster"].clone();
-    policy.to_string()
-}
+/// The single-cluster destination `partner-shared` of the demo policy, as callers address it.
+const SHARED_HOST: &str = "api.partner.example:8443";
+/// Its one cluster, whatever the identity.
+const SHARED_CLUSTER: &str = "partner-shared|shared";
 
 fn send(t: &Topology, who: &str, call: impl FnOnce(Call) -> Call) -> Response {
     let call = call(Call::get(&t.pki().workload(who), &egress_identity_harness::unique_path("/adapter")));
@@ -56,13 +50,17 @@ fn counter(t: &Topology, labels: &[(&str, &str)]) -> u64 {
 #[test]
 fn identities_sharing_a_cluster_keep_their_own_counters() {
     let (_lock, t) = topo();
-    let before = |id: &str| counter(t, &[("destination", "partner-api"), ("identity", id)]);
+    let before = |id: &str| counter(t, &[("destination", "partner-shared"), ("identity", id)]);
     let (app1, app2) = (before("team.app1"), before("team.app2"));
-    for who in ["team-app1", "team-app2", "team-app2"] {
-        let r = send(t, who, |c| c);
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2"), ("team-app2", "CN=team.app2")] {
+        let path = egress_identity_harness::unique_path("/adapter/shared");
+        let call = Call::get(&t.pki().workload(who), &path).host(SHARED_HOST);
+        let r = t.client().send(&call).expect("running curl");
         assert_eq!(r.status, 200, "{who}: {}", r.summary());
-        // Both present app1's cluster, hence its certificate: what the policy says.
-        assert_eq!(r.field("client_subject"), Some("CN=team.app1"), "{who}");
+        assert_eq!(r.field("client_subject"), Some(cn), "{who}");
+        // Every identity went out through the destination's one cluster.
+        let entry = t.gateway_access_log_entry(&path).unwrap_or_else(|| panic!("no access-log entry for {path}"));
+        assert_eq!(entry["upstream_cluster"], SHARED_CLUSTER, "{who}: {entry}");
     }
     t.settle_counters();
     assert_eq!(before("team.app1") - app1, 1, "team.app1's counter");

@@ -22,15 +22,19 @@ const POLICY: &str = r#"{
     { "name": "allow-all-but-quarantine", "action": "ALLOW",
       "rules": [ { "from": [ { "source": { "notNamespaces": ["quarantine"] } } ] } ] }
   ] },
+  "identities": [
+    { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+    { "name": "team.app2" }
+  ],
   "destinations": [ {
-    "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+    "name": "partner-api", "host": "api.partner.example", "port": 443,
     "policies": [
       { "name": "deny-delete", "action": "DENY", "rules": [ { "to": [ { "operation": { "methods": ["DELETE"] } } ] } ] },
       { "name": "deny-admin", "action": "DENY", "rules": [ { "to": [ { "operation": { "paths": ["/admin*"] } } ] } ] },
       { "name": "allow-mesh", "action": "ALLOW", "rules": [ { "from": [ { "source": { "trustDomains": ["cluster.local"] } } ] } ] }
     ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
-    "defaultIdentity": { "name": "team.app2", "cluster": "partner-api|team-app2" }
+    "identities": ["team.app1"],
+    "defaultIdentity": "team.app2"
   } ]
 }"#;
 

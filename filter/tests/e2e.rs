@@ -332,12 +332,12 @@ fn pki_reloaded_from_disk_issues_accepted_certificates() {
 /// The gateway policy with its first action misspelt.
 const INVALID_CONFIG: &str = r#"{
   "trustDomains": ["cluster.local"],
+  "identities": [ { "name": "team.app1", "principals": ["spiffe://cluster.local/ns/team/sa/app1"] } ],
   "gateway": { "policies": [ { "name": "allow-team", "action": "ALOW",
     "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ] },
-  "destinations": [ { "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
+  "destinations": [ { "name": "partner-api", "host": "api.partner.example", "port": 443,
     "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
-    "identities": [ { "name": "team.app1", "cluster": "partner-api|team-app1",
-      "principals": ["spiffe://cluster.local/ns/team/sa/app1"] } ] } ]
+    "identities": ["team.app1"] } ]
 }"#;
 
 #[test]

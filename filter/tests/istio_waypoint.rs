@@ -1,8 +1,10 @@
-//! The Istio waypoint principal source, end to end on a real Envoy: in an ambient waypoint the caller's
-//! identity arrives as filter state `io.istio.peer_principal` (set by the HBONE terminator), not as a TLS
-//! peer certificate. Here `envoy.filters.http.set_filter_state` plays the terminator's part, in front of
-//! the real filter configured with `principalSources: ["istio_peer_principal"]` and one upstream cluster
-//! per external identity (each a local listener that answers with its identity's name).
+//! The Istio waypoint platform, end to end on a real Envoy: in an ambient waypoint the caller's identity
+//! arrives as filter state `io.istio.peer_principal` (set by the HBONE terminator), not as a TLS peer
+//! certificate. Here `envoy.filters.http.set_filter_state` plays the terminator's part, in front of the real
+//! filter running the plugin configuration `render istio --mode waypoint` writes (the policy plus
+//! `"platform": {"kind": "istio-waypoint"}`, which sets the principal source and how requests arrive:
+//! `http://<host>/`), and one upstream cluster per external identity, named as the platform names them (each
+//! a local listener that answers with its identity's name).
 #![cfg(test)]
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -10,6 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use egress_identity_core::config::Config;
+use egress_identity_core::config_document::PlatformSpec;
+use egress_identity_core::platform::{plugin_configuration, Platform};
 use egress_identity_harness::process::Supervised;
 use egress_identity_harness::topology::{self, envoy_bin, wasm_path, WASM_IN_RUN_DIR};
 use serde_json::{json, Value};
@@ -20,22 +25,28 @@ const IDENTITY_PORTS: [(&str, u16); 2] = [("team.app1", 19081), ("team.app2", 19
 /// The request header the stand-in terminator copies into `io.istio.peer_principal`.
 const PEER_HEADER: &str = "x-test-waypoint-peer";
 
+/// The policy: one destination, two identities; nothing in it names the platform.
+const POLICY: &str = r#"{
+  "trustDomains": ["cluster.local"],
+  "identities": [
+    { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+    { "name": "team.app2", "principals": ["cluster.local/ns/team/sa/app2"] }
+  ],
+  "gateway": { "policies": [ { "name": "team-only", "action": "ALLOW",
+    "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ] },
+  "destinations": [ {
+    "name": "partner-api", "host": "api.partner.example", "port": 443,
+    "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
+    "identities": ["team.app1", "team.app2"]
+  } ]
+}"#;
+
+/// The policy's plugin configuration for an Istio waypoint, as `render istio --mode waypoint` writes it.
 fn plugin_config() -> String {
-    json!({
-        "principalSources": ["istio_peer_principal"],
-        "trustDomains": ["cluster.local"],
-        "gateway": { "policies": [{ "name": "team-only", "action": "ALLOW",
-            "rules": [{ "from": [{ "source": { "namespaces": ["team"] } }] }] }] },
-        "destinations": [{
-            "name": "partner-api", "hosts": ["api.partner.example"], "ports": [443],
-            "policies": [{ "name": "all", "action": "ALLOW", "rules": [{}] }],
-            "identities": [
-                { "name": "team.app1", "cluster": "partner-api|team-app1", "principals": ["cluster.local/ns/team/sa/app1"] },
-                { "name": "team.app2", "cluster": "partner-api|team-app2", "principals": ["cluster.local/ns/team/sa/app2"] }
-            ]
-        }]
-    })
-    .to_string()
+    let text = plugin_configuration(POLICY, &PlatformSpec::IstioWaypoint).expect("the policy is a JSON object");
+    let config = Config::load(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(config.platform, Platform::IstioWaypoint, "{text}");
+    text
 }
 
 /// A plain-HTTP listener whose one route matches every path and then does `action` (route or response).
@@ -109,10 +120,17 @@ fn bootstrap() -> Value {
     })
 }
 
-/// (status, body) of a request whose caller the waypoint identified as `peer`.
+/// (status, body) of a request whose caller the waypoint identified as `peer`, calling http://api.partner.example/.
 fn call(peer: &str) -> (u16, String) {
+    call_host(peer, "api.partner.example")
+}
+
+/// (status, body) of a request for `host` (the `Host` header) whose caller the waypoint identified as `peer`.
+fn call_host(peer: &str, host: &str) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-H", "Host: api.partner.example", "-H"])
+        .args(["-sS", "--max-time", "10", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg("-H")
         .arg(format!("{PEER_HEADER}: {peer}"))
         .args(["-w", "\n%{http_code}"])
         .arg(format!("http://127.0.0.1:{LISTENER}/v1/orders"))
@@ -151,5 +169,12 @@ fn the_waypoint_peer_principal_selects_the_external_identity() {
     assert_eq!(denied("spiffe://cluster.local/ns/sandbox/sa/x")["layer"], "gateway");
     assert_eq!(denied("spiffe://evil.example/ns/team/sa/app1")["reason"], "untrusted_trust_domain");
     assert_eq!(denied("spiffe://cluster.local/ns/team/sa/../app1")["reason"], "invalid_spiffe_id");
+
+    // Applications call the destination as http://<host>/ (the ServiceEntry's port 80), with or without the
+    // port; the partner's own port is not how a waypoint receives it.
+    assert_eq!(call_host("cluster.local/ns/team/sa/app1", "api.partner.example:80"), (200, "team.app1".to_string()));
+    let (status, body) = call_host("cluster.local/ns/team/sa/app1", "api.partner.example:443");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["reason"], "unknown_destination", "{body}");
     envoy.stop();
 }

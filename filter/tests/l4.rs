@@ -17,7 +17,7 @@ use std::time::Duration;
 use egress_identity_harness::l4::L4Outcome;
 use egress_identity_harness::pki::{CertFiles, WorkloadSpec, EXTERNAL_HOST, EXTERNAL_TLS_HOST};
 use egress_identity_harness::topology::{
-    Options, Topology, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_L4_UNDECLARED_PORT,
+    Options, Topology, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_L4_PORT, GATEWAY_L4_SHARED_PORT,
 };
 use serde_json::Value;
 
@@ -165,12 +165,18 @@ fn each_denial_closes_the_connection_before_the_partner_sees_it() {
         let outcome = tcp(t, &who, sni);
         assert_refused(t, &outcome, before, principal, layer, reason);
     }
-    // An SNI that is declared, on a port of the gateway no destination declares.
+    // An SNI that is declared, on a port of the gateway where it is not: tls.partner.example is declared on
+    // GATEWAY_L4_PORT only; the listener also listens on GATEWAY_L4_SHARED_PORT, for partner-shared-tcp.
+    let app1 = workload(t, "team-app1");
+    let app1_id = "spiffe://cluster.local/ns/team/sa/app1";
+    let passthrough = |port: u16| {
+        t.l4_client().on_port(port).passthrough(&app1, EXTERNAL_TLS_HOST, EXTERNAL_TLS_HOST, b"hello\n").unwrap()
+    };
     let before = counts(t);
-    let outcome = t.l4_client().on_port(GATEWAY_L4_UNDECLARED_PORT).call(&app2, EXTERNAL_HOST, b"hello\n").unwrap();
-    assert_refused(t, &outcome, before, app2_id, "destination", "unknown_destination");
-    // The same caller on the declared port gets through: the port alone made the difference.
-    assert_eq!(tcp(t, &app2, EXTERNAL_HOST).received.trim(), "subject=CN=team.app2");
+    let outcome = passthrough(GATEWAY_L4_SHARED_PORT);
+    assert_refused(t, &outcome, before, app1_id, "destination", "unknown_destination");
+    // The same caller and connection on the declared port gets through: the port alone made the difference.
+    assert_eq!(passthrough(GATEWAY_L4_PORT).received.trim(), format!("server_name={EXTERNAL_TLS_HOST}"));
 }
 
 #[test]
@@ -297,7 +303,12 @@ fn neither_filter_defines_series_that_can_never_count() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["identities"].as_array().map_or(0, Vec::len) + usize::from(d.get("defaultIdentity").is_some()))
+        .map(|d| {
+            // A tls (passthrough) destination declares no identity: its one route is named `passthrough`.
+            d["identities"].as_array().map_or(0, Vec::len)
+                + usize::from(d.get("defaultIdentity").is_some())
+                + usize::from(d["protocol"] == "tls")
+        })
         .sum();
     assert_eq!(own_identities, identities, "each identity's allow series, in its own filter only");
 }

@@ -1,6 +1,7 @@
-//! Single-cluster mode (`sharedCluster`, README.md "Identity scale") on the real gateway: destination
-//! `partner-shared` of `envoy/policy.json` reaches the partner through ONE cluster whose upstream TLS
-//! context picks the client certificate per connection (on-demand SDS selector, filter-state mapper).
+//! Single-cluster mode (`singleCluster: true`, README.md "Identity scale") on the real gateway: destination
+//! `partner-shared` of `envoy/policy.json` reaches the partner through ONE cluster (`partner-shared|shared`)
+//! whose upstream TLS context picks the client certificate per connection (on-demand SDS selector,
+//! filter-state mapper).
 //!
 //! The promises, each proved by what the partner (nginx) reports for every request (its certificate
 //! subject, its connection, whether its TLS session was resumed):
@@ -28,6 +29,8 @@ use serde_json::Value;
 
 /// The single-cluster destination of envoy/policy.json.
 const SHARED_HOST: &str = "api.partner.example:8443";
+/// Its one cluster (the platform's name for a single-cluster destination's cluster).
+const SHARED_CLUSTER: &str = "partner-shared|shared";
 const CALLERS: [(&str, &str); 2] = [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")];
 /// Alternating requests per test: enough for pooled connections to be reused many times over.
 const ROUNDS: usize = 12;
@@ -167,7 +170,8 @@ fn alternating_identities_never_share_a_connection_or_a_session() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(ours.len(), a.requests, "{ours:?}");
-    assert!(ours.iter().all(|l| l.contains(r#""upstream_cluster":"partner-shared""#)), "{ours:?}");
+    let cluster = format!(r#""upstream_cluster":"{SHARED_CLUSTER}""#);
+    assert!(ours.iter().all(|l| l.contains(&cluster)), "{ours:?}");
     // Each identity's certificate was fetched from the SDS server, and nothing else.
     let fetched = topo.identity_sds().requested_names();
     assert_eq!(fetched.into_iter().collect::<Vec<_>>(), ["team.app1", "team.app2"]);
@@ -236,16 +240,21 @@ fn identities_past_the_up_front_counters_are_counted_from_their_first_request() 
     let _serial = serial();
     let mut policy: Value =
         serde_json::from_str(&std::fs::read_to_string(repo_root().join("envoy/policy.json")).unwrap()).unwrap();
+    // 1,100 more declared identities, listed by partner-shared before its own two.
+    let bulk: Vec<String> = (0..1100).map(|i| format!("bulk.{i}")).collect();
+    let declared = policy["identities"].as_array_mut().expect("identities in envoy/policy.json");
+    declared.extend(bulk.iter().enumerate().map(|(i, name)| {
+        serde_json::json!({"name": name, "principals": [format!("spiffe://cluster.local/ns/bulk/sa/s{i}")]})
+    }));
     let shared = policy["destinations"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
         .find(|d| d["name"] == "partner-shared")
         .expect("partner-shared in envoy/policy.json");
-    let mut identities: Vec<Value> = (0..1100)
-        .map(|i| serde_json::json!({"name": format!("bulk.{i}"), "principals": [format!("spiffe://cluster.local/ns/bulk/sa/s{i}")]}))
-        .collect();
+    let mut identities: Vec<Value> = bulk.into_iter().map(Value::from).collect();
     identities.extend(shared["identities"].as_array().unwrap().iter().cloned());
+    assert_eq!(identities.last(), Some(&Value::from("team.app2")), "{identities:?}");
     shared["identities"] = Value::Array(identities);
     let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("single-cluster").join("many-identities");
     let opts = Options::new(&run_dir).with_plugin_config(serde_json::to_string(&policy).unwrap());

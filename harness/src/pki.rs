@@ -14,7 +14,9 @@
 //!
 //! For rotation tests more material can be issued later: a second mesh CA ([`Pki::generate_mesh_ca`]) and
 //! certificates signed by it, a re-issued external identity (same subject, new key and serial,
-//! [`Pki::reissue_external_identity`]). [`certificate_serial`] reads a certificate's serial back.
+//! [`Pki::reissue_external_identity`]). [`certificate_serial`] reads a certificate's serial back. For tests of
+//! certificate checks: external identities expired, not yet valid or expiring soon
+//! ([`Pki::issue_external_identity_valid`]), or with DNS SANs ([`Pki::issue_external_identity_with_dns`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,17 @@ impl WorkloadSpec {
     pub fn spiffe(id: &str) -> Self {
         WorkloadSpec { uri_sans: vec![id.to_string()], ..Default::default() }
     }
+}
+
+/// When a certificate of [`Pki::issue_external_identity_valid`] is valid, relative to now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Valid from 2024-01-01 until a day ago.
+    Expired,
+    /// Valid from a day from now until 2049-12-31.
+    NotYetValid,
+    /// Valid from 2024-01-01 until this many days from now.
+    EndsInDays(u32),
 }
 
 struct Ca {
@@ -345,6 +358,37 @@ impl Pki {
         check_stem(stem)?;
         let out = self.external_identity(stem);
         self.partner.issue(&leaf_params(Some(name), false), &out)?;
+        Ok(out)
+    }
+
+    /// Issue an external-identity certificate `CN=<name>` (partner CA) valid only as `validity` says, into
+    /// `external/<stem>.{crt,key}` (tests of expiry checks).
+    pub fn issue_external_identity_valid(&self, name: &str, stem: &str, validity: Validity) -> Result<CertFiles> {
+        check_stem(stem)?;
+        let mut params = leaf_params(Some(name), false);
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| err(e.to_string()))?;
+        let day = std::time::Duration::from_secs(86_400);
+        match validity {
+            Validity::Expired => params.not_after = now - day,
+            Validity::NotYetValid => params.not_before = now + day,
+            Validity::EndsInDays(days) => params.not_after = now + day * days,
+        }
+        let out = self.external_identity(stem);
+        self.partner.issue(&params, &out)?;
+        Ok(out)
+    }
+
+    /// Issue an external-identity certificate `CN=<name>` (partner CA) with the DNS SANs `dns`, into
+    /// `external/<stem>.{crt,key}`.
+    pub fn issue_external_identity_with_dns(&self, name: &str, stem: &str, dns: &[&str]) -> Result<CertFiles> {
+        check_stem(stem)?;
+        let mut params = leaf_params(Some(name), false);
+        for d in dns {
+            params.subject_alt_names.push(SanType::DnsName(ia5(d)?));
+        }
+        let out = self.external_identity(stem);
+        self.partner.issue(&params, &out)?;
         Ok(out)
     }
 

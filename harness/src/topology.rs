@@ -14,10 +14,10 @@ use crate::{err, repo_root, Result};
 
 /// Gateway listener (mTLS from callers).
 pub const GATEWAY_PORT: u16 = 10443;
-/// Gateway listener of the network (L4) filter (mTLS from callers; tcp and tls destinations).
+/// Gateway listener of the network (L4) filter (mTLS from callers), on the port the tcp destination
+/// `partner-tcp` and the tls destination `partner-tls` declare. The listener listens on exactly the ports
+/// tcp/tls destinations declare: this one and [`GATEWAY_L4_SHARED_PORT`].
 pub const GATEWAY_L4_PORT: u16 = 10444;
-/// The gateway's second L4 port: no destination declares it.
-pub const GATEWAY_L4_UNDECLARED_PORT: u16 = 10446;
 /// Gateway admin interface.
 pub const ADMIN_PORT: u16 = 9901;
 /// The gateway's metrics listener (only /stats/prometheus, what a Prometheus scrapes).
@@ -28,7 +28,8 @@ pub const EXTERNAL_PORT: u16 = 18443;
 pub const EXTERNAL_TCP_PORT: u16 = 18444;
 /// External partner's TLS service for passthrough (the caller's TLS; answers with the server name it got).
 pub const EXTERNAL_TLS_PORT: u16 = 18445;
-/// The gateway's L4 listener address of the single-cluster tcp destination `partner-shared-tcp`.
+/// The gateway's second L4 port: the one the single-cluster tcp destination `partner-shared-tcp` declares
+/// (no other destination is declared on it).
 pub const GATEWAY_L4_SHARED_PORT: u16 = 10447;
 /// The gRPC SDS server of the single-cluster destination's identities (render `--identity-sds`).
 pub const IDENTITY_SDS_PORT: u16 = 18447;
@@ -87,6 +88,8 @@ pub struct Options {
     pub gateway_config: PathBuf,
     /// A different plugin configuration (JSON): the gateway then runs a copy of `gateway_config` written
     /// to `<run>/gateway-variant.yaml` in which only the plugin configuration differs ([`gateway_variant`]).
+    /// A plain policy (no `platform` field) compiles as plain Envoy, which the demo gateway is; a copy of
+    /// [`plugin_config`] keeps its `"platform": {"kind":"envoy"}`.
     pub plugin_config: Option<String>,
     /// Serve the gateway's listener through file-based LDS (`<run>/lds/listeners.yaml`, bootstrap
     /// `<run>/gateway-lds.json`, see [`crate::lds`]) so a new plugin configuration can be pushed with
@@ -391,7 +394,6 @@ impl Topology {
         ensure_free(ADMIN_PORT, "gateway admin")?;
         ensure_free(GATEWAY_L4_PORT, "gateway L4 listener")?;
         ensure_free(METRICS_PORT, "gateway metrics listener")?;
-        ensure_free(GATEWAY_L4_UNDECLARED_PORT, "gateway L4 listener (second port)")?;
         ensure_free(EXTERNAL_PORT, "external server")?;
         ensure_free(EXTERNAL_TCP_PORT, "external TCP server")?;
         ensure_free(EXTERNAL_TLS_PORT, "external TLS server")?;
@@ -470,8 +472,9 @@ impl Topology {
         &self.gateway_config
     }
 
-    /// The gRPC SDS server of the single-cluster destination `partner-shared`: it serves the external
-    /// identities' certificates under their names (`team.app1`, ...).
+    /// The gRPC SDS server of the single-cluster destinations `partner-shared` and `partner-shared-tcp`: it
+    /// serves the external identities' certificates under their names (`team.app1`, ...), each identity's
+    /// default secret name.
     pub fn identity_sds(&self) -> &SdsServer {
         &self.identity_sds
     }
@@ -750,4 +753,33 @@ pub fn try_start_envoy(run_dir: &Path, wasm: &Path, plugin_config: &str, timeout
     let exit = envoy.exited();
     envoy.stop();
     Ok(StartAttempt { started, exit, log: envoy.log() })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// The demo gateway's plugin configuration (both blocks: the HTTP and the network filter) is its policy
+    /// plus `"platform": {"kind":"envoy"}`; a variant given as a plain policy (which compiles as plain Envoy)
+    /// replaces both blocks with exactly that policy.
+    #[test]
+    fn the_demo_gateway_runs_its_policy_for_plain_envoy_and_variants_replace_every_block() {
+        let yaml = fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
+        assert_eq!(plugin_config_blocks(&yaml).unwrap().len(), 2, "the HTTP and the network filter's blocks");
+        let mut config: serde_json::Value = serde_json::from_str(&plugin_config(&yaml).unwrap()).unwrap();
+        let platform = config.as_object_mut().unwrap().remove("platform");
+        assert_eq!(platform, Some(serde_json::json!({"kind": "envoy"})));
+        let policy_text = fs::read_to_string(repo_root().join("envoy/policy.json")).unwrap();
+        let policy: serde_json::Value = serde_json::from_str(&policy_text).unwrap();
+        assert_eq!(config, policy, "envoy/gateway.yaml is not rendered from envoy/policy.json");
+
+        let variant = gateway_variant(&yaml, &policy_text).unwrap();
+        let blocks = plugin_config_blocks(&variant).unwrap();
+        assert_eq!(blocks.len(), 2);
+        let back: serde_json::Value = serde_json::from_str(&plugin_config(&variant).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert!(back.get("platform").is_none());
+        assert!(gateway_variant(&yaml, "{ not json").is_err());
+    }
 }

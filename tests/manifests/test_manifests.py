@@ -11,10 +11,12 @@ Every YAML document in ``examples/**/*.yaml`` must
   rule that applies to a node present in the document is evaluated by a Python equivalent from ``CEL_RULES``.
   A CEL rule without an equivalent fails the test, so no rule is silently skipped.
 
-The plugin configurations embedded in the examples (``WasmPlugin.spec.pluginConfig`` and the Kuma
-``MeshProxyPatch`` wasm filter's ``configuration``) must be JSON objects with ``trustDomains`` and
-``destinations``; the identity clusters they name must exist in the same example. The negative tests prove that
-the validator rejects broken manifests (it is not vacuous).
+The plugin configurations embedded in the examples (``WasmPlugin.spec.pluginConfig``, ``TrafficExtension``'s, and
+the Kuma ``MeshProxyPatch`` wasm filter's ``configuration``) must be the one example policy (``examples/policy.json``)
+plus the ``platform`` of their example; the clusters the filter derives from them for that platform must exist in
+the same example. ``examples/envoy/gateway.yaml`` is a plain Envoy bootstrap, not a manifest: its plugin
+configuration and clusters are checked the same way (cli/tests/render.rs runs ``envoy --mode validate`` on it). The
+negative tests prove that the validator rejects broken manifests (it is not vacuous).
 
 Run: ``python -m pytest tests/manifests`` (needs jsonschema, pyyaml, pytest).
 """
@@ -40,6 +42,10 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO_ROOT / "examples"
+# The one example policy every platform's example is rendered from (`make render`).
+EXAMPLE_POLICY = EXAMPLES_DIR / "policy.json"
+# `render envoy examples/policy.json`: an Envoy bootstrap, not Kubernetes manifests.
+ENVOY_EXAMPLE_DIR = EXAMPLES_DIR / "envoy"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 
 # Internal headers of the filter (README.md (Configuration reference)) that every route must strip before forwarding.
@@ -632,7 +638,10 @@ class Doc:
 
 
 def example_files() -> list[Path]:
-    return sorted(p for pattern in ("*.yaml", "*.yml") for p in EXAMPLES_DIR.rglob(pattern))
+    """The Kubernetes manifests of examples/ (examples/envoy/ holds a plain Envoy bootstrap instead: see "The plain
+    Envoy example" below)."""
+    return sorted(p for pattern in ("*.yaml", "*.yml") for p in EXAMPLES_DIR.rglob(pattern)
+                  if ENVOY_EXAMPLE_DIR not in p.parents)
 
 
 @lru_cache(maxsize=None)
@@ -729,6 +738,8 @@ class PluginConfig:
     doc: Doc
     where: str
     config: Any
+    # The configuration's text where the manifest carries it as text (a StringValue), else None (a YAML object).
+    text: str | None = None
 
 
 def _wasm_filter_configs_in_mesh_proxy_patch(doc: Doc) -> Iterator[PluginConfig]:
@@ -747,7 +758,7 @@ def _wasm_filter_configs_in_mesh_proxy_patch(doc: Doc) -> Iterator[PluginConfig]
         assert str(configuration.get("@type", "")).endswith("google.protobuf.StringValue"), (
             f"{doc.id}: {where}: the wasm configuration must be a google.protobuf.StringValue"
         )
-        yield PluginConfig(doc, where, json.loads(configuration["value"]))
+        yield PluginConfig(doc, where, json.loads(configuration["value"]), configuration["value"])
 
 
 def plugin_configs() -> list[PluginConfig]:
@@ -764,32 +775,101 @@ def plugin_configs() -> list[PluginConfig]:
     return found
 
 
+# The platform each example directory is rendered for (the `platform` render appends to the policy).
+EXAMPLE_PLATFORMS = {"istio/egress-gateway": "istio-gateway", "istio/egress-waypoint": "istio-waypoint", "kuma": "kuma"}
+
+
+def plugin_configuration(policy: str, platform: dict) -> str:
+    """What `render` writes as the gateway's configuration (core/src/platform.rs, plugin_configuration, written
+    again here): the policy's text with `"platform"` (compact, `kind` first) appended as its last field."""
+    body = policy.rstrip()
+    assert body.endswith("}"), "the policy is not a JSON object"
+    return f'{body[:-1].rstrip()},\n  "platform": {json.dumps(platform, separators=(",", ":"))}\n}}\n'
+
+
+def _k8s_form(identity: str) -> str:
+    return identity.replace(".", "-")
+
+
+def derived_clusters(config: dict) -> set[str]:
+    """The clusters the filter can name for a plugin configuration, derived from its `platform` as README.md
+    documents it (core/src/platform.rs is the implementation; this is an independent reading): Envoy and Istio
+    `<destination>|<identity, '.' -> '-'>`, `<destination>|passthrough` (tls), `<destination>|shared`
+    (singleCluster); Kuma `kri_extsvc_<mesh>_<zone>_<namespace>_<destination>-<identity>_<port>` (80 for http).
+    An Istio waypoint carries no tcp/tls destination, so none of their clusters is ever named there."""
+    platform = config.get("platform") or {"kind": "envoy"}
+    clusters = set()
+    for dest in config["destinations"]:
+        protocol = dest.get("protocol", "http")
+        if platform["kind"] == "istio-waypoint" and protocol != "http":
+            continue
+        if protocol == "tls":
+            routes = ["passthrough"]
+        elif dest.get("singleCluster"):
+            routes = ["shared"]
+        else:
+            named = list(dest.get("identities", [])) + ([dest["defaultIdentity"]] if "defaultIdentity" in dest else [])
+            routes = [_k8s_form(identity) for identity in named]
+        for route in routes:
+            if platform["kind"] == "kuma":
+                port = dest["port"] if protocol != "http" else 80
+                clusters.add("_".join(["kri", "extsvc", platform["mesh"], platform["zone"], platform["namespace"],
+                                       f"{dest['name']}-{route}", str(port)]))
+            else:
+                clusters.add(f"{dest['name']}|{route}")
+    return clusters
+
+
+def test_derived_clusters_follow_the_platform() -> None:
+    """The derivation the coherence tests below rely on, on a policy of each kind of destination."""
+    config = {"destinations": [
+        {"name": "api", "host": "api.example", "port": 443, "identities": ["team.app1"], "defaultIdentity": "ops"},
+        {"name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["team.app1"]},
+        {"name": "files", "protocol": "tls", "host": "files.example", "port": 443},
+        {"name": "one", "host": "one.example", "port": 8443, "singleCluster": True, "identities": ["team.app1"]},
+    ]}
+    assert derived_clusters(config) == {"api|team-app1", "api|ops", "db|team-app1", "files|passthrough", "one|shared"}
+    waypoint = derived_clusters({**config, "platform": {"kind": "istio-waypoint"}})
+    assert waypoint == {"api|team-app1", "api|ops", "one|shared"}
+    kuma = {"kind": "kuma", "mesh": "m", "zone": "z", "namespace": "ns", "egressPort": 10002}
+    assert derived_clusters({**config, "destinations": config["destinations"][:3], "platform": kuma}) == {
+        "kri_extsvc_m_z_ns_api-team-app1_80", "kri_extsvc_m_z_ns_api-ops_80",
+        "kri_extsvc_m_z_ns_db-team-app1_5432", "kri_extsvc_m_z_ns_files-passthrough_443"}
+
+
 def test_every_example_has_a_plugin_config() -> None:
     dirs = {str(pc.doc.example.relative_to(EXAMPLES_DIR)) for pc in plugin_configs()}
-    assert dirs == {"istio/egress-gateway", "istio/egress-waypoint", "kuma"}
+    assert dirs == set(EXAMPLE_PLATFORMS)
 
 
 @pytest.mark.parametrize("pc", [pytest.param(pc, id=f"{pc.doc.id}:{pc.where}") for pc in plugin_configs()])
-def test_plugin_config_is_a_json_object_with_the_required_fields(pc: PluginConfig) -> None:
+def test_plugin_config_is_the_example_policy_and_its_platform(pc: PluginConfig) -> None:
+    """Every example is rendered from the one example policy: its plugin configurations are that policy,
+    unchanged, plus the `platform` of the example's directory (and, carried as text, that policy's very text)."""
     config = pc.config
     assert isinstance(config, dict), f"{pc.where} must be an object"
     # JSON-serialisable and unchanged by a round trip (no YAML-only types such as dates, no NaN).
     text = json.dumps(config, allow_nan=False)
     assert json.loads(text) == config
-    assert isinstance(config.get("trustDomains"), list) and config["trustDomains"], "trustDomains: non-empty list"
+    platform = config.get("platform")
+    assert isinstance(platform, dict), f"{pc.where}: no platform (render appends it to the policy)"
+    assert platform.get("kind") == EXAMPLE_PLATFORMS[str(pc.doc.example.relative_to(EXAMPLES_DIR))], platform
+    assert list(config)[-1] == "platform", f"{pc.where}: platform is not the last field"
+    policy_text = EXAMPLE_POLICY.read_text(encoding="utf-8")
+    policy = json.loads(policy_text)
+    assert "platform" not in policy, "examples/policy.json is a policy, which names no platform"
+    assert {k: v for k, v in config.items() if k != "platform"} == policy, f"{pc.where} is not examples/policy.json"
+    if pc.text is not None:
+        assert pc.text == plugin_configuration(policy_text, platform), f"{pc.where}: not the policy's text verbatim"
     assert isinstance(config.get("destinations"), list) and config["destinations"], "destinations: non-empty list"
+    declared = {identity["name"] for identity in config.get("identities", [])}
     for i, dest in enumerate(config["destinations"]):
-        has_identities = isinstance(dest.get("identities"), list) and dest["identities"]
-        assert has_identities or "defaultIdentity" in dest, f"destinations[{i}]: identities or defaultIdentity"
-
-
-def _identity_clusters(config: dict) -> set[str]:
-    clusters = set()
-    for dest in config["destinations"]:
-        clusters |= {identity["cluster"] for identity in dest.get("identities", [])}
-        if "defaultIdentity" in dest:
-            clusters.add(dest["defaultIdentity"]["cluster"])
-    return clusters
+        named = list(dest.get("identities", [])) + ([dest["defaultIdentity"]] if "defaultIdentity" in dest else [])
+        if dest.get("protocol") == "tls":
+            assert not named, f"destinations[{i}]: a tls destination presents no identity"
+        else:
+            assert named, f"destinations[{i}]: identities or defaultIdentity"
+        assert set(named) <= declared, f"destinations[{i}]: undeclared identities {sorted(set(named) - declared)}"
 
 
 def _docs_in(example: Path, kind: str) -> list[dict]:
@@ -840,7 +920,7 @@ def _kri(mes: dict, zone: str) -> str:
 @pytest.mark.parametrize("pc", [pytest.param(pc, id=f"{pc.doc.id}:{pc.where}") for pc in plugin_configs()])
 def test_identity_clusters_exist_in_the_example(pc: PluginConfig) -> None:
     """The clusters the filter selects are defined by the same example (and nothing else is)."""
-    wanted = _identity_clusters(pc.config)
+    wanted = derived_clusters(pc.config)
     example = pc.doc.example
     rel = str(example.relative_to(EXAMPLES_DIR))
     if rel == "istio/egress-gateway":
@@ -857,13 +937,16 @@ def test_identity_clusters_exist_in_the_example(pc: PluginConfig) -> None:
         provided = set(routes)
         what = f"HTTPRoute rules matching {CLUSTER_HEADER}"
     elif rel == "kuma":
-        # Kuma names a MeshExternalService cluster by its KRI: kri_extsvc_<mesh>_<zone>_<namespace>_<name>_<port>.
-        zones = {c.split("_")[3] for c in wanted if c.startswith("kri_extsvc_")}
-        assert len(zones) == 1, f"the Kuma example's clusters must name one zone: {sorted(wanted)}"
-        zone = zones.pop()
+        # Kuma names a MeshExternalService cluster by its KRI: kri_extsvc_<mesh>_<zone>_<namespace>_<name>_<port>,
+        # in the mesh, zone and namespace of the platform the configuration was rendered for.
+        platform = pc.config["platform"]
+        zone = platform["zone"]
         # Fronts (what callers address) have an unresolvable endpoint; every other MeshExternalService is an
         # identity's: TLS with its client certificate (http, tcp), or plain TCP (tls passthrough).
         services = _docs_in(example, "MeshExternalService")
+        for m in services:
+            where = (m["metadata"]["labels"]["kuma.io/mesh"], m["metadata"]["namespace"])
+            assert where == (platform["mesh"], platform["namespace"]), f"{m['metadata']['name']}: {where} != {platform}"
         front = {_kri(m, zone) for m in services
                  if all(e["address"].endswith(".egress-identity.invalid") for e in m["spec"]["endpoints"])}
         provided = {_kri(m, zone) for m in services} - front
@@ -874,6 +957,51 @@ def test_identity_clusters_exist_in_the_example(pc: PluginConfig) -> None:
     else:
         pytest.fail(f"unknown example directory {rel}")
     assert wanted == provided, f"{pc.doc.id}: identity clusters {sorted(wanted)} != {what} {sorted(provided)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plain Envoy example: examples/envoy/gateway.yaml, `render envoy examples/policy.json` (a bootstrap, not a
+# Kubernetes manifest; cli/tests/render.rs checks it is the render and that `envoy --mode validate` accepts it).
+
+
+def _wasm_configurations(node: Any) -> Iterator[tuple[str, str]]:
+    """(filter type, configuration text) of every Wasm filter in an Envoy bootstrap."""
+    if isinstance(node, dict):
+        typed = node.get("typed_config")
+        if isinstance(typed, dict) and re.fullmatch(r".*\.filters\.(http|network)\.wasm\.v3\.Wasm", str(typed.get("@type", ""))):
+            yield typed["@type"].split(".")[-4], typed["config"]["configuration"]["value"]
+        for value in node.values():
+            yield from _wasm_configurations(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _wasm_configurations(value)
+
+
+def test_the_envoy_example_runs_the_example_policy_with_its_clusters_and_ports() -> None:
+    path = ENVOY_EXAMPLE_DIR / "gateway.yaml"
+    docs = load_yaml_documents(path.read_text(encoding="utf-8"))
+    assert len(docs) == 1, f"{path}: one bootstrap"
+    bootstrap = docs[0]
+    policy_text = EXAMPLE_POLICY.read_text(encoding="utf-8")
+    configurations = list(_wasm_configurations(bootstrap))
+    # The example policy has http and tcp/tls destinations: the HTTP filter and the network filter.
+    assert sorted(kind for kind, _ in configurations) == ["http", "network"], configurations
+    expected = plugin_configuration(policy_text, {"kind": "envoy"})
+    for kind, text in configurations:
+        assert text == expected, f"{path}: the {kind} filter's configuration is not examples/policy.json + envoy"
+    config = json.loads(expected)
+    clusters = {c["name"] for c in bootstrap["static_resources"]["clusters"]}
+    # Every cluster the filter can name is defined; every cluster named like one is one of them.
+    wanted = derived_clusters(config)
+    assert wanted and wanted <= clusters, f"missing clusters: {sorted(wanted - clusters)}"
+    assert {c for c in clusters if "|" in c} == wanted, sorted(clusters)
+    # The L4 listener listens on every port a tcp/tls destination declares, callers' port (and on no other).
+    listeners = {lst["name"]: lst for lst in bootstrap["static_resources"]["listeners"]}
+    l4 = listeners["egress-l4"]
+    ports = {l4["address"]["socket_address"]["port_value"]} | {
+        a["address"]["socket_address"]["port_value"] for a in l4.get("additional_addresses", [])}
+    declared = {d["port"] for d in config["destinations"] if d.get("protocol", "http") != "http"}
+    assert ports == declared, (ports, declared)
 
 
 def _removed_headers_of_route(value: dict) -> set[str]:
@@ -926,7 +1054,7 @@ _GOOD_WASM_PLUGIN = {
         "url": "oci://ghcr.io/egress-identity/egress-identity:0.1.0",
         "phase": "AUTHZ",
         "failStrategy": "FAIL_CLOSE",
-        "pluginConfig": {"trustDomains": ["cluster.local"], "destinations": []},
+        "pluginConfig": {"localTrustDomain": "cluster.local", "destinations": [], "platform": {"kind": "istio-gateway"}},
     },
 }
 

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use egress_identity_core::config_document::{AuditRecord, Protocol};
-use egress_identity_core::identity_mapping::ExternalIdentity;
+pub use egress_identity_core::identity::NO_IDENTITY_SECRET;
 
 use super::{
-    check_file_safe, commented, dns_san_validation, first_exact_host, int, load_assignment, map, s, strs, to_yaml,
-    PolicyFile, RenderError, Yaml, UNROUTED_CLUSTER,
+    check_file_safe, commented, dns_san_validation, int, load_assignment, map, s, strs, to_yaml, PolicyFile,
+    RenderError, Yaml, UNROUTED_CLUSTER,
 };
 
 /// Where something listens or connects: a host name or IP address and a port.
@@ -59,11 +59,10 @@ where
 #[derive(Clone, Debug)]
 pub struct EnvoyOptions {
     pub listen: HostPort,
-    /// The listener of the network (L4) filter, for `tcp` / `tls` destinations (rendered only when the
-    /// policy has some).
-    /// The L4 listener's addresses (the first, then `additional_addresses`); the port a caller connected
-    /// to is the destination port the filter decides on.
-    pub listen_l4: Vec<HostPort>,
+    /// The address of the network (L4) filter's listener, for `tcp` / `tls` destinations (rendered only when
+    /// the policy has some): it listens there on every port a tcp/tls destination declares, since the port a
+    /// caller connects to is the destination port the filter decides on.
+    pub l4_address: String,
     pub admin: HostPort,
     /// The listener that serves only `/stats/prometheus` (from the admin interface), for scraping the pod
     /// without exposing the admin interface.
@@ -87,7 +86,7 @@ impl Default for EnvoyOptions {
     fn default() -> Self {
         Self {
             listen: HostPort { host: "0.0.0.0".into(), port: 10443 },
-            listen_l4: vec![HostPort { host: "0.0.0.0".into(), port: 10444 }],
+            l4_address: "0.0.0.0".into(),
             admin: HostPort { host: "127.0.0.1".into(), port: 9901 },
             metrics: HostPort { host: "0.0.0.0".into(), port: 15090 },
             wasm: "dist/egress_identity.wasm".into(),
@@ -109,8 +108,8 @@ impl EnvoyOptions {
         if self.listen != d.listen {
             flags.push(format!("--listen {}", self.listen));
         }
-        if self.listen_l4 != d.listen_l4 {
-            flags.extend(self.listen_l4.iter().map(|a| format!("--listen-l4 {a}")));
+        if self.l4_address != d.l4_address {
+            flags.push(format!("--l4-address {}", self.l4_address));
         }
         if self.admin != d.admin {
             flags.push(format!("--admin {}", self.admin));
@@ -158,61 +157,35 @@ pub fn default_ca_secret(destination: &str) -> String {
     format!("{destination}-ca")
 }
 
-/// One upstream cluster: an external identity of a destination.
+/// One upstream cluster: an external identity of a destination (or a tls destination's passthrough).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityCluster {
     pub cluster: String,
     pub destination: String,
     pub identity: String,
+    pub protocol: Protocol,
 }
 
 /// The identity clusters that originate TLS, i.e. present a client certificate and verify the partner
 /// (`http` and `tcp` destinations; a `tls` passthrough presents none), in policy order.
-pub fn originating_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {
-    let passthrough =
-        |name: &str| policy.spec.destinations.iter().any(|d| d.name == name && d.protocol == Protocol::Tls);
-    Ok(identity_clusters(policy)?.into_iter().filter(|c| !passthrough(&c.destination)).collect())
+pub fn originating_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
+    identity_clusters(policy).into_iter().filter(|c| c.protocol != Protocol::Tls).collect()
 }
 
-/// The compiled identities of destination `name` (mappings, then the default): each with the cluster
-/// the router sends its requests to and, in single-cluster mode, its secret (defaulted by the core).
-fn compiled_identities<'p>(policy: &'p PolicyFile, name: &'p str) -> impl Iterator<Item = &'p ExternalIdentity> {
-    policy.config.destinations.identities().filter(move |(d, _)| &*d.name == name).map(|(_, i)| i)
-}
-
-/// Every identity cluster of the policy (destinations without a `sharedCluster`), once each, in policy
-/// order. A cluster shared by two different identities or destinations is an error (one cluster presents
-/// one certificate to one endpoint), and so is a cluster name that is also a [`shared_clusters`] one.
-pub fn identity_clusters(policy: &PolicyFile) -> Result<Vec<IdentityCluster>, RenderError> {
-    let shared = shared_clusters(policy)?;
-    let mut out: Vec<IdentityCluster> = Vec::new();
-    for d in policy.spec.destinations.iter().filter(|d| d.shared_cluster.is_none()) {
-        for identity in compiled_identities(policy, &d.name) {
-            let (name, cluster) = (&*identity.name, &*identity.cluster);
-            let entry = IdentityCluster {
-                cluster: cluster.to_string(),
-                destination: d.name.clone(),
-                identity: name.to_string(),
-            };
-            if let Some(s) = shared.iter().find(|s| s.cluster == cluster) {
-                return Err(RenderError(format!(
-                    "cluster {cluster:?} is the sharedCluster of destination {:?} and the cluster of identity {name:?} of destination {:?}",
-                    s.destination, d.name
-                )));
-            }
-            match out.iter().find(|c| c.cluster == *cluster) {
-                Some(existing) if *existing == entry => {}
-                Some(existing) => {
-                    return Err(RenderError(format!(
-                        "cluster {cluster:?} is used by identity {:?} of destination {:?} and by identity {name:?} of destination {:?}; one cluster presents one certificate to one destination",
-                        existing.identity, existing.destination, d.name
-                    )))
-                }
-                None => out.push(entry),
-            }
-        }
-    }
-    Ok(out)
+/// Every cluster of one identity, or of one tls destination's passthrough (destinations not in
+/// single-cluster mode), in policy order, named by the core for the policy's platform.
+pub fn identity_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
+    let destinations = policy.config.destinations.iter().filter(|d| !d.single_cluster);
+    destinations
+        .flat_map(|d| {
+            d.identities.identities().map(move |i| IdentityCluster {
+                cluster: i.cluster.to_string(),
+                destination: d.name.to_string(),
+                identity: i.name.to_string(),
+                protocol: d.protocol,
+            })
+        })
+        .collect()
 }
 
 /// Identity clusters past which `render envoy` warns: each reads its certificate from its own SDS file,
@@ -223,10 +196,10 @@ pub const FILE_SDS_CLUSTERS_WARNING: usize = 100;
 /// A warning for a policy whose gateway would need more file-SDS secrets than a default Linux allows
 /// watches for, pointing to single-cluster mode.
 pub fn scale_warning(policy: &PolicyFile) -> Option<String> {
-    let n = originating_clusters(policy).ok()?.len();
+    let n = originating_clusters(policy).len();
     (n > FILE_SDS_CLUSTERS_WARNING).then(|| {
         format!(
-            "{n} identity clusters, each watching its own SDS file: Envoy needs an inotify instance per secret and aborts at startup past fs.inotify.max_user_instances (128 by default); raise it, or give the destinations a sharedCluster (README.md, \"Identity scale\")"
+            "{n} identity clusters, each watching its own SDS file: Envoy needs an inotify instance per secret and aborts at startup past fs.inotify.max_user_instances (128 by default); raise it, or make the destinations singleCluster (README.md, \"Identity scale\")"
         )
     })
 }
@@ -304,35 +277,20 @@ fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
     ]))
 }
 
-/// The secret the shared clusters' certificate mapper falls back to when a connection names no identity
-/// (the filter did not run, or the gateway's `set_filter_state` is missing). No SDS source may define it:
-/// such a connection presents no certificate and its handshake fails, whatever the partner accepts.
-pub const NO_IDENTITY_SECRET: &str = "egress-identity-no-identity";
-
-/// The destinations in single-cluster mode (`sharedCluster`), in policy order; two destinations cannot
-/// share one.
-pub fn shared_clusters(policy: &PolicyFile) -> Result<Vec<SharedCluster>, RenderError> {
-    let mut out: Vec<SharedCluster> = Vec::new();
-    for d in &policy.spec.destinations {
-        let Some(cluster) = &d.shared_cluster else { continue };
-        if let Some(other) = out.iter().find(|s| s.cluster == *cluster) {
-            return Err(RenderError(format!(
-                "sharedCluster {cluster:?} is named by destinations {:?} and {:?}; one cluster reaches one destination",
-                other.destination, d.name
-            )));
-        }
-        let identities = compiled_identities(policy, &d.name)
-            .map(|i| (i.name.to_string(), i.secret.as_deref().unwrap_or_default().to_string()))
-            .collect::<Vec<_>>();
-        if let Some((name, _)) = identities.iter().find(|(_, secret)| secret == NO_IDENTITY_SECRET) {
-            return Err(RenderError(format!(
-                "identity {name:?} of destination {:?} uses the secret {NO_IDENTITY_SECRET:?}, which the gateway keeps for connections that name no identity",
-                d.name
-            )));
-        }
-        out.push(SharedCluster { cluster: cluster.clone(), destination: d.name.clone(), identities });
-    }
-    Ok(out)
+/// The destinations in single-cluster mode, in policy order, each with its one cluster (named by the core).
+pub fn shared_clusters(policy: &PolicyFile) -> Vec<SharedCluster> {
+    let destinations = policy.config.destinations.iter().filter(|d| d.single_cluster);
+    destinations
+        .filter_map(|d| {
+            let cluster = d.identities.identities().next()?.cluster.to_string();
+            let identities = d
+                .identities
+                .identities()
+                .map(|i| (i.name.to_string(), i.secret.as_deref().unwrap_or_default().to_string()))
+                .collect();
+            Some(SharedCluster { cluster, destination: d.name.to_string(), identities })
+        })
+        .collect()
 }
 
 fn sds(name: &str, dir: &str) -> Yaml {
@@ -385,7 +343,9 @@ fn file_access_log(path: &str, fields: &[(&str, &str)], forms: AuditRecord) -> Y
 }
 
 /// `address` and, for more than one, `additional_addresses` (each port a destination port callers use).
-fn l4_addresses(addresses: &[HostPort]) -> Vec<(&'static str, Yaml)> {
+fn l4_addresses(policy: &PolicyFile, opts: &EnvoyOptions) -> Vec<(&'static str, Yaml)> {
+    let addresses: Vec<HostPort> =
+        l4_ports(policy).into_iter().map(|port| HostPort { host: opts.l4_address.clone(), port }).collect();
     let mut out = Vec::new();
     if let Some((first, rest)) = addresses.split_first() {
         out.push(("address", socket_address(first)));
@@ -397,8 +357,10 @@ fn l4_addresses(addresses: &[HostPort]) -> Vec<(&'static str, Yaml)> {
     out
 }
 
-fn listen_list(addresses: &[HostPort]) -> String {
-    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+fn listen_list(policy: &PolicyFile, opts: &EnvoyOptions) -> String {
+    let address = HostPort { host: opts.l4_address.clone(), port: 1 }.to_string();
+    let host = address.strip_suffix(":1").unwrap_or(&address);
+    l4_ports(policy).iter().map(|p| format!("{host}:{p}")).collect::<Vec<_>>().join(", ")
 }
 
 fn socket_address(hp: &HostPort) -> Yaml {
@@ -436,7 +398,7 @@ struct Upstream {
 }
 
 fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String, Upstream>, RenderError> {
-    let names: Vec<&str> = policy.spec.destinations.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = policy.config.destinations.iter().map(|d| &*d.name).collect();
     for name in opts.upstreams.keys().chain(opts.ca_secrets.keys()) {
         if !names.contains(&name.as_str()) {
             return Err(RenderError(format!(
@@ -446,24 +408,27 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
         }
     }
     let mut out = BTreeMap::new();
-    for (i, d) in policy.spec.destinations.iter().enumerate() {
-        let Some(host) = first_exact_host(&d.hosts) else {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): no exact host; the gateway needs one for the upstream's SNI and certificate check",
-                d.name
-            )));
-        };
-        let first_port = d.ports.first().and_then(|p| u16::try_from(*p).ok()).unwrap_or(443);
-        let endpoint = opts
-            .upstreams
-            .get(&d.name)
-            .cloned()
-            .unwrap_or_else(|| HostPort { host: host.to_string(), port: first_port });
-        let ca_secret = opts.ca_secrets.get(&d.name).cloned().unwrap_or_else(|| default_ca_secret(&d.name));
+    for d in policy.config.destinations.iter() {
+        let name = d.name.to_string();
+        let endpoint =
+            opts.upstreams.get(&name).cloned().unwrap_or_else(|| HostPort { host: d.host.to_string(), port: d.port });
+        let ca_secret = opts.ca_secrets.get(&name).cloned().unwrap_or_else(|| default_ca_secret(&name));
         check_file_safe("CA secret", &ca_secret)?;
-        out.insert(d.name.clone(), Upstream { endpoint, sni: host.to_string(), ca_secret, protocol: d.protocol });
+        out.insert(name, Upstream { endpoint, sni: d.host.to_string(), ca_secret, protocol: d.protocol });
     }
     Ok(out)
+}
+
+/// The ports the L4 listener takes, in policy order: every port a tcp/tls destination declares (the port a
+/// caller connects to is the destination port the filter decides on).
+pub fn l4_ports(policy: &PolicyFile) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::new();
+    for d in policy.config.destinations.iter().filter(|d| d.protocol.is_l4()) {
+        if !ports.contains(&d.port) {
+            ports.push(d.port);
+        }
+    }
+    ports
 }
 
 /// What an upstream cluster presents to the partner.
@@ -711,7 +676,7 @@ secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.
         format!("secret (file {}/<name>.yaml)", opts.sds_dir),
         listen = opts.listen,
         l4 = if policy.config.destinations.has_l4() {
-            format!(" tcp and tls destinations take connections on {}, decided by the same filter loaded as\na network filter before tcp_proxy (SNI and port name the destination).", listen_list(&opts.listen_l4))
+            format!(" tcp and tls destinations take connections on {} (their ports), decided by the same filter\nloaded as a network filter before tcp_proxy (SNI and port name the destination).", listen_list(policy, opts))
         } else {
             String::new()
         },
@@ -785,8 +750,8 @@ fn plugin(policy: &PolicyFile, opts: &EnvoyOptions, root_id: &str) -> Yaml {
         (
             "configuration",
             commented(
-                "The plugin configuration: the policy file, verbatim (README.md, \"Configuration reference\").",
-                typed("google.protobuf.StringValue", vec![e("value", Yaml::Literal(policy.text.clone()))]),
+                "The plugin configuration: the policy file, verbatim, and the platform it is rendered for (README.md,\n\"Configuration reference\").",
+                typed("google.protobuf.StringValue", vec![e("value", Yaml::Literal(policy.plugin_config.clone()))]),
             ),
         ),
     ])
@@ -811,7 +776,7 @@ const AUDIT_FIELDS_L4: &[(&str, &str)] = &[
 /// The listener of the network (L4) filter: the same mTLS, then egress-identity, then tcp_proxy to the
 /// cluster the filter names in filter state `envoy.tcp_proxy.cluster`.
 fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -> Yaml {
-    let shared_l4 = policy.spec.destinations.iter().any(|d| d.shared_cluster.is_some() && d.protocol.is_l4());
+    let shared_l4 = policy.config.destinations.iter().any(|d| d.single_cluster && d.protocol.is_l4());
     let wasm = map([
         ("name", s("envoy.filters.network.wasm")),
         (
@@ -867,7 +832,7 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
             ("name", s("egress-l4")),
         ]
         .into_iter()
-        .chain(l4_addresses(&opts.listen_l4))
+        .chain(l4_addresses(policy, opts))
         .chain([
             (
                 "listener_filters",
@@ -958,16 +923,9 @@ fn metrics_listener(opts: &EnvoyOptions) -> Yaml {
 
 /// The bootstrap for `policy`, as YAML text.
 pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, RenderError> {
-    super::check_one_endpoint_per_destination(policy, true)?;
-    let clusters = identity_clusters(policy)?;
-    for c in &clusters {
-        check_file_safe(&format!("identity of destination {}", c.destination), &c.identity)?;
-    }
-    let shared = shared_clusters(policy)?;
-    for c in &shared {
-        check_file_safe("destination", &c.destination)?;
-    }
-    let shared_http = policy.spec.destinations.iter().any(|d| d.shared_cluster.is_some() && !d.protocol.is_l4());
+    let clusters = identity_clusters(policy);
+    let shared = shared_clusters(policy);
+    let shared_http = policy.config.destinations.iter().any(|d| d.single_cluster && !d.protocol.is_l4());
     let ups = upstreams(policy, opts)?;
     let principal_header = policy.config.headers.principal.to_string();
     let cluster_header = policy.config.headers.cluster.to_string();
@@ -1177,13 +1135,13 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         )),
         (None, Some(c)) => {
             return Err(RenderError(format!(
-                "destination {:?} has a sharedCluster, whose identities' certificates come from a gRPC SDS server: give --identity-sds ADDR:PORT or unix:PATH (e.g. the SPIRE agent's socket). File SDS cannot serve them: Envoy reads one secret per file, and the cluster has one source for all its identities",
+                "destination {:?} is singleCluster: its identities' certificates come from a gRPC SDS server: give --identity-sds ADDR:PORT or unix:PATH (e.g. the SPIRE agent's socket). File SDS cannot serve them: Envoy reads one secret per file, and the cluster has one source for all its identities",
                 c.destination
             )))
         }
         (Some(_), None) => {
             return Err(RenderError(
-                "--identity-sds is only for destinations with a sharedCluster, and this policy has none".into(),
+                "--identity-sds is only for singleCluster destinations, and this policy has none".into(),
             ))
         }
         (None, None) => {}
@@ -1222,19 +1180,18 @@ mod tests {
 
     const POLICY: &str = r#"{
       "trustDomains": ["cluster.local"],
+      "identities": [ { "name": "x", "principals": ["*"] }, { "name": "d" } ],
       "gateway": { "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ] },
       "destinations": [
-        { "name": "a", "hosts": ["api.a.example"], "ports": [8443],
+        { "name": "a", "host": "api.a.example", "port": 8443,
           "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
-          "identities": [ { "name": "x", "cluster": "a|x", "principals": ["*"] } ],
-          "defaultIdentity": { "name": "d", "cluster": "a|d" } },
-        { "name": "b", "hosts": ["b.example"], "ports": [443],
-          "identities": [ { "name": "x", "cluster": "b|x", "principals": ["*"] } ] }
+          "identities": ["x"], "defaultIdentity": "d" },
+        { "name": "b", "host": "b.example", "port": 443, "identities": ["x"] }
       ]
     }"#;
 
     fn policy(text: &str) -> PolicyFile {
-        PolicyFile::parse(text).unwrap()
+        PolicyFile::for_platform(text, &egress_identity_core::config_document::PlatformSpec::Envoy).unwrap()
     }
 
     #[test]
@@ -1262,7 +1219,8 @@ mod tests {
             pad = " ".repeat(18)
         );
         assert!(out.contains(&block), "{out}");
-        assert!(out.contains("\"defaultIdentity\": { \"name\": \"d\", \"cluster\": \"a|d\" } },"), "{out}");
+        assert!(out.contains("\"identities\": [\"x\"], \"defaultIdentity\": \"d\" },"), "{out}");
+        assert!(out.contains("\"platform\": {\"kind\":\"envoy\"}"), "{out}");
         for must in [
             "fail_open: false",
             "normalize_path: true",
@@ -1284,12 +1242,13 @@ mod tests {
 
     const SHARED: &str = r#"{
       "trustDomains": ["cluster.local"],
+      "identities": [ { "name": "x", "principals": ["cluster.local/ns/a/*"] },
+                      { "name": "y", "principals": ["*"], "certificate": { "secret": "spiffe://partner/y" } } ],
       "gateway": { "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ] },
       "destinations": [
-        { "name": "s", "hosts": ["api.s.example"], "ports": [443], "sharedCluster": "s-all",
+        { "name": "s", "host": "api.s.example", "port": 443, "singleCluster": true,
           "policies": [ { "name": "all", "action": "ALLOW", "rules": [ {} ] } ],
-          "identities": [ { "name": "x", "principals": ["cluster.local/ns/a/*"] },
-                          { "name": "y", "secret": "spiffe://partner/y", "principals": ["*"] } ] }
+          "identities": ["x", "y"] }
       ]
     }"#;
 
@@ -1299,7 +1258,7 @@ mod tests {
             EnvoyOptions { identity_sds: Some("unix:/run/spire/sockets/agent.sock".into()), ..Default::default() };
         let out = render(&policy(SHARED), &opts).unwrap();
         for expected in [
-            "name: s-all",
+            "name: \"s|shared\"",
             "name: envoy.tls.certificate_selectors.on_demand_secret",
             "name: envoy.tls.upstream_certificate_mappers.filter_state_override",
             "default_value: egress-identity-no-identity",
@@ -1322,7 +1281,7 @@ mod tests {
 
     #[test]
     fn a_shared_tcp_destination_gets_the_network_set_filter_state_between_the_filter_and_tcp_proxy() {
-        let tcp = SHARED.replace(r#""name": "s", "hosts""#, r#""name": "s", "protocol": "tcp", "hosts""#);
+        let tcp = SHARED.replace(r#""name": "s", "host""#, r#""name": "s", "protocol": "tcp", "host""#);
         let opts = EnvoyOptions { identity_sds: Some("127.0.0.1:1".into()), ..Default::default() };
         let out = render(&policy(&tcp), &opts).unwrap();
         let at = |needle: &str| out.find(needle).unwrap_or_else(|| panic!("missing {needle:?}:\n{out}"));
@@ -1334,63 +1293,64 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_cluster_needs_an_sds_server_and_its_own_name() {
+    fn a_shared_cluster_needs_an_sds_server() {
         let e = render(&policy(SHARED), &EnvoyOptions::default()).unwrap_err().0;
         assert!(e.contains("give --identity-sds") && e.contains("File SDS cannot serve them"), "{e}");
         let opts = EnvoyOptions { identity_sds: Some("127.0.0.1:1".into()), ..Default::default() };
         let e = render(&policy(POLICY), &opts).unwrap_err().0;
-        assert!(e.contains("--identity-sds is only for destinations with a sharedCluster"), "{e}");
-        let e = render(
-            &policy(
-                &SHARED.replace("\"secret\": \"spiffe://partner/y\"", "\"secret\": \"egress-identity-no-identity\""),
-            ),
-            &opts,
-        )
-        .unwrap_err()
-        .0;
-        assert!(e.contains("keeps for connections that name no identity"), "{e}");
+        assert!(e.contains("--identity-sds is only for singleCluster destinations"), "{e}");
         let opts = EnvoyOptions { identity_sds: Some("unix:".into()), ..Default::default() };
         assert!(render(&policy(SHARED), &opts).unwrap_err().0.contains("needs a socket path"));
-        for mesh in ["Istio", "Kuma"] {
-            let e = super::super::refuse_shared_clusters(&policy(SHARED), mesh).unwrap_err().0;
-            assert!(e.contains(&format!("cannot be rendered for {mesh} yet")), "{e}");
-        }
     }
 
     #[test]
     fn many_file_sds_identity_clusters_are_warned_about() {
         assert_eq!(scale_warning(&policy(POLICY)), None);
-        let identities: Vec<String> = (0..=FILE_SDS_CLUSTERS_WARNING)
-            .map(|i| format!(r#"{{ "name": "i{i}", "cluster": "a|i{i}", "principals": ["*"] }}"#))
-            .collect();
-        let many = POLICY.replace(
-            r#"[ { "name": "x", "cluster": "a|x", "principals": ["*"] } ]"#,
-            &format!("[{}]", identities.join(",")),
-        );
+        let names: Vec<String> = (0..=FILE_SDS_CLUSTERS_WARNING).map(|i| format!("\"i{i}\"")).collect();
+        let declared: Vec<String> =
+            (0..=FILE_SDS_CLUSTERS_WARNING).map(|i| format!(r#"{{ "name": "i{i}", "principals": ["*"] }}"#)).collect();
+        let many = POLICY
+            .replace(r#"{ "name": "x", "principals": ["*"] }, "#, &format!("{}, ", declared.join(", ")))
+            .replace(
+                r#""identities": ["x"], "defaultIdentity""#,
+                &format!(r#""identities": [{}], "defaultIdentity""#, names.join(", ")),
+            )
+            .replace(
+                r#""identities": ["x"] }
+      ]"#,
+                r#""identities": ["i0"] }
+      ]"#,
+            );
         let w = scale_warning(&policy(&many)).expect("a warning");
-        assert!(w.contains("fs.inotify.max_user_instances") && w.contains("sharedCluster"), "{w}");
+        assert!(w.contains("fs.inotify.max_user_instances") && w.contains("singleCluster"), "{w}");
     }
 
     #[test]
-    fn what_cannot_be_rendered_is_refused() {
-        let refused =
-            |from: &str, to: &str| render(&policy(&POLICY.replace(from, to)), &EnvoyOptions::default()).unwrap_err().0;
-        let e = refused("\"api.a.example\"", "\"*.a.example\"");
-        assert!(e.contains("destinations[0] (a): host \"*.a.example\" is a wildcard"), "{e}");
-        let e = refused("\"api.a.example\"", "\"api.a.example\", \"eu.a.example\"");
-        assert!(e.contains("requests for \"eu.a.example\" would be sent to \"api.a.example\""), "{e}");
-        let e = refused("\"ports\": [8443]", "\"ports\": [8443, 443]");
-        assert!(e.contains("requests for port 443 would be sent to 8443"), "{e}");
-        let shared = POLICY.replace("\"b|x\"", "\"a|x\"");
-        let e = render(&policy(&shared), &EnvoyOptions::default()).unwrap_err();
-        assert!(e.0.contains("cluster \"a|x\" is used by identity \"x\" of destination \"a\" and by identity \"x\" of destination \"b\""), "{e}");
-        let bad_name = POLICY.replace("\"name\": \"d\"", "\"name\": \"team/d\"");
-        let e = render(&policy(&bad_name), &EnvoyOptions::default()).unwrap_err();
-        assert!(e.0.contains("\"team/d\""), "{e}");
+    fn options_that_name_no_destination_are_refused() {
         let mut opts = EnvoyOptions::default();
         opts.upstreams.insert("nope".into(), "1.2.3.4:1".parse().unwrap());
         let e = render(&policy(POLICY), &opts).unwrap_err();
         assert!(e.0.contains("\"nope\" is not a destination"), "{e}");
+    }
+
+    /// The L4 listener takes exactly the ports tcp/tls destinations declare: a destination no listener
+    /// serves cannot be rendered.
+    #[test]
+    fn the_l4_listener_serves_every_tcp_and_tls_port() {
+        let l4 = POLICY.replace(
+            r#"{ "name": "b", "host": "b.example", "port": 443, "identities": ["x"] }"#,
+            r#"{ "name": "b", "protocol": "tcp", "host": "b.example", "port": 5432, "identities": ["x"] },
+               { "name": "c", "protocol": "tls", "host": "c.example", "port": 443 },
+               { "name": "e", "protocol": "tcp", "host": "e.example", "port": 5432, "identities": ["x"] }"#,
+        );
+        let p = policy(&l4);
+        assert_eq!(l4_ports(&p), [5432, 443]);
+        let out = render(&p, &EnvoyOptions { l4_address: "10.0.0.1".into(), ..Default::default() }).unwrap();
+        let listener = out.split("- name: egress-l4").nth(1).unwrap();
+        let (first, additional) = listener.split_once("additional_addresses:").unwrap();
+        assert!(first.contains("address: \"10.0.0.1\"") && first.contains("port_value: 5432"), "{listener}");
+        assert!(additional.split("listener_filters").next().unwrap().contains("port_value: 443"), "{listener}");
+        assert!(out.contains("- name: \"c|passthrough\""), "{out}");
     }
 
     #[test]

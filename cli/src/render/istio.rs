@@ -4,10 +4,10 @@
 use super::envoy::{identity_clusters, IdentityCluster};
 use super::network_policy;
 use super::{
-    commented, dns_san_validation, documents, first_exact_host, int, k8s_name, load_assignment, map, s, strs,
-    PolicyFile, RenderError, Yaml,
+    commented, dns_san_validation, documents, int, k8s_name, load_assignment, map, s, strs, PolicyFile, RenderError,
+    Yaml,
 };
-use egress_identity_core::config_document::{PrincipalSource, Protocol};
+use egress_identity_core::config_document::{PlatformSpec, Protocol};
 
 /// The OCI image of the filter used when none is given (a placeholder registry, pinned by digest).
 pub const DEFAULT_IMAGE: &str =
@@ -22,6 +22,14 @@ pub enum IstioMode {
 }
 
 impl IstioMode {
+    /// The platform the policy is compiled for.
+    pub fn platform(self) -> PlatformSpec {
+        match self {
+            Self::Gateway => PlatformSpec::IstioGateway,
+            Self::Waypoint => PlatformSpec::IstioWaypoint,
+        }
+    }
+
     pub fn default_namespace(self) -> &'static str {
         match self {
             Self::Gateway => "istio-egress",
@@ -59,25 +67,15 @@ impl Dest {
     }
 }
 
-/// Destinations with their first exact host and first port. Applications call an HTTP destination as
-/// `http://<host>/`, so the policy's `defaultPort` must be one of its ports; they connect to a tcp or tls
-/// destination at `<host>:<port>`.
-pub(super) fn destinations(policy: &PolicyFile) -> Result<Vec<Dest>, RenderError> {
-    let mut out = Vec::new();
-    for (i, d) in policy.spec.destinations.iter().enumerate() {
-        let host = first_exact_host(&d.hosts).ok_or_else(|| {
-            RenderError(format!("destinations[{i}] ({}): no exact host to publish to applications", d.name))
-        })?;
-        if !d.protocol.is_l4() && !d.ports.contains(&u32::from(policy.spec.default_port)) {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): applications call http://{host}/ (no port), which the filter reads as defaultPort {}; list it in ports",
-                d.name, policy.spec.default_port
-            )));
-        }
-        let port = d.ports.first().and_then(|p| u16::try_from(*p).ok()).unwrap_or(443);
-        out.push(Dest { name: d.name.clone(), host: host.to_string(), port, protocol: d.protocol });
-    }
-    Ok(out)
+/// The destinations the platform carries (a waypoint carries no tcp/tls destination; the core warns of
+/// those), with the partner's host and port. Applications call an HTTP destination as `http://<host>/`;
+/// they connect to a tcp or tls destination at `<host>:<port>`.
+pub(super) fn destinations(policy: &PolicyFile) -> Vec<Dest> {
+    let platform = &policy.config.platform;
+    let carried = policy.config.destinations.iter().filter(|d| platform.carries(d.protocol));
+    carried
+        .map(|d| Dest { name: d.name.to_string(), host: d.host.to_string(), port: d.port, protocol: d.protocol })
+        .collect()
 }
 
 fn meta(name: &str, namespace: &str) -> Yaml {
@@ -91,36 +89,6 @@ fn object(api_version: &str, kind: &str, metadata: Yaml, spec: Yaml) -> Yaml {
 /// `egress-identity-<identity>`: the Secret with tls.crt, tls.key and ca.crt of an external identity.
 pub fn identity_secret(identity: &str) -> String {
     format!("egress-identity-{}", k8s_name(identity))
-}
-
-fn check_k8s_names(clusters: &[IdentityCluster]) -> Result<(), RenderError> {
-    let mut seen: Vec<(String, &str)> = Vec::new();
-    for c in clusters {
-        let name = k8s_name(&c.identity);
-        if name.is_empty() {
-            return Err(RenderError(format!("identity {:?}: no Kubernetes name can be made from it", c.identity)));
-        }
-        if let Some((_, other)) = seen.iter().find(|(n, other)| *n == name && *other != c.identity) {
-            return Err(RenderError(format!(
-                "identities {other:?} and {:?} would share the Kubernetes name {name:?}",
-                c.identity
-            )));
-        }
-        seen.push((name, &c.identity));
-    }
-    Ok(())
-}
-
-fn require_source(policy: &PolicyFile, source: PrincipalSource, mode: &str, why: &str) -> Result<(), RenderError> {
-    if policy.spec.principal_sources.contains(&source) {
-        Ok(())
-    } else {
-        let name = match source {
-            PrincipalSource::PeerCertificate => "peer_certificate",
-            PrincipalSource::IstioPeerPrincipal => "istio_peer_principal",
-        };
-        Err(RenderError(format!("principalSources must include {name} for {mode}: {why}")))
-    }
 }
 
 fn istio_principal(pattern: &str) -> String {
@@ -178,7 +146,10 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
     fields.push(("failStrategy".to_string(), s("FAIL_CLOSE")));
     fields.push((
         "pluginConfig".to_string(),
-        commented("The policy file, verbatim (README.md, Configuration reference).", policy.flow()),
+        commented(
+            "The policy file, verbatim, and the platform it is rendered for (README.md, Configuration reference).",
+            policy.flow(),
+        ),
     ));
     fields
 }
@@ -230,7 +201,8 @@ fn plugin_files(
     comments: (&str, &str),
 ) -> [(String, String); 2] {
     let mut forms = vec![(PluginForm::Http, comments.0)];
-    if policy.config.destinations.has_l4() {
+    let platform = &policy.config.platform;
+    if policy.config.destinations.iter().any(|d| d.protocol.is_l4() && platform.carries(d.protocol)) {
         forms.push((PluginForm::Network(L4_GATEWAY_PORT), comments.1));
     }
     let plugins = forms.iter().map(|(form, comment)| wasm_plugin(policy, opts, &attach, *form, comment)).collect();
@@ -250,21 +222,17 @@ fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
     let header = policy.config.headers.cluster.to_string();
     let mut rules = Vec::new();
     // Requests only: tcp/tls destinations have no header to guard (their tcp_proxy's own cluster does not exist).
-    for d in policy.spec.destinations.iter().filter(|d| !d.protocol.is_l4()) {
-        for i in &d.identities {
+    for d in policy.config.destinations.iter().filter(|d| !d.protocol.is_l4()) {
+        for i in d.identities.mapped() {
+            let Some((_, declared)) = policy.config.identities.get(&i.name) else { continue };
+            let principals = declared.principals.iter().flatten().map(|p| istio_principal(&p.to_string()));
             rules.push(map([
-                (
-                    "from",
-                    Yaml::Seq(vec![map([(
-                        "source",
-                        map([("notPrincipals", strs(i.principals.iter().map(|p| istio_principal(p))))]),
-                    )])]),
-                ),
+                ("from", Yaml::Seq(vec![map([("source", map([("notPrincipals", strs(principals))]))])])),
                 (
                     "when",
                     Yaml::Seq(vec![map([
                         ("key", s(format!("request.headers[{header}]"))),
-                        ("values", strs([i.cluster.as_deref().unwrap_or_default()])),
+                        ("values", strs([i.cluster.to_string()])),
                     ])]),
                 ),
             ]));
@@ -312,38 +280,17 @@ fn file(name: &str, mode: &str, docs: Vec<Yaml>) -> (String, String) {
 
 /// The manifests, as `(file name, multi-document YAML)` in apply order.
 pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, String)>, RenderError> {
-    super::check_one_endpoint_per_destination(policy, true)?;
-    super::refuse_shared_clusters(policy, "Istio")?;
-    let clusters = identity_clusters(policy)?;
-    check_k8s_names(&clusters)?;
-    let dests = destinations(policy)?;
-    let namespaces = network_policy::workload_namespaces(&policy.spec, &opts.workload_namespaces, &opts.namespace)?;
+    let clusters: Vec<IdentityCluster> =
+        identity_clusters(policy).into_iter().filter(|c| policy.config.platform.carries(c.protocol)).collect();
+    let dests = destinations(policy);
+    let namespaces = network_policy::workload_namespaces(&policy.config, &opts.workload_namespaces, &opts.namespace)?;
     match opts.mode {
         IstioMode::Gateway => {
             let network_policies = network_policy::lockdown(&namespaces, "the egress gateway");
-            require_source(
-                policy,
-                PrincipalSource::PeerCertificate,
-                "an egress gateway",
-                "it terminates the caller's Istio mTLS",
-            )?;
             Ok(gateway(policy, opts, &clusters, &dests, network_policies))
         }
         IstioMode::Waypoint => {
             let network_policies = network_policy::lockdown(&namespaces, "the egress waypoint (ambient: ztunnel\nsends from the pod's network namespace, so HBONE to the waypoint is a pod-to-pod connection)");
-            require_source(
-                policy,
-                PrincipalSource::IstioPeerPrincipal,
-                "a waypoint",
-                "the caller's ztunnel terminates HBONE",
-            )?;
-            if let Some((i, d)) = policy.spec.destinations.iter().enumerate().find(|(_, d)| d.protocol.is_l4()) {
-                return Err(RenderError(format!(
-                    "destinations[{i}] ({}) is a {} destination, which the waypoint layout does not carry: a waypoint\nreceives the caller's TCP stream inside HBONE, with no SNI naming the destination for the network filter\n(README.md, \"L4 egress\"); use --mode gateway for tcp and tls destinations",
-                    d.name,
-                    d.protocol.as_str()
-                )));
-            }
             Ok(waypoint(policy, opts, &clusters, &dests, network_policies))
         }
     }
@@ -1100,12 +1047,15 @@ mod tests {
     use super::*;
 
     const POLICY: &str = r#"{ "trustDomains": ["cluster.local"],
+      "identities": [ { "name": "x.one", "principals": ["spiffe://cluster.local/ns/t/sa/x"] },
+                      { "name": "y", "principals": ["cluster.local/ns/t/*"] }, { "name": "z" } ],
       "destinations": [
-        { "name": "a", "hosts": ["a.example"], "ports": [443],
-          "identities": [ { "name": "x.one", "cluster": "a|x", "principals": ["spiffe://cluster.local/ns/t/sa/x"] } ] },
-        { "name": "b", "hosts": ["api.b.example"], "ports": [443],
-          "identities": [ { "name": "y", "cluster": "b|y", "principals": ["cluster.local/ns/t/*"] } ],
-          "defaultIdentity": { "name": "z", "cluster": "b|z" } } ] }"#;
+        { "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },
+        { "name": "b", "host": "api.b.example", "port": 443, "identities": ["y"], "defaultIdentity": "z" } ] }"#;
+
+    fn policy(text: &str, mode: IstioMode) -> PolicyFile {
+        PolicyFile::for_platform(text, &mode.platform()).unwrap()
+    }
 
     fn opts(mode: IstioMode) -> IstioOptions {
         IstioOptions {
@@ -1122,7 +1072,7 @@ mod tests {
 
     #[test]
     fn gateway_mode_has_a_cluster_per_identity_and_a_route_patch_per_destination() {
-        let files = render(&PolicyFile::parse(POLICY).unwrap(), &opts(IstioMode::Gateway)).unwrap();
+        let files = render(&policy(POLICY, IstioMode::Gateway), &opts(IstioMode::Gateway)).unwrap();
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names[0], "00-namespace.yaml");
         let out = all(&files);
@@ -1137,49 +1087,47 @@ mod tests {
 
     #[test]
     fn waypoint_mode_routes_each_identity_to_its_own_service_entry() {
-        let policy =
-            POLICY.replace("\"trustDomains\"", "\"principalSources\": [\"istio_peer_principal\"], \"trustDomains\"");
-        let out = all(&render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Waypoint)).unwrap());
+        let p = policy(POLICY, IstioMode::Waypoint);
+        assert_eq!(
+            p.config.principal_sources,
+            [egress_identity_core::config_document::PrincipalSource::IstioPeerPrincipal]
+        );
+        let out = all(&render(&p, &opts(IstioMode::Waypoint)).unwrap());
         for host in ["x-one.a.egress-identity.internal", "y.b.egress-identity.internal", "z.b.egress-identity.internal"]
         {
             assert_eq!(out.matches(&format!("name: {host}\n")).count(), 1, "{host}: {out}");
         }
         assert_eq!(out.matches("kind: HTTPRoute").count(), 2);
         assert_eq!(out.matches("credentialName: egress-identity-").count(), 3);
-        let e = render(
-            &PolicyFile::parse(
-                POLICY
-                    .replace("\"trustDomains\"", "\"principalSources\": [\"peer_certificate\"], \"trustDomains\"")
-                    .as_str(),
-            )
-            .unwrap(),
-            &opts(IstioMode::Waypoint),
-        )
-        .unwrap_err();
-        assert!(e.0.contains("istio_peer_principal"), "{e}");
+        assert!(out.contains("\"platform\": {\"kind\":\"istio-waypoint\"}"), "{out}");
     }
 
+    /// A waypoint carries no tcp/tls destination: the core warns, and nothing of them is rendered.
     #[test]
-    fn default_port_must_be_a_destination_port() {
-        let policy = POLICY.replace("\"ports\": [443],", "\"ports\": [8443],");
-        let e = render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Gateway)).unwrap_err();
-        assert!(e.0.contains("destinations[0] (a)") && e.0.contains("defaultPort 443"), "{e}");
-        let clash = POLICY.replace("\"name\": \"y\"", "\"name\": \"x-one\"");
-        let e = render(&PolicyFile::parse(&clash).unwrap(), &opts(IstioMode::Gateway)).unwrap_err();
-        assert!(e.0.contains("share the Kubernetes name \"x-one\""), "{e}");
+    fn waypoint_mode_leaves_out_what_it_cannot_carry() {
+        let l4 = POLICY.replace(
+            r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },"#,
+            r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },
+               { "name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["x.one"] },"#,
+        );
+        let p = policy(&l4, IstioMode::Waypoint);
+        assert_eq!(p.config.warnings.len(), 1, "{:?}", p.config.warnings);
+        assert!(p.config.warnings[0]
+            .to_string()
+            .starts_with("destinations[1]: db (tcp) is not carried by istio-waypoint"));
+        let out = all(&render(&p, &opts(IstioMode::Waypoint)).unwrap());
+        assert!(!out.contains("name: db.example") && !out.contains("type: NETWORK"), "{out}");
     }
 
     #[test]
     fn gateway_mode_carries_tcp_and_tls_destinations_on_the_l4_port() {
-        let policy = POLICY.replace(
+        let text = POLICY.replace(
             "\"destinations\": [",
             r#""destinations": [
-            { "name": "db", "protocol": "tcp", "hosts": ["db.example"], "ports": [5432],
-              "identities": [ { "name": "x.one", "cluster": "db|x", "principals": ["cluster.local/ns/t/sa/x"] } ] },
-            { "name": "files", "protocol": "tls", "hosts": ["files.example"], "ports": [443],
-              "defaultIdentity": { "name": "p", "cluster": "files|p" } },"#,
+            { "name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["x.one"] },
+            { "name": "files", "protocol": "tls", "host": "files.example", "port": 443 },"#,
         );
-        let files = render(&PolicyFile::parse(&policy).unwrap(), &opts(IstioMode::Gateway)).unwrap();
+        let files = render(&policy(&text, IstioMode::Gateway), &opts(IstioMode::Gateway)).unwrap();
         let out = all(&files);
         // One TLS server per L4 destination, the tcp_proxy patch, the network plugin on that port only.
         assert_eq!(out.matches("number: 8443\n      name: tls-").count(), 2, "{out}");
@@ -1196,13 +1144,13 @@ mod tests {
             let after = out.split_once(&format!("\n        name: \"{name}\"")).unwrap().1;
             after.split("- applyTo").next().unwrap().to_string()
         };
-        let passthrough = cluster_of("files|p");
+        let passthrough = cluster_of("files|passthrough");
         assert!(!passthrough.contains("transport_socket"), "{passthrough}");
-        let tcp = cluster_of("db|x");
+        let tcp = cluster_of("db|x-one");
         assert!(tcp.contains("kubernetes://egress-identity-x-one") && !tcp.contains("alpn"), "{tcp}");
         // Sidecars: the tls destination by SNI, the tcp one by port; no header guard for connections.
         assert!(out.contains("sniHosts:\n      - files.example"), "{out}");
-        assert!(out.contains("- \"a|x\"\n") && !out.contains("- \"db|x\"\n"), "{out}");
+        assert!(out.contains("- \"a|x-one\"\n") && !out.contains("- \"db|x-one\"\n"), "{out}");
         // A network policy per caller namespace.
         assert!(
             out.contains("kind: NetworkPolicy\nmetadata:\n  name: egress-identity-no-way-around\n  namespace: t\n"),

@@ -10,7 +10,9 @@ use super::{
     commented, documents, int, k8s_name, map, s, strs, to_yaml, PolicyFile, RenderError, Yaml, EARLY_DATA_BYTES,
     UNROUTED_CLUSTER,
 };
-use egress_identity_core::config_document::{PrincipalSource, Protocol};
+use egress_identity_core::config_document::PlatformSpec;
+use egress_identity_core::config_document::Protocol;
+use egress_identity_core::platform::{Kuma, Platform};
 
 /// Placeholder for the module's SHA-256 (Envoy refuses a module whose digest differs).
 pub const SHA256_PLACEHOLDER: &str = "REPLACE_WITH_THE_SHA256_OF_egress_identity.wasm";
@@ -39,20 +41,34 @@ struct Front {
 }
 
 impl KumaOptions {
+    /// The platform the policy is compiled for.
+    pub fn platform(&self) -> PlatformSpec {
+        PlatformSpec::Kuma {
+            mesh: self.mesh.clone(),
+            zone: self.zone.clone(),
+            namespace: self.namespace.clone(),
+            egress_port: self.egress_port,
+        }
+    }
+
+    fn kuma(&self) -> Kuma {
+        Kuma {
+            mesh: self.mesh.as_str().into(),
+            zone: self.zone.as_str().into(),
+            namespace: self.namespace.as_str().into(),
+            egress_port: self.egress_port,
+        }
+    }
+
     /// Kuma's name of a MeshExternalService cluster: kri_extsvc_<mesh>_<zone>_<namespace>_<name>_<port>.
     pub fn kri(&self, name: &str, port: u16) -> String {
-        format!("kri_extsvc_{}_{}_{}_{name}_{port}", self.mesh, self.zone, self.namespace)
+        self.kuma().kri(name, port)
     }
 
     /// The SNI callers' sidecars send to the zone egress for a MeshExternalService (what the network filter
     /// reads as the destination's name).
     pub fn sni(&self, name: &str, port: u16) -> String {
-        format!("{}{port}", self.sni_prefix(name))
-    }
-
-    /// The SNI of a MeshExternalService up to its port.
-    fn sni_prefix(&self, name: &str) -> String {
-        format!("sni.extsvc.{}.{}.{}.{name}.", self.mesh, self.zone, self.namespace)
+        self.kuma().sni(name, port)
     }
 }
 
@@ -63,27 +79,6 @@ fn mes_protocol(f: &Front) -> &'static str {
     } else {
         "http"
     }
-}
-
-/// A tcp/tls destination at the zone egress: named by the SNI callers' sidecars send,
-/// `sni.extsvc.<mesh>.<zone>.<namespace>.<name>.<port>`, which its hosts must list; `<port>` is its
-/// MeshExternalService's port (the one applications connect to), which this returns.
-fn l4_mes_port(
-    opts: &KumaOptions,
-    i: usize,
-    d: &egress_identity_core::config_document::DestinationSpec,
-) -> Result<u16, RenderError> {
-    let prefix = opts.sni_prefix(&d.name);
-    d.hosts
-        .iter()
-        .find_map(|h| h.strip_prefix(prefix.as_str())?.parse().ok().filter(|p: &u16| *p != 0))
-        .ok_or_else(|| {
-            RenderError(format!(
-                "destinations[{i}] ({name}) is a {protocol} destination: at the zone egress its connections are named by the SNI callers' sidecars send, {prefix}<PORT> (PORT: the port applications connect to), which its hosts must list: every connection would be denied (unknown_destination)",
-                name = d.name,
-                protocol = d.protocol.as_str()
-            ))
-        })
 }
 
 fn meta(name: &str, opts: &KumaOptions, origin: bool) -> Yaml {
@@ -108,19 +103,21 @@ fn secret_ref(name: &str) -> Yaml {
     map([("secret", s(name))])
 }
 
-/// A principal pattern as a MeshTrafficPermission spiffeID match (Exact, or Prefix for `prefix*`).
-fn spiffe_match(pattern: &str) -> Result<Yaml, RenderError> {
-    let full = if pattern.starts_with("spiffe://") { pattern.to_string() } else { format!("spiffe://{pattern}") };
+/// A principal pattern (`td/path`, as the core normalizes it) as a MeshTrafficPermission spiffeID match
+/// (Exact, or Prefix for `prefix*`), with the policy's local trust domain written as the one Kuma gives
+/// callers; `None` for a pattern Kuma cannot express (`*suffix`, `*`).
+fn spiffe_match(pattern: &str, local: Option<&str>, mesh_td: &str) -> Option<Yaml> {
+    let pattern = match (local, pattern.split_once('/')) {
+        (Some(local), Some((td, rest))) if td == local => format!("{mesh_td}/{rest}"),
+        _ => pattern.to_string(),
+    };
+    let full = format!("spiffe://{pattern}");
     let (kind, value) = match full.strip_suffix('*') {
         Some(prefix) if !prefix.contains('*') && prefix.len() > "spiffe://".len() => ("Prefix", prefix.to_string()),
         None if !full.contains('*') => ("Exact", full),
-        _ => {
-            return Err(RenderError(format!(
-                "principal pattern {pattern:?} cannot be a MeshTrafficPermission spiffeID (Exact or Prefix only)"
-            )))
-        }
+        _ => return None,
     };
-    Ok(map([("type", s(kind)), ("value", s(value))]))
+    Some(map([("type", s(kind)), ("value", s(value))]))
 }
 
 fn identity_service(c: &IdentityCluster) -> String {
@@ -137,83 +134,32 @@ fn generated() -> String {
 
 /// The manifests, as `(file name, multi-document YAML)` in apply order.
 pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, String)>, RenderError> {
-    if !policy.spec.principal_sources.contains(&PrincipalSource::PeerCertificate) {
-        return Err(RenderError("principalSources must include peer_certificate: callers present their MeshIdentity SVID to the zone egress".into()));
-    }
-    super::check_one_endpoint_per_destination(policy, false)?;
-    super::refuse_shared_clusters(policy, "Kuma")?;
-    let clusters = identity_clusters(policy)?;
-    let dests = destinations(policy)?;
+    let clusters = identity_clusters(policy);
+    let dests = destinations(policy);
     for name in opts.upstreams.keys() {
         if !dests.iter().any(|d| d.name == *name) {
             return Err(RenderError(format!("--upstream name {name:?} is not a destination of the policy")));
         }
     }
-    // What Kuma gives callers and applications must be what the policy expects, or every request is denied.
     let trust_domain = format!("{}.{}.mesh.local", opts.mesh, opts.zone);
-    if !policy.config.trust_domains.accepts(&trust_domain) {
-        return Err(RenderError(format!(
-            "the MeshIdentity gives callers the trust domain {trust_domain:?}, which the policy does not accept (trustDomains / localTrustDomain): every caller would be denied (untrusted_trust_domain)"
-        )));
-    }
-    for (i, d) in policy.spec.destinations.iter().enumerate() {
-        if d.protocol.is_l4() {
-            l4_mes_port(opts, i, d)?;
-            if !d.ports.contains(&u32::from(opts.egress_port)) {
-                return Err(RenderError(format!(
-                    "destinations[{i}] ({}): callers' connections reach the zone egress on its port {} (--egress-port), the destination port the filter sees, which its ports do not list: every connection would be denied (unknown_destination)",
-                    d.name, opts.egress_port
-                )));
-            }
-            continue;
-        }
-        let called = format!("{}.extsvc.mesh.local", d.name);
-        if !d.hosts.iter().any(|h| h.eq_ignore_ascii_case(&called)) {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): applications call {called} (Kuma's hostname of the MeshExternalService), which its hosts do not list: every request would be denied (unknown_destination)",
-                d.name
-            )));
-        }
-    }
-    let mut fronts = Vec::new();
-    for (i, Dest { name, port, protocol, .. }) in dests.iter().enumerate() {
-        if k8s_name(name) != *name {
-            return Err(RenderError(format!(
-                "destinations[{i}].name {name:?} must be a Kubernetes name (it names the MeshExternalService)"
-            )));
-        }
-        let spec = policy.spec.destinations.get(i);
-        let upstream = match opts.upstreams.get(name) {
-            Some(hp) => hp.clone(),
-            None => {
-                let host = spec
-                    .and_then(|d| {
-                        d.hosts.iter().find(|h| {
-                            !h.starts_with('*') && !h.ends_with(".mesh.local") && !h.starts_with("sni.extsvc.")
-                        })
-                    })
-                    .ok_or_else(|| {
-                        RenderError(format!(
-                            "destinations[{i}] ({name}): give the partner's endpoint with --upstream {name}=HOST:PORT"
-                        ))
-                    })?;
-                HostPort { host: host.clone(), port: 443 }
-            }
-        };
-        // A tcp/tls destination's MeshExternalService port is the one in the SNI it lists (its ports hold the
-        // zone egress port).
-        let port = match spec.filter(|d| d.protocol.is_l4()) {
-            Some(d) => l4_mes_port(opts, i, d)?,
-            None => *port,
-        };
-        fronts.push(Front { name: name.clone(), port, upstream, protocol: *protocol });
-    }
+    // Applications call an HTTP MeshExternalService on port 80, a tcp/tls one on the partner's port; the
+    // partner endpoint is the destination's host and port unless --upstream says otherwise.
+    let fronts: Vec<Front> = dests
+        .iter()
+        .map(|Dest { name, host, port, protocol }| Front {
+            name: name.clone(),
+            port: Platform::kuma_port(*protocol, *port),
+            upstream: opts.upstreams.get(name).cloned().unwrap_or_else(|| HostPort { host: host.clone(), port: *port }),
+            protocol: *protocol,
+        })
+        .collect();
     for c in &clusters {
         let Some(front) = fronts.iter().find(|f| f.name == c.destination) else { continue };
         let expected = opts.kri(&identity_service(c), front.port);
         if c.cluster != expected {
+            // The filter names the cluster the core derives; Kuma names it after this MeshExternalService.
             return Err(RenderError(format!(
-                "identity {:?} of destination {:?}: its cluster must be Kuma's name of its MeshExternalService, {expected:?} (not {:?})",
+                "internal: identity {:?} of destination {:?}: the filter would name cluster {:?}, Kuma {expected:?}",
                 c.identity, c.destination, c.cluster
             )));
         }
@@ -344,22 +290,30 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     for f in &fronts {
         let mut allow = Vec::new();
         let sni = || map([("type", s("Exact")), ("value", s(opts.sni(&f.name, f.port)))]);
-        for d in policy.spec.destinations.iter().filter(|d| d.name == f.name) {
-            if d.default_identity.is_some() {
-                // Any caller of the mesh may end up on the default identity: Kuma lets them all through to
-                // the front, and the filter's policies decide.
-                let mesh = map([("type", s("Prefix")), ("value", s(format!("spiffe://{trust_domain}/")))]);
-                allow.push(map([("spiffeID", mesh), ("sni", sni())]));
-                continue;
-            }
-            let mut seen = Vec::new();
-            for p in d.identities.iter().flat_map(|i| i.principals.iter()) {
-                let canonical = policy.config.trust_domains.canonical_principal_pattern(p).into_owned();
-                if !seen.contains(&canonical) {
-                    allow.push(map([("spiffeID", spiffe_match(&canonical)?), ("sni", sni())]));
-                    seen.push(canonical);
+        let mesh_wide = || map([("type", s("Prefix")), ("value", s(format!("spiffe://{trust_domain}/")))]);
+        if let Some(d) = policy.config.destinations.named(&f.name) {
+            // Any caller of the mesh may end up on a default identity, and a pattern Kuma cannot express
+            // covers callers it cannot name: Kuma then lets every caller of the mesh through to the front,
+            // and the filter's policies decide.
+            let local = policy.config.trust_domains.local();
+            let mut matches = Vec::new();
+            let mut all = d.identities.default_identity().is_some();
+            let principals = d
+                .identities
+                .mapped()
+                .filter_map(|i| policy.config.identities.get(&i.name))
+                .flat_map(|(_, declared)| declared.principals.iter().flatten());
+            for p in principals {
+                match spiffe_match(&p.to_string(), local, &trust_domain) {
+                    Some(m) if !matches.contains(&m) => matches.push(m),
+                    Some(_) => {}
+                    None => all = true,
                 }
             }
+            if all {
+                matches = vec![mesh_wide()];
+            }
+            allow.extend(matches.into_iter().map(|m| map([("spiffeID", m), ("sni", sni())])));
         }
         permissions.push(commented(
             format!("Who may use the zone egress for {name} (Kuma's layer, before the filter's): the principals of its\nidentities (every caller of the mesh when it has a defaultIdentity), only towards the front's SNI.\nNothing allows the per-identity services' SNIs: the zone egress denies connections made to them\ndirectly. The filter then applies the finer policy.", name = f.name),
@@ -452,10 +406,10 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
                             (
                                 "configuration",
                                 commented(
-                                    "The policy file, verbatim (README.md, Configuration reference).",
+                                    "The policy file, verbatim, and the platform it is rendered for (README.md, Configuration\nreference).",
                                     map([
                                         ("@type", s("type.googleapis.com/google.protobuf.StringValue")),
-                                        ("value", Yaml::Literal(policy.text.clone())),
+                                        ("value", Yaml::Literal(policy.plugin_config.clone())),
                                     ]),
                                 ),
                             ),
@@ -578,7 +532,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
         ),
     );
 
-    let namespaces = network_policy::workload_namespaces(&policy.spec, &opts.workload_namespaces, &opts.namespace)?;
+    let namespaces = network_policy::workload_namespaces(&policy.config, &opts.workload_namespaces, &opts.namespace)?;
     let network_policies = network_policy::lockdown(&namespaces, "the zone egress");
     let file = |name: &str, docs: Vec<Yaml>| (name.to_string(), format!("{}{}", generated(), documents(&docs)));
     Ok(vec![
@@ -594,10 +548,9 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
 mod tests {
     use super::*;
 
-    const POLICY: &str = r#"{ "trustDomains": ["default.zone-1.mesh.local"], "defaultPort": 80,
-      "destinations": [ { "name": "api", "hosts": ["api.extsvc.mesh.local", "api.partner.example"], "ports": [80],
-        "identities": [ { "name": "t.a", "cluster": "kri_extsvc_default_zone-1_kuma-system_api-t-a_80",
-          "principals": ["default.zone-1.mesh.local/ns/t/sa/a", "spiffe://default.zone-1.mesh.local/ns/u/*"] } ] } ] }"#;
+    const POLICY: &str = r#"{ "localTrustDomain": "cluster.local",
+      "identities": [ { "name": "t.a", "principals": ["cluster.local/ns/t/sa/a", "spiffe://cluster.local/ns/u/*"] } ],
+      "destinations": [ { "name": "api", "host": "api.partner.example", "port": 443, "identities": ["t.a"] } ] }"#;
 
     fn opts() -> KumaOptions {
         KumaOptions {
@@ -611,83 +564,61 @@ mod tests {
         }
     }
 
+    fn rendered(text: &str, o: &KumaOptions) -> String {
+        let policy = PolicyFile::for_platform(text, &o.platform()).unwrap();
+        render(&policy, o).unwrap().into_iter().map(|(_, t)| t).collect()
+    }
+
     #[test]
     fn front_identity_services_permissions_and_patch() {
-        let files = render(&PolicyFile::parse(POLICY).unwrap(), &opts()).unwrap();
-        let out: String = files.iter().map(|(_, t)| t.as_str()).collect();
+        let out = rendered(POLICY, &opts());
         assert!(out.contains("name: api-t-a\n"), "{out}");
-        assert!(
-            out.contains("address: api.partner.example\n"),
-            "default upstream: first host outside .mesh.local: {out}"
-        );
+        assert!(out.contains("address: api.partner.example\n"), "the partner endpoint is the destination's: {out}");
         assert!(out.contains("address: api.egress-identity.invalid\n"), "{out}");
         assert!(out.contains("secret: egress-identity-t-a-cert\n") && out.contains("secret: api-ca\n"), "{out}");
+        // The policy's local trust domain is written as the one the MeshIdentity gives callers.
         assert!(out.contains("type: Exact\n          value: spiffe://default.zone-1.mesh.local/ns/t/sa/a\n"), "{out}");
         assert!(out.contains("type: Prefix\n          value: spiffe://default.zone-1.mesh.local/ns/u/\n"), "{out}");
         assert!(out.contains("routeConfigurationName: kri_extsvc_default_zone-1_kuma-system_api_80"), "{out}");
+        assert!(out.contains("\"platform\": {\"kind\":\"kuma\",\"mesh\":\"default\""), "{out}");
     }
 
     #[test]
-    fn identity_clusters_must_be_kuma_names() {
+    fn kuma_names_follow_the_mesh_and_zone() {
         let mut o = opts();
         o.zone = "zone-2".into();
-        let both = POLICY.replace(
-            "[\"default.zone-1.mesh.local\"]",
-            "[\"default.zone-1.mesh.local\", \"default.zone-2.mesh.local\"]",
-        );
-        let e = render(&PolicyFile::parse(&both).unwrap(), &o).unwrap_err();
-        assert!(e.0.contains("\"kri_extsvc_default_zone-2_kuma-system_api-t-a_80\""), "{e}");
-        assert!(spiffe_match("*/ns/a").is_err());
-        assert!(spiffe_match("*").is_err());
+        let out = rendered(POLICY, &o);
+        assert!(out.contains("spiffe://default.zone-2.mesh.local/ns/t/sa/a"), "{out}");
+        assert!(out.contains("kri_extsvc_default_zone-2_kuma-system_api_80"), "{out}");
     }
 
+    /// A default identity, or a principal pattern Kuma cannot express, lets every caller of the mesh through
+    /// Kuma's layer: the filter decides.
     #[test]
-    fn manifests_that_would_deny_everything_are_refused() {
-        // The MeshIdentity's trust domain is not one the policy accepts.
-        let mut o = opts();
-        o.mesh = "other".into();
-        let e = render(&PolicyFile::parse(POLICY).unwrap(), &o).unwrap_err();
-        assert!(e.0.contains("\"other.zone-1.mesh.local\", which the policy does not accept"), "{e}");
-        // Applications call api.extsvc.mesh.local, which the destination must list.
-        let e = render(&PolicyFile::parse(&POLICY.replace("\"api.extsvc.mesh.local\", ", "")).unwrap(), &opts())
-            .unwrap_err();
-        assert!(e.0.contains("applications call api.extsvc.mesh.local"), "{e}");
-        // A destination served by its defaultIdentity lets every caller of the mesh through to the filter.
-        let default = POLICY.replace(
-            "\"identities\": [",
-            "\"defaultIdentity\": { \"name\": \"t.d\", \"cluster\": \"kri_extsvc_default_zone-1_kuma-system_api-t-d_80\" }, \"identities\": [",
-        );
-        let files = render(&PolicyFile::parse(&default).unwrap(), &opts()).unwrap();
-        let out: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    fn what_kuma_cannot_name_is_left_to_the_filter() {
+        let any = POLICY.replace(r#""spiffe://cluster.local/ns/u/*""#, r#""*/ns/u/sa/b""#);
+        let out = rendered(&any, &opts());
         assert!(out.contains("type: Prefix\n          value: spiffe://default.zone-1.mesh.local/\n"), "{out}");
+        assert!(!out.contains("value: spiffe://default.zone-1.mesh.local/ns/t/sa/a"), "{out}");
+        assert!(spiffe_match("*/ns/a", None, "m").is_none());
+        assert!(spiffe_match("*", None, "m").is_none());
     }
 
     #[test]
     fn tcp_and_tls_destinations_are_named_by_their_zone_egress_sni_and_port() {
-        let l4 = r#"{ "name": "db", "protocol": "tcp", "hosts": ["sni.extsvc.default.zone-1.kuma-system.db.5432"],
-            "ports": [10002], "identities": [ { "name": "t.a", "cluster": "kri_extsvc_default_zone-1_kuma-system_db-t-a_5432",
-            "principals": ["default.zone-1.mesh.local/ns/t/sa/a"] } ] },
-          { "name": "files", "protocol": "tls", "hosts": ["sni.extsvc.default.zone-1.kuma-system.files.443", "files.example"],
-            "ports": [10002], "defaultIdentity": { "name": "p", "cluster": "kri_extsvc_default_zone-1_kuma-system_files-p_443" } },"#;
-        let policy = POLICY.replace("\"destinations\": [", &format!("\"destinations\": [{l4}"));
-        let mut o = opts();
-        o.upstreams.insert("db".into(), HostPort { host: "db.example".into(), port: 5432 });
-        let out: String =
-            render(&PolicyFile::parse(&policy).unwrap(), &o).unwrap().into_iter().map(|(_, t)| t).collect();
+        let l4 = POLICY.replace(
+            r#""destinations": ["#,
+            r#""destinations": [
+              { "name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["t.a"] },
+              { "name": "files", "protocol": "tls", "host": "files.example", "port": 443 },"#,
+        );
+        let out = rendered(&l4, &opts());
         assert!(out.contains("port: 5432\n    protocol: tcp\n"), "{out}");
         assert!(out.contains("operation: AddBefore\n        match:\n          origin: egress\n          name: envoy.filters.network.tcp_proxy"), "{out}");
         assert!(out.contains("rootId: egress-identity-l4") && out.contains("maxEarlyDataBytes: 65536"), "{out}");
         assert!(out.contains("value: sni.extsvc.default.zone-1.kuma-system.db.5432\n"), "{out}");
-        // The passthrough identity has no TLS of its own.
-        let files = out.split("name: files-p\n").nth(1).unwrap().split("---").next().unwrap();
+        // The passthrough has no TLS of its own.
+        let files = out.split("name: files-passthrough\n").nth(1).unwrap().split("---").next().unwrap();
         assert!(!files.contains("tls:") && files.contains("address: files.example"), "{files}");
-        // Without the SNI, or the zone egress port, every connection would be denied: refused.
-        let e =
-            render(&PolicyFile::parse(&policy.replace("kuma-system.db.5432", "kuma-system.other.5432")).unwrap(), &o)
-                .unwrap_err();
-        assert!(e.0.contains("sni.extsvc.default.zone-1.kuma-system.db.<PORT>"), "{e}");
-        o.egress_port = 10003;
-        let e = render(&PolicyFile::parse(&policy).unwrap(), &o).unwrap_err();
-        assert!(e.0.contains("port 10003 (--egress-port)"), "{e}");
     }
 }

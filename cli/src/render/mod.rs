@@ -13,7 +13,7 @@ pub mod network_policy;
 use std::fmt::Write as _;
 
 use egress_identity_core::config::Config;
-use egress_identity_core::config_document::PluginConfigSpec;
+use egress_identity_core::config_document::PlatformSpec;
 use egress_identity_core::config_error::ConfigError;
 
 /// A YAML node. Maps keep their insertion order.
@@ -298,26 +298,30 @@ pub fn documents(nodes: &[Yaml]) -> String {
     nodes.iter().map(to_yaml).collect::<Vec<_>>().join("---\n")
 }
 
-/// A policy file, validated and ready to render.
+/// A policy file compiled for one platform, ready to render.
 pub struct PolicyFile {
-    /// The file's text, embedded verbatim (trimmed, with one final newline) where a string is expected.
-    pub text: String,
-    pub spec: PluginConfigSpec,
+    /// The plugin configuration the gateway loads: the policy's text, verbatim, plus the `platform` it is
+    /// rendered for ([`egress_identity_core::platform::plugin_configuration`]).
+    pub plugin_config: String,
+    /// `plugin_config`, compiled by the core exactly as the filter compiles it: the one model every renderer
+    /// builds from (clusters, hosts, identities, principals, namespaces).
     pub config: Config,
 }
 
 impl PolicyFile {
-    /// Validates the policy as the filter would (every error with its JSON path) and parses it.
-    pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
-        let config = Config::load(text.as_bytes())?;
-        let spec: PluginConfigSpec =
-            serde_json::from_str(text).map_err(|e| vec![ConfigError::new(".", e.to_string())])?;
-        Ok(Self { text: format!("{}\n", text.trim()), spec, config })
+    /// Compiles the policy for `platform` as the filter will (every error with its JSON path): what
+    /// `validate --platform` and every `render` ask.
+    pub fn for_platform(text: &str, platform: &PlatformSpec) -> Result<Self, Vec<ConfigError>> {
+        let text = format!("{}\n", text.trim());
+        let config = Config::load_for(text.as_bytes(), platform)?;
+        let plugin_config = egress_identity_core::platform::plugin_configuration(&text, platform)
+            .ok_or_else(|| vec![ConfigError::new(".", "the policy is not a JSON object")])?;
+        Ok(Self { plugin_config, config })
     }
 
-    /// The policy as a flow-style YAML node (the JSON text, verbatim).
+    /// The plugin configuration as a flow-style YAML node (the JSON text, verbatim).
     pub fn flow(&self) -> Yaml {
-        Yaml::Flow(self.text.clone())
+        Yaml::Flow(self.plugin_config.clone())
     }
 }
 
@@ -363,54 +367,6 @@ pub fn k8s_name(name: &str) -> String {
     let lowered: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     lowered.trim_matches('-').to_string()
-}
-
-/// The destination's first exact (non-wildcard) host.
-/// The rendered clusters reach one endpoint each: a destination's first exact host and first port, with that
-/// host as SNI and checked DNS SAN. A destination with a wildcard host, several hosts or several ports would
-/// have requests for its other host:ports sent to that one endpoint, so it is refused, with the reason.
-///
-/// `one_host: false` lets a destination list more hosts (Kuma: the `.extsvc.mesh.local` name applications
-/// call, then the partner's name the clusters reach): every one of them is served by the same endpoint.
-pub fn check_one_endpoint_per_destination(policy: &PolicyFile, one_host: bool) -> Result<(), RenderError> {
-    for (i, d) in policy.spec.destinations.iter().enumerate() {
-        let fix = "give each host:port a destination of its own (with its own identity clusters)";
-        if let Some(wild) = d.hosts.iter().find(|h| h.starts_with('*')) {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): host {wild:?} is a wildcard, and a rendered cluster reaches one fixed host: requests for the hosts it covers would be sent to another one; {fix}",
-                d.name
-            )));
-        }
-        if let ([first, second, ..], true) = (d.hosts.as_slice(), one_host) {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): hosts {first:?} and {second:?}: a rendered cluster reaches one host, so requests for {second:?} would be sent to {first:?}; {fix}",
-                d.name
-            )));
-        }
-        if let [first, second, ..] = d.ports.as_slice() {
-            return Err(RenderError(format!(
-                "destinations[{i}] ({}): ports {first} and {second}: a rendered cluster reaches one port, so requests for port {second} would be sent to {first}; {fix}",
-                d.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Refuses single-cluster destinations (`sharedCluster`) where `mesh` cannot render them: its own API has
-/// no per-connection certificate selection, and a patch would be silently overwritten by its control plane.
-pub fn refuse_shared_clusters(policy: &PolicyFile, mesh: &str) -> Result<(), RenderError> {
-    match policy.spec.destinations.iter().enumerate().find(|(_, d)| d.shared_cluster.is_some()) {
-        Some((i, d)) => Err(RenderError(format!(
-            "destinations[{i}] ({}): sharedCluster (single-cluster mode) cannot be rendered for {mesh} yet: it needs Envoy's on-demand certificate selector on the cluster and set_filter_state in the HTTP chain, which {mesh}'s API does not express; render it with `render envoy`, or give each identity a cluster (README.md, \"Identity scale\")",
-            d.name
-        ))),
-        None => Ok(()),
-    }
-}
-
-pub fn first_exact_host(hosts: &[String]) -> Option<&str> {
-    hosts.iter().map(String::as_str).find(|h| !h.starts_with('*'))
 }
 
 #[cfg(test)]
@@ -505,7 +461,5 @@ mod tests {
         assert!(check_file_safe("identity", "CN=x y").is_err());
         assert!(check_file_safe("identity", ".hidden").is_err());
         assert_eq!(k8s_name("team.App_1"), "team-app-1");
-        assert_eq!(first_exact_host(&["*.a.example".into(), "b.example".into()]), Some("b.example"));
-        assert_eq!(first_exact_host(&["*.a.example".into()]), None);
     }
 }

@@ -2,36 +2,20 @@
 //! egress: pods of the workload namespaces may reach pods of the cluster (the gateway among them, and DNS)
 //! and nothing else, so the only way out is through the proxy that runs egress-identity.
 
-use egress_identity_core::config_document::{PluginConfigSpec, PolicySpec};
+use egress_identity_core::config::Config;
 
 use super::{commented, map, s, strs, RenderError, Yaml};
 
-/// The namespaces whose workloads the policy names as callers (exact `namespaces` and the namespace of
-/// exact principals, in every layer and identity mapping), with `extra` (`--workload-namespace`), sorted.
-/// Patterns name no namespace a NetworkPolicy can live in; give those with `--workload-namespace`.
+/// The namespaces whose workloads the policy names as callers (the core's
+/// [`egress_identity_core::caller_namespaces`]), with `extra` (`--workload-namespace`), sorted. Patterns name
+/// no namespace a NetworkPolicy can live in; give those with `--workload-namespace`.
 pub fn workload_namespaces(
-    spec: &PluginConfigSpec,
+    config: &Config,
     extra: &[String],
     exit_namespace: &str,
 ) -> Result<Vec<String>, RenderError> {
     let mut found: Vec<String> = extra.to_vec();
-    let policies = spec.gateway.policies.iter().chain(spec.destinations.iter().flat_map(|d| d.policies.iter()));
-    let add_principal = |p: &str, found: &mut Vec<String>| {
-        if let Some(ns) = namespace_of_principal(p) {
-            found.push(ns.to_string());
-        }
-    };
-    for policy in policies {
-        for source in sources(policy) {
-            found.extend(source.namespaces.iter().filter(|n| !n.contains('*')).cloned());
-            for p in &source.principals {
-                add_principal(p, &mut found);
-            }
-        }
-    }
-    for p in spec.destinations.iter().flat_map(|d| d.identities.iter()).flat_map(|i| i.principals.iter()) {
-        add_principal(p, &mut found);
-    }
+    found.extend(config.caller_namespaces.iter().map(|n| n.to_string()));
     found.sort();
     found.dedup();
     if found.iter().any(|n| n == exit_namespace) {
@@ -45,17 +29,6 @@ pub fn workload_namespaces(
         ));
     }
     Ok(found)
-}
-
-fn sources(policy: &PolicySpec) -> impl Iterator<Item = &egress_identity_core::config_document::SourceSpec> {
-    policy.rules.iter().flat_map(|r| r.from.iter()).map(|f| &f.source)
-}
-
-/// `team` of `[spiffe://]<td>/ns/team/sa/app1` (no pattern in the namespace).
-fn namespace_of_principal(principal: &str) -> Option<&str> {
-    let rest = principal.split_once("/ns/")?.1;
-    let ns = rest.split('/').next()?;
-    (!ns.is_empty() && !ns.contains('*')).then_some(ns)
 }
 
 /// One NetworkPolicy per namespace: every pod may open connections to pods of the cluster only.
@@ -98,33 +71,35 @@ pub fn lockdown(namespaces: &[String], exit: &str) -> Vec<Yaml> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::PolicyFile;
+    use egress_identity_core::config_document::PlatformSpec;
+
+    fn config(text: &str) -> Config {
+        Config::load_for(text.as_bytes(), &PlatformSpec::IstioGateway).unwrap()
+    }
 
     #[test]
     fn namespaces_come_from_exact_namespaces_and_principals_only() {
-        let policy = PolicyFile::parse(
+        let config = config(
             r#"{ "trustDomains": ["cluster.local"],
+              "identities": [ { "name": "i", "principals": ["spiffe://cluster.local/ns/billing/sa/z"] } ],
               "gateway": { "policies": [ { "name": "a", "action": "ALLOW", "rules": [ { "from": [ { "source": {
                 "namespaces": ["team", "batch-*"], "principals": ["cluster.local/ns/payments/sa/x", "cluster.local/ns/ops-*"] } } ] } ] } ] },
-              "destinations": [ { "name": "d", "hosts": ["d.example"], "ports": [443],
-                "identities": [ { "name": "i", "cluster": "d|i", "principals": ["spiffe://cluster.local/ns/billing/sa/z"] } ] } ] }"#,
-        )
-        .unwrap();
-        assert_eq!(workload_namespaces(&policy.spec, &[], "istio-egress").unwrap(), ["billing", "payments", "team"]);
-        let with_extra = workload_namespaces(&policy.spec, &["batch-1".into()], "istio-egress").unwrap();
+              "destinations": [ { "name": "d", "host": "d.example", "port": 443, "identities": ["i"] } ] }"#,
+        );
+        assert_eq!(workload_namespaces(&config, &[], "istio-egress").unwrap(), ["billing", "payments", "team"]);
+        let with_extra = workload_namespaces(&config, &["batch-1".into()], "istio-egress").unwrap();
         assert_eq!(with_extra, ["batch-1", "billing", "payments", "team"]);
-        let e = workload_namespaces(&policy.spec, &[], "team").unwrap_err();
+        let e = workload_namespaces(&config, &[], "team").unwrap_err();
         assert!(e.0.contains("\"team\" holds the callers and the egress proxy"), "{e}");
     }
 
     #[test]
     fn a_policy_naming_no_namespace_needs_the_flag() {
-        let policy = PolicyFile::parse(
-            r#"{ "trustDomains": ["cluster.local"], "destinations": [ { "name": "d", "hosts": ["d.example"], "ports": [443],
-                "defaultIdentity": { "name": "i", "cluster": "d|i" } } ] }"#,
-        )
-        .unwrap();
-        let e = workload_namespaces(&policy.spec, &[], "istio-egress").unwrap_err();
+        let config = config(
+            r#"{ "trustDomains": ["cluster.local"], "identities": [ { "name": "i" } ],
+                "destinations": [ { "name": "d", "host": "d.example", "port": 443, "defaultIdentity": "i" } ] }"#,
+        );
+        let e = workload_namespaces(&config, &[], "istio-egress").unwrap_err();
         assert!(e.0.contains("--workload-namespace"), "{e}");
     }
 }

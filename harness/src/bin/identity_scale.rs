@@ -1,7 +1,7 @@
 //! `identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds N] [--instructions N]`: the identity-scale benchmark
 //! (BENCHMARKS.md, "Identity scale"). For each size N, one destination with N external identities is
 //! rendered twice by `egress-identity render envoy` -- one cluster per identity (file SDS), and
-//! single-cluster mode (`sharedCluster`, certificates from the harness's gRPC SDS server) -- and both
+//! single-cluster mode (`singleCluster`, certificates from the harness's gRPC SDS server) -- and both
 //! gateways run side by side (`--concurrency 2`) in front of the partner (nginx). Measured, per mode:
 //!
 //! * ready: from the start of Envoy to `/ready` and its listener accepting;
@@ -116,26 +116,20 @@ fn principal(i: usize) -> String {
     format!("spiffe://cluster.local/ns/bench/sa/id-{i}")
 }
 
-/// The policy: one destination, `n` identities, everybody allowed; with `l4`, also the tcp destination
-/// `bench-tcp` (same identities, on the mode's tcp port).
+/// The policy: `n` identities, declared once, everybody allowed; one destination presenting them all (in
+/// single-cluster mode, one cluster for all); with `l4`, also the tcp destination `bench-tcp` (the same
+/// identities, on the mode's tcp port). The identity clusters are derived: `<destination>|id-<i>`.
 fn policy(n: usize, mode: Mode, l4: bool) -> Value {
+    let identities: Vec<Value> = (0..n).map(|i| json!({"name": identity(i), "principals": [principal(i)]})).collect();
+    let names: Vec<String> = (0..n).map(identity).collect();
     let destination = |name: &str, port: u16| {
-        let identities: Vec<Value> = (0..n)
-            .map(|i| {
-                let mut identity = json!({"name": identity(i), "principals": [principal(i)]});
-                if mode.per_cluster() {
-                    identity["cluster"] = json!(format!("{name}|id-{i}"));
-                }
-                identity
-            })
-            .collect();
         let mut destination = json!({
-            "name": name, "hosts": [HOST], "ports": [port],
+            "name": name, "host": HOST, "port": port,
             "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
-            "identities": identities
+            "identities": names
         });
         if !mode.per_cluster() {
-            destination["sharedCluster"] = json!(name);
+            destination["singleCluster"] = json!(true);
         }
         destination
     };
@@ -148,6 +142,7 @@ fn policy(n: usize, mode: Mode, l4: bool) -> Value {
     json!({
         "trustDomains": ["cluster.local"],
         "auditRecord": "none",
+        "identities": identities,
         "gateway": {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]},
         "destinations": destinations
     })
@@ -171,7 +166,8 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
     cmd.args(["--metrics", &format!("127.0.0.1:{metrics}"), "--access-log", "/dev/null"]);
     cmd.args(["--upstream", &format!("bench=127.0.0.1:{EXTERNAL_PORT}"), "--ca-secret", "bench=partner-ca"]);
     if l4 {
-        cmd.args(["--listen-l4", &format!("127.0.0.1:{}", mode.l4_port())]);
+        // The L4 listener listens on the tcp destination's port (mode.l4_port()).
+        cmd.args(["--l4-address", "127.0.0.1"]);
         cmd.args(["--upstream", &format!("bench-tcp=127.0.0.1:{EXTERNAL_TCP_PORT}")]);
         cmd.args(["--ca-secret", "bench-tcp=partner-ca"]);
     }
