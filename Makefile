@@ -82,7 +82,7 @@ bench: setup-bench build
 bench-check: setup-bench build
 	CARGO='$(CARGO)' bash bench/run.sh --check
 
-## bench-scale: one cluster per identity vs single-cluster mode (sharedCluster) at SIZES identities (default
+## bench-scale: one cluster per identity vs single-cluster mode (singleCluster) at SIZES identities (default
 ## 10,1000,10000): ready time, RSS, first request of a new identity, CPU per request, time to add one
 ## identity (BENCHMARKS.md, "Identity scale"). Not part of `make test`; uses the test ports. ~10 min.
 SIZES ?= 10,1000,10000

@@ -166,7 +166,8 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<(String, St
     }
 
     let identity = commented(
-        format!("egress-identity on a Kuma ZoneEgress -- the mesh-scoped zone proxy of Kuma 2.14+/3.x (a Dataplane with a\nZoneEgress listener). Mesh {mesh}, zone {zone}, system namespace {ns}; see README.md.\n\nMesh-scoped zone proxies only speak MeshIdentity mTLS: every dataplane gets an X.509-SVID\n  spiffe://{mesh}.{zone}.mesh.local/ns/<namespace>/sa/<service account>\nwhich the filter reads (principalSources peer_certificate; trustDomains names its trust domain).", mesh = opts.mesh, zone = opts.zone, ns = opts.namespace),
+        format!("egress-identity on a Kuma ZoneEgress -- the mesh-scoped zone proxy of Kuma 2.14+/3.x (a Dataplane with a\nZoneEgress listener). Mesh {mesh}, zone {zone}, system namespace {ns}; see README.md.\n\nMesh-scoped zone proxies only speak MeshIdentity mTLS: every dataplane gets an X.509-SVID\n  spiffe://{mesh}.{zone}.mesh.local/ns/<namespace>/sa/<service account>\nwhich the filter reads from the peer certificate. That trust domain joins the policy's local one: the
+policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zone = opts.zone, ns = opts.namespace),
         object(
             "MeshIdentity",
             meta("identity", opts, false),
