@@ -58,6 +58,10 @@ enum Command {
         /// The policy (JSON), decided as plain Envoy receives requests; or a rendered plugin configuration,
         /// decided as its platform receives them.
         config: PathBuf,
+        /// Decide as this platform receives the request (with render's defaults), e.g. kuma: --host
+        /// partner-api.extsvc.mesh.local.
+        #[arg(long, value_enum)]
+        platform: Option<PlatformArg>,
         /// The caller's SPIFFE ID; omit it for a caller without one.
         #[arg(long)]
         principal: Option<String>,
@@ -319,8 +323,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Explain { config, principal, host, sni, inner_sni, port, method, path, json } => {
-            let Some(config) = load(&config) else { return ExitCode::FAILURE };
+        Command::Explain { config, platform, principal, host, sni, inner_sni, port, method, path, json } => {
+            let Some(config) = load(&config, platform) else { return ExitCode::FAILURE };
             if let Some(sni) = sni {
                 let port = port.unwrap_or(config.default_port);
                 let inner_sni = inner_sni.unwrap_or_else(|| sni.clone());
@@ -617,7 +621,8 @@ fn render_command(target: RenderTarget) -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Option<Config> {
+/// The document at `path`, compiled for `platform` (a policy), or for the platform it names.
+fn load(path: &PathBuf, platform: Option<PlatformArg>) -> Option<Config> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -625,7 +630,11 @@ fn load(path: &PathBuf) -> Option<Config> {
             return None;
         }
     };
-    match Config::load(&bytes) {
+    let compiled = match platform {
+        Some(platform) => Config::load_for(&bytes, &platform.spec()),
+        None => Config::load(&bytes),
+    };
+    match compiled {
         Ok(config) => Some(config),
         Err(errors) => {
             for error in &errors {

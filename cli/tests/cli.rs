@@ -582,3 +582,23 @@ fn the_previous_format_points_to_migrate_which_converts_it() {
     }
     assert!(stderr.contains("write \"host\""), "{stderr}");
 }
+
+/// `explain --platform` decides as that platform receives the request: Kuma's zone egress sees the
+/// MeshExternalService's hostname and SNI, and names Kuma's clusters; the partner's own name is not how it
+/// arrives there.
+#[test]
+fn explain_decides_as_the_platform_receives_the_request() {
+    let policy = egress_identity_harness::repo_root().join("examples/policy.json");
+    let p = policy.to_str().unwrap();
+    let app1 = "spiffe://default.zone-1.mesh.local/ns/team/sa/app1";
+    let out =
+        cli(&["explain", p, "--platform", "kuma", "--principal", app1, "--host", "partner-api.extsvc.mesh.local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(cluster kri_extsvc_default_zone-1_kuma-system_partner-api-team-app1_80)"));
+    let sni = "sni.extsvc.default.zone-1.kuma-system.partner-db.5432";
+    let out = cli(&["explain", p, "--platform", "kuma", "--principal", app1, "--sni", sni, "--port", "10002"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = cli(&["explain", p, "--platform", "kuma", "--principal", app1, "--host", "api.partner.example"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains("reason=unknown_destination"), "{}", text(&out.stdout));
+}
