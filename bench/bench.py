@@ -28,7 +28,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import policy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
+def default_envoy():
+    """The Envoy binary itself: .venv/bin/envoy is a Python launcher that execs it, which callgrind
+    (--instructions) would measure instead of Envoy."""
+    import glob
+
+    real = sorted(glob.glob(os.path.join(ROOT, ".venv/lib/python*/site-packages/envoy/_bin/envoy")))
+    return real[0] if real else os.path.join(ROOT, ".venv/bin/envoy")
+
+
+ENVOY = os.environ.get("ENVOY") or default_envoy()
 WRK = os.environ.get("WRK", "wrk")
 NGINX = os.environ.get("NGINX", "nginx")
 BASE = int(os.environ.get("BENCH_PORT_BASE", "28400"))

@@ -11,6 +11,14 @@
 //! decision=deny principal=spiffe://cluster.local/ns/sandbox/sa/default layer=gateway reason=no_matching_allow
 //! decision=deny principal=spiffe://cluster.local/ns/team/sa/app1 layer=destination policy=no-admin reason=denied_by_policy dry_run=deny
 //! ```
+//!
+//! An allowed request or connection that then never reached the partner gets an [`Outcome`] appended once
+//! Envoy has given up on its upstream ([`push_outcome`], [`push_outcome_struct`]); no `outcome` means
+//! forwarded:
+//!
+//! ```text
+//! decision=allow principal=spiffe://cluster.local/ns/team/sa/app1 destination=partner-api gateway_policy=mesh-egress destination_policy=partner-api-callers identity=team.app1 outcome=no_certificate upstream_detail="TLS error: Secret is not supplied by SDS"
+//! ```
 
 use std::fmt::Write;
 
@@ -73,22 +81,148 @@ pub fn record(evaluation: &Evaluation<'_>, principal: &str) -> String {
 /// The same fields as a serialized `google.protobuf.Struct` of strings (for structured access logs).
 pub fn record_struct(evaluation: &Evaluation<'_>, principal: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    fields(evaluation, principal, |key, value| {
-        // Struct.fields (1): map entry { key (1): string, value (2): Value { string_value (3) } }.
-        let value_len = 1 + varint_len(value.len()) + value.len();
-        let entry_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(value_len) + value_len;
-        out.push(0x0a);
-        push_varint(&mut out, entry_len);
-        out.push(0x0a);
-        push_varint(&mut out, key.len());
-        out.extend_from_slice(key.as_bytes());
-        out.push(0x12);
-        push_varint(&mut out, value_len);
-        out.push(0x1a);
-        push_varint(&mut out, value.len());
-        out.extend_from_slice(value.as_bytes());
-    });
+    fields(evaluation, principal, |key, value| push_struct_field(&mut out, key, value));
     out
+}
+
+/// Appends one string field to a serialized Struct: Struct.fields (1) is a map, so more entries appended to
+/// a serialized Struct are more fields of it.
+fn push_struct_field(out: &mut Vec<u8>, key: &str, value: &str) {
+    // Struct.fields (1): map entry { key (1): string, value (2): Value { string_value (3) } }.
+    let value_len = 1 + varint_len(value.len()) + value.len();
+    let entry_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(value_len) + value_len;
+    out.push(0x0a);
+    push_varint(out, entry_len);
+    out.push(0x0a);
+    push_varint(out, key.len());
+    out.extend_from_slice(key.as_bytes());
+    out.push(0x12);
+    push_varint(out, value_len);
+    out.push(0x1a);
+    push_varint(out, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// How an ALLOWED request or connection ended when it never reached the partner: the record's `outcome`
+/// (absent: forwarded) and the `reason` of [`crate::metrics::UPSTREAM_FAILURES`]. The policy did allow
+/// it: the record keeps `decision=allow`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The identity's client certificate was never delivered (Envoy: "TLS error: Secret is not supplied by
+    /// SDS", the cluster's TLS context is not ready).
+    NoCertificate,
+    /// The upstream TLS handshake failed (e.g. the partner's certificate did not verify).
+    UpstreamTlsError,
+    /// No connection to the partner: refused, timed out (in single-cluster mode also a certificate the SDS
+    /// server never sends: Envoy reports only the timeout), no healthy host, no cluster, circuit breaker.
+    UpstreamConnectFailure,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::NoCertificate, Outcome::UpstreamTlsError, Outcome::UpstreamConnectFailure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NoCertificate => "no_certificate",
+            Outcome::UpstreamTlsError => "upstream_tls_error",
+            Outcome::UpstreamConnectFailure => "upstream_connect_failure",
+        }
+    }
+
+    /// Position in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Bits of Envoy's response flags (the `response.flags` property: bit n is `StreamInfo::CoreResponseFlag` n)
+/// that mean a request or connection may not have reached an upstream.
+pub mod response_flags {
+    /// `UH`: no healthy upstream host.
+    pub const NO_HEALTHY_UPSTREAM: u64 = 1 << 1;
+    /// `UF`: the upstream connection failed (refused, timed out, TLS handshake, no certificate).
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 1 << 5;
+    /// `UO`: circuit breaker overflow.
+    pub const UPSTREAM_OVERFLOW: u64 = 1 << 7;
+    /// `NC`: the cluster does not exist.
+    pub const NO_CLUSTER_FOUND: u64 = 1 << 24;
+    /// `DF`: DNS resolution failed.
+    pub const DNS_RESOLUTION_FAILED: u64 = 1 << 26;
+    /// Any of them.
+    pub const NOT_FORWARDED: u64 = NO_HEALTHY_UPSTREAM
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_OVERFLOW
+        | NO_CLUSTER_FOUND
+        | DNS_RESOLUTION_FAILED;
+}
+
+/// Envoy's transport failure reason for a TLS context without its certificate (`NotReadySslSocket`).
+pub const SECRET_NOT_SUPPLIED: &str = "Secret is not supplied by SDS";
+
+/// The response-code details of a response from the upstream.
+pub const VIA_UPSTREAM: &str = "via_upstream";
+
+/// Whether response flags `flags` say the request or connection may not have reached an upstream: the one
+/// check on the path of every allowed request ([`classify`] only after it).
+pub fn may_have_failed_upstream(flags: u64) -> bool {
+    flags & response_flags::NOT_FORWARDED != 0
+}
+
+/// What Envoy's records of an allowed request or connection say of its upstream: its response flags, the
+/// upstream transport failure reason and (HTTP) the response-code details, empty when absent. `None`:
+/// forwarded (no failure flag, or the response came from the upstream after all).
+pub fn classify(flags: u64, transport_failure_reason: &str, code_details: &str) -> Option<Outcome> {
+    if !may_have_failed_upstream(flags) || code_details == VIA_UPSTREAM {
+        return None;
+    }
+    // The reason, or the details that embed it with spaces as underscores
+    // (`upstream_reset_before_response_started{remote_connection_failure|TLS_error:_Secret_is_not_...}`).
+    let says = |text: &str| {
+        [transport_failure_reason, code_details].iter().any(|s| s.contains(text) || s.contains(&text.replace(' ', "_")))
+    };
+    Some(if says(SECRET_NOT_SUPPLIED) {
+        Outcome::NoCertificate
+    } else if says("TLS error") {
+        Outcome::UpstreamTlsError
+    } else {
+        Outcome::UpstreamConnectFailure
+    })
+}
+
+/// Longest `upstream_detail` recorded (Envoy's TLS failure reasons list every OpenSSL error).
+pub const MAX_UPSTREAM_DETAIL: usize = 512;
+
+/// Envoy's reason to record as `upstream_detail`: the transport failure reason, else the response-code
+/// details; at most [`MAX_UPSTREAM_DETAIL`] bytes.
+pub fn upstream_detail<'a>(transport_failure_reason: &'a str, code_details: &'a str) -> &'a str {
+    let detail = if transport_failure_reason.is_empty() { code_details } else { transport_failure_reason };
+    let mut end = detail.len().min(MAX_UPSTREAM_DETAIL);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    detail.get(..end).unwrap_or_default()
+}
+
+/// The fields an outcome adds to a record, in order, empty values left out.
+fn outcome_fields(outcome: Outcome, detail: &str) -> impl Iterator<Item = (&'static str, &str)> {
+    [("outcome", outcome.as_str()), ("upstream_detail", detail)].into_iter().filter(|(_, v)| !v.is_empty())
+}
+
+/// Appends `outcome` and Envoy's `detail` to a record line built by [`record`].
+pub fn push_outcome(line: &mut String, outcome: Outcome, detail: &str) {
+    for (key, value) in outcome_fields(outcome, detail) {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        push_value(line, value);
+    }
+}
+
+/// Appends the same fields to a record Struct built by [`record_struct`].
+pub fn push_outcome_struct(out: &mut Vec<u8>, outcome: Outcome, detail: &str) {
+    for (key, value) in outcome_fields(outcome, detail) {
+        push_struct_field(out, key, value);
+    }
 }
 
 fn varint_len(mut n: usize) -> usize {
@@ -247,5 +381,106 @@ mod tests {
         let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
         let pairs = decode_struct(&record_struct(&config.evaluate(Ok(&id), &request), &long));
         assert!(pairs.contains(&("principal".to_string(), long.clone())), "{pairs:?}");
+    }
+
+    /// What Envoy 1.40 recorded for each failure on the e2e gateway (filter/tests/upstream_failures.rs), as
+    /// the filter read it: (response flags, `upstream.transport_failure_reason`, `response.code_details`;
+    /// a connection has no details).
+    const SEEN: [(u64, &str, &str, Option<Outcome>); 10] = [
+        // The identity's SDS secret never delivered (per-identity cluster): HTTP (UF), then tcp_proxy (UF,URX).
+        (
+            1 << 5,
+            "TLS error: Secret is not supplied by SDS",
+            "upstream_reset_before_response_started{remote_connection_failure|TLS_error:_Secret_is_not_supplied_by_SDS}",
+            Some(Outcome::NoCertificate),
+        ),
+        (1 << 5 | 1 << 15, "TLS error: Secret is not supplied by SDS", "", Some(Outcome::NoCertificate)),
+        // The partner's certificate does not verify (here its SANs).
+        (
+            1 << 5,
+            "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher, certificate SANs are [api.partner.example, tls.partner.example]:TLS_error_end",
+            "upstream_reset_before_response_started{remote_connection_failure|TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_SAN_matcher,_certificate_SANs_are_[api.partner.example,_tls.partner.example]:TLS_error_end}",
+            Some(Outcome::UpstreamTlsError),
+        ),
+        (
+            1 << 5 | 1 << 15,
+            "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher, certificate SANs are [api.partner.example, tls.partner.example]:TLS_error_end",
+            "",
+            Some(Outcome::UpstreamTlsError),
+        ),
+        // The partner's port is closed.
+        (
+            1 << 5,
+            "delayed connect error: Connection refused",
+            "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            Some(Outcome::UpstreamConnectFailure),
+        ),
+        (1 << 5 | 1 << 15, "delayed connect error: Connection refused", "", Some(Outcome::UpstreamConnectFailure)),
+        // Single-cluster mode, a secret the SDS server never sends: only the connect timeout, no reason.
+        (1 << 5, "", "upstream_reset_before_response_started{connection_timeout}", Some(Outcome::UpstreamConnectFailure)),
+        // No healthy upstream.
+        (1 << 1, "", "no_healthy_upstream", Some(Outcome::UpstreamConnectFailure)),
+        // Forwarded: no flag; or a failed first try and then a response from the upstream.
+        (0, "", "via_upstream", None),
+        (1 << 5, "delayed connect error: Connection refused", "via_upstream", None),
+    ];
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn envoys_records_of_each_failure_classify_as_their_outcome() {
+        for (flags, reason, details, expected) in SEEN {
+            assert_eq!(classify(flags, reason, details), expected, "{flags:#x} {reason:?} {details:?}");
+            assert_eq!(may_have_failed_upstream(flags), flags != 0, "{flags:#x}");
+        }
+        // Flags that say nothing of the upstream connection (DC: the client went away; UT: the partner
+        // was too slow, so it was reached) classify as forwarded.
+        assert_eq!(classify(1 << 14, "", "downstream_remote_disconnect"), None);
+        assert_eq!(classify(1 << 2, "", "response_timeout"), None);
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn the_detail_is_envoys_reason_bounded() {
+        assert_eq!(
+            upstream_detail("delayed connect error: Connection refused", "x"),
+            "delayed connect error: Connection refused"
+        );
+        assert_eq!(
+            upstream_detail("", "upstream_reset_before_response_started{connection_timeout}"),
+            "upstream_reset_before_response_started{connection_timeout}"
+        );
+        assert_eq!(upstream_detail("", ""), "");
+        let long = "é".repeat(MAX_UPSTREAM_DETAIL);
+        let cut = upstream_detail(&long, "");
+        assert!(cut.len() <= MAX_UPSTREAM_DETAIL && cut.len() >= MAX_UPSTREAM_DETAIL - 1 && long.starts_with(cut));
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn the_outcome_is_appended_to_both_forms_alike() {
+        let config = Config::load(CONFIG.as_bytes()).unwrap();
+        let principal = "spiffe://cluster.local/ns/team/sa/app1";
+        let id = SpiffeId::parse(principal).unwrap();
+        let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
+        let evaluation = config.evaluate(Ok(&id), &request);
+        let mut line = record(&evaluation, principal);
+        let mut object = record_struct(&evaluation, principal);
+        push_outcome(&mut line, Outcome::NoCertificate, "TLS error: Secret is not supplied by SDS");
+        push_outcome_struct(&mut object, Outcome::NoCertificate, "TLS error: Secret is not supplied by SDS");
+        assert!(
+            line.ends_with(" identity=team.app1 dry_run=allow outcome=no_certificate upstream_detail=\"TLS error: Secret is not supplied by SDS\""),
+            "{line}"
+        );
+        let pairs = decode_struct(&object);
+        assert_eq!(
+            pairs.last(),
+            Some(&("upstream_detail".to_string(), "TLS error: Secret is not supplied by SDS".to_string()))
+        );
+        assert_eq!(pairs[pairs.len() - 2], ("outcome".to_string(), "no_certificate".to_string()));
+        assert_eq!(pairs[0], ("decision".to_string(), "allow".to_string()), "the policy did allow it");
+        // No detail: the outcome alone.
+        let mut line = record(&evaluation, principal);
+        push_outcome(&mut line, Outcome::UpstreamConnectFailure, "");
+        assert!(line.ends_with(" dry_run=allow outcome=upstream_connect_failure"), "{line}");
+        let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["no_certificate", "upstream_tls_error", "upstream_connect_failure"]);
+        assert!(Outcome::ALL.iter().enumerate().all(|(i, o)| o.index() == i));
     }
 }

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::audit::Outcome;
 use crate::config::Config;
 use crate::config_document::Protocol;
 use crate::decision::DenialKind;
@@ -36,6 +37,11 @@ pub const LEGACY_KUMA_SANS: &str = "egress_identity.legacy_kuma_sans_total";
 pub const HOST_ERRORS: &str = "egress_identity.host_errors_total";
 /// Gauge: generation of the loaded configuration, 1 for the first, +1 for each different one.
 pub const CONFIG_GENERATION: &str = "egress_identity.config_generation";
+/// Counter family: allowed requests or connections that never reached the partner (each also counted as a
+/// `decisions_total` allow: the policy did allow it). Tags: `protocol`, `destination`, `identity`, and
+/// `reason`, the audit record's [`Outcome`] (`no_certificate`, `upstream_tls_error`,
+/// `upstream_connect_failure`).
+pub const UPSTREAM_FAILURES: &str = "egress_identity.upstream_failures_total";
 
 /// The tags, in the order they are spelled, and the regex Envoy extracts each with (`stats_tags`: the first
 /// group is removed from the name, the second is the value).
@@ -84,6 +90,35 @@ pub fn denied(protocol: &str, kind: DenialKind, policy: Option<&str>, destinatio
 /// Counter: refusals by the plugin itself (`reason`: `host_error`, `not_configured`).
 pub fn plugin_denied(protocol: &str, reason: &str) -> String {
     format!("{DECISIONS};protocol={protocol};decision=deny;layer=plugin;reason={reason}")
+}
+
+/// Counter: allowed requests or connections of one destination and external identity that never reached
+/// the partner, by outcome.
+pub fn upstream_failure(protocol: &str, destination: &str, identity: &str, outcome: Outcome) -> String {
+    format!(
+        "{UPSTREAM_FAILURES};protocol={protocol};destination={destination};identity={identity};reason={}",
+        outcome.as_str()
+    )
+}
+
+/// Whether an allowed request or connection to a destination of this protocol can end with `outcome`: a
+/// `tls` passthrough presents no certificate and makes no handshake of its own, so it only fails to connect.
+pub fn upstream_failure_possible(outcome: Outcome, destination_protocol: Protocol) -> bool {
+    destination_protocol != Protocol::Tls || outcome == Outcome::UpstreamConnectFailure
+}
+
+/// The upstream-failure counters of every external identity, in
+/// [`crate::identity_mapping::ExternalIdentity::index`] order, each identity's in [`Outcome::ALL`] order
+/// (the adapter keeps them in an array indexed like that): `None` for the other filter's identities and for
+/// outcomes the destination cannot have ([`upstream_failure_possible`]).
+pub fn upstream_failure_counters(config: &Config, l4: bool) -> impl Iterator<Item = Option<String>> + '_ {
+    let protocol = protocol(l4);
+    config.destinations.identities().flat_map(move |(d, i)| {
+        Outcome::ALL.into_iter().map(move |outcome| {
+            (d.protocol.is_l4() == l4 && upstream_failure_possible(outcome, d.protocol))
+                .then(|| upstream_failure(protocol, &d.name, &i.name, outcome))
+        })
+    })
 }
 
 /// Counter: dry-run decisions (`decision`: `allow`, `deny`).
@@ -212,6 +247,33 @@ mod tests {
             }
         }
         assert!(denial_possible(DenialKind::ProtocolMismatch, Protocol::Http, true));
+        // Upstream failures: three series per identity of the filter's own destinations, only connect
+        // failures for a passthrough; the same order as the identities.
+        for l4 in [false, true] {
+            let names: Vec<Option<String>> = upstream_failure_counters(&config, l4).collect();
+            assert_eq!(names.len(), config.destinations.identity_count() * Outcome::ALL.len());
+            for ((d, i), series) in config.destinations.identities().zip(names.chunks(Outcome::ALL.len())) {
+                for (outcome, name) in Outcome::ALL.iter().zip(series) {
+                    let expected = d.protocol.is_l4() == l4
+                        && (d.protocol != Protocol::Tls || *outcome == Outcome::UpstreamConnectFailure);
+                    assert_eq!(name.is_some(), expected, "{} {} {outcome:?}: {name:?}", d.name, i.name);
+                    if let Some(name) = name {
+                        let (family, tags) = extract(name);
+                        assert_eq!(family, UPSTREAM_FAILURES);
+                        let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        assert_eq!(
+                            tags,
+                            [
+                                ("protocol", protocol(l4)),
+                                ("reason", outcome.as_str()),
+                                ("destination", &*d.name),
+                                ("identity", &*i.name)
+                            ]
+                        );
+                    }
+                }
+            }
+        }
         assert!(!denial_possible(DenialKind::NoIdentityMapping, Protocol::Http, true));
         assert!(!denial_possible(DenialKind::DestinationNoMatchingAllow, Protocol::Tcp, false));
         assert!(denial_possible(DenialKind::SniMismatch, Protocol::Tls, true));

@@ -9,6 +9,9 @@
 //! up front, up to [`MAX_DENIAL_SERIES`] (then at their first occurrence; past the bound, per kind only).
 //! Each filter (HTTP, network) defines only series it can count: none for the other filter's identities, and
 //! of the other filter's destinations only `protocol_mismatch`.
+//! Upstream failures (allowed, then never reached the partner) are counted per identity and outcome, in an
+//! array indexed like the allowed ones (times the outcomes); the first [`MAX_UPSTREAM_FAILURE_SERIES_UP_FRONT`]
+//! series are defined up front, the others at their first failure.
 //!
 //! [`ExternalIdentity::index`]: egress_identity_core::identity_mapping::ExternalIdentity::index
 
@@ -16,6 +19,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use egress_identity_core::audit::Outcome;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Denial, DenialKind, Evaluation, Layer};
@@ -67,6 +71,10 @@ pub const MAX_IDENTITY_SERIES_UP_FRONT: usize = 1024;
 /// How many denial series (kind, policy, destination) one configuration defines at most.
 pub const MAX_DENIAL_SERIES: usize = 1024;
 
+/// How many upstream-failure series (identity, outcome) a configuration defines up front (the rest at their
+/// first failure): three per identity would otherwise triple what the allow counters cost a configuration.
+pub const MAX_UPSTREAM_FAILURE_SERIES_UP_FRONT: usize = 1024;
+
 /// The filter's counters, defined once per configuration.
 #[derive(Default)]
 pub struct Counters {
@@ -75,6 +83,9 @@ pub struct Counters {
     /// Indexed by `ExternalIdentity::index`: decisions forwarded as that external identity (defined up
     /// front for the first [`MAX_IDENTITY_SERIES_UP_FRONT`], else at the first one).
     allowed: Vec<OnceCell<Option<Counter>>>,
+    /// Indexed by `ExternalIdentity::index * Outcome::ALL.len() + Outcome::index`: allowed decisions that
+    /// never reached the partner.
+    upstream_failures: Vec<OnceCell<Option<Counter>>>,
     denied: RefCell<DenialSeries>,
     host_errors: Option<Counter>,
     host_error_decisions: Option<Counter>,
@@ -203,9 +214,20 @@ impl Counters {
                 _ => OnceCell::new(),
             })
             .collect();
+        let mut up_front = 0;
+        let upstream_failures: Vec<OnceCell<Option<Counter>>> = metrics::upstream_failure_counters(config, l4)
+            .map(|name| match name {
+                Some(name) if up_front < MAX_UPSTREAM_FAILURE_SERIES_UP_FRONT => {
+                    up_front += 1;
+                    OnceCell::from(Counter::define(&name))
+                }
+                _ => OnceCell::new(),
+            })
+            .collect();
         Self {
             protocol,
             allowed,
+            upstream_failures,
             denied: RefCell::new(denied),
             host_errors: Counter::define(metrics::HOST_ERRORS),
             host_error_decisions: Counter::define(&metrics::plugin_denied(protocol, "host_error")),
@@ -250,6 +272,18 @@ impl Counters {
         increment(counter.as_ref());
     }
 
+    /// Counts an allowed decision, forwarded as the identity of this index (of `config`), that never reached
+    /// the partner, defining its counter if this is its first.
+    pub fn upstream_failure(&self, config: &Config, identity: usize, outcome: Outcome) {
+        let slot = identity.checked_mul(Outcome::ALL.len()).and_then(|i| i.checked_add(outcome.index()));
+        let Some(cell) = slot.and_then(|i| self.upstream_failures.get(i)) else { return };
+        let counter = cell.get_or_init(|| {
+            let (d, i) = config.destinations.identities().nth(identity)?;
+            Counter::define(&metrics::upstream_failure(self.protocol, &d.name, &i.name, outcome))
+        });
+        increment(counter.as_ref());
+    }
+
     /// Counts a denial, with the destination when the decision got that far.
     pub fn denied(&self, denial: &Denial<'_>, destination: Option<&str>) {
         if let Ok(mut series) = self.denied.try_borrow_mut() {
@@ -277,6 +311,7 @@ impl Counters {
             .into_iter()
             .flatten()
             .chain(self.allowed.iter().filter_map(|c| c.get()?.as_ref()))
+            .chain(self.upstream_failures.iter().filter_map(|c| c.get()?.as_ref()))
             .for_each(Counter::flush);
         if let Ok(series) = self.denied.try_borrow() {
             series.counters().for_each(Counter::flush);

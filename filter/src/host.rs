@@ -103,11 +103,44 @@ pub fn remove_request_header(name: &str) -> Result<(), HostError> {
     })
 }
 
+/// Sets a Wasm property (filter state `wasm.<key>`). The SDK's `set_property` panics on any status but Ok
+/// (e.g. a read-only property already set): this binding reports it.
+fn set_property(key: &str, value: &[u8]) -> Result<(), u32> {
+    // SAFETY: both pointers are valid for their lengths for the duration of the call, which only reads them.
+    let status = unsafe { abi::proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    if status == Status::Ok as u32 {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// A property's bytes (`path`: its segments joined by NUL, e.g. `b"response\0flags"`); `None` when absent.
+/// The SDK's `get_property` panics on an unexpected status: this binding reports it.
+fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, u32> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the path is valid for its length; the host writes the two out-parameters, and on Ok hands over
+    // a buffer it allocated through the SDK's `proxy_on_memory_allocate` (a boxed slice of `size` bytes).
+    let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    if status == Status::NotFound as u32 {
+        return Ok(None);
+    }
+    if status != Status::Ok as u32 {
+        return Err(status);
+    }
+    if data.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: see above: `data` is a `size`-byte allocation of this module's allocator, now ours.
+    Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) }))
+}
+
 /// Stores a value in the stream's filter state (Envoy prefixes the key with `wasm.`); a failure only
 /// costs the value.
 pub fn set_filter_state(key: &str, value: &str) {
-    if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
-        log::warn!("egress-identity: cannot set filter state {key}: {status:?}");
+    if let Err(status) = set_property(key, value.as_bytes()) {
+        log::warn!("egress-identity: cannot set filter state {key}: status {status}");
     }
 }
 
@@ -115,10 +148,58 @@ pub fn set_filter_state(key: &str, value: &str) {
 /// (`wasm.egress_identity.secret`), which the gateway's `set_filter_state` hands to the upstream connection.
 /// Unlike the audit record, the request cannot go on without it.
 pub fn set_identity_secret(secret: &str) -> Result<(), HostError> {
-    hostcalls::set_property(vec![SECRET_FILTER_STATE_KEY], Some(secret.as_bytes())).map_err(|status| {
-        log::warn!("egress-identity: cannot set filter state {SECRET_FILTER_STATE_KEY}: {status:?}");
+    set_property(SECRET_FILTER_STATE_KEY, secret.as_bytes()).map_err(|status| {
+        log::warn!("egress-identity: cannot set filter state {SECRET_FILTER_STATE_KEY}: status {status}");
         HostError
     })
+}
+
+/// Envoy's response flags of the request or connection (`response.flags`, an int64: bit n is
+/// `StreamInfo::CoreResponseFlag` n); 0 when absent.
+pub fn response_flags() -> Result<u64, HostError> {
+    let value = get_property(b"response\0flags").map_err(|status| {
+        log::warn!("egress-identity: cannot read the response flags: status {status}");
+        HostError
+    })?;
+    match value.as_deref().map(<[u8; 8]>::try_from) {
+        None => Ok(0),
+        Some(Ok(bytes)) => Ok(u64::from_le_bytes(bytes)),
+        Some(Err(_)) => {
+            log::warn!("egress-identity: the response flags are not an int64");
+            Err(HostError)
+        }
+    }
+}
+
+/// A string property (`path` as for [`get_property`]); empty when absent or unreadable (what it could not
+/// read is logged).
+pub fn string_property(path: &[u8]) -> String {
+    match get_property(path) {
+        Ok(value) => value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default(),
+        Err(status) => {
+            log::warn!("egress-identity: cannot read property {}: status {status}", String::from_utf8_lossy(path));
+            String::new()
+        }
+    }
+}
+
+/// `upstream.transport_failure_reason`: why the upstream connection failed (e.g. "TLS error: Secret is not
+/// supplied by SDS").
+pub const UPSTREAM_TRANSPORT_FAILURE_REASON: &[u8] = b"upstream\0transport_failure_reason";
+/// `response.code_details` (HTTP): e.g. `via_upstream`, `upstream_reset_before_response_started{...}`.
+pub const RESPONSE_CODE_DETAILS: &[u8] = b"response\0code_details";
+/// `upstream.local_address`: set once an upstream connection was made.
+pub const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
+
+/// Whether the property at `path` is present (an unreadable one counts as absent, and is logged).
+pub fn has_property(path: &[u8]) -> bool {
+    match get_property(path) {
+        Ok(value) => value.is_some_and(|v| !v.is_empty()),
+        Err(status) => {
+            log::warn!("egress-identity: cannot read property {}: status {status}", String::from_utf8_lossy(path));
+            false
+        }
+    }
 }
 
 /// Declares filter state `wasm.egress_identity.decision` as a `google.protobuf.Struct` (the foreign function
@@ -141,8 +222,8 @@ pub fn declare_decision_property(l4: bool) -> Result<(), proxy_wasm::types::Stat
 
 /// Sets the declared `wasm.egress_identity.decision` to a serialized Struct.
 pub fn set_decision_struct(bytes: &[u8]) {
-    if let Err(status) = hostcalls::set_property(vec![audit::STRUCT_FILTER_STATE_KEY], Some(bytes)) {
-        log::warn!("egress-identity: cannot set filter state {}: {status:?}", audit::STRUCT_FILTER_STATE_KEY);
+    if let Err(status) = set_property(audit::STRUCT_FILTER_STATE_KEY, bytes) {
+        log::warn!("egress-identity: cannot set filter state {}: status {status}", audit::STRUCT_FILTER_STATE_KEY);
     }
 }
 
@@ -183,19 +264,38 @@ pub fn envoy_log_level() -> Option<LogLevel> {
 
 #[cfg(target_arch = "wasm32")]
 mod abi {
-    // The same import the SDK declares (as `*mut LogLevel -> Status`, both `repr(u32)`), with plain integers
-    // so that no value the host returns can be an invalid enum.
+    // The same imports the SDK declares (returning `Status`, a `repr(u32)` enum), with plain integers so
+    // that no value the host returns can be an invalid enum.
     #[allow(clashing_extern_declarations)]
     #[link(wasm_import_module = "env")]
     extern "C" {
         pub fn proxy_get_log_level(return_level: *mut u32) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
     }
 }
 
-/// Native builds (`cargo test`, clippy) have no host: the level is unknown.
+/// Native builds (`cargo test`, clippy) have no host: the level is unknown, properties are absent and cannot
+/// be set.
 #[cfg(not(target_arch = "wasm32"))]
 mod abi {
     pub unsafe fn proxy_get_log_level(_return_level: *mut u32) -> u32 {
+        u32::MAX
+    }
+    pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+        1 // NotFound
+    }
+    pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
         u32::MAX
     }
 }

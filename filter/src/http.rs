@@ -1,4 +1,6 @@
-//! The HTTP context: one per request.
+//! The HTTP context: one per request. An allowed request is checked again when its response starts: if
+//! Envoy never reached the partner (the router's local reply after an upstream failure passes through
+//! this filter's encoder too), its record and counters say so ([`upstream`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -14,6 +16,7 @@ use proxy_wasm::types::Action;
 use crate::counters::Counters;
 use crate::host;
 use crate::record::Record;
+use crate::upstream::{self, Forwarded};
 
 /// Whether a benchmark-ladder build stops this request before step `step` (always false in any other build).
 #[inline(always)]
@@ -34,6 +37,8 @@ pub struct EgressIdentityFilter {
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<CertificateCache>>>,
     counters: Rc<Counters>,
+    /// Allowed, until the response starts.
+    forwarded: Option<Forwarded>,
 }
 
 impl EgressIdentityFilter {
@@ -42,7 +47,7 @@ impl EgressIdentityFilter {
         cache: Option<Rc<RefCell<CertificateCache>>>,
         counters: Rc<Counters>,
     ) -> Self {
-        Self { config, cache, counters }
+        Self { config, cache, counters, forwarded: None }
     }
 }
 
@@ -67,13 +72,24 @@ impl HttpContext for EgressIdentityFilter {
             }
         }
     }
+
+    /// An allowed request's response: from the partner, or Envoy's local reply when the upstream failed.
+    /// One host call (the response flags) on the way of every allowed response; nothing for the others.
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(forwarded) = self.forwarded.take() {
+            if let (Some(config), Some(failure)) = (self.config.as_deref(), upstream::failure(true)) {
+                upstream::record(config, &self.counters, forwarded, &failure);
+            }
+        }
+        Action::Continue
+    }
 }
 
 impl EgressIdentityFilter {
     /// Decides the request and applies the decision. Client-supplied copies of the internal headers never
     /// survive: an allowed request gets both set (setting a header replaces every copy of it), any other
     /// request is answered here.
-    fn decide(&self, config: &Config) -> Result<Action, HostError> {
+    fn decide(&mut self, config: &Config) -> Result<Action, HostError> {
         if ladder(1) {
             return Ok(Action::Continue);
         }
@@ -114,8 +130,9 @@ impl EgressIdentityFilter {
         if !ladder(7) {
             self.counters.count_dry_run(&evaluation);
         }
-        if !ladder(6) {
-            Record::of(config.audit_record, &evaluation, principal_id).store();
+        let record = (!ladder(6)).then(|| Record::of(config.audit_record, &evaluation, principal_id));
+        if let Some(record) = &record {
+            record.store();
         }
         match evaluation.decision {
             Decision::Allow(allowed) => {
@@ -129,6 +146,9 @@ impl EgressIdentityFilter {
                 }
                 if !ladder(7) {
                     self.counters.allowed(config, allowed.identity.index);
+                }
+                if let Some(record) = record {
+                    self.forwarded = Some(Forwarded { identity: allowed.identity.index, record });
                 }
                 #[cfg(feature = "test-trap")]
                 crate::test_trap::maybe_trap(crate::test_trap::Point::AfterAllow);

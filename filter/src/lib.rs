@@ -6,9 +6,11 @@
 //! to `tcp` and `tls` destinations ([`stream`]). Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
 //! seam) and the request headers some policy needs, lets the core decide, and applies the decision: a 403
 //! with a JSON body, or the internal headers that make the route pick the per-identity cluster. It records
-//! the decision in filter state (for the access log) and in per-worker counters. Every host call is
-//! checked; a failed one refuses the request with 500 `host_error`. Without a valid configuration every
-//! request is refused with 500 `not_configured` (fail closed).
+//! the decision in filter state (for the access log) and in per-worker counters; an allowed request or
+//! connection that then never reaches the partner gets its record and counters amended ([`upstream`]).
+//! Every host call is checked; a failed one refuses the request with 500 `host_error` (after the decision,
+//! when the upstream is checked, it only costs that check, and is logged). Without a valid configuration
+//! every request is refused with 500 `not_configured` (fail closed).
 //!
 //! [`principal::resolve`]: egress_identity_core::principal::resolve
 
@@ -22,6 +24,7 @@ mod root;
 mod stream;
 #[cfg(feature = "test-trap")]
 mod test_trap;
+mod upstream;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

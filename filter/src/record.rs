@@ -1,8 +1,10 @@
 //! A decision's audit record, built in the forms `auditRecord` asks for (core `audit.rs`) and then stored in
 //! filter state for the access log; the same for requests and connections. Nothing is built that nobody
-//! reads: the logfmt line only when it is written or the debug log is on.
+//! reads: the logfmt line only when it is written or the debug log is on. An allowed request's record is
+//! kept until its upstream is known, and written again with the outcome if it never reached the partner
+//! (filter state Envoy's Wasm host lets a filter overwrite; the access log is written after).
 
-use egress_identity_core::audit;
+use egress_identity_core::audit::{self, Outcome};
 use egress_identity_core::config_document::AuditRecord;
 use egress_identity_core::decision::Evaluation;
 
@@ -31,6 +33,22 @@ impl Record {
                 host::set_filter_state(audit::FILTER_STATE_KEY, line);
             }
             log::debug!("egress-identity: {line}");
+        }
+    }
+
+    /// Whether the logfmt line was built (written, or logged at debug).
+    pub fn has_line(&self) -> bool {
+        self.line.is_some()
+    }
+
+    /// Appends the outcome of an allowed request that never reached the partner, and Envoy's reason, to
+    /// every form (store it again to write it).
+    pub fn add_outcome(&mut self, outcome: Outcome, detail: &str) {
+        if let Some(line) = &mut self.line {
+            audit::push_outcome(line, outcome, detail);
+        }
+        if let Some(structured) = &mut self.structured {
+            audit::push_outcome_struct(structured, outcome, detail);
         }
     }
 }

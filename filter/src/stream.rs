@@ -10,6 +10,10 @@
 //! hangs, and nothing is forwarded). A denied connection is closed before any
 //! upstream connection is made. Protocols where the server speaks first cannot be decided this way (nothing
 //! arrives to decide on): see README.md, "L4 egress".
+//!
+//! When an allowed connection closes, Envoy's records say whether tcp_proxy ever connected to the partner
+//! ([`upstream`]): if not, the connection's audit record is written again with the outcome (tcp_proxy
+//! writes its access log after this, when the connection is gone) and the failure is counted.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,11 +25,12 @@ use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, Passth
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
 use proxy_wasm::traits::{Context, StreamContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, PeerType};
 
 use crate::counters::Counters;
 use crate::host;
 use crate::record::Record;
+use crate::upstream::{self, Forwarded};
 
 /// The filter-state key tcp_proxy reads its upstream cluster from.
 const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
@@ -56,6 +61,8 @@ pub struct EgressIdentityConnection {
     cache: Option<Rc<RefCell<CertificateCache>>>,
     counters: Rc<Counters>,
     state: State,
+    /// Allowed and handed to tcp_proxy, until the connection closes.
+    forwarded: Option<Forwarded>,
 }
 
 impl EgressIdentityConnection {
@@ -64,7 +71,7 @@ impl EgressIdentityConnection {
         cache: Option<Rc<RefCell<CertificateCache>>>,
         counters: Rc<Counters>,
     ) -> Self {
-        Self { config, cache, counters, state: State::Undecided }
+        Self { config, cache, counters, state: State::Undecided, forwarded: None }
     }
 }
 
@@ -88,6 +95,16 @@ impl StreamContext for EgressIdentityConnection {
                 log::error!("egress-identity: a host call failed; closing the connection");
                 self.counters.host_error();
                 self.close()
+            }
+        }
+    }
+
+    /// The connection is closing (tcp_proxy closes it when it could not connect upstream): one host call
+    /// (the response flags) for every allowed connection.
+    fn on_downstream_close(&mut self, _peer_type: PeerType) {
+        if let Some(forwarded) = self.forwarded.take() {
+            if let (Some(config), Some(failure)) = (self.config.as_deref(), upstream::failure(false)) {
+                upstream::record(config, &self.counters, forwarded, &failure);
             }
         }
     }
@@ -134,13 +151,13 @@ impl EgressIdentityConnection {
                     // filter lets the connection go on, hands it to the upstream connection.
                     host::set_identity_secret(secret)?;
                 }
-                self.forward(config, &cluster, identity, &record)
+                self.forward(config, &cluster, identity, record)
             }
         }
     }
 
-    /// A `tls` passthrough connection goes on only once its ClientHello names a host of the destination
-    /// that was allowed.
+    /// A `tls` passthrough connection goes on only once its ClientHello names the partner's host of the
+    /// destination that was allowed.
     fn check_client_hello(
         &mut self,
         config: &Config,
@@ -151,7 +168,7 @@ impl EgressIdentityConnection {
         let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
         match config.passthrough_verdict(&pending.host, &hello) {
-            PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, &pending.record),
+            PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, pending.record),
             PassthroughVerdict::Wait if !end_of_stream => {
                 self.state = State::AwaitingClientHello(pending);
                 Ok(Action::Pause)
@@ -176,11 +193,12 @@ impl EgressIdentityConnection {
         config: &Config,
         cluster: &str,
         identity: usize,
-        record: &Record,
+        record: Record,
     ) -> Result<Action, HostError> {
         host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
         record.store();
         self.counters.allowed(config, identity);
+        self.forwarded = Some(Forwarded { identity, record });
         self.state = State::Forwarding;
         Ok(Action::Continue)
     }

