@@ -87,3 +87,40 @@ fn secrets_refuses_what_the_manifests_would_not_read_as_given() {
     }
     assert_eq!(std::fs::read_to_string(&out).unwrap(), secrets(&complete).1);
 }
+
+/// A waypoint carries no tcp/tls destination: the Secrets only its destinations would read are neither
+/// required nor accepted there, while the gateway layout needs them.
+#[test]
+fn secrets_follow_what_the_platform_carries() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-secrets-carried");
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = Pki::generate(dir.join("pki")).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{ "localTrustDomain": "cluster.local",
+          "identities": [ { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] },
+                          { "name": "team.app2", "principals": ["cluster.local/ns/team/sa/app1"] } ],
+          "destinations": [
+            { "name": "api", "host": "api.partner.example", "port": 443, "identities": ["team.app1"] },
+            { "name": "db", "protocol": "tcp", "host": "db.partner.example", "port": 5432, "identities": ["team.app2"] } ] }"#,
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let files = |name: &str| {
+        let f = pki.external_identity(name);
+        format!("{name}={},{}", f.cert.display(), f.key.display())
+    };
+    let ca = |d: &str| format!("{d}={}", pki.partner_ca_cert().display());
+    let (app1, api_ca) = (files("team.app1"), ca("api"));
+    let (code, stdout, stderr) = secrets(&["istio", p, "--mode", "waypoint", "--identity", &app1, "--ca", &api_ca]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.matches("kind: Secret\n").count(), 1, "{stdout}");
+    let (code, _, stderr) = secrets(&["istio", p, "--mode", "gateway", "--identity", &app1, "--ca", &api_ca]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--identity team.app2=CERT,KEY (used by db)"), "{stderr}");
+    let with_db = ["--identity", &files("team.app2"), "--ca", &ca("db")];
+    let waypoint = [&["istio", p, "--mode", "waypoint", "--identity", &app1, "--ca", &api_ca][..], &with_db].concat();
+    let (code, _, stderr) = secrets(&waypoint);
+    assert_eq!(code, Some(1), "the waypoint never reads team.app2: {stderr}");
+}

@@ -173,9 +173,11 @@ pub fn originating_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
 }
 
 /// Every cluster of one identity, or of one tls destination's passthrough (destinations not in
-/// single-cluster mode), in policy order, named by the core for the policy's platform.
+/// single-cluster mode, and that the policy's platform carries), in policy order, named by the core for that
+/// platform.
 pub fn identity_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
-    let destinations = policy.config.destinations.iter().filter(|d| !d.single_cluster);
+    let platform = &policy.config.platform;
+    let destinations = policy.config.destinations.iter().filter(|d| !d.single_cluster && platform.carries(d.protocol));
     destinations
         .flat_map(|d| {
             d.identities.identities().map(move |i| IdentityCluster {

@@ -280,8 +280,7 @@ fn file(name: &str, mode: &str, docs: Vec<Yaml>) -> (String, String) {
 
 /// The manifests, as `(file name, multi-document YAML)` in apply order.
 pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<(String, String)>, RenderError> {
-    let clusters: Vec<IdentityCluster> =
-        identity_clusters(policy).into_iter().filter(|c| policy.config.platform.carries(c.protocol)).collect();
+    let clusters = identity_clusters(policy);
     let dests = destinations(policy);
     let namespaces = network_policy::workload_namespaces(&policy.config, &opts.workload_namespaces, &opts.namespace)?;
     match opts.mode {
