@@ -97,14 +97,23 @@ pub struct PathMatching {
     pub ignore_parameters: bool,
 }
 
-/// The path as policies compare it: without query, unreserved characters decoded (then dot segments and
-/// empty segments resolved again), and per `options` without parameters and in lower case. `None` when the
-/// path carries a malformed percent-encoding.
+/// The path as policies compare it: without query, unreserved characters decoded, dot segments and empty
+/// segments (`//`) resolved, and per `options` without parameters and in lower case. `None` when the path
+/// carries a malformed percent-encoding or an encoded slash (`%2F`, `%5C`), which a partner may decode into
+/// a segment boundary the policy never saw.
+///
+/// The gateways `render envoy` writes merge slashes and refuse encoded slashes before the filter runs; a
+/// gateway whose configuration does not (an ambient waypoint, whose HTTP connection manager cannot be
+/// patched, an Istio mesh whose `pathNormalization` is the default) gets the same here, so that `//admin`
+/// never passes a `/admin*` DENY.
 pub fn matching_path(path: &str, options: PathMatching) -> Option<Cow<'_, str>> {
     let path = path_without_query(path);
-    let mut changed = false;
+    let mut changed = path.contains("//") || path.contains("/.");
     let mut out = Cow::Borrowed(path);
     if path.contains('%') {
+        if ["%2f", "%5c"].iter().any(|escape| contains_ignore_case(path, escape)) {
+            return None;
+        }
         out = Cow::Owned(decode_unreserved(path)?);
         changed = true;
     }
@@ -121,6 +130,10 @@ pub fn matching_path(path: &str, options: PathMatching) -> Option<Cow<'_, str>> 
         out = Cow::Owned(out.to_ascii_lowercase());
     }
     Some(out)
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Decodes `%XX` escapes of unreserved characters (RFC 3986 2.3: letters, digits, `-._~`); other escapes
@@ -214,13 +227,22 @@ mod tests {
         assert_eq!(path("/admin/x?y=%41", strict).as_deref(), Some("/admin/x"));
         assert!(matches!(matching_path("/v1/orders?x=1", strict), Some(Cow::Borrowed("/v1/orders"))));
         // Unreserved characters are always decoded; other escapes stay (hex in upper case).
-        assert_eq!(path("/%41dmin/%7Euser/%2fx/%3b", strict).as_deref(), Some("/Admin/~user/%2Fx/%3B"));
+        assert_eq!(path("/%41dmin/%7Euser/x/%3b", strict).as_deref(), Some("/Admin/~user/x/%3B"));
         assert_eq!(path("/%61dmin", strict).as_deref(), Some("/admin"));
         assert_eq!(path("/%2561dmin", strict).as_deref(), Some("/%2561dmin"), "decoded once, as a server does");
         // Decoding can make dot segments: they are resolved as the server would.
         assert_eq!(path("/x/%2e%2e/admin", strict).as_deref(), Some("/admin"));
         assert_eq!(path("/a/%2E/b/", strict).as_deref(), Some("/a/b/"));
         for bad in ["/%", "/%4", "/%zz", "/%4g"] {
+            assert_eq!(matching_path(bad, strict), None, "{bad}");
+        }
+        // Whatever the gateway's own normalization (a waypoint's cannot be patched): empty segments are
+        // merged and dot segments resolved, and an encoded slash, which a partner may decode into a segment
+        // boundary, makes the request malformed.
+        assert_eq!(path("//admin/x", strict).as_deref(), Some("/admin/x"));
+        assert_eq!(path("/v1//x/./y/../z", strict).as_deref(), Some("/v1/x/z"));
+        assert_eq!(path("/a/.well-known/x", strict).as_deref(), Some("/a/.well-known/x"));
+        for bad in ["/%2Fadmin", "/a%2fb", "/%5Cadmin", "/x%5cy"] {
             assert_eq!(matching_path(bad, strict), None, "{bad}");
         }
         // Parameters and case only when asked for.

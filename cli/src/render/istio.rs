@@ -468,7 +468,7 @@ fn gateway(
         ));
     }
     patches.push(commented(
-        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.",
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (istiod's default\nfor a gateway only normalizes dot segments; the filter merges and refuses too, as defense in depth).",
         gateway_patch(
             "NETWORK_FILTER",
             Some((
@@ -487,6 +487,8 @@ fn gateway(
                         s("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
                     ),
                     ("common_http_protocol_options", map([("headers_with_underscores_action", s("REJECT_REQUEST"))])),
+                    ("merge_slashes", Yaml::Bool(true)),
+                    ("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
                 ]),
             )]),
         ),
