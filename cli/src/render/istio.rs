@@ -130,19 +130,14 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
         ),
         ("imagePullPolicy".to_string(), s("IfNotPresent")),
     ];
-    match form {
-        PluginForm::Http => fields.push(("type".to_string(), s("HTTP"))),
+    let (kind, root) = match form {
+        PluginForm::Http => ("HTTP", "The root id (the filter's name in Envoy's logs and stats)."),
         PluginForm::Network(_) => {
-            fields.push(("type".to_string(), s("NETWORK")));
-            fields.push((
-                "pluginName".to_string(),
-                commented(
-                    "The root id: one ending in -l4 makes the module the network filter (connections), not the HTTP one.",
-                    s(form.name()),
-                ),
-            ));
+            ("NETWORK", "The root id: one ending in -l4 makes the module the network filter (connections), not the HTTP one.")
         }
-    }
+    };
+    fields.push(("type".to_string(), s(kind)));
+    fields.push(("pluginName".to_string(), commented(root, s(form.name()))));
     fields.push(("failStrategy".to_string(), s("FAIL_CLOSE")));
     fields.push((
         "pluginConfig".to_string(),
