@@ -62,7 +62,7 @@ test-manifests:
 ## against what the design assumes (tests/istiod; the first run downloads and compiles Istio: minutes)
 test-istiod:
 	$(CARGO) build --quiet -p egress-identity-cli
-	cd tests/istiod && gofmt -l . | (! grep .) && go vet ./... && go test -count=1 ./...
+	cd tests/istiod && gofmt -l . | (! grep .) && go vet ./... && PILOT_ENABLE_AMBIENT=true go test -count=1 ./...
 
 ## fmt: format the workspace (rustfmt.toml); fmt-check: fail if anything is not formatted
 fmt:

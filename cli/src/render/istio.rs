@@ -334,7 +334,7 @@ fn gateway(
         .collect();
 
     let gateway_doc = commented(
-        format!("The gateway server. ISTIO_MUTUAL: the gateway terminates the sidecar's Istio mTLS and requires its\nworkload certificate, which the filter reads (principalSources peer_certificate). Istio names the route\nconfiguration of this server https.443.{SERVER_PORT_NAME}.{GATEWAY}.{ns}; the EnvoyFilter matches it by\ngateway and port name."),
+        format!("The gateway server. ISTIO_MUTUAL: the gateway terminates the sidecar's Istio mTLS and requires its\nworkload certificate, which the filter reads (the istio-gateway platform). Istio names the route\nconfiguration of this server https.443.{SERVER_PORT_NAME}.{GATEWAY}.{ns}; the EnvoyFilter matches it by\ngateway and port name."),
         object(
             "networking.istio.io/v1",
             "Gateway",
@@ -827,7 +827,7 @@ fn waypoint(
         &[("istio.io/dataplane-mode", "ambient"), ("istio.io/use-waypoint", WAYPOINT)],
     );
     let waypoint_doc = commented(
-        "The egress waypoint: traffic to ServiceEntries labelled istio.io/use-waypoint reaches it over HBONE from\nthe caller's ztunnel, which carries the caller's identity; the waypoint exposes it to the filter as\nfilter state io.istio.peer_principal (principalSources istio_peer_principal).",
+        "The egress waypoint: traffic to ServiceEntries labelled istio.io/use-waypoint reaches it over HBONE from\nthe caller's ztunnel, which carries the caller's identity; the waypoint exposes it to the filter as\nfilter state io.istio.peer_principal, which the istio-waypoint platform reads.",
         map([
             ("apiVersion", s("gateway.networking.k8s.io/v1")),
             ("kind", s("Gateway")),
@@ -937,14 +937,19 @@ fn waypoint(
                 ("name", s(k8s_name(&c.identity))),
                 (
                     "matches",
-                    Yaml::Seq(vec![map([(
-                        "headers",
-                        Yaml::Seq(vec![map([
-                            ("type", s("Exact")),
-                            ("name", s(policy.config.headers.cluster.to_string())),
-                            ("value", s(&c.cluster)),
-                        ])]),
-                    )])]),
+                    Yaml::Seq(vec![map([
+                        // The API server's default, written out: istiod reads a match without it as no path
+                        // (its own generator, run without defaulting, crashes on it).
+                        ("path", map([("type", s("PathPrefix")), ("value", s("/"))])),
+                        (
+                            "headers",
+                            Yaml::Seq(vec![map([
+                                ("type", s("Exact")),
+                                ("name", s(policy.config.headers.cluster.to_string())),
+                                ("value", s(&c.cluster)),
+                            ])]),
+                        ),
+                    ])]),
                 ),
                 (
                     "filters",
@@ -969,7 +974,7 @@ fn waypoint(
         .into_iter()
         .map(|(d, rules)| {
             commented(
-                format!("Routing in the waypoint by the filter's decision (EnvoyFilter is not supported on waypoints): one\nrule per identity of {} matches the value the filter writes into the cluster header (`identities[].cluster`,\na routing key here) and sends the request to that identity's ServiceEntry. Without one of these values\n(the filter did not run) no rule matches: 404, nothing is forwarded.", d.name),
+                format!("Routing in the waypoint by the filter's decision (EnvoyFilter is not supported on waypoints): one\nrule per identity of {} matches the value the filter writes into the cluster header (the cluster name the\ncore derives, a routing key here) and sends the request to that identity's ServiceEntry. Without one of these values\n(the filter did not run) no rule matches: 404, nothing is forwarded.", d.name),
                 object(
                     "gateway.networking.k8s.io/v1",
                     "HTTPRoute",
