@@ -19,9 +19,10 @@ fn slashes_the_gateway_leaves_alone_do_not_pass_a_path_deny() {
     // The demo gateway, with Istio's default path handling: normalize_path only.
     let original = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
     assert_eq!(original.matches("merge_slashes: true\n").count(), 1);
-    let lenient = original
-        .replace("merge_slashes: true\n", "merge_slashes: false\n")
-        .replace("path_with_escaped_slashes_action: REJECT_REQUEST", "path_with_escaped_slashes_action: KEEP_UNCHANGED");
+    let lenient = original.replace("merge_slashes: true\n", "merge_slashes: false\n").replace(
+        "path_with_escaped_slashes_action: REJECT_REQUEST",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+    );
     let config = run.join("gateway-lenient-paths.yaml");
     std::fs::write(&config, lenient).unwrap();
     let mut opts = Options::new(run.join("run"));

@@ -104,6 +104,8 @@ impl Response {
 pub struct Client {
     ca: PathBuf,
     port: u16,
+    /// [`Client::as_sidecar`]: the SNI, and the gateway's public key (PEM) to pin.
+    sidecar: Option<(String, PathBuf)>,
 }
 
 const STATUS_MARK: &str = "\n@@egress-identity-harness-status:";
@@ -111,7 +113,16 @@ const STATUS_MARK: &str = "\n@@egress-identity-harness-status:";
 impl Client {
     /// A client trusting `mesh_ca` for the gateway's server certificate.
     pub fn new(mesh_ca: PathBuf) -> Client {
-        Client { ca: mesh_ca, port: GATEWAY_PORT }
+        Client { ca: mesh_ca, port: GATEWAY_PORT, sidecar: None }
+    }
+
+    /// The same client calling as an Istio sidecar calls an egress gateway: the TLS server name is the
+    /// destination's host `sni` (the gateway's filter chains are chosen by it), and the gateway is
+    /// authenticated by its key, pinned to `gateway_public_key` (PEM), not by a host name (a sidecar checks
+    /// the gateway's SPIFFE ID, which curl cannot).
+    pub fn as_sidecar(mut self, sni: &str, gateway_public_key: PathBuf) -> Client {
+        self.sidecar = Some((sni.to_string(), gateway_public_key));
+        self
     }
 
     /// The same client for a gateway listening on `port` (e.g. a benchmark's second gateway).
@@ -125,10 +136,18 @@ impl Client {
         let curl = std::env::var_os("CURL_BIN").unwrap_or_else(|| "curl".into());
         let mut cmd = Command::new(&curl);
         let version = if call.http2 { "--http2" } else { "--http1.1" };
-        cmd.args(["-sS", version, "--path-as-is", "--max-time", "20", "--cacert"])
-            .arg(&self.ca)
-            .arg("--resolve")
-            .arg(format!("{GATEWAY_HOST}:{}:127.0.0.1", self.port));
+        let server = match &self.sidecar {
+            None => {
+                cmd.args(["-sS", version, "--path-as-is", "--max-time", "20", "--cacert"]).arg(&self.ca);
+                GATEWAY_HOST
+            }
+            Some((sni, key)) => {
+                // --insecure skips the name check only: the pinned key is still required.
+                cmd.args(["-sS", version, "--path-as-is", "--max-time", "20", "--insecure", "--pinnedpubkey"]).arg(key);
+                sni.as_str()
+            }
+        };
+        cmd.arg("--resolve").arg(format!("{server}:{}:127.0.0.1", self.port));
         if let Some(id) = &call.identity {
             cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
         }
@@ -137,7 +156,7 @@ impl Client {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
         cmd.arg("-w").arg(format!("{STATUS_MARK}%{{http_code}}"));
-        cmd.arg(format!("https://{GATEWAY_HOST}:{}{}", self.port, call.path));
+        cmd.arg(format!("https://{server}:{}{}", self.port, call.path));
         let out = cmd.output().map_err(|e| err(format!("running {curl:?}: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = match stdout.rfind(STATUS_MARK) {

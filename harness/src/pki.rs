@@ -62,6 +62,9 @@ pub const EXTERNAL_HOST: &str = "api.partner.example";
 /// The partner's name for TLS passthrough (the caller's own TLS reaches the partner): a second DNS SAN of
 /// the partner's server certificate.
 pub const EXTERNAL_TLS_HOST: &str = "tls.partner.example";
+/// The other hosts of the example policy (`examples/policy.json`: `partner-db`, `partner-files`), on the
+/// partner's server certificate too, so the Istio gateway istiod generates from the examples verifies them.
+pub const EXAMPLE_HOSTS: &[&str] = &["db.partner.example", "files.partner.example"];
 /// External identities issued by [`Pki::generate`] (certificate subject `CN=<name>`).
 pub const EXTERNAL_IDENTITIES: &[&str] = &["team.app1", "team.app2"];
 
@@ -254,6 +257,9 @@ impl Pki {
 
         let mut ext = leaf_params(Some(EXTERNAL_HOST), true);
         ext.subject_alt_names = vec![SanType::DnsName(ia5(EXTERNAL_HOST)?), SanType::DnsName(ia5(EXTERNAL_TLS_HOST)?)];
+        for host in EXAMPLE_HOSTS {
+            ext.subject_alt_names.push(SanType::DnsName(ia5(host)?));
+        }
         pki.partner.issue(&ext, &pki.external_server_cert())?;
 
         for identity in EXTERNAL_IDENTITIES {
@@ -291,6 +297,14 @@ impl Pki {
     /// Gateway server certificate and key.
     pub fn gateway_cert(&self) -> CertFiles {
         CertFiles { cert: self.dir.join(layout::GATEWAY_CERT), key: self.dir.join(layout::GATEWAY_KEY) }
+    }
+
+    /// The gateway certificate's public key (PEM, `gateway.pub.pem` beside it), e.g. to pin it.
+    pub fn gateway_public_key(&self) -> Result<PathBuf> {
+        let key = KeyPair::from_pem(&fs::read_to_string(self.gateway_cert().key)?)?;
+        let out = self.dir.join("gateway.pub.pem");
+        write_pem(&out, &key.public_key_pem())?;
+        Ok(out)
     }
 
     /// External server certificate and key.

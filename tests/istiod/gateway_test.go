@@ -8,9 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	networkrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
@@ -255,6 +258,7 @@ func checkL4Chain(t *testing.T, g generated, p *problems, d destination, fc *lis
 			}
 		}
 	}
+	checkGuardSparesL4(t, p, d.Name, fc, 443)
 	switch {
 	case ours < 0:
 		p.add("%s: the network filter is not in its chain", d.Name)
@@ -262,6 +266,38 @@ func checkL4Chain(t *testing.T, g generated, p *problems, d destination, fc *lis
 		p.add("%s: no tcp_proxy in its chain", d.Name)
 	case ours > proxy:
 		p.add("%s: the network filter comes after tcp_proxy", d.Name)
+	}
+}
+
+// checkGuardSparesL4: the cluster guard (the AuthorizationPolicy egress-identity-cluster-guard) is about the
+// cluster header of requests. On a TCP chain Istio drops a DENY rule's HTTP-only conditions, which makes
+// each rule "deny every caller but this identity's" -- together, deny everyone. Each rule must therefore be
+// limited to the port the requests arrive on (httpPort), which istiod keeps on TCP chains.
+func checkGuardSparesL4(t *testing.T, p *problems, dest string, fc *listener.FilterChain, httpPort int) {
+	for _, f := range fc.Filters {
+		if f.Name != "envoy.filters.network.rbac" {
+			continue
+		}
+		r := &networkrbac.RBAC{}
+		if err := f.GetTypedConfig().UnmarshalTo(r); err != nil {
+			t.Fatal(err)
+		}
+		for name, policy := range r.GetRules().GetPolicies() {
+			if !strings.Contains(name, "policy[egress-identity-cluster-guard]") {
+				continue
+			}
+			spared := false
+			for _, perm := range policy.Permissions {
+				b, err := protojson.Marshal(perm)
+				if err != nil {
+					t.Fatal(err)
+				}
+				spared = spared || strings.Contains(string(b), fmt.Sprintf(`"destinationPort":%d`, httpPort))
+			}
+			if !spared {
+				p.add("%s: the cluster guard's %s denies its L4 callers (no port limits it to the requests' port %d)", dest, name, httpPort)
+			}
+		}
 	}
 }
 
@@ -355,6 +391,13 @@ func TestGatewayAsIstiodGeneratesIt(t *testing.T) {
 	for _, problem := range checkGateway(t, g) {
 		t.Error(problem)
 	}
+	// What istiod pushes to the gateway, for cli/tests/istiod_gateway.rs to serve traffic through
+	// (ISTIOD_DUMP_DIR, else target/istiod).
+	dir := os.Getenv("ISTIOD_DUMP_DIR")
+	if dir == "" {
+		dir = filepath.Join(repo, "target", "istiod")
+	}
+	g.dump(t, filepath.Join(dir, "egress-gateway.json"))
 }
 
 // A renderer that names what the design does not find -- another cluster, another route, a patch on
@@ -368,6 +411,7 @@ func TestGatewayMutationsAreCaught(t *testing.T) {
 		{"the route patch on another route name", "envoy-filter.yaml", "route:\n            name: partner-api", "route:\n            name: partner-api-x", "does not take its cluster from the filter's header"},
 		{"the tcp_proxy patch on another port", "envoy-filter.yaml", "portNumber: 8443", "portNumber: 9443", "tcp_proxy MERGE did not land"},
 		{"another Secret for an identity", "envoy-filter.yaml", "kubernetes://egress-identity-team-app2\n", "kubernetes://egress-identity-team-app-2\n", "not the Secret of identity team.app2"},
+		{"the cluster guard without its port", "authorization-policy.yaml", "    to:\n    - operation:\n        ports:\n        - \"443\"\n", "", "the cluster guard's"},
 		{"the network filter on every port", "wasm-plugin.yaml", "  match:\n  - ports:\n    - number: 8443\n", "", "the network filter sits on the HTTPS chain"},
 	}
 	for _, c := range cases {

@@ -22,7 +22,10 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	wasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	networkwasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/wasm/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	"istio.io/istio/pilot/pkg/model"
@@ -80,7 +83,8 @@ type extension struct {
 	network       bool
 }
 
-func (g generated) extension(t *testing.T, name string) (extension, bool) {
+// extensionConfigs: what istiod's ECDS generator serves the proxy for name, by resource name.
+func (g generated) extensionConfigs(t *testing.T, name string) map[string]*core.TypedExtensionConfig {
 	t.Helper()
 	gen := g.server.Discovery.Generators[v3.ExtensionConfigurationType]
 	req := &model.PushRequest{Push: g.server.PushContext(), Start: time.Now(), Forced: true}
@@ -88,13 +92,22 @@ func (g generated) extension(t *testing.T, name string) (extension, bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	out := map[string]*core.TypedExtensionConfig{}
 	for _, r := range resources {
-		if r.Name != name {
-			continue
-		}
 		ec := &core.TypedExtensionConfig{}
 		if err := r.Resource.UnmarshalTo(ec); err != nil {
 			t.Fatal(err)
+		}
+		out[r.Name] = ec
+	}
+	return out
+}
+
+func (g generated) extension(t *testing.T, name string) (extension, bool) {
+	t.Helper()
+	for rname, ec := range g.extensionConfigs(t, name) {
+		if rname != name {
+			continue
 		}
 		h := &wasm.Wasm{}
 		if ec.TypedConfig.UnmarshalTo(h) == nil {
@@ -226,4 +239,65 @@ func findCluster(clusters []*clusterT, name string) *clusterT {
 		}
 	}
 	return nil
+}
+
+// dump writes what istiod pushes to the proxy -- listeners, clusters, route configurations, and the extension
+// configs the listeners name -- as one JSON document (protojson), for the end-to-end test that loads it into
+// Envoy with the filter.
+func (g generated) dump(t *testing.T, path string) {
+	t.Helper()
+	marshal := func(m proto.Message) json.RawMessage {
+		b, err := protojson.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	out := map[string]any{"istio": IstioCommit}
+	var listeners, clusters, routes []json.RawMessage
+	extensions := map[string]json.RawMessage{}
+	for _, l := range g.server.Listeners(g.proxy) {
+		listeners = append(listeners, marshal(l))
+		for _, fc := range l.FilterChains {
+			for _, f := range fc.Filters {
+				g.dumpExtension(t, f.Name, f.GetConfigDiscovery() != nil, extensions, marshal)
+				if f.Name != "envoy.filters.network.http_connection_manager" {
+					continue
+				}
+				conn := &hcm.HttpConnectionManager{}
+				if err := f.GetTypedConfig().UnmarshalTo(conn); err != nil {
+					t.Fatal(err)
+				}
+				for _, h := range conn.HttpFilters {
+					g.dumpExtension(t, h.Name, h.GetConfigDiscovery() != nil, extensions, marshal)
+				}
+			}
+		}
+	}
+	for _, c := range g.server.Clusters(g.proxy) {
+		clusters = append(clusters, marshal(c))
+	}
+	for _, r := range g.server.Routes(g.proxy) {
+		routes = append(routes, marshal(r))
+	}
+	out["listeners"], out["clusters"], out["routes"], out["extensions"] = listeners, clusters, routes, extensions
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (g generated) dumpExtension(t *testing.T, name string, discovered bool, into map[string]json.RawMessage, marshal func(proto.Message) json.RawMessage) {
+	if !discovered {
+		return
+	}
+	for rname, ec := range g.extensionConfigs(t, name) {
+		into[rname] = marshal(ec)
+	}
 }

@@ -291,7 +291,8 @@ func TestWaypointMutationsAreCaught(t *testing.T) {
 // chain of main_internal, chosen by the connection's destination VIP and port, and named
 // inbound-vip|<port>|tcp|<host>: a network filter there could name the destination by
 // xds.filter_chain_name, since no SNI does. It ends in tcp_proxy after istio's RBAC; a network WasmPlugin
-// lands there (asserted below), so the L4 design can build on it.
+// lands there (asserted below), so the L4 design can build on it. The cluster guard, attached to the
+// waypoint, must not deny that chain's callers.
 func TestWaypointNamesATCPDestinationByItsFilterChain(t *testing.T) {
 	tcp := `
 ---
@@ -342,6 +343,11 @@ spec:
 	got := strings.Join(filters, " ")
 	if !strings.Contains(got, "egress-waypoint.egress-identity-l4~") || !strings.HasSuffix(got, "envoy.filters.network.tcp_proxy") {
 		t.Errorf("the TCP chain's filters: %v", filters)
+	}
+	var p problems
+	checkGuardSparesL4(t, &p, "db.partner.example", chain, 80)
+	for _, problem := range p {
+		t.Error(problem)
 	}
 	t.Logf("TCP chain of the waypoint: %s: %v", chain.Name, filters)
 }

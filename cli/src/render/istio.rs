@@ -132,9 +132,10 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
     ];
     let (kind, root) = match form {
         PluginForm::Http => ("HTTP", "The root id (the filter's name in Envoy's logs and stats)."),
-        PluginForm::Network(_) => {
-            ("NETWORK", "The root id: one ending in -l4 makes the module the network filter (connections), not the HTTP one.")
-        }
+        PluginForm::Network(_) => (
+            "NETWORK",
+            "The root id: one ending in -l4 makes the module the network filter (connections), not the HTTP one.",
+        ),
     };
     fields.push(("type".to_string(), s(kind)));
     fields.push(("pluginName".to_string(), commented(root, s(form.name()))));
@@ -213,7 +214,10 @@ fn plugin_files(
     [file("wasm-plugin.yaml", mode, plugins), file("traffic-extension/traffic-extension.yaml", mode, extensions)]
 }
 
-fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
+/// `http_port`: the port the proxy receives the HTTP destinations' requests on. Every rule is limited to it:
+/// on a TCP chain Istio drops a DENY rule's HTTP-only conditions (the header), which would leave "deny
+/// every caller but this identity's" -- together, deny all -- on the tcp/tls destinations' connections.
+fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml), http_port: u16) -> Yaml {
     let header = policy.config.headers.cluster.to_string();
     let mut rules = Vec::new();
     // Requests only: tcp/tls destinations have no header to guard (their tcp_proxy's own cluster does not exist).
@@ -223,6 +227,7 @@ fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
             let principals = declared.principals.iter().flatten().map(|p| istio_principal(&p.to_string()));
             rules.push(map([
                 ("from", Yaml::Seq(vec![map([("source", map([("notPrincipals", strs(principals))]))])])),
+                ("to", Yaml::Seq(vec![map([("operation", map([("ports", strs([http_port.to_string()]))]))])])),
                 (
                     "when",
                     Yaml::Seq(vec![map([
@@ -234,7 +239,7 @@ fn guard(policy: &PolicyFile, namespace: &str, attach: (&str, Yaml)) -> Yaml {
         }
     }
     commented(
-        "Optional defense in depth, evaluated by Istio's RBAC filter after the egress-identity filter (phase\nAUTHZ). With the filter in place these rules never match; they matter if the WasmPlugin is missing or\nmisconfigured: a caller could then choose another identity by sending the cluster header itself. Each\nrule denies a request whose cluster header names an identity whose principals do not include the\ncaller (a defaultIdentity has none and is not guarded).",
+        format!("Optional defense in depth, evaluated by Istio's RBAC filter after the egress-identity filter (phase\nAUTHZ). With the filter in place these rules never match; they matter if the WasmPlugin is missing or\nmisconfigured: a caller could then choose another identity by sending the cluster header itself. Each\nrule denies a request whose cluster header names an identity whose principals do not include the\ncaller (a defaultIdentity has none and is not guarded). Each rule is limited to port {http_port}, where the\nrequests arrive: on TCP connections Istio ignores the header condition, and the rule would deny every\ncaller but one."),
         object(
             "security.istio.io/v1",
             "AuthorizationPolicy",
@@ -511,7 +516,7 @@ fn gateway(
             "The same module as the network filter of the L4 servers, before tcp_proxy: it decides connections to\nthe tcp and tls destinations (SNI and port) and names the identity's cluster for tcp_proxy.",
         ),
     );
-    let auth = guard(policy, ns, ("selector", map([("matchLabels", selector())])));
+    let auth = guard(policy, ns, ("selector", map([("matchLabels", selector())])), 443);
 
     let m = "gateway";
     let mut files = vec![
@@ -1004,7 +1009,7 @@ fn waypoint(
             "",
         ),
     );
-    let auth = guard(policy, ns, ("targetRefs", target()));
+    let auth = guard(policy, ns, ("targetRefs", target()), egress_identity_core::platform::MESH_HTTP_PORT);
     let m = "waypoint";
     vec![
         file("00-namespace.yaml", m, vec![namespace]),
@@ -1084,6 +1089,19 @@ mod tests {
         assert!(out.contains("- cluster.local/ns/t/sa/x\n"), "guard principals without spiffe://: {out}");
         assert!(out.contains("pluginConfig:\n    # ") || out.contains("pluginConfig:\n    {"), "{out}");
         assert_eq!(out.matches("kind: VirtualService").count(), 2);
+    }
+
+    /// On a TCP chain Istio drops a DENY rule's header condition: every guard rule is limited to the port
+    /// requests arrive on, or it would deny the tcp/tls destinations' callers (tests/istiod sees it).
+    #[test]
+    fn every_cluster_guard_rule_is_limited_to_the_requests_port() {
+        for (mode, port) in [(IstioMode::Gateway, "443"), (IstioMode::Waypoint, "80")] {
+            let files = render(&policy(POLICY, mode), &opts(mode)).unwrap();
+            let (_, guard) = files.iter().find(|(n, _)| n == "authorization-policy.yaml").unwrap();
+            let limited = format!("    to:\n    - operation:\n        ports:\n        - \"{port}\"\n    when:\n");
+            assert_eq!(guard.matches("  - from:").count(), 2, "{guard}");
+            assert_eq!(guard.matches(&limited).count(), 2, "{mode:?}: {guard}");
+        }
     }
 
     #[test]

@@ -1,0 +1,206 @@
+//! The Istio egress gateway as istiod generates it, serving the demo's traffic on a real Envoy.
+//!
+//! istiod's own config generation (tests/istiod: istio.io/istio in-process, on the rendered
+//! `examples/istio/egress-gateway`) dumps what it pushes to the gateway; [`istiod::bootstrap`] makes that a
+//! static bootstrap -- dropping only istio-proxy's own filters, and putting in place what istiod would serve
+//! over ADS (ECDS with the filter built here, RDS, SDS with the test PKI, EDS) -- and Envoy 1.40 runs it in
+//! front of the real partner (nginx). Callers are what sidecars send: mesh mTLS with the destination's
+//! host as SNI; HTTP with `Host: api.partner.example`, L4 on the gateway's port 8443.
+#![cfg(test)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use egress_identity_harness::client::{Call, Response};
+use egress_identity_harness::istiod::{self, Substitutions};
+use egress_identity_harness::l4::L4Outcome;
+use egress_identity_harness::pki::{layout, CertFiles, EXTERNAL_IDENTITIES};
+use egress_identity_harness::repo_root;
+use egress_identity_harness::topology::{
+    Options, Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR,
+};
+use serde_json::{json, Value};
+
+/// The port an Istio gateway's L4 server listens on (the filter's front for tcp/tls destinations).
+const ISTIO_L4_PORT: u16 = 8443;
+
+/// istio-proxy's own filters the generated gateway carries, which upstream Envoy does not have.
+const EXPECTED_DROPPED: &[&str] = &["istio.alpn", "istio.metadata_exchange"];
+
+fn go() -> PathBuf {
+    if let Some(go) = std::env::var_os("GO") {
+        return go.into();
+    }
+    let local = Path::new("/usr/local/go/bin/go");
+    if local.exists() {
+        return local.into();
+    }
+    "go".into()
+}
+
+/// istiod's output for the rendered egress gateway, generated now (tests/istiod).
+fn generate(dir: &Path) -> istiod::Dump {
+    let out = Command::new(go())
+        .current_dir(repo_root().join("tests/istiod"))
+        .args(["test", "-count=1", "-run", "^TestGatewayAsIstiodGeneratesIt$", "."])
+        .env("PILOT_ENABLE_AMBIENT", "true")
+        .env("EGRESS_IDENTITY_CLI", env!("CARGO_BIN_EXE_egress-identity"))
+        .env("ISTIOD_DUMP_DIR", dir)
+        .output()
+        .expect("running go (tests/istiod needs Go >= 1.26: make setup-test)");
+    assert!(
+        out.status.success(),
+        "istiod's generator failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("egress-gateway.json")).unwrap();
+    istiod::Dump::parse(&text).unwrap()
+}
+
+fn file(path: &str) -> Value {
+    json!({ "filename": format!("pki/{path}") })
+}
+
+/// The material of the secrets istiod names: the gateway's workload certificate and the mesh root (what
+/// istio-agent serves), and per external identity the Kubernetes Secret `egress-identity-<identity>` with
+/// its `-cacert` (what `egress-identity secrets` writes).
+fn substitutions() -> Substitutions {
+    let mut secrets = BTreeMap::from([
+        (
+            "default".to_string(),
+            json!({ "tlsCertificate": {
+                "certificateChain": file(layout::GATEWAY_CERT), "privateKey": file(layout::GATEWAY_KEY) } }),
+        ),
+        ("ROOTCA".to_string(), json!({ "validationContext": { "trustedCa": file(layout::MESH_CA_CERT) } })),
+    ]);
+    for identity in EXTERNAL_IDENTITIES {
+        let secret = format!("kubernetes://egress-identity-{}", identity.replace('.', "-"));
+        let crt = format!("{}/{identity}.crt", layout::EXTERNAL_DIR);
+        let key = format!("{}/{identity}.key", layout::EXTERNAL_DIR);
+        secrets.insert(
+            secret.clone(),
+            json!({ "tlsCertificate": { "certificateChain": file(&crt), "privateKey": file(&key) } }),
+        );
+        secrets.insert(
+            format!("{secret}-cacert"),
+            json!({ "validationContext": { "trustedCa": file(layout::PARTNER_CA_CERT) } }),
+        );
+    }
+    Substitutions {
+        listener_ports: BTreeMap::from([
+            ("0.0.0.0_443".to_string(), GATEWAY_PORT),
+            (format!("0.0.0.0_{ISTIO_L4_PORT}"), ISTIO_L4_PORT),
+        ]),
+        upstreams: BTreeMap::from([
+            (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
+            (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
+            (("files.partner.example".to_string(), 443), EXTERNAL_TLS_PORT),
+        ]),
+        secrets,
+        wasm: WASM_IN_RUN_DIR.to_string(),
+        admin_port: ADMIN_PORT,
+    }
+}
+
+fn http(t: &Topology, who: &str, path: &str) -> Response {
+    let client = t.client().as_sidecar("api.partner.example", t.pki().gateway_public_key().unwrap());
+    client.send(&Call::get(&t.pki().workload(who), path)).unwrap()
+}
+
+fn field<'a>(r: &'a Response, name: &str) -> &'a str {
+    r.field(name).unwrap_or_default()
+}
+
+fn assert_denied(t: &Topology, r: &Response, path: &str, layer: &str, reason: &str, policy: Option<&str>) {
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_eq!((field(r, "decision"), field(r, "layer"), field(r, "reason")), ("deny", layer, reason), "{}", r.body);
+    if let Some(policy) = policy {
+        assert_eq!(field(r, "policy"), policy, "{}", r.body);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(t.external_requests_for(path).is_empty(), "{path} reached the partner");
+}
+
+fn partner_connections(t: &Topology, port: u16) -> usize {
+    t.external_connections().iter().filter(|c| c["port"] == port).count()
+}
+
+fn l4(t: &Topology, who: &str, sni: &str) -> L4Outcome {
+    let client = t.l4_client().on_port(ISTIO_L4_PORT);
+    let caller: CertFiles = t.pki().workload(who);
+    if sni.starts_with("files.") {
+        client.passthrough(&caller, sni, sni, b"hello\n").unwrap()
+    } else {
+        client.call(&caller, sni, b"hello\n").unwrap()
+    }
+}
+
+/// Refused: nothing came back and the partner saw no connection.
+fn assert_refused(t: &Topology, who: &str, sni: &str, port: u16) {
+    let before = partner_connections(t, port);
+    let outcome = l4(t, who, sni);
+    assert!(outcome.received.is_empty(), "{who} -> {sni}: the partner answered: {outcome:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(partner_connections(t, port), before, "{who} -> {sni} reached the partner");
+}
+
+#[test]
+fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("istiod-gateway");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dump = generate(&dir);
+    let (bootstrap, changes) = istiod::bootstrap(&dump, &substitutions()).unwrap();
+    println!("istio.io/istio {}; what changed to run it on upstream Envoy:\n{}", dump.istio, changes.describe());
+    assert_eq!(changes.dropped.keys().map(String::as_str).collect::<Vec<_>>(), EXPECTED_DROPPED);
+    // The filter came from istiod's ECDS (both WasmPlugins), not from this test.
+    assert_eq!(changes.inlined_extensions.len(), 2, "{}", changes.describe());
+    assert!(changes.inlined_extensions.values().all(|code| code.starts_with("oci://")), "{}", changes.describe());
+    let config = dir.join("bootstrap.json");
+    std::fs::write(&config, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
+    assert!(std::net::TcpListener::bind(("127.0.0.1", ISTIO_L4_PORT)).is_ok(), "port {ISTIO_L4_PORT} is in use");
+
+    let mut opts = Options::new(dir.join("run"));
+    opts.gateway_config = config;
+    let t = Topology::start(&opts).unwrap();
+
+    // HTTP: each caller reaches the partner with its own external identity, whatever it claims.
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
+        let path = egress_identity_harness::unique_path(&format!("/v1/istiod/{who}"));
+        let r = http(&t, who, &path);
+        assert_eq!((r.status, field(&r, "client_subject")), (200, cn), "{who}: {}", r.summary());
+        assert_eq!((field(&r, "uri"), field(&r, "cluster_header"), field(&r, "xfcc")), (path.as_str(), "", ""));
+    }
+    let spoof = egress_identity_harness::unique_path("/v1/istiod/spoof");
+    let client = t.client().as_sidecar("api.partner.example", t.pki().gateway_public_key().unwrap());
+    let r = client
+        .send(
+            &Call::get(&t.pki().workload("team-app2"), &spoof)
+                .header("x-egress-identity-cluster", "partner-api|team-app1"),
+        )
+        .unwrap();
+    assert_eq!((r.status, field(&r, "client_subject")), (200, "CN=team.app2"), "{}", r.summary());
+
+    // HTTP denials, by layer.
+    let path = egress_identity_harness::unique_path("/admin/istiod");
+    assert_denied(&t, &http(&t, "team-app1", &path), &path, "destination", "denied_by_policy", Some("deny-app1-admin"));
+    let path = egress_identity_harness::unique_path("/v1/istiod/app3");
+    assert_denied(&t, &http(&t, "team-app3", &path), &path, "destination", "no_matching_allow", None);
+    let path = egress_identity_harness::unique_path("/v1/istiod/sandbox");
+    assert_denied(&t, &http(&t, "sandbox-default", &path), &path, "gateway", "no_matching_allow", None);
+    let path = egress_identity_harness::unique_path("/v1/istiod/quarantine");
+    let r = http(&t, "quarantine-default", &path);
+    assert_denied(&t, &r, &path, "gateway", "denied_by_policy", Some("deny-quarantine"));
+
+    // L4 on port 8443: tcp originates mTLS as the caller's identity; tls passes the caller's TLS through.
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
+        let outcome = l4(&t, who, "db.partner.example");
+        assert_eq!(outcome.received.trim(), format!("subject={cn}"), "{who}: {outcome:?}");
+    }
+    let outcome = l4(&t, "team-app1", "files.partner.example");
+    assert_eq!(outcome.received.trim(), "server_name=files.partner.example", "{outcome:?}");
+    assert_refused(&t, "team-app3", "db.partner.example", EXTERNAL_TCP_PORT);
+    assert_refused(&t, "quarantine-default", "db.partner.example", EXTERNAL_TCP_PORT);
+    assert_refused(&t, "team-app2", "files.partner.example", EXTERNAL_TLS_PORT);
+}

@@ -1,0 +1,392 @@
+//! What istiod pushes to a proxy, made into a bootstrap that upstream Envoy runs.
+//!
+//! `tests/istiod` runs istiod's own config generation (istio.io/istio, in-process) on the rendered Istio
+//! manifests and dumps what it would push to the egress gateway: listeners, clusters, route
+//! configurations, and the extension configurations (ECDS) its listeners name. [`bootstrap`] turns that
+//! dump into a static Envoy bootstrap with as few changes as running it outside Kubernetes needs, and
+//! reports each change ([`Changes`]):
+//!
+//! * the filters only istio-proxy has ([`ISTIO_ONLY_FILTERS`]) are dropped;
+//! * what istiod serves over ADS is put in place: each ECDS filter becomes its extension configuration
+//!   (the Wasm code from a local file instead of the OCI image), each RDS reference its route configuration,
+//!   each SDS secret a static secret with the test PKI's material, each EDS cluster an empty static one
+//!   (the gateway's own Service: no test traffic goes there);
+//! * the listeners bind loopback ports, and the partners' names resolve to the local partner.
+//!
+//! Anything else still served by ADS, an SDS secret without material, or a listener without a port is an
+//! error: nothing is silently left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use crate::{err, Result};
+
+/// The filters of istiod's output that upstream Envoy does not have (istio-proxy's own extensions), and why
+/// dropping them leaves the egress path as it is.
+pub const ISTIO_ONLY_FILTERS: &[(&str, &str)] = &[
+    (
+        "istio.metadata_exchange",
+        "istio-proxy's peer metadata exchange (network, HTTP and upstream filter): telemetry labels only",
+    ),
+    ("istio.alpn", "istio-proxy's ALPN override for upstreams that are Istio sidecars: none here"),
+    ("istio.stats", "istio-proxy's telemetry filter"),
+];
+
+/// The dump `tests/istiod` writes (`target/istiod/<proxy>.json`).
+#[derive(Debug, Clone)]
+pub struct Dump {
+    /// The istio.io/istio version that generated it.
+    pub istio: String,
+    pub listeners: Vec<Value>,
+    pub clusters: Vec<Value>,
+    pub routes: Vec<Value>,
+    /// ECDS resources by name (`TypedExtensionConfig`).
+    pub extensions: Map<String, Value>,
+}
+
+impl Dump {
+    /// Parse a dump.
+    pub fn parse(text: &str) -> Result<Dump> {
+        let v: Value = serde_json::from_str(text)?;
+        let list = |key: &str| v.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(Dump {
+            istio: v.get("istio").and_then(Value::as_str).unwrap_or_default().to_string(),
+            listeners: list("listeners"),
+            clusters: list("clusters"),
+            routes: list("routes"),
+            extensions: v.get("extensions").and_then(Value::as_object).cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// Where the generated configuration meets this machine.
+#[derive(Debug, Clone, Default)]
+pub struct Substitutions {
+    /// Listener name → the loopback port it binds instead of its generated address (every listener with
+    /// an address must have one).
+    pub listener_ports: BTreeMap<String, u16>,
+    /// Upstream endpoint (host, port) as generated → the loopback port of the partner serving it.
+    pub upstreams: BTreeMap<(String, u16), u16>,
+    /// SDS secret name → the static secret's material (`tls_certificate` or `validation_context`, as in
+    /// Envoy's `Secret`, without the name).
+    pub secrets: BTreeMap<String, Value>,
+    /// The Wasm module file every Wasm extension loads instead of its remote (OCI) code.
+    pub wasm: String,
+    /// The admin port.
+    pub admin_port: u16,
+}
+
+/// What [`bootstrap`] changed.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Istio-only filters dropped, by name, with how many there were.
+    pub dropped: BTreeMap<String, usize>,
+    /// ECDS filters replaced by their extension configuration, with the remote code each named.
+    pub inlined_extensions: BTreeMap<String, String>,
+    /// Route configurations put in place of RDS.
+    pub inlined_routes: BTreeSet<String>,
+    /// SDS secrets made static.
+    pub static_secrets: BTreeSet<String>,
+    /// EDS clusters made static without endpoints.
+    pub emptied_clusters: BTreeSet<String>,
+    /// Listeners moved to loopback: name → new port.
+    pub rebound: BTreeMap<String, u16>,
+    /// Clusters whose endpoints now point at the local partner.
+    pub readdressed: BTreeSet<String>,
+}
+
+impl Changes {
+    /// One line per change, for a test's output.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (name, n) in &self.dropped {
+            let why = ISTIO_ONLY_FILTERS.iter().find(|(f, _)| f == name).map(|(_, w)| *w).unwrap_or_default();
+            out.push(format!("dropped {n} x {name}: {why}"));
+        }
+        for (name, code) in &self.inlined_extensions {
+            out.push(format!("ECDS {name}: inline, code {code} -> the local filter"));
+        }
+        for name in &self.inlined_routes {
+            out.push(format!("RDS {name}: inline"));
+        }
+        for name in &self.static_secrets {
+            out.push(format!("SDS {name}: static, test PKI"));
+        }
+        for name in &self.emptied_clusters {
+            out.push(format!("EDS {name}: static, no endpoints"));
+        }
+        for (name, port) in &self.rebound {
+            out.push(format!("listener {name}: binds 127.0.0.1:{port}"));
+        }
+        for name in &self.readdressed {
+            out.push(format!("cluster {name}: endpoint -> the local partner"));
+        }
+        out.join("\n")
+    }
+}
+
+/// The keys under which filters are listed.
+const FILTER_LISTS: &[&str] = &["filters", "httpFilters", "listenerFilters"];
+
+/// The static bootstrap of `dump`, and what was changed to make it one.
+pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> {
+    let mut changes = Changes::default();
+    let routes: BTreeMap<&str, &Value> =
+        dump.routes.iter().filter_map(|r| Some((r.get("name")?.as_str()?, r))).collect();
+
+    let mut listeners = dump.listeners.clone();
+    for listener in &mut listeners {
+        let name = str_at(listener, "name")?.to_string();
+        if listener.get("address").is_some() {
+            let port = *subs
+                .listener_ports
+                .get(&name)
+                .ok_or_else(|| err(format!("listener {name}: no loopback port to bind (Substitutions)")))?;
+            listener["address"] = json!({ "socketAddress": { "address": "127.0.0.1", "portValue": port } });
+            changes.rebound.insert(name.clone(), port);
+        }
+        drop_istio_only(listener, &mut changes);
+        inline_discovery(listener, dump, subs, &mut changes)?;
+        inline_routes(listener, &routes, &mut changes)?;
+    }
+
+    let mut clusters = dump.clusters.clone();
+    for cluster in &mut clusters {
+        let name = str_at(cluster, "name")?.to_string();
+        drop_istio_only(cluster, &mut changes);
+        if let Some(obj) = cluster.as_object_mut() {
+            if obj.remove("edsClusterConfig").is_some() {
+                obj.insert("type".into(), json!("STATIC"));
+                obj.insert("loadAssignment".into(), json!({ "clusterName": name, "endpoints": [] }));
+                changes.emptied_clusters.insert(name.clone());
+            }
+        }
+        let mut moved = false;
+        for_each_object(cluster, &mut |o| {
+            let Some(sa) = o.get_mut("socketAddress").and_then(Value::as_object_mut) else { return };
+            let host = sa.get("address").and_then(Value::as_str).unwrap_or_default().to_string();
+            let port = sa.get("portValue").and_then(Value::as_u64).unwrap_or_default();
+            let Ok(port) = u16::try_from(port) else { return };
+            if let Some(local) = subs.upstreams.get(&(host, port)) {
+                sa.insert("address".into(), json!("127.0.0.1"));
+                sa.insert("portValue".into(), json!(local));
+                moved = true;
+            }
+        });
+        if moved {
+            changes.readdressed.insert(name);
+        }
+    }
+
+    let mut resources = json!({ "listeners": listeners, "clusters": clusters });
+    let mut sds_names = BTreeSet::new();
+    for_each_object(&mut resources, &mut |o| {
+        if o.remove("sdsConfig").is_some() {
+            if let Some(name) = o.get("name").and_then(Value::as_str) {
+                sds_names.insert(name.to_string());
+            }
+        }
+    });
+    let mut secrets = Vec::new();
+    for name in &sds_names {
+        let material = subs
+            .secrets
+            .get(name)
+            .ok_or_else(|| err(format!("SDS secret {name:?}: the test has no material for it (Substitutions)")))?;
+        let mut secret = material.clone();
+        secret["name"] = json!(name);
+        secrets.push(secret);
+        changes.static_secrets.insert(name.clone());
+    }
+    if let Some(path) = find_key(&resources, "ads", "") {
+        return Err(err(format!("still served by ADS, which this bootstrap has not: {path}")));
+    }
+    resources["secrets"] = Value::Array(secrets);
+
+    let bootstrap = json!({
+        "node": {
+            "id": "router~127.0.0.1~istio-egressgateway-0.istio-egress~istio-egress.svc.cluster.local",
+            "cluster": "istio-egressgateway.istio-egress"
+        },
+        "admin": { "address": { "socketAddress": { "address": "127.0.0.1", "portValue": subs.admin_port } } },
+        // istiod's connect_originate listener is an internal listener (HBONE origination).
+        "bootstrapExtensions": [{
+            "name": "envoy.bootstrap.internal_listener",
+            "typedConfig": { "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener" }
+        }],
+        "staticResources": resources
+    });
+    Ok((bootstrap, changes))
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    v.get(key).and_then(Value::as_str).ok_or_else(|| err(format!("no {key:?} in {v}")))
+}
+
+/// Calls `f` on every object in `v`, outermost first.
+fn for_each_object(v: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
+    match v {
+        Value::Object(o) => {
+            f(o);
+            for child in o.values_mut() {
+                for_each_object(child, f);
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                for_each_object(child, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON path of the first `key` in `v`.
+fn find_key(v: &Value, key: &str, path: &str) -> Option<String> {
+    match v {
+        Value::Object(o) => o.iter().find_map(|(k, child)| {
+            let here = format!("{path}.{k}");
+            if k == key {
+                Some(here)
+            } else {
+                find_key(child, key, &here)
+            }
+        }),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, child)| find_key(child, key, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn drop_istio_only(v: &mut Value, changes: &mut Changes) {
+    for_each_object(v, &mut |o| {
+        for key in FILTER_LISTS {
+            let Some(list) = o.get_mut(*key).and_then(Value::as_array_mut) else { continue };
+            list.retain(|f| {
+                let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+                let istio_only = ISTIO_ONLY_FILTERS.iter().any(|(n, _)| *n == name);
+                if istio_only {
+                    *changes.dropped.entry(name.to_string()).or_default() += 1;
+                }
+                !istio_only
+            });
+        }
+    });
+}
+
+fn inline_discovery(v: &mut Value, dump: &Dump, subs: &Substitutions, changes: &mut Changes) -> Result<()> {
+    let mut missing = None;
+    for_each_object(v, &mut |o| {
+        if o.remove("configDiscovery").is_none() {
+            return;
+        }
+        let name = o.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let Some(mut typed) = dump.extensions.get(&name).and_then(|e| e.get("typedConfig")).cloned() else {
+            missing = Some(name);
+            return;
+        };
+        let code = &mut typed["config"]["vmConfig"]["code"];
+        let remote = code.pointer("/remote/httpUri/uri").and_then(Value::as_str).unwrap_or("(local)").to_string();
+        if code.is_object() {
+            *code = json!({ "local": { "filename": subs.wasm } });
+        }
+        o.insert("typedConfig".into(), typed);
+        changes.inlined_extensions.insert(name, remote);
+    });
+    match missing {
+        Some(name) => Err(err(format!("ECDS filter {name:?}: istiod served no extension configuration by that name"))),
+        None => Ok(()),
+    }
+}
+
+fn inline_routes(v: &mut Value, routes: &BTreeMap<&str, &Value>, changes: &mut Changes) -> Result<()> {
+    let mut missing = None;
+    for_each_object(v, &mut |o| {
+        let Some(rds) = o.get("rds") else { return };
+        let name = rds.get("routeConfigName").and_then(Value::as_str).unwrap_or_default().to_string();
+        match routes.get(name.as_str()) {
+            Some(route) => {
+                o.remove("rds");
+                o.insert("routeConfig".into(), (*route).clone());
+                changes.inlined_routes.insert(name);
+            }
+            None => missing = Some(name),
+        }
+    });
+    match missing {
+        Some(name) => Err(err(format!("RDS {name:?}: istiod served no route configuration by that name"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump() -> Dump {
+        Dump::parse(
+            &json!({
+                "istio": "v0",
+                "listeners": [{
+                    "name": "0.0.0.0_443",
+                    "address": { "socketAddress": { "address": "0.0.0.0", "portValue": 443 } },
+                    "filterChains": [{ "filters": [
+                        { "name": "istio.metadata_exchange", "typedConfig": {} },
+                        { "name": "wasm", "configDiscovery": { "configSource": { "ads": {} } } },
+                        { "name": "hcm", "typedConfig": { "rds": { "routeConfigName": "r" } } }
+                    ], "transportSocket": { "tlsCertificateSdsSecretConfigs": [
+                        { "name": "default", "sdsConfig": { "ads": {} } } ] } }]
+                }],
+                "clusters": [
+                    { "name": "eds", "edsClusterConfig": { "edsConfig": { "ads": {} } } },
+                    { "name": "id", "loadAssignment": { "endpoints": [{ "lbEndpoints": [{ "endpoint": {
+                        "address": { "socketAddress": { "address": "api.example", "portValue": 443 } } } }] }] } }
+                ],
+                "routes": [{ "name": "r", "virtualHosts": [] }],
+                "extensions": { "wasm": { "name": "wasm", "typedConfig": { "config": { "vmConfig": {
+                    "code": { "remote": { "httpUri": { "uri": "oci://x" } } } } } } } }
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn subs() -> Substitutions {
+        Substitutions {
+            listener_ports: [("0.0.0.0_443".to_string(), 10443)].into(),
+            upstreams: [(("api.example".to_string(), 443), 18443)].into(),
+            secrets: [("default".to_string(), json!({ "tlsCertificate": {} }))].into(),
+            wasm: "f.wasm".into(),
+            admin_port: 9901,
+        }
+    }
+
+    #[test]
+    fn every_substitution_is_made_and_reported() {
+        let (b, changes) = bootstrap(&dump(), &subs()).unwrap();
+        let text = b.to_string();
+        assert!(!text.contains("istio.metadata_exchange") && !text.contains("\"ads\""), "{text}");
+        assert!(text.contains("f.wasm") && text.contains("\"routeConfig\"") && text.contains("18443"), "{text}");
+        assert_eq!(b["staticResources"]["secrets"][0]["name"], "default");
+        assert_eq!(changes.dropped["istio.metadata_exchange"], 1);
+        assert_eq!(changes.inlined_extensions["wasm"], "oci://x");
+        assert!(changes.emptied_clusters.contains("eds") && changes.readdressed.contains("id"));
+        assert_eq!(changes.rebound["0.0.0.0_443"], 10443);
+    }
+
+    #[test]
+    fn what_the_test_cannot_supply_is_an_error() {
+        let mut s = subs();
+        s.secrets.clear();
+        assert!(bootstrap(&dump(), &s).unwrap_err().to_string().contains("\"default\""));
+        let mut s = subs();
+        s.listener_ports.clear();
+        assert!(bootstrap(&dump(), &s).unwrap_err().to_string().contains("0.0.0.0_443"));
+        let mut d = dump();
+        d.extensions.clear();
+        assert!(bootstrap(&d, &subs()).unwrap_err().to_string().contains("ECDS"));
+        let mut d = dump();
+        d.routes.clear();
+        assert!(bootstrap(&d, &subs()).unwrap_err().to_string().contains("RDS"));
+    }
+}
