@@ -9,85 +9,27 @@
 #![cfg(test)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use egress_identity_harness::client::{Call, Response};
-use egress_identity_harness::istiod::{self, Substitutions};
+use egress_identity_harness::istiod::{self, Expected, Substitutions};
 use egress_identity_harness::l4::L4Outcome;
-use egress_identity_harness::pki::{layout, CertFiles, EXTERNAL_IDENTITIES};
-use egress_identity_harness::repo_root;
+use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::topology::{
-    Options, Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR,
+    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR,
 };
-use serde_json::{json, Value};
 
 /// The port an Istio gateway's L4 server listens on (the filter's front for tcp/tls destinations).
 const ISTIO_L4_PORT: u16 = 8443;
 
-/// istio-proxy's own filters the generated gateway carries, which upstream Envoy does not have.
-const EXPECTED_DROPPED: &[&str] = &["istio.alpn", "istio.metadata_exchange"];
+/// istio-proxy's own filters the generated gateway carries, which upstream Envoy does not have (by type).
+const EXPECTED_DROPPED: &[&str] = &[
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+    "type.googleapis.com/io.istio.http.peer_metadata.Config",
+    "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+];
 
-fn go() -> PathBuf {
-    if let Some(go) = std::env::var_os("GO") {
-        return go.into();
-    }
-    let local = Path::new("/usr/local/go/bin/go");
-    if local.exists() {
-        return local.into();
-    }
-    "go".into()
-}
-
-/// istiod's output for the rendered egress gateway, generated now (tests/istiod).
-fn generate(dir: &Path) -> istiod::Dump {
-    let out = Command::new(go())
-        .current_dir(repo_root().join("tests/istiod"))
-        .args(["test", "-count=1", "-run", "^TestGatewayAsIstiodGeneratesIt$", "."])
-        .env("PILOT_ENABLE_AMBIENT", "true")
-        .env("EGRESS_IDENTITY_CLI", env!("CARGO_BIN_EXE_egress-identity"))
-        .env("ISTIOD_DUMP_DIR", dir)
-        .output()
-        .expect("running go (tests/istiod needs Go >= 1.26: make setup-test)");
-    assert!(
-        out.status.success(),
-        "istiod's generator failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(dir.join("egress-gateway.json")).unwrap();
-    istiod::Dump::parse(&text).unwrap()
-}
-
-fn file(path: &str) -> Value {
-    json!({ "filename": format!("pki/{path}") })
-}
-
-/// The material of the secrets istiod names: the gateway's workload certificate and the mesh root (what
-/// istio-agent serves), and per external identity the Kubernetes Secret `egress-identity-<identity>` with
-/// its `-cacert` (what `egress-identity secrets` writes).
 fn substitutions() -> Substitutions {
-    let mut secrets = BTreeMap::from([
-        (
-            "default".to_string(),
-            json!({ "tlsCertificate": {
-                "certificateChain": file(layout::GATEWAY_CERT), "privateKey": file(layout::GATEWAY_KEY) } }),
-        ),
-        ("ROOTCA".to_string(), json!({ "validationContext": { "trustedCa": file(layout::MESH_CA_CERT) } })),
-    ]);
-    for identity in EXTERNAL_IDENTITIES {
-        let secret = format!("kubernetes://egress-identity-{}", identity.replace('.', "-"));
-        let crt = format!("{}/{identity}.crt", layout::EXTERNAL_DIR);
-        let key = format!("{}/{identity}.key", layout::EXTERNAL_DIR);
-        secrets.insert(
-            secret.clone(),
-            json!({ "tlsCertificate": { "certificateChain": file(&crt), "privateKey": file(&key) } }),
-        );
-        secrets.insert(
-            format!("{secret}-cacert"),
-            json!({ "validationContext": { "trustedCa": file(layout::PARTNER_CA_CERT) } }),
-        );
-    }
     Substitutions {
         listener_ports: BTreeMap::from([
             ("0.0.0.0_443".to_string(), GATEWAY_PORT),
@@ -98,7 +40,7 @@ fn substitutions() -> Substitutions {
             (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
             (("files.partner.example".to_string(), 443), EXTERNAL_TLS_PORT),
         ]),
-        secrets,
+        secrets: istiod::test_pki_secrets(),
         wasm: WASM_IN_RUN_DIR.to_string(),
         admin_port: ADMIN_PORT,
     }
@@ -149,21 +91,12 @@ fn assert_refused(t: &Topology, who: &str, sni: &str, port: u16) {
 #[test]
 fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("istiod-gateway");
-    std::fs::create_dir_all(&dir).unwrap();
-    let dump = generate(&dir);
-    let (bootstrap, changes) = istiod::bootstrap(&dump, &substitutions()).unwrap();
-    println!("istio.io/istio {}; what changed to run it on upstream Envoy:\n{}", dump.istio, changes.describe());
-    assert_eq!(changes.dropped.keys().map(String::as_str).collect::<Vec<_>>(), EXPECTED_DROPPED);
-    // The filter came from istiod's ECDS (both WasmPlugins), not from this test.
-    assert_eq!(changes.inlined_extensions.len(), 2, "{}", changes.describe());
-    assert!(changes.inlined_extensions.values().all(|code| code.starts_with("oci://")), "{}", changes.describe());
-    let config = dir.join("bootstrap.json");
-    std::fs::write(&config, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
+    let cli = Path::new(env!("CARGO_BIN_EXE_egress-identity"));
     assert!(std::net::TcpListener::bind(("127.0.0.1", ISTIO_L4_PORT)).is_ok(), "port {ISTIO_L4_PORT} is in use");
-
-    let mut opts = Options::new(dir.join("run"));
-    opts.gateway_config = config;
-    let t = Topology::start(&opts).unwrap();
+    // The filter comes from istiod's ECDS (both WasmPlugins), not from this test.
+    let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 2 };
+    let test = "TestGatewayAsIstiodGeneratesIt";
+    let t = istiod::start(test, "egress-gateway.json", &dir, cli, &substitutions(), expected).unwrap();
 
     // HTTP: each caller reaches the partner with its own external identity, whatever it claims.
     for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {

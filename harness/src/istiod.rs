@@ -17,21 +17,138 @@
 //! error: nothing is silently left out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{json, Map, Value};
 
-use crate::{err, Result};
+use crate::pki::{layout, EXTERNAL_IDENTITIES};
+use crate::{err, repo_root, Result};
 
-/// The filters of istiod's output that upstream Envoy does not have (istio-proxy's own extensions), and why
-/// dropping them leaves the egress path as it is.
+/// The Go toolchain: `$GO`, else `/usr/local/go/bin/go`, else `go` on `PATH`.
+pub fn go() -> PathBuf {
+    if let Some(go) = std::env::var_os("GO") {
+        return go.into();
+    }
+    let local = Path::new("/usr/local/go/bin/go");
+    if local.exists() {
+        return local.into();
+    }
+    "go".into()
+}
+
+/// Runs the tests/istiod test `test` (which dumps what istiod generates for its proxy into `dir` as
+/// `file`) with the CLI `cli`, and reads the dump.
+pub fn generate(test: &str, file: &str, dir: &Path, cli: &Path) -> Result<Dump> {
+    std::fs::create_dir_all(dir)?;
+    let out = Command::new(go())
+        .current_dir(repo_root().join("tests/istiod"))
+        .args(["test", "-count=1", "-run", &format!("^{test}$"), "."])
+        .env("PILOT_ENABLE_AMBIENT", "true")
+        .env("EGRESS_IDENTITY_CLI", cli)
+        .env("ISTIOD_DUMP_DIR", dir)
+        .output()
+        .map_err(|e| err(format!("running {:?} (tests/istiod needs Go >= 1.26: make setup-test): {e}", go())))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "istiod's generator ({test}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    Dump::parse(&text)
+}
+
+/// What a test expects [`bootstrap`] to change.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The configuration types of the istio-only filters dropped ([`ISTIO_ONLY_FILTERS`]), sorted.
+    pub dropped: &'a [&'a str],
+    /// How many ECDS Wasm filters (the filter, served by istiod from the OCI image) are put in place.
+    pub wasm_extensions: usize,
+}
+
+/// Runs the tests/istiod test `test`, makes its dump `file` a bootstrap with `subs`, checks that exactly the
+/// `expected` changes were made, writes it to `dir/bootstrap.json`, and starts it beside the test partner
+/// (a [`Topology`] in `dir/run`). Prints what changed.
+pub fn start(
+    test: &str,
+    file: &str,
+    dir: &Path,
+    cli: &Path,
+    subs: &Substitutions,
+    expected: Expected<'_>,
+) -> Result<crate::topology::Topology> {
+    let dump = generate(test, file, dir, cli)?;
+    let (bootstrap, changes) = bootstrap(&dump, subs)?;
+    println!("istio.io/istio {}; what changed to run it on upstream Envoy:\n{}", dump.istio, changes.describe());
+    let dropped: Vec<&str> = changes.dropped.keys().map(String::as_str).collect();
+    let oci = changes.inlined_extensions.values().filter(|code| code.starts_with("oci://")).count();
+    if dropped != expected.dropped || oci != expected.wasm_extensions || changes.inlined_extensions.len() != oci {
+        return Err(err(format!(
+            "unexpected changes (expected {expected:?}): dropped {dropped:?}, ECDS {:?}",
+            changes.inlined_extensions
+        )));
+    }
+    let config = dir.join("bootstrap.json");
+    std::fs::write(&config, serde_json::to_string_pretty(&bootstrap)?)?;
+    let mut opts = crate::topology::Options::new(dir.join("run"));
+    opts.gateway_config = config;
+    crate::topology::Topology::start(&opts)
+}
+
+/// The test PKI (in `pki/` of the run directory) as the secrets istiod names: the proxy's workload
+/// certificate `default` and the mesh root `ROOTCA` (what istio-agent serves), and per external identity the
+/// Kubernetes Secret `egress-identity-<identity>` and its `-cacert` (what `egress-identity secrets` writes).
+pub fn test_pki_secrets() -> BTreeMap<String, Value> {
+    let file = |path: &str| json!({ "filename": format!("pki/{path}") });
+    let certificate =
+        |crt: &str, key: &str| json!({ "tlsCertificate": { "certificateChain": file(crt), "privateKey": file(key) } });
+    let mut secrets = BTreeMap::from([
+        ("default".to_string(), certificate(layout::GATEWAY_CERT, layout::GATEWAY_KEY)),
+        ("ROOTCA".to_string(), json!({ "validationContext": { "trustedCa": file(layout::MESH_CA_CERT) } })),
+    ]);
+    for identity in EXTERNAL_IDENTITIES {
+        let secret = format!("kubernetes://egress-identity-{}", identity.replace('.', "-"));
+        let stem = format!("{}/{identity}", layout::EXTERNAL_DIR);
+        secrets.insert(secret.clone(), certificate(&format!("{stem}.crt"), &format!("{stem}.key")));
+        secrets.insert(
+            format!("{secret}-cacert"),
+            json!({ "validationContext": { "trustedCa": file(layout::PARTNER_CA_CERT) } }),
+        );
+    }
+    secrets
+}
+
+/// The filters of istiod's output that upstream Envoy does not have (istio-proxy's own extensions), by the
+/// type of their configuration, and why dropping them leaves the egress path as it is.
 pub const ISTIO_ONLY_FILTERS: &[(&str, &str)] = &[
     (
-        "istio.metadata_exchange",
-        "istio-proxy's peer metadata exchange (network, HTTP and upstream filter): telemetry labels only",
+        "type.googleapis.com/io.istio.http.peer_metadata.Config",
+        "istio-proxy's HTTP peer metadata exchange (istio.metadata_exchange, the waypoint's *_peer_metadata): telemetry labels only",
     ),
-    ("istio.alpn", "istio-proxy's ALPN override for upstreams that are Istio sidecars: none here"),
-    ("istio.stats", "istio-proxy's telemetry filter"),
+    (
+        "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+        "istio-proxy's TCP metadata exchange (network and upstream filter): telemetry labels only",
+    ),
+    (
+        "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        "istio-proxy's ALPN override for upstreams that are Istio sidecars: none here",
+    ),
+    ("type.googleapis.com/stats.PluginConfig", "istio-proxy's telemetry filter (istio.stats)"),
 ];
+
+/// The configuration type of filter `f`: its `@type`, or for a `TypedStruct` the type it carries.
+fn filter_type(f: &Value) -> &str {
+    let typed = f.get("typedConfig");
+    let outer = typed.and_then(|t| t.get("@type")).and_then(Value::as_str).unwrap_or_default();
+    if outer.ends_with("udpa.type.v1.TypedStruct") || outer.ends_with("xds.type.v3.TypedStruct") {
+        return typed.and_then(|t| t.get("typeUrl")).and_then(Value::as_str).unwrap_or_default();
+    }
+    outer
+}
 
 /// The dump `tests/istiod` writes (`target/istiod/<proxy>.json`).
 #[derive(Debug, Clone)]
@@ -80,8 +197,8 @@ pub struct Substitutions {
 /// What [`bootstrap`] changed.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
-    /// Istio-only filters dropped, by name, with how many there were.
-    pub dropped: BTreeMap<String, usize>,
+    /// Istio-only filters dropped, by configuration type, with how many there were and their names.
+    pub dropped: BTreeMap<String, (usize, BTreeSet<String>)>,
     /// ECDS filters replaced by their extension configuration, with the remote code each named.
     pub inlined_extensions: BTreeMap<String, String>,
     /// Route configurations put in place of RDS.
@@ -100,9 +217,9 @@ impl Changes {
     /// One line per change, for a test's output.
     pub fn describe(&self) -> String {
         let mut out = Vec::new();
-        for (name, n) in &self.dropped {
-            let why = ISTIO_ONLY_FILTERS.iter().find(|(f, _)| f == name).map(|(_, w)| *w).unwrap_or_default();
-            out.push(format!("dropped {n} x {name}: {why}"));
+        for (kind, (n, names)) in &self.dropped {
+            let why = ISTIO_ONLY_FILTERS.iter().find(|(f, _)| f == kind).map(|(_, w)| *w).unwrap_or_default();
+            out.push(format!("dropped {n} x {names:?} ({kind}): {why}"));
         }
         for (name, code) in &self.inlined_extensions {
             out.push(format!("ECDS {name}: inline, code {code} -> the local filter"));
@@ -263,10 +380,12 @@ fn drop_istio_only(v: &mut Value, changes: &mut Changes) {
         for key in FILTER_LISTS {
             let Some(list) = o.get_mut(*key).and_then(Value::as_array_mut) else { continue };
             list.retain(|f| {
-                let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-                let istio_only = ISTIO_ONLY_FILTERS.iter().any(|(n, _)| *n == name);
+                let kind = filter_type(f);
+                let istio_only = ISTIO_ONLY_FILTERS.iter().any(|(t, _)| *t == kind);
                 if istio_only {
-                    *changes.dropped.entry(name.to_string()).or_default() += 1;
+                    let entry = changes.dropped.entry(kind.to_string()).or_default();
+                    entry.0 += 1;
+                    entry.1.insert(f.get("name").and_then(Value::as_str).unwrap_or_default().to_string());
                 }
                 !istio_only
             });
@@ -331,7 +450,9 @@ mod tests {
                     "name": "0.0.0.0_443",
                     "address": { "socketAddress": { "address": "0.0.0.0", "portValue": 443 } },
                     "filterChains": [{ "filters": [
-                        { "name": "istio.metadata_exchange", "typedConfig": {} },
+                        { "name": "istio.metadata_exchange", "typedConfig": {
+                            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                            "typeUrl": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange" } },
                         { "name": "wasm", "configDiscovery": { "configSource": { "ads": {} } } },
                         { "name": "hcm", "typedConfig": { "rds": { "routeConfigName": "r" } } }
                     ], "transportSocket": { "tlsCertificateSdsSecretConfigs": [
@@ -368,7 +489,8 @@ mod tests {
         assert!(!text.contains("istio.metadata_exchange") && !text.contains("\"ads\""), "{text}");
         assert!(text.contains("f.wasm") && text.contains("\"routeConfig\"") && text.contains("18443"), "{text}");
         assert_eq!(b["staticResources"]["secrets"][0]["name"], "default");
-        assert_eq!(changes.dropped["istio.metadata_exchange"], 1);
+        let (n, names) = &changes.dropped["type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"];
+        assert_eq!((*n, names.iter().map(String::as_str).collect::<Vec<_>>()), (1, vec!["istio.metadata_exchange"]));
         assert_eq!(changes.inlined_extensions["wasm"], "oci://x");
         assert!(changes.emptied_clusters.contains("eds") && changes.readdressed.contains("id"));
         assert_eq!(changes.rebound["0.0.0.0_443"], 10443);

@@ -91,6 +91,31 @@ impl ServerCertVerifier for GatewayVerifier {
     }
 }
 
+/// The mesh's mTLS as a workload speaks it to the gateway: its certificate (`None`: none), and the gateway's
+/// verified against `mesh_ca` for [`GATEWAY_HOST`] whatever the SNI.
+pub(crate) fn mesh_tls_config(mesh_ca: &Path, identity: Option<&CertFiles>) -> Result<ClientConfig> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(mesh_ca)?), provider())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(GatewayVerifier(verifier)));
+    Ok(match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&identity.cert)
+                .map_err(|e| err(format!("{}: {e}", identity.cert.display())))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(&identity.key)
+                .map_err(|e| err(format!("{}: {e}", identity.key.display())))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| err(e.to_string()))?
+        }
+    })
+}
+
 /// Reads until the peer closes (or the read times out); what arrived, and how it ended.
 fn read_all(stream: &mut impl Read) -> (String, Option<String>) {
     let mut received = Vec::new();
@@ -117,26 +142,7 @@ impl L4Client {
 
     /// The mesh mTLS connection to the gateway, as `identity`, with `sni` naming the destination.
     fn connect(&self, identity: Option<&CertFiles>, sni: &str) -> Result<StreamOwned<ClientConnection, TcpStream>> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(&self.mesh_ca)?), provider())
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| err(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(GatewayVerifier(verifier)));
-        let config = match identity {
-            None => builder.with_no_client_auth(),
-            Some(identity) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&identity.cert)
-                    .map_err(|e| err(format!("{}: {e}", identity.cert.display())))?
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| err(e.to_string()))?;
-                let key = PrivateKeyDer::from_pem_file(&identity.key)
-                    .map_err(|e| err(format!("{}: {e}", identity.key.display())))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| err(e.to_string()))?
-            }
-        };
+        let config = mesh_tls_config(&self.mesh_ca, identity)?;
         let name = ServerName::try_from(sni.to_string()).map_err(|e| err(e.to_string()))?;
         let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| err(e.to_string()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));

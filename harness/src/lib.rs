@@ -7,6 +7,7 @@
 //! * [`sds`]: the file-based SDS resources the gateway reads its certificates from (and rotation).
 //! * [`load`]: a bounded load generator (W workers x K requests per connection, switchable caller).
 //! * [`lds`]: the gateway's listener from file-based LDS, to push a new plugin configuration (reload).
+//! * [`hbone`]: calls an Istio waypoint as ztunnel does (HTTP/2 CONNECT over mTLS).
 //! * [`istiod`]: what istiod generates for a gateway (tests/istiod's dump) as a bootstrap upstream Envoy runs.
 //!
 //! Everything runs in a *run directory* laid out as
@@ -23,6 +24,7 @@
 //! files work unchanged in a container whose working directory holds that layout.
 
 pub mod client;
+pub mod hbone;
 pub mod istiod;
 pub mod l4;
 pub mod lds;

@@ -178,7 +178,12 @@ fn http_request(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    parse_http_response(&buf)
+}
+
+/// (status, body) of a whole HTTP/1.1 response, a chunked body decoded.
+pub(crate) fn parse_http_response(buf: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
     if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {

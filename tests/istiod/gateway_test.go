@@ -391,13 +391,8 @@ func TestGatewayAsIstiodGeneratesIt(t *testing.T) {
 	for _, problem := range checkGateway(t, g) {
 		t.Error(problem)
 	}
-	// What istiod pushes to the gateway, for cli/tests/istiod_gateway.rs to serve traffic through
-	// (ISTIOD_DUMP_DIR, else target/istiod).
-	dir := os.Getenv("ISTIOD_DUMP_DIR")
-	if dir == "" {
-		dir = filepath.Join(repo, "target", "istiod")
-	}
-	g.dump(t, filepath.Join(dir, "egress-gateway.json"))
+	// What istiod pushes to the gateway, for cli/tests/istiod_gateway.rs to serve traffic through.
+	g.dump(t, filepath.Join(dumpDir(), "egress-gateway.json"))
 }
 
 // A renderer that names what the design does not find -- another cluster, another route, a patch on

@@ -241,6 +241,14 @@ func findCluster(clusters []*clusterT, name string) *clusterT {
 	return nil
 }
 
+// dumpDir: where dump writes (ISTIOD_DUMP_DIR, else target/istiod).
+func dumpDir() string {
+	if dir := os.Getenv("ISTIOD_DUMP_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join(repo, "target", "istiod")
+}
+
 // dump writes what istiod pushes to the proxy -- listeners, clusters, route configurations, and the extension
 // configs the listeners name -- as one JSON document (protojson), for the end-to-end test that loads it into
 // Envoy with the filter.

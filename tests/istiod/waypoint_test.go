@@ -2,6 +2,7 @@ package istiod
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -253,6 +254,7 @@ func TestWaypointAsIstiodGeneratesIt(t *testing.T) {
 	for _, problem := range checkWaypoint(t, g) {
 		t.Error(problem)
 	}
+	g.dump(t, filepath.Join(dumpDir(), "egress-waypoint.json"))
 }
 
 func TestWaypointMutationsAreCaught(t *testing.T) {

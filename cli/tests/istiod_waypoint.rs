@@ -1,0 +1,97 @@
+//! The ambient egress waypoint as istiod generates it, serving the demo's HTTP traffic on a real Envoy.
+//!
+//! istiod's own config generation (tests/istiod: istio.io/istio in-process, ambient on, the rendered
+//! `examples/istio/egress-waypoint`) dumps what it pushes to the waypoint; [`istiod::bootstrap`] makes that a
+//! static bootstrap (istio-proxy's own filters dropped, ECDS and SDS made static), and Envoy 1.40 runs it with
+//! the filter in front of the real partner (nginx). Callers are what ztunnel sends: HBONE, an HTTP/2 CONNECT
+//! over mTLS with the source workload's certificate to the waypoint's tunnel listener (`connect_terminate`),
+//! whose `:authority` is the ServiceEntry's VIP and port; inside, the application's plain HTTP to
+//! `http://api.partner.example/`. So this runs, as generated: the tunnel's termination, the caller's principal
+//! in filter state `io.istio.peer_principal` (set there from the tunnel's peer certificate), the internal
+//! listener `main_internal` and its chain for the VIP, the filter, and the HTTPRoute's routes to the
+//! identities' clusters. Not run: ztunnel itself.
+#![cfg(test)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use egress_identity_harness::hbone::{HboneClient, Tunneled};
+use egress_identity_harness::istiod::{self, Expected, Substitutions};
+use egress_identity_harness::topology::{Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR};
+use serde_json::Value;
+
+/// The address tests/istiod gives the ServiceEntry of `api.partner.example` (what Istio's IP auto-allocation
+/// would), with its HTTP port: the `:authority` of the tunnel.
+const API_VIP: &str = "240.240.0.1:80";
+
+/// istio-proxy's own filters the generated waypoint carries, which upstream Envoy does not have (by type).
+const EXPECTED_DROPPED: &[&str] = &[
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+    "type.googleapis.com/io.istio.http.peer_metadata.Config",
+];
+
+fn substitutions() -> Substitutions {
+    Substitutions {
+        listener_ports: BTreeMap::from([("connect_terminate".to_string(), GATEWAY_PORT)]),
+        upstreams: BTreeMap::from([(("api.partner.example".to_string(), 443), EXTERNAL_PORT)]),
+        secrets: istiod::test_pki_secrets(),
+        wasm: WASM_IN_RUN_DIR.to_string(),
+        admin_port: ADMIN_PORT,
+    }
+}
+
+/// The application's `GET http://api.partner.example<path>` as `who`, through ztunnel's tunnel.
+fn call(t: &Topology, who: &str, path: &str) -> Tunneled {
+    let client = HboneClient::new(t.pki().mesh_ca_cert(), GATEWAY_PORT);
+    client.http_get(&t.pki().workload(who), API_VIP, "api.partner.example", path).unwrap()
+}
+
+/// (status, JSON body) of the HTTP response the tunnel carried back.
+fn answer(who: &str, tunneled: &Tunneled) -> (u16, Value) {
+    assert_eq!(tunneled.connect_status, 200, "{who}: the waypoint refused the tunnel: {tunneled:?}");
+    let (status, body) = tunneled
+        .http_response()
+        .unwrap_or_else(|| panic!("{who}: no HTTP response: {:?}", String::from_utf8_lossy(&tunneled.received)));
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{who}: {status} {body}")))
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> &'a str {
+    v.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[test]
+fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("istiod-waypoint");
+    let cli = Path::new(env!("CARGO_BIN_EXE_egress-identity"));
+    let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 1 };
+    let test = "TestWaypointAsIstiodGeneratesIt";
+    let t = istiod::start(test, "egress-waypoint.json", &dir, cli, &substitutions(), expected).unwrap();
+
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
+        let path = egress_identity_harness::unique_path(&format!("/v1/waypoint/{who}"));
+        let (status, body) = answer(who, &call(&t, who, &path));
+        assert_eq!((status, field(&body, "client_subject")), (200, cn), "{who}: {body}");
+        assert_eq!(
+            (field(&body, "uri"), field(&body, "cluster_header"), field(&body, "xfcc")),
+            (path.as_str(), "", "")
+        );
+    }
+
+    // Each denial names the caller's own namespace or principal's policy: the principal the filter decided on
+    // is the tunnel's peer, as the waypoint's filter state carried it.
+    for (who, path, layer, reason, policy) in [
+        ("team-app1", "/admin/waypoint", "destination", "denied_by_policy", Some("deny-app1-admin")),
+        ("team-app3", "/v1/waypoint/app3", "destination", "no_matching_allow", None),
+        ("sandbox-default", "/v1/waypoint/sandbox", "gateway", "no_matching_allow", None),
+        ("quarantine-default", "/v1/waypoint/quarantine", "gateway", "denied_by_policy", Some("deny-quarantine")),
+    ] {
+        let path = egress_identity_harness::unique_path(path);
+        let (status, body) = answer(who, &call(&t, who, &path));
+        assert_eq!((status, field(&body, "layer"), field(&body, "reason")), (403, layer, reason), "{who}: {body}");
+        if let Some(policy) = policy {
+            assert_eq!(field(&body, "policy"), policy, "{who}: {body}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(t.external_requests_for(&path).is_empty(), "{who}: {path} reached the partner");
+    }
+}
