@@ -59,7 +59,8 @@ test-manifests:
 	else echo "tests/manifests: absent, skipped"; fi
 
 ## test-istiod: istiod's own xDS generation (istio.io/istio, in-process) on the rendered Istio examples, checked
-## against what the design assumes (tests/istiod; the first run downloads and compiles Istio: minutes)
+## against what the design assumes, istio-agent's bootstrap for them, and `istioctl analyze` offline (tests/istiod;
+## the first run downloads and compiles Istio: minutes). cli/tests/istiod_*.rs run that output on Envoy.
 test-istiod:
 	$(CARGO) build --quiet -p egress-identity-cli
 	cd tests/istiod && gofmt -l . | (! grep .) && go vet ./... && PILOT_ENABLE_AMBIENT=true go test -count=1 ./...

@@ -157,7 +157,7 @@ pub fn check(dump: &Value, prometheus: &str, policy_text: &str, clock: Clock) ->
             "the plugin's metrics are exported (configuration generation {generation})"
         ))),
         None => findings.push(Finding::Drift(
-            "the plugin's metrics are not exported: no egress_identity_config_generation in /stats/prometheus (Istio: the proxyStatsMatcher inclusion of stats.yaml)".into(),
+            "the plugin's metrics are not exported: no egress_identity_config_generation in /stats/prometheus (is the filter loaded? a custom stats matcher?)".into(),
         )),
     }
     check_stats_tags(&gateway, &config, &mut findings);

@@ -12,12 +12,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use egress_identity_harness::client::{Call, Response};
-use egress_identity_harness::istiod::{self, Expected, Substitutions};
+use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
 use egress_identity_harness::l4::L4Outcome;
 use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::topology::{
-    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR,
+    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, METRICS_PORT,
+    WASM_IN_RUN_DIR,
 };
+
+/// The readiness port of istio-agent's bootstrap.
+const AGENT_HEALTH_PORT: u16 = 15021;
 
 /// The port an Istio gateway's L4 server listens on (the filter's front for tcp/tls destinations).
 const ISTIO_L4_PORT: u16 = 8443;
@@ -32,6 +36,9 @@ const EXPECTED_DROPPED: &[&str] = &[
 fn substitutions() -> Substitutions {
     Substitutions {
         listener_ports: BTreeMap::from([
+            // istio-agent's: the merged metrics Prometheus scrapes, and the readiness probe.
+            ("0.0.0.0_15090".to_string(), METRICS_PORT),
+            ("0.0.0.0_15021".to_string(), AGENT_HEALTH_PORT),
             ("0.0.0.0_443".to_string(), GATEWAY_PORT),
             (format!("0.0.0.0_{ISTIO_L4_PORT}"), ISTIO_L4_PORT),
         ]),
@@ -39,10 +46,13 @@ fn substitutions() -> Substitutions {
             (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
             (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
             (("files.partner.example".to_string(), 443), EXTERNAL_TLS_PORT),
+            // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
+            (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
         secrets: istiod::test_pki_secrets(),
         wasm: WASM_IN_RUN_DIR.to_string(),
         admin_port: ADMIN_PORT,
+        agent_bootstrap: None,
     }
 }
 
@@ -95,8 +105,12 @@ fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", ISTIO_L4_PORT)).is_ok(), "port {ISTIO_L4_PORT} is in use");
     // The filter comes from istiod's ECDS (both WasmPlugins), not from this test.
     let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 2 };
-    let test = "TestGatewayAsIstiodGeneratesIt";
-    let t = istiod::start(test, "egress-gateway.json", &dir, cli, &substitutions(), expected).unwrap();
+    let proxy = Proxy {
+        test: "TestGatewayAsIstiodGeneratesIt",
+        dump: "egress-gateway.json",
+        agent_bootstrap: Some("egress-gateway-bootstrap.json"),
+    };
+    let t = istiod::start(proxy, &dir, cli, substitutions(), expected).unwrap();
 
     // HTTP: each caller reaches the partner with its own external identity, whatever it claims.
     for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
@@ -136,4 +150,19 @@ fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     assert_refused(&t, "team-app3", "db.partner.example", EXTERNAL_TCP_PORT);
     assert_refused(&t, "quarantine-default", "db.partner.example", EXTERNAL_TCP_PORT);
     assert_refused(&t, "team-app2", "files.partner.example", EXTERNAL_TLS_PORT);
+
+    // The metrics, as Prometheus scrapes istio-agent's merged port, labelled by the stats tags of the
+    // bootstrap override (stats.yaml): without them, none of these series is found.
+    t.settle_counters();
+    let allowed = |protocol, destination, identity| {
+        [("protocol", protocol), ("decision", "allow"), ("destination", destination), ("identity", identity)]
+    };
+    istiod::check_decisions(&[
+        (&allowed("http", "partner-api", "team.app1"), 1.0),
+        (&allowed("http", "partner-api", "team.app2"), 2.0),
+        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 1.0),
+        (&allowed("l4", "partner-db", "team.app2"), 1.0),
+        (&[("protocol", "l4"), ("decision", "deny"), ("layer", "destination")], 2.0),
+    ])
+    .unwrap();
 }

@@ -16,27 +16,43 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use egress_identity_harness::hbone::{HboneClient, Tunneled};
-use egress_identity_harness::istiod::{self, Expected, Substitutions};
-use egress_identity_harness::topology::{Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT, WASM_IN_RUN_DIR};
+use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
+use egress_identity_harness::topology::{
+    Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT, METRICS_PORT, WASM_IN_RUN_DIR,
+};
 use serde_json::Value;
 
 /// The address tests/istiod gives the ServiceEntry of `api.partner.example` (what Istio's IP auto-allocation
 /// would), with its HTTP port: the `:authority` of the tunnel.
 const API_VIP: &str = "240.240.0.1:80";
 
+/// The readiness port of istio-agent's bootstrap.
+const AGENT_HEALTH_PORT: u16 = 15021;
+
 /// istio-proxy's own filters the generated waypoint carries, which upstream Envoy does not have (by type).
 const EXPECTED_DROPPED: &[&str] = &[
     "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
     "type.googleapis.com/io.istio.http.peer_metadata.Config",
+    "type.googleapis.com/istio.workload.BootstrapExtension",
 ];
 
 fn substitutions() -> Substitutions {
     Substitutions {
-        listener_ports: BTreeMap::from([("connect_terminate".to_string(), GATEWAY_PORT)]),
-        upstreams: BTreeMap::from([(("api.partner.example".to_string(), 443), EXTERNAL_PORT)]),
+        listener_ports: BTreeMap::from([
+            ("connect_terminate".to_string(), GATEWAY_PORT),
+            // istio-agent's: the merged metrics Prometheus scrapes, and the readiness probe.
+            ("0.0.0.0_15090".to_string(), METRICS_PORT),
+            ("0.0.0.0_15021".to_string(), AGENT_HEALTH_PORT),
+        ]),
+        upstreams: BTreeMap::from([
+            (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
+            // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
+            (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
+        ]),
         secrets: istiod::test_pki_secrets(),
         wasm: WASM_IN_RUN_DIR.to_string(),
         admin_port: ADMIN_PORT,
+        agent_bootstrap: None,
     }
 }
 
@@ -64,8 +80,12 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("istiod-waypoint");
     let cli = Path::new(env!("CARGO_BIN_EXE_egress-identity"));
     let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 1 };
-    let test = "TestWaypointAsIstiodGeneratesIt";
-    let t = istiod::start(test, "egress-waypoint.json", &dir, cli, &substitutions(), expected).unwrap();
+    let proxy = Proxy {
+        test: "TestWaypointAsIstiodGeneratesIt",
+        dump: "egress-waypoint.json",
+        agent_bootstrap: Some("egress-waypoint-bootstrap.json"),
+    };
+    let t = istiod::start(proxy, &dir, cli, substitutions(), expected).unwrap();
 
     for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
         let path = egress_identity_harness::unique_path(&format!("/v1/waypoint/{who}"));
@@ -94,4 +114,16 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(t.external_requests_for(&path).is_empty(), "{who}: {path} reached the partner");
     }
+
+    // The metrics, as Prometheus scrapes istio-agent's merged port, labelled by stats.yaml's override.
+    t.settle_counters();
+    istiod::check_decisions(&[
+        (
+            &[("protocol", "http"), ("decision", "allow"), ("destination", "partner-api"), ("identity", "team.app1")],
+            1.0,
+        ),
+        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 1.0),
+        (&[("protocol", "http"), ("decision", "deny"), ("layer", "destination")], 2.0),
+    ])
+    .unwrap();
 }

@@ -70,19 +70,42 @@ pub struct Expected<'a> {
     pub wasm_extensions: usize,
 }
 
-/// Runs the tests/istiod test `test`, makes its dump `file` a bootstrap with `subs`, checks that exactly the
-/// `expected` changes were made, writes it to `dir/bootstrap.json`, and starts it beside the test partner
-/// (a [`Topology`] in `dir/run`). Prints what changed.
+/// Which proxy tests/istiod generates, and what it writes for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Proxy<'a> {
+    /// The Go test that generates it.
+    pub test: &'a str,
+    /// The file it dumps istiod's output to.
+    pub dump: &'a str,
+    /// The file it writes istio-agent's bootstrap to, if it does (and `<stem>-override.json` beside it, the
+    /// bootstrap override istio-agent passes to Envoy as `--config-yaml`).
+    pub agent_bootstrap: Option<&'a str>,
+}
+
+/// Runs `proxy`'s tests/istiod test with the CLI `cli`, makes its output a bootstrap with `subs` (on
+/// istio-agent's bootstrap when the test writes one), checks that exactly the `expected` changes were made,
+/// writes it to `dir/bootstrap.json`, and starts it beside the test partner (a [`Topology`] in `dir/run`,
+/// with istio-agent's `--config-yaml`). Prints what changed.
+///
+/// [`Topology`]: crate::topology::Topology
 pub fn start(
-    test: &str,
-    file: &str,
+    proxy: Proxy<'_>,
     dir: &Path,
     cli: &Path,
-    subs: &Substitutions,
+    mut subs: Substitutions,
     expected: Expected<'_>,
 ) -> Result<crate::topology::Topology> {
-    let dump = generate(test, file, dir, cli)?;
-    let (bootstrap, changes) = bootstrap(&dump, subs)?;
+    let dump = generate(proxy.test, proxy.dump, dir, cli)?;
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| err(format!("{}: {e}", dir.join(name).display())))
+    };
+    let mut envoy_args = Vec::new();
+    if let Some(agent) = proxy.agent_bootstrap {
+        subs.agent_bootstrap = Some(serde_json::from_str(&read(agent)?)?);
+        let overrides = read(&format!("{}-override.json", agent.trim_end_matches(".json")))?;
+        envoy_args = vec!["--config-yaml".to_string(), overrides];
+    }
+    let (bootstrap, changes) = bootstrap(&dump, &subs)?;
     println!("istio.io/istio {}; what changed to run it on upstream Envoy:\n{}", dump.istio, changes.describe());
     let dropped: Vec<&str> = changes.dropped.keys().map(String::as_str).collect();
     let oci = changes.inlined_extensions.values().filter(|code| code.starts_with("oci://")).count();
@@ -96,7 +119,32 @@ pub fn start(
     std::fs::write(&config, serde_json::to_string_pretty(&bootstrap)?)?;
     let mut opts = crate::topology::Options::new(dir.join("run"));
     opts.gateway_config = config;
+    opts.envoy_args = envoy_args;
     crate::topology::Topology::start(&opts)
+}
+
+/// What Prometheus scrapes from a proxy on istio-agent's bootstrap: its port 15090 (moved to
+/// [`crate::topology::METRICS_PORT`]), `/stats/prometheus`, parsed; and the text, to show.
+pub fn agent_metrics() -> Result<(Vec<crate::prometheus::Sample>, String)> {
+    let port = crate::topology::METRICS_PORT;
+    match crate::topology::http_get(port, "/stats/prometheus") {
+        Some((200, text)) => Ok((crate::prometheus::parse(&text), text)),
+        other => Err(err(format!("127.0.0.1:{port}/stats/prometheus: {other:?}"))),
+    }
+}
+
+/// Checks that the proxy's `egress_identity_decisions_total` (scraped with [`agent_metrics`]) sums to each
+/// expected value over the series carrying each set of labels; the filter's series when not.
+pub fn check_decisions(expected: &[(&[(&str, &str)], f64)]) -> std::result::Result<(), String> {
+    let (samples, text) = agent_metrics().map_err(|e| e.to_string())?;
+    for (labels, want) in expected {
+        let got = crate::prometheus::sum(&samples, "egress_identity_decisions_total", labels);
+        if got != *want {
+            let ours: Vec<&str> = text.lines().filter(|l| l.contains("egress_identity")).collect();
+            return Err(format!("{labels:?}: {got}, not {want}, in\n{}", ours.join("\n")));
+        }
+    }
+    Ok(())
 }
 
 /// The test PKI (in `pki/` of the run directory) as the secrets istiod names: the proxy's workload
@@ -138,14 +186,20 @@ pub const ISTIO_ONLY_FILTERS: &[(&str, &str)] = &[
         "istio-proxy's ALPN override for upstreams that are Istio sidecars: none here",
     ),
     ("type.googleapis.com/stats.PluginConfig", "istio-proxy's telemetry filter (istio.stats)"),
+    (
+        "type.googleapis.com/istio.workload.BootstrapExtension",
+        "istio-proxy's workload metadata discovery (a bootstrap extension over ADS): telemetry labels only",
+    ),
 ];
 
 /// The configuration type of filter `f`: its `@type`, or for a `TypedStruct` the type it carries.
 fn filter_type(f: &Value) -> &str {
-    let typed = f.get("typedConfig");
+    // istiod's protojson is camelCase, istio-agent's template snake_case.
+    let typed = f.get("typedConfig").or_else(|| f.get("typed_config"));
     let outer = typed.and_then(|t| t.get("@type")).and_then(Value::as_str).unwrap_or_default();
     if outer.ends_with("udpa.type.v1.TypedStruct") || outer.ends_with("xds.type.v3.TypedStruct") {
-        return typed.and_then(|t| t.get("typeUrl")).and_then(Value::as_str).unwrap_or_default();
+        let inner = typed.and_then(|t| t.get("typeUrl").or_else(|| t.get("type_url")));
+        return inner.and_then(Value::as_str).unwrap_or_default();
     }
     outer
 }
@@ -192,6 +246,9 @@ pub struct Substitutions {
     pub wasm: String,
     /// The admin port.
     pub admin_port: u16,
+    /// The bootstrap istio-agent writes for the proxy (tests/istiod renders it with Istio's template): the
+    /// base of the result, istiod's resources added to its static ones. `None`: a minimal bootstrap.
+    pub agent_bootstrap: Option<Value>,
 }
 
 /// What [`bootstrap`] changed.
@@ -211,6 +268,8 @@ pub struct Changes {
     pub rebound: BTreeMap<String, u16>,
     /// Clusters whose endpoints now point at the local partner.
     pub readdressed: BTreeSet<String>,
+    /// Top-level parts of istio-agent's bootstrap removed.
+    pub agent_removed: BTreeSet<String>,
 }
 
 impl Changes {
@@ -239,12 +298,16 @@ impl Changes {
         for name in &self.readdressed {
             out.push(format!("cluster {name}: endpoint -> the local partner"));
         }
+        for key in &self.agent_removed {
+            out.push(format!("istio-agent's bootstrap: {key} removed (istiod's resources are static here)"));
+        }
         out.join("\n")
     }
 }
 
 /// The keys under which filters are listed.
-const FILTER_LISTS: &[&str] = &["filters", "httpFilters", "listenerFilters"];
+const FILTER_LISTS: &[&str] =
+    &["filters", "httpFilters", "listenerFilters", "http_filters", "listener_filters", "bootstrap_extensions"];
 
 /// The static bootstrap of `dump`, and what was changed to make it one.
 pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> {
@@ -252,7 +315,34 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
     let routes: BTreeMap<&str, &Value> =
         dump.routes.iter().filter_map(|r| Some((r.get("name")?.as_str()?, r))).collect();
 
-    let mut listeners = dump.listeners.clone();
+    let mut base = subs.agent_bootstrap.clone().unwrap_or_else(|| {
+        json!({
+            "node": {
+                "id": "router~127.0.0.1~istio-egressgateway-0.istio-egress~istio-egress.svc.cluster.local",
+                "cluster": "istio-egressgateway.istio-egress"
+            },
+            // istiod's connect_originate listener is an internal listener (HBONE origination).
+            "bootstrapExtensions": [{
+                "name": "envoy.bootstrap.internal_listener",
+                "typedConfig": { "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener" }
+            }]
+        })
+    });
+    let base_obj = base.as_object_mut().ok_or_else(|| err("istio-agent's bootstrap is not an object"))?;
+    // istio-agent's own static resources (its metrics and health listeners, the clusters of the agent).
+    let agent = base_obj.remove("static_resources").unwrap_or_default();
+    let agent_list = |key: &str| agent.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+    if base_obj.remove("dynamic_resources").is_some() {
+        changes.agent_removed.insert("dynamic_resources (LDS and CDS over ADS from istiod)".into());
+    }
+    base_obj.insert(
+        "admin".into(),
+        json!({ "address": { "socketAddress": { "address": "127.0.0.1", "portValue": subs.admin_port } } }),
+    );
+    drop_istio_only(&mut base, &mut changes);
+
+    let mut listeners = agent_list("listeners");
+    listeners.extend(dump.listeners.iter().cloned());
     for listener in &mut listeners {
         let name = str_at(listener, "name")?.to_string();
         if listener.get("address").is_some() {
@@ -268,7 +358,8 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
         inline_routes(listener, &routes, &mut changes)?;
     }
 
-    let mut clusters = dump.clusters.clone();
+    let mut clusters = agent_list("clusters");
+    clusters.extend(dump.clusters.iter().cloned());
     for cluster in &mut clusters {
         let name = str_at(cluster, "name")?.to_string();
         drop_istio_only(cluster, &mut changes);
@@ -281,13 +372,18 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
         }
         let mut moved = false;
         for_each_object(cluster, &mut |o| {
-            let Some(sa) = o.get_mut("socketAddress").and_then(Value::as_object_mut) else { return };
+            // istiod's protojson is camelCase, istio-agent's template snake_case.
+            let (sa_key, port_key) = match o.contains_key("socketAddress") {
+                true => ("socketAddress", "portValue"),
+                false => ("socket_address", "port_value"),
+            };
+            let Some(sa) = o.get_mut(sa_key).and_then(Value::as_object_mut) else { return };
             let host = sa.get("address").and_then(Value::as_str).unwrap_or_default().to_string();
-            let port = sa.get("portValue").and_then(Value::as_u64).unwrap_or_default();
+            let port = sa.get(port_key).and_then(Value::as_u64).unwrap_or_default();
             let Ok(port) = u16::try_from(port) else { return };
             if let Some(local) = subs.upstreams.get(&(host, port)) {
                 sa.insert("address".into(), json!("127.0.0.1"));
-                sa.insert("portValue".into(), json!(local));
+                sa.insert(port_key.into(), json!(local));
                 moved = true;
             }
         });
@@ -299,7 +395,7 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
     let mut resources = json!({ "listeners": listeners, "clusters": clusters });
     let mut sds_names = BTreeSet::new();
     for_each_object(&mut resources, &mut |o| {
-        if o.remove("sdsConfig").is_some() {
+        if o.remove("sdsConfig").is_some() || o.remove("sds_config").is_some() {
             if let Some(name) = o.get("name").and_then(Value::as_str) {
                 sds_names.insert(name.to_string());
             }
@@ -316,24 +412,12 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
         secrets.push(secret);
         changes.static_secrets.insert(name.clone());
     }
-    if let Some(path) = find_key(&resources, "ads", "") {
+    resources["secrets"] = Value::Array(secrets);
+    base["staticResources"] = resources;
+    if let Some(path) = find_key(&base, "ads", "") {
         return Err(err(format!("still served by ADS, which this bootstrap has not: {path}")));
     }
-    resources["secrets"] = Value::Array(secrets);
-
-    let bootstrap = json!({
-        "node": {
-            "id": "router~127.0.0.1~istio-egressgateway-0.istio-egress~istio-egress.svc.cluster.local",
-            "cluster": "istio-egressgateway.istio-egress"
-        },
-        "admin": { "address": { "socketAddress": { "address": "127.0.0.1", "portValue": subs.admin_port } } },
-        // istiod's connect_originate listener is an internal listener (HBONE origination).
-        "bootstrapExtensions": [{
-            "name": "envoy.bootstrap.internal_listener",
-            "typedConfig": { "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener" }
-        }],
-        "staticResources": resources
-    });
+    let bootstrap = base;
     Ok((bootstrap, changes))
 }
 
@@ -479,6 +563,7 @@ mod tests {
             secrets: [("default".to_string(), json!({ "tlsCertificate": {} }))].into(),
             wasm: "f.wasm".into(),
             admin_port: 9901,
+            agent_bootstrap: None,
         }
     }
 

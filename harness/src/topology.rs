@@ -110,6 +110,8 @@ pub struct Options {
     pub nginx: PathBuf,
     /// How long to wait for each process to become ready.
     pub startup_timeout: Duration,
+    /// More arguments for the gateway's Envoy (e.g. istio-agent's `--config-yaml`).
+    pub envoy_args: Vec<String>,
 }
 
 impl Options {
@@ -126,6 +128,7 @@ impl Options {
             envoy: envoy_bin(),
             nginx: nginx_bin(),
             startup_timeout: Duration::from_secs(60),
+            envoy_args: Vec::new(),
         }
     }
 
@@ -470,7 +473,10 @@ impl Topology {
                 // gateway's access log right after each request.
                 "--file-flush-interval-msec".into(),
                 ACCESS_LOG_FLUSH_MS.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(opts.envoy_args.iter().cloned())
+            .collect::<Vec<_>>(),
             &run_dir,
             &logs.join("gateway-envoy.log"),
         )?;

@@ -7,9 +7,7 @@ package istiod
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -61,7 +59,7 @@ func analyze(t *testing.T, dir string, files []string, mutate func(file, text st
 		}
 		args = append(args, out)
 	}
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), args...)
+	cmd := goCommand(args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, _ := cmd.Output()

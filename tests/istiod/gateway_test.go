@@ -60,6 +60,9 @@ status:
   podIPs: [{ip: 10.0.0.10}]
 `
 
+// The egress gateway pod's proxy, as istio-agent names it (type~IP~pod.namespace~domain).
+const gatewayNodeID = "router~10.0.0.10~istio-egressgateway-0.istio-egress~istio-egress.svc.cluster.local"
+
 // The port the core says tcp/tls destinations arrive on at an Istio egress gateway
 // (core/src/platform.rs ISTIO_GATEWAY_L4_PORT).
 const gatewayL4Port = 8443
@@ -391,8 +394,11 @@ func TestGatewayAsIstiodGeneratesIt(t *testing.T) {
 	for _, problem := range checkGateway(t, g) {
 		t.Error(problem)
 	}
-	// What istiod pushes to the gateway, for cli/tests/istiod_gateway.rs to serve traffic through.
+	// What istiod pushes to the gateway, and what istio-agent starts it with, for cli/tests/istiod_gateway.rs
+	// to serve traffic through.
 	g.dump(t, filepath.Join(dumpDir(), "egress-gateway.json"))
+	stats := filepath.Join(gatewayDir, "stats.yaml")
+	agentBootstrap(t, podAnnotations(t, stats), stats, gatewayNodeID, "egress-gateway-bootstrap.json")
 }
 
 // A renderer that names what the design does not find -- another cluster, another route, a patch on

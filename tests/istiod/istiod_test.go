@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,11 @@ func pluginConfig(t *testing.T, file string) map[string]any {
 	}
 	t.Fatalf("%s: no WasmPlugin with a pluginConfig", file)
 	return nil
+}
+
+// goCommand: the go command of the toolchain running these tests (for `go tool istioctl`, `go list`).
+func goCommand(args ...string) *exec.Cmd {
+	return exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), args...)
 }
 
 // cli runs the egress-identity CLI (EGRESS_IDENTITY_CLI, else target/debug/egress-identity).

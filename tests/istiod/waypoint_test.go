@@ -113,6 +113,9 @@ func generateWaypoint(t *testing.T, mutate func(file, text string) string, extra
 	return generate(t, all, all, waypointProxy())
 }
 
+// The waypoint pod's proxy, as istio-agent names it.
+const waypointNodeID = "waypoint~10.0.0.11~egress-waypoint-0.egress-waypoint~egress-waypoint.svc.cluster.local"
+
 // The port applications call an HTTP destination on in Istio (core/src/platform.rs MESH_HTTP_PORT).
 const meshHTTPPort = 80
 
@@ -255,6 +258,8 @@ func TestWaypointAsIstiodGeneratesIt(t *testing.T) {
 		t.Error(problem)
 	}
 	g.dump(t, filepath.Join(dumpDir(), "egress-waypoint.json"))
+	annotations := infrastructureAnnotations(t, filepath.Join(waypointDir, "waypoint.yaml"))
+	agentBootstrap(t, annotations, filepath.Join(waypointDir, "stats.yaml"), waypointNodeID, "egress-waypoint-bootstrap.json")
 }
 
 func TestWaypointMutationsAreCaught(t *testing.T) {

@@ -344,6 +344,24 @@ CEL_RULES.update({
         _httproute_parents_unique,
 })
 
+# HTTPRoute path matches: an Exact or PathPrefix value is an absolute, normalized path of URI characters.
+def _path_rule(check: Callable[[str], bool]) -> Callable[[Any], bool]:
+    return lambda s: check(s.get("value", "")) if s.get("type") in ("Exact", "PathPrefix") else True
+
+
+CEL_RULES.update({
+    "(self.type in ['Exact','PathPrefix']) ? self.value.startsWith('/') : true": _path_rule(lambda v: v.startswith("/")),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.endsWith('/..') : true": _path_rule(lambda v: not v.endswith("/..")),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.endsWith('/.') : true": _path_rule(lambda v: not v.endswith("/.")),
+    "self.type in ['Exact','PathPrefix'] || self.type == 'RegularExpression'":
+        lambda s: s.get("type") in ("Exact", "PathPrefix", "RegularExpression"),
+    "(self.type in ['Exact','PathPrefix']) ? self.value.matches(r\"\"\"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$\"\"\") : true":
+        _path_rule(lambda v: re.fullmatch(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+", v) is not None),
+})
+for _part in ("//", "/./", "/../", "%2f", "%2F", "#"):
+    CEL_RULES[f"(self.type in ['Exact','PathPrefix']) ? !self.value.contains('{_part}') : true"] = (
+        _path_rule(lambda v, p=_part: p not in v))
+
 # HTTPRoute filters: one field per filter type, each type at most once per list (where the API says so).
 _HTTPROUTE_FILTER_FIELDS = {
     "CORS": "cors",
@@ -1113,6 +1131,12 @@ BROKEN_MANIFESTS = {
                  "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"},
                                {"name": "mesh", "port": 15009, "protocol": "HBONE"}]},
     },
+    "Gateway API: HTTPRoute path with an empty segment (CEL)": {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "egress-waypoint"},
+        "spec": {"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/a//b"}}]}]},
+    },
     "Kuma: MeshTrafficPermission targetRef kind": {
         "apiVersion": "kuma.io/v1alpha1",
         "kind": "MeshTrafficPermission",
@@ -1152,6 +1176,7 @@ EXPECTED_PROBLEM = {
     "EnvoyFilter: oneOf match (listener and cluster)": "is valid under each of",
     "ServiceEntry: duplicate port numbers (CEL)": "port number cannot be duplicated",
     "Gateway API: duplicate listener names (CEL)": "Listener name must be unique",
+    "Gateway API: HTTPRoute path with an empty segment (CEL)": "must not contain '//'",
     "Kuma: MeshTrafficPermission targetRef kind": "'ZoneEgress' is not one of",
     "Kuma: MeshProxyPatch operation enum": "'Append' is not one of",
 }

@@ -542,16 +542,10 @@ fn gateway(
 /// The ConfigMap of Envoy bootstrap additions for the gateway or waypoint pods.
 const STATS_CONFIGMAP: &str = "egress-identity-stats";
 
-/// The pod annotations that make egress-identity's metrics appear, labelled: Istio drops `wasmcustom.*`
-/// stats unless the proxy's stats matcher includes them, and its bootstrap lacks the tag regexes.
+/// The pod annotation that labels egress-identity's metrics: Istio's bootstrap lacks their tag regexes. (It
+/// keeps them without help: istio-agent always includes stats starting with `wasm`, as tests/istiod sees.)
 fn stats_annotations() -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "proxy.istio.io/config",
-            "{\"proxyStatsMatcher\":{\"inclusionPrefixes\":[\"wasmcustom.egress_identity\"]}}".to_string(),
-        ),
-        ("sidecar.istio.io/bootstrapOverride", STATS_CONFIGMAP.to_string()),
-    ]
+    vec![("sidecar.istio.io/bootstrapOverride", STATS_CONFIGMAP.to_string())]
 }
 
 /// `custom_bootstrap.json` for Istio's `sidecar.istio.io/bootstrapOverride`: the tag regexes of
@@ -564,7 +558,7 @@ fn stats_configmap(ns: &str, how: &str) -> Yaml {
     let bootstrap = serde_json::json!({"stats_config": {"stats_tags": tags}});
     let annotations: String = stats_annotations().iter().map(|(k, v)| format!("\n  {k}: '{v}'")).collect();
     commented(
-        format!("egress-identity's metrics as Istio shows them: `wasmcustom.egress_identity.*` included in the proxy's stats\n(Istio drops them otherwise) and their labels extracted (README.md, \"Metrics\"). {how}{annotations}\nScrape the pods' merged metrics as usual (Istio: port 15020 /stats/prometheus):\negress_identity_decisions_total{{decision=\"deny\",layer=\"gateway\",...}}."),
+        format!("egress-identity's metrics as Istio shows them: their labels extracted (README.md, \"Metrics\"); Istio keeps\n`wasmcustom.*` stats (istio-agent's stats matcher always includes `wasm`). {how}{annotations}\nScrape the pods' merged metrics as usual (Istio: port 15020 /stats/prometheus):\negress_identity_decisions_total{{decision=\"deny\",layer=\"gateway\",...}}."),
         map([
             ("apiVersion", s("v1")),
             ("kind", s("ConfigMap")),
@@ -851,7 +845,7 @@ fn waypoint(
                     (
                         "infrastructure",
                         commented(
-                            "Copied onto the waypoint's pods: egress-identity's metrics kept and labelled (stats.yaml).",
+                            "Copied onto the waypoint's pods: egress-identity's metrics labelled (stats.yaml).",
                             map([(
                                 "annotations",
                                 Yaml::Map(stats_annotations().into_iter().map(|(k, v)| (k.to_string(), s(v))).collect()),
