@@ -171,7 +171,13 @@ func chainFor(l *listener.Listener, host string) *listener.FilterChain {
 
 // isOurs says whether a filter is egress-identity's extension config (the WasmPlugin, as istiod names it).
 func isOurs(name, root string) bool {
-	return strings.Contains(name, "istio-egress."+root+"~") || strings.HasSuffix(name, "istio-egress."+root)
+	return isOursIn(name, "istio-egress", root)
+}
+
+// isOursIn: whether an ECDS filter name is the plugin root of namespace ns, as istiod names a WasmPlugin
+// (`<ns>.<name>~istio-translated-wasmplugin`) or a TrafficExtension (`<ns>.<name>`).
+func isOursIn(name, ns, root string) bool {
+	return strings.Contains(name, ns+"."+root+"~") || strings.HasSuffix(name, ns+"."+root)
 }
 
 func checkHTTPChain(t *testing.T, g generated, p *problems, d destination, fc *listener.FilterChain, routes []*route.RouteConfiguration, want map[string]any) {
@@ -399,6 +405,14 @@ func TestGatewayAsIstiodGeneratesIt(t *testing.T) {
 	g.dump(t, filepath.Join(dumpDir(), "egress-gateway.json"))
 	stats := filepath.Join(gatewayDir, "stats.yaml")
 	agentBootstrap(t, podAnnotations(t, stats), stats, gatewayNodeID, "egress-gateway-bootstrap.json")
+}
+
+// The same with the plugins as TrafficExtensions (traffic-extension/, the alternative to wasm-plugin.yaml).
+func TestGatewayWithTrafficExtensionsAsIstiodGeneratesIt(t *testing.T) {
+	g := generate(t, manifests(t, gatewayDir, withTrafficExtensions(gatewayFiles), nil), gatewayKube, gatewayProxy())
+	for _, problem := range checkGateway(t, g) {
+		t.Error(problem)
+	}
 }
 
 // A renderer that names what the design does not find -- another cluster, another route, a patch on

@@ -247,6 +247,18 @@ func findCluster(clusters []*clusterT, name string) *clusterT {
 	return nil
 }
 
+// withTrafficExtensions: files with wasm-plugin.yaml replaced by its TrafficExtension form (Istio 1.30+).
+func withTrafficExtensions(files []string) []string {
+	var out []string
+	for _, f := range files {
+		if f == "wasm-plugin.yaml" {
+			f = "traffic-extension/traffic-extension.yaml"
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
 // dumpDir: where dump writes (ISTIOD_DUMP_DIR, else target/istiod).
 func dumpDir() string {
 	if dir := os.Getenv("ISTIOD_DUMP_DIR"); dir != "" {

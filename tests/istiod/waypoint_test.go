@@ -164,7 +164,7 @@ func checkWaypoint(t *testing.T, g generated) problems {
 		ours := ""
 		for i, f := range conn.HttpFilters {
 			position[f.Name] = i
-			if strings.Contains(f.Name, "egress-waypoint.egress-identity~") {
+			if isOursIn(f.Name, "egress-waypoint", "egress-identity") {
 				ours = f.Name
 			}
 		}
@@ -260,6 +260,16 @@ func TestWaypointAsIstiodGeneratesIt(t *testing.T) {
 	g.dump(t, filepath.Join(dumpDir(), "egress-waypoint.json"))
 	annotations := infrastructureAnnotations(t, filepath.Join(waypointDir, "waypoint.yaml"))
 	agentBootstrap(t, annotations, filepath.Join(waypointDir, "stats.yaml"), waypointNodeID, "egress-waypoint-bootstrap.json")
+}
+
+// The same with the plugin as a TrafficExtension (traffic-extension/, the alternative to wasm-plugin.yaml).
+func TestWaypointWithTrafficExtensionsAsIstiodGeneratesIt(t *testing.T) {
+	config := manifests(t, waypointDir, withTrafficExtensions(waypointFiles), liveWaypoint)
+	all := config + "\n---\n" + waypointKube
+	g := generate(t, all, all, waypointProxy())
+	for _, problem := range checkWaypoint(t, g) {
+		t.Error(problem)
+	}
 }
 
 func TestWaypointMutationsAreCaught(t *testing.T) {
