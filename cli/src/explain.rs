@@ -48,7 +48,9 @@ pub fn explain_connection(config: &Config, principal: Option<&str>, c: &Connecti
     if let Decision::Allow(allowed) = evaluation.decision {
         if allowed.protocol == Protocol::Tls {
             let hello = ClientHello::ServerName(c.inner_sni.to_string());
-            if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict(allowed.host, &hello) {
+            if let PassthroughVerdict::Deny(denial) =
+                config.passthrough_verdict(allowed.host, allowed.allow_encrypted_client_hello, &hello)
+            {
                 evaluation.decision = Decision::Deny(denial);
             }
         }

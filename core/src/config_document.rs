@@ -179,6 +179,11 @@ pub struct DestinationSpec {
     /// client certificate (its SDS secret) per upstream connection.
     #[serde(default)]
     pub single_cluster: bool,
+    /// `tls` destinations: forward a ClientHello whose server name is encrypted (ECH, or the ESNI drafts'),
+    /// checking its outer server name, which must then be `host` (the client-facing server's public name).
+    /// Refused by default: the gateway cannot see which host the caller's TLS is for.
+    #[serde(default)]
+    pub allow_encrypted_client_hello: bool,
 }
 
 /// How a destination is reached, and by which of the filter's two forms.

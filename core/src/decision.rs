@@ -54,6 +54,15 @@ pub enum Reason {
     /// A `tls` passthrough connection whose ClientHello names another host than the SNI the decision
     /// allowed (or none): tunnelling to another host under an allowed name.
     SniMismatch,
+    /// A `tls` passthrough ClientHello whose server_name lists more than one name.
+    MultipleServerNames,
+    /// A `tls` passthrough ClientHello with more than one server_name extension.
+    MultipleSniExtensions,
+    /// A `tls` passthrough ClientHello whose server name is of another type than host_name.
+    ServerNameNotHostName,
+    /// A `tls` passthrough ClientHello that encrypts its server name (ECH, ESNI), to a destination that does
+    /// not allow it.
+    EncryptedClientHello,
     DeniedByPolicy,
     NoMatchingAllow,
     NoIdentityMapping,
@@ -121,6 +130,10 @@ impl Denial<'_> {
             Reason::UnknownDestination => K::UnknownDestination,
             Reason::ProtocolMismatch => K::ProtocolMismatch,
             Reason::SniMismatch => K::SniMismatch,
+            Reason::MultipleServerNames => K::MultipleServerNames,
+            Reason::MultipleSniExtensions => K::MultipleSniExtensions,
+            Reason::ServerNameNotHostName => K::ServerNameNotHostName,
+            Reason::EncryptedClientHello => K::EncryptedClientHello,
             Reason::NoIdentityMapping => K::NoIdentityMapping,
         }
     }
@@ -145,6 +158,10 @@ pub enum DenialKind {
     UnknownDestination,
     ProtocolMismatch,
     SniMismatch,
+    MultipleServerNames,
+    MultipleSniExtensions,
+    ServerNameNotHostName,
+    EncryptedClientHello,
     DestinationDeniedByPolicy,
     DestinationNoMatchingAllow,
     NoIdentityMapping,
@@ -152,7 +169,7 @@ pub enum DenialKind {
 
 impl DenialKind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 22] = [
         Self::MalformedRequest,
         Self::NoPrincipal,
         Self::UnparsableCertificate,
@@ -168,6 +185,10 @@ impl DenialKind {
         Self::UnknownDestination,
         Self::ProtocolMismatch,
         Self::SniMismatch,
+        Self::MultipleServerNames,
+        Self::MultipleSniExtensions,
+        Self::ServerNameNotHostName,
+        Self::EncryptedClientHello,
         Self::DestinationDeniedByPolicy,
         Self::DestinationNoMatchingAllow,
         Self::NoIdentityMapping,
@@ -194,6 +215,10 @@ impl DenialKind {
             Self::UnknownDestination
             | Self::ProtocolMismatch
             | Self::SniMismatch
+            | Self::MultipleServerNames
+            | Self::MultipleSniExtensions
+            | Self::ServerNameNotHostName
+            | Self::EncryptedClientHello
             | Self::DestinationDeniedByPolicy
             | Self::DestinationNoMatchingAllow => Layer::Destination,
             Self::NoIdentityMapping => Layer::Identity,
@@ -218,6 +243,10 @@ impl DenialKind {
             Self::UnknownDestination => "unknown_destination",
             Self::ProtocolMismatch => "protocol_mismatch",
             Self::SniMismatch => "sni_mismatch",
+            Self::MultipleServerNames => "multiple_server_names",
+            Self::MultipleSniExtensions => "multiple_sni_extensions",
+            Self::ServerNameNotHostName => "server_name_not_host_name",
+            Self::EncryptedClientHello => "encrypted_client_hello",
             Self::NoIdentityMapping => "no_identity_mapping",
         }
     }
@@ -231,6 +260,8 @@ pub struct Allowed<'c> {
     pub host: &'c str,
     /// How the destination is reached (for the network filter: `tcp` or `tls` passthrough).
     pub protocol: Protocol,
+    /// A `tls` destination that forwards an encrypted ClientHello on its outer server name.
+    pub allow_encrypted_client_hello: bool,
     pub gateway_policy: &'c str,
     pub destination_policy: &'c str,
     pub identity: &'c ExternalIdentity,
@@ -384,6 +415,7 @@ impl Config {
                 destination: &destination.name,
                 host: &destination.host,
                 protocol: destination.protocol,
+                allow_encrypted_client_hello: destination.allow_encrypted_client_hello,
                 gateway_policy,
                 destination_policy,
                 identity,
@@ -397,12 +429,23 @@ impl Config {
 impl Config {
     /// For a `tls` passthrough connection allowed to a destination whose partner is `host`: whether its
     /// ClientHello, as far as it has arrived, names that host (the gateway forwards the caller's own TLS, so
-    /// a ClientHello naming another host would tunnel to it under an allowed name). The connection's SNI
-    /// named the destination as the platform delivers it (Kuma: `sni.extsvc…`); the ClientHello inside
-    /// names the partner.
-    pub fn passthrough_verdict(&self, host: &str, hello: &crate::tls_client_hello::ClientHello) -> PassthroughVerdict {
+    /// a ClientHello naming another host would tunnel to it under an allowed name), and names it alone: two
+    /// names, two server_name extensions or another name type leave the choice to the partner, and an
+    /// encrypted ClientHello hides it (unless the destination allows ECH: then its outer name is checked).
+    /// The connection's SNI named the destination as the platform delivers it (Kuma: `sni.extsvc…`); the
+    /// ClientHello inside names the partner.
+    pub fn passthrough_verdict(
+        &self,
+        host: &str,
+        allow_encrypted: bool,
+        hello: &crate::tls_client_hello::ClientHello,
+    ) -> PassthroughVerdict {
         use crate::tls_client_hello::ClientHello;
         let deny = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
+        let named = |name: Option<&str>| match name.and_then(normalize_host) {
+            Some(named) if named == host => PassthroughVerdict::Allow,
+            _ => deny(Reason::SniMismatch),
+        };
         match hello {
             ClientHello::Incomplete => PassthroughVerdict::Wait,
             ClientHello::NotClientHello => PassthroughVerdict::Deny(Denial {
@@ -410,14 +453,13 @@ impl Config {
                 policy: None,
                 reason: Reason::MalformedRequest,
             }),
-            ClientHello::ServerName(name) => {
-                if normalize_host(name).is_some_and(|named| named == host) {
-                    PassthroughVerdict::Allow
-                } else {
-                    deny(Reason::SniMismatch)
-                }
-            }
-            ClientHello::NoServerName => deny(Reason::SniMismatch),
+            ClientHello::ServerName(name) => named(Some(name)),
+            ClientHello::NoServerName => named(None),
+            ClientHello::MultipleServerNames => deny(Reason::MultipleServerNames),
+            ClientHello::MultipleServerNameExtensions => deny(Reason::MultipleSniExtensions),
+            ClientHello::NotHostName => deny(Reason::ServerNameNotHostName),
+            ClientHello::Encrypted(name) if allow_encrypted => named(name.as_deref()),
+            ClientHello::Encrypted(_) => deny(Reason::EncryptedClientHello),
         }
     }
 }
@@ -636,7 +678,7 @@ mod tests {
         )
         .unwrap();
         let files = "files.partner.example";
-        let verdict = |name: &str| config.passthrough_verdict(files, &ClientHello::ServerName(name.into()));
+        let verdict = |name: &str| config.passthrough_verdict(files, false, &ClientHello::ServerName(name.into()));
         assert_eq!(verdict("files.partner.example"), PassthroughVerdict::Allow);
         assert_eq!(verdict("FILES.partner.example."), PassthroughVerdict::Allow);
         let mismatch =
@@ -644,8 +686,25 @@ mod tests {
         // Another destination's host, an unknown one: tunnelling under the allowed name.
         assert_eq!(verdict("db.partner.example"), mismatch);
         assert_eq!(verdict("evil.example"), mismatch);
-        assert_eq!(config.passthrough_verdict(files, &ClientHello::NoServerName), mismatch);
-        assert_eq!(config.passthrough_verdict(files, &ClientHello::Incomplete), PassthroughVerdict::Wait);
+        assert_eq!(config.passthrough_verdict(files, false, &ClientHello::NoServerName), mismatch);
+        assert_eq!(config.passthrough_verdict(files, false, &ClientHello::Incomplete), PassthroughVerdict::Wait);
+        // A name the partner would have to choose from, or that is hidden.
+        let denied = |reason| PassthroughVerdict::Deny(Denial { layer: Layer::Destination, policy: None, reason });
+        for (hello, reason) in [
+            (ClientHello::MultipleServerNames, Reason::MultipleServerNames),
+            (ClientHello::MultipleServerNameExtensions, Reason::MultipleSniExtensions),
+            (ClientHello::NotHostName, Reason::ServerNameNotHostName),
+            (ClientHello::Encrypted(Some(files.into())), Reason::EncryptedClientHello),
+        ] {
+            assert_eq!(config.passthrough_verdict(files, false, &hello), denied(reason), "{hello:?}");
+        }
+        // A destination that allows ECH checks the outer name; ambiguity is refused all the same.
+        let ech = |name: Option<&str>| ClientHello::Encrypted(name.map(str::to_string));
+        assert_eq!(config.passthrough_verdict(files, true, &ech(Some(files))), PassthroughVerdict::Allow);
+        assert_eq!(config.passthrough_verdict(files, true, &ech(Some("db.partner.example"))), mismatch);
+        assert_eq!(config.passthrough_verdict(files, true, &ech(None)), mismatch);
+        let two = ClientHello::MultipleServerNames;
+        assert_eq!(config.passthrough_verdict(files, true, &two), denied(Reason::MultipleServerNames));
     }
 
     /// Behind a mesh the gateway receives a destination under the mesh's names (Kuma: the MeshExternalService's

@@ -23,6 +23,8 @@ pub struct Destination {
     pub protocol: Protocol,
     /// Single-cluster mode: one cluster presents each identity's certificate per connection.
     pub single_cluster: bool,
+    /// A `tls` destination that forwards an encrypted ClientHello (ECH) on its outer server name.
+    pub allow_encrypted_client_hello: bool,
     pub policies: PolicyLayer,
     pub identities: IdentityMapping,
 }
@@ -102,6 +104,15 @@ impl DestinationTable {
                     );
                 }
             }
+            if spec.allow_encrypted_client_hello && spec.protocol != Protocol::Tls {
+                errors.push(
+                    path.field("allowEncryptedClientHello"),
+                    format!(
+                        "only a tls (passthrough) destination reads the caller's ClientHello; this one is {}",
+                        spec.protocol.as_str()
+                    ),
+                );
+            }
             if !platform.carries(spec.protocol) {
                 warnings.push(
                     path,
@@ -168,6 +179,7 @@ impl DestinationTable {
                 port,
                 protocol: spec.protocol,
                 single_cluster: spec.single_cluster,
+                allow_encrypted_client_hello: spec.allow_encrypted_client_hello,
                 policies: PolicyLayer::compile(
                     spec.policies,
                     LayerKind::Destination,
@@ -342,7 +354,9 @@ mod tests {
             dest("egress-identity-unrouted", "y.example", 1),
             dest("c", "c.example", 443),
             dest("d", "c.example", 443),
-            {"name": "e", "host": "e.example", "port": 1, "protocol": "tls", "singleCluster": true}
+            {"name": "e", "host": "e.example", "port": 1, "protocol": "tls", "singleCluster": true},
+            {"name": "f", "host": "f.example", "port": 1, "protocol": "tcp", "allowEncryptedClientHello": true,
+             "defaultIdentity": "i"}
         ]))
         .unwrap_err();
         let paths: Vec<&str> = e.iter().map(|s| s.split(':').next().unwrap()).collect();
@@ -358,9 +372,11 @@ mod tests {
                 "destinations[3].name",
                 "destinations[5].host",
                 "destinations[6].singleCluster",
+                "destinations[7].allowEncryptedClientHello",
             ],
             "{e:?}"
         );
+        assert!(e[9].contains("only a tls (passthrough) destination reads the caller's ClientHello"), "{e:?}");
         assert!(e[1].contains("is a wildcard"), "{e:?}");
         assert!(e[6].contains("the gateway's own"), "{e:?}");
         assert!(e[7].contains("c.example:443 is already how destinations[4] arrives"), "{e:?}");

@@ -11,6 +11,10 @@ pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
 const RECORD_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXTENSION_SERVER_NAME: u16 = 0;
+/// encrypted_client_hello (RFC 9849): the real ClientHello, server name included, is encrypted.
+const EXTENSION_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
+/// encrypted_server_name, of the ESNI drafts that preceded ECH.
+const EXTENSION_ENCRYPTED_SERVER_NAME: u16 = 0xffce;
 const NAME_TYPE_HOST_NAME: u8 = 0;
 
 /// What the first bytes of a connection say.
@@ -22,6 +26,16 @@ pub enum ClientHello {
     ServerName(String),
     /// A ClientHello without a server name.
     NoServerName,
+    /// A server_name extension listing more than one name (RFC 6066 forbids two of one type): which one the
+    /// partner serves is the partner's choice.
+    MultipleServerNames,
+    /// More than one server_name extension (RFC 8446 4.2 forbids it): which one counts is the partner's choice.
+    MultipleServerNameExtensions,
+    /// A server_name entry of another type than host_name.
+    NotHostName,
+    /// An encrypted ClientHello (ECH) or server name (ESNI): the name the partner serves is hidden; the outer
+    /// server name, if any, names the client-facing server.
+    Encrypted(Option<String>),
     /// Not a TLS ClientHello (or longer than [`MAX_CLIENT_HELLO`]).
     NotClientHello,
 }
@@ -112,7 +126,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The server_name extension of a ClientHello body (RFC 8446 4.1.2, RFC 6066 3).
+/// The server_name extension of a ClientHello body (RFC 8446 4.1.2, RFC 6066 3), every extension read: an
+/// ambiguous name (two in the list, two extensions, another type than host_name) wins over an encrypted
+/// one, which wins over the name.
 fn server_name(body: &[u8]) -> Option<ClientHello> {
     let mut r = Reader(body);
     r.take(2 + 32)?; // legacy_version, random
@@ -123,23 +139,38 @@ fn server_name(body: &[u8]) -> Option<ClientHello> {
         return Some(ClientHello::NoServerName);
     }
     let mut extensions = Reader(r.vector(2)?);
+    let (mut name, mut server_name_extensions, mut encrypted) = (None, 0usize, false);
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vector(2)?;
-        if kind != EXTENSION_SERVER_NAME {
-            continue;
-        }
-        let mut names = Reader(Reader(data).vector(2)?);
-        while !names.0.is_empty() {
-            let name_type = names.u8()?;
-            let name = names.vector(2)?;
-            if name_type == NAME_TYPE_HOST_NAME {
-                return std::str::from_utf8(name).ok().map(|n| ClientHello::ServerName(n.to_string()));
+        match kind {
+            EXTENSION_ENCRYPTED_CLIENT_HELLO | EXTENSION_ENCRYPTED_SERVER_NAME => encrypted = true,
+            EXTENSION_SERVER_NAME => {
+                server_name_extensions += 1;
+                let mut names = Reader(Reader(data).vector(2)?);
+                let mut entries = 0usize;
+                while !names.0.is_empty() {
+                    let name_type = names.u8()?;
+                    let entry = names.vector(2)?;
+                    entries += 1;
+                    if name_type != NAME_TYPE_HOST_NAME {
+                        return Some(ClientHello::NotHostName);
+                    }
+                    name = Some(std::str::from_utf8(entry).ok()?.to_string());
+                }
+                if entries > 1 {
+                    return Some(ClientHello::MultipleServerNames);
+                }
             }
+            _ => {}
         }
-        return Some(ClientHello::NoServerName);
     }
-    Some(ClientHello::NoServerName)
+    Some(match (server_name_extensions, encrypted, name) {
+        (2.., _, _) => ClientHello::MultipleServerNameExtensions,
+        (_, true, name) => ClientHello::Encrypted(name),
+        (_, false, Some(name)) => ClientHello::ServerName(name),
+        (_, false, None) => ClientHello::NoServerName,
+    })
 }
 
 #[cfg(test)]
@@ -197,6 +228,39 @@ mod tests {
         more.extend([23, 3, 3, 0, 1, 0]);
         assert_eq!(parse(&more), ClientHello::ServerName("api.partner.example".into()));
         assert_eq!(parse(&records(&body(&[(10, vec![0, 2, 0, 29])]), 1 << 14)), ClientHello::NoServerName);
+    }
+
+    fn names(entries: &[(u8, &str)]) -> (u16, Vec<u8>) {
+        let mut list = Vec::new();
+        for (kind, name) in entries {
+            list.push(*kind);
+            list.extend((name.len() as u16).to_be_bytes());
+            list.extend(name.as_bytes());
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend(list);
+        (EXTENSION_SERVER_NAME, data)
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn an_ambiguous_or_hidden_server_name_is_told_apart() {
+        let parsed = |extensions: &[(u16, Vec<u8>)]| parse(&records(&body(extensions), 1 << 14));
+        let (a, b) = ("a.example", "b.example");
+        assert_eq!(parsed(&[names(&[(0, a), (0, b)])]), ClientHello::MultipleServerNames);
+        assert_eq!(parsed(&[names(&[(0, a), (0, a)])]), ClientHello::MultipleServerNames);
+        assert_eq!(parsed(&[sni(a), (10, vec![0, 2, 0, 29]), sni(b)]), ClientHello::MultipleServerNameExtensions);
+        assert_eq!(parsed(&[sni(a), sni(a)]), ClientHello::MultipleServerNameExtensions);
+        assert_eq!(parsed(&[names(&[(1, a)])]), ClientHello::NotHostName);
+        assert_eq!(parsed(&[names(&[(0, a), (1, b)])]), ClientHello::NotHostName);
+        let ech = (EXTENSION_ENCRYPTED_CLIENT_HELLO, vec![0; 8]);
+        let esni = (EXTENSION_ENCRYPTED_SERVER_NAME, vec![0; 8]);
+        assert_eq!(parsed(&[sni(a), ech.clone()]), ClientHello::Encrypted(Some(a.into())));
+        assert_eq!(parsed(&[ech.clone(), sni(a)]), ClientHello::Encrypted(Some(a.into())));
+        assert_eq!(parsed(&[esni]), ClientHello::Encrypted(None));
+        // Ambiguity wins over encryption.
+        assert_eq!(parsed(&[ech, names(&[(0, a), (0, b)])]), ClientHello::MultipleServerNames);
+        // An empty list names nothing.
+        assert_eq!(parsed(&[names(&[])]), ClientHello::NoServerName);
     }
 
     #[wasm_bindgen_test(unsupported = test)]

@@ -134,16 +134,24 @@ fn produced_by_connections(config: &Config) -> Vec<(&'static str, &'static str)>
     for (sni, port) in [("db.partner.example:5432", 5432), ("api.partner.example", 443), ("db.partner.example", 5432)] {
         record(config.evaluate_connection(Ok(&app1), sni, port).decision);
     }
-    // A passthrough connection whose ClientHello names another host, or whose first bytes are not TLS.
-    for hello in [ClientHello::ServerName("elsewhere.example".into()), ClientHello::NotClientHello] {
-        if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict("db.partner.example", &hello) {
+    // A passthrough connection whose ClientHello names another host, or whose first bytes are not TLS, or
+    // whose server name is ambiguous or encrypted.
+    for hello in [
+        ClientHello::ServerName("elsewhere.example".into()),
+        ClientHello::NotClientHello,
+        ClientHello::MultipleServerNames,
+        ClientHello::MultipleServerNameExtensions,
+        ClientHello::NotHostName,
+        ClientHello::Encrypted(Some("db.partner.example".into())),
+    ] {
+        if let PassthroughVerdict::Deny(denial) = config.passthrough_verdict("db.partner.example", false, &hello) {
             record(Decision::Deny(denial));
         }
     }
     // A request to the tcp destination.
     let request = Request { authority: "db.partner.example:5432", method: "GET", path: "/" };
     record(config.evaluate(Ok(&app1), &request).decision);
-    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
     kinds
 }
 

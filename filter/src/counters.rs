@@ -193,7 +193,18 @@ impl Counters {
                 (DenialKind::ProtocolMismatch, None),
             ]);
             if d.protocol == Protocol::Tls {
-                series.push((DenialKind::SniMismatch, None));
+                series.extend(
+                    [
+                        DenialKind::SniMismatch,
+                        DenialKind::MultipleServerNames,
+                        DenialKind::MultipleSniExtensions,
+                        DenialKind::ServerNameNotHostName,
+                    ]
+                    .map(|kind| (kind, None)),
+                );
+                if !d.allow_encrypted_client_hello {
+                    series.push((DenialKind::EncryptedClientHello, None));
+                }
             }
             series.retain(|(kind, _)| metrics::denial_possible(*kind, d.protocol, l4));
             if denied.len + series.len() > MAX_DENIAL_SERIES {

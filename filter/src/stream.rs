@@ -49,6 +49,8 @@ struct Passthrough {
     destination: Box<str>,
     /// The partner's host, which the caller's ClientHello must name.
     host: Box<str>,
+    /// The destination forwards an encrypted ClientHello on its outer name.
+    allow_encrypted: bool,
     cluster: Box<str>,
     identity: usize,
     /// The caller, for the record of a later denial.
@@ -142,8 +144,10 @@ impl EgressIdentityConnection {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
                 if allowed.protocol == Protocol::Tls {
                     let (destination, host) = (allowed.destination.into(), allowed.host.into());
+                    let allow_encrypted = allowed.allow_encrypted_client_hello;
+                    let principal = principal_id.into();
                     let pending =
-                        Passthrough { destination, host, cluster, identity, principal: principal_id.into(), record };
+                        Passthrough { destination, host, allow_encrypted, cluster, identity, principal, record };
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
                 if let Some(secret) = &allowed.identity.secret {
@@ -167,7 +171,7 @@ impl EgressIdentityConnection {
     ) -> Result<Action, HostError> {
         let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
-        match config.passthrough_verdict(&pending.host, &hello) {
+        match config.passthrough_verdict(&pending.host, pending.allow_encrypted, &hello) {
             PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, pending.record),
             PassthroughVerdict::Wait if !end_of_stream => {
                 self.state = State::AwaitingClientHello(pending);

@@ -312,3 +312,39 @@ fn neither_filter_defines_series_that_can_never_count() {
         .sum();
     assert_eq!(own_identities, identities, "each identity's allow series, in its own filter only");
 }
+
+/// A passthrough ClientHello that names its server ambiguously, or hides it, is refused: the gateway could not
+/// tell which host the caller's TLS is for. The control -- the same crafted ClientHello with one host_name --
+/// reaches the partner, so each refusal is the gateway's.
+#[test]
+fn ambiguous_or_encrypted_server_names_are_refused() {
+    use egress_identity_harness::l4::{crafted_client_hello, extension, server_name_list};
+    let (_lock, t) = topo();
+    let app1 = workload(t, "team-app1");
+    let app1_id = "spiffe://cluster.local/ns/team/sa/app1";
+    let host = EXTERNAL_TLS_HOST;
+    let groups = (extension::SUPPORTED_GROUPS, vec![0, 2, 0, 29]);
+    let sni = |entries: &[(u8, &str)]| (extension::SERVER_NAME, server_name_list(entries));
+    let send = |hello: Vec<u8>| t.l4_client().call(&app1, host, &hello).expect("connecting to the gateway");
+
+    let before = counts(t);
+    let control = send(crafted_client_hello(&[groups.clone(), sni(&[(0, host)])]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counts(t).1, before.1 + 1, "the control did not reach the partner: {control:?}");
+
+    let cases = [
+        ("two names", vec![sni(&[(0, host), (0, EXTERNAL_HOST)])], "multiple_server_names"),
+        ("the allowed name second", vec![sni(&[(0, EXTERNAL_HOST), (0, host)])], "multiple_server_names"),
+        ("two server_name extensions", vec![sni(&[(0, host)]), sni(&[(0, EXTERNAL_HOST)])], "multiple_sni_extensions"),
+        ("a name that is not a host_name", vec![sni(&[(1, host)])], "server_name_not_host_name"),
+        ("ECH", vec![sni(&[(0, host)]), (extension::ENCRYPTED_CLIENT_HELLO, vec![0; 16])], "encrypted_client_hello"),
+        ("ESNI", vec![sni(&[(0, host)]), (extension::ENCRYPTED_SERVER_NAME, vec![0; 16])], "encrypted_client_hello"),
+    ];
+    for (case, mut extensions, reason) in cases {
+        extensions.insert(0, groups.clone());
+        let before = counts(t);
+        let outcome = send(crafted_client_hello(&extensions));
+        eprintln!("{case}: {outcome:?}");
+        assert_refused(t, &outcome, before, app1_id, "destination", reason);
+    }
+}

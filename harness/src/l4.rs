@@ -195,3 +195,54 @@ impl L4Client {
         Ok(L4Outcome { connected: !outer.conn.is_handshaking(), received, error })
     }
 }
+
+/// TLS extension numbers a crafted ClientHello uses.
+pub mod extension {
+    /// server_name (RFC 6066 3).
+    pub const SERVER_NAME: u16 = 0;
+    /// supported_groups.
+    pub const SUPPORTED_GROUPS: u16 = 10;
+    /// encrypted_client_hello (RFC 9849).
+    pub const ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
+    /// encrypted_server_name (the ESNI drafts).
+    pub const ENCRYPTED_SERVER_NAME: u16 = 0xffce;
+}
+
+/// A `server_name` extension's data listing these (name type, name) entries; type 0 is `host_name`.
+pub fn server_name_list(entries: &[(u8, &str)]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for (kind, name) in entries {
+        list.push(*kind);
+        list.extend(u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
+        list.extend(name.as_bytes());
+    }
+    let mut data = u16::try_from(list.len()).unwrap_or(u16::MAX).to_be_bytes().to_vec();
+    data.extend(list);
+    data
+}
+
+/// A ClientHello (TLS 1.2 record and handshake framing, one TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 suite) with
+/// exactly these extensions (type, data), in this order: to send a gateway what no TLS library would.
+pub fn crafted_client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend([0x5a; 32]); // random
+    body.push(0); // legacy_session_id
+    body.extend([0, 2, 0xc0, 0x2f]); // cipher_suites
+    body.extend([1, 0]); // compression: null
+    let mut ext = Vec::new();
+    for (kind, data) in extensions {
+        ext.extend(kind.to_be_bytes());
+        ext.extend(u16::try_from(data.len()).unwrap_or(u16::MAX).to_be_bytes());
+        ext.extend(data);
+    }
+    body.extend(u16::try_from(ext.len()).unwrap_or(u16::MAX).to_be_bytes());
+    body.extend(ext);
+    let length = u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes();
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend(length.get(1..).unwrap_or_default());
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend(u16::try_from(handshake.len()).unwrap_or(u16::MAX).to_be_bytes());
+    record.extend(handshake);
+    record
+}
