@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use egress_identity_harness::client::{Call, Response};
+use egress_identity_harness::client::{raw_exchange, Call, Response};
 use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
 use egress_identity_harness::l4::L4Outcome;
 use egress_identity_harness::pki::CertFiles;
@@ -140,6 +140,17 @@ fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     let r = http(&t, "quarantine-default", &path);
     assert_denied(&t, &r, &path, "gateway", "denied_by_policy", Some("deny-quarantine"));
 
+    // A denied request with `Expect: 100-continue` gets its 403 alone (the HCM proxies 100-continue).
+    let path = egress_identity_harness::unique_path("/v1/istiod/expect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: api.partner.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    );
+    let quarantine = t.pki().workload("quarantine-default");
+    let mesh_ca = t.pki().mesh_ca_cert();
+    let wait = std::time::Duration::from_secs(2);
+    let got = raw_exchange(&mesh_ca, GATEWAY_PORT, "api.partner.example", &quarantine, head.as_bytes(), wait).unwrap();
+    assert!(got.starts_with("HTTP/1.1 403 ") && !got.contains(" 100 Continue"), "{got}");
+
     // L4 on port 8443: tcp originates mTLS as the caller's identity; tls passes the caller's TLS through.
     for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
         let outcome = l4(&t, who, "db.partner.example");
@@ -160,7 +171,8 @@ fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     istiod::check_decisions(&[
         (&allowed("http", "partner-api", "team.app1"), 1.0),
         (&allowed("http", "partner-api", "team.app2"), 2.0),
-        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 1.0),
+        // quarantine: once, and once with Expect: 100-continue.
+        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 2.0),
         (&allowed("l4", "partner-db", "team.app2"), 1.0),
         (&[("protocol", "l4"), ("decision", "deny"), ("layer", "destination")], 2.0),
     ])

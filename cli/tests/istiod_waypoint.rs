@@ -115,6 +115,13 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
         assert!(t.external_requests_for(&path).is_empty(), "{who}: {path} reached the partner");
     }
 
+    // A denied request with `Expect: 100-continue` gets its 403 alone (the waypoint's HCM proxies 100-continue).
+    let client = HboneClient::new(t.pki().mesh_ca_cert(), GATEWAY_PORT);
+    let head = "POST /v1/waypoint/expect HTTP/1.1\r\nHost: api.partner.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+    let tunneled = client.exchange(&t.pki().workload("quarantine-default"), API_VIP, head.as_bytes()).unwrap();
+    let got = String::from_utf8_lossy(&tunneled.received);
+    assert!(got.starts_with("HTTP/1.1 403 ") && !got.contains(" 100 Continue"), "{got}");
+
     // The metrics, as Prometheus scrapes istio-agent's merged port, labelled by stats.yaml's override.
     t.settle_counters();
     istiod::check_decisions(&[
@@ -122,7 +129,8 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
             &[("protocol", "http"), ("decision", "allow"), ("destination", "partner-api"), ("identity", "team.app1")],
             1.0,
         ),
-        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 1.0),
+        // quarantine: once, and once with Expect: 100-continue.
+        (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 2.0),
         (&[("protocol", "http"), ("decision", "deny"), ("layer", "destination")], 2.0),
     ])
     .unwrap();

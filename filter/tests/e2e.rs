@@ -449,3 +449,28 @@ fn only_plugin_config_differs(original: &str, variant: &str, old: &Value, new: &
     }
     Ok(())
 }
+
+/// `Expect: 100-continue` from a denied caller: the gateway must answer 403 and nothing else -- a
+/// `100 Continue` first would invite the body of a request that is refused anyway (and tell a scanner the
+/// request got past the front door).
+#[test]
+fn a_denied_request_never_receives_100_continue() {
+    let t = topo();
+    for (who, path) in [("quarantine-default", "/e2e/expect/quarantine"), ("team-app1", "/admin/e2e/expect")] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: api.partner.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        );
+        let got = egress_identity_harness::client::raw_exchange(
+            &t.pki().mesh_ca_cert(),
+            topology::GATEWAY_PORT,
+            egress_identity_harness::pki::GATEWAY_HOST,
+            &workload(who),
+            head.as_bytes(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert!(got.starts_with("HTTP/1.1 403 "), "{who}: the gateway answered:\n{got}");
+        assert!(!got.contains(" 100 Continue"), "{who}: the gateway answered:\n{got}");
+        assert_never_reached(path);
+    }
+}

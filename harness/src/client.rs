@@ -175,3 +175,37 @@ impl Client {
         })
     }
 }
+
+/// Sends `head` (a request's head, and perhaps some body) on a fresh mTLS connection to the gateway as
+/// `identity`, with server name `sni`, and returns what the gateway sends back within `wait` or until it
+/// closes: to see what a client sees before it sends the rest (e.g. a `100 Continue`), which curl hides.
+pub fn raw_exchange(
+    mesh_ca: &std::path::Path,
+    port: u16,
+    sni: &str,
+    identity: &CertFiles,
+    head: &[u8],
+    wait: std::time::Duration,
+) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut config = crate::l4::mesh_tls_config(mesh_ca, Some(identity))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| err(e.to_string()))?;
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| err(e.to_string()))?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(wait))?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    tls.write_all(head)?;
+    tls.flush()?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Err(_) => break, // timed out (or reset): what came so far is the answer
+        }
+    }
+    Ok(String::from_utf8_lossy(&received).into_owned())
+}

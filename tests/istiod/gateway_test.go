@@ -221,6 +221,9 @@ func checkHTTPChain(t *testing.T, g generated, p *problems, d destination, fc *l
 	if !conn.GetMergeSlashes() || conn.GetPathWithEscapedSlashesAction().String() != "REJECT_REQUEST" {
 		p.add("%s: slashes are not merged or escaped slashes not refused (the EnvoyFilter's HCM MERGE did not land)", d.Name)
 	}
+	if !conn.GetProxy_100Continue() {
+		p.add("%s: Expect: 100-continue is answered by the gateway, before the filter decides", d.Name)
+	}
 	rc := conn.GetRds().GetRouteConfigName()
 	found := false
 	for _, r := range routes {

@@ -1034,6 +1034,13 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
             e("merge_slashes", Yaml::Bool(true)),
             e("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
             e(
+                "proxy_100_continue",
+                commented(
+                    "`Expect: 100-continue` goes to the partner, which says 100 itself: the gateway does not invite the\nbody of a request the filter may deny (it answers 403 alone).",
+                    Yaml::Bool(true),
+                ),
+            ),
+            e(
                 "common_http_protocol_options",
                 commented(
                     "A client's x_egress_identity_cluster would reach the partner, and partners that fold '_' into '-'\n(CGI, WSGI, many frameworks) would read it as the gateway's header: refuse such requests (400).",

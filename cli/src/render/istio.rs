@@ -489,6 +489,8 @@ fn gateway(
                     ("common_http_protocol_options", map([("headers_with_underscores_action", s("REJECT_REQUEST"))])),
                     ("merge_slashes", Yaml::Bool(true)),
                     ("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
+                    // istiod sets it too (gateway and waypoint, observed in tests/istiod); the filter relies on it.
+                    ("proxy_100_continue", Yaml::Bool(true)),
                 ]),
             )]),
         ),

@@ -439,7 +439,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
         ),
     ];
     mods.push(commented(
-        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (the filter\nmerges and refuses too, as defense in depth).",
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (the filter\nmerges and refuses too, as defense in depth). `Expect: 100-continue` goes to the partner: a denied request\ngets its 403 alone, never a 100 inviting its body.",
         map([(
             "networkFilter",
             map([
@@ -448,7 +448,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
                 (
                     "value",
                     Yaml::Literal(
-                        "name: envoy.filters.network.http_connection_manager\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n  commonHttpProtocolOptions:\n    headersWithUnderscoresAction: REJECT_REQUEST\n  mergeSlashes: true\n  pathWithEscapedSlashesAction: REJECT_REQUEST\n".into(),
+                        "name: envoy.filters.network.http_connection_manager\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n  commonHttpProtocolOptions:\n    headersWithUnderscoresAction: REJECT_REQUEST\n  mergeSlashes: true\n  pathWithEscapedSlashesAction: REJECT_REQUEST\n  proxy100Continue: true\n".into(),
                     ),
                 ),
             ]),
