@@ -16,6 +16,11 @@ use crate::policy_value::ValueRules;
 use crate::request::PathMatching;
 use crate::trust_domain::TrustDomains;
 
+/// The bounds of `connectionDecisionTimeoutMs`: the filter's timer ticks every second, so a shorter
+/// deadline would not be kept; a longer one than five minutes holds a silent caller's connection for long.
+pub const MIN_DECISION_TIMEOUT_MS: u64 = 1_000;
+pub const MAX_DECISION_TIMEOUT_MS: u64 = 300_000;
+
 /// The largest `certificateCacheSize`.
 const MAX_CACHE_SIZE: usize = 1_000_000;
 /// The largest configuration document (a 10,000-rule policy is about 1.5 MB).
@@ -187,6 +192,8 @@ pub struct Config {
     pub headers: HeaderNames,
     pub default_port: u16,
     pub certificate_cache_size: usize,
+    /// How long the network filter holds a connection undecided ([`crate::pending_connections`]).
+    pub connection_decision_timeout_ms: u64,
     pub san_policy: SanPolicy,
     pub audit_record: AuditRecord,
     pub gateway: PolicyLayer,
@@ -293,6 +300,12 @@ impl Config {
         if spec.certificate_cache_size == 0 || spec.certificate_cache_size > MAX_CACHE_SIZE {
             errors.push("certificateCacheSize", format!("must be between 1 and {MAX_CACHE_SIZE}"));
         }
+        if !(MIN_DECISION_TIMEOUT_MS..=MAX_DECISION_TIMEOUT_MS).contains(&spec.connection_decision_timeout_ms) {
+            errors.push(
+                "connectionDecisionTimeoutMs",
+                format!("must be between {MIN_DECISION_TIMEOUT_MS} and {MAX_DECISION_TIMEOUT_MS} (milliseconds)"),
+            );
+        }
 
         if spec.destinations.iter().any(|d| d.protocol.is_l4()) {
             let why = "HTTP-only in the gateway layer of a policy with tcp/tls destinations: their connections carry no method or path, so this rule would never apply to them; put it on the HTTP destinations' policies";
@@ -351,6 +364,7 @@ impl Config {
             headers: HeaderNames::new(spec.headers.principal, spec.headers.cluster),
             default_port: spec.default_port,
             certificate_cache_size: spec.certificate_cache_size,
+            connection_decision_timeout_ms: spec.connection_decision_timeout_ms,
             san_policy: if spec.accept_legacy_kuma_sans { SanPolicy::AcceptLegacyKuma } else { SanPolicy::Strict },
             audit_record: spec.audit_record,
             gateway,
@@ -552,6 +566,7 @@ pub(crate) mod tests {
         doc["trustDomains"] = serde_json::json!(["Cluster.local", "ok.example", "ok.example"]);
         doc["headers"] = serde_json::json!({"principal": "X-Bad Header", "cluster": "x-egress-identity-cluster"});
         doc["certificateCacheSize"] = 0.into();
+        doc["connectionDecisionTimeoutMs"] = 500.into();
         doc["gateway"]["policies"][0]["name"] = "allow-mesh-workloads".into();
         let e = errors_of(&doc.to_string());
         let paths: Vec<&str> = e.iter().map(|s| s.split(':').next().unwrap()).collect();
@@ -562,6 +577,7 @@ pub(crate) mod tests {
                 "trustDomains[2]",
                 "headers.principal",
                 "certificateCacheSize",
+                "connectionDecisionTimeoutMs",
                 "gateway.policies[1].name"
             ],
             "{e:?}"

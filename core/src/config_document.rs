@@ -27,6 +27,10 @@ pub struct PluginConfigSpec {
     pub default_port: u16,
     #[serde(default = "default_cache_size")]
     pub certificate_cache_size: usize,
+    /// How long the network filter waits for a connection's first bytes (and a `tls` passthrough's whole
+    /// ClientHello) before it closes the connection undecided.
+    #[serde(default = "default_decision_timeout_ms")]
+    pub connection_decision_timeout_ms: u64,
     /// Accept Kuma's legacy certificates (one `spiffe://` plus `kuma://` URI SANs).
     #[serde(default)]
     pub accept_legacy_kuma_sans: bool,
@@ -108,6 +112,11 @@ fn default_port() -> u16 {
 
 fn default_cache_size() -> usize {
     1024
+}
+
+/// Ten seconds: a mesh client speaks within milliseconds of its handshake.
+fn default_decision_timeout_ms() -> u64 {
+    10_000
 }
 
 pub const DEFAULT_PRINCIPAL_HEADER: &str = "x-egress-identity-principal";

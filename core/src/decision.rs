@@ -43,6 +43,9 @@ pub enum Reason {
     /// `:authority` is not `host[:port]` with a port from 1 to 65535, or a header the decision reads is not
     /// UTF-8: fail closed rather than match a mangled value.
     MalformedRequest,
+    /// A connection the network filter could not decide in time (no first bytes, or no whole ClientHello,
+    /// before `connectionDecisionTimeoutMs`).
+    DecisionTimeout,
     Principal(PrincipalError),
     /// The caller's SPIFFE ID has no path: it names a trust domain, not a workload (X509-SVID 5.2).
     TrustDomainId,
@@ -113,6 +116,7 @@ impl Denial<'_> {
         let policy_layer = |gateway, destination| if self.layer == Layer::Gateway { gateway } else { destination };
         match self.reason {
             Reason::MalformedRequest => K::MalformedRequest,
+            Reason::DecisionTimeout => K::DecisionTimeout,
             Reason::Principal(PrincipalError::Missing) => K::NoPrincipal,
             Reason::Principal(PrincipalError::Certificate(e)) => match e {
                 CertificateError::Unparsable => K::UnparsableCertificate,
@@ -144,6 +148,7 @@ impl Denial<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DenialKind {
     MalformedRequest,
+    DecisionTimeout,
     NoPrincipal,
     UnparsableCertificate,
     NoUriSan,
@@ -169,8 +174,9 @@ pub enum DenialKind {
 
 impl DenialKind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::MalformedRequest,
+        Self::DecisionTimeout,
         Self::NoPrincipal,
         Self::UnparsableCertificate,
         Self::NoUriSan,
@@ -201,7 +207,7 @@ impl DenialKind {
 
     pub fn layer(self) -> Layer {
         match self {
-            Self::MalformedRequest => Layer::Request,
+            Self::MalformedRequest | Self::DecisionTimeout => Layer::Request,
             Self::NoPrincipal
             | Self::UnparsableCertificate
             | Self::NoUriSan
@@ -229,6 +235,7 @@ impl DenialKind {
     pub fn reason_code(self) -> &'static str {
         match self {
             Self::MalformedRequest => "malformed_request",
+            Self::DecisionTimeout => "decision_timeout",
             Self::NoPrincipal => "no_principal",
             Self::UnparsableCertificate => "unparsable_certificate",
             Self::NoUriSan => "no_uri_san",

@@ -13,7 +13,7 @@
 //!
 //! Modules depend on each other one way, from the document to the decision:
 //! `config_document`, `config_error` → `platform`, `policy`, `identity`, `identity_mapping`, `destination` →
-//! `config` → `request`, `principal` → `decision` → `audit`, `metrics`.
+//! `config` → `request`, `principal` → `decision` → `audit`, `metrics`, `pending_connections`.
 
 pub mod audit;
 pub mod caller_namespaces;
@@ -30,6 +30,7 @@ pub mod identity_mapping;
 pub mod metrics;
 pub mod pattern;
 pub mod peer_certificate;
+pub mod pending_connections;
 pub mod platform;
 pub mod policy;
 pub mod policy_value;

@@ -148,10 +148,12 @@ fn produced_by_connections(config: &Config) -> Vec<(&'static str, &'static str)>
             record(Decision::Deny(denial));
         }
     }
+    // A connection still undecided at its deadline (the adapter closes it).
+    record(Decision::Deny(egress_identity_core::pending_connections::PendingConnections::DENIAL));
     // A request to the tcp destination.
     let request = Request { authority: "db.partner.example:5432", method: "GET", path: "/" };
     record(config.evaluate(Ok(&app1), &request).decision);
-    assert_eq!(kinds.len(), 9, "{kinds:?}");
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
     kinds
 }
 

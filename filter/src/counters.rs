@@ -174,7 +174,9 @@ impl Counters {
         // destination's, until MAX_DENIAL_SERIES; past that, a destination's series appear at its first
         // denial.
         let mut denied = DenialSeries::default();
-        for kind in DenialKind::ALL.iter().copied().filter(|k| !has_destination(*k)) {
+        // decision_timeout: connections only.
+        let kinds = DenialKind::ALL.iter().copied().filter(|k| l4 || *k != DenialKind::DecisionTimeout);
+        for kind in kinds.filter(|k| !has_destination(*k)) {
             if kind == DenialKind::GatewayDeniedByPolicy {
                 for policy in config.gateway.deny_policy_names() {
                     denied.define(protocol, kind, Some(policy), None);

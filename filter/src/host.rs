@@ -71,11 +71,39 @@ pub fn set_envoy_filter_state(key: &str, value: &str) -> Result<(), HostError> {
     })
 }
 
-/// Closes the caller's connection.
-pub fn close_downstream() {
-    if let Err(status) = hostcalls::close_downstream() {
-        log::error!("egress-identity: cannot close the connection: {status:?}");
+/// Closes the caller's connection (of the current context). The SDK's `close_downstream` panics on any status
+/// but Ok: this binding reports it.
+pub fn close_downstream() -> bool {
+    // SAFETY: no pointers; the host only reads the stream type.
+    let status = unsafe { abi::proxy_close_stream(STREAM_DOWNSTREAM) };
+    if status != Status::Ok as u32 {
+        log::error!("egress-identity: cannot close the connection: status {status}");
     }
+    status == Status::Ok as u32
+}
+
+/// `proxy_close_stream`'s downstream (the network filter's caller).
+const STREAM_DOWNSTREAM: u32 = 2;
+
+/// Closes the caller's connection of another context (from the root context's timer): the host's calls
+/// then act on that context. Whether it was closed.
+pub fn close_connection_of(context_id: u32) -> bool {
+    // SAFETY: no pointers; the host only looks the context up.
+    let status = unsafe { abi::proxy_set_effective_context(context_id) };
+    if status != Status::Ok as u32 {
+        log::warn!("egress-identity: connection {context_id} is gone (status {status})");
+        return false;
+    }
+    close_downstream()
+}
+
+/// The host's clock, in milliseconds since the epoch; `None` if it cannot be read. (The SDK's
+/// `get_current_time` panics on any status but Ok.)
+pub fn now_ms() -> Option<u64> {
+    let mut nanos: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer, which is valid for the call.
+    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == Status::Ok as u32).then_some(nanos / 1_000_000)
 }
 
 /// A request header's bytes; `None` when the request does not carry it.
@@ -282,6 +310,9 @@ mod abi {
             value_data: *const u8,
             value_size: usize,
         ) -> u32;
+        pub fn proxy_close_stream(stream_type: u32) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
+        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     }
 }
 
@@ -296,6 +327,15 @@ mod abi {
         1 // NotFound
     }
     pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
+        u32::MAX
+    }
+    pub unsafe fn proxy_close_stream(_: u32) -> u32 {
+        u32::MAX
+    }
+    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 {
+        u32::MAX
+    }
+    pub unsafe fn proxy_get_current_time_nanoseconds(_: *mut u64) -> u32 {
         u32::MAX
     }
 }

@@ -9,6 +9,7 @@ use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_generation::{self, Generation};
 use egress_identity_core::metrics;
+use egress_identity_core::pending_connections::PendingConnections;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
@@ -30,6 +31,8 @@ pub struct EgressIdentityRoot {
     log_level: Option<LogLevel>,
     /// Loaded as the network filter (root id `…-l4`): connections, not requests.
     l4: bool,
+    /// The network filter's undecided connections, closed on the timer at their deadline.
+    pending: Rc<RefCell<PendingConnections>>,
 }
 
 impl EgressIdentityRoot {
@@ -42,6 +45,27 @@ impl EgressIdentityRoot {
             if let Some(level) = level {
                 proxy_wasm::set_log_level(level);
             }
+        }
+    }
+}
+
+impl EgressIdentityRoot {
+    /// Closes the connections still undecided at their deadline (each context then counts its denial when
+    /// its close reaches it). Runs on every tick: a deadline is kept to within the tick period (1 s).
+    fn close_overdue_connections(&mut self) {
+        if !self.l4 {
+            return;
+        }
+        let Some(now) = host::now_ms() else {
+            log::warn!("egress-identity: cannot read the host's clock: undecided connections wait for the next tick");
+            return;
+        };
+        let overdue = match self.pending.try_borrow_mut() {
+            Ok(mut pending) => pending.expire(now),
+            Err(_) => return,
+        };
+        for id in overdue {
+            host::close_connection_of(id);
         }
     }
 }
@@ -83,6 +107,11 @@ impl RootContext for EgressIdentityRoot {
         self.cache = Some(Rc::new(RefCell::new(CertificateCache::new(config.certificate_cache_size))));
         self.counters.flush();
         self.counters = Rc::new(Counters::define(&config, self.l4));
+        // One table for the VM's life: connections of a previous configuration keep their deadlines, and the
+        // timer keeps closing them.
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.set_timeout_ms(config.connection_decision_timeout_ms);
+        }
         if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
             log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
         }
@@ -116,6 +145,7 @@ impl RootContext for EgressIdentityRoot {
     }
 
     fn on_tick(&mut self) {
+        self.close_overdue_connections();
         self.counters.flush();
         self.follow_envoy_log_level();
     }
@@ -124,11 +154,13 @@ impl RootContext for EgressIdentityRoot {
         Some(Box::new(EgressIdentityFilter::new(self.config.clone(), self.cache.clone(), Rc::clone(&self.counters))))
     }
 
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
         Some(Box::new(EgressIdentityConnection::new(
+            context_id,
             self.config.clone(),
             self.cache.clone(),
             Rc::clone(&self.counters),
+            Rc::clone(&self.pending),
         )))
     }
 

@@ -11,6 +11,10 @@
 //! upstream connection is made. Protocols where the server speaks first cannot be decided this way (nothing
 //! arrives to decide on): see README.md, "L4 egress".
 //!
+//! A connection that is still undecided after `connectionDecisionTimeoutMs` (its caller sent nothing, or
+//! not the whole ClientHello) is closed by the root context's timer ([`PendingConnections`]): the filter
+//! holds tcp_proxy until it decides, so no timeout of tcp_proxy's would ever run.
+//!
 //! When an allowed connection closes, Envoy's records say whether tcp_proxy ever connected to the partner
 //! ([`upstream`]): if not, the connection's audit record is written again with the outcome (tcp_proxy
 //! writes its access log after this, when the connection is gone) and the failure is counted.
@@ -22,6 +26,7 @@ use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
+use egress_identity_core::pending_connections::PendingConnections;
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
 use proxy_wasm::traits::{Context, StreamContext};
@@ -59,9 +64,13 @@ struct Passthrough {
 }
 
 pub struct EgressIdentityConnection {
+    /// This connection's context id (the key of [`PendingConnections`]).
+    id: u32,
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<CertificateCache>>>,
     counters: Rc<Counters>,
+    /// The worker's undecided connections, which the root context closes at their deadline.
+    pending: Rc<RefCell<PendingConnections>>,
     state: State,
     /// Allowed and handed to tcp_proxy, until the connection closes.
     forwarded: Option<Forwarded>,
@@ -69,11 +78,20 @@ pub struct EgressIdentityConnection {
 
 impl EgressIdentityConnection {
     pub fn new(
+        id: u32,
         config: Option<Rc<Config>>,
         cache: Option<Rc<RefCell<CertificateCache>>>,
         counters: Rc<Counters>,
+        pending: Rc<RefCell<PendingConnections>>,
     ) -> Self {
-        Self { config, cache, counters, state: State::Undecided, forwarded: None }
+        Self { id, config, cache, counters, pending, state: State::Undecided, forwarded: None }
+    }
+
+    /// The connection is decided (forwarded or closed by the filter): no deadline any more.
+    fn settled(&self) {
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.decided(self.id);
+        }
     }
 }
 
@@ -81,6 +99,12 @@ impl Context for EgressIdentityConnection {}
 
 impl StreamContext for EgressIdentityConnection {
     fn on_new_connection(&mut self) -> Action {
+        // The deadline runs from now. Without the host's clock the connection is due at once: it is closed on
+        // the next tick unless decided before (fail closed, never held for ever).
+        let now = host::now_ms().unwrap_or(0);
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.start(self.id, now);
+        }
         // Hold the filters after this one, tcp_proxy included: it picks its cluster in its own
         // on_new_connection, which now runs only once this context has decided and named the cluster.
         Action::Pause
@@ -104,6 +128,10 @@ impl StreamContext for EgressIdentityConnection {
     /// The connection is closing (tcp_proxy closes it when it could not connect upstream): one host call
     /// (the response flags) for every allowed connection.
     fn on_downstream_close(&mut self, _peer_type: PeerType) {
+        let timed_out = self.pending.try_borrow_mut().map(|mut pending| pending.closed(self.id)).unwrap_or(false);
+        if timed_out {
+            self.timed_out();
+        }
         if let Some(forwarded) = self.forwarded.take() {
             if let (Some(config), Some(failure)) = (self.config.as_deref(), upstream::failure(false)) {
                 upstream::record(config, &self.counters, forwarded, &failure);
@@ -192,6 +220,21 @@ impl EgressIdentityConnection {
         }
     }
 
+    /// Closed by the root context at its deadline, undecided: a denial of its own.
+    fn timed_out(&mut self) {
+        let denial = PendingConnections::DENIAL;
+        let (destination, principal) = match &self.state {
+            State::AwaitingClientHello(pending) => (Some(&*pending.destination), &*pending.principal),
+            _ => (None, ""),
+        };
+        log::info!("egress-identity: connection closed undecided at its deadline: {denial}");
+        if let Some(config) = self.config.as_deref() {
+            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal).store();
+        }
+        self.counters.denied(&denial, destination);
+        self.state = State::Closed;
+    }
+
     fn forward(
         &mut self,
         config: &Config,
@@ -200,6 +243,7 @@ impl EgressIdentityConnection {
         record: Record,
     ) -> Result<Action, HostError> {
         host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
+        self.settled();
         record.store();
         self.counters.allowed(config, identity);
         self.forwarded = Some(Forwarded { identity, record });
@@ -214,6 +258,7 @@ impl EgressIdentityConnection {
     }
 
     fn close(&mut self) -> Action {
+        self.settled();
         self.state = State::Closed;
         host::close_downstream();
         Action::Pause

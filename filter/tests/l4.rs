@@ -348,3 +348,42 @@ fn ambiguous_or_encrypted_server_names_are_refused() {
         assert_refused(t, &outcome, before, app1_id, "destination", reason);
     }
 }
+
+/// A caller the filter cannot decide on -- it sends nothing after its handshake, or only the start of a
+/// ClientHello -- is closed at `connectionDecisionTimeoutMs` (10 s by default), not held for ever (tcp_proxy's
+/// own timeouts never start while the filter holds the connection); the denial is counted.
+#[test]
+fn an_undecided_connection_is_closed_at_its_deadline() {
+    use egress_identity_harness::l4::{crafted_client_hello, extension, server_name_list};
+    let (_lock, t) = topo();
+    let app1 = workload(t, "team-app1");
+    let quarantine = workload(t, "quarantine-default");
+    let partial = crafted_client_hello(&[(extension::SERVER_NAME, server_name_list(&[(0, EXTERNAL_TLS_HOST)]))]);
+    let timeouts =
+        || t.metric("egress_identity_decisions_total", &[("protocol", "l4"), ("reason", "decision_timeout")]);
+    t.settle_counters();
+    let before = (timeouts(), counts(t));
+    let max = Duration::from_secs(15);
+    let cases: [(&CertFiles, &str, &[u8]); 3] = [
+        // An allowed caller to the tcp destination that never speaks.
+        (&app1, EXTERNAL_HOST, b""),
+        // A caller the policy denies, silent too: it is decided on its first bytes, which never come.
+        (&quarantine, EXTERNAL_HOST, b""),
+        // The first 20 bytes of a ClientHello to the passthrough destination.
+        (&app1, EXTERNAL_TLS_HOST, partial.get(..20).unwrap()),
+    ];
+    let held: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(who, sni, send)| s.spawn(move || t.l4_client().held_open(who, sni, send, max).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((_, sni, send), held) in cases.iter().zip(&held) {
+        let held = held.unwrap_or_else(|| panic!("{sni} ({} bytes sent): still open after {max:?}", send.len()));
+        assert!(held >= Duration::from_secs(8) && held <= Duration::from_secs(13), "{sni}: closed after {held:?}");
+    }
+    t.settle_counters();
+    assert_eq!(timeouts(), before.0 + 3, "each closed connection is a decision_timeout denial");
+    assert_eq!(counts(t), before.1, "nothing reached the partner");
+}

@@ -175,6 +175,33 @@ impl L4Client {
         Ok(L4Outcome { connected: !outer.conn.is_handshaking(), received, error })
     }
 
+    /// Opens the mesh connection as `identity` with `sni`, completes its handshake, sends `send` (perhaps
+    /// nothing) and then stays silent: how long until the gateway closed it, or `None` if it was still open
+    /// after `max`.
+    pub fn held_open(&self, identity: &CertFiles, sni: &str, send: &[u8], max: Duration) -> Result<Option<Duration>> {
+        let mut outer = self.connect(Some(identity), sni)?;
+        while outer.conn.is_handshaking() {
+            outer.conn.complete_io(&mut outer.sock)?;
+        }
+        let start = std::time::Instant::now();
+        if !send.is_empty() {
+            outer.write_all(send)?;
+            outer.flush()?;
+        }
+        outer.sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = [0u8; 1024];
+        while start.elapsed() < max {
+            match outer.read(&mut buf) {
+                Ok(0) => return Ok(Some(start.elapsed())),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // A reset, or the close without TLS close_notify: closed.
+                Err(_) => return Ok(Some(start.elapsed())),
+            }
+        }
+        Ok(None)
+    }
+
     /// A `tls` passthrough call: the mesh connection with `sni`, and inside it the workload's own TLS to
     /// the partner naming `inner_sni` (verified against the partner's CA); sends `send`, reads the answer.
     pub fn passthrough(&self, identity: &CertFiles, sni: &str, inner_sni: &str, send: &[u8]) -> Result<L4Outcome> {
