@@ -13,7 +13,7 @@ use std::path::Path;
 
 use egress_identity_harness::client::{raw_exchange, Call, Response};
 use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
-use egress_identity_harness::l4::L4Outcome;
+use egress_identity_harness::l4::{held, real_client_hello, L4Outcome};
 use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::topology::{
     Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, METRICS_PORT,
@@ -150,6 +150,28 @@ fn the_gateway_istiod_generates_serves_each_caller_as_its_own_identity() {
     let wait = std::time::Duration::from_secs(2);
     let got = raw_exchange(&mesh_ca, GATEWAY_PORT, "api.partner.example", &quarantine, head.as_bytes(), wait).unwrap();
     assert!(got.starts_with("HTTP/1.1 403 ") && !got.contains(" 100 Continue"), "{got}");
+
+    // Hostile callers: a TLS handshake started and never finished (istiod bounds it: 15 s), request headers
+    // that never end (the EnvoyFilter's hardening: 10 s).
+    let max = std::time::Duration::from_secs(25);
+    let hello = |sni| real_client_hello(sni).unwrap();
+    let endless = b"GET /slow HTTP/1.1\r\nHost: api.partner.example\r\nX-Slow: 1\r\n";
+    let app1 = t.pki().workload("team-app1");
+    let (stalled_http, stalled_l4, headers) = std::thread::scope(|s| {
+        let http = s.spawn(|| held(GATEWAY_PORT, &hello("api.partner.example"), max).unwrap());
+        let l4 = s.spawn(|| held(ISTIO_L4_PORT, &hello("db.partner.example"), max).unwrap());
+        let start = std::time::Instant::now();
+        raw_exchange(&mesh_ca, GATEWAY_PORT, "api.partner.example", &app1, endless, max).unwrap();
+        let headers = Some(start.elapsed()).filter(|e| *e < max);
+        (http.join().unwrap(), l4.join().unwrap(), headers)
+    });
+    for (case, held, at_most) in [
+        ("stalled handshake, HTTP", stalled_http, 17),
+        ("stalled handshake, L4", stalled_l4, 17),
+        ("endless headers", headers, 12),
+    ] {
+        assert!(held.is_some_and(|h| h.as_secs() <= at_most), "{case}: held {held:?} (None: still open after {max:?})");
+    }
 
     // L4 on port 8443: tcp originates mTLS as the caller's identity; tls passes the caller's TLS through.
     for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {

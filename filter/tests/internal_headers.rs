@@ -28,14 +28,10 @@ fn gateway_variant(dir: &Path) -> PathBuf {
     let mut out = Vec::new();
     let lines = topology::without_header_mutation(&original).unwrap();
     let underscores = "headers_with_underscores_action: REJECT_REQUEST";
-    for (i, l) in lines.iter().cloned().enumerate() {
+    for l in lines.iter().cloned() {
         let t = l.trim();
-        let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or_default();
-        if t == format!("- {PRINCIPAL_HEADER}")
-            || t == format!("- {CLUSTER_HEADER}")
-            || (t == "common_http_protocol_options:" && next == underscores)
-            || t == underscores
-        {
+        // common_http_protocol_options keeps its other fields (the idle timeout).
+        if t == format!("- {PRINCIPAL_HEADER}") || t == format!("- {CLUSTER_HEADER}") || t == underscores {
             continue;
         }
         let json_format = t == "json_format:";

@@ -273,3 +273,39 @@ pub fn crafted_client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
     record.extend(handshake);
     record
 }
+
+/// The ClientHello a TLS library (rustls, TLS 1.3 and 1.2) sends first for server name `sni`, as bytes to
+/// put on a connection: e.g. to start a handshake and never finish it.
+pub fn real_client_hello(sni: &str) -> Result<Vec<u8>> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| err(e.to_string()))?;
+    let mut connection = ClientConnection::new(Arc::new(config), name).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    while connection.wants_write() {
+        connection.write_tls(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Opens a TCP connection to 127.0.0.1:`port`, sends `send`, and reads until the gateway closes it: how long
+/// that took (`None`: still open after `max`). E.g. a TLS handshake started and never finished.
+pub fn held(port: u16, send: &[u8], max: Duration) -> Result<Option<Duration>> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let start = std::time::Instant::now();
+    tcp.write_all(send)?;
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < max {
+        match tcp.read(&mut buf) {
+            Ok(0) => return Ok(Some(start.elapsed())),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Ok(Some(start.elapsed())),
+        }
+    }
+    Ok(None)
+}

@@ -123,6 +123,7 @@ func agentBootstrap(t *testing.T, annotations map[string]string, statsFile, id, 
 	}
 	override := bootstrapOverride(t, statsFile, annotations[annotation.SidecarBootstrapOverride.Name])
 	checkStatsKept(t, written.Bytes())
+	checkConnectionLimit(t, written.Bytes())
 	for name, b := range map[string][]byte{file: written.Bytes(), strings.TrimSuffix(file, ".json") + "-override.json": override} {
 		if err := os.WriteFile(filepath.Join(dumpDir(), name), b, 0o644); err != nil {
 			t.Fatal(err)
@@ -159,4 +160,32 @@ func checkStatsKept(t *testing.T, written []byte) {
 		prefixes = append(prefixes, p.Prefix)
 	}
 	t.Errorf("istio-agent's stats matcher drops %s (included prefixes: %v)", filterMetric, prefixes)
+}
+
+// checkConnectionLimit: the pods' annotation gives istio-agent's overload manager a global limit of
+// downstream connections (without it: 2^31 - 1).
+func checkConnectionLimit(t *testing.T, written []byte) {
+	t.Helper()
+	var b struct {
+		OverloadManager struct {
+			ResourceMonitors []struct {
+				Name        string `json:"name"`
+				TypedConfig struct {
+					Max int64 `json:"max_active_downstream_connections"`
+				} `json:"typed_config"`
+			} `json:"resource_monitors"`
+		} `json:"overload_manager"`
+	}
+	if err := json.Unmarshal(written, &b); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range b.OverloadManager.ResourceMonitors {
+		if m.Name == "envoy.resource_monitors.global_downstream_max_connections" {
+			if m.TypedConfig.Max != 50000 {
+				t.Errorf("istio-agent's bootstrap allows %d downstream connections, not the hardening's 50000", m.TypedConfig.Max)
+			}
+			return
+		}
+	}
+	t.Errorf("istio-agent's bootstrap has no global downstream connection limit")
 }

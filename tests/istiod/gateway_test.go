@@ -139,6 +139,12 @@ func checkGateway(t *testing.T, g generated) problems {
 			p.add("%s: listener %s has no filter chain for SNI %s", d.Name, l.Name, d.Host)
 			continue
 		}
+		if l.GetPerConnectionBufferLimitBytes().GetValue() != 32768 {
+			p.add("%s: listener %s buffers %v bytes per connection, not the hardening's 32768 (the EnvoyFilter's LISTENER MERGE did not land)", d.Name, l.Name, l.GetPerConnectionBufferLimitBytes())
+		}
+		if chain.GetTransportSocketConnectTimeout().AsDuration() == 0 {
+			p.add("%s: listener %s does not bound the TLS handshake", d.Name, l.Name)
+		}
 		if d.Protocol == "http" {
 			checkHTTPChain(t, g, &p, d, chain, routes, wantConfig)
 		} else {
@@ -223,6 +229,14 @@ func checkHTTPChain(t *testing.T, g generated, p *problems, d destination, fc *l
 	}
 	if !conn.GetProxy_100Continue() {
 		p.add("%s: Expect: 100-continue is answered by the gateway, before the filter decides", d.Name)
+	}
+	// Edge-proxy hardening (cli/src/render/hardening.rs).
+	if conn.GetRequestHeadersTimeout().AsDuration() == 0 || conn.GetStreamIdleTimeout().AsDuration() == 0 ||
+		conn.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration() == 0 ||
+		conn.GetHttp2ProtocolOptions().GetMaxConcurrentStreams().GetValue() != 100 {
+		p.add("%s: the HCM's edge-proxy hardening did not land: headers %v, stream idle %v, idle %v, h2 streams %v", d.Name,
+			conn.GetRequestHeadersTimeout().AsDuration(), conn.GetStreamIdleTimeout().AsDuration(),
+			conn.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration(), conn.GetHttp2ProtocolOptions().GetMaxConcurrentStreams())
 	}
 	rc := conn.GetRds().GetRouteConfigName()
 	found := false
@@ -430,6 +444,7 @@ func TestGatewayMutationsAreCaught(t *testing.T) {
 		{"the tcp_proxy patch on another port", "envoy-filter.yaml", "portNumber: 8443", "portNumber: 9443", "tcp_proxy MERGE did not land"},
 		{"another Secret for an identity", "envoy-filter.yaml", "kubernetes://egress-identity-team-app2\n", "kubernetes://egress-identity-team-app-2\n", "not the Secret of identity team.app2"},
 		{"the cluster guard without its port", "authorization-policy.yaml", "    to:\n    - operation:\n        ports:\n        - \"443\"\n", "", "the cluster guard's"},
+		{"the HCM hardening left out", "envoy-filter.yaml", "          request_headers_timeout: 10s\n", "", "edge-proxy hardening did not land"},
 		{"the network filter on every port", "wasm-plugin.yaml", "  match:\n  - ports:\n    - number: 8443\n", "", "the network filter sits on the HTTPS chain"},
 	}
 	for _, c := range cases {

@@ -8,7 +8,7 @@ use egress_identity_core::config_document::{AuditRecord, Protocol};
 pub use egress_identity_core::identity::NO_IDENTITY_SECRET;
 
 use super::{
-    check_file_safe, commented, dns_san_validation, int, load_assignment, map, s, strs, to_yaml, PolicyFile,
+    check_file_safe, commented, dns_san_validation, hardening, int, load_assignment, map, s, strs, to_yaml, PolicyFile,
     RenderError, Yaml, UNROUTED_CLUSTER,
 };
 
@@ -452,6 +452,7 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
         entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
     }
     entries.push(e("connect_timeout", s("5s")));
+    entries.push(e("per_connection_buffer_limit_bytes", int(hardening::BUFFER_LIMIT_BYTES)));
     if up.protocol == Protocol::Http {
         entries.push(e(
             "typed_extension_protocol_options",
@@ -849,9 +850,11 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                     ])]),
                 ),
             ),
+            ("per_connection_buffer_limit_bytes", buffer_limit()),
             (
                 "filter_chains",
                 Yaml::Seq(vec![map([
+                    ("transport_socket_connect_timeout", handshake_timeout()),
                     ("transport_socket", downstream_tls),
                     (
                         "filters",
@@ -860,6 +863,22 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                 ])]),
             ),
         ])),
+    )
+}
+
+/// A listener's per-connection buffer limit (edge-proxy hardening).
+fn buffer_limit() -> Yaml {
+    commented(
+        "Bytes buffered per connection, each way (edge-proxy hardening: the edge guide's 32 KiB).",
+        int(hardening::BUFFER_LIMIT_BYTES),
+    )
+}
+
+/// A filter chain's handshake deadline (edge-proxy hardening).
+fn handshake_timeout() -> Yaml {
+    commented(
+        "A caller that starts a TLS handshake and stalls is closed (edge-proxy hardening).",
+        s(hardening::HANDSHAKE_TIMEOUT),
     )
 }
 
@@ -1043,10 +1062,19 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
             e(
                 "common_http_protocol_options",
                 commented(
-                    "A client's x_egress_identity_cluster would reach the partner, and partners that fold '_' into '-'\n(CGI, WSGI, many frameworks) would read it as the gateway's header: refuse such requests (400).",
-                    map([("headers_with_underscores_action", s("REJECT_REQUEST"))]),
+                    "A client's x_egress_identity_cluster would reach the partner, and partners that fold '_' into '-'\n(CGI, WSGI, many frameworks) would read it as the gateway's header: refuse such requests (400).\nA connection without a request for idle_timeout is closed (Envoy's default: 1 h).",
+                    map([("headers_with_underscores_action", s("REJECT_REQUEST")), hardening::connection_idle_timeout()]),
                 ),
             ),
+            e(
+                "request_headers_timeout",
+                commented(
+                    "Edge-proxy hardening (README.md, \"Threat model\"): headers that never end are cut off (408), idle\nstreams end, and HTTP/2 callers get the edge guide's stream and window limits.",
+                    s(hardening::REQUEST_HEADERS_TIMEOUT),
+                ),
+            ),
+            e("stream_idle_timeout", s(hardening::STREAM_IDLE_TIMEOUT)),
+            e("http2_protocol_options", hardening::http2_options()),
             e(
                 "forward_client_cert_details",
                 commented(
@@ -1103,9 +1131,11 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     let listener = map([
         ("name", s("egress")),
         ("address", socket_address(&opts.listen)),
+        ("per_connection_buffer_limit_bytes", buffer_limit()),
         (
             "filter_chains",
             Yaml::Seq(vec![map([
+                ("transport_socket_connect_timeout", handshake_timeout()),
                 ("transport_socket", downstream_tls(true)),
                 (
                     "filters",
@@ -1161,6 +1191,13 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
             ("node", map([("id", s("egress-gateway")), ("cluster", s("egress-gateway"))])),
             ("admin", map([("address", socket_address(&opts.admin))])),
             ("stats_config", super::stats_config()),
+            (
+                "overload_manager",
+                commented(
+                    "At most this many downstream connections, whatever the listener (edge-proxy hardening).",
+                    hardening::overload_manager(),
+                ),
+            ),
             (
                 "static_resources",
                 map([

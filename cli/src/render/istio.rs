@@ -468,7 +468,7 @@ fn gateway(
         ));
     }
     patches.push(commented(
-        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (istiod's default\nfor a gateway only normalizes dot segments; the filter merges and refuses too, as defense in depth).",
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (istiod's default\nfor a gateway only normalizes dot segments; the filter merges and refuses too, as defense in depth).\nEdge-proxy hardening (README.md, \"Threat model\"): request headers within 10s, idle streams and\nconnections closed (istiod sets no stream idle timeout on gateways), the edge guide's HTTP/2 limits.",
         gateway_patch(
             "NETWORK_FILTER",
             Some((
@@ -481,18 +481,37 @@ fn gateway(
             "MERGE",
             map([(
                 "typed_config",
-                map([
+                map(
+                    [
                     (
                         "@type",
                         s("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
                     ),
-                    ("common_http_protocol_options", map([("headers_with_underscores_action", s("REJECT_REQUEST"))])),
+                    (
+                        "common_http_protocol_options",
+                        map([
+                            ("headers_with_underscores_action", s("REJECT_REQUEST")),
+                            super::hardening::connection_idle_timeout(),
+                        ]),
+                    ),
                     ("merge_slashes", Yaml::Bool(true)),
                     ("path_with_escaped_slashes_action", s("REJECT_REQUEST")),
                     // istiod sets it too (gateway and waypoint, observed in tests/istiod); the filter relies on it.
                     ("proxy_100_continue", Yaml::Bool(true)),
-                ]),
+                ]
+                    .into_iter()
+                    .chain(super::hardening::hcm_fields()),
+                ),
             )]),
+        ),
+    ));
+    patches.push(commented(
+        format!("Edge-proxy hardening of the gateway's listeners (README.md, \"Threat model\"): at most {} bytes buffered\nper connection each way. istiod already bounds the TLS handshake of each server's chain\n(transport_socket_connect_timeout 15s, observed in tests/istiod).", super::hardening::BUFFER_LIMIT_BYTES),
+        gateway_patch(
+            "LISTENER",
+            None,
+            "MERGE",
+            map([("per_connection_buffer_limit_bytes", int(super::hardening::BUFFER_LIMIT_BYTES))]),
         ),
     ));
     if dests.iter().any(Dest::is_l4) {
@@ -544,10 +563,21 @@ fn gateway(
 /// The ConfigMap of Envoy bootstrap additions for the gateway or waypoint pods.
 const STATS_CONFIGMAP: &str = "egress-identity-stats";
 
-/// The pod annotation that labels egress-identity's metrics: Istio's bootstrap lacks their tag regexes. (It
-/// keeps them without help: istio-agent always includes stats starting with `wasm`, as tests/istiod sees.)
-fn stats_annotations() -> Vec<(&'static str, String)> {
-    vec![("sidecar.istio.io/bootstrapOverride", STATS_CONFIGMAP.to_string())]
+/// The pod annotations of the gateway or waypoint: the bootstrap override that labels egress-identity's
+/// metrics (Istio's bootstrap lacks their tag regexes; it keeps them without help: istio-agent always
+/// includes stats starting with `wasm`, as tests/istiod sees), and a global limit of downstream connections
+/// (edge-proxy hardening: istio-agent's bootstrap sets none, 2^31 - 1, unless the proxy's metadata names one).
+fn pod_annotations() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "proxy.istio.io/config",
+            format!(
+                "{{\"proxyMetadata\":{{\"ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS\":\"{}\"}}}}",
+                super::hardening::MAX_DOWNSTREAM_CONNECTIONS
+            ),
+        ),
+        ("sidecar.istio.io/bootstrapOverride", STATS_CONFIGMAP.to_string()),
+    ]
 }
 
 /// `custom_bootstrap.json` for Istio's `sidecar.istio.io/bootstrapOverride`: the tag regexes of
@@ -558,9 +588,9 @@ fn stats_configmap(ns: &str, how: &str) -> Yaml {
         .map(|(name, regex)| serde_json::json!({"tag_name": name, "regex": regex}))
         .collect();
     let bootstrap = serde_json::json!({"stats_config": {"stats_tags": tags}});
-    let annotations: String = stats_annotations().iter().map(|(k, v)| format!("\n  {k}: '{v}'")).collect();
+    let annotations: String = pod_annotations().iter().map(|(k, v)| format!("\n  {k}: '{v}'")).collect();
     commented(
-        format!("egress-identity's metrics as Istio shows them: their labels extracted (README.md, \"Metrics\"); Istio keeps\n`wasmcustom.*` stats (istio-agent's stats matcher always includes `wasm`). {how}{annotations}\nScrape the pods' merged metrics as usual (Istio: port 15020 /stats/prometheus):\negress_identity_decisions_total{{decision=\"deny\",layer=\"gateway\",...}}."),
+        format!("egress-identity's metrics as Istio shows them: their labels extracted (README.md, \"Metrics\"); Istio keeps\n`wasmcustom.*` stats (istio-agent's stats matcher always includes `wasm`). {how}{annotations}\n(proxy.istio.io/config: at most this many downstream connections, edge-proxy hardening.)\nScrape the pods' merged metrics as usual (Istio: port 15020 /stats/prometheus):\negress_identity_decisions_total{{decision=\"deny\",layer=\"gateway\",...}}."),
         map([
             ("apiVersion", s("v1")),
             ("kind", s("ConfigMap")),
@@ -847,10 +877,10 @@ fn waypoint(
                     (
                         "infrastructure",
                         commented(
-                            "Copied onto the waypoint's pods: egress-identity's metrics labelled (stats.yaml).",
+                            format!("Copied onto the waypoint's pods: egress-identity's metrics labelled (stats.yaml), and at most\n{} downstream connections (edge-proxy hardening).", super::hardening::MAX_DOWNSTREAM_CONNECTIONS),
                             map([(
                                 "annotations",
-                                Yaml::Map(stats_annotations().into_iter().map(|(k, v)| (k.to_string(), s(v))).collect()),
+                                Yaml::Map(pod_annotations().into_iter().map(|(k, v)| (k.to_string(), s(v))).collect()),
                             )]),
                         ),
                     ),

@@ -7,8 +7,8 @@ use super::envoy::{identity_clusters, HostPort, IdentityCluster};
 use super::istio::{destinations, Dest};
 use super::network_policy;
 use super::{
-    commented, documents, int, k8s_name, map, s, strs, to_yaml, PolicyFile, RenderError, Yaml, EARLY_DATA_BYTES,
-    UNROUTED_CLUSTER,
+    commented, documents, hardening, int, k8s_name, map, s, strs, to_yaml, PolicyFile, RenderError, Yaml,
+    EARLY_DATA_BYTES, UNROUTED_CLUSTER,
 };
 use egress_identity_core::config_document::PlatformSpec;
 use egress_identity_core::config_document::Protocol;
@@ -439,7 +439,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
         ),
     ];
     mods.push(commented(
-        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (the filter\nmerges and refuses too, as defense in depth). `Expect: 100-continue` goes to the partner: a denied request\ngets its 403 alone, never a 100 inviting its body.",
+        "Requests with underscores in header names are refused (400): a client's x_egress_identity_cluster\nwould reach the partner, and partners that fold '_' into '-' would read it as the gateway's header.\nPaths are compared as the partner reads them: slashes merged, encoded slashes refused (the filter\nmerges and refuses too, as defense in depth). `Expect: 100-continue` goes to the partner: a denied request\ngets its 403 alone, never a 100 inviting its body. Edge-proxy hardening (README.md, \"Threat model\"):\nrequest headers within 10s, idle streams and connections closed, the edge guide's HTTP/2 limits.",
         map([(
             "networkFilter",
             map([
@@ -447,10 +447,30 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
                 ("match", map([("origin", s("egress")), ("name", s("envoy.filters.network.http_connection_manager"))])),
                 (
                     "value",
-                    Yaml::Literal(
-                        "name: envoy.filters.network.http_connection_manager\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n  commonHttpProtocolOptions:\n    headersWithUnderscoresAction: REJECT_REQUEST\n  mergeSlashes: true\n  pathWithEscapedSlashesAction: REJECT_REQUEST\n  proxy100Continue: true\n".into(),
-                    ),
+                    Yaml::Literal(format!(
+                        "name: envoy.filters.network.http_connection_manager\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n  commonHttpProtocolOptions:\n    headersWithUnderscoresAction: REJECT_REQUEST\n    idleTimeout: {idle}\n  mergeSlashes: true\n  pathWithEscapedSlashesAction: REJECT_REQUEST\n  proxy100Continue: true\n  requestHeadersTimeout: {headers}\n  streamIdleTimeout: {stream}\n  http2ProtocolOptions:\n    maxConcurrentStreams: {streams}\n    initialStreamWindowSize: {stream_window}\n    initialConnectionWindowSize: {connection_window}\n",
+                        idle = hardening::CONNECTION_IDLE_TIMEOUT,
+                        headers = hardening::REQUEST_HEADERS_TIMEOUT,
+                        stream = hardening::STREAM_IDLE_TIMEOUT,
+                        streams = hardening::H2_MAX_CONCURRENT_STREAMS,
+                        stream_window = hardening::H2_INITIAL_STREAM_WINDOW,
+                        connection_window = hardening::H2_INITIAL_CONNECTION_WINDOW,
+                    )),
                 ),
+            ]),
+        )]),
+    ));
+    mods.push(commented(
+        format!(
+            "Edge-proxy hardening of the zone egress listeners: at most {} bytes buffered per connection each way.",
+            hardening::BUFFER_LIMIT_BYTES
+        ),
+        map([(
+            "listener",
+            map([
+                ("operation", s("Patch")),
+                ("match", map([("origin", s("egress"))])),
+                ("value", Yaml::Literal(format!("perConnectionBufferLimitBytes: {}\n", hardening::BUFFER_LIMIT_BYTES))),
             ]),
         )]),
     ));

@@ -6,6 +6,7 @@
 //! committed outputs (`envoy/gateway.yaml`, `examples/`) can be compared with a fresh render in the tests.
 
 pub mod envoy;
+pub mod hardening;
 pub mod istio;
 pub mod kuma;
 pub mod network_policy;
