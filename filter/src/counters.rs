@@ -18,6 +18,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 
 use egress_identity_core::audit::Outcome;
 use egress_identity_core::config::Config;
@@ -25,8 +26,8 @@ use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Denial, DenialKind, Evaluation, Layer};
 use egress_identity_core::metrics;
 use egress_identity_core::principal::{CacheUse, Caller, Resolution};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+
+use crate::host::Host;
 
 /// A counter whose increments stay in the VM until the next flush.
 pub struct Counter {
@@ -35,25 +36,18 @@ pub struct Counter {
 }
 
 impl Counter {
-    fn define(name: &str) -> Option<Counter> {
-        match hostcalls::define_metric(MetricType::Counter, name) {
-            Ok(id) => Some(Counter { id, pending: Cell::new(0) }),
-            Err(status) => {
-                log::warn!("egress-identity: cannot define metric {name}: {status:?}");
-                None
-            }
-        }
+    fn define(host: Option<&dyn Host>, name: &str) -> Option<Counter> {
+        host?.define_counter(name).ok().map(|id| Counter { id, pending: Cell::new(0) })
     }
 
     /// Hands the pending increments to Envoy; kept for the next flush if the host refuses.
-    fn flush(&self) {
+    fn flush(&self, host: &dyn Host) {
         let pending = self.pending.get();
         if pending == 0 {
             return;
         }
-        match hostcalls::increment_metric(self.id, i64::try_from(pending).unwrap_or(i64::MAX)) {
-            Ok(()) => self.pending.set(0),
-            Err(status) => log::warn!("egress-identity: cannot increment metric {}: {status:?}", self.id),
+        if host.increment_counter(self.id, i64::try_from(pending).unwrap_or(i64::MAX)).is_ok() {
+            self.pending.set(0);
         }
     }
 }
@@ -78,6 +72,8 @@ pub const MAX_UPSTREAM_FAILURE_SERIES_UP_FRONT: usize = 1024;
 /// The filter's counters, defined once per configuration.
 #[derive(Default)]
 pub struct Counters {
+    /// Where the counters live (none: a root context before its first configuration counts nothing).
+    host: Option<Rc<dyn Host>>,
     /// `http` or `l4`: the `protocol` tag of this filter's decisions.
     protocol: &'static str,
     /// Indexed by `ExternalIdentity::index`: decisions forwarded as that external identity (defined up
@@ -106,6 +102,7 @@ struct DenialKey {
 /// The denial counters met so far, by a hash of their key (collisions kept apart by comparing the key).
 #[derive(Default)]
 struct DenialSeries {
+    host: Option<Rc<dyn Host>>,
     by_hash: HashMap<u64, Vec<(DenialKey, Option<Counter>)>>,
     len: usize,
 }
@@ -144,7 +141,7 @@ impl DenialSeries {
 
     /// Defines a series now, at zero.
     fn define(&mut self, protocol: &str, kind: DenialKind, policy: Option<&str>, destination: Option<&str>) {
-        let counter = Counter::define(&metrics::denied(protocol, kind, policy, destination));
+        let counter = Counter::define(self.host.as_deref(), &metrics::denied(protocol, kind, policy, destination));
         let key = DenialKey { kind, policy: policy.map(Box::from), destination: destination.map(Box::from) };
         self.by_hash.entry(denial_hash(kind, policy, destination)).or_default().push((key, counter));
         self.len += 1;
@@ -166,14 +163,15 @@ impl DenialSeries {
 impl Counters {
     /// The counters of the HTTP filter, or (`l4`) of the network filter: the same families, told apart by
     /// their `protocol` tag.
-    pub fn define(config: &Config, l4: bool) -> Self {
+    pub fn define(host: Rc<dyn Host>, config: &Config, l4: bool) -> Self {
         let protocol = metrics::protocol(l4);
         // Series that exist from the start: Prometheus' rate() and increase() only see a series' increments
         // after its first sample, so the first denial of a series born at 1 would go unseen. Every denial
         // without a destination (request, principal, gateway layers, unknown destinations), then each
         // destination's, until MAX_DENIAL_SERIES; past that, a destination's series appear at its first
         // denial.
-        let mut denied = DenialSeries::default();
+        let mut denied = DenialSeries { host: Some(Rc::clone(&host)), ..DenialSeries::default() };
+        let h = Some(&*host);
         // decision_timeout: connections only.
         let kinds = DenialKind::ALL.iter().copied().filter(|k| l4 || *k != DenialKind::DecisionTimeout);
         for kind in kinds.filter(|k| !has_destination(*k)) {
@@ -222,7 +220,7 @@ impl Counters {
             .map(|name| match name {
                 Some(name) if up_front < MAX_IDENTITY_SERIES_UP_FRONT => {
                     up_front += 1;
-                    OnceCell::from(Counter::define(&name))
+                    OnceCell::from(Counter::define(h, &name))
                 }
                 _ => OnceCell::new(),
             })
@@ -232,23 +230,24 @@ impl Counters {
             .map(|name| match name {
                 Some(name) if up_front < MAX_UPSTREAM_FAILURE_SERIES_UP_FRONT => {
                     up_front += 1;
-                    OnceCell::from(Counter::define(&name))
+                    OnceCell::from(Counter::define(h, &name))
                 }
                 _ => OnceCell::new(),
             })
             .collect();
         Self {
+            host: Some(Rc::clone(&host)),
             protocol,
             allowed,
             upstream_failures,
             denied: RefCell::new(denied),
-            host_errors: Counter::define(metrics::HOST_ERRORS),
-            host_error_decisions: Counter::define(&metrics::plugin_denied(protocol, "host_error")),
-            cache_hits: Counter::define(metrics::CERTIFICATE_CACHE_HITS),
-            cache_misses: Counter::define(metrics::CERTIFICATE_CACHE_MISSES),
-            shadow_allow: Counter::define(&metrics::dry_run("allow")),
-            shadow_deny: Counter::define(&metrics::dry_run("deny")),
-            legacy_kuma_sans: Counter::define(metrics::LEGACY_KUMA_SANS),
+            host_errors: Counter::define(h, metrics::HOST_ERRORS),
+            host_error_decisions: Counter::define(h, &metrics::plugin_denied(protocol, "host_error")),
+            cache_hits: Counter::define(h, metrics::CERTIFICATE_CACHE_HITS),
+            cache_misses: Counter::define(h, metrics::CERTIFICATE_CACHE_MISSES),
+            shadow_allow: Counter::define(h, &metrics::dry_run("allow")),
+            shadow_deny: Counter::define(h, &metrics::dry_run("deny")),
+            legacy_kuma_sans: Counter::define(h, metrics::LEGACY_KUMA_SANS),
         }
     }
 
@@ -280,7 +279,7 @@ impl Counters {
         let Some(cell) = self.allowed.get(identity) else { return };
         let counter = cell.get_or_init(|| {
             let (d, i) = config.destinations.identities().nth(identity)?;
-            Counter::define(&metrics::allowed(self.protocol, &d.name, &i.name))
+            Counter::define(self.host.as_deref(), &metrics::allowed(self.protocol, &d.name, &i.name))
         });
         increment(counter.as_ref());
     }
@@ -292,7 +291,7 @@ impl Counters {
         let Some(cell) = slot.and_then(|i| self.upstream_failures.get(i)) else { return };
         let counter = cell.get_or_init(|| {
             let (d, i) = config.destinations.identities().nth(identity)?;
-            Counter::define(&metrics::upstream_failure(self.protocol, &d.name, &i.name, outcome))
+            Counter::define(self.host.as_deref(), &metrics::upstream_failure(self.protocol, &d.name, &i.name, outcome))
         });
         increment(counter.as_ref());
     }
@@ -311,6 +310,7 @@ impl Counters {
     }
 
     pub fn flush(&self) {
+        let Some(host) = self.host.as_deref() else { return };
         let singles = [
             &self.host_errors,
             &self.host_error_decisions,
@@ -325,9 +325,9 @@ impl Counters {
             .flatten()
             .chain(self.allowed.iter().filter_map(|c| c.get()?.as_ref()))
             .chain(self.upstream_failures.iter().filter_map(|c| c.get()?.as_ref()))
-            .for_each(Counter::flush);
+            .for_each(|c| c.flush(host));
         if let Ok(series) = self.denied.try_borrow() {
-            series.counters().for_each(Counter::flush);
+            series.counters().for_each(|c| c.flush(host));
         }
     }
 }

@@ -1,215 +1,14 @@
-//! The host calls the filter makes, each checked: a failure is a value, never a panic of ours.
+//! The adapter's seam to its host: every call the filter makes of Envoy is a method of [`Host`], so the
+//! contexts, the counters and the records run natively in tests against a mock (`host::mock`), failures
+//! included. [`Envoy`] is the real host, over the raw ABI ([`crate::abi`]): a failure is a value -- a read
+//! or a write the adapter then turns into a denial or a log line --, never a panic that takes the VM down.
 
 use egress_identity_core::audit;
 use egress_identity_core::identity_mapping::SECRET_FILTER_STATE_KEY;
 use egress_identity_core::principal::{HostError, Lookup, PrincipalProperty};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
-/// A property for the core's principal resolution: `None` when absent or empty.
-pub fn property(property: PrincipalProperty) -> Lookup {
-    match hostcalls::get_property(property.path().to_vec()) {
-        Ok(value) => Ok(value.filter(|v| !v.is_empty())),
-        Err(status) => {
-            log::warn!("egress-identity: cannot read property {:?}: {status:?}", property.path());
-            Err(HostError)
-        }
-    }
-}
-
-/// The SNI the caller sent (`connection.requested_server_name`); empty when none.
-pub fn connection_server_name() -> Result<String, HostError> {
-    let value = hostcalls::get_property(vec!["connection", "requested_server_name"]).map_err(|status| {
-        log::warn!("egress-identity: cannot read the connection's server name: {status:?}");
-        HostError
-    })?;
-    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
-}
-
-/// The port the caller connected to (`destination.port`, an int64 in little-endian bytes).
-pub fn destination_port() -> Result<u16, HostError> {
-    let value = hostcalls::get_property(vec!["destination", "port"]).map_err(|status| {
-        log::warn!("egress-identity: cannot read the destination port: {status:?}");
-        HostError
-    })?;
-    let bytes: [u8; 8] = value.as_deref().and_then(|v| v.try_into().ok()).ok_or_else(|| {
-        log::warn!("egress-identity: the destination port is not an int64");
-        HostError
-    })?;
-    u16::try_from(i64::from_le_bytes(bytes)).map_err(|_| HostError)
-}
-
-/// Up to `max` bytes the caller has sent so far (held by the filter).
-pub fn downstream_data(max: usize) -> Result<Vec<u8>, HostError> {
-    hostcalls::get_buffer(BufferType::DownstreamData, 0, max).map(Option::unwrap_or_default).map_err(|status| {
-        log::warn!("egress-identity: cannot read the connection's data: {status:?}");
-        HostError
-    })
-}
-
-/// Sets a well-known Envoy filter-state object (e.g. `envoy.tcp_proxy.cluster`) through the
-/// `set_envoy_filter_state` foreign function, whose argument is the protobuf
-/// `envoy.source.extensions.common.wasm.SetEnvoyFilterStateArguments { path = 1; value = 2; }`.
-pub fn set_envoy_filter_state(key: &str, value: &str) -> Result<(), HostError> {
-    let mut arguments = Vec::with_capacity(key.len() + value.len() + 8);
-    for (field, text) in [(1u8, key), (2u8, value)] {
-        arguments.push(field << 3 | 2); // length-delimited
-        let mut length = text.len();
-        loop {
-            let byte = u8::try_from(length & 0x7f).unwrap_or(0);
-            length >>= 7;
-            arguments.push(if length == 0 { byte } else { byte | 0x80 });
-            if length == 0 {
-                break;
-            }
-        }
-        arguments.extend_from_slice(text.as_bytes());
-    }
-    hostcalls::call_foreign_function("set_envoy_filter_state", Some(&arguments)).map(|_| ()).map_err(|status| {
-        log::warn!("egress-identity: cannot set filter state {key}: {status:?}");
-        HostError
-    })
-}
-
-/// Closes the caller's connection (of the current context). The SDK's `close_downstream` panics on any status
-/// but Ok: this binding reports it.
-pub fn close_downstream() -> bool {
-    // SAFETY: no pointers; the host only reads the stream type.
-    let status = unsafe { abi::proxy_close_stream(STREAM_DOWNSTREAM) };
-    if status != Status::Ok as u32 {
-        log::error!("egress-identity: cannot close the connection: status {status}");
-    }
-    status == Status::Ok as u32
-}
-
-/// `proxy_close_stream`'s downstream (the network filter's caller).
-const STREAM_DOWNSTREAM: u32 = 2;
-
-/// Closes the caller's connection of another context (from the root context's timer): the host's calls
-/// then act on that context. Whether it was closed.
-pub fn close_connection_of(context_id: u32) -> bool {
-    // SAFETY: no pointers; the host only looks the context up.
-    let status = unsafe { abi::proxy_set_effective_context(context_id) };
-    if status != Status::Ok as u32 {
-        log::warn!("egress-identity: connection {context_id} is gone (status {status})");
-        return false;
-    }
-    close_downstream()
-}
-
-/// The host's clock, in milliseconds since the epoch; `None` if it cannot be read. (The SDK's
-/// `get_current_time` panics on any status but Ok.)
-pub fn now_ms() -> Option<u64> {
-    let mut nanos: u64 = 0;
-    // SAFETY: the host writes one u64 through the pointer, which is valid for the call.
-    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
-    (status == Status::Ok as u32).then_some(nanos / 1_000_000)
-}
-
-/// A request header's bytes; `None` when the request does not carry it.
-pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, HostError> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).map_err(|status| {
-        log::warn!("egress-identity: cannot read request header {name}: {status:?}");
-        HostError
-    })
-}
-
-/// Sets a request header, replacing every copy the client sent.
-pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
-    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).map_err(|status| {
-        log::warn!("egress-identity: cannot set request header {name}: {status:?}");
-        HostError
-    })
-}
-
-/// Removes a request header (every copy). Also clears Envoy's route cache, so that nothing a client sent
-/// selects the route any more.
-pub fn remove_request_header(name: &str) -> Result<(), HostError> {
-    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).map_err(|status| {
-        log::warn!("egress-identity: cannot remove request header {name}: {status:?}");
-        HostError
-    })
-}
-
-/// Sets a Wasm property (filter state `wasm.<key>`). The SDK's `set_property` panics on any status but Ok
-/// (e.g. a read-only property already set): this binding reports it.
-fn set_property(key: &str, value: &[u8]) -> Result<(), u32> {
-    // SAFETY: both pointers are valid for their lengths for the duration of the call, which only reads them.
-    let status = unsafe { abi::proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
-    if status == Status::Ok as u32 {
-        Ok(())
-    } else {
-        Err(status)
-    }
-}
-
-/// A property's bytes (`path`: its segments joined by NUL, e.g. `b"response\0flags"`); `None` when absent.
-/// The SDK's `get_property` panics on an unexpected status: this binding reports it.
-fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, u32> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the path is valid for its length; the host writes the two out-parameters, and on Ok hands over
-    // a buffer it allocated through the SDK's `proxy_on_memory_allocate` (a boxed slice of `size` bytes).
-    let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-    if status == Status::NotFound as u32 {
-        return Ok(None);
-    }
-    if status != Status::Ok as u32 {
-        return Err(status);
-    }
-    if data.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: see above: `data` is a `size`-byte allocation of this module's allocator, now ours.
-    Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) }))
-}
-
-/// Stores a value in the stream's filter state (Envoy prefixes the key with `wasm.`); a failure only
-/// costs the value.
-pub fn set_filter_state(key: &str, value: &str) {
-    if let Err(status) = set_property(key, value.as_bytes()) {
-        log::warn!("egress-identity: cannot set filter state {key}: status {status}");
-    }
-}
-
-/// Names the SDS secret of the identity chosen for a single-cluster destination in filter state
-/// (`wasm.egress_identity.secret`), which the gateway's `set_filter_state` hands to the upstream connection.
-/// Unlike the audit record, the request cannot go on without it.
-pub fn set_identity_secret(secret: &str) -> Result<(), HostError> {
-    set_property(SECRET_FILTER_STATE_KEY, secret.as_bytes()).map_err(|status| {
-        log::warn!("egress-identity: cannot set filter state {SECRET_FILTER_STATE_KEY}: status {status}");
-        HostError
-    })
-}
-
-/// Envoy's response flags of the request or connection (`response.flags`, an int64: bit n is
-/// `StreamInfo::CoreResponseFlag` n); 0 when absent.
-pub fn response_flags() -> Result<u64, HostError> {
-    let value = get_property(b"response\0flags").map_err(|status| {
-        log::warn!("egress-identity: cannot read the response flags: status {status}");
-        HostError
-    })?;
-    match value.as_deref().map(<[u8; 8]>::try_from) {
-        None => Ok(0),
-        Some(Ok(bytes)) => Ok(u64::from_le_bytes(bytes)),
-        Some(Err(_)) => {
-            log::warn!("egress-identity: the response flags are not an int64");
-            Err(HostError)
-        }
-    }
-}
-
-/// A string property (`path` as for [`get_property`]); empty when absent or unreadable (what it could not
-/// read is logged).
-pub fn string_property(path: &[u8]) -> String {
-    match get_property(path) {
-        Ok(value) => value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default(),
-        Err(status) => {
-            log::warn!("egress-identity: cannot read property {}: status {status}", String::from_utf8_lossy(path));
-            String::new()
-        }
-    }
-}
+use crate::abi::{self, HostStatus};
+use crate::protobuf;
 
 /// `upstream.transport_failure_reason`: why the upstream connection failed (e.g. "TLS error: Secret is not
 /// supplied by SDS").
@@ -219,123 +18,311 @@ pub const RESPONSE_CODE_DETAILS: &[u8] = b"response\0code_details";
 /// `upstream.local_address`: set once an upstream connection was made.
 pub const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
 
-/// Whether the property at `path` is present (an unreadable one counts as absent, and is logged).
-pub fn has_property(path: &[u8]) -> bool {
-    match get_property(path) {
-        Ok(value) => value.is_some_and(|v| !v.is_empty()),
-        Err(status) => {
-            log::warn!("egress-identity: cannot read property {}: status {status}", String::from_utf8_lossy(path));
-            false
+/// Everything the filter asks of its host. Reads of what may be absent return `Option`s; every failure is
+/// a value, which the caller turns into a denial (`host_error`) or, where nothing depends on it, a log line.
+pub trait Host {
+    /// A property's bytes (`path`: its segments joined by NUL); `None` when absent.
+    fn property_bytes(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError>;
+    /// A request header's bytes; `None` when the request does not carry it.
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError>;
+    /// Sets a request header, replacing every copy the client sent.
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
+    /// Removes a request header (every copy); Envoy then forgets the route it chose.
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
+    /// Answers the request locally with a JSON body.
+    fn respond(&self, status: u32, body: &str) -> Result<(), HostError>;
+    /// Up to `max` bytes the caller has sent so far (network filter).
+    fn downstream_data(&self, max: usize) -> Result<Vec<u8>, HostError>;
+    /// Closes the caller's connection (network filter).
+    fn close_downstream(&self) -> Result<(), HostError>;
+    /// Closes the caller's connection of another context (from the root context's timer).
+    fn close_connection_of(&self, context_id: u32) -> Result<(), HostError>;
+    /// Stores a Wasm filter-state value (Envoy prefixes the key with `wasm.`).
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Calls an Envoy foreign function with protobuf arguments.
+    fn foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), HostError>;
+    /// The host's clock, in milliseconds since the epoch.
+    fn now_ms(&self) -> Result<u64, HostError>;
+    /// Defines a counter; its id.
+    fn define_counter(&self, name: &str) -> Result<u32, HostError>;
+    /// Adds `delta` to a counter.
+    fn increment_counter(&self, id: u32, delta: i64) -> Result<(), HostError>;
+
+    /// A property for the core's principal resolution: `None` when absent or empty.
+    fn property(&self, property: PrincipalProperty) -> Lookup {
+        Ok(self.property_bytes(principal_path(property))?.filter(|v| !v.is_empty()))
+    }
+
+    /// The SNI the caller sent (`connection.requested_server_name`); empty when none.
+    fn connection_server_name(&self) -> Result<String, HostError> {
+        let value = self.property_bytes(b"connection\0requested_server_name")?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
+    }
+
+    /// The port the caller connected to (`destination.port`, an int64 in little-endian bytes).
+    fn destination_port(&self) -> Result<u16, HostError> {
+        let value = self.property_bytes(b"destination\0port")?;
+        let bytes: [u8; 8] = value.as_deref().and_then(|v| v.try_into().ok()).ok_or_else(|| {
+            log::warn!("egress-identity: the destination port is not an int64");
+            HostError
+        })?;
+        u16::try_from(i64::from_le_bytes(bytes)).map_err(|_| HostError)
+    }
+
+    /// Envoy's response flags of the request or connection (`response.flags`, an int64: bit n is
+    /// `StreamInfo::CoreResponseFlag` n); 0 when absent.
+    fn response_flags(&self) -> Result<u64, HostError> {
+        match self.property_bytes(b"response\0flags")?.as_deref().map(<[u8; 8]>::try_from) {
+            None => Ok(0),
+            Some(Ok(bytes)) => Ok(u64::from_le_bytes(bytes)),
+            Some(Err(_)) => {
+                log::warn!("egress-identity: the response flags are not an int64");
+                Err(HostError)
+            }
         }
     }
-}
 
-/// Declares filter state `wasm.egress_identity.decision` as a `google.protobuf.Struct` (the foreign function
-/// `declare_property`), so an access log's `%FILTER_STATE(...:TYPED)%` renders it as a JSON object. It
-/// lives as long as the request (HTTP filter) or the connection (network filter).
-pub fn declare_decision_property(l4: bool) -> Result<(), proxy_wasm::types::Status> {
-    // DeclarePropertyArguments { name = 1, readonly = 2, type = 3 (Protobuf = 3), schema = 4, span = 5 }
-    let name = audit::STRUCT_FILTER_STATE_KEY.as_bytes();
-    let schema = audit::STRUCT_TYPE_URL.as_bytes();
-    let span = if l4 { 2 } else { 1 }; // DownstreamConnection, DownstreamRequest
-    let mut arguments = Vec::with_capacity(name.len() + schema.len() + 12);
-    for (tag, bytes) in [(0x0a, name), (0x22, schema)] {
-        arguments.push(tag);
-        arguments.push(u8::try_from(bytes.len()).unwrap_or(0));
-        arguments.extend_from_slice(bytes);
+    /// A string property; empty when absent or unreadable (the failure is logged by the host).
+    fn string_property(&self, path: &[u8]) -> String {
+        match self.property_bytes(path) {
+            Ok(value) => value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default(),
+            Err(HostError) => String::new(),
+        }
     }
-    arguments.extend_from_slice(&[0x18, 3, 0x28, span]);
-    hostcalls::call_foreign_function("declare_property", Some(&arguments)).map(|_| ())
-}
 
-/// Sets the declared `wasm.egress_identity.decision` to a serialized Struct.
-pub fn set_decision_struct(bytes: &[u8]) {
-    if let Err(status) = set_property(audit::STRUCT_FILTER_STATE_KEY, bytes) {
-        log::warn!("egress-identity: cannot set filter state {}: status {status}", audit::STRUCT_FILTER_STATE_KEY);
+    /// Whether a property is present (an unreadable one counts as absent).
+    fn has_property(&self, path: &[u8]) -> bool {
+        matches!(self.property_bytes(path), Ok(Some(v)) if !v.is_empty())
+    }
+
+    /// Sets a well-known Envoy filter-state object (e.g. `envoy.tcp_proxy.cluster`): the
+    /// `set_envoy_filter_state` foreign function.
+    fn set_envoy_filter_state(&self, key: &str, value: &str) -> Result<(), HostError> {
+        self.foreign_function("set_envoy_filter_state", &protobuf::set_envoy_filter_state_arguments(key, value))
+    }
+
+    /// Names the SDS secret of the identity chosen for a single-cluster destination in filter state
+    /// (`wasm.egress_identity.secret`), which the gateway's `set_filter_state` hands to the upstream
+    /// connection. Unlike the audit record, the request cannot go on without it.
+    fn set_identity_secret(&self, secret: &str) -> Result<(), HostError> {
+        self.set_filter_state(SECRET_FILTER_STATE_KEY, secret.as_bytes())
+    }
+
+    /// Declares filter state `wasm.egress_identity.decision` as a `google.protobuf.Struct` (the foreign
+    /// function `declare_property`), so an access log's `%FILTER_STATE(...:TYPED)%` renders it as a JSON
+    /// object. It lives as long as the request (HTTP filter) or the connection (network filter).
+    fn declare_decision_property(&self, l4: bool) -> Result<(), HostError> {
+        let span = if l4 { 2 } else { 1 }; // DownstreamConnection, DownstreamRequest
+        let arguments =
+            protobuf::declare_property_arguments(audit::STRUCT_FILTER_STATE_KEY, audit::STRUCT_TYPE_URL, span);
+        self.foreign_function("declare_property", &arguments)
     }
 }
 
-/// Answers the request locally with a JSON body.
-pub fn respond(status: u32, body: &str) {
-    let headers = vec![("content-type", "application/json")];
-    if let Err(e) = hostcalls::send_http_response(status, headers, Some(body.as_bytes())) {
-        log::error!("egress-identity: cannot send the local response: {e:?}");
+/// The NUL-joined host path of a principal property (no allocation per request).
+fn principal_path(property: PrincipalProperty) -> &'static [u8] {
+    match property {
+        PrincipalProperty::PeerCertificateDigest => b"connection\0sha256_peer_certificate_digest",
+        PrincipalProperty::PeerCertificate => b"connection\0peer_certificate",
+        PrincipalProperty::IstioPeerPrincipal => b"filter_state\0io.istio.peer_principal",
     }
 }
 
-/// The plugin's root id (`root_id` in Envoy, Istio's `pluginName`).
+/// Envoy, through the raw ABI.
+pub struct Envoy;
+
+/// The failure of a host call, logged (with what was asked), as the core's [`HostError`].
+fn failed(what: &str, status: HostStatus) -> HostError {
+    log::warn!("egress-identity: host call failed: {what}: status {status}");
+    HostError
+}
+
+impl Host for Envoy {
+    fn property_bytes(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        abi::get_property(path).map_err(|s| failed(&format!("property {}", String::from_utf8_lossy(path)), s))
+    }
+
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        abi::get_header(abi::REQUEST_HEADERS, name).map_err(|s| failed(&format!("request header {name}"), s))
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        abi::replace_header(request_headers_map(), name, value)
+            .map_err(|s| failed(&format!("set request header {name}"), s))
+    }
+
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        abi::remove_header(abi::REQUEST_HEADERS, name).map_err(|s| failed(&format!("remove request header {name}"), s))
+    }
+
+    fn respond(&self, status: u32, body: &str) -> Result<(), HostError> {
+        abi::send_local_response(status, &[("content-type", "application/json")], body.as_bytes())
+            .map_err(|s| failed("local response", s))
+    }
+
+    fn downstream_data(&self, max: usize) -> Result<Vec<u8>, HostError> {
+        abi::get_buffer(abi::DOWNSTREAM_DATA, 0, max)
+            .map(Option::unwrap_or_default)
+            .map_err(|s| failed("the connection's data", s))
+    }
+
+    fn close_downstream(&self) -> Result<(), HostError> {
+        abi::close_stream(abi::STREAM_DOWNSTREAM).map_err(|s| failed("close the connection", s))
+    }
+
+    fn close_connection_of(&self, context_id: u32) -> Result<(), HostError> {
+        abi::set_effective_context(context_id).map_err(|s| failed(&format!("connection {context_id} (gone?)"), s))?;
+        self.close_downstream()
+    }
+
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        abi::set_property(key.as_bytes(), value).map_err(|s| failed(&format!("filter state {key}"), s))
+    }
+
+    fn foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), HostError> {
+        abi::call_foreign_function(name, arguments).map(|_| ()).map_err(|s| failed(name, s))
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        abi::current_time_ns().map(|ns| ns / 1_000_000).map_err(|s| failed("the clock", s))
+    }
+
+    fn define_counter(&self, name: &str) -> Result<u32, HostError> {
+        abi::define_metric(abi::COUNTER, name).map_err(|s| failed(&format!("define metric {name}"), s))
+    }
+
+    fn increment_counter(&self, id: u32, delta: i64) -> Result<(), HostError> {
+        abi::increment_metric(id, delta).map_err(|s| failed(&format!("increment metric {id}"), s))
+    }
+}
+
+/// The request-header map. A test build (`test-host-failure`) can make the next header write name a map
+/// that does not exist, so that Envoy refuses it (BadArgument): a real failed host write.
+fn request_headers_map() -> u32 {
+    #[cfg(feature = "test-host-failure")]
+    if crate::test_host_failure::take() {
+        return 99;
+    }
+    abi::REQUEST_HEADERS
+}
+
+/// The plugin's root id (`root_id` in Envoy, Istio's `pluginName`); empty if unreadable.
 pub fn plugin_root_id() -> String {
-    match hostcalls::get_property(vec!["plugin_root_id"]) {
-        Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
-        _ => String::new(),
-    }
+    Envoy.string_property(b"plugin_root_id")
 }
 
-/// Envoy's log level for Wasm plugins (`--component-log-level wasm:debug`, `/logging?wasm=debug`).
-/// The SDK's own `get_log_level` panics on an unexpected status; this binding reports it instead.
-pub fn envoy_log_level() -> Option<LogLevel> {
-    let mut level: u32 = 0;
-    // SAFETY: the host writes one u32 through the pointer, which is valid for the call.
-    let status = unsafe { abi::proxy_get_log_level(&mut level) };
-    if status != Status::Ok as u32 {
-        return None;
-    }
-    Some(match level {
-        0 => LogLevel::Trace,
-        1 => LogLevel::Debug,
-        2 => LogLevel::Info,
-        3 => LogLevel::Warn,
-        4 => LogLevel::Error,
-        _ => LogLevel::Critical,
-    })
+/// Envoy's log level for Wasm plugins (`--component-log-level wasm:debug`, `/logging?wasm=debug`): 0 trace ..
+/// 5 critical; `None` if unreadable.
+pub fn envoy_log_level() -> Option<u32> {
+    abi::log_level().ok()
 }
 
-#[cfg(target_arch = "wasm32")]
-mod abi {
-    // The same imports the SDK declares (returning `Status`, a `repr(u32)` enum), with plain integers so
-    // that no value the host returns can be an invalid enum.
-    #[allow(clashing_extern_declarations)]
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        pub fn proxy_get_log_level(return_level: *mut u32) -> u32;
-        pub fn proxy_get_property(
-            path_data: *const u8,
-            path_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-        ) -> u32;
-        pub fn proxy_set_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        pub fn proxy_close_stream(stream_type: u32) -> u32;
-        pub fn proxy_set_effective_context(context_id: u32) -> u32;
-        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-    }
-}
+/// A host for native tests: properties and headers from maps, every write recorded, and any call made to fail.
+#[cfg(test)]
+pub mod mock {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
 
-/// Native builds (`cargo test`, clippy) have no host: the level is unknown, properties are absent and cannot
-/// be set.
-#[cfg(not(target_arch = "wasm32"))]
-mod abi {
-    pub unsafe fn proxy_get_log_level(_return_level: *mut u32) -> u32 {
-        u32::MAX
+    use super::*;
+
+    #[derive(Default)]
+    pub struct MockHost {
+        pub properties: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+        pub request_headers: RefCell<BTreeMap<String, String>>,
+        pub downstream: RefCell<Vec<u8>>,
+        pub now_ms: std::cell::Cell<u64>,
+        /// Calls that fail, by name (e.g. "set_request_header", "respond").
+        pub failing: RefCell<Vec<&'static str>>,
+        /// What the filter did, in order: e.g. "respond 403 {...}", "close", "set_request_header x=y".
+        pub calls: RefCell<Vec<String>>,
+        pub filter_state: RefCell<BTreeMap<String, Vec<u8>>>,
+        pub counters: RefCell<Vec<(String, i64)>>,
     }
-    pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
-        1 // NotFound
+
+    impl MockHost {
+        fn call(&self, name: &'static str, what: String) -> Result<(), HostError> {
+            if self.failing.borrow().contains(&name) {
+                self.calls.borrow_mut().push(format!("FAILED {what}"));
+                return Err(HostError);
+            }
+            self.calls.borrow_mut().push(what);
+            Ok(())
+        }
+
+        pub fn fail(&self, name: &'static str) {
+            self.failing.borrow_mut().push(name);
+        }
+
+        pub fn heal(&self) {
+            self.failing.borrow_mut().clear();
+        }
+
+        /// The counter's total so far.
+        pub fn counter(&self, name: &str) -> i64 {
+            self.counters.borrow().iter().filter(|(n, _)| n == name).map(|(_, v)| *v).sum()
+        }
     }
-    pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
-        u32::MAX
-    }
-    pub unsafe fn proxy_close_stream(_: u32) -> u32 {
-        u32::MAX
-    }
-    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 {
-        u32::MAX
-    }
-    pub unsafe fn proxy_get_current_time_nanoseconds(_: *mut u64) -> u32 {
-        u32::MAX
+
+    impl Host for MockHost {
+        fn property_bytes(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+            self.call("property", format!("property {}", String::from_utf8_lossy(path)))?;
+            Ok(self.properties.borrow().get(path).cloned())
+        }
+        fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+            self.call("request_header", format!("request_header {name}"))?;
+            Ok(self.request_headers.borrow().get(name).map(|v| v.as_bytes().to_vec()))
+        }
+        fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+            self.call("set_request_header", format!("set_request_header {name}={value}"))?;
+            self.request_headers.borrow_mut().insert(name.into(), value.into());
+            Ok(())
+        }
+        fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+            self.call("remove_request_header", format!("remove_request_header {name}"))?;
+            self.request_headers.borrow_mut().remove(name);
+            Ok(())
+        }
+        fn respond(&self, status: u32, body: &str) -> Result<(), HostError> {
+            self.call("respond", format!("respond {status} {body}"))
+        }
+        fn downstream_data(&self, max: usize) -> Result<Vec<u8>, HostError> {
+            self.call("downstream_data", "downstream_data".into())?;
+            Ok(self.downstream.borrow().iter().take(max).copied().collect())
+        }
+        fn close_downstream(&self) -> Result<(), HostError> {
+            self.call("close_downstream", "close".into())
+        }
+        fn close_connection_of(&self, context_id: u32) -> Result<(), HostError> {
+            self.call("close_connection_of", format!("close {context_id}"))
+        }
+        fn set_filter_state(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+            self.call("set_filter_state", format!("set_filter_state {key}"))?;
+            self.filter_state.borrow_mut().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), HostError> {
+            self.call("foreign_function", format!("{name} {arguments:?}"))
+        }
+        fn now_ms(&self) -> Result<u64, HostError> {
+            self.call("now_ms", "now".into())?;
+            Ok(self.now_ms.get())
+        }
+        fn define_counter(&self, name: &str) -> Result<u32, HostError> {
+            if self.failing.borrow().contains(&"define_counter") {
+                return Err(HostError);
+            }
+            let mut counters = self.counters.borrow_mut();
+            counters.push((name.into(), 0));
+            u32::try_from(counters.len() - 1).map_err(|_| HostError)
+        }
+        fn increment_counter(&self, id: u32, delta: i64) -> Result<(), HostError> {
+            if self.failing.borrow().contains(&"increment_counter") {
+                return Err(HostError);
+            }
+            let mut counters = self.counters.borrow_mut();
+            let name = counters.get(id as usize).map(|(n, _)| n.clone()).ok_or(HostError)?;
+            counters.push((name, delta));
+            Ok(())
+        }
     }
 }

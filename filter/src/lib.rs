@@ -14,23 +14,27 @@
 //!
 //! [`principal::resolve`]: egress_identity_core::principal::resolve
 
+mod abi;
 #[cfg(feature = "bench-ladder")]
 mod bench_ladder;
 mod counters;
 mod host;
 mod http;
+mod logger;
+mod protobuf;
 mod record;
 mod root;
 mod stream;
+#[cfg(feature = "test-host-failure")]
+mod test_host_failure;
 #[cfg(feature = "test-trap")]
 mod test_trap;
 mod upstream;
 
 use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     // Until the first configuration asks Envoy for its level (root::follow_envoy_log_level).
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::init(log::LevelFilter::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::EgressIdentityRoot::default()) });
 }}

@@ -8,7 +8,7 @@ use egress_identity_core::audit::{self, Outcome};
 use egress_identity_core::config_document::AuditRecord;
 use egress_identity_core::decision::Evaluation;
 
-use crate::host;
+use crate::host::Host;
 
 pub struct Record {
     line: Option<String>,
@@ -23,14 +23,15 @@ impl Record {
         Self { line, write_line: forms.line(), structured }
     }
 
-    /// Writes the forms asked for to filter state, and the line to the debug log.
-    pub fn store(&self) {
+    /// Writes the forms asked for to filter state, and the line to the debug log. A failed write costs the
+    /// access log its record, nothing else (the host logs it).
+    pub fn store(&self, host: &dyn Host) {
         if let Some(structured) = &self.structured {
-            host::set_decision_struct(structured);
+            let _ = host.set_filter_state(audit::STRUCT_FILTER_STATE_KEY, structured);
         }
         if let Some(line) = &self.line {
             if self.write_line {
-                host::set_filter_state(audit::FILTER_STATE_KEY, line);
+                let _ = host.set_filter_state(audit::FILTER_STATE_KEY, line.as_bytes());
             }
             log::debug!("egress-identity: {line}");
         }

@@ -10,29 +10,44 @@ use egress_identity_core::config::Config;
 use egress_identity_core::config_generation::{self, Generation};
 use egress_identity_core::metrics;
 use egress_identity_core::pending_connections::PendingConnections;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::ContextType;
 
+use crate::abi;
 use crate::counters::Counters;
-use crate::host;
+use crate::host::{self, Envoy, Host};
 use crate::http::EgressIdentityFilter;
+use crate::logger;
 use crate::stream::EgressIdentityConnection;
 
 /// A root id ending in this makes the plugin the network (L4) filter.
 pub const L4_ROOT_ID_SUFFIX: &str = "-l4";
 
 /// Per-VM (per worker) state.
-#[derive(Default)]
 pub struct EgressIdentityRoot {
+    host: Rc<dyn Host>,
     config: Option<Rc<Config>>,
     cache: Option<Rc<RefCell<CertificateCache>>>,
     counters: Rc<Counters>,
-    log_level: Option<LogLevel>,
+    log_level: Option<u32>,
     /// Loaded as the network filter (root id `…-l4`): connections, not requests.
     l4: bool,
     /// The network filter's undecided connections, closed on the timer at their deadline.
     pending: Rc<RefCell<PendingConnections>>,
+}
+
+impl Default for EgressIdentityRoot {
+    fn default() -> Self {
+        Self {
+            host: Rc::new(Envoy),
+            config: None,
+            cache: None,
+            counters: Rc::default(),
+            log_level: None,
+            l4: false,
+            pending: Rc::default(),
+        }
+    }
 }
 
 impl EgressIdentityRoot {
@@ -43,7 +58,7 @@ impl EgressIdentityRoot {
         if level.is_some() && level != self.log_level {
             self.log_level = level;
             if let Some(level) = level {
-                proxy_wasm::set_log_level(level);
+                logger::init(logger::filter_of(level));
             }
         }
     }
@@ -56,7 +71,7 @@ impl EgressIdentityRoot {
         if !self.l4 {
             return;
         }
-        let Some(now) = host::now_ms() else {
+        let Ok(now) = self.host.now_ms() else {
             log::warn!("egress-identity: cannot read the host's clock: undecided connections wait for the next tick");
             return;
         };
@@ -65,7 +80,8 @@ impl EgressIdentityRoot {
             Err(_) => return,
         };
         for id in overdue {
-            host::close_connection_of(id);
+            // A connection already gone fails here: nothing to close.
+            let _ = self.host.close_connection_of(id);
         }
     }
 }
@@ -85,7 +101,7 @@ impl RootContext for EgressIdentityRoot {
         self.l4 = root_id.ends_with(L4_ROOT_ID_SUFFIX);
         #[cfg(feature = "bench-ladder")]
         crate::bench_ladder::configure(&root_id);
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match abi::get_buffer(abi::PLUGIN_CONFIGURATION, 0, usize::MAX) {
             Ok(Some(bytes)) if !bytes.is_empty() => bytes,
             _ => {
                 log::error!("egress-identity: invalid configuration: .: no plugin configuration given");
@@ -106,14 +122,15 @@ impl RootContext for EgressIdentityRoot {
         }
         self.cache = Some(Rc::new(RefCell::new(CertificateCache::new(config.certificate_cache_size))));
         self.counters.flush();
-        self.counters = Rc::new(Counters::define(&config, self.l4));
+        self.counters = Rc::new(Counters::define(Rc::clone(&self.host), &config, self.l4));
         // One table for the VM's life: connections of a previous configuration keep their deadlines, and the
         // timer keeps closing them.
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
             pending.set_timeout_ms(config.connection_decision_timeout_ms);
         }
-        if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_INTERVAL) {
-            log::warn!("egress-identity: cannot set the tick period, counters are not published: {status:?}");
+        let period = u32::try_from(metrics::FLUSH_INTERVAL.as_millis()).unwrap_or(1000);
+        if let Err(status) = abi::set_tick_period_ms(period) {
+            log::warn!("egress-identity: cannot set the tick period, counters are not published (and undecided connections not closed): status {status}");
         }
         let fingerprint = config_generation::fingerprint(&bytes);
         // Logged once per configuration: by the worker whose load moved the generation.
@@ -132,13 +149,11 @@ impl RootContext for EgressIdentityRoot {
             }
         }
         // Declared only when written (`auditRecord`).
-        if config.audit_record.object() {
-            if let Err(status) = host::declare_decision_property(self.l4) {
-                log::warn!(
-                    "cannot declare filter state {}: {status:?}; the access log's decision object stays empty",
-                    audit::STRUCT_FILTER_STATE_KEY
-                );
-            }
+        if config.audit_record.object() && self.host.declare_decision_property(self.l4).is_err() {
+            log::warn!(
+                "cannot declare filter state {}; the access log's decision object stays empty",
+                audit::STRUCT_FILTER_STATE_KEY
+            );
         }
         self.config = Some(Rc::new(config));
         true
@@ -151,11 +166,17 @@ impl RootContext for EgressIdentityRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EgressIdentityFilter::new(self.config.clone(), self.cache.clone(), Rc::clone(&self.counters))))
+        Some(Box::new(EgressIdentityFilter::new(
+            Rc::clone(&self.host),
+            self.config.clone(),
+            self.cache.clone(),
+            Rc::clone(&self.counters),
+        )))
     }
 
     fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
         Some(Box::new(EgressIdentityConnection::new(
+            Rc::clone(&self.host),
             context_id,
             self.config.clone(),
             self.cache.clone(),
@@ -173,33 +194,33 @@ impl RootContext for EgressIdentityRoot {
 /// retrying when another worker updates the record at the same time.
 /// Returns the generation when this call moved it (the first worker to load a new configuration).
 fn publish_config_generation(fingerprint: u64) -> Option<u64> {
-    let gauge = match hostcalls::define_metric(MetricType::Gauge, metrics::CONFIG_GENERATION) {
+    let gauge = match abi::define_metric(abi::GAUGE, metrics::CONFIG_GENERATION) {
         Ok(gauge) => gauge,
         Err(status) => {
-            log::warn!("egress-identity: cannot define the config-generation gauge: {status:?}");
+            log::warn!("egress-identity: cannot define the config-generation gauge: status {status}");
             return None;
         }
     };
     for _ in 0..8 {
-        let (stored, cas) = match hostcalls::get_shared_data(config_generation::SHARED_DATA_KEY) {
+        let (stored, cas) = match abi::get_shared_data(config_generation::SHARED_DATA_KEY) {
             Ok(found) => found,
             Err(status) => {
-                log::warn!("egress-identity: cannot read the config generation: {status:?}");
+                log::warn!("egress-identity: cannot read the config generation: status {status}");
                 return None;
             }
         };
         let next = Generation::next(stored.as_deref(), fingerprint);
         let moved = stored.as_deref().and_then(Generation::parse) != Some(next);
-        match hostcalls::set_shared_data(config_generation::SHARED_DATA_KEY, Some(next.record().as_bytes()), cas) {
+        match abi::set_shared_data(config_generation::SHARED_DATA_KEY, next.record().as_bytes(), cas) {
             Ok(()) => {
-                if let Err(status) = hostcalls::record_metric(gauge, next.generation) {
-                    log::warn!("egress-identity: cannot record the config generation: {status:?}");
+                if let Err(status) = abi::record_metric(gauge, next.generation) {
+                    log::warn!("egress-identity: cannot record the config generation: status {status}");
                 }
                 return moved.then_some(next.generation);
             }
-            Err(Status::CasMismatch) => continue,
+            Err(abi::CAS_MISMATCH) => continue,
             Err(status) => {
-                log::warn!("egress-identity: cannot store the config generation: {status:?}");
+                log::warn!("egress-identity: cannot store the config generation: status {status}");
                 return None;
             }
         }

@@ -33,7 +33,7 @@ use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::{Action, PeerType};
 
 use crate::counters::Counters;
-use crate::host;
+use crate::host::Host;
 use crate::record::Record;
 use crate::upstream::{self, Forwarded};
 
@@ -64,6 +64,7 @@ struct Passthrough {
 }
 
 pub struct EgressIdentityConnection {
+    host: Rc<dyn Host>,
     /// This connection's context id (the key of [`PendingConnections`]).
     id: u32,
     config: Option<Rc<Config>>,
@@ -78,13 +79,14 @@ pub struct EgressIdentityConnection {
 
 impl EgressIdentityConnection {
     pub fn new(
+        host: Rc<dyn Host>,
         id: u32,
         config: Option<Rc<Config>>,
         cache: Option<Rc<RefCell<CertificateCache>>>,
         counters: Rc<Counters>,
         pending: Rc<RefCell<PendingConnections>>,
     ) -> Self {
-        Self { id, config, cache, counters, pending, state: State::Undecided, forwarded: None }
+        Self { host, id, config, cache, counters, pending, state: State::Undecided, forwarded: None }
     }
 
     /// The connection is decided (forwarded or closed by the filter): no deadline any more.
@@ -101,7 +103,7 @@ impl StreamContext for EgressIdentityConnection {
     fn on_new_connection(&mut self) -> Action {
         // The deadline runs from now. Without the host's clock the connection is due at once: it is closed on
         // the next tick unless decided before (fail closed, never held for ever).
-        let now = host::now_ms().unwrap_or(0);
+        let now = self.host.now_ms().unwrap_or(0);
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
             pending.start(self.id, now);
         }
@@ -133,8 +135,8 @@ impl StreamContext for EgressIdentityConnection {
             self.timed_out();
         }
         if let Some(forwarded) = self.forwarded.take() {
-            if let (Some(config), Some(failure)) = (self.config.as_deref(), upstream::failure(false)) {
-                upstream::record(config, &self.counters, forwarded, &failure);
+            if let (Some(config), Some(failure)) = (self.config.as_deref(), upstream::failure(&*self.host, false)) {
+                upstream::record(&*self.host, config, &self.counters, forwarded, &failure);
             }
         }
     }
@@ -154,14 +156,16 @@ impl EgressIdentityConnection {
     }
 
     fn decide(&mut self, config: &Config, data_size: usize, end_of_stream: bool) -> Result<Action, HostError> {
+        let host = Rc::clone(&self.host);
         let resolution = {
             let mut cache = self.cache.as_ref().and_then(|c| c.try_borrow_mut().ok());
-            principal::resolve(config.principal_sources, config.san_policy, cache.as_deref_mut(), host::property)?
+            let lookup = |p| host.property(p);
+            principal::resolve(config.principal_sources, config.san_policy, cache.as_deref_mut(), lookup)?
         };
         self.counters.count_resolution(&resolution);
         let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
-        let sni = host::connection_server_name()?;
-        let port = host::destination_port()?;
+        let sni = host.connection_server_name()?;
+        let port = host.destination_port()?;
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
         self.counters.count_dry_run(&evaluation);
@@ -181,7 +185,7 @@ impl EgressIdentityConnection {
                 if let Some(secret) = &allowed.identity.secret {
                     // Single-cluster mode: the gateway's network set_filter_state, which runs only once this
                     // filter lets the connection go on, hands it to the upstream connection.
-                    host::set_identity_secret(secret)?;
+                    host.set_identity_secret(secret)?;
                 }
                 self.forward(config, &cluster, identity, record)
             }
@@ -197,7 +201,7 @@ impl EgressIdentityConnection {
         data_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
-        let data = host::downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
+        let data = self.host.downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
         match config.passthrough_verdict(&pending.host, pending.allow_encrypted, &hello) {
             PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, pending.record),
@@ -222,16 +226,21 @@ impl EgressIdentityConnection {
 
     /// Closed by the root context at its deadline, undecided: a denial of its own.
     fn timed_out(&mut self) {
+        if matches!(self.state, State::Closed) {
+            // Decided (and counted) already; only its close had failed.
+            return;
+        }
         let denial = PendingConnections::DENIAL;
-        let (destination, principal) = match &self.state {
-            State::AwaitingClientHello(pending) => (Some(&*pending.destination), &*pending.principal),
-            _ => (None, ""),
+        // A request-layer denial: counted without a destination, like malformed requests.
+        let principal = match &self.state {
+            State::AwaitingClientHello(pending) => &*pending.principal,
+            _ => "",
         };
         log::info!("egress-identity: connection closed undecided at its deadline: {denial}");
         if let Some(config) = self.config.as_deref() {
-            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal).store();
+            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal).store(&*self.host);
         }
-        self.counters.denied(&denial, destination);
+        self.counters.denied(&denial, None);
         self.state = State::Closed;
     }
 
@@ -242,9 +251,9 @@ impl EgressIdentityConnection {
         identity: usize,
         record: Record,
     ) -> Result<Action, HostError> {
-        host::set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
+        self.host.set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
         self.settled();
-        record.store();
+        record.store(&*self.host);
         self.counters.allowed(config, identity);
         self.forwarded = Some(Forwarded { identity, record });
         self.state = State::Forwarding;
@@ -252,15 +261,129 @@ impl EgressIdentityConnection {
     }
 
     fn deny(&mut self, denial: &Denial<'_>, destination: Option<&str>, record: &Record) -> Action {
-        record.store();
+        record.store(&*self.host);
         self.counters.denied(denial, destination);
         self.close()
     }
 
     fn close(&mut self) -> Action {
-        self.settled();
         self.state = State::Closed;
-        host::close_downstream();
+        // A close the host refuses leaves the connection paused (nothing is forwarded) and pending: the
+        // deadline closes it.
+        if self.host.close_downstream().is_ok() {
+            self.settled();
+        }
         Action::Pause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::mock::MockHost;
+
+    const POLICY: &str = r#"{
+      "localTrustDomain": "cluster.local",
+      "identities": [ { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
+      "gateway": { "policies": [ { "name": "mesh", "action": "ALLOW",
+        "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ] },
+      "destinations": [
+        { "name": "db", "protocol": "tcp", "host": "db.partner.example", "port": 5432,
+          "policies": [ { "name": "team", "action": "ALLOW",
+            "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ],
+          "identities": ["team.app1"] },
+        { "name": "files", "protocol": "tls", "host": "files.partner.example", "port": 443,
+          "policies": [ { "name": "team", "action": "ALLOW",
+            "rules": [ { "from": [ { "source": { "namespaces": ["team"] } } ] } ] } ] } ]
+    }"#;
+
+    /// A connection from the workload of `core/tests/certs/app1.pem` with `sni` to `port`, on a mock host.
+    fn connection(sni: &str, port: u16) -> (Rc<MockHost>, Rc<RefCell<PendingConnections>>, EgressIdentityConnection) {
+        let config = Rc::new(Config::load(POLICY.as_bytes()).unwrap());
+        let host = Rc::new(MockHost::default());
+        let pem = include_bytes!("../../core/tests/certs/app1.pem").to_vec();
+        let mut properties = host.properties.borrow_mut();
+        properties.insert(b"connection\0peer_certificate".to_vec(), pem);
+        properties.insert(b"connection\0requested_server_name".to_vec(), sni.as_bytes().to_vec());
+        properties.insert(b"destination\0port".to_vec(), i64::from(port).to_le_bytes().to_vec());
+        drop(properties);
+        host.now_ms.set(1_000);
+        let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
+        let counters = Rc::new(Counters::define(host.clone(), &config, true));
+        let c = EgressIdentityConnection::new(host.clone(), 7, Some(config), None, counters, Rc::clone(&pending));
+        (host, pending, c)
+    }
+
+    fn calls(host: &MockHost) -> Vec<String> {
+        let noise = |c: &&String| c.starts_with("property") || c.starts_with("set_filter_state") || *c == "now";
+        host.calls.borrow().iter().filter(|c| !noise(c)).cloned().collect()
+    }
+
+    #[test]
+    fn an_allowed_connection_names_its_cluster_and_leaves_the_deadline() {
+        let (host, pending, mut c) = connection("db.partner.example", 5432);
+        assert_eq!(c.on_new_connection(), Action::Pause);
+        assert_eq!(pending.borrow().len(), 1);
+        assert_eq!(c.on_downstream_data(5, false), Action::Continue);
+        let said = calls(&host);
+        assert!(said.iter().any(|s| s.starts_with("set_envoy_filter_state ")), "{said:?}");
+        assert!(pending.borrow().is_empty(), "decided");
+        assert_eq!(c.on_downstream_data(5, false), Action::Continue, "forwarding");
+    }
+
+    #[test]
+    fn a_denied_connection_is_closed_and_a_refused_close_keeps_its_deadline() {
+        let (host, pending, mut c) = connection("unknown.example", 5432);
+        c.on_new_connection();
+        assert_eq!(c.on_downstream_data(5, false), Action::Pause);
+        assert_eq!(calls(&host), ["close"]);
+        assert!(pending.borrow().is_empty());
+
+        let (host, pending, mut c) = connection("unknown.example", 5432);
+        host.fail("close_downstream");
+        c.on_new_connection();
+        assert_eq!(c.on_downstream_data(5, false), Action::Pause);
+        assert_eq!(pending.borrow().len(), 1, "still closed at its deadline");
+        // The deadline's close reaches it; the denial was counted already.
+        assert_eq!(pending.borrow_mut().expire(60_000), [7]);
+        c.on_downstream_close(PeerType::Local);
+        c.counters.flush();
+        assert_eq!(
+            host.counter(
+                "egress_identity.decisions_total;protocol=l4;decision=deny;layer=request;reason=decision_timeout"
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn a_passthrough_waits_for_its_whole_client_hello_and_is_counted_at_its_deadline() {
+        let (host, pending, mut c) = connection("files.partner.example", 443);
+        c.on_new_connection();
+        *host.downstream.borrow_mut() = vec![22, 3, 1, 0, 200, 1, 0]; // the start of a ClientHello
+        assert_eq!(c.on_downstream_data(7, false), Action::Pause);
+        assert_eq!(pending.borrow().len(), 1, "not decided yet");
+        assert_eq!(pending.borrow_mut().expire(11_000), [7]);
+        c.on_downstream_close(PeerType::Local);
+        c.counters.flush();
+        let timeouts =
+            "egress_identity.decisions_total;protocol=l4;decision=deny;layer=request;reason=decision_timeout";
+        assert_eq!(host.counter(timeouts), 1);
+    }
+
+    /// Every host call the decision needs, failing in turn: the connection is closed (a host_error), never
+    /// handed to tcp_proxy.
+    #[test]
+    fn each_failing_host_call_closes_the_connection() {
+        for failing in ["property", "foreign_function"] {
+            let (host, _pending, mut c) = connection("db.partner.example", 5432);
+            c.on_new_connection();
+            host.fail(failing);
+            assert_eq!(c.on_downstream_data(5, false), Action::Pause, "{failing}");
+            let said = calls(&host);
+            assert!(said.last().is_some_and(|s| s == "close"), "{failing}: {said:?}");
+            c.counters.flush();
+            assert_eq!(host.counter("egress_identity.host_errors_total"), 1, "{failing}");
+        }
     }
 }

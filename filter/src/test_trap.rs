@@ -3,8 +3,7 @@
 //! entry` (before anything else) or `after-allow` (after an allowed request's internal headers are set, just
 //! before the request would continue), to prove Envoy fails closed when the VM crashes.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use crate::abi;
 
 #[derive(PartialEq, Eq)]
 pub enum Point {
@@ -17,8 +16,8 @@ pub fn maybe_trap(point: Point) {
         Point::Entry => "entry",
         Point::AfterAllow => "after-allow",
     };
-    let value = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-egress-identity-test-trap");
-    if matches!(value, Ok(Some(v)) if v == want) {
+    let value = abi::get_header(abi::REQUEST_HEADERS, "x-egress-identity-test-trap");
+    if matches!(value, Ok(Some(v)) if v == want.as_bytes()) {
         log::warn!("egress-identity: test-trap: trapping ({want})");
         trap();
     }

@@ -10,7 +10,7 @@ use egress_identity_core::audit::{self, Outcome};
 use egress_identity_core::config::Config;
 
 use crate::counters::Counters;
-use crate::host;
+use crate::host::{self, Host};
 use crate::record::Record;
 
 /// An allowed request or connection until its upstream is known: what its record and counters need.
@@ -33,25 +33,25 @@ pub struct Failure {
 /// is logged). `http`: a request, whose response-code details tell a response from the upstream; a
 /// connection instead counts as forwarded once tcp_proxy made an upstream connection (a first attempt
 /// may have failed).
-pub fn failure(http: bool) -> Option<Failure> {
-    let flags = host::response_flags().ok()?;
+pub fn failure(host: &dyn Host, http: bool) -> Option<Failure> {
+    let flags = host.response_flags().ok()?;
     if !audit::may_have_failed_upstream(flags) {
         return None;
     }
-    let details = if http { host::string_property(host::RESPONSE_CODE_DETAILS) } else { String::new() };
-    if !http && host::has_property(host::UPSTREAM_LOCAL_ADDRESS) {
+    let details = if http { host.string_property(host::RESPONSE_CODE_DETAILS) } else { String::new() };
+    if !http && host.has_property(host::UPSTREAM_LOCAL_ADDRESS) {
         return None;
     }
-    let reason = host::string_property(host::UPSTREAM_TRANSPORT_FAILURE_REASON);
+    let reason = host.string_property(host::UPSTREAM_TRANSPORT_FAILURE_REASON);
     let outcome = audit::classify(flags, &reason, &details)?;
     Some(Failure { outcome, detail: audit::upstream_detail(&reason, &details).to_string() })
 }
 
 /// Records an upstream failure of `forwarded`: its audit record rewritten with the outcome (filter state,
 /// for the access log; the debug log), and the failure counted.
-pub fn record(config: &Config, counters: &Counters, mut forwarded: Forwarded, failure: &Failure) {
+pub fn record(host: &dyn Host, config: &Config, counters: &Counters, mut forwarded: Forwarded, failure: &Failure) {
     forwarded.record.add_outcome(failure.outcome, &failure.detail);
-    forwarded.record.store();
+    forwarded.record.store(host);
     if !forwarded.record.has_line() && log::log_enabled!(log::Level::Debug) {
         // No record line to log (neither written nor built at decision time): the debug log still says it.
         if let Some((d, i)) = config.destinations.identities().nth(forwarded.identity) {

@@ -8,10 +8,10 @@
 //! 5xx and never reaches the partner.
 //!
 //! What Envoy 1.40 does after the trap depends on the plugin's `failure_policy`:
-//! * `fail_open: false` (what `envoy/gateway.yaml` says; = `FAIL_CLOSED`): the VM is not reloaded
+//! * `fail_open: false` (= `FAIL_CLOSED`): the VM is not reloaded
 //!   (`wasm.egress-identity.vm_reload*` stay 0) and *every* later request gets 503 until Envoy restarts or
 //!   the plugin configuration changes — closed, but an outage.
-//! * `failure_policy: FAIL_RELOAD`: the trapping request gets 503, the VM is reloaded after a back-off
+//! * `failure_policy: FAIL_RELOAD` (what `envoy/gateway.yaml` says): the trapping request gets 503, the VM is reloaded after a back-off
 //!   (`vm_reload_backoff`, then `vm_reload_success`), and later requests are decided normally again.
 //!
 //! Plugin configuration failures: a configuration the plugin refuses makes Envoy refuse to start
@@ -21,7 +21,6 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,32 +42,9 @@ fn trap_wasm() -> PathBuf {
     if let Some(p) = &*built {
         return p.clone();
     }
-    let root = repo_root();
-    let target_dir = root.join("target/test-trap");
-    // wasm-env.sh reads CARGO_TARGET_DIR when sourced; debian mode appends /wasm-debian.
-    let status = Command::new("bash")
-        .arg("-c")
-        .arg(". scripts/wasm-env.sh && wasm_cargo wasm32-wasip1 build --release -p egress-identity-filter --features test-trap --quiet")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(&root)
-        .status()
-        .expect("running bash");
-    assert!(status.success(), "building the test-trap variant failed");
-    let wasm = ["", "wasm-debian"]
-        .iter()
-        .map(|sub| target_dir.join(sub).join("wasm32-wasip1/release/egress_identity.wasm"))
-        .find(|p| p.exists())
-        .expect("test-trap wasm not found");
-    let bytes = std::fs::read(&wasm).unwrap();
-    assert!(contains(&bytes, b"test-trap"), "{} is not the test-trap variant", wasm.display());
-    let dist = std::fs::read(root.join("dist/egress_identity.wasm")).unwrap_or_default();
-    assert!(!contains(&dist, b"test-trap"), "dist/egress_identity.wasm contains the test-trap code");
+    let wasm = topology::build_wasm_variant("test-trap").unwrap();
     *built = Some(wasm.clone());
     wasm
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// envoy/gateway.yaml without the header_mutation filter, with the wasm filter's failure setting replaced.
@@ -77,7 +53,14 @@ fn gateway_variant(dir: &Path, failure: &str) -> PathBuf {
     let lines = topology::without_header_mutation(&original).unwrap();
     let out: Vec<String> = lines
         .into_iter()
-        .map(|l| if l.trim() == "fail_open: false" { l.replace("fail_open: false", failure) } else { l })
+        .map(|l| {
+            let rendered = "failure_policy: FAIL_RELOAD";
+            if l.trim() == rendered {
+                l.replace(rendered, failure)
+            } else {
+                l
+            }
+        })
         .collect();
     let text = out.join("\n") + "\n";
     assert!(!text.contains("header_mutation") && text.contains(failure));
@@ -155,7 +138,7 @@ fn failed_or_correct(
     }
 }
 
-/// Default gateway setting (`fail_open: false`): the trapping request gets 503 and is not forwarded, even
+/// `fail_open: false` (FAIL_CLOSED): the trapping request gets 503 and is not forwarded, even
 /// with a spoofed cluster header. The VM is not reloaded: the worker whose VM trapped answers 503 from then
 /// on (Envoy runs one VM per worker; the gateway runs 2), the other worker decides normally.
 #[test]
@@ -197,7 +180,7 @@ fn vm_trap_with_fail_open_false_fails_closed_for_good() {
     eprintln!("after the trap: {} failed (503), {} decided normally", failed.len() - 1, ok.len());
 }
 
-/// `failure_policy: FAIL_RELOAD`: the trapping request gets 503 and is not forwarded, even with a spoofed
+/// `failure_policy: FAIL_RELOAD` (the rendered gateway's): the trapping request gets 503 and is not forwarded, even with a spoofed
 /// cluster header; Envoy reloads the VM after a back-off, and then every request is decided normally.
 #[test]
 fn vm_trap_with_fail_reload_fails_the_request_and_recovers() {

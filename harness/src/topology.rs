@@ -84,6 +84,39 @@ pub fn wasm_path() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("dist/egress_identity.wasm"))
 }
 
+/// Builds a test-only variant of the filter (cargo feature `feature`, e.g. `test-trap`) into
+/// `target/<feature>/` and returns its path. Checks that the variant carries the feature's marker (the
+/// feature name as a string) and that `dist/egress_identity.wasm` does not.
+pub fn build_wasm_variant(feature: &str) -> Result<PathBuf> {
+    let root = repo_root();
+    let target_dir = root.join("target").join(feature);
+    // wasm-env.sh reads CARGO_TARGET_DIR when sourced; debian mode appends /wasm-debian.
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". scripts/wasm-env.sh && wasm_cargo wasm32-wasip1 build --release -p egress-identity-filter --features {feature} --quiet"
+        ))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        return Err(err(format!("building the {feature} variant failed")));
+    }
+    let wasm = ["", "wasm-debian"]
+        .iter()
+        .map(|sub| target_dir.join(sub).join("wasm32-wasip1/release/egress_identity.wasm"))
+        .find(|p| p.exists())
+        .ok_or_else(|| err(format!("{feature} wasm not found under {}", target_dir.display())))?;
+    let contains = |haystack: &[u8]| haystack.windows(feature.len()).any(|w| w == feature.as_bytes());
+    if !contains(&fs::read(&wasm)?) {
+        return Err(err(format!("{} is not the {feature} variant", wasm.display())));
+    }
+    if contains(&fs::read(root.join("dist/egress_identity.wasm")).unwrap_or_default()) {
+        return Err(err(format!("dist/egress_identity.wasm contains the {feature} code")));
+    }
+    Ok(wasm)
+}
+
 /// How to start a [`Topology`].
 #[derive(Debug, Clone)]
 pub struct Options {

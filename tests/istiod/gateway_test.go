@@ -341,6 +341,9 @@ func checkExtension(t *testing.T, g generated, p *problems, dest, name, root str
 	if ext.failOpen {
 		p.add("%s: extension %s fails open", dest, name)
 	}
+	if ext.failurePolicy != "FAIL_RELOAD" {
+		p.add("%s: extension %s has failure policy %s, not FAIL_RELOAD (a trapped VM would fail every request until a restart)", dest, name, ext.failurePolicy)
+	}
 	var got map[string]any
 	if err := json.Unmarshal([]byte(ext.configuration), &got); err != nil {
 		p.add("%s: extension %s: its configuration is not JSON: %v", dest, name, err)

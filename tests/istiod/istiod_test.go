@@ -81,6 +81,7 @@ type extension struct {
 	rootID        string
 	configuration string
 	failOpen      bool
+	failurePolicy string
 	network       bool
 }
 
@@ -112,11 +113,11 @@ func (g generated) extension(t *testing.T, name string) (extension, bool) {
 		}
 		h := &wasm.Wasm{}
 		if ec.TypedConfig.UnmarshalTo(h) == nil {
-			return extension{rootID: h.GetConfig().GetRootId(), configuration: stringValue(t, h.GetConfig().GetConfiguration().GetValue()), failOpen: h.GetConfig().GetFailOpen()}, true
+			return extension{rootID: h.GetConfig().GetRootId(), configuration: stringValue(t, h.GetConfig().GetConfiguration().GetValue()), failOpen: h.GetConfig().GetFailOpen(), failurePolicy: h.GetConfig().GetFailurePolicy().String()}, true
 		}
 		n := &networkwasm.Wasm{}
 		if ec.TypedConfig.UnmarshalTo(n) == nil {
-			return extension{rootID: n.GetConfig().GetRootId(), configuration: stringValue(t, n.GetConfig().GetConfiguration().GetValue()), failOpen: n.GetConfig().GetFailOpen(), network: true}, true
+			return extension{rootID: n.GetConfig().GetRootId(), configuration: stringValue(t, n.GetConfig().GetConfiguration().GetValue()), failOpen: n.GetConfig().GetFailOpen(), failurePolicy: n.GetConfig().GetFailurePolicy().String(), network: true}, true
 		}
 		t.Fatalf("extension %s is a %s, not a Wasm filter", name, ec.TypedConfig.TypeUrl)
 	}

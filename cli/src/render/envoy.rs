@@ -741,7 +741,13 @@ fn plugin(policy: &PolicyFile, opts: &EnvoyOptions, root_id: &str) -> Yaml {
     map([
         ("name", s(root_id)),
         ("root_id", s(root_id)),
-        ("fail_open", Yaml::Bool(false)),
+        (
+            "failure_policy",
+            commented(
+                "A VM that fails (a trap) fails its request and is reloaded (after a back-off): never forwarded,\nand not an outage until a restart as with FAIL_CLOSED (README.md, \"Threat model\").",
+                s("FAIL_RELOAD"),
+            ),
+        ),
         (
             "vm_config",
             map([
@@ -1268,7 +1274,7 @@ mod tests {
         assert!(out.contains("\"identities\": [\"x\"], \"defaultIdentity\": \"d\" },"), "{out}");
         assert!(out.contains("\"platform\": {\"kind\":\"envoy\"}"), "{out}");
         for must in [
-            "fail_open: false",
+            "failure_policy: FAIL_RELOAD",
             "normalize_path: true",
             "merge_slashes: true",
             "path_with_escaped_slashes_action: REJECT_REQUEST",

@@ -139,7 +139,13 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
     };
     fields.push(("type".to_string(), s(kind)));
     fields.push(("pluginName".to_string(), commented(root, s(form.name()))));
-    fields.push(("failStrategy".to_string(), s("FAIL_CLOSE")));
+    fields.push((
+        "failStrategy".to_string(),
+        commented(
+            "A VM that fails (a trap) fails its request and is reloaded: never forwarded, and no outage until a\nrestart (Envoy's FAIL_RELOAD).",
+            s("FAIL_RELOAD"),
+        ),
+    ));
     fields.push((
         "pluginConfig".to_string(),
         commented(
@@ -533,7 +539,7 @@ fn gateway(
         "gateway",
         ("selector", map([("matchLabels", selector())])),
         (
-            "The egress-identity filter on the egress gateway pods. phase AUTHZ: before Istio's RBAC and stats\nfilters and the router, which reads the cluster header the filter sets. FAIL_CLOSE: a module that cannot\nbe fetched or refuses its configuration is replaced by a deny-all. The plugin sees every HTTP request of\nthese pods (unknown hosts are denied): dedicate the deployment to identity-aware egress.",
+            "The egress-identity filter on the egress gateway pods. phase AUTHZ: before Istio's RBAC and stats\nfilters and the router, which reads the cluster header the filter sets. A module that cannot be fetched\nor refuses its configuration is replaced by a deny-all (istiod's behaviour for a fail-closed plugin). The plugin sees every HTTP request of\nthese pods (unknown hosts are denied): dedicate the deployment to identity-aware egress.",
             "The same module as the network filter of the L4 servers, before tcp_proxy: it decides connections to\nthe tcp and tls destinations (SNI and port) and names the identity's cluster for tcp_proxy.",
         ),
     );
@@ -1031,7 +1037,7 @@ fn waypoint(
         "waypoint",
         ("targetRefs", target()),
         (
-            "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. FAIL_CLOSE: a module\nthat cannot be loaded or refuses its configuration is replaced by a deny-all.",
+            "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. A module that cannot be\nloaded or refuses its configuration is replaced by a deny-all.",
             "",
         ),
     );

@@ -368,7 +368,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
                         map([
                             ("name", s(root_id)),
                             ("rootId", s(root_id)),
-                            ("failOpen", Yaml::Bool(false)),
+                            ("failurePolicy", s("FAIL_RELOAD")),
                             (
                                 "vmConfig",
                                 map([
