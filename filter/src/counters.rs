@@ -331,3 +331,43 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::mock::MockHost;
+
+    const POLICY: &str = r#"{ "localTrustDomain": "cluster.local",
+      "identities": [ { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
+      "destinations": [ { "name": "api", "host": "api.example", "port": 443, "identities": ["team.app1"] } ] }"#;
+
+    /// Counts stay in the VM until a flush; a flush the host refuses keeps them for the next one.
+    #[test]
+    fn counts_wait_for_a_flush_and_survive_a_refused_one() {
+        let config = Config::load(POLICY.as_bytes()).unwrap();
+        let host = Rc::new(MockHost::default());
+        let counters = Counters::define(host.clone(), &config, false);
+        let allowed = metrics::allowed("http", "api", "team.app1");
+        counters.allowed(&config, 0);
+        counters.allowed(&config, 0);
+        counters.host_error();
+        assert_eq!(host.counter(&allowed), 0, "not before the flush");
+        host.fail("increment_counter");
+        counters.flush();
+        assert_eq!(host.counter(&allowed), 0);
+        host.heal();
+        counters.flush();
+        assert_eq!(host.counter(&allowed), 2);
+        assert_eq!(host.counter(metrics::HOST_ERRORS), 1);
+        counters.flush();
+        assert_eq!(host.counter(&allowed), 2, "counted once");
+        // Identities out of range, and counters the host would not define, count nothing (and do not panic).
+        counters.allowed(&config, 99);
+        let refused = Rc::new(MockHost::default());
+        refused.fail("define_counter");
+        let none = Counters::define(refused.clone(), &config, false);
+        none.allowed(&config, 0);
+        none.flush();
+        assert!(refused.counters.borrow().is_empty());
+    }
+}
