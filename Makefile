@@ -103,6 +103,15 @@ bench-scale: setup-test build
 	target/release/identity_scale --cli target/release/egress-identity --out target/bench-scale \
 		--sizes '$(SIZES)' --rounds '$(SCALE_ROUNDS)' $(SCALE_ARGS)
 
+## bench-attack: the gateway under attack (BENCHMARKS.md, "Under attack"): allowed callers alone, then while
+## hundreds of idle L4 connections, stalled TLS handshakes and a flood of denied requests hit it; success
+## rate, p50/p99 latency, gateway RSS side by side. Not part of `make test`; uses the test ports. ~2 min.
+ATTACK_ARGS ?=
+.PHONY: bench-attack
+bench-attack: setup-demo build
+	$(CARGO) build --release -p egress-identity-harness --bin under_attack
+	target/release/under_attack --out target/bench-attack $(ATTACK_ARGS)
+
 ## dashboard-preview: docs/dashboard.png, the README's picture of monitoring/grafana-dashboard.json: a test
 ## gateway, a real Prometheus and 90 s of mixed traffic, the panels drawn with matplotlib (installed in .venv/).
 .PHONY: dashboard-preview

@@ -96,6 +96,9 @@ pub struct Record {
     pub status: u16,
     /// The transfer opened a new connection (`%{num_connects}` > 0).
     pub new_connection: bool,
+    /// How long the transfer took, as curl measured it (`%{time_total}`: connection, if it opened one,
+    /// request and response).
+    pub latency: Duration,
     /// `client_subject` of the partner's JSON answer (e.g. `CN=team.app1`).
     pub client_subject: Option<String>,
     /// `client_serial` of the partner's JSON answer, normalized ([`normalize_serial`]).
@@ -341,6 +344,7 @@ fn run_worker(s: &Shared, worker: usize) {
             batch_finished: finished,
             status: t.status,
             new_connection: t.new_connection,
+            latency: t.latency,
             client_subject: t.field("client_subject"),
             client_serial: t.field("client_serial").map(|v| normalize_serial(&v)),
             client_issuer: t.field("client_issuer"),
@@ -356,6 +360,7 @@ fn run_worker(s: &Shared, worker: usize) {
 struct Transfer {
     status: u16,
     new_connection: bool,
+    latency: Duration,
     curl_error: Option<String>,
     body: String,
 }
@@ -399,7 +404,7 @@ fn run_batch(s: &Shared, worker: usize, batch: u64, n: usize, caller: &Caller) -
         .arg("-H")
         .arg(format!("Host: {}", s.spec.host))
         .arg("-w")
-        .arg(format!("{MARK}%{{http_code}} %{{num_connects}} %{{exitcode}} %{{errormsg}}\n"));
+        .arg(format!("{MARK}%{{http_code}} %{{num_connects}} %{{time_total}} %{{exitcode}} %{{errormsg}}\n"));
     for i in 0..n {
         cmd.arg(format!("https://{GATEWAY_HOST}:{GATEWAY_PORT}{}/{worker}/{batch}/{i}", s.spec.path_prefix));
     }
@@ -452,14 +457,16 @@ fn parse_transfers(stdout: &str, n: usize, missing: &str) -> Vec<Transfer> {
     let mut out = Vec::with_capacity(n);
     for part in parts {
         let (line, rest) = part.split_once('\n').unwrap_or((part, ""));
-        let mut fields = line.splitn(4, ' ');
+        let mut fields = line.splitn(5, ' ');
         let status = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         let connects: u32 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let seconds: f64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         let exit: i32 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(-1);
         let msg = fields.next().unwrap_or_default().trim();
         out.push(Transfer {
             status,
             new_connection: connects > 0,
+            latency: Duration::try_from_secs_f64(seconds).unwrap_or_default(),
             curl_error: (exit != 0).then(|| format!("curl exit {exit}: {msg}")),
             body: std::mem::take(&mut body),
         });
@@ -588,12 +595,13 @@ mod tests {
     #[test]
     fn splits_transfers_and_flags_missing_ones() {
         let out = format!(
-            "{{\"client_subject\":\"CN=a\",\"client_serial\":\"0A1B\"}}\n{MARK}200 1 0 \n{{\"x\":1}}\n{MARK}403 0 0 \n{MARK}000 1 35 SSL connect error\n"
+            "{{\"client_subject\":\"CN=a\",\"client_serial\":\"0A1B\"}}\n{MARK}200 1 0.012345 0 \n{{\"x\":1}}\n{MARK}403 0 0.001 0 \n{MARK}000 1 0.5 35 SSL connect error\n"
         );
         let t = parse_transfers(&out, 4, "curl died");
         assert_eq!(t.len(), 4);
         let first = t.first().map(|t| (t.status, t.new_connection, t.field("client_serial")));
         assert_eq!(first, Some((200, true, Some("0A1B".into()))));
+        assert_eq!(t.first().map(|t| t.latency), Some(Duration::from_micros(12_345)));
         assert!(t.first().is_some_and(|t| t.error().is_none()));
         assert_eq!(t.get(1).map(|t| (t.status, t.new_connection)), Some((403, false)));
         assert!(t.get(1).and_then(Transfer::error).is_some());

@@ -666,6 +666,11 @@ impl Topology {
         }
     }
 
+    /// The gateway Envoy's process id (e.g. to sample its memory).
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.envoy.program_pid()
+    }
+
     /// The gateway's own log (Envoy stderr, includes the filter's log lines).
     pub fn gateway_log(&self) -> String {
         self.envoy.log()
