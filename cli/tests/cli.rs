@@ -602,3 +602,10 @@ fn explain_decides_as_the_platform_receives_the_request() {
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stdout).contains("reason=unknown_destination"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn version_names_the_workspace_version() {
+    let out = cli(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), format!("egress-identity {}", env!("CARGO_PKG_VERSION")));
+}
