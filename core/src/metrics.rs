@@ -37,6 +37,8 @@ pub const LEGACY_KUMA_SANS: &str = "egress_identity.legacy_kuma_sans_total";
 pub const HOST_ERRORS: &str = "egress_identity.host_errors_total";
 /// Gauge: generation of the loaded configuration, 1 for the first, +1 for each different one.
 pub const CONFIG_GENERATION: &str = "egress_identity.config_generation";
+/// Gauge family, always 1: the running module's `version` and source `revision` (tags).
+pub const BUILD_INFO: &str = "egress_identity.build_info";
 /// Counter family: allowed requests or connections that never reached the partner (each also counted as a
 /// `decisions_total` allow: the policy did allow it). Tags: `protocol`, `destination`, `identity`, and
 /// `reason`, the audit record's [`Outcome`] (`no_certificate`, `upstream_tls_error`,
@@ -45,7 +47,7 @@ pub const UPSTREAM_FAILURES: &str = "egress_identity.upstream_failures_total";
 
 /// The tags, in the order they are spelled, and the regex Envoy extracts each with (`stats_tags`: the first
 /// group is removed from the name, the second is the value).
-pub const TAGS: [(&str, &str); 7] = [
+pub const TAGS: [(&str, &str); 9] = [
     ("protocol", "(;protocol=([^;]*))"),
     ("decision", "(;decision=([^;]*))"),
     ("layer", "(;layer=([^;]*))"),
@@ -53,7 +55,14 @@ pub const TAGS: [(&str, &str); 7] = [
     ("policy", "(;policy=([^;]*))"),
     ("destination", "(;destination=([^;]*))"),
     ("identity", "(;identity=([^;]*))"),
+    ("version", "(;version=([^;]*))"),
+    ("revision", "(;revision=([^;]*))"),
 ];
+
+/// Gauge: the module's version and source revision (its value is 1).
+pub fn build_info(version: &str, revision: &str) -> String {
+    format!("{BUILD_INFO};version={version};revision={revision}")
+}
 
 /// The `protocol` tag of the HTTP filter's and the network filter's decisions.
 pub fn protocol(l4: bool) -> &'static str {

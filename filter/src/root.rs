@@ -132,12 +132,14 @@ impl RootContext for EgressIdentityRoot {
         if let Err(status) = abi::set_tick_period_ms(period) {
             log::warn!("egress-identity: cannot set the tick period, counters are not published (and undecided connections not closed): status {status}");
         }
+        publish_build_info();
         let fingerprint = config_generation::fingerprint(&bytes);
         // Logged once per configuration: by the worker whose load moved the generation.
         if let Some(generation) = publish_config_generation(fingerprint) {
             log::info!(
-                "version {}: configuration {fingerprint:016x} (generation {generation}) loaded: {} gateway policies, {} destinations ({} tcp/tls), {} identities, platform {}",
+                "version {} (revision {}): configuration {fingerprint:016x} (generation {generation}) loaded: {} gateway policies, {} destinations ({} tcp/tls), {} identities, platform {}",
                 env!("CARGO_PKG_VERSION"),
+                env!("EGRESS_IDENTITY_REVISION"),
                 config.gateway.len(),
                 config.destinations.iter().count(),
                 config.destinations.iter().filter(|d| d.protocol.is_l4()).count(),
@@ -187,6 +189,15 @@ impl RootContext for EgressIdentityRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(if self.l4 { ContextType::StreamContext } else { ContextType::HttpContext })
+    }
+}
+
+/// Sets the build-info gauge (`egress_identity_build_info{version,revision}`) to 1.
+fn publish_build_info() {
+    let name = metrics::build_info(env!("CARGO_PKG_VERSION"), env!("EGRESS_IDENTITY_REVISION"));
+    let recorded = abi::define_metric(abi::GAUGE, &name).and_then(|gauge| abi::record_metric(gauge, 1));
+    if let Err(status) = recorded {
+        log::warn!("egress-identity: cannot publish {name}: status {status}");
     }
 }
 

@@ -474,3 +474,18 @@ fn a_denied_request_never_receives_100_continue() {
         assert_never_reached(path);
     }
 }
+
+/// The module says which build it is: `egress_identity_build_info{version,revision}` is 1, labelled by the
+/// stats tags the gateway renders.
+#[test]
+fn the_module_reports_its_version_and_revision() {
+    let samples = topo().prometheus();
+    let info: Vec<_> = samples.iter().filter(|s| s.family == "egress_identity_build_info").collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    let sample = info[0];
+    assert_eq!(sample.value, 1.0);
+    assert_eq!(sample.labels.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
+    let revision = sample.labels.get("revision").cloned().unwrap_or_default();
+    let hex = revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    assert!(hex || revision == "unknown", "revision {revision:?}");
+}
