@@ -37,6 +37,10 @@ pub const LEGACY_KUMA_SANS: &str = "egress_identity.legacy_kuma_sans_total";
 pub const HOST_ERRORS: &str = "egress_identity.host_errors_total";
 /// Gauge: generation of the loaded configuration, 1 for the first, +1 for each different one.
 pub const CONFIG_GENERATION: &str = "egress_identity.config_generation";
+/// Counter: connections the handshake guard (the module as a network filter before an HTTP connection
+/// manager, root id `…-guard`) closed at `connectionDecisionTimeoutMs`: no TLS handshake completed, or
+/// nothing sent after it.
+pub const HANDSHAKE_TIMEOUTS: &str = "egress_identity.handshake_timeouts_total";
 /// Gauge family, always 1: the running module's `version` and source `revision` (tags).
 pub const BUILD_INFO: &str = "egress_identity.build_info";
 /// Counter family: allowed requests or connections that never reached the partner (each also counted as a

@@ -90,6 +90,8 @@ pub struct Counters {
     shadow_allow: Option<Counter>,
     shadow_deny: Option<Counter>,
     legacy_kuma_sans: Option<Counter>,
+    /// The handshake guard's closes ([`crate::guard`]).
+    handshake_timeouts: Option<Counter>,
 }
 
 /// One denial series: kind, policy, destination.
@@ -248,7 +250,14 @@ impl Counters {
             shadow_allow: Counter::define(h, &metrics::dry_run("allow")),
             shadow_deny: Counter::define(h, &metrics::dry_run("deny")),
             legacy_kuma_sans: Counter::define(h, metrics::LEGACY_KUMA_SANS),
+            handshake_timeouts: None,
         }
+    }
+
+    /// The handshake guard's only counter: it decides nothing.
+    pub fn guard(host: Rc<dyn Host>) -> Self {
+        let handshake_timeouts = Counter::define(Some(&*host), metrics::HANDSHAKE_TIMEOUTS);
+        Self { host: Some(host), handshake_timeouts, ..Self::default() }
     }
 
     /// Counts how the caller's principal was found: from the certificate cache or not, and whether only
@@ -309,6 +318,11 @@ impl Counters {
         increment(self.host_error_decisions.as_ref());
     }
 
+    /// Counts a connection the handshake guard closed at its deadline.
+    pub fn handshake_timeout(&self) {
+        increment(self.handshake_timeouts.as_ref());
+    }
+
     pub fn flush(&self) {
         let Some(host) = self.host.as_deref() else { return };
         let singles = [
@@ -319,6 +333,7 @@ impl Counters {
             &self.shadow_allow,
             &self.shadow_deny,
             &self.legacy_kuma_sans,
+            &self.handshake_timeouts,
         ];
         singles
             .into_iter()

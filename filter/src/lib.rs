@@ -3,7 +3,8 @@
 //!
 //! Loaded as an HTTP filter (`envoy.filters.http.wasm`) it decides requests; loaded as a network filter
 //! (`envoy.filters.network.wasm`, before tcp_proxy) with a root id ending in `-l4` it decides connections
-//! to `tcp` and `tls` destinations ([`stream`]). Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
+//! to `tcp` and `tls` destinations ([`stream`]); with a root id ending in `-guard`, before an HTTP connection
+//! manager, it only closes connections silent at their deadline ([`guard`]). Per request it asks the host for the caller's principal (through the core's [`principal::resolve`]
 //! seam) and the request headers some policy needs, lets the core decide, and applies the decision: a 403
 //! with a JSON body, or the internal headers that make the route pick the per-identity cluster. It records
 //! the decision in filter state (for the access log) and in per-worker counters; an allowed request or
@@ -18,6 +19,7 @@ mod abi;
 #[cfg(feature = "bench-ladder")]
 mod bench_ladder;
 mod counters;
+mod guard;
 mod host;
 mod http;
 mod logger;

@@ -15,6 +15,7 @@ use proxy_wasm::types::ContextType;
 
 use crate::abi;
 use crate::counters::Counters;
+use crate::guard::HandshakeGuard;
 use crate::host::{self, Envoy, Host};
 use crate::http::EgressIdentityFilter;
 use crate::logger;
@@ -22,6 +23,9 @@ use crate::stream::EgressIdentityConnection;
 
 /// A root id ending in this makes the plugin the network (L4) filter.
 pub const L4_ROOT_ID_SUFFIX: &str = "-l4";
+/// A root id ending in this makes the plugin the handshake guard ([`crate::guard`]): a network filter
+/// before an HTTP connection manager that closes connections silent at their deadline, and decides nothing.
+pub const GUARD_ROOT_ID_SUFFIX: &str = "-guard";
 
 /// Per-VM (per worker) state.
 pub struct EgressIdentityRoot {
@@ -32,6 +36,8 @@ pub struct EgressIdentityRoot {
     log_level: Option<u32>,
     /// Loaded as the network filter (root id `…-l4`): connections, not requests.
     l4: bool,
+    /// Loaded as the handshake guard (root id `…-guard`).
+    guard: bool,
     /// The network filter's undecided connections, closed on the timer at their deadline.
     pending: Rc<RefCell<PendingConnections>>,
 }
@@ -45,6 +51,7 @@ impl Default for EgressIdentityRoot {
             counters: Rc::default(),
             log_level: None,
             l4: false,
+            guard: false,
             pending: Rc::default(),
         }
     }
@@ -68,7 +75,7 @@ impl EgressIdentityRoot {
     /// Closes the connections still undecided at their deadline (each context then counts its denial when
     /// its close reaches it). Runs on every tick: a deadline is kept to within the tick period (1 s).
     fn close_overdue_connections(&mut self) {
-        if !self.l4 {
+        if !self.l4 && !self.guard {
             return;
         }
         let Ok(now) = self.host.now_ms() else {
@@ -99,6 +106,7 @@ impl RootContext for EgressIdentityRoot {
         self.follow_envoy_log_level();
         let root_id = host::plugin_root_id();
         self.l4 = root_id.ends_with(L4_ROOT_ID_SUFFIX);
+        self.guard = root_id.ends_with(GUARD_ROOT_ID_SUFFIX);
         #[cfg(feature = "bench-ladder")]
         crate::bench_ladder::configure(&root_id);
         let bytes = match abi::get_buffer(abi::PLUGIN_CONFIGURATION, 0, usize::MAX) {
@@ -122,7 +130,11 @@ impl RootContext for EgressIdentityRoot {
         }
         self.cache = Some(Rc::new(RefCell::new(CertificateCache::new(config.certificate_cache_size))));
         self.counters.flush();
-        self.counters = Rc::new(Counters::define(Rc::clone(&self.host), &config, self.l4));
+        self.counters = Rc::new(if self.guard {
+            Counters::guard(Rc::clone(&self.host))
+        } else {
+            Counters::define(Rc::clone(&self.host), &config, self.l4)
+        });
         // One table for the VM's life: connections of a previous configuration keep their deadlines, and the
         // timer keeps closing them.
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
@@ -151,7 +163,7 @@ impl RootContext for EgressIdentityRoot {
             }
         }
         // Declared only when written (`auditRecord`).
-        if config.audit_record.object() && self.host.declare_decision_property(self.l4).is_err() {
+        if !self.guard && config.audit_record.object() && self.host.declare_decision_property(self.l4).is_err() {
             log::warn!(
                 "cannot declare filter state {}; the access log's decision object stays empty",
                 audit::STRUCT_FILTER_STATE_KEY
@@ -177,6 +189,14 @@ impl RootContext for EgressIdentityRoot {
     }
 
     fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        if self.guard {
+            return Some(Box::new(HandshakeGuard::new(
+                Rc::clone(&self.host),
+                context_id,
+                Rc::clone(&self.counters),
+                Rc::clone(&self.pending),
+            )));
+        }
         Some(Box::new(EgressIdentityConnection::new(
             Rc::clone(&self.host),
             context_id,
@@ -188,7 +208,7 @@ impl RootContext for EgressIdentityRoot {
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(if self.l4 { ContextType::StreamContext } else { ContextType::HttpContext })
+        Some(if self.l4 || self.guard { ContextType::StreamContext } else { ContextType::HttpContext })
     }
 }
 

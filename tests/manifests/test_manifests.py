@@ -1309,6 +1309,8 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
         for p in l4_filters
     }
     l4_patched = {p: False for p in l4_filters}
+    # Network filters the examples add before the HTTP connection manager (Kuma's handshake guard).
+    hcm_guards: list[dict] = []
     stats_tags: dict[str, dict] = {}  # Istio's bootstrap additions (custom_bootstrap.json), by tag name
 
     for doc in example_docs():
@@ -1353,6 +1355,16 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
                         value["name"] = f"envoy.filters.network.wasm.kuma-{name}-{i}"
                         config["vmConfig"]["vmId"] = f"kuma-{name}-{i}"
                         l4_filters["kuma"].append(value)
+                elif ("networkFilter" in mod and mod["networkFilter"]["operation"] == "AddBefore"
+                      and mod["networkFilter"]["match"].get("name") == "envoy.filters.network.http_connection_manager"):
+                    value = yaml.safe_load(mod["networkFilter"]["value"])
+                    assert value["typedConfig"]["config"]["rootId"] == "egress-identity-guard", value
+                    if wasm is not None:
+                        config = value["typedConfig"]["config"]
+                        config["vmConfig"]["code"] = {"local": {"filename": str(wasm)}}
+                        value["name"] = f"envoy.filters.network.wasm.kuma-{name}-{i}"
+                        config["vmConfig"]["vmId"] = f"kuma-{name}-{i}"
+                        hcm_guards.append(value)
                 elif "httpFilter" in mod and wasm is not None:
                     http_filter = yaml.safe_load(mod["httpFilter"]["value"])
                     config = http_filter["typedConfig"]["config"]
@@ -1383,7 +1395,7 @@ def _envoy_check_bootstrap(wasm: Path | None) -> dict:
             "listeners": [{
                 "name": "check",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10999}},
-                "filter_chains": [{"filters": [{
+                "filter_chains": [{"filters": hcm_guards + [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -1427,7 +1439,8 @@ def _built_wasm() -> Path | None:
 def test_envoy_accepts_the_envoy_configuration_of_the_examples(envoy: str, tmp_path: Path) -> None:
     wasm = _built_wasm()
     bootstrap = _envoy_check_bootstrap(wasm)
-    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    hcm = filters[-1]["typed_config"]
     assert len(hcm["route_config"]["virtual_hosts"]) >= 2, "expected the Istio and Kuma route patches"
     assert len(bootstrap["static_resources"]["clusters"]) >= 4, "expected the added clusters"
     result = _envoy_validate(envoy, bootstrap, tmp_path)
@@ -1435,9 +1448,11 @@ def test_envoy_accepts_the_envoy_configuration_of_the_examples(envoy: str, tmp_p
     if wasm is None:
         pytest.skip("dist/egress_identity.wasm not built: clusters and routes validated, plugin configs not loaded")
     assert len(hcm["http_filters"]) == 4, "expected the three plugin configurations and the router"
+    # Kuma's zone egress: the handshake guard before the connection manager, loaded by Envoy.
+    assert [f["typedConfig"]["config"]["rootId"] for f in filters[:-1]] == ["egress-identity-guard"], filters[:-1]
     # Istio's bootstrap additions: every tag of egress-identity's metrics, each with its own regex.
     tags = {t["tag_name"] for t in bootstrap["stats_config"]["stats_tags"]}
-    assert tags == {"protocol", "decision", "layer", "reason", "policy", "destination", "identity"}, tags
+    assert tags == {"protocol", "decision", "layer", "reason", "policy", "destination", "identity", "version", "revision"}, tags
     # The L4 chains of the Istio gateway and of Kuma's zone egress: the network filter, then the patched
     # tcp_proxy (ON_DOWNSTREAM_DATA: the filter decides on the caller's first bytes; the unrouted cluster).
     l4 = {listener["name"]: listener["filter_chains"][0]["filters"] for listener in bootstrap["static_resources"]["listeners"][1:]}

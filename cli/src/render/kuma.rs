@@ -351,11 +351,13 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
             ]),
         ),
     ]));
-    let wasm_filter = |network: bool| {
-        let (filter, kind, root_id) = if network {
-            ("envoy.filters.network.wasm", "network", "egress-identity-l4")
+    // The module in each of its three roles: the HTTP filter, the network filter of tcp/tls chains, and the
+    // handshake guard of the HTTP chains (filter/src/guard.rs).
+    let wasm_filter = |root_id: &str| {
+        let (filter, kind) = if root_id == "egress-identity" {
+            ("envoy.filters.http.wasm", "http")
         } else {
-            ("envoy.filters.http.wasm", "http", "egress-identity")
+            ("envoy.filters.network.wasm", "network")
         };
         to_yaml(&map([
             ("name", s(filter)),
@@ -420,7 +422,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
             ),
         ]))
     };
-    let filter = wasm_filter(false);
+    let filter = wasm_filter("egress-identity");
     let mut mods = vec![
         commented(
             "1. Where the module comes from: an HTTP server reachable from the zone egress pods that serves\n   dist/egress_identity.wasm (README.md). The sha256 in (2) pins its content.",
@@ -457,6 +459,20 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
                         connection_window = hardening::H2_INITIAL_CONNECTION_WINDOW,
                     )),
                 ),
+            ]),
+        )]),
+    ));
+    mods.push(commented(
+        format!(
+            "Edge-proxy hardening: a handshake deadline. Kuma sets none on the zone egress chains, and a MeshProxyPatch\nreaches a chain's transportSocketConnectTimeout only by its index; so the module, as the handshake guard\n(root id egress-identity-guard), goes before each HTTP connection manager of the zone egress: a caller\nthat has not completed its TLS handshake and sent its first bytes within connectionDecisionTimeoutMs\n({} ms) is closed (egress_identity_handshake_timeouts_total). It decides nothing.",
+            policy.config.connection_decision_timeout_ms
+        ),
+        map([(
+            "networkFilter",
+            map([
+                ("operation", s("AddBefore")),
+                ("match", map([("origin", s("egress")), ("name", s("envoy.filters.network.http_connection_manager"))])),
+                ("value", Yaml::Literal(wasm_filter("egress-identity-guard"))),
             ]),
         )]),
     ));
@@ -521,7 +537,7 @@ policy's cluster.local/... principals are these callers.", mesh = opts.mesh, zon
             "4. The same module as the network filter, before tcp_proxy in the zone egress chains of the tcp and tls\n   MeshExternalServices: it decides connections (SNI and port) and names the identity's cluster in filter\n   state envoy.tcp_proxy.cluster. It sees every tcp_proxy chain of the zone egress: TCP\n   MeshExternalServices the policy does not declare are denied (unknown_destination).",
             map([(
                 "networkFilter",
-                map([("operation", s("AddBefore")), ("match", tcp_proxy()), ("value", Yaml::Literal(wasm_filter(true)))]),
+                map([("operation", s("AddBefore")), ("match", tcp_proxy()), ("value", Yaml::Literal(wasm_filter("egress-identity-l4")))]),
             )]),
         ));
         let tcp_proxy_value = to_yaml(&map([
@@ -623,6 +639,23 @@ mod tests {
         assert!(!out.contains("value: spiffe://default.zone-1.mesh.local/ns/t/sa/a"), "{out}");
         assert!(spiffe_match("*/ns/a", None, "m").is_none());
         assert!(spiffe_match("*", None, "m").is_none());
+    }
+
+    /// Kuma's zone egress chains have no handshake deadline: the guard goes before every HTTP connection
+    /// manager of the zone egress, with the policy's deadline.
+    #[test]
+    fn the_handshake_guard_precedes_the_zone_egress_connection_managers() {
+        let out = rendered(
+            &POLICY.replace("\"localTrustDomain\"", "\"connectionDecisionTimeoutMs\": 7000, \"localTrustDomain\""),
+            &opts(),
+        );
+        let guard =
+            out.split("rootId: egress-identity-guard").next().unwrap().rsplit("- networkFilter:").next().unwrap();
+        assert!(
+            guard.contains("operation: AddBefore\n        match:\n          origin: egress\n          name: envoy.filters.network.http_connection_manager"),
+            "{guard}"
+        );
+        assert!(guard.contains("name: envoy.filters.network.wasm") && out.contains("(7000 ms)"), "{out}");
     }
 
     #[test]
