@@ -17,7 +17,10 @@
 //! registry that reports another digest is caught.
 //!
 //! [`Registry`] pushes and pulls with `oci-client`; [`extract_wasm`] takes the module out of a pulled image
-//! with Istio's rules, so a round trip through a registry checks what Istio would load.
+//! with Istio's rules, so a round trip through a registry checks what Istio would load; [`layout::Layout`] writes
+//! both variants as an OCI image layout, the release artifact.
+
+pub mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -528,6 +531,23 @@ pub fn parse_tagged(image: &str) -> Result<Reference> {
     Ok(reference)
 }
 
+/// The tags of both variants, `[wasm, compat]`: `tag` and `tag` followed by `compat_suffix`, each a valid OCI tag
+/// (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) and not the same.
+pub fn variant_tags(tag: &str, compat_suffix: &str) -> Result<[String; 2]> {
+    if compat_suffix.is_empty() {
+        return Err(Error::new("the compat suffix must not be empty: both variants would get the same tag"));
+    }
+    let tags = [tag.to_string(), format!("{tag}{compat_suffix}")];
+    for tag in &tags {
+        let mut bytes = tag.bytes();
+        let first = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !first || tag.len() > 128 || !bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            return Err(Error::new(format!("{tag:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")));
+        }
+    }
+    Ok(tags)
+}
+
 /// `reference` with the tag `tag`.
 pub fn with_tag(reference: &Reference, tag: &str) -> Reference {
     Reference::with_tag(reference.registry().to_string(), reference.repository().to_string(), tag.to_string())
@@ -722,6 +742,12 @@ mod tests {
         assert_eq!(with_digest(&r, &d).whole(), format!("127.0.0.1:5000/team/egress-identity@{d}"));
         assert!(parse_tagged("127.0.0.1:5000/egress-identity").is_err(), "the tag is required");
         assert!(parse_tagged(&format!("ghcr.io/x/y@{d}")).is_err());
+        assert_eq!(variant_tags("0.1.0", COMPAT_TAG_SUFFIX).unwrap(), ["0.1.0", "0.1.0-compat"]);
+        assert!(variant_tags("0.1.0", "").is_err(), "both variants would share the tag");
+        assert!(variant_tags("0.1.0", "/x").is_err());
+        assert!(variant_tags("-rc", COMPAT_TAG_SUFFIX).is_err());
+        assert!(variant_tags(&"a".repeat(128), COMPAT_TAG_SUFFIX).is_err(), "the compat tag is too long");
+        assert!(variant_tags(&"a".repeat(121), COMPAT_TAG_SUFFIX).is_ok());
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use egress_identity_publish::layout::Layout;
 use egress_identity_publish::{
-    images, oci_url, parse_tagged, pin_manifest, with_digest, with_tag, Error, Registry, RegistryOptions, Result,
-    COMPAT_TAG_SUFFIX, PASSWORD_ENV, USERNAME_ENV,
+    images, oci_url, parse_tagged, pin_manifest, variant_tags, with_digest, with_tag, Error, Registry, RegistryOptions,
+    Result, COMPAT_TAG_SUFFIX, PASSWORD_ENV, USERNAME_ENV,
 };
 
 /// `println!` that ignores a closed stdout (`| head`) instead of panicking.
@@ -71,6 +72,26 @@ enum Command {
         #[arg(long, default_value = "dist/egress_identity.wasm")]
         wasm: PathBuf,
     },
+    /// Write both variants as an OCI image layout (oci-layout, index.json, blobs/sha256/): TAG names the Wasm
+    /// variant and TAG-compat the compat variant (org.opencontainers.image.ref.name). Prints the two manifest
+    /// digests; progress on stderr. The same module gives byte-identical files.
+    Layout {
+        /// The module.
+        #[arg(long, default_value = "dist/egress_identity.wasm")]
+        wasm: PathBuf,
+        /// The Wasm variant's name in index.json (an OCI tag, e.g. 0.1.0).
+        #[arg(long)]
+        tag: String,
+        /// The compat variant's name is TAG followed by this.
+        #[arg(long, default_value = COMPAT_TAG_SUFFIX)]
+        compat_suffix: String,
+        /// The layout's directory: created if missing, refused unless empty.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print {"wasm": "sha256:...", "compat": "sha256:..."} instead of one line per variant.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrite the `url:` line of WasmPlugin manifests to an oci://...@sha256:<hex> URL.
     Pin {
         /// oci://registry/repository@sha256:<64 hex>.
@@ -119,16 +140,14 @@ fn pin_files(files: &[PathBuf], url: &str) -> Result<()> {
 async fn push(wasm: &Path, image: &str, compat_suffix: &str, pin: &[PathBuf], args: &RegistryArgs) -> Result<()> {
     let module = read_module(wasm)?;
     let reference = parse_tagged(image)?;
-    let tag = reference.tag().unwrap_or_default().to_string();
-    if compat_suffix.is_empty() {
-        return Err(Error::new("--compat-suffix must not be empty: both variants would get the same tag"));
-    }
-    let compat_tag = format!("{tag}{compat_suffix}");
+    let [_, compat_tag] = variant_tags(reference.tag().unwrap_or_default(), compat_suffix)?;
     let registry = args.registry()?;
     let targets = [reference.clone(), with_tag(&reference, &compat_tag)];
     let mut pushed = Vec::new();
     for (image, target) in images(&module)?.iter().zip(targets) {
+        eprintln!("publish: pushing the {} variant to {} ...", image.variant, target.whole());
         let digest = registry.push(&target, image).await?;
+        eprintln!("publish: pulling {digest} back to check it ...");
         out!("pushed  {:<7} {}  {digest}", image.variant, target.whole());
         // Pull it back by digest, as Istio does with a pinned url, and compare with what was pushed.
         let pulled = registry.pull(&with_digest(&reference, &digest)).await?;
@@ -183,6 +202,27 @@ fn digest(wasm: &Path) -> Result<()> {
     Ok(())
 }
 
+fn layout(wasm: &Path, tag: &str, compat_suffix: &str, out: &Path, json: bool) -> Result<()> {
+    let module = read_module(wasm)?;
+    let tags = variant_tags(tag, compat_suffix)?;
+    let images = images(&module)?;
+    let named: Vec<(&_, &str)> = images.iter().zip(&tags).map(|(image, tag)| (image, tag.as_str())).collect();
+    let layout = Layout::new(&named)?;
+    eprintln!("layout: {} ({} bytes) -> {}", wasm.display(), module.len(), out.display());
+    layout.write(out, |name, len| eprintln!("layout: wrote {name} ({len} bytes)"))?;
+    let mut digests = serde_json::Map::new();
+    for (image, tag) in &named {
+        digests.insert(image.variant.to_string(), image.digest().into());
+        if !json {
+            out!("{:<7} {}  {tag}", image.variant, image.digest());
+        }
+    }
+    if json {
+        out!("{}", serde_json::Value::Object(digests));
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Push { wasm, image, compat_suffix, pin, registry } => {
@@ -190,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Pull { image, out, registry } => pull(&image, out.as_deref(), &registry).await,
         Command::Digest { wasm } => digest(&wasm),
+        Command::Layout { wasm, tag, compat_suffix, out, json } => layout(&wasm, &tag, &compat_suffix, &out, json),
         Command::Pin { url, files } => pin_files(&files, &url),
     }
 }
