@@ -7,6 +7,7 @@ mod certificate_material;
 mod doctor;
 mod explain;
 mod migrate;
+mod release;
 mod render;
 mod sds;
 mod secrets;
@@ -17,10 +18,11 @@ use egress_identity_core::config::Config;
 use egress_identity_core::config_document::PlatformSpec;
 use egress_identity_core::request::Request;
 use egress_identity_core::spiffe_id::SpiffeId;
+use render::chart;
 use render::envoy::{name_value, EnvoyOptions, HostPort};
 use render::istio::{self, IstioMode, IstioOptions};
 use render::kuma::{self, KumaOptions};
-use render::PolicyFile;
+use render::{Manifest, PolicyFile};
 use validate::PlatformArg;
 
 #[derive(Parser)]
@@ -275,6 +277,13 @@ enum RenderTarget {
         /// The filter's OCI image, pinned by digest.
         #[arg(long, default_value = istio::DEFAULT_IMAGE, value_name = "oci://...@sha256:...")]
         image: String,
+        /// Pin the image to a release: its manifest (`make release`'s release.json) gives the digest of its
+        /// OCI artifact (the Wasm variant).
+        #[arg(long, value_name = "release.json", conflicts_with = "image")]
+        release: Option<PathBuf>,
+        /// Where the release's OCI artifact was pushed (REGISTRY/REPOSITORY), if its manifest does not say.
+        #[arg(long, value_name = "REGISTRY/REPOSITORY", requires = "release")]
+        image_repository: Option<String>,
         /// A namespace whose workloads the NetworkPolicy keeps off the external network, besides those the
         /// policy names. Repeatable.
         #[arg(long = "workload-namespace", value_name = "NAMESPACE")]
@@ -282,6 +291,10 @@ enum RenderTarget {
         /// Write one file per kind into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// Write a Helm chart of the manifests into this directory instead, with the policy as its values
+        /// (refusing any other) and --image as `wasm.url`.
+        #[arg(long, value_name = "DIR", conflicts_with = "out_dir")]
+        chart: Option<PathBuf>,
     },
     /// Kuma manifests for a mesh-scoped ZoneEgress.
     Kuma {
@@ -304,12 +317,20 @@ enum RenderTarget {
         /// SHA-256 (hex) of the module the zone egress fetches.
         #[arg(long, default_value = kuma::SHA256_PLACEHOLDER, value_name = "HEX")]
         wasm_sha256: String,
+        /// Pin the module to a release: its manifest (`make release`'s release.json) gives the module's
+        /// SHA-256.
+        #[arg(long, value_name = "release.json", conflicts_with = "wasm_sha256")]
+        release: Option<PathBuf>,
         /// Port of the zone egress listener: the destination port tcp and tls destinations must list.
         #[arg(long, default_value_t = 10002, value_name = "PORT")]
         egress_port: u16,
         /// Write one file per kind into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// Write a Helm chart of the manifests into this directory instead, with the policy as its values
+        /// (refusing any other) and --wasm-sha256 as `wasm.sha256`.
+        #[arg(long, value_name = "DIR", conflicts_with = "out_dir")]
+        chart: Option<PathBuf>,
     },
 }
 
@@ -521,6 +542,29 @@ fn load_policy(path: &PathBuf, platform: &PlatformSpec) -> Option<PolicyFile> {
     }
 }
 
+/// Where `render` writes.
+enum Output {
+    Stdout,
+    /// One file per kind (`--out-dir`).
+    Dir(PathBuf),
+    /// A Helm chart (`--chart`).
+    Chart(PathBuf),
+}
+
+/// The files of `manifests` and where they go: a chart of them (`chart`: its directory and what it is made
+/// from), one file each in `out_dir`, or stdout.
+fn manifest_files(
+    manifests: &[Manifest],
+    out_dir: Option<PathBuf>,
+    chart: Option<(PathBuf, chart::Source)>,
+) -> Result<(Output, Vec<(String, String)>), render::RenderError> {
+    match (chart, out_dir) {
+        (Some((dir, source)), _) => Ok((Output::Chart(dir), chart::files(&source, manifests)?)),
+        (None, Some(dir)) => Ok((Output::Dir(dir), manifests.iter().map(Manifest::file).collect())),
+        (None, None) => Ok((Output::Stdout, manifests.iter().map(Manifest::file).collect())),
+    }
+}
+
 fn render_command(target: RenderTarget) -> ExitCode {
     let (config, result) = match target {
         RenderTarget::Envoy {
@@ -554,10 +598,34 @@ fn render_command(target: RenderTarget) -> ExitCode {
             if let Some(warning) = render::envoy::scale_warning(&policy) {
                 eprintln!("warning: {warning}");
             }
-            (config, render::envoy::render(&policy, &opts).map(|text| (None, vec![(String::new(), text)])))
+            (config, render::envoy::render(&policy, &opts).map(|text| (Output::Stdout, vec![(String::new(), text)])))
         }
-        RenderTarget::Istio { config, mode, namespace, image, workload_namespace, out_dir } => {
+        RenderTarget::Istio {
+            config,
+            mode,
+            namespace,
+            image,
+            release,
+            image_repository,
+            workload_namespace,
+            out_dir,
+            chart,
+        } => {
             let Some(policy) = load_policy(&config, &mode.platform()) else { return ExitCode::FAILURE };
+            let pinned = release.map(|r| {
+                let release = release::Release::load(&r)?;
+                let image = release.istio_image(image_repository.as_deref())?;
+                eprintln!("pinned to egress-identity {}: {image}", release.version);
+                Ok::<_, String>(image)
+            });
+            let image = match pinned {
+                None => image,
+                Some(Ok(pinned)) => pinned,
+                Some(Err(e)) => {
+                    eprintln!("--release: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let opts = IstioOptions {
                 namespace: namespace.unwrap_or_else(|| mode.default_namespace().into()),
                 mode,
@@ -567,7 +635,14 @@ fn render_command(target: RenderTarget) -> ExitCode {
             if opts.image == istio::DEFAULT_IMAGE {
                 eprintln!("warning: no --image: the WasmPlugin/TrafficExtension url is a placeholder (marked PLACEHOLDER in the output)");
             }
-            (config, istio::render(&policy, &opts).map(|files| (out_dir, files)))
+            let (platform, command) = match mode {
+                IstioMode::Gateway => ("istio-gateway", "istio --mode gateway"),
+                IstioMode::Waypoint => ("istio-waypoint", "istio --mode waypoint"),
+            };
+            let chart = chart.map(|dir| {
+                (dir, chart::Source { platform, command, policy: &policy.text, notes: istio::chart_notes(&opts) })
+            });
+            (config, istio::render(&policy, &opts).and_then(|m| manifest_files(&m, out_dir, chart)))
         }
         RenderTarget::Kuma {
             config,
@@ -576,10 +651,23 @@ fn render_command(target: RenderTarget) -> ExitCode {
             namespace,
             upstream,
             wasm_sha256,
+            release,
             egress_port,
             workload_namespace,
             out_dir,
+            chart,
         } => {
+            let wasm_sha256 = match release.map(|r| release::Release::load(&r)) {
+                None => wasm_sha256,
+                Some(Ok(release)) => {
+                    eprintln!("pinned to egress-identity {}: module sha256 {}", release.version, release.wasm_sha256);
+                    release.wasm_sha256
+                }
+                Some(Err(e)) => {
+                    eprintln!("--release: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let opts = KumaOptions {
                 mesh,
                 zone,
@@ -593,7 +681,11 @@ fn render_command(target: RenderTarget) -> ExitCode {
             if opts.wasm_sha256 == kuma::SHA256_PLACEHOLDER {
                 eprintln!("warning: no --wasm-sha256: the module's digest is a placeholder (marked PLACEHOLDER in the output)");
             }
-            (config, kuma::render(&policy, &opts).map(|files| (out_dir, files)))
+            let chart = chart.map(|dir| {
+                let notes = kuma::chart_notes(&opts);
+                (dir, chart::Source { platform: "kuma", command: "kuma", policy: &policy.text, notes })
+            });
+            (config, kuma::render(&policy, &opts).and_then(|m| manifest_files(&m, out_dir, chart)))
         }
     };
     match result {
@@ -601,12 +693,22 @@ fn render_command(target: RenderTarget) -> ExitCode {
             eprintln!("{}: cannot render: {e}", config.display());
             ExitCode::from(2)
         }
-        Ok((None, files)) => {
+        Ok((Output::Stdout, files)) => {
             let texts: Vec<&str> = files.iter().map(|(_, text)| text.as_str()).collect();
             print!("{}", texts.join("---\n"));
             ExitCode::SUCCESS
         }
-        Ok((Some(dir), files)) => {
+        Ok((Output::Chart(dir), files)) => match chart::write(&dir, &files) {
+            Ok(written) => {
+                written.iter().for_each(|path| eprintln!("wrote {}", path.display()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok((Output::Dir(dir), files)) => {
             for (name, text) in files {
                 let path = dir.join(name);
                 let parent = path.parent().unwrap_or(&dir);

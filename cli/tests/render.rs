@@ -30,6 +30,8 @@ enum Written {
     File(String),
     /// `--out-dir`: one file per kind in this directory.
     Dir(String),
+    /// `--chart`: a Helm chart in this directory.
+    Chart(String),
 }
 
 /// One `$(RENDER) ...` command of the Makefile's `render` target: its arguments after `render`, Make's
@@ -59,6 +61,8 @@ fn render_target() -> Vec<RenderCommand> {
                 output = Some(Written::File(file.strip_suffix(".tmp").unwrap_or(file).to_string()));
             } else if token == "--out-dir" {
                 output = Some(Written::Dir(tokens.next().expect("a directory after --out-dir").to_string()));
+            } else if token == "--chart" {
+                output = Some(Written::Chart(tokens.next().expect("a directory after --chart").to_string()));
             } else if token == "$(DEMO_RENDER_FLAGS)" {
                 args.extend(demo_flags());
             } else if let Some(dir) = token.strip_prefix("$(call:ISTIO_IMAGE,").and_then(|t| t.strip_suffix(')')) {
@@ -86,6 +90,7 @@ fn the_render_target_renders_the_demo_and_every_platform_from_the_example_policy
         commands.iter().map(|c| (&c.output, c.args[0].as_str(), c.args[1].as_str())).collect();
     let file = |f: &str| Written::File(f.into());
     let dir = |d: &str| Written::Dir(d.into());
+    let chart = |d: &str| Written::Chart(d.into());
     assert_eq!(
         outputs,
         [
@@ -94,9 +99,21 @@ fn the_render_target_renders_the_demo_and_every_platform_from_the_example_policy
             (&dir("examples/istio/egress-gateway"), "istio", "examples/policy.json"),
             (&dir("examples/istio/egress-waypoint"), "istio", "examples/policy.json"),
             (&dir("examples/kuma"), "kuma", "examples/policy.json"),
+            (&chart("examples/helm/istio-gateway"), "istio", "examples/policy.json"),
+            (&chart("examples/helm/istio-waypoint"), "istio", "examples/policy.json"),
+            (&chart("examples/helm/kuma"), "kuma", "examples/policy.json"),
         ],
         "{commands:#?}"
     );
+    // Each chart is rendered with the flags of the plain render beside it.
+    let args_of = |out: Written| commands.iter().find(|c| c.output == out).map(|c| c.args.clone()).unwrap();
+    for (plain, helm) in [
+        ("examples/istio/egress-gateway", "examples/helm/istio-gateway"),
+        ("examples/istio/egress-waypoint", "examples/helm/istio-waypoint"),
+        ("examples/kuma", "examples/helm/kuma"),
+    ] {
+        assert_eq!(args_of(dir(plain)), args_of(chart(helm)), "{helm}");
+    }
     // The demo listens on the L4 ports its tcp/tls destinations declare, on loopback: no fixed L4 listener.
     let flags = demo_flags();
     assert!(flags.len() >= 6 && flags.windows(2).any(|w| w == ["--l4-address", "127.0.0.1"]), "{flags:?}");
@@ -153,26 +170,42 @@ fn committed_renders_are_what_the_render_target_writes() {
                 }
             }
             Written::Dir(dir) => {
-                let out_dir = tmp(&dir.replace('/', "_"));
-                let out = out_dir.display().to_string();
-                let mut with_dir = args.clone();
-                with_dir.extend(["--out-dir", out.as_str()]);
-                stdout_of(&with_dir);
-                let rendered = yaml_files(&out_dir);
-                let committed = yaml_files(&repo_root().join(dir));
-                assert_eq!(committed, rendered, "{dir}: the manifests are not those render writes");
-                for name in &rendered {
-                    let a = read(&format!("{dir}/{name}"));
-                    let b = std::fs::read_to_string(out_dir.join(name)).unwrap();
-                    if let Some(d) = first_difference(&a, &b) {
-                        panic!("{dir}/{name} is not the render of `{}` (run `make render`): {d}", args.join(" "));
-                    }
-                }
+                let out_dir = written_by(&args, "--out-dir", dir);
+                assert_same_files(dir, &out_dir, yaml_files, &args);
                 // On stdout: the same documents, in the same order.
                 let stdout = stdout_of(&args);
                 let joined = rendered_in_order(&out_dir, &stdout);
                 assert_eq!(stdout, joined.join("---\n"), "{dir}: stdout differs from the files");
             }
+            // Every file of the chart: Chart.yaml, values.yaml and the templates.
+            Written::Chart(dir) => {
+                let out_dir = written_by(&args, "--chart", dir);
+                assert_same_files(dir, &out_dir, files_under, &args);
+            }
+        }
+    }
+}
+
+/// The directory `render ARGS FLAG DIR` writes, for the committed `dir`.
+fn written_by(args: &[&str], flag: &str, dir: &str) -> PathBuf {
+    let out_dir = tmp(&dir.replace('/', "_"));
+    let out = out_dir.display().to_string();
+    let mut with_dir = args.to_vec();
+    with_dir.extend([flag, out.as_str()]);
+    stdout_of(&with_dir);
+    out_dir
+}
+
+/// The committed directory `dir` holds the files of `out_dir` that `list` lists, and no other such file, byte for byte.
+fn assert_same_files(dir: &str, out_dir: &Path, list: fn(&Path) -> Vec<String>, args: &[&str]) {
+    let names = list(out_dir);
+    let committed = list(&repo_root().join(dir));
+    assert_eq!(committed, names, "{dir}: the files are not those `{}` writes (run `make render`)", args.join(" "));
+    for name in &names {
+        let a = read(&format!("{dir}/{name}"));
+        let b = std::fs::read_to_string(out_dir.join(name)).unwrap();
+        if let Some(d) = first_difference(&a, &b) {
+            panic!("{dir}/{name} is not the render of `{}` (run `make render`): {d}", args.join(" "));
         }
     }
 }
@@ -269,8 +302,8 @@ fn committed_envoy_bootstraps_validate() {
     assert!(!v.ok && v.output.contains("partner-db-ca"), "validated without a partner CA:\n{}", v.output);
 }
 
-/// The YAML files under `dir` (subdirectories too), as sorted relative paths.
-fn yaml_files(dir: &Path) -> Vec<String> {
+/// The files under `dir` (subdirectories too), as sorted relative paths.
+fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
@@ -278,13 +311,18 @@ fn yaml_files(dir: &Path) -> Vec<String> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            } else {
                 out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
             }
         }
     }
     out.sort();
     out
+}
+
+/// The YAML files under `dir` (subdirectories too), as sorted relative paths.
+fn yaml_files(dir: &Path) -> Vec<String> {
+    files_under(dir).into_iter().filter(|f| f.ends_with(".yaml") || f.ends_with(".yml")).collect()
 }
 
 /// The files of `dir` in the order their first line appears on stdout (the apply order).
@@ -364,6 +402,26 @@ fn rendered_bootstrap_of_a_bigger_policy_validates() {
         "validated without an identity's secret:\n{}",
         v.output
     );
+}
+
+/// `--chart` writes a chart or one file per kind, not both; it replaces a chart it wrote, never another directory.
+#[test]
+fn render_chart_writes_only_where_a_chart_belongs() {
+    let dir = tmp("chart-dirs");
+    let (chart, other) = (dir.join("chart"), dir.join("other"));
+    let (c, o) = (chart.to_str().unwrap(), other.to_str().unwrap());
+    let both = cli(&["render", "istio", "examples/policy.json", "--chart", c, "--out-dir", o]);
+    assert_eq!(both.status.code(), Some(2), "{}", String::from_utf8_lossy(&both.stderr));
+    assert!(!chart.exists() && !other.exists());
+    stdout_of(&["render", "kuma", "examples/policy.json", "--chart", c]);
+    stdout_of(&["render", "kuma", "examples/policy.json", "--chart", c]);
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let refused = cli(&["render", "kuma", "examples/policy.json", "--chart", o]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty and not a chart"), "{refused:?}");
+    assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(files_under(&other), ["notes.txt"]);
 }
 
 #[test]

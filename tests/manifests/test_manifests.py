@@ -1,6 +1,6 @@
 """Validates the Kubernetes manifests in examples/ against the CRD schemas of Istio, Kuma and Gateway API.
 
-Every YAML document in ``examples/**/*.yaml`` must
+Every YAML document in ``examples/**/*.yaml`` (but the Helm charts of ``examples/helm``: tests/chart) must
 
 * be a kind whose CRD is in the CRD directory (``tests/manifests/crds``: the released Istio 1.30.3, Kuma 2.14.3
   and Gateway API CRDs, see its README; or ``$EGRESS_CRDS_DIR``), validated against the ``openAPIV3Schema`` of the served version named by its
@@ -46,6 +46,8 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 EXAMPLE_POLICY = EXAMPLES_DIR / "policy.json"
 # `render envoy examples/policy.json`: an Envoy bootstrap, not Kubernetes manifests.
 ENVOY_EXAMPLE_DIR = EXAMPLES_DIR / "envoy"
+# `render --chart`: Helm charts, whose templates are YAML only once Helm renders them (tests/chart checks that).
+HELM_EXAMPLE_DIR = EXAMPLES_DIR / "helm"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 
 # Internal headers of the filter (README.md (Configuration reference)) that every route must strip before forwarding.
@@ -657,9 +659,9 @@ class Doc:
 
 def example_files() -> list[Path]:
     """The Kubernetes manifests of examples/ (examples/envoy/ holds a plain Envoy bootstrap instead: see "The plain
-    Envoy example" below)."""
+    Envoy example" below; examples/helm/ the charts of the same manifests)."""
     return sorted(p for pattern in ("*.yaml", "*.yml") for p in EXAMPLES_DIR.rglob(pattern)
-                  if ENVOY_EXAMPLE_DIR not in p.parents)
+                  if ENVOY_EXAMPLE_DIR not in p.parents and HELM_EXAMPLE_DIR not in p.parents)
 
 
 @lru_cache(maxsize=None)

@@ -5,6 +5,7 @@
 //! small deterministic emitter below: the same policy and options always give the same bytes, so the
 //! committed outputs (`envoy/gateway.yaml`, `examples/`) can be compared with a fresh render in the tests.
 
+pub mod chart;
 pub mod envoy;
 pub mod hardening;
 pub mod istio;
@@ -12,6 +13,8 @@ pub mod kuma;
 pub mod network_policy;
 
 use std::fmt::Write as _;
+
+use chart::Knob;
 
 use egress_identity_core::config::Config;
 use egress_identity_core::config_document::PlatformSpec;
@@ -31,6 +34,29 @@ pub enum Yaml {
     Map(Vec<(String, Yaml)>),
     /// A node preceded by comment lines (printed before its map entry or sequence item).
     Commented(String, Box<Yaml>),
+    /// A deploy-time setting and its value: the value, or in a chart the chart's value ([`Knob`]).
+    Knob(Knob, String),
+    /// A YAML document carried as a string (a literal block), printed in the style of the document around it.
+    Embedded(Box<Yaml>),
+}
+
+/// How a tree is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// YAML.
+    Plain,
+    /// A Helm template of that YAML (`render --chart`): every text escaped, knobs as the chart's values.
+    Template,
+}
+
+impl Style {
+    /// `text` as printed in this style.
+    fn text(self, text: &str) -> String {
+        match self {
+            Self::Plain => text.to_string(),
+            Self::Template => chart::escape(text),
+        }
+    }
 }
 
 /// A map from `(key, value)` pairs, in this order.
@@ -143,12 +169,12 @@ pub fn scalar(text: &str) -> String {
     }
 }
 
-fn comment_lines(out: &mut String, pad: &str, text: &str) {
+fn comment_lines(out: &mut String, pad: &str, text: &str, style: Style) {
     for line in text.lines() {
         if line.is_empty() {
             let _ = writeln!(out, "{pad}#");
         } else {
-            let _ = writeln!(out, "{pad}# {line}");
+            let _ = writeln!(out, "{pad}# {}", style.text(line));
         }
     }
 }
@@ -160,7 +186,8 @@ fn is_inline(node: &Yaml) -> bool {
         Yaml::Literal(text) => !literal_ok(text),
         Yaml::Flow(text) => !text.contains('\n'),
         Yaml::Commented(_, inner) => is_inline(inner),
-        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) => true,
+        Yaml::Embedded(inner) => !literal_ok(&to_yaml(inner)),
+        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) | Yaml::Knob(..) => true,
     }
 }
 
@@ -171,15 +198,21 @@ fn literal_ok(text: &str) -> bool {
         && !text.lines().any(|l| l.ends_with(' '))
 }
 
-fn inline(node: &Yaml) -> String {
+fn inline(node: &Yaml, style: Style) -> String {
     match node {
         Yaml::Bool(b) => b.to_string(),
         Yaml::Int(i) => i.to_string(),
-        Yaml::Str(text) | Yaml::Literal(text) => scalar(text),
-        Yaml::Flow(text) => text.clone(),
+        Yaml::Str(text) | Yaml::Literal(text) => style.text(&scalar(text)),
+        Yaml::Flow(text) => style.text(text),
         Yaml::Seq(_) => "[]".into(),
         Yaml::Map(_) => "{}".into(),
-        Yaml::Commented(_, inner) => inline(inner),
+        Yaml::Commented(_, inner) => inline(inner, style),
+        Yaml::Knob(knob, value) => match style {
+            Style::Plain => scalar(value),
+            Style::Template => knob.expression(),
+        },
+        // Not a literal block: its plain text, quoted (no knob of ours lands here).
+        Yaml::Embedded(inner) => style.text(&scalar(&to_yaml(inner))),
     }
 }
 
@@ -194,50 +227,53 @@ fn literal_header(text: &str) -> &'static str {
     }
 }
 
-fn block_lines(out: &mut String, pad: &str, text: &str) {
+/// The lines of a block, each indented by `pad` (a text ending in empty lines ends in as many: `|+`).
+fn block_lines(out: &mut String, pad: &str, text: &str, style: Style) {
     for line in text.lines() {
         if line.is_empty() {
             out.push('\n');
         } else {
-            let _ = writeln!(out, "{pad}{line}");
+            let _ = writeln!(out, "{pad}{}", style.text(line));
         }
-    }
-    // `|+` keeps trailing empty lines: lines() drops the last one.
-    if text.ends_with("\n\n") {
-        out.push('\n');
     }
 }
 
-/// Writes `node` as the value after `prefix` (`key:` or `-`), at `indent` spaces.
-fn node_after(out: &mut String, indent: usize, prefix: &str, node: &Yaml, in_seq: bool) {
+/// Writes `node` as the value after `prefix` (`key:` or `-`, printed in `style`), at `indent` spaces.
+fn node_after(out: &mut String, indent: usize, prefix: &str, node: &Yaml, in_seq: bool, style: Style) {
     let pad = " ".repeat(indent);
     match node {
         Yaml::Commented(text, inner) => {
-            comment_lines(out, &pad, text);
-            node_after(out, indent, prefix, inner, in_seq);
+            comment_lines(out, &pad, text, style);
+            node_after(out, indent, prefix, inner, in_seq, style);
         }
         n if is_inline(n) => {
-            let _ = writeln!(out, "{pad}{prefix} {}", inline(n));
+            let _ = writeln!(out, "{pad}{prefix} {}", inline(n, style));
         }
         Yaml::Literal(text) => {
             let _ = writeln!(out, "{pad}{prefix} {}", literal_header(text));
-            block_lines(out, &" ".repeat(indent + 2), text);
+            block_lines(out, &" ".repeat(indent + 2), text, style);
+        }
+        Yaml::Embedded(inner) => {
+            // Printed in this style already.
+            let text = document(inner, style);
+            let _ = writeln!(out, "{pad}{prefix} {}", literal_header(&text));
+            block_lines(out, &" ".repeat(indent + 2), &text, Style::Plain);
         }
         Yaml::Flow(text) => {
             let _ = writeln!(out, "{pad}{prefix}");
-            block_lines(out, &" ".repeat(indent + 2), text.trim_end());
+            block_lines(out, &" ".repeat(indent + 2), text.trim_end(), style);
         }
         Yaml::Seq(items) => {
             let _ = writeln!(out, "{pad}{prefix}");
             // Sequences in maps are not indented (`key:\n- a`), as kubectl and Envoy's docs write them.
             let child = if in_seq { indent + 2 } else { indent };
-            seq(out, child, items);
+            seq(out, child, items, style);
         }
         Yaml::Map(entries) => {
             if in_seq {
                 // `- key: value` with the following keys aligned under the first.
                 let mut first = String::new();
-                map_entries(&mut first, indent + 2, entries);
+                map_entries(&mut first, indent + 2, entries, style);
                 let inner_pad = " ".repeat(indent + 2);
                 let mut lines = first.lines();
                 // A leading comment stays above the `-`.
@@ -258,37 +294,42 @@ fn node_after(out: &mut String, indent: usize, prefix: &str, node: &Yaml, in_seq
                 }
             } else {
                 let _ = writeln!(out, "{pad}{prefix}");
-                map_entries(out, indent + 2, entries);
+                map_entries(out, indent + 2, entries, style);
             }
         }
-        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) => {}
+        Yaml::Bool(_) | Yaml::Int(_) | Yaml::Str(_) | Yaml::Knob(..) => {}
     }
 }
 
-fn seq(out: &mut String, indent: usize, items: &[Yaml]) {
+fn seq(out: &mut String, indent: usize, items: &[Yaml], style: Style) {
     for item in items {
-        node_after(out, indent, "-", item, true);
+        node_after(out, indent, "-", item, true, style);
     }
 }
 
-fn map_entries(out: &mut String, indent: usize, entries: &[(String, Yaml)]) {
+fn map_entries(out: &mut String, indent: usize, entries: &[(String, Yaml)], style: Style) {
     for (key, value) in entries {
-        node_after(out, indent, &format!("{}:", scalar(key)), value, false);
+        node_after(out, indent, &format!("{}:", style.text(&scalar(key))), value, false, style);
     }
 }
 
 /// One YAML document: `node` (a map or a sequence) in block style, ending with a newline.
 pub fn to_yaml(node: &Yaml) -> String {
+    document(node, Style::Plain)
+}
+
+/// [`to_yaml`] in `style`.
+pub fn document(node: &Yaml, style: Style) -> String {
     let mut out = String::new();
     match node {
         Yaml::Commented(text, inner) => {
-            comment_lines(&mut out, "", text);
-            out.push_str(&to_yaml(inner));
+            comment_lines(&mut out, "", text, style);
+            out.push_str(&document(inner, style));
         }
-        Yaml::Map(entries) if !entries.is_empty() => map_entries(&mut out, 0, entries),
-        Yaml::Seq(items) if !items.is_empty() => seq(&mut out, 0, items),
+        Yaml::Map(entries) if !entries.is_empty() => map_entries(&mut out, 0, entries, style),
+        Yaml::Seq(items) if !items.is_empty() => seq(&mut out, 0, items, style),
         other => {
-            let _ = writeln!(out, "{}", inline(other));
+            let _ = writeln!(out, "{}", inline(other, style));
         }
     }
     out
@@ -299,6 +340,77 @@ pub fn documents(nodes: &[Yaml]) -> String {
     nodes.iter().map(to_yaml).collect::<Vec<_>>().join("---\n")
 }
 
+/// A rendered file: its documents, printed as YAML (`render`) or as a Helm template (`render --chart`).
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// The file's path in the output directory.
+    pub name: String,
+    /// The comment at the top of the file.
+    pub header: String,
+    pub docs: Vec<Yaml>,
+    /// Another form of a file of the same render (apply one of the two): a chart leaves it out.
+    pub alternative: bool,
+}
+
+impl Manifest {
+    /// A file of Kubernetes objects, each labelled with the version that rendered it ([`version_labels`]).
+    pub fn new(name: &str, header: &str, docs: Vec<Yaml>) -> Self {
+        let docs = docs.into_iter().map(version_labels).collect();
+        Self { name: name.to_string(), header: header.to_string(), docs, alternative: false }
+    }
+
+    /// The file's text in `style`.
+    pub fn text(&self, style: Style) -> String {
+        let mut out = String::new();
+        comment_lines(&mut out, "", &self.header, style);
+        let docs: Vec<String> = self.docs.iter().map(|d| document(d, style)).collect();
+        out.push_str(&docs.join("---\n"));
+        out
+    }
+
+    /// `(file name, YAML)`: what `render` writes.
+    pub fn file(&self) -> (String, String) {
+        (self.name.clone(), self.text(Style::Plain))
+    }
+}
+
+/// The labels every rendered object carries: `app.kubernetes.io/part-of: egress-identity` and
+/// `app.kubernetes.io/version: <the CLI's version>` (`kubectl get … -l app.kubernetes.io/part-of=egress-identity`
+/// lists what a release installed, and which version rendered it). Labels already there are kept.
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+fn version_labels(doc: Yaml) -> Yaml {
+    match doc {
+        Yaml::Commented(comment, inner) => Yaml::Commented(comment, Box::new(version_labels(*inner))),
+        Yaml::Map(mut entries) => {
+            if let Some((_, Yaml::Map(metadata))) = entries.iter_mut().find(|(k, _)| k == "metadata") {
+                let ours = [(PART_OF_LABEL, "egress-identity"), (VERSION_LABEL, env!("CARGO_PKG_VERSION"))];
+                match metadata.iter_mut().find(|(k, _)| k == "labels") {
+                    Some((_, Yaml::Map(labels))) => {
+                        for (key, value) in ours {
+                            if !labels.iter().any(|(k, _)| k == key) {
+                                labels.push((key.to_string(), s(value)));
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        let at = metadata
+                            .iter()
+                            .position(|(k, _)| k != "name" && k != "namespace")
+                            .unwrap_or(metadata.len());
+                        let labels = Yaml::Map(ours.into_iter().map(|(k, v)| (k.to_string(), s(v))).collect());
+                        metadata.insert(at, ("labels".to_string(), labels));
+                    }
+                }
+            }
+            Yaml::Map(entries)
+        }
+        other => other,
+    }
+}
+
 /// A policy file compiled for one platform, ready to render.
 pub struct PolicyFile {
     /// The plugin configuration the gateway loads: the policy's text, verbatim, plus the `platform` it is
@@ -307,22 +419,25 @@ pub struct PolicyFile {
     /// `plugin_config`, compiled by the core exactly as the filter compiles it: the one model every renderer
     /// builds from (clusters, hosts, identities, principals, namespaces).
     pub config: Config,
+    /// The policy file's text, verbatim (a chart's `values.policy`).
+    pub text: String,
 }
 
 impl PolicyFile {
     /// Compiles the policy for `platform` as the filter will (every error with its JSON path): what
     /// `validate --platform` and every `render` ask.
     pub fn for_platform(text: &str, platform: &PlatformSpec) -> Result<Self, Vec<ConfigError>> {
-        let text = format!("{}\n", text.trim());
-        let config = Config::load_for(text.as_bytes(), platform)?;
-        let plugin_config = egress_identity_core::platform::plugin_configuration(&text, platform)
+        let trimmed = format!("{}\n", text.trim());
+        let config = Config::load_for(trimmed.as_bytes(), platform)?;
+        let plugin_config = egress_identity_core::platform::plugin_configuration(&trimmed, platform)
             .ok_or_else(|| vec![ConfigError::new(".", "the policy is not a JSON object")])?;
-        Ok(Self { plugin_config, config })
+        Ok(Self { plugin_config, config, text: text.to_string() })
     }
 
-    /// The plugin configuration as a flow-style YAML node (the JSON text, verbatim).
+    /// The plugin configuration as a flow-style YAML node: the JSON text, verbatim but for its tabs and
+    /// carriage returns (JSON whitespace, never inside a string), which YAML does not take as whitespace there.
     pub fn flow(&self) -> Yaml {
-        Yaml::Flow(self.plugin_config.clone())
+        Yaml::Flow(self.plugin_config.replace("\r\n", "\n").replace('\r', "\n").replace('\t', " "))
     }
 }
 
@@ -373,6 +488,33 @@ pub fn k8s_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every object of a manifest file names the project and the version that rendered it; labels of its own
+    /// are kept, and a label it already sets is not overwritten.
+    #[test]
+    fn rendered_objects_carry_the_version_labels() {
+        let object = |metadata: Yaml| map([("kind", s("X")), ("metadata", metadata)]);
+        let file = Manifest::new(
+            "x.yaml",
+            "header",
+            vec![
+                object(map([("name", s("a")), ("namespace", s("ns")), ("annotations", map([("k", s("v"))]))])),
+                commented(
+                    "c",
+                    object(map([("name", s("b")), ("labels", map([(PART_OF_LABEL, s("mine")), ("x", s("z"))]))])),
+                ),
+            ],
+        );
+        let text = file.text(Style::Plain);
+        let version = format!("{VERSION_LABEL}: \"{}\"", env!("CARGO_PKG_VERSION"));
+        assert!(
+            text.contains(&format!(
+                "  namespace: ns\n  labels:\n    {PART_OF_LABEL}: egress-identity\n    {version}\n  annotations:"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("    {PART_OF_LABEL}: mine\n    x: z\n    {version}\n")), "{text}");
+    }
 
     #[test]
     fn scalars_are_plain_only_when_unambiguous() {
@@ -442,12 +584,28 @@ mod tests {
 
     #[test]
     fn literal_headers_keep_the_final_newlines() {
-        for (text, header) in [("a\n", "|"), ("a", "|-"), ("a\n\n", "|+")] {
-            let out = to_yaml(&map([("v", Yaml::Literal(text.into()))]));
-            assert!(out.starts_with(&format!("v: {header}\n")), "{out}");
+        for (text, block) in [
+            ("a\n", "|\n  a\n"),
+            ("a", "|-\n  a\n"),
+            ("a\n\n", "|+\n  a\n\n"),
+            ("a\n\n\n", "|+\n  a\n\n\n"),
+            ("a\n\n b\n", "|\n  a\n\n   b\n"),
+        ] {
+            let out = to_yaml(&map([("v", Yaml::Literal(text.into())), ("w", int(1))]));
+            assert_eq!(out, format!("v: {block}w: 1\n"), "{text:?}");
         }
         // Not representable as a literal block: quoted instead.
         assert_eq!(to_yaml(&map([("v", Yaml::Literal(" lead\n".into()))])), "v: \" lead\\n\"\n");
+    }
+
+    #[test]
+    fn a_policy_indented_with_tabs_is_flow_yaml_without_them() {
+        let text = "{\r\n\t\"localTrustDomain\": \"td\",\r\t\"identities\": [{\"name\": \"i\"}],\r\n\t\"destinations\":\t[{\"name\": \"d\", \"host\": \"h.example\", \"port\": 443, \"defaultIdentity\": \"i\"}]\r\n}";
+        let policy = PolicyFile::for_platform(text, &PlatformSpec::IstioGateway).unwrap();
+        let out = to_yaml(&map([("pluginConfig", policy.flow())]));
+        assert!(!out.contains(['\t', '\r']), "{out:?}");
+        assert!(out.starts_with("pluginConfig:\n  {\n   \"localTrustDomain\": \"td\",\n   \"identities\""), "{out}");
+        assert!(out.contains("\"destinations\": [{"), "{out}");
     }
 
     #[test]
