@@ -12,8 +12,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup setup-build setup-demo setup-test setup-bench build demo test test-native test-wasm test-manifests test-istiod \
-	fmt fmt-check core-deps clippy pki clean distclean
+.PHONY: setup setup-build setup-demo setup-test setup-bench build demo test test-native test-wasm test-manifests test-chart test-istiod \
+	test-oci test-sbom test-release release fmt fmt-check core-deps clippy pki clean distclean
 
 ## setup: everything `make test` needs (setup-build, setup-demo, setup-bench: less, or other things)
 setup: setup-test
@@ -33,9 +33,10 @@ build: setup-build
 demo: setup-demo build
 	$(CARGO) run --release -p egress-identity-harness --bin demo
 
-## test: format, native unit + e2e tests, core tests on wasm, manifest tests, clippy, fuzz smoke. Stops at
-## the first failure.
-test: setup-test build fmt-check core-deps test-native test-wasm test-manifests test-istiod clippy fuzz-smoke
+## test: format, native unit + e2e tests, core tests on wasm, manifest and chart tests, the release's OCI layout and
+## SBOMs, clippy, fuzz smoke. Stops at the first failure.
+test: setup-test build fmt-check core-deps test-native test-wasm test-manifests test-chart test-istiod test-oci \
+	test-sbom test-release clippy fuzz-smoke
 
 ## core-deps: the core crate must not depend on proxy-wasm, even indirectly (the filter is the only adapter)
 core-deps:
@@ -58,12 +59,53 @@ test-manifests:
 		exit $$rc; \
 	else echo "tests/manifests: absent, skipped"; fi
 
+## test-chart: the example Helm charts (examples/helm, `render --chart`) under Helm v4 (tools/helm, built into
+## .tools/bin by scripts/setup.sh test): lint --strict, what they install = the plain render object for object and
+## valid against the CRDs, the policy guard, the knobs (tests/chart).
+test-chart:
+	$(CARGO) build --quiet -p egress-identity-cli
+	$(PYTEST) -q tests/chart
+
 ## test-istiod: istiod's own xDS generation (istio.io/istio, in-process) on the rendered Istio examples, checked
 ## against what the design assumes, istio-agent's bootstrap for them, and `istioctl analyze` offline (tests/istiod;
 ## the first run downloads and compiles Istio: minutes). cli/tests/istiod_*.rs run that output on Envoy.
 test-istiod:
 	$(CARGO) build --quiet -p egress-identity-cli
 	cd tests/istiod && gofmt -l . | (! grep .) && go vet ./... && PILOT_ENABLE_AMBIENT=true go test -count=1 ./...
+
+## test-oci: the release's OCI image layout (`egress-identity-publish layout`: both variants, tagged test and
+## test-compat) made from dist/egress_identity.wasm in a temporary directory and checked by go-containerregistry
+## (tests/oci, Go): read, the printed digests, pushed into its in-process registry, pulled back by digest and by
+## tag, the module taken out by Istio's fetcher rules and compared byte for byte.
+test-oci: build
+	$(CARGO) build --quiet -p egress-identity-publish
+	cd tests/oci && gofmt -l . | (! grep .) && go vet ./...
+	dir="$$(mktemp -d)"; trap 'rm -rf "$$dir"' EXIT; \
+	digests="$$($(CARGO) run --quiet -p egress-identity-publish -- layout --wasm dist/egress_identity.wasm \
+		--tag test --out "$$dir/layout" --json)"; \
+	cd tests/oci && EGRESS_OCI_LAYOUT="$$dir/layout" EGRESS_WASM="$(CURDIR)/dist/egress_identity.wasm" \
+		EGRESS_OCI_TAG=test EGRESS_OCI_DIGESTS="$$digests" go test -count=1 -v ./...
+
+## test-sbom: the release's SBOMs (scripts/sbom.sh: cargo-cyclonedx, installed by scripts/setup.sh test) made twice,
+## byte-identical, and checked against Cargo.lock and `cargo tree` (scripts/check-sbom.py).
+test-sbom:
+	dir="$$(mktemp -d)"; trap 'rm -rf "$$dir"' EXIT; \
+	bash scripts/sbom.sh "$$dir/a" && bash scripts/sbom.sh "$$dir/b" 2>/dev/null && diff -r "$$dir/a" "$$dir/b" && \
+	echo "test-sbom: two runs wrote the same bytes" && .venv/bin/python scripts/check-sbom.py "$$dir/a"
+
+## test-release: `make release` into a temporary directory, checked with tools the project did not write
+## (tests/release/test_release.sh): cosign verifies both signatures and refuses a tampered file and another key,
+## sha256sum -c, static CLIs (file), the OCI layout (tests/oci), the SBOMs, render --release pins, and two clean
+## builds of the module in other directories give the release's sha256.
+test-release: setup-test build
+	bash tests/release/test_release.sh
+
+## release: everything a platform team installs, in dist/release/ (scripts/release.sh; README "Install"): the
+## reproducible module, static CLIs (x86_64, aarch64), the OCI image layout (both variants), SBOMs,
+## release.json, SHA256SUMS and cosign-format signatures.
+##   make release SIGNING_KEY=release.key [REPOSITORY=ghcr.io/me/egress-identity]
+release: setup-build
+	SIGNING_KEY='$(SIGNING_KEY)' REPOSITORY='$(REPOSITORY)' bash scripts/release.sh dist/release
 
 ## fmt: format the workspace (rustfmt.toml); fmt-check: fail if anything is not formatted
 fmt:
@@ -162,8 +204,8 @@ publish-args:
 	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/publish.sh --check
 
 ## render: regenerate envoy/gateway.yaml from the demo policy (envoy/policy.json) and every platform's files in
-## examples/ from the one example policy (examples/policy.json) with `egress-identity render`; cli/tests/render.rs
-## checks that the committed files are exactly this output.
+## examples/ from the one example policy (examples/policy.json) with `egress-identity render`, the Helm charts of
+## examples/helm included; cli/tests/render.rs checks that the committed files are exactly this output.
 RENDER := $(CARGO) run --quiet -p egress-identity-cli --bin egress-identity -- render
 DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --l4-address 127.0.0.1 \
 	--metrics 127.0.0.1:15090 \
@@ -186,3 +228,8 @@ render:
 	$(RENDER) istio examples/policy.json --mode waypoint \
 		--image "$(call ISTIO_IMAGE,examples/istio/egress-waypoint)" --out-dir examples/istio/egress-waypoint
 	$(RENDER) kuma examples/policy.json --out-dir examples/kuma
+	$(RENDER) istio examples/policy.json --mode gateway \
+		--image "$(call ISTIO_IMAGE,examples/istio/egress-gateway)" --chart examples/helm/istio-gateway
+	$(RENDER) istio examples/policy.json --mode waypoint \
+		--image "$(call ISTIO_IMAGE,examples/istio/egress-waypoint)" --chart examples/helm/istio-waypoint
+	$(RENDER) kuma examples/policy.json --chart examples/helm/kuma

