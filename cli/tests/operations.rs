@@ -177,10 +177,11 @@ fn decisions_are_counted_in_envoys_stats() {
         "{sandbox:?}"
     );
     // Counters end in _total; no metric of ours escapes the labels into its name.
-    assert!(samples
-        .iter()
-        .filter(|x| x.family.starts_with("egress_identity_"))
-        .all(|x| { x.family.ends_with("_total") || x.family == "egress_identity_config_generation" }));
+    assert!(samples.iter().filter(|x| x.family.starts_with("egress_identity_")).all(|x| {
+        x.family.ends_with("_total")
+            || x.family == "egress_identity_config_generation"
+            || x.family == "egress_identity_build_info"
+    }));
     // The per-identity clusters keep their names through Envoy's own tag extraction.
     for cluster in ["partner-api|team-app1", "partner-api|team-app2"] {
         let found = samples.iter().any(|x| {
@@ -247,7 +248,8 @@ fn the_access_log_carries_the_audit_record_that_explain_predicts() {
     let log = s.topology.gateway_log();
     let loaded: Vec<&str> = log.lines().filter(|l| l.contains(": configuration ") && l.contains(" loaded: ")).collect();
     assert_eq!(loaded.len(), 1, "{loaded:#?}");
-    assert!(loaded[0].contains(&format!("version {}: configuration ", env!("CARGO_PKG_VERSION"))), "{}", loaded[0]);
+    let version = format!("version {} (revision ", env!("CARGO_PKG_VERSION"));
+    assert!(loaded[0].contains(&version) && loaded[0].contains("): configuration "), "{}", loaded[0]);
     let audit = |path| access_log_entry(s, path)["audit"].as_str().unwrap().to_owned();
     assert_eq!(
         audit("/v1/audit-allow"),
