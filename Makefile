@@ -215,11 +215,16 @@ DEMO_RENDER_FLAGS := --listen 127.0.0.1:10443 --l4-address 127.0.0.1 \
 	--upstream partner-tcp=127.0.0.1:18444 --ca-secret partner-tcp=partner-ca \
 	--upstream partner-shared-tcp=127.0.0.1:18444 --ca-secret partner-shared-tcp=partner-ca \
 	--upstream partner-tls=127.0.0.1:18445
+## The demo gateway with its certificate and the callers' bundles from a SPIRE agent (cli/tests/spire.rs runs it).
+SPIRE_RENDER_FLAGS := --spire-agent unix:spire/agent/public/api.sock \
+	--gateway-id spiffe://cluster.local/ns/egress/sa/egress-gateway
 ISTIO_IMAGE = $$(sed -n 's/^ *url: *//p' $(1)/wasm-plugin.yaml | head -n 1)
 .PHONY: render
 render:
 	$(RENDER) envoy envoy/policy.json $(DEMO_RENDER_FLAGS) > envoy/gateway.yaml.tmp
 	mv envoy/gateway.yaml.tmp envoy/gateway.yaml
+	$(RENDER) envoy envoy/policy.json $(DEMO_RENDER_FLAGS) $(SPIRE_RENDER_FLAGS) > envoy/spire/gateway.yaml.tmp
+	mv envoy/spire/gateway.yaml.tmp envoy/spire/gateway.yaml
 	mkdir -p examples/envoy
 	$(RENDER) envoy examples/policy.json > examples/envoy/gateway.yaml.tmp
 	mv examples/envoy/gateway.yaml.tmp examples/envoy/gateway.yaml

@@ -22,7 +22,7 @@
 #     EGRESS_WASM_TOOLCHAIN=auto (default) | rustup | debian forces a mode.
 #   * wasm-bindgen-cli (wasm-bindgen-test-runner) at exactly the wasm-bindgen version in Cargo.lock.
 #   * Go tools in .tools/bin, each built from its tools module tools/<name> (go.mod pins the version, go.sum the
-#     content): helm (tests/chart), cosign (tests/release).
+#     content): helm (tests/chart), cosign (tests/release), spire-server and spire-agent v1.13.3 (cli/tests/spire.rs).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -315,18 +315,23 @@ if [ "$NEED_TEST" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------------------ Go tools (tools/)
-# go_tool NAME PACKAGE: `go install PACKAGE` in the tools module tools/NAME, into .tools/bin, when the binary is
-# missing or the module changed since it was built (.tools/stamps/NAME: the SHA-256 of its go.mod and go.sum).
+# go_tool NAME PACKAGE...: `go install PACKAGE...` in the tools module tools/NAME, into .tools/bin (each binary named
+# after its package's last element), when one is missing or the module changed since they were built
+# (.tools/stamps/NAME: the SHA-256 of its go.mod and go.sum).
 go_tool() {
-    local name="$1" package="$2" stamp=".tools/stamps/$1" want
+    local name="$1" stamp=".tools/stamps/$1" want package missing=0
+    shift
     want="$(cat "tools/$name/go.mod" "tools/$name/go.sum" | sha256sum | cut -d' ' -f1)" ||
         die "tools/$name: cannot read go.mod and go.sum"
-    if [ -x ".tools/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    for package in "$@"; do [ -x ".tools/bin/${package##*/}" ] || missing=1; done
+    if [ "$missing" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
-    say "building $name from tools/$name (go install; the first time downloads and compiles it: minutes)"
-    (cd "tools/$name" && GOBIN="$ROOT/.tools/bin" go install "$package") || die "go install $package (tools/$name) failed"
-    [ -x ".tools/bin/$name" ] || die "go install $package wrote no .tools/bin/$name"
+    say "building ${*##*/} from tools/$name (go install; the first time downloads and compiles it: minutes)"
+    (cd "tools/$name" && GOBIN="$ROOT/.tools/bin" go install "$@") || die "go install $* (tools/$name) failed"
+    for package in "$@"; do
+        [ -x ".tools/bin/${package##*/}" ] || die "go install $package wrote no .tools/bin/${package##*/}"
+    done
     mkdir -p .tools/stamps
     printf '%s\n' "$want" >"$stamp"
     CHANGED=1
@@ -335,7 +340,9 @@ go_tool() {
 if [ "$NEED_TEST" = 1 ]; then
     go_tool helm helm.sh/helm/v4/cmd/helm # tests/chart: lint and template the example charts
     go_tool cosign github.com/sigstore/cosign/v2/cmd/cosign # tests/release: verify the release's signatures
-    go_state="$go_state, helm, cosign"
+    # cli/tests/spire.rs: SPIRE servers and agents on loopback.
+    go_tool spire github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+    go_state="$go_state, helm, cosign, spire"
 fi
 
 # ------------------------------------------------------------------------- cargo-cyclonedx (SBOMs)

@@ -264,6 +264,14 @@ enum RenderTarget {
         /// file SDS holds one secret per file.
         #[arg(long = "identity-sds", value_name = "ADDR:PORT|unix:PATH")]
         identity_sds: Option<String>,
+        /// The SPIRE agent's SDS socket: the listener presents the gateway's X.509-SVID and verifies callers
+        /// against SPIRE's bundles (own and federated trust domains), instead of the files gateway-cert and
+        /// mesh-ca. With --gateway-id.
+        #[arg(long = "spire-agent", value_name = "unix:PATH", requires = "gateway_id")]
+        spire_agent: Option<String>,
+        /// The SPIFFE ID the gateway is registered with in SPIRE (the name of its SVID's SDS secret).
+        #[arg(long = "gateway-id", value_name = "SPIFFE_ID", requires = "spire_agent")]
+        gateway_id: Option<String>,
     },
     /// Istio manifests: egress gateway (sidecar mode) or ambient egress waypoint.
     Istio {
@@ -580,10 +588,14 @@ fn render_command(target: RenderTarget) -> ExitCode {
             access_log,
             max_connection_duration,
             identity_sds,
+            spire_agent,
+            gateway_id,
         } => {
             let Some(policy) = load_policy(&config, &PlatformSpec::Envoy) else { return ExitCode::FAILURE };
             let opts = EnvoyOptions {
                 identity_sds,
+                spire_agent,
+                gateway_id,
                 listen,
                 l4_address,
                 admin,

@@ -18,8 +18,13 @@ fn makefile() -> String {
 
 /// The Makefile's `DEMO_RENDER_FLAGS`, what `make render` renders the demo with.
 fn demo_flags() -> Vec<String> {
+    make_variable("DEMO_RENDER_FLAGS")
+}
+
+/// The words of the Makefile's variable `name` (`NAME := ...`).
+fn make_variable(name: &str) -> Vec<String> {
     let makefile = makefile();
-    let line = makefile.lines().find_map(|l| l.strip_prefix("DEMO_RENDER_FLAGS := ")).expect("DEMO_RENDER_FLAGS");
+    let line = makefile.lines().find_map(|l| l.strip_prefix(&format!("{name} := "))).expect(name);
     line.split_whitespace().map(str::to_owned).collect()
 }
 
@@ -65,6 +70,8 @@ fn render_target() -> Vec<RenderCommand> {
                 output = Some(Written::Chart(tokens.next().expect("a directory after --chart").to_string()));
             } else if token == "$(DEMO_RENDER_FLAGS)" {
                 args.extend(demo_flags());
+            } else if token == "$(SPIRE_RENDER_FLAGS)" {
+                args.extend(make_variable("SPIRE_RENDER_FLAGS"));
             } else if let Some(dir) = token.strip_prefix("$(call:ISTIO_IMAGE,").and_then(|t| t.strip_suffix(')')) {
                 args.push(istio_image(dir));
             } else {
@@ -95,6 +102,7 @@ fn the_render_target_renders_the_demo_and_every_platform_from_the_example_policy
         outputs,
         [
             (&file("envoy/gateway.yaml"), "envoy", "envoy/policy.json"),
+            (&file("envoy/spire/gateway.yaml"), "envoy", "envoy/policy.json"),
             (&file("examples/envoy/gateway.yaml"), "envoy", "examples/policy.json"),
             (&dir("examples/istio/egress-gateway"), "istio", "examples/policy.json"),
             (&dir("examples/istio/egress-waypoint"), "istio", "examples/policy.json"),

@@ -116,6 +116,25 @@ pub(crate) fn mesh_tls_config(mesh_ca: &Path, identity: Option<&CertFiles>) -> R
     })
 }
 
+/// The certificate the gateway's listener serves to a caller naming `sni`, verified against `ca` (PEM) for
+/// [`GATEWAY_HOST`]: DER of the leaf. The handshake is made with `identity` (the listener requires a client
+/// certificate).
+pub fn served_certificate(sni: &str, ca: &Path, identity: &CertFiles) -> Result<Vec<u8>> {
+    let config = mesh_tls_config(ca, Some(identity))?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| err(e.to_string()))?;
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| err(e.to_string()))?;
+    let mut tcp = TcpStream::connect(("127.0.0.1", crate::topology::GATEWAY_PORT))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp).map_err(|e| err(format!("handshake with the gateway: {e}")))?;
+    }
+    let leaf = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| err("the gateway sent no certificate"))?;
+    Ok(leaf.to_vec())
+}
+
 /// Reads until the peer closes (or the read times out); what arrived, and how it ended.
 fn read_all(stream: &mut impl Read) -> (String, Option<String>) {
     let mut received = Vec::new();

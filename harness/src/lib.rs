@@ -9,6 +9,7 @@
 //! * [`lds`]: the gateway's listener from file-based LDS, to push a new plugin configuration (reload).
 //! * [`hbone`]: calls an Istio waypoint as ztunnel does (HTTP/2 CONNECT over mTLS).
 //! * [`istiod`]: what istiod generates for a gateway (tests/istiod's dump) as a bootstrap upstream Envoy runs.
+//! * [`spire`]: SPIRE servers and an agent on loopback, workloads fetching their SVIDs from it.
 //!
 //! Everything runs in a *run directory* laid out as
 //!
@@ -34,6 +35,7 @@ pub mod process;
 pub mod prometheus;
 pub mod sds;
 pub mod sds_server;
+pub mod spire;
 pub mod topology;
 
 /// Boxed error used across the harness.

@@ -80,6 +80,12 @@ pub struct EnvoyOptions {
     pub max_connection_duration: u32,
     /// The gRPC SDS server of the shared clusters' identities: `ADDR:PORT` or `unix:PATH`.
     pub identity_sds: Option<String>,
+    /// The SPIRE agent's SDS socket (`unix:PATH`): the listener's certificate is the gateway's X.509-SVID
+    /// (the secret named by [`EnvoyOptions::gateway_id`]) and callers are verified against SPIRE's bundles
+    /// (`ALL`: every trust domain's, by Envoy's SPIFFE validator), instead of the files gateway-cert and mesh-ca.
+    pub spire_agent: Option<String>,
+    /// The gateway's SPIFFE ID (with `spire_agent`).
+    pub gateway_id: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -96,6 +102,8 @@ impl Default for EnvoyOptions {
             access_log: "/dev/stdout".into(),
             max_connection_duration: 10,
             identity_sds: None,
+            spire_agent: None,
+            gateway_id: None,
         }
     }
 }
@@ -137,6 +145,12 @@ impl EnvoyOptions {
         }
         if let Some(sds) = &self.identity_sds {
             flags.push(format!("--identity-sds {sds}"));
+        }
+        if let Some(agent) = &self.spire_agent {
+            flags.push(format!("--spire-agent {agent}"));
+        }
+        if let Some(id) = &self.gateway_id {
+            flags.push(format!("--gateway-id {id}"));
         }
         flags
     }
@@ -222,21 +236,28 @@ pub const IDENTITY_SDS_CLUSTER: &str = "egress-identity-sds";
 pub const MAX_IDENTITY_STREAMS: i64 = 1_000_000;
 
 /// The cluster of the identities' SDS server: HTTP/2 (gRPC) to `ADDR:PORT` or a Unix socket `unix:PATH`.
-fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
+/// The cluster of the SPIRE agent's SDS socket (`--spire-agent`).
+pub const SPIRE_AGENT_CLUSTER: &str = "spire_agent";
+/// The secret SPIRE's agent serves with every trust domain's bundle, as a SPIFFE validator configuration (its
+/// `default_all_bundles_name`).
+pub const SPIRE_ALL_BUNDLES: &str = "ALL";
+
+/// A gRPC SDS server's cluster: `flag`'s value, `ADDR:PORT` or `unix:PATH`.
+fn sds_server_cluster(name: &str, flag: &str, address: &str) -> Result<Yaml, RenderError> {
     let address = match address.strip_prefix("unix:") {
         Some(path) if !path.is_empty() => map([("pipe", map([("path", s(path))]))]),
         Some(_) => {
-            return Err(RenderError(
-                "--identity-sds unix: needs a socket path, e.g. unix:/run/spire/sockets/agent.sock".into(),
-            ))
+            return Err(RenderError(format!(
+                "{flag} unix: needs a socket path, e.g. unix:/run/spire/sockets/agent.sock"
+            )))
         }
         None => {
-            let hp: HostPort = address.parse().map_err(|e| RenderError(format!("--identity-sds {address:?}: {e}")))?;
+            let hp: HostPort = address.parse().map_err(|e| RenderError(format!("{flag} {address:?}: {e}")))?;
             socket_address(&hp)
         }
     };
     Ok(map([
-        ("name", s(IDENTITY_SDS_CLUSTER)),
+        ("name", s(name)),
         ("type", s("STATIC")),
         ("connect_timeout", s("1s")),
         (
@@ -266,7 +287,7 @@ fn identity_sds_cluster(address: &str) -> Result<Yaml, RenderError> {
         (
             "load_assignment",
             map([
-                ("cluster_name", s(IDENTITY_SDS_CLUSTER)),
+                ("cluster_name", s(name)),
                 (
                     "endpoints",
                     Yaml::Seq(vec![map([(
@@ -293,6 +314,41 @@ pub fn shared_clusters(policy: &PolicyFile) -> Vec<SharedCluster> {
             Some(SharedCluster { cluster, destination: d.name.to_string(), identities })
         })
         .collect()
+}
+
+/// `--spire-agent` and `--gateway-id`, checked: the gateway's SPIFFE ID, when its certificate comes from SPIRE.
+fn spire(opts: &EnvoyOptions) -> Result<Option<String>, RenderError> {
+    match (&opts.spire_agent, &opts.gateway_id) {
+        (None, None) => Ok(None),
+        (Some(agent), Some(id)) => {
+            if agent.strip_prefix("unix:").is_none_or(|p| p.is_empty()) {
+                return Err(RenderError(format!("--spire-agent {agent:?}: the agent's socket, unix:PATH")));
+            }
+            egress_identity_core::spiffe_id::SpiffeId::parse(id)
+                .map_err(|e| RenderError(format!("--gateway-id {id:?}: {e}")))?;
+            Ok(Some(id.clone()))
+        }
+        _ => Err(RenderError("--spire-agent and --gateway-id go together: the agent's socket and the SPIFFE ID the gateway is registered with".into())),
+    }
+}
+
+/// SDS from the SPIRE agent; the listener waits for it (no listener without the gateway's certificate).
+fn spire_sds_config() -> Yaml {
+    map([
+        ("resource_api_version", s("V3")),
+        ("initial_fetch_timeout", s("0s")),
+        (
+            "api_config_source",
+            map([
+                ("api_type", s("GRPC")),
+                ("transport_api_version", s("V3")),
+                (
+                    "grpc_services",
+                    Yaml::Seq(vec![map([("envoy_grpc", map([("cluster_name", s(SPIRE_AGENT_CLUSTER))]))])]),
+                ),
+            ]),
+        ),
+    ])
 }
 
 fn sds(name: &str, dir: &str) -> Yaml {
@@ -673,10 +729,17 @@ Certificates, keys and CA bundles come from FILE-BASED SDS: one resource file pe
 DiscoveryResponse holding one tls.v3.Secret (PEM inlined). Envoy watches the directory {dir}/ and reloads a
 secret when its file is MOVED into it (write {dir}/.x.tmp, rename it to {dir}/x.yaml).
   {:<31} used for
-  {GATEWAY_CERT:<31} listener: the gateway's server certificate and key
-  {MESH_CA:<31} listener: CA bundle callers are verified against
-",
+{listener_secrets}",
         format!("secret (file {}/<name>.yaml)", opts.sds_dir),
+        listener_secrets = match (&opts.spire_agent, &opts.gateway_id) {
+            (Some(agent), Some(id)) => format!(
+                "  (from the SPIRE agent, {agent}, not files:)\n  {id}\n  {:<31} listener: the gateway's X.509-SVID\n  {SPIRE_ALL_BUNDLES:<31} listener: every trust domain's bundle (own and federated), as Envoy's SPIFFE validator\n",
+                ""
+            ),
+            _ => format!(
+                "  {GATEWAY_CERT:<31} listener: the gateway's server certificate and key\n  {MESH_CA:<31} listener: CA bundle callers are verified against\n"
+            ),
+        },
         listen = opts.listen,
         l4 = if policy.config.destinations.has_l4() {
             format!(" tcp and tls destinations take connections on {} (their ports), decided by the same filter\nloaded as a network filter before tcp_proxy (SNI and port name the destination).", listen_list(policy, opts))
@@ -958,7 +1021,48 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     let cluster_header = policy.config.headers.cluster.to_string();
     let dir = opts.sds_dir.trim_end_matches('/');
     let opts = &EnvoyOptions { sds_dir: dir.to_string(), ..opts.clone() };
+    let spire = spire(opts)?;
 
+    let (gateway_cert, caller_validation) = match &spire {
+        None => (
+            sds(GATEWAY_CERT, dir),
+            e(
+                "validation_context_sds_secret_config",
+                commented(
+                    "The mesh CA bundle. During a CA rotation it holds the old and the new CA, then the new one only.",
+                    sds(MESH_CA, dir),
+                ),
+            ),
+        ),
+        Some(gateway_id) => (
+            commented(
+                "The gateway's own X.509-SVID, from the SPIRE agent (rotated: a new secret is pushed on the stream).",
+                map([("name", s(gateway_id)), ("sds_config", spire_sds_config())]),
+            ),
+            e(
+                "combined_validation_context",
+                map([
+                    (
+                        "default_validation_context",
+                        commented(
+                            "On top of SPIRE's validator: the caller must present a SPIFFE ID at all.",
+                            map([(
+                                "match_typed_subject_alt_names",
+                                Yaml::Seq(vec![map([("san_type", s("URI")), ("matcher", map([("prefix", s("spiffe://"))]))])]),
+                            )]),
+                        ),
+                    ),
+                    (
+                        "validation_context_sds_secret_config",
+                        commented(
+                            "SPIRE's `ALL`: Envoy's SPIFFE validator with one bundle per trust domain (own and federated), so a\nfederated CA vouches only for its own trust domain; a new one is pushed when a bundle changes.",
+                            map([("name", s(SPIRE_ALL_BUNDLES)), ("sds_config", spire_sds_config())]),
+                        ),
+                    ),
+                ]),
+            ),
+        ),
+    };
     let downstream_tls = |alpn: bool| {
         map([
         ("name", s("envoy.transport_sockets.tls")),
@@ -976,14 +1080,8 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                         Yaml::Map(
                             [
                                 alpn.then(|| e("alpn_protocols", strs(["h2", "http/1.1"]))),
-                                Some(e("tls_certificate_sds_secret_configs", Yaml::Seq(vec![sds(GATEWAY_CERT, dir)]))),
-                                Some(e(
-                                    "validation_context_sds_secret_config",
-                                    commented(
-                                        "The mesh CA bundle. During a CA rotation it holds the old and the new CA, then the new one only.",
-                                        sds(MESH_CA, dir),
-                                    ),
-                                )),
+                                Some(e("tls_certificate_sds_secret_configs", Yaml::Seq(vec![gateway_cert.clone()]))),
+                                Some(caller_validation.clone()),
                             ]
                             .into_iter()
                             .flatten()
@@ -1173,10 +1271,16 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
         let Some(up) = ups.get(&c.destination) else { continue };
         cluster_nodes.push(cluster(Presents::Shared(c), up, opts));
     }
+    if let Some(agent) = &opts.spire_agent {
+        cluster_nodes.push(commented(
+            "The SPIRE agent's SDS (--spire-agent): the gateway's SVID and the trust bundles.",
+            sds_server_cluster(SPIRE_AGENT_CLUSTER, "--spire-agent", agent)?,
+        ));
+    }
     match (&opts.identity_sds, shared.first()) {
         (Some(address), Some(_)) => cluster_nodes.push(commented(
             "The gRPC SDS server of the single-cluster destinations' identities (--identity-sds).",
-            identity_sds_cluster(address)?,
+            sds_server_cluster(IDENTITY_SDS_CLUSTER, "--identity-sds", address)?,
         )),
         (None, Some(c)) => {
             return Err(RenderError(format!(
