@@ -329,6 +329,10 @@ enum RenderTarget {
         /// SHA-256.
         #[arg(long, value_name = "release.json", conflicts_with = "wasm_sha256")]
         release: Option<PathBuf>,
+        /// SPIRE issues the dataplanes' identities, in this trust domain (MeshIdentity provider `Spire`); it
+        /// must be the policy's localTrustDomain or one of its aliases.
+        #[arg(long, value_name = "TRUST_DOMAIN")]
+        spire: Option<String>,
         /// Port of the zone egress listener: the destination port tcp and tls destinations must list.
         #[arg(long, default_value_t = 10002, value_name = "PORT")]
         egress_port: u16,
@@ -664,6 +668,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
             upstream,
             wasm_sha256,
             release,
+            spire,
             egress_port,
             workload_namespace,
             out_dir,
@@ -688,6 +693,7 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 wasm_sha256,
                 egress_port,
                 workload_namespaces: workload_namespace,
+                spire_trust_domain: spire,
             };
             let Some(policy) = load_policy(&config, &opts.platform()) else { return ExitCode::FAILURE };
             if opts.wasm_sha256 == kuma::SHA256_PLACEHOLDER {

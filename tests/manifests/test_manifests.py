@@ -1184,6 +1184,27 @@ EXPECTED_PROBLEM = {
 }
 
 
+def _render(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([os.environ.get("CARGO", "cargo"), "run", "--quiet", "-p", "egress-identity-cli", "--",
+                           "render", *args], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+
+
+def test_render_kuma_with_spire_writes_a_spire_mesh_identity_the_crds_accept(crds) -> None:
+    """`render kuma --spire TD` (SPIRE issues the dataplanes' SVIDs): every document valid against the released
+    CRDs, the MeshIdentity's provider Spire and its trust domain SPIRE's; a trust domain the policy does not take as
+    local is refused (callers from it would all be denied)."""
+    result = _render("kuma", "examples/policy.json", "--spire", "cluster.local")
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for doc in docs:
+        assert validate_object(doc, crds) == [], doc["kind"]
+    identity = next(d for d in docs if d["kind"] == "MeshIdentity")
+    assert identity["spec"]["provider"] == {"type": "Spire", "spire": {"agent": {"timeout": "1s"}}}
+    assert identity["spec"]["spiffeID"]["trustDomain"] == "cluster.local"
+    refused = _render("kuma", "examples/policy.json", "--spire", "other.example")
+    assert refused.returncode == 2 and "not take as its local trust domain" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize("name", sorted(BROKEN_MANIFESTS))
 def test_validator_rejects_broken_manifest(name: str, crds) -> None:
     manifest = BROKEN_MANIFESTS[name]
