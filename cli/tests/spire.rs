@@ -24,6 +24,13 @@ const SANDBOX: &str = "spiffe://cluster.local/ns/sandbox/sa/default";
 /// The SPIRE server's agent API port.
 const SERVER_PORT: u16 = 18081;
 
+/// The tests share fixed ports (the gateway's, SPIRE's): one at a time.
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Spire {
     server: SpireServer,
     agent: SpireAgent,
@@ -83,6 +90,7 @@ fn partner_subject(t: &Topology, path: &str) -> String {
 
 #[test]
 fn spire_issued_identities_cross_the_gateway_as_their_external_identities() {
+    let _ports = exclusive();
     let run = run_dir("spire");
     let s = spire(&run, Duration::from_secs(3600));
     eprintln!("SPIRE: {}", spire::version().unwrap_or_default());
@@ -185,6 +193,7 @@ fn render_spire_gateway(run: &Path, policy: &str) -> PathBuf {
 
 #[test]
 fn a_federated_caller_is_verified_by_its_own_bundle_and_allowed_only_where_the_policy_says() {
+    let _ports = exclusive();
     let run = run_dir("spire-federation");
     let _ = std::fs::remove_dir_all(run.join("spire-partner"));
     let ttl = Duration::from_secs(3600);
@@ -295,6 +304,7 @@ const AGENT_RESTART_AT: Duration = Duration::from_secs(70);
 
 #[test]
 fn svids_rotate_and_the_agent_restarts_without_a_failed_request() {
+    let _ports = exclusive();
     let run = run_dir("spire-rotation");
     // 60 s SVIDs for the callers and the gateway: the agent renews each at about half its life.
     let ttl = Duration::from_secs(60);
