@@ -582,7 +582,9 @@ fn check_reachability(gateway: &Gateway<'_>, config: &Config, findings: &mut Vec
         }
     }
     for d in carried.iter().filter(|d| d.protocol.is_l4()) {
-        for front in platform.fronts(&d.name, &d.host, d.port, d.protocol, config.default_port) {
+        let fronts =
+            d.ports.iter().flat_map(|port| platform.fronts(&d.name, &d.host, *port, d.protocol, config.default_port));
+        for front in fronts {
             let Some(port) = front.port else { continue };
             let listener = gateway
                 .listeners

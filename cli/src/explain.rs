@@ -9,7 +9,7 @@ use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Decision, Evaluation, PassthroughVerdict};
 use egress_identity_core::policy::Verdict;
 use egress_identity_core::principal::PrincipalError;
-use egress_identity_core::request::Request;
+use egress_identity_core::request::{normalize_host, split_authority, Request};
 use egress_identity_core::spiffe_id::SpiffeId;
 use egress_identity_core::tls_client_hello::ClientHello;
 use serde_json::{json, Value};
@@ -33,7 +33,8 @@ fn parse_principal(principal: Option<&str>) -> Result<SpiffeId, PrincipalError> 
 pub fn explain(config: &Config, principal: Option<&str>, request: &Request<'_>, as_json: bool) -> ExitCode {
     let parsed = parse_principal(principal);
     let evaluation = config.evaluate(parsed.as_ref().map_err(|e| *e), request);
-    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
+    let concrete = split_authority(request.authority).map(|(host, _)| host).unwrap_or_default();
+    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default(), &concrete);
     let asked =
         json!({"principal": principal, "authority": request.authority, "method": request.method, "path": request.path});
     finish(report(config, asked, &evaluation, &audit_record), &evaluation.decision, as_json)
@@ -45,17 +46,19 @@ pub fn explain_connection(config: &Config, principal: Option<&str>, c: &Connecti
     let parsed = parse_principal(principal);
     let mut evaluation = config.evaluate_connection(parsed.as_ref().map_err(|e| *e), c.sni, c.port);
     let asked = json!({"principal": principal, "sni": c.sni, "port": c.port, "innerSni": c.inner_sni});
+    let concrete = normalize_host(c.sni).unwrap_or_default();
     if let Decision::Allow(allowed) = evaluation.decision {
         if allowed.protocol == Protocol::Tls {
             let hello = ClientHello::ServerName(c.inner_sni.to_string());
+            let host = allowed.partner_host(&concrete);
             if let PassthroughVerdict::Deny(denial) =
-                config.passthrough_verdict(allowed.host, allowed.allow_encrypted_client_hello, &hello)
+                config.passthrough_verdict(host, allowed.allow_encrypted_client_hello, &hello)
             {
                 evaluation.decision = Decision::Deny(denial);
             }
         }
     }
-    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default());
+    let audit_record = audit::record(&evaluation, parsed.as_ref().map(SpiffeId::as_str).unwrap_or_default(), &concrete);
     finish(report(config, asked, &evaluation, &audit_record), &evaluation.decision, as_json)
 }
 

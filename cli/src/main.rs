@@ -264,6 +264,14 @@ enum RenderTarget {
         /// file SDS holds one secret per file.
         #[arg(long = "identity-sds", value_name = "ADDR:PORT|unix:PATH")]
         identity_sds: Option<String>,
+        /// A DNS server for the names of dynamic destinations (wildcard, several hosts or ports), instead
+        /// of the system's resolver. Repeatable.
+        #[arg(long = "dns-resolver", value_name = "ADDR:PORT")]
+        dns_resolver: Vec<HostPort>,
+        /// Let dynamic destinations' names resolve into this range after all, one of those refused by
+        /// default (loopback, RFC 1918, link-local, CGNAT, ULA; e.g. 127.0.0.0/8 for a local test). Repeatable.
+        #[arg(long = "allow-resolved", value_name = "CIDR")]
+        allow_resolved: Vec<String>,
         /// The SPIRE agent's SDS socket: the listener presents the gateway's X.509-SVID and verifies callers
         /// against SPIRE's bundles (own and federated trust domains), instead of the files gateway-cert and
         /// mesh-ca. With --gateway-id.
@@ -592,12 +600,16 @@ fn render_command(target: RenderTarget) -> ExitCode {
             access_log,
             max_connection_duration,
             identity_sds,
+            dns_resolver,
+            allow_resolved,
             spire_agent,
             gateway_id,
         } => {
             let Some(policy) = load_policy(&config, &PlatformSpec::Envoy) else { return ExitCode::FAILURE };
             let opts = EnvoyOptions {
                 identity_sds,
+                dns_resolvers: dns_resolver,
+                allow_resolved,
                 spire_agent,
                 gateway_id,
                 listen,

@@ -116,22 +116,32 @@ fn refusals() -> Vec<(&'static str, Value, Vec<&'static str>, &'static str)> {
     };
     vec![
         (
-            "a wildcard host (render envoy, istio, kuma: a cluster reaches one fixed host)",
+            "a wildcard host (envoy reaches it through its dynamic forward proxy; Istio and Kuma not yet, or never)",
             edit(&|p| p["destinations"][0]["host"] = json!("*.partner.example")),
-            all.clone(),
+            mesh.clone(),
             "destinations[0].host",
         ),
         (
-            "several hosts in one destination (render: requests for the second would reach the first)",
+            "several hosts in one destination (the same)",
             edit(&|p| p["destinations"][0]["host"] = json!(["api.partner.example", "eu.partner.example"])),
-            all.clone(),
+            mesh.clone(),
             "destinations[0].host",
         ),
         (
-            "several ports in one destination",
+            "several ports in one destination (the same)",
             edit(&|p| p["destinations"][0]["port"] = json!([443, 8443])),
-            all.clone(),
+            mesh.clone(),
             "destinations[0].port",
+        ),
+        (
+            "a host under a wildcard that matches nothing in a destination policy",
+            edit(&|p| {
+                p["destinations"][0]["host"] = json!("*.partner.example");
+                p["destinations"][0]["policies"] = json!([{"name": "x", "action": "DENY",
+                    "rules": [{"to": [{"operation": {"hosts": ["api.other.example"]}}]}]}]);
+            }),
+            all.clone(),
+            "destinations[0].policies[0].rules[0].to[0].operation.hosts[0]",
         ),
         (
             "one cluster for two identities or destinations (render envoy): clusters are no longer written",

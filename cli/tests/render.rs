@@ -444,15 +444,10 @@ fn render_refuses_invalid_and_unrenderable_policies() {
         assert!(stderr.contains("gateway.policies[0].action: unknown variant `ALOW`"), "{target}: {stderr}");
         assert!(out.stdout.is_empty());
     }
-    // A destination is one partner host, which its clusters reach and its certificate is checked against: a
-    // wildcard is refused, and a list of hosts or ports is the previous format (migrate rewrites it).
+    // `hosts` and `ports` lists are the previous format (migrate rewrites it); a wildcard or a list in `host`
+    // and `port` is a dynamic destination (cli/tests/wildcard.rs), and a bare "*" is every host.
     for (name, from, to, why) in [
-        (
-            "wildcard",
-            "\"billing.example.net\"",
-            "\"*.example.net\"",
-            "destinations[1].host: \"*.example.net\" is a wildcard",
-        ),
+        ("wildcard", "\"billing.example.net\"", "\"*\"", "destinations[1].host: \"*\" is every host"),
         (
             "hosts",
             "\"host\": \"billing.example.net\"",

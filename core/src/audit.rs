@@ -33,11 +33,20 @@ pub const STRUCT_FILTER_STATE_KEY: &str = "egress_identity.decision";
 /// The type of [`record_struct`]'s bytes.
 pub const STRUCT_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
 
-/// The record's fields in order, empty values left out.
-fn fields<'a>(evaluation: &'a Evaluation<'_>, principal: &'a str, mut field: impl FnMut(&str, &'a str)) {
-    let mut field = |key: &str, value: &'a str| {
+/// The record's fields in order, empty values left out. `host`: the request's host (normalized), which
+/// the record names with the concrete port when the destination is dynamic (a wildcard: metrics name only
+/// the destination, the record the host it was for).
+fn fields(evaluation: &Evaluation<'_>, principal: &str, host: &str, mut field: impl FnMut(&str, &str)) {
+    let mut field = |key: &str, value: &str| {
         if !value.is_empty() {
             field(key, value);
+        }
+    };
+    let concrete = |field: &mut dyn FnMut(&str, &str)| {
+        if let Some(port) = evaluation.dynamic_port {
+            field("host", host);
+            let mut digits = [0u8; 5];
+            field("port", port_text(port, &mut digits));
         }
     };
     match evaluation.decision {
@@ -45,6 +54,7 @@ fn fields<'a>(evaluation: &'a Evaluation<'_>, principal: &'a str, mut field: imp
             field("decision", "allow");
             field("principal", principal);
             field("destination", allowed.destination);
+            concrete(&mut field);
             field("gateway_policy", allowed.gateway_policy);
             field("destination_policy", allowed.destination_policy);
             field("identity", &allowed.identity.name);
@@ -52,6 +62,12 @@ fn fields<'a>(evaluation: &'a Evaluation<'_>, principal: &'a str, mut field: imp
         Decision::Deny(denial) => {
             field("decision", "deny");
             field("principal", principal);
+            // A dynamic destination's denial names the host it was for (the record of a denial names no
+            // destination otherwise: the layer and reason say it).
+            if let (Some(destination), Some(_)) = (evaluation.destination, evaluation.dynamic_port) {
+                field("destination", destination);
+                concrete(&mut field);
+            }
             field("layer", denial.layer.as_str());
             field("policy", denial.policy.unwrap_or_default());
             field("reason", denial.reason_code());
@@ -64,10 +80,26 @@ fn fields<'a>(evaluation: &'a Evaluation<'_>, principal: &'a str, mut field: imp
     }
 }
 
-/// The audit record of `evaluation` for the caller `principal` (empty when it has none).
-pub fn record(evaluation: &Evaluation<'_>, principal: &str) -> String {
+/// `port` in decimal, in `digits`.
+fn port_text(port: u16, digits: &mut [u8; 5]) -> &str {
+    let mut n = port;
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.get(start..).and_then(|d| std::str::from_utf8(d).ok()).unwrap_or_default()
+}
+
+/// The audit record of `evaluation` for the caller `principal` (empty when it has none); `host`: the
+/// request's host (normalized, as [`crate::request::normalize_host`]), named when the destination is dynamic.
+pub fn record(evaluation: &Evaluation<'_>, principal: &str, host: &str) -> String {
     let mut line = String::with_capacity(192);
-    fields(evaluation, principal, |key, value| {
+    fields(evaluation, principal, host, |key, value| {
         if !line.is_empty() {
             line.push(' ');
         }
@@ -79,9 +111,9 @@ pub fn record(evaluation: &Evaluation<'_>, principal: &str) -> String {
 }
 
 /// The same fields as a serialized `google.protobuf.Struct` of strings (for structured access logs).
-pub fn record_struct(evaluation: &Evaluation<'_>, principal: &str) -> Vec<u8> {
+pub fn record_struct(evaluation: &Evaluation<'_>, principal: &str, host: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    fields(evaluation, principal, |key, value| push_struct_field(&mut out, key, value));
+    fields(evaluation, principal, host, |key, value| push_struct_field(&mut out, key, value));
     out
 }
 
@@ -116,16 +148,25 @@ pub enum Outcome {
     /// No connection to the partner: refused, timed out (in single-cluster mode also a certificate the SDS
     /// server never sends: Envoy reports only the timeout), no healthy host, no cluster, circuit breaker.
     UpstreamConnectFailure,
+    /// A dynamic destination's host did not resolve, or resolved only into ranges the gateway refuses
+    /// (Envoy's `DF` flag, `dns_resolution_failure`).
+    UpstreamDnsFailure,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::NoCertificate, Outcome::UpstreamTlsError, Outcome::UpstreamConnectFailure];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::NoCertificate,
+        Outcome::UpstreamTlsError,
+        Outcome::UpstreamConnectFailure,
+        Outcome::UpstreamDnsFailure,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::NoCertificate => "no_certificate",
             Outcome::UpstreamTlsError => "upstream_tls_error",
             Outcome::UpstreamConnectFailure => "upstream_connect_failure",
+            Outcome::UpstreamDnsFailure => "upstream_dns_failure",
         }
     }
 
@@ -180,7 +221,9 @@ pub fn classify(flags: u64, transport_failure_reason: &str, code_details: &str) 
     let says = |text: &str| {
         [transport_failure_reason, code_details].iter().any(|s| s.contains(text) || s.contains(&text.replace(' ', "_")))
     };
-    Some(if says(SECRET_NOT_SUPPLIED) {
+    Some(if flags & response_flags::DNS_RESOLUTION_FAILED != 0 || says("dns_resolution_failure") {
+        Outcome::UpstreamDnsFailure
+    } else if says(SECRET_NOT_SUPPLIED) {
         Outcome::NoCertificate
     } else if says("TLS error") {
         Outcome::UpstreamTlsError
@@ -293,7 +336,7 @@ mod tests {
         let config = Config::load(CONFIG.as_bytes()).unwrap();
         let id = SpiffeId::parse(principal).unwrap();
         let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
-        record(&config.evaluate(Ok(&id), &request), principal)
+        record(&config.evaluate(Ok(&id), &request), principal, "")
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -370,8 +413,8 @@ mod tests {
             let id = SpiffeId::parse(principal).unwrap();
             let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
             let evaluation = config.evaluate(Ok(&id), &request);
-            let line = record(&evaluation, principal);
-            let pairs = decode_struct(&record_struct(&evaluation, principal));
+            let line = record(&evaluation, principal, "");
+            let pairs = decode_struct(&record_struct(&evaluation, principal, ""));
             let joined: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             assert_eq!(joined.join(" "), line);
         }
@@ -379,14 +422,14 @@ mod tests {
         let long = format!("spiffe://cluster.local/ns/team/sa/{}", "a".repeat(200));
         let id = SpiffeId::parse(&long).unwrap();
         let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
-        let pairs = decode_struct(&record_struct(&config.evaluate(Ok(&id), &request), &long));
+        let pairs = decode_struct(&record_struct(&config.evaluate(Ok(&id), &request), &long, ""));
         assert!(pairs.contains(&("principal".to_string(), long.clone())), "{pairs:?}");
     }
 
     /// What Envoy 1.40 recorded for each failure on the e2e gateway (filter/tests/upstream_failures.rs), as
     /// the filter read it: (response flags, `upstream.transport_failure_reason`, `response.code_details`;
     /// a connection has no details).
-    const SEEN: [(u64, &str, &str, Option<Outcome>); 10] = [
+    const SEEN: [(u64, &str, &str, Option<Outcome>); 11] = [
         // The identity's SDS secret never delivered (per-identity cluster): HTTP (UF), then tcp_proxy (UF,URX).
         (
             1 << 5,
@@ -408,6 +451,8 @@ mod tests {
             "",
             Some(Outcome::UpstreamTlsError),
         ),
+        // A dynamic destination's name that does not resolve (cli/tests/wildcard.rs): DF.
+        (1 << 26, "", "dns_resolution_failure{cares_norecords:Domain_name_not_found}", Some(Outcome::UpstreamDnsFailure)),
         // The partner's port is closed.
         (
             1 << 5,
@@ -460,8 +505,8 @@ mod tests {
         let id = SpiffeId::parse(principal).unwrap();
         let request = Request { authority: "api.partner.example", method: "GET", path: "/v1" };
         let evaluation = config.evaluate(Ok(&id), &request);
-        let mut line = record(&evaluation, principal);
-        let mut object = record_struct(&evaluation, principal);
+        let mut line = record(&evaluation, principal, "");
+        let mut object = record_struct(&evaluation, principal, "");
         push_outcome(&mut line, Outcome::NoCertificate, "TLS error: Secret is not supplied by SDS");
         push_outcome_struct(&mut object, Outcome::NoCertificate, "TLS error: Secret is not supplied by SDS");
         assert!(
@@ -476,11 +521,11 @@ mod tests {
         assert_eq!(pairs[pairs.len() - 2], ("outcome".to_string(), "no_certificate".to_string()));
         assert_eq!(pairs[0], ("decision".to_string(), "allow".to_string()), "the policy did allow it");
         // No detail: the outcome alone.
-        let mut line = record(&evaluation, principal);
+        let mut line = record(&evaluation, principal, "");
         push_outcome(&mut line, Outcome::UpstreamConnectFailure, "");
         assert!(line.ends_with(" dry_run=allow outcome=upstream_connect_failure"), "{line}");
         let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-        assert_eq!(names, ["no_certificate", "upstream_tls_error", "upstream_connect_failure"]);
+        assert_eq!(names, ["no_certificate", "upstream_tls_error", "upstream_connect_failure", "upstream_dns_failure"]);
         assert!(Outcome::ALL.iter().enumerate().all(|(i, o)| o.index() == i));
     }
 }

@@ -171,10 +171,13 @@ pub struct DestinationSpec {
     /// network (L4) filter.
     #[serde(default)]
     pub protocol: Protocol,
-    /// The partner's host name, as workloads call it.
-    pub host: String,
-    /// The partner's port, as workloads call it.
-    pub port: u32,
+    /// The partner's host name, as workloads call it: an exact name, or `*.suffix` (any name under
+    /// `suffix`, at any depth, as Istio's ServiceEntry hosts); or a list of them, which share the
+    /// destination's policies and identities. (Not `hosts`: that was the previous format's list of platform
+    /// names, which `egress-identity migrate` rewrites.)
+    pub host: OneOrMany<String>,
+    /// The partner's port, as workloads call it; or a list of ports, each reached as the caller asks.
+    pub port: OneOrMany<u32>,
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
     /// The names of the identities this destination may present, in order: the first whose principals
@@ -193,6 +196,42 @@ pub struct DestinationSpec {
     /// Refused by default: the gateway cannot see which host the caller's TLS is for.
     #[serde(default)]
     pub allow_encrypted_client_hello: bool,
+}
+
+/// A value, or a list of them.
+#[derive(Clone, Debug)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{value::SeqAccessDeserializer, Error, IntoDeserializer, SeqAccess, Visitor};
+        struct Either<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Either<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("one value or a list of values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+        }
+        deserializer.deserialize_any(Either(std::marker::PhantomData))
+    }
 }
 
 /// How a destination is reached, and by which of the filter's two forms.

@@ -263,8 +263,15 @@ impl DenialKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowed<'c> {
     pub destination: &'c str,
-    /// The destination's (partner's) host: a `tls` passthrough's ClientHello must name it.
+    /// The destination's (partner's) host: a `tls` passthrough's ClientHello must name it. A dynamic
+    /// destination's first declared host: the concrete one is the request's ([`Evaluation::dynamic_port`]).
     pub host: &'c str,
+    /// The partner's port the upstream connects to: the destination's, or the concrete one the caller asked
+    /// for of a dynamic destination.
+    pub port: u16,
+    /// A dynamic destination (a wildcard, several hosts or ports): the upstream is the concrete host and
+    /// port, which the adapter hands Envoy's dynamic forward proxy.
+    pub dynamic: bool,
     /// How the destination is reached (for the network filter: `tcp` or `tls` passthrough).
     pub protocol: Protocol,
     /// A `tls` destination that forwards an encrypted ClientHello on its outer server name.
@@ -272,6 +279,22 @@ pub struct Allowed<'c> {
     pub gateway_policy: &'c str,
     pub destination_policy: &'c str,
     pub identity: &'c ExternalIdentity,
+}
+
+impl<'c> Allowed<'c> {
+    /// The partner's host this request or connection is for: the destination's, or, for a dynamic destination,
+    /// `concrete` (the request's host, or the connection's SNI, normalized). A `tls` passthrough's ClientHello
+    /// must name it.
+    pub fn partner_host<'a>(&self, concrete: &'a str) -> &'a str
+    where
+        'c: 'a,
+    {
+        if self.dynamic {
+            concrete
+        } else {
+            self.host
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +315,9 @@ pub struct Evaluation<'c> {
     pub gateway: Option<Verdict<'c>>,
     /// The destination the request addressed, if one is declared for its host:port.
     pub destination: Option<&'c str>,
+    /// The concrete port, when that destination is dynamic: its policies saw the request's own host and
+    /// this port, and the audit record names both.
+    pub dynamic_port: Option<u16>,
     /// The destination layer's verdict, if it was reached.
     pub destination_verdict: Option<Verdict<'c>>,
     /// Verdicts with dry-run policies enforced too, for layers that were reached and have any.
@@ -306,6 +332,7 @@ impl Evaluation<'_> {
             decision,
             gateway: None,
             destination: None,
+            dynamic_port: None,
             destination_verdict: None,
             gateway_shadow: None,
             destination_shadow: None,
@@ -379,8 +406,8 @@ impl Config {
         // the policy names them, whatever the platform's own names for it.
         let found = self.destinations.lookup(&target.host, target.port);
         let (host, port) = match found {
-            Some(d) => (&*d.host, d.port),
-            None => (&*target.host, target.port.unwrap_or(self.default_port)),
+            Some(d) if !d.dynamic => (&*d.host, d.port),
+            _ => (&*target.host, target.port.unwrap_or(self.default_port)),
         };
         let attributes = Attributes {
             principal: &canonical_principal,
@@ -405,6 +432,7 @@ impl Config {
             return evaluation;
         };
         evaluation.destination = Some(&destination.name);
+        evaluation.dynamic_port = destination.dynamic.then_some(port);
         // An HTTP request to a tcp/tls destination, or a connection to an HTTP one: the other filter's.
         if destination.protocol.is_l4() != target.l4 {
             evaluation.decision = deny(Layer::Destination, None, Reason::ProtocolMismatch);
@@ -421,6 +449,8 @@ impl Config {
             Some(identity) => Decision::Allow(Allowed {
                 destination: &destination.name,
                 host: &destination.host,
+                port,
+                dynamic: destination.dynamic,
                 protocol: destination.protocol,
                 allow_encrypted_client_hello: destination.allow_encrypted_client_hello,
                 gateway_policy,
@@ -661,6 +691,43 @@ mod tests {
         assert_eq!(e.destination, Some("partner-api"));
         assert_eq!(e.gateway, Some(Verdict::Allow { policy: "allow-mesh-workloads", rule: 0 }));
         assert_eq!(config().evaluate(Ok(&app2), &req).shadow_allowed(), None, "no dry-run policies");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_wildcard_destination_decides_on_the_concrete_host_and_port() {
+        let c = Config::load(
+            br#"{ "trustDomains": ["cluster.local"],
+              "identities": [ { "name": "team.app1", "principals": ["cluster.local/ns/team/sa/app1"] } ],
+              "gateway": { "policies": [ { "name": "mesh", "action": "ALLOW", "rules": [ {} ] } ] },
+              "destinations": [ { "name": "partner", "host": "*.partner.example", "port": [443, 8443],
+                "policies": [
+                  { "name": "not-b", "action": "DENY", "rules": [ { "to": [ { "operation": { "hosts": ["b.partner.example"] } } ] } ] },
+                  { "name": "no-8443-for-c", "action": "DENY", "rules": [ { "to": [ { "operation": { "hosts": ["c.partner.example"], "ports": [8443] } } ] } ] },
+                  { "name": "team", "action": "ALLOW", "rules": [ {} ] } ],
+                "identities": ["team.app1"] } ] }"#,
+        )
+        .unwrap();
+        let app1 = id("spiffe://cluster.local/ns/team/sa/app1");
+        let allowed = |authority: &str| match c.decide(Ok(&app1), &get(authority, "/")) {
+            Decision::Allow(a) => Some((a.destination, a.port, a.dynamic)),
+            Decision::Deny(_) => None,
+        };
+        assert_eq!(allowed("A.partner.example"), Some(("partner", 443, true)));
+        assert_eq!(allowed("a.partner.example:8443"), Some(("partner", 8443, true)));
+        assert_eq!(allowed("c.partner.example:443"), Some(("partner", 443, true)));
+        let e = c.evaluate(Ok(&app1), &get("B.partner.example:8443", "/"));
+        assert_eq!(denial(e.decision), (Layer::Destination, Some("not-b".into()), "denied_by_policy"));
+        assert_eq!((e.destination, e.dynamic_port), (Some("partner"), Some(8443)));
+        let e = c.evaluate(Ok(&app1), &get("c.partner.example:8443", "/"));
+        assert_eq!(denial(e.decision), (Layer::Destination, Some("no-8443-for-c".into()), "denied_by_policy"));
+        assert_eq!(denial(c.decide(Ok(&app1), &get("c.partner.example:9443", "/"))).2, "unknown_destination");
+        let line = crate::audit::record(&e, app1.as_str(), "c.partner.example");
+        assert!(
+            line.contains(
+                " destination=partner host=c.partner.example port=8443 layer=destination policy=no-8443-for-c"
+            ),
+            "{line}"
+        );
     }
 
     #[wasm_bindgen_test(unsupported = test)]

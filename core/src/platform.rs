@@ -130,6 +130,26 @@ impl Platform {
         !(matches!(self, Self::IstioWaypoint) && protocol.is_l4())
     }
 
+    /// Why the platform cannot carry a dynamic destination (a wildcard host, several hosts or several ports)
+    /// of this protocol; `None` when it can (plain Envoy: its dynamic forward proxy).
+    pub fn refuses_dynamic(&self, protocol: Protocol) -> Option<&'static str> {
+        match (self, protocol.is_l4()) {
+            (Self::Envoy, _) => None,
+            (Self::IstioGateway | Self::IstioWaypoint, false) => Some(
+                "a wildcard, several hosts or several ports: rendered for envoy only so far (Envoy's dynamic forward proxy, one cluster per identity); the Istio layout (a ServiceEntry with the pattern and resolution NONE, the forward-proxy clusters patched in) is designed in docs/design/issue-26-wildcard-destinations.md, not rendered yet: declare one destination per host and port, or use platform envoy",
+            ),
+            (Self::IstioGateway, true) => Some(
+                "a wildcard, several hosts or several ports: sidecars bring a tcp/tls destination to the gateway over Istio mTLS whose SNI is its DestinationRule's fixed tls.sni, so one destination cannot stand for several hosts or ports there: declare one destination per host and port",
+            ),
+            (Self::IstioWaypoint, true) => Some(
+                "a wildcard, several hosts or several ports: a waypoint serves each ServiceEntry host and port on its own filter chain, and builds wildcard tls chains only when istiod runs with ENABLE_WILDCARD_HOST_SERVICE_ENTRIES_FOR_TLS (tcp never): declare one destination per host and port",
+            ),
+            (Self::Kuma(_), _) => Some(
+                "a wildcard, several hosts or several ports: a Kuma MeshExternalService has one match (hostname and port) and no wildcard: declare one destination per host and port",
+            ),
+        }
+    }
+
     /// Whether the platform can render single-cluster destinations (per-connection certificate selection
     /// and the `set_filter_state` copy; neither Istio's nor Kuma's API expresses them).
     pub fn single_cluster(&self) -> bool {

@@ -25,11 +25,15 @@ pub struct Attributes<'a> {
     pub path: &'a str,
 }
 
-/// Which layer a set of policies belongs to (the gateway layer alone may match hosts).
+/// Which layer a set of policies belongs to (the gateway layer, and a dynamic destination's, may match
+/// hosts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
     Gateway,
     Destination,
+    /// A destination reached where the caller asks (a wildcard, several hosts or ports): its rules may pick
+    /// concrete hosts ([`crate::destination::Destination::dynamic`]).
+    DynamicDestination,
 }
 
 /// The verdict of one layer.
@@ -359,7 +363,7 @@ impl Operation {
                 if values.is_some() {
                     errors.push(
                         path.field(name),
-                        "not allowed in a destination's policies: the destination's hosts already apply",
+                        "not allowed in the policies of a destination with one exact host: the destination's host already applies (a destination with a wildcard or several hosts may pick among them)",
                     );
                 }
             }
@@ -473,7 +477,7 @@ fn compile_field(
 
 /// A port of an operation; a string must be written as a request carries it (digits only, no sign or
 /// leading zero), or it would never match.
-fn port(value: &PortSpec) -> Result<u16, String> {
+pub(crate) fn port(value: &PortSpec) -> Result<u16, String> {
     match value {
         PortSpec::Number(n) => {
             u16::try_from(*n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))

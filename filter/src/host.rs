@@ -15,6 +15,8 @@ use crate::protobuf;
 pub const UPSTREAM_TRANSPORT_FAILURE_REASON: &[u8] = b"upstream\0transport_failure_reason";
 /// `response.code_details` (HTTP): e.g. `via_upstream`, `upstream_reset_before_response_started{...}`.
 pub const RESPONSE_CODE_DETAILS: &[u8] = b"response\0code_details";
+/// Envoy's filter state of the dynamic forward proxy's host.
+pub const DYNAMIC_HOST: &str = "envoy.upstream.dynamic_host";
 /// `upstream.local_address`: set once an upstream connection was made.
 pub const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
 
@@ -99,6 +101,21 @@ pub trait Host {
     /// `set_envoy_filter_state` foreign function.
     fn set_envoy_filter_state(&self, key: &str, value: &str) -> Result<(), HostError> {
         self.foreign_function("set_envoy_filter_state", &protobuf::set_envoy_filter_state_arguments(key, value))
+    }
+
+    /// Hands Envoy's dynamic forward proxy the concrete upstream of a dynamic destination (a wildcard, several
+    /// hosts or ports): the host and port its DNS cache resolves and its cluster connects to. `originate`: the
+    /// gateway's own TLS to the partner from the network filter (`tcp`), where tcp_proxy applies neither
+    /// `auto_sni` nor `auto_san_validation`, so the server name and the name the partner's certificate must
+    /// carry are set too (the HTTP router takes both from `:authority`, which the decision compared).
+    fn set_dynamic_upstream(&self, host: &str, port: u16, originate: bool) -> Result<(), HostError> {
+        self.set_envoy_filter_state(DYNAMIC_HOST, host)?;
+        self.set_envoy_filter_state("envoy.upstream.dynamic_port", &port.to_string())?;
+        if originate {
+            self.set_envoy_filter_state("envoy.network.upstream_server_name", host)?;
+            self.set_envoy_filter_state("envoy.network.upstream_subject_alt_names", host)?;
+        }
+        Ok(())
     }
 
     /// Names the SDS secret of the identity chosen for a single-cluster destination in filter state

@@ -9,7 +9,7 @@ use egress_identity_core::certificate_cache::CertificateCache;
 use egress_identity_core::config::Config;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, Reason};
 use egress_identity_core::principal::{self, Caller, HostError};
-use egress_identity_core::request::Request;
+use egress_identity_core::request::{split_authority, Request};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -134,7 +134,7 @@ impl EgressIdentityFilter {
         }
         let Some(request) = Request::from_headers(authority.as_deref(), method.as_deref(), path.as_deref()) else {
             let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
-            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal_id).store(&*host);
+            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal_id, "").store(&*host);
             return self.deny(config, &denial, None);
         };
 
@@ -145,7 +145,10 @@ impl EgressIdentityFilter {
         if !ladder(7) {
             self.counters.count_dry_run(&evaluation);
         }
-        let record = (!ladder(6)).then(|| Record::of(config.audit_record, &evaluation, principal_id));
+        // A dynamic destination's concrete host: what its upstream connects to and its record names.
+        let concrete = evaluation.dynamic_port.and_then(|_| split_authority(request.authority)).map(|(h, _)| h);
+        let concrete = concrete.as_deref().unwrap_or_default();
+        let record = (!ladder(6)).then(|| Record::of(config.audit_record, &evaluation, principal_id, concrete));
         if let Some(record) = &record {
             record.store(&*host);
         }
@@ -158,6 +161,9 @@ impl EgressIdentityFilter {
                 host.set_request_header(&config.headers.cluster, &allowed.identity.cluster)?;
                 if let Some(secret) = &allowed.identity.secret {
                     host.set_identity_secret(secret)?;
+                }
+                if allowed.dynamic {
+                    host.set_dynamic_upstream(concrete, allowed.port, false)?;
                 }
                 if !ladder(7) {
                     self.counters.allowed(config, allowed.identity.index);

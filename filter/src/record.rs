@@ -17,9 +17,10 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn of(forms: AuditRecord, evaluation: &Evaluation<'_>, principal: &str) -> Self {
-        let line = (forms.line() || log::log_enabled!(log::Level::Debug)).then(|| audit::record(evaluation, principal));
-        let structured = forms.object().then(|| audit::record_struct(evaluation, principal));
+    pub fn of(forms: AuditRecord, evaluation: &Evaluation<'_>, principal: &str, host_name: &str) -> Self {
+        let line = (forms.line() || log::log_enabled!(log::Level::Debug))
+            .then(|| audit::record(evaluation, principal, host_name));
+        let structured = forms.object().then(|| audit::record_struct(evaluation, principal, host_name));
         Self { line, write_line: forms.line(), structured }
     }
 

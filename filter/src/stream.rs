@@ -28,6 +28,7 @@ use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
 use egress_identity_core::pending_connections::PendingConnections;
 use egress_identity_core::principal::{self, Caller, HostError};
+use egress_identity_core::request::normalize_host;
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
 use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::{Action, PeerType};
@@ -39,6 +40,7 @@ use crate::upstream::{self, Forwarded};
 
 /// The filter-state key tcp_proxy reads its upstream cluster from.
 const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
+use crate::host::DYNAMIC_HOST;
 
 enum State {
     /// Waiting for the first bytes (and, with them, the caller's certificate).
@@ -169,13 +171,24 @@ impl EgressIdentityConnection {
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
         self.counters.count_dry_run(&evaluation);
-        let record = Record::of(config.audit_record, &evaluation, principal_id);
+        // A dynamic destination's concrete host (plain Envoy: the caller's SNI names the partner).
+        let concrete = evaluation.dynamic_port.and_then(|_| normalize_host(&sni));
+        let concrete = concrete.as_deref().unwrap_or_default();
+        let record = Record::of(config.audit_record, &evaluation, principal_id, concrete);
         match evaluation.decision {
             Decision::Deny(denial) => Ok(self.deny(&denial, evaluation.destination, &record)),
             Decision::Allow(allowed) => {
                 let (cluster, identity) = (allowed.identity.cluster.clone(), allowed.identity.index);
+                if allowed.dynamic {
+                    host.set_dynamic_upstream(concrete, allowed.port, allowed.protocol == Protocol::Tcp)?;
+                } else if config.destinations.has_dynamic_l4() {
+                    // The chain's sni_dynamic_forward_proxy would resolve this connection's SNI: an empty host
+                    // tells it there is nothing to resolve (its cluster is not a forward proxy's).
+                    host.set_envoy_filter_state(DYNAMIC_HOST, "")?;
+                }
                 if allowed.protocol == Protocol::Tls {
-                    let (destination, host) = (allowed.destination.into(), allowed.host.into());
+                    // The ClientHello must name the host that was allowed: a dynamic destination's concrete one.
+                    let (destination, host) = (allowed.destination.into(), allowed.partner_host(concrete).into());
                     let allow_encrypted = allowed.allow_encrypted_client_hello;
                     let principal = principal_id.into();
                     let pending =
@@ -213,12 +226,12 @@ impl EgressIdentityConnection {
             PassthroughVerdict::Wait => {
                 let denial = Denial { layer: Layer::Request, policy: None, reason: Reason::MalformedRequest };
                 let record =
-                    Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), &pending.principal);
+                    Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), &pending.principal, "");
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
             PassthroughVerdict::Deny(denial) => {
                 let evaluation = Evaluation::of(Decision::Deny(denial));
-                let record = Record::of(config.audit_record, &evaluation, &pending.principal);
+                let record = Record::of(config.audit_record, &evaluation, &pending.principal, "");
                 Ok(self.deny(&denial, Some(&pending.destination), &record))
             }
         }
@@ -238,7 +251,7 @@ impl EgressIdentityConnection {
         };
         log::info!("egress-identity: connection closed undecided at its deadline: {denial}");
         if let Some(config) = self.config.as_deref() {
-            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal).store(&*self.host);
+            Record::of(config.audit_record, &Evaluation::of(Decision::Deny(denial)), principal, "").store(&*self.host);
         }
         self.counters.denied(&denial, None);
         self.state = State::Closed;

@@ -10,6 +10,7 @@
 //! * [`hbone`]: calls an Istio waypoint as ztunnel does (HTTP/2 CONNECT over mTLS).
 //! * [`istiod`]: what istiod generates for a gateway (tests/istiod's dump) as a bootstrap upstream Envoy runs.
 //! * [`spire`]: SPIRE servers and an agent on loopback, workloads fetching their SVIDs from it.
+//! * [`dns`]: an authoritative DNS responder on loopback (A records from a table) for Envoy's c-ares resolver.
 //!
 //! Everything runs in a *run directory* laid out as
 //!
@@ -25,6 +26,7 @@
 //! files work unchanged in a container whose working directory holds that layout.
 
 pub mod client;
+pub mod dns;
 pub mod hbone;
 pub mod istiod;
 pub mod l4;

@@ -67,6 +67,9 @@ pub const EXTERNAL_TLS_HOST: &str = "tls.partner.example";
 pub const EXAMPLE_HOSTS: &[&str] = &["db.partner.example", "files.partner.example"];
 /// External identities issued by [`Pki::generate`] (certificate subject `CN=<name>`).
 pub const EXTERNAL_IDENTITIES: &[&str] = &["team.app1", "team.app2"];
+/// Partner servers of the dynamic (wildcard) destinations' tests, each with a certificate for its name
+/// alone (`external/<host>.crt`), so a server that answers for another name is caught.
+pub const DYNAMIC_PARTNER_HOSTS: &[&str] = &["a.partner.example", "b.partner.example", "x.db.example"];
 
 const MESH_CA_CN: &str = "mesh CA (cluster.local)";
 const PARTNER_CA_CN: &str = "partner CA";
@@ -262,6 +265,11 @@ impl Pki {
         }
         pki.partner.issue(&ext, &pki.external_server_cert())?;
 
+        for host in DYNAMIC_PARTNER_HOSTS {
+            let mut server = leaf_params(Some(host), true);
+            server.subject_alt_names = vec![SanType::DnsName(ia5(host)?)];
+            pki.partner.issue(&server, &pki.external_identity(host))?;
+        }
         for identity in EXTERNAL_IDENTITIES {
             pki.issue_external_identity(identity)?;
         }

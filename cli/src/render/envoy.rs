@@ -80,6 +80,11 @@ pub struct EnvoyOptions {
     pub max_connection_duration: u32,
     /// The gRPC SDS server of the shared clusters' identities: `ADDR:PORT` or `unix:PATH`.
     pub identity_sds: Option<String>,
+    /// The DNS servers of the dynamic destinations' DNS cache (c-ares `resolvers`); none: the system's.
+    pub dns_resolvers: Vec<HostPort>,
+    /// Address ranges (CIDR) a dynamic destination's name may resolve into after all, out of
+    /// [`BLOCKED_RANGES`].
+    pub allow_resolved: Vec<String>,
     /// The SPIRE agent's SDS socket (`unix:PATH`): the listener's certificate is the gateway's X.509-SVID
     /// (the secret named by [`EnvoyOptions::gateway_id`]) and callers are verified against SPIRE's bundles
     /// (`ALL`: every trust domain's, by Envoy's SPIFFE validator), instead of the files gateway-cert and mesh-ca.
@@ -102,6 +107,8 @@ impl Default for EnvoyOptions {
             access_log: "/dev/stdout".into(),
             max_connection_duration: 10,
             identity_sds: None,
+            dns_resolvers: Vec::new(),
+            allow_resolved: Vec::new(),
             spire_agent: None,
             gateway_id: None,
         }
@@ -145,6 +152,12 @@ impl EnvoyOptions {
         }
         if let Some(sds) = &self.identity_sds {
             flags.push(format!("--identity-sds {sds}"));
+        }
+        for resolver in &self.dns_resolvers {
+            flags.push(format!("--dns-resolver {resolver}"));
+        }
+        for range in &self.allow_resolved {
+            flags.push(format!("--allow-resolved {range}"));
         }
         if let Some(agent) = &self.spire_agent {
             flags.push(format!("--spire-agent {agent}"));
@@ -453,6 +466,8 @@ struct Upstream {
     sni: String,
     ca_secret: String,
     protocol: Protocol,
+    /// Reached through the dynamic forward proxy: the host and port each caller asks for.
+    dynamic: bool,
 }
 
 fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String, Upstream>, RenderError> {
@@ -465,6 +480,12 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
             )));
         }
     }
+    if let Some(d) = policy.config.destinations.iter().find(|d| d.dynamic && opts.upstreams.contains_key(&*d.name)) {
+        return Err(RenderError(format!(
+            "--upstream {}: a destination with a wildcard, several hosts or several ports reaches the host and port each caller asks for (Envoy's dynamic forward proxy): there is no one endpoint to override; point its names elsewhere with --dns-resolver",
+            d.name
+        )));
+    }
     let mut out = BTreeMap::new();
     for d in policy.config.destinations.iter() {
         let name = d.name.to_string();
@@ -472,7 +493,10 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
             opts.upstreams.get(&name).cloned().unwrap_or_else(|| HostPort { host: d.host.to_string(), port: d.port });
         let ca_secret = opts.ca_secrets.get(&name).cloned().unwrap_or_else(|| default_ca_secret(&name));
         check_file_safe("CA secret", &ca_secret)?;
-        out.insert(name, Upstream { endpoint, sni: d.host.to_string(), ca_secret, protocol: d.protocol });
+        out.insert(
+            name,
+            Upstream { endpoint, sni: d.host.to_string(), ca_secret, protocol: d.protocol, dynamic: d.dynamic },
+        );
     }
     Ok(out)
 }
@@ -482,8 +506,10 @@ fn upstreams(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<BTreeMap<String
 pub fn l4_ports(policy: &PolicyFile) -> Vec<u16> {
     let mut ports: Vec<u16> = Vec::new();
     for d in policy.config.destinations.iter().filter(|d| d.protocol.is_l4()) {
-        if !ports.contains(&d.port) {
-            ports.push(d.port);
+        for port in &d.ports {
+            if !ports.contains(port) {
+                ports.push(*port);
+            }
         }
     }
     ports
@@ -503,13 +529,58 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
         Presents::Shared(c) => (&c.cluster, &c.destination),
     };
     let dns = !is_ip(&up.endpoint.host);
-    let mut entries = vec![e("name", s(name)), e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" }))];
-    if dns {
-        entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
+    let mut entries = vec![e("name", s(name))];
+    if up.dynamic {
+        entries.push(e("lb_policy", s("CLUSTER_PROVIDED")));
+        entries.push(e(
+            "cluster_type",
+            commented(
+                "Envoy's dynamic forward proxy: the host and port the filter allowed (filter state\nenvoy.upstream.dynamic_host/_port), resolved in the gateway's one DNS cache.",
+                map([
+                    ("name", s("envoy.clusters.dynamic_forward_proxy")),
+                    (
+                        "typed_config",
+                        typed(
+                            "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                            vec![e("dns_cache_config", dns_cache_config(opts))],
+                        ),
+                    ),
+                ]),
+            ),
+        ));
+    } else {
+        entries.push(e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" })));
+        if dns {
+            entries.push(e("dns_lookup_family", s("V4_PREFERRED")));
+        }
     }
     entries.push(e("connect_timeout", s("5s")));
     entries.push(e("per_connection_buffer_limit_bytes", int(hardening::BUFFER_LIMIT_BYTES)));
-    if up.protocol == Protocol::Http {
+    if up.dynamic {
+        let mut options = vec![
+            e("explicit_http_config", map([("http_protocol_options", map::<&str>([]))])),
+            e(
+                "upstream_http_protocol_options",
+                commented(
+                    "The server name is the requested host, and the partner's certificate must carry it (HTTP: the\nrouter takes both from :authority, which the filter compared; tcp: the filter sets them in filter\nstate, since tcp_proxy applies neither).",
+                    map([("auto_sni", Yaml::Bool(true)), ("auto_san_validation", Yaml::Bool(true))]),
+                ),
+            ),
+        ];
+        if up.protocol == Protocol::Http {
+            options.push(e(
+                "common_http_protocol_options",
+                map([("max_connection_duration", s(format!("{}s", opts.max_connection_duration)))]),
+            ));
+        }
+        entries.push(e(
+            "typed_extension_protocol_options",
+            map([(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                typed("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", options),
+            )]),
+        ));
+    } else if up.protocol == Protocol::Http {
         entries.push(e(
             "typed_extension_protocol_options",
             map([(
@@ -533,7 +604,9 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
             )]),
         ));
     }
-    entries.push(e("load_assignment", load_assignment(name, &up.endpoint.host, up.endpoint.port)));
+    if !up.dynamic {
+        entries.push(e("load_assignment", load_assignment(name, &up.endpoint.host, up.endpoint.port)));
+    }
     let (certificates, comment) = match presents {
         Presents::Identity(c) if up.protocol == Protocol::Tls => {
             let what =
@@ -558,7 +631,7 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
             ),
         ),
     };
-    let mut tls = vec![e("sni", s(&up.sni))];
+    let mut tls = if up.dynamic { Vec::new() } else { vec![e("sni", s(&up.sni))] };
     if matches!(presents, Presents::Shared(_)) {
         tls.push(e(
             "max_session_keys",
@@ -572,7 +645,11 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
         "common_tls_context",
         map([
             (certificates.0.as_str(), certificates.1),
-            ("combined_validation_context", dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir))),
+            if up.dynamic {
+                ("validation_context_sds_secret_config", sds(&up.ca_secret, &opts.sds_dir))
+            } else {
+                ("combined_validation_context", dns_san_validation(&up.sni, sds(&up.ca_secret, &opts.sds_dir)))
+            },
         ]),
     ));
     entries.push(e(
@@ -583,6 +660,123 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
         ]),
     ));
     commented(comment, Yaml::Map(entries))
+}
+
+/// The DNS cache every dynamic forward proxy of the gateway shares (its clusters, the HTTP filter and
+/// `sni_dynamic_forward_proxy`): a cluster's load balancer finds only the hosts of its own cache, and the
+/// filters fill one, so all name the same, identical configuration.
+pub const DNS_CACHE: &str = "egress-identity";
+
+/// Where a dynamic destination's name may not resolve (the gateway would reach into its own networks under
+/// a partner's name: loopback, RFC 1918, link-local, shared CGNAT space, unique-local IPv6, "this network"),
+/// unless `--allow-resolved` opens a range.
+pub const BLOCKED_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Checks `--allow-resolved`: each a range of [`BLOCKED_RANGES`].
+pub fn check_allow_resolved(opts: &EnvoyOptions) -> Result<(), RenderError> {
+    for range in &opts.allow_resolved {
+        if !BLOCKED_RANGES.contains(&range.as_str()) {
+            return Err(RenderError(format!(
+                "--allow-resolved {range}: not one of the ranges a dynamic destination may not resolve into ({}); name one of them exactly",
+                BLOCKED_RANGES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn dns_cache_config(opts: &EnvoyOptions) -> Yaml {
+    let ranges: Vec<Yaml> = BLOCKED_RANGES
+        .iter()
+        .filter(|r| !opts.allow_resolved.iter().any(|a| a == *r))
+        .filter_map(|r| r.split_once('/'))
+        .map(|(address, len)| {
+            map([("address_prefix", s(address)), ("prefix_len", int(len.parse::<u16>().unwrap_or(128)))])
+        })
+        .collect();
+    let mut entries = vec![
+        e("name", s(DNS_CACHE)),
+        e("dns_lookup_family", s("V4_PREFERRED")),
+        e("max_hosts", int(1024)),
+        e("host_ttl", s("300s")),
+    ];
+    if !opts.dns_resolvers.is_empty() {
+        entries.push(e(
+            "typed_dns_resolver_config",
+            map([
+                ("name", s("envoy.network.dns_resolver.cares")),
+                (
+                    "typed_config",
+                    typed(
+                        "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                        vec![
+                            e("resolvers", Yaml::Seq(opts.dns_resolvers.iter().map(socket_address).collect())),
+                            e("dns_resolver_options", map([("no_default_search_domain", Yaml::Bool(true))])),
+                        ],
+                    ),
+                ),
+            ]),
+        ));
+    }
+    if !ranges.is_empty() {
+        entries.push(e(
+            "resolved_address_filter",
+            commented(
+                "A partner's name that resolves only into these ranges fails (503, DNS resolution failure).",
+                map([("ranges", Yaml::Seq(ranges))]),
+            ),
+        ));
+    }
+    Yaml::Map(entries)
+}
+
+/// The HTTP dynamic forward proxy filter, before the router: it loads the allowed host into the DNS cache
+/// (requests to other clusters pass untouched).
+fn http_dynamic_forward_proxy(opts: &EnvoyOptions) -> Yaml {
+    commented(
+        "Resolves the host the filter allowed for a dynamic destination (its filter state\nenvoy.upstream.dynamic_host/_port) before the router picks it.",
+        map([
+            ("name", s("envoy.filters.http.dynamic_forward_proxy")),
+            (
+                "typed_config",
+                typed(
+                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                    vec![
+                        e("dns_cache_config", dns_cache_config(opts)),
+                        e("allow_dynamic_host_from_filter_state", Yaml::Bool(true)),
+                    ],
+                ),
+            ),
+        ]),
+    )
+}
+
+/// The network filter that loads a dynamic tcp/tls destination's host into the DNS cache, before tcp_proxy.
+fn sni_dynamic_forward_proxy(opts: &EnvoyOptions) -> Yaml {
+    commented(
+        "Resolves the host the filter allowed for a dynamic tcp/tls destination (filter state\nenvoy.upstream.dynamic_host/_port) before tcp_proxy connects; for any other connection the filter\nsets an empty host, and nothing is resolved.",
+        map([
+            ("name", s("envoy.filters.network.sni_dynamic_forward_proxy")),
+            (
+                "typed_config",
+                typed(
+                    "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+                    vec![e("dns_cache_config", dns_cache_config(opts)), e("port_value", int(443))],
+                ),
+            ),
+        ]),
+    )
 }
 
 /// The filter-state key the shared clusters' certificate mapper reads (Envoy's, not configurable).
@@ -849,6 +1043,7 @@ const AUDIT_FIELDS_L4: &[(&str, &str)] = &[
 /// cluster the filter names in filter state `envoy.tcp_proxy.cluster`.
 fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -> Yaml {
     let shared_l4 = policy.config.destinations.iter().any(|d| d.single_cluster && d.protocol.is_l4());
+    let dynamic_l4 = policy.config.destinations.iter().any(|d| d.dynamic && d.protocol.is_l4());
     let wasm = map([
         ("name", s("envoy.filters.network.wasm")),
         (
@@ -927,7 +1122,12 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                     ("transport_socket", downstream_tls),
                     (
                         "filters",
-                        Yaml::Seq(if shared_l4 { vec![wasm, identity_filter_state_l4(), tcp_proxy] } else { vec![wasm, tcp_proxy] }),
+                        Yaml::Seq(
+                            [Some(wasm), shared_l4.then(identity_filter_state_l4), dynamic_l4.then(|| sni_dynamic_forward_proxy(opts)), Some(tcp_proxy)]
+                                .into_iter()
+                                .flatten()
+                                .collect(),
+                        ),
                     ),
                 ])]),
             ),
@@ -1016,7 +1216,9 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     let clusters = identity_clusters(policy);
     let shared = shared_clusters(policy);
     let shared_http = policy.config.destinations.iter().any(|d| d.single_cluster && !d.protocol.is_l4());
+    let dynamic_http = policy.config.destinations.iter().any(|d| d.dynamic && !d.protocol.is_l4());
     let ups = upstreams(policy, opts)?;
+    check_allow_resolved(opts)?;
     let principal_header = policy.config.headers.principal.to_string();
     let cluster_header = policy.config.headers.cluster.to_string();
     let dir = opts.sds_dir.trim_end_matches('/');
@@ -1223,6 +1425,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                 ]
                 .into_iter()
                 .chain(shared_http.then(identity_filter_state))
+                .chain(dynamic_http.then(|| http_dynamic_forward_proxy(opts)))
                 .chain([map([
                         ("name", s("envoy.filters.http.router")),
                         ("typed_config", typed("envoy.extensions.filters.http.router.v3.Router", vec![])),
@@ -1507,6 +1710,75 @@ mod tests {
         assert!(first.contains("address: \"10.0.0.1\"") && first.contains("port_value: 5432"), "{listener}");
         assert!(additional.split("listener_filters").next().unwrap().contains("port_value: 443"), "{listener}");
         assert!(out.contains("- name: \"c|passthrough\""), "{out}");
+    }
+
+    /// A dynamic destination: a forward-proxy cluster per identity, without a fixed SNI or SAN, all sharing
+    /// the one DNS cache with the HTTP filter and the L4 chain's sni_dynamic_forward_proxy.
+    #[test]
+    fn a_dynamic_destination_gets_forward_proxy_clusters_sharing_one_dns_cache() {
+        let dynamic = POLICY.replace(
+            r#"{ "name": "b", "host": "b.example", "port": 443, "identities": ["x"] }"#,
+            r#"{ "name": "b", "host": "*.b.example", "port": [443, 8443], "identities": ["x"] },
+               { "name": "t", "protocol": "tcp", "host": ["x.t.example", "y.t.example"], "port": 5432, "identities": ["x"] }"#,
+        );
+        let p = policy(&dynamic);
+        assert_eq!(l4_ports(&p), [5432]);
+        let opts = EnvoyOptions {
+            dns_resolvers: vec!["127.0.0.1:5353".parse().unwrap()],
+            allow_resolved: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        };
+        let out = render(&p, &opts).unwrap();
+        let cluster = |name: &str| {
+            out.split(&format!("- name: \"{name}\"")).nth(1).unwrap().split("\n  - name").next().unwrap().to_string()
+        };
+        for name in ["b|x", "t|x"] {
+            let c = cluster(name);
+            assert!(
+                c.contains("name: envoy.clusters.dynamic_forward_proxy") && c.contains("lb_policy: CLUSTER_PROVIDED"),
+                "{c}"
+            );
+            assert!(c.contains("auto_sni: true") && c.contains("auto_san_validation: true"), "{c}");
+            assert!(
+                c.contains("path: sds/external-x.yaml") && !c.contains(" sni:") && !c.contains("load_assignment"),
+                "{c}"
+            );
+            assert!(!c.contains("match_typed_subject_alt_names"), "{c}");
+        }
+        assert!(cluster("a|x").contains("sni: api.a.example"), "the exact destination is unchanged");
+        // One cache, configured identically everywhere: two clusters, the HTTP filter and the L4 filter.
+        let caches: Vec<&str> = out.split("dns_cache_config:\n").skip(1).collect();
+        assert_eq!(caches.len(), 4, "{out}");
+        assert!(caches.iter().all(|c| c.trim_start().starts_with("name: egress-identity\n")), "{out}");
+        assert_eq!(out.matches("- address_prefix: \"10.0.0.0\"").count(), 4, "{out}");
+        assert!(!out.contains("address_prefix: \"127.0.0.0\""), "--allow-resolved opens loopback: {out}");
+        assert!(out.contains("port_value: 5353") && out.contains("envoy.network.dns_resolver.cares"), "{out}");
+        let http_filters = out.split("http_filters:").nth(1).unwrap();
+        let dfp = http_filters.find("envoy.filters.http.dynamic_forward_proxy").unwrap();
+        assert!(
+            dfp > http_filters.find("envoy.filters.http.wasm").unwrap()
+                && dfp < http_filters.find("envoy.filters.http.router").unwrap()
+        );
+        assert!(http_filters.contains("allow_dynamic_host_from_filter_state: true"));
+        let l4 = out.split("- name: egress-l4").nth(1).unwrap();
+        let sni = l4.find("envoy.filters.network.sni_dynamic_forward_proxy").unwrap();
+        assert!(
+            sni > l4.find("envoy.filters.network.wasm").unwrap()
+                && sni < l4.find("envoy.filters.network.tcp_proxy").unwrap()
+        );
+        assert!(out.contains("--dns-resolver 127.0.0.1:5353 --allow-resolved 127.0.0.0/8"), "{out}");
+
+        // Without dynamic destinations, none of it.
+        let plain = render(&policy(POLICY), &EnvoyOptions::default()).unwrap();
+        assert!(!plain.contains("dynamic_forward_proxy") && !plain.contains("dns_cache"), "{plain}");
+
+        // --upstream cannot pin a destination that goes where each caller asks; --allow-resolved names a range
+        // that is refused by default.
+        let mut pinned = EnvoyOptions::default();
+        pinned.upstreams.insert("b".into(), "127.0.0.1:1".parse().unwrap());
+        assert!(render(&p, &pinned).unwrap_err().0.contains("--upstream b: a destination with a wildcard"));
+        let odd = EnvoyOptions { allow_resolved: vec!["10.1.0.0/16".into()], ..Default::default() };
+        assert!(render(&p, &odd).unwrap_err().0.contains("--allow-resolved 10.1.0.0/16: not one of"));
     }
 
     #[test]
