@@ -50,6 +50,7 @@ fn substitutions() -> Substitutions {
             (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
         secrets: istiod::test_pki_secrets(),
+        absent_secrets: Default::default(),
         wasm: WASM_IN_RUN_DIR.to_string(),
         admin_port: ADMIN_PORT,
         agent_bootstrap: None,

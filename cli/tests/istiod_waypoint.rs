@@ -18,13 +18,15 @@ use std::path::Path;
 use egress_identity_harness::hbone::{HboneClient, Tunneled};
 use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
 use egress_identity_harness::topology::{
-    Topology, ADMIN_PORT, EXTERNAL_PORT, GATEWAY_PORT, METRICS_PORT, WASM_IN_RUN_DIR,
+    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, GATEWAY_PORT, METRICS_PORT, WASM_IN_RUN_DIR,
 };
 use serde_json::Value;
 
 /// The address tests/istiod gives the ServiceEntry of `api.partner.example` (what Istio's IP auto-allocation
 /// would), with its HTTP port: the `:authority` of the tunnel.
 const API_VIP: &str = "240.240.0.1:80";
+/// The same for the tcp destination `db.partner.example` (the second ServiceEntry), on the partner's port.
+const DB_VIP: &str = "240.240.0.2:5432";
 
 /// The readiness port of istio-agent's bootstrap.
 const AGENT_HEALTH_PORT: u16 = 15021;
@@ -46,10 +48,18 @@ fn substitutions() -> Substitutions {
         ]),
         upstreams: BTreeMap::from([
             (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
+            // The tcp destination: nginx's mTLS stream server, which answers with the client subject it saw.
+            (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
             // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
             (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
         secrets: istiod::test_pki_secrets(),
+        // The fail-closed DestinationRule's Secret of the tcp destination's own cluster: it never exists.
+        absent_secrets: [
+            "kubernetes://egress-identity-no-identity".to_string(),
+            "kubernetes://egress-identity-no-identity-cacert".to_string(),
+        ]
+        .into(),
         wasm: WASM_IN_RUN_DIR.to_string(),
         admin_port: ADMIN_PORT,
         agent_bootstrap: None,
@@ -79,7 +89,8 @@ fn field<'a>(v: &'a Value, name: &str) -> &'a str {
 fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("istiod-waypoint");
     let cli = Path::new(env!("CARGO_BIN_EXE_egress-identity"));
-    let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 1 };
+    // The HTTP filter and the network filter of the tcp chains.
+    let expected = Expected { dropped: EXPECTED_DROPPED, wasm_extensions: 2 };
     let proxy = Proxy {
         test: "TestWaypointAsIstiodGeneratesIt",
         dump: "egress-waypoint.json",
@@ -115,6 +126,25 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
         assert!(t.external_requests_for(&path).is_empty(), "{who}: {path} reached the partner");
     }
 
+    // The tcp destination, as ztunnel tunnels a connection to its VIP: the chain inbound-vip|5432|tcp|db.partner.example
+    // names it, the filter sends each allowed caller to its identity's cluster (the partner sees that identity),
+    // and closes a denied caller's connection before anything reaches the partner.
+    let client = HboneClient::new(t.pki().mesh_ca_cert(), GATEWAY_PORT);
+    for (who, cn) in [("team-app1", "CN=team.app1"), ("team-app2", "CN=team.app2")] {
+        let tunneled = client.exchange(&t.pki().workload(who), DB_VIP, b"hello\n").unwrap();
+        assert_eq!(tunneled.connect_status, 200, "{who}: {tunneled:?}");
+        assert_eq!(String::from_utf8_lossy(&tunneled.received).trim(), format!("subject={cn}"), "{who}: {tunneled:?}");
+    }
+    let before = t.external_connections().len();
+    for who in ["team-app3", "sandbox-default", "quarantine-default"] {
+        // The filter closes the inner connection at once: the tunnel is refused (503), nothing forwarded.
+        let tunneled = client.exchange(&t.pki().workload(who), DB_VIP, b"hello\n").unwrap();
+        let received = String::from_utf8_lossy(&tunneled.received);
+        assert!(tunneled.connect_status == 503 && !received.contains("subject="), "{who} was forwarded: {tunneled:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(t.external_connections().len(), before, "a denied caller reached the partner");
+
     // A denied request with `Expect: 100-continue` gets its 403 alone (the waypoint's HCM proxies 100-continue).
     let client = HboneClient::new(t.pki().mesh_ca_cert(), GATEWAY_PORT);
     let head = "POST /v1/waypoint/expect HTTP/1.1\r\nHost: api.partner.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
@@ -132,6 +162,12 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
         // quarantine: once, and once with Expect: 100-continue.
         (&[("protocol", "http"), ("decision", "deny"), ("layer", "gateway"), ("policy", "deny-quarantine")], 2.0),
         (&[("protocol", "http"), ("decision", "deny"), ("layer", "destination")], 2.0),
+        (&[("protocol", "l4"), ("decision", "allow"), ("destination", "partner-db"), ("identity", "team.app2")], 1.0),
+        (
+            &[("protocol", "l4"), ("decision", "deny"), ("destination", "partner-db"), ("reason", "no_matching_allow")],
+            1.0,
+        ),
+        (&[("protocol", "l4"), ("decision", "deny"), ("layer", "gateway")], 2.0),
     ])
     .unwrap();
 }

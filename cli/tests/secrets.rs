@@ -113,14 +113,16 @@ fn secrets_follow_what_the_platform_carries() {
     };
     let ca = |d: &str| format!("{d}={}", pki.partner_ca_cert().display());
     let (app1, api_ca) = (files("team.app1"), ca("api"));
-    let (code, stdout, stderr) = secrets(&["istio", p, "--mode", "waypoint", "--identity", &app1, "--ca", &api_ca]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout.matches("kind: Secret\n").count(), 1, "{stdout}");
-    let (code, _, stderr) = secrets(&["istio", p, "--mode", "gateway", "--identity", &app1, "--ca", &api_ca]);
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("--identity team.app2=CERT,KEY (used by db)"), "{stderr}");
-    let with_db = ["--identity", &files("team.app2"), "--ca", &ca("db")];
-    let waypoint = [&["istio", p, "--mode", "waypoint", "--identity", &app1, "--ca", &api_ca][..], &with_db].concat();
-    let (code, _, stderr) = secrets(&waypoint);
-    assert_eq!(code, Some(1), "the waypoint never reads team.app2: {stderr}");
+    // Both Istio layouts carry the tcp destination (the waypoint on its own chain): both read team.app2 and
+    // db's CA.
+    for mode in ["gateway", "waypoint"] {
+        let (code, _, stderr) = secrets(&["istio", p, "--mode", mode, "--identity", &app1, "--ca", &api_ca]);
+        assert_eq!(code, Some(1), "{mode}");
+        assert!(stderr.contains("--identity team.app2=CERT,KEY (used by db)"), "{mode}: {stderr}");
+        let with_db = ["--identity", &files("team.app2"), "--ca", &ca("db")];
+        let all = [&["istio", p, "--mode", mode, "--identity", &app1, "--ca", &api_ca][..], &with_db].concat();
+        let (code, stdout, stderr) = secrets(&all);
+        assert_eq!(code, Some(0), "{mode}: {stderr}");
+        assert_eq!(stdout.matches("kind: Secret\n").count(), 2, "{mode}: {stdout}");
+    }
 }

@@ -32,6 +32,9 @@ const POLICY: &str = r#"{
     { "name": "db", "protocol": "tcp", "host": "*.db.example", "port": 10444,
       "policies": [ { "name": "team", "action": "ALLOW", "rules": [ {} ] } ],
       "identities": ["team.app1", "team.app2"] },
+    { "name": "files", "protocol": "tls", "host": "*.db.example", "port": 10448,
+      "policies": [ { "name": "app1", "action": "ALLOW",
+        "rules": [ { "from": [ { "source": { "principals": ["cluster.local/ns/team/sa/app1"] } } ] } ] } ] },
     { "name": "db-exact", "protocol": "tcp", "host": "x.db.example", "port": 10447,
       "policies": [ { "name": "team", "action": "ALLOW", "rules": [ {} ] } ],
       "identities": ["team.app1"] }
@@ -208,6 +211,17 @@ fn a_wildcard_destination_reaches_the_host_and_port_each_caller_asks_for_as_its_
     let stream_log = std::fs::read_to_string(run.join("logs/external-stream.log")).unwrap_or_default();
     // nginx logs the aborted handshake with the name it was asked for, but no client certificate reached it.
     assert!(!stream_log.lines().any(|l| l.contains("y.db.example") && l.contains("team.app")), "{stream_log}");
+    // tls passthrough under the same pattern: the caller's own TLS reaches the host its SNI names, and its
+    // ClientHello must name that same host (not another one under the pattern); app2 is not allowed.
+    let tls = t.l4_client().on_port(10448);
+    let app1 = t.pki().workload("team-app1");
+    let out = tls.passthrough(&app1, "x.db.example", "x.db.example", b"hello\n").unwrap();
+    assert_eq!(out.received.trim(), "passthrough server_name=x.db.example", "{out:?}");
+    let out = tls.passthrough(&app1, "x.db.example", "y.db.example", b"hello\n").unwrap();
+    assert!(out.received.is_empty(), "a ClientHello for y.db.example went through under x.db.example: {out:?}");
+    let out = tls.passthrough(&t.pki().workload("team-app2"), "x.db.example", "x.db.example", b"hello\n").unwrap();
+    assert!(out.received.is_empty(), "app2 is not allowed: {out:?}");
+
     // An exact tcp destination beside the dynamic one: its own cluster, nothing resolved for it.
     let out = l4.clone().on_port(10447).call(&t.pki().workload("team-app1"), "x.db.example", b"hello\n").unwrap();
     assert_eq!(out.received.trim(), "server_name=x.db.example subject=CN=team.app1", "{out:?}");

@@ -45,6 +45,38 @@ pub struct Kuma {
     pub egress_port: u16,
 }
 
+/// What names the destination of an L4 connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Front {
+    /// The caller's SNI, on the port it connected to; decided on the first bytes (the caller's
+    /// certificate is there by then).
+    ServerName,
+    /// The filter chain the connection landed on (`xds.filter_chain_name`): an Istio waypoint's
+    /// `inbound-vip|<port>|tcp|<host>`, one per ServiceEntry host and port ([`waypoint_chain`]); the caller's
+    /// principal is already in filter state, so the connection is decided at once, and Istio's stock
+    /// tcp_proxy runs unchanged.
+    FilterChainName,
+}
+
+/// The host and port of an Istio waypoint's per-service L4 chain name `inbound-vip|<port>|tcp|<host>`
+/// (istiod's `model.BuildSubsetKey(TrafficDirectionInboundVIP, "tcp", host, port)`); `None` for anything else.
+pub fn waypoint_chain(name: &str) -> Option<(&str, u16)> {
+    let mut parts = name.split('|');
+    let (Some("inbound-vip"), Some(port), Some("tcp"), Some(host), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let port = crate::request::parse_port(port)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// The internal host an Istio waypoint reaches identity `identity` (Kubernetes form) of destination `name`
+/// under: its own ServiceEntry and DestinationRule, so its own client certificate.
+pub fn internal_host(name: &str, identity: &str) -> String {
+    format!("{identity}.{name}.egress-identity.internal")
+}
+
 /// How the gateway names a destination when a request or connection arrives: a host (the `:authority`'s,
 /// or the SNI) and the port (the `:authority`'s, `None` when it names none; a connection's local port).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,9 +157,17 @@ impl Platform {
     }
 
     /// Whether the platform's layout carries destinations of this protocol to the filter at all (an Istio
-    /// waypoint receives a caller's TCP stream inside HBONE, with no SNI naming its destination).
+    /// waypoint carries `tcp` ones, each on its own filter chain; `tls` passthrough there is not rendered yet).
     pub fn carries(&self, protocol: Protocol) -> bool {
-        !(matches!(self, Self::IstioWaypoint) && protocol.is_l4())
+        !(matches!(self, Self::IstioWaypoint) && protocol == Protocol::Tls)
+    }
+
+    /// How the network filter learns which destination a connection is for.
+    pub fn l4_front(&self) -> L4Front {
+        match self {
+            Self::IstioWaypoint => L4Front::FilterChainName,
+            Self::Envoy | Self::IstioGateway | Self::Kuma(_) => L4Front::ServerName,
+        }
     }
 
     /// Why the platform cannot carry a dynamic destination (a wildcard host, several hosts or several ports)
@@ -169,7 +209,8 @@ impl Platform {
             }
             // Sidecars reach the gateway's L4 port with the host as SNI.
             (Self::IstioGateway, true) => vec![front(host, Some(ISTIO_GATEWAY_L4_PORT))],
-            (Self::IstioWaypoint, true) => vec![],
+            // Its own chain, named by the ServiceEntry's host and the partner's port.
+            (Self::IstioWaypoint, true) => vec![front(host, Some(port))],
             (Self::Kuma(_), false) => {
                 let called = Self::kuma_hostname(name);
                 vec![front(&called, None), front(&called, Some(MESH_HTTP_PORT))]
@@ -185,8 +226,11 @@ impl Platform {
             (Self::IstioGateway | Self::IstioWaypoint, false) => {
                 "applications call every HTTP destination as http://<host>/ (the ServiceEntry's port 80): one HTTP destination per host"
             }
-            (Self::IstioGateway | Self::IstioWaypoint, true) => {
+            (Self::IstioGateway, true) => {
                 "sidecars bring every tcp/tls destination to the gateway's port 8443, told apart by host: one tcp/tls destination per host"
+            }
+            (Self::IstioWaypoint, true) => {
+                "the waypoint serves each ServiceEntry host and port on one filter chain: one destination per host and port"
             }
             (Self::Kuma(_), _) => "one destination per MeshExternalService name",
         }
@@ -202,6 +246,11 @@ impl Platform {
     pub fn identity_cluster(&self, name: &str, identity: &str, protocol: Protocol, port: u16) -> String {
         match self {
             Self::Kuma(k) => k.kri(&format!("{name}-{identity}"), Self::kuma_port(protocol, port)),
+            // Istio's cluster of the identity's internal ServiceEntry, bound to the waypoint: tcp_proxy's
+            // filter state names a real cluster there (an HTTP identity is a routing key of the HTTPRoute).
+            Self::IstioWaypoint if protocol.is_l4() => {
+                format!("inbound-vip|{port}|tcp|{}", internal_host(name, identity))
+            }
             Self::Envoy | Self::IstioGateway | Self::IstioWaypoint => format!("{name}|{identity}"),
         }
     }
@@ -284,6 +333,36 @@ mod tests {
     use super::*;
     use wasm_bindgen_test::wasm_bindgen_test;
 
+    #[wasm_bindgen_test(unsupported = test)]
+    fn a_waypoint_tcp_chain_names_its_host_and_port() {
+        assert_eq!(waypoint_chain("inbound-vip|5432|tcp|db.partner.example"), Some(("db.partner.example", 5432)));
+        for other in [
+            "inbound-vip|80|http|api.partner.example",
+            "inbound-vip|5432|tcp|",
+            "inbound-vip|0|tcp|db.example",
+            "inbound-vip|05432|tcp|db.example",
+            "inbound-vip|5432|tcp|db.example|x",
+            "inbound|5432|tcp|db.example",
+            "direct-tcp",
+            "",
+        ] {
+            assert_eq!(waypoint_chain(other), None, "{other}");
+        }
+        let w = Platform::IstioWaypoint;
+        assert_eq!(w.l4_front(), L4Front::FilterChainName);
+        assert_eq!(Platform::Envoy.l4_front(), L4Front::ServerName);
+        assert!(w.carries(Protocol::Tcp) && !w.carries(Protocol::Tls) && w.carries(Protocol::Http));
+        assert_eq!(
+            w.identity_cluster("db", "team-app1", Protocol::Tcp, 5432),
+            "inbound-vip|5432|tcp|team-app1.db.egress-identity.internal"
+        );
+        assert_eq!(w.identity_cluster("api", "team-app1", Protocol::Http, 443), "api|team-app1");
+        assert_eq!(
+            w.fronts("db", "db.example", 5432, Protocol::Tcp, 443),
+            [Front { host: "db.example".into(), port: Some(5432) }]
+        );
+    }
+
     fn kuma() -> Platform {
         Platform::Kuma(Kuma {
             mesh: "default".into(),
@@ -299,7 +378,7 @@ mod tests {
         let f = |host: &str, port: Option<u16>| Front { host: host.into(), port };
         assert_eq!(fronts(&Platform::Envoy, Protocol::Tcp), [f("db.partner.example", Some(5432))]);
         assert_eq!(fronts(&Platform::IstioGateway, Protocol::Tcp), [f("db.partner.example", Some(8443))]);
-        assert_eq!(fronts(&Platform::IstioWaypoint, Protocol::Tcp), []);
+        assert_eq!(fronts(&Platform::IstioWaypoint, Protocol::Tcp), [f("db.partner.example", Some(5432))]);
         assert_eq!(
             fronts(&kuma(), Protocol::Tcp),
             [f("sni.extsvc.default.zone-1.kuma-system.partner-db.5432", Some(10002))]

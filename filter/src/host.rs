@@ -61,6 +61,12 @@ pub trait Host {
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
     }
 
+    /// The name of the filter chain the connection landed on (`xds.filter_chain_name`); empty when none.
+    fn filter_chain_name(&self) -> Result<String, HostError> {
+        let value = self.property_bytes(b"xds\0filter_chain_name")?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
+    }
+
     /// The port the caller connected to (`destination.port`, an int64 in little-endian bytes).
     fn destination_port(&self) -> Result<u16, HostError> {
         let value = self.property_bytes(b"destination\0port")?;

@@ -11,6 +11,11 @@
 //! upstream connection is made. Protocols where the server speaks first cannot be decided this way (nothing
 //! arrives to decide on): see README.md, "L4 egress".
 //!
+//! In an Istio ambient waypoint (`L4Front::FilterChainName`) none of that applies: the chain the connection
+//! landed on names its destination (`inbound-vip|<port>|tcp|<host>`) and the HBONE termination has put the
+//! caller's principal in filter state, so the connection is decided in `on_new_connection`, before Istio's
+//! stock tcp_proxy (which connects at once) runs; nothing is held and no deadline is needed.
+//!
 //! A connection that is still undecided after `connectionDecisionTimeoutMs` (its caller sent nothing, or
 //! not the whole ClientHello) is closed by the root context's timer ([`PendingConnections`]): the filter
 //! holds tcp_proxy until it decides, so no timeout of tcp_proxy's would ever run.
@@ -27,6 +32,7 @@ use egress_identity_core::config::Config;
 use egress_identity_core::config_document::Protocol;
 use egress_identity_core::decision::{Decision, Denial, Evaluation, Layer, PassthroughVerdict, Reason};
 use egress_identity_core::pending_connections::PendingConnections;
+use egress_identity_core::platform::{waypoint_chain, L4Front};
 use egress_identity_core::principal::{self, Caller, HostError};
 use egress_identity_core::request::normalize_host;
 use egress_identity_core::tls_client_hello::{self, MAX_CLIENT_HELLO};
@@ -103,6 +109,18 @@ impl Context for EgressIdentityConnection {}
 
 impl StreamContext for EgressIdentityConnection {
     fn on_new_connection(&mut self) -> Action {
+        if let Some(config) = self.config.clone().filter(|c| c.platform.l4_front() == L4Front::FilterChainName) {
+            // An Istio waypoint: the chain names the destination and the caller's principal is in filter state
+            // already, so decide now, before Istio's stock tcp_proxy connects (it does at once).
+            return match self.decide(&config, 0, false) {
+                Ok(action) => action,
+                Err(HostError) => {
+                    log::error!("egress-identity: a host call failed; closing the connection");
+                    self.counters.host_error();
+                    self.close()
+                }
+            };
+        }
         // The deadline runs from now. Without the host's clock the connection is due at once: it is closed on
         // the next tick unless decided before (fail closed, never held for ever).
         let now = self.host.now_ms().unwrap_or(0);
@@ -166,8 +184,14 @@ impl EgressIdentityConnection {
         };
         self.counters.count_resolution(&resolution);
         let principal_id = resolution.principal.as_ref().map(|p| p.id().as_str()).unwrap_or_default();
-        let sni = host.connection_server_name()?;
-        let port = host.destination_port()?;
+        let (sni, port) = match config.platform.l4_front() {
+            L4Front::ServerName => (host.connection_server_name()?, host.destination_port()?),
+            // Anything but a waypoint's L4 chain names no destination: malformed, denied.
+            L4Front::FilterChainName => {
+                let chain = host.filter_chain_name()?;
+                waypoint_chain(&chain).map(|(h, p)| (h.to_string(), p)).unwrap_or_default()
+            }
+        };
         let evaluation =
             config.evaluate_connection(resolution.principal.as_ref().map(Caller::id).map_err(|e| *e), &sni, port);
         self.counters.count_dry_run(&evaluation);
@@ -342,6 +366,49 @@ mod tests {
         assert!(said.iter().any(|s| s.starts_with("set_envoy_filter_state ")), "{said:?}");
         assert!(pending.borrow().is_empty(), "decided");
         assert_eq!(c.on_downstream_data(5, false), Action::Continue, "forwarding");
+    }
+
+    /// In an Istio waypoint the chain names the destination and filter state the caller: decided when the
+    /// connection is created, with no hold and no deadline; anything but a tcp chain is refused.
+    #[test]
+    fn a_waypoint_connection_is_decided_at_once_by_its_chain() {
+        let waypoint = POLICY.replacen('{', r#"{ "platform": {"kind": "istio-waypoint"},"#, 1);
+        let config = Rc::new(Config::load(waypoint.as_bytes()).unwrap());
+        let run = |chain: &str, principal: &str| {
+            let host = Rc::new(MockHost::default());
+            let mut properties = host.properties.borrow_mut();
+            properties.insert(b"xds\0filter_chain_name".to_vec(), chain.as_bytes().to_vec());
+            properties.insert(b"filter_state\0io.istio.peer_principal".to_vec(), principal.as_bytes().to_vec());
+            drop(properties);
+            let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
+            let counters = Rc::new(Counters::define(host.clone(), &config, true));
+            let mut c = EgressIdentityConnection::new(
+                host.clone(),
+                7,
+                Some(Rc::clone(&config)),
+                None,
+                counters,
+                Rc::clone(&pending),
+            );
+            let action = c.on_new_connection();
+            assert!(pending.borrow().is_empty(), "no deadline");
+            (action, calls(&host))
+        };
+        let app1 = "spiffe://cluster.local/ns/team/sa/app1";
+        let (action, said) = run("inbound-vip|5432|tcp|db.partner.example", app1);
+        assert_eq!(action, Action::Continue);
+        let cluster = "inbound-vip|5432|tcp|team-app1.db.egress-identity.internal";
+        let named = crate::protobuf::set_envoy_filter_state_arguments(TCP_PROXY_CLUSTER, cluster);
+        assert_eq!(said, [format!("set_envoy_filter_state {named:?}")]);
+        for (chain, principal) in [
+            ("inbound-vip|5432|tcp|db.partner.example", "spiffe://cluster.local/ns/other/sa/x"),
+            ("inbound-vip|5433|tcp|db.partner.example", app1),
+            ("inbound-vip|80|http|db.partner.example", app1),
+            ("direct-tcp", app1),
+            ("", app1),
+        ] {
+            assert_eq!(run(chain, principal), (Action::Pause, vec!["close".to_string()]), "{chain} {principal}");
+        }
     }
 
     #[test]

@@ -117,7 +117,10 @@ pub fn start(
     }
     let config = dir.join("bootstrap.json");
     std::fs::write(&config, serde_json::to_string_pretty(&bootstrap)?)?;
-    let mut opts = crate::topology::Options::new(dir.join("run"));
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run)?;
+    std::fs::write(run.join(ABSENT_SECRETS_FILE), "resources: []\n")?;
+    let mut opts = crate::topology::Options::new(run);
     opts.gateway_config = config;
     opts.envoy_args = envoy_args;
     crate::topology::Topology::start(&opts)
@@ -242,6 +245,10 @@ pub struct Substitutions {
     /// SDS secret name → the static secret's material (`tls_certificate` or `validation_context`, as in
     /// Envoy's `Secret`, without the name).
     pub secrets: BTreeMap<String, Value>,
+    /// SDS secrets that never exist (the Secret of a fail-closed DestinationRule): served from an SDS file
+    /// with no resources ([`ABSENT_SECRETS_FILE`]), so Envoy never gets them, as a proxy whose Secret does
+    /// not exist never does.
+    pub absent_secrets: BTreeSet<String>,
     /// The Wasm module file every Wasm extension loads instead of its remote (OCI) code.
     pub wasm: String,
     /// The admin port.
@@ -395,9 +402,14 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
     let mut resources = json!({ "listeners": listeners, "clusters": clusters });
     let mut sds_names = BTreeSet::new();
     for_each_object(&mut resources, &mut |o| {
+        let name = o.get("name").and_then(Value::as_str).map(str::to_string);
+        if o.contains_key("sdsConfig") && name.as_ref().is_some_and(|n| subs.absent_secrets.contains(n)) {
+            o.insert("sdsConfig".into(), absent_secret_source());
+            return;
+        }
         if o.remove("sdsConfig").is_some() || o.remove("sds_config").is_some() {
-            if let Some(name) = o.get("name").and_then(Value::as_str) {
-                sds_names.insert(name.to_string());
+            if let Some(name) = name {
+                sds_names.insert(name);
             }
         }
     });
@@ -419,6 +431,19 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
     }
     let bootstrap = base;
     Ok((bootstrap, changes))
+}
+
+/// The SDS file of [`Substitutions::absent_secrets`], in Envoy's working directory: no resources.
+pub const ABSENT_SECRETS_FILE: &str = "absent-secrets.yaml";
+
+/// An SDS source that never delivers the secret: a file without it (Envoy waits a second at start, then
+/// goes on without it; the cluster's TLS context stays without a certificate).
+fn absent_secret_source() -> Value {
+    json!({
+        "pathConfigSource": { "path": format!("./{ABSENT_SECRETS_FILE}") },
+        "resourceApiVersion": "V3",
+        "initialFetchTimeout": "1s"
+    })
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
@@ -561,6 +586,7 @@ mod tests {
             listener_ports: [("0.0.0.0_443".to_string(), 10443)].into(),
             upstreams: [(("api.example".to_string(), 443), 18443)].into(),
             secrets: [("default".to_string(), json!({ "tlsCertificate": {} }))].into(),
+            absent_secrets: BTreeSet::new(),
             wasm: "f.wasm".into(),
             admin_port: 9901,
             agent_bootstrap: None,

@@ -28,6 +28,10 @@ var explained = []struct{ code, origin, why string }{
 	{"IST0128", "DestinationRule egress-waypoint/partner-api-team-app1",
 		"the analyzer credits credentialName only on a DestinationRule with a workloadSelector; the Secret carries ca.crt, and istiod validates the partner with it (-cacert, TestWaypointAsIstiodGeneratesIt)"},
 	{"IST0128", "DestinationRule egress-waypoint/partner-api-team-app2", "as for partner-api-team-app1"},
+	{"IST0128", "DestinationRule egress-waypoint/partner-db-team-app1", "as for partner-api-team-app1 (the tcp destination's identity)"},
+	{"IST0128", "DestinationRule egress-waypoint/partner-db-team-app2", "as for partner-api-team-app1"},
+	{"IST0128", "DestinationRule egress-waypoint/db-partner-example-5432",
+		"fail closed on purpose: its Secret egress-identity-no-identity never exists, so the tcp destination's own cluster never completes a handshake (TestWaypointAsIstiodGeneratesIt)"},
 }
 
 type analyzeMessage struct {

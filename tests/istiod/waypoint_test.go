@@ -9,6 +9,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	internalupstream "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"istio.io/api/label"
@@ -138,6 +139,10 @@ func checkWaypoint(t *testing.T, g generated) problems {
 	clusters := g.server.Clusters(g.proxy)
 	want := pluginConfig(t, waypointDir+"/wasm-plugin.yaml")
 	for _, d := range examplePolicy(t) {
+		if d.Protocol == "tcp" {
+			checkWaypointTCP(t, g, &p, d, main, clusters)
+			continue
+		}
 		if d.Protocol != "http" {
 			continue // not carried by the waypoint (the core warns)
 		}
@@ -222,6 +227,92 @@ func checkWaypoint(t *testing.T, g generated) problems {
 	return p
 }
 
+// checkWaypointTCP checks a tcp destination's chain in the waypoint: main_internal has a chain for its VIP
+// named inbound-vip|<port>|tcp|<host> (what the network filter reads in xds.filter_chain_name), the network
+// filter runs there before RBAC and tcp_proxy (which connects as soon as the filter lets the connection go
+// on), no HTTP chain carries it, the chain's own cluster presents the Secret that never exists (fail
+// closed), and the cluster the filter names for each allowed caller presents that identity's Secret with the
+// partner's name as SNI and SAN.
+func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, main *listener.Listener, clusters []*clusterT) {
+	chainName := fmt.Sprintf("inbound-vip|%d|tcp|%s", d.Port, d.Host)
+	var chain *listener.FilterChain
+	for _, fc := range main.FilterChains {
+		if fc.Name == chainName {
+			chain = fc
+		}
+		for _, f := range fc.Filters {
+			if isOursIn(f.Name, "egress-waypoint", "egress-identity-l4") && strings.Contains(fc.Name, "|http|") {
+				p.add("%s: the network filter sits on the HTTP chain %s: it would refuse its connections", d.Name, fc.Name)
+			}
+		}
+	}
+	if chain == nil {
+		p.add("%s: main_internal has no chain %s", d.Name, chainName)
+		return
+	}
+	position := map[string]int{}
+	ours := ""
+	for i, f := range chain.Filters {
+		position[f.Name] = i
+		if isOursIn(f.Name, "egress-waypoint", "egress-identity-l4") {
+			ours = f.Name
+		}
+	}
+	if ours == "" {
+		p.add("%s: the network filter is not in the chain %s (%v)", d.Name, chainName, position)
+		return
+	}
+	for _, after := range []string{"envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"} {
+		if at, ok := position[after]; !ok || position[ours] > at {
+			p.add("%s: the network filter must come before %s (positions %v)", d.Name, after, position)
+		}
+	}
+	checkExtension(t, g, p, d.Name, ours, "egress-identity-l4", pluginConfig(t, waypointDir+"/wasm-plugin.yaml"))
+	checkGuardSparesL4(t, p, d.Host, chain, meshHTTPPort)
+	if c := findCluster(clusters, chainName); c == nil {
+		p.add("%s: istiod generates no cluster %s", d.Name, chainName)
+	} else if secret, _, _ := internalTLS(t, c); secret != "kubernetes://egress-identity-no-identity" {
+		p.add("%s: the chain's own cluster %s presents %q: a connection the filter names no cluster for would leave without an identity", d.Name, chainName, secret)
+	}
+	for _, caller := range callers {
+		r := explain(t, "examples/policy.json", "istio-waypoint", "--principal", caller, "--sni", d.Host, "--port", fmt.Sprint(d.Port))
+		if r.Decision.Decision != "allow" {
+			continue
+		}
+		c := findCluster(clusters, r.Decision.Cluster)
+		if c == nil {
+			p.add("%s: the filter names cluster %q for %s, which istiod does not generate", d.Name, r.Decision.Cluster, caller)
+			continue
+		}
+		wantSecret := "kubernetes://egress-identity-" + strings.ReplaceAll(r.Decision.Identity, ".", "-")
+		secret, sni, sans := internalTLS(t, c)
+		if secret != wantSecret || sni != d.Host || len(sans) != 1 || sans[0] != d.Host {
+			p.add("%s: cluster %s presents %q (SNI %q, SANs %v), not the Secret of identity %s, %q, to %s", d.Name, c.Name, secret, sni, sans, r.Decision.Identity, wantSecret, d.Host)
+		}
+	}
+}
+
+// internalTLS is the client certificate, SNI and SAN matchers of a waypoint inbound-vip cluster's TLS to the
+// partner (inside its internal_upstream transport socket).
+func internalTLS(t *testing.T, c *clusterT) (secret, sni string, sans []string) {
+	outer := &internalupstream.InternalUpstreamTransport{}
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(outer); err != nil {
+		return "", "", nil
+	}
+	ctx := &tlsv3.UpstreamTlsContext{}
+	if err := outer.GetTransportSocket().GetTypedConfig().UnmarshalTo(ctx); err != nil {
+		return "", "", nil
+	}
+	common := ctx.GetCommonTlsContext()
+	for _, s := range common.GetTlsCertificateSdsSecretConfigs() {
+		secret = s.GetName()
+	}
+	for _, m := range common.GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames() {
+		sans = append(sans, m.GetExact())
+	}
+	return secret, ctx.GetSni(), sans
+}
+
 // headerValue is the exact value a route match requires of header name ("" when it does not).
 func headerValue(m *route.RouteMatch, name string) string {
 	for _, h := range m.GetHeaders() {
@@ -279,6 +370,10 @@ func TestWaypointMutationsAreCaught(t *testing.T) {
 		{"a route keyed by another cluster name", "http-route.yaml", `value: "partner-api|team-app1"`, `value: "partner-api|team.app1"`, `no route takes the value the filter writes`},
 		{"another Secret for an identity", "destination-rules.yaml", "credentialName: egress-identity-team-app2", "credentialName: egress-identity-team-app-2", "not the Secret of identity team.app2"},
 		{"the plugin on another waypoint", "wasm-plugin.yaml", "name: egress-waypoint\n", "name: another-waypoint\n", "the egress-identity filter is not in the chain's HTTP filters"},
+		{"no fail-closed Secret on the tcp destination", "destination-rules.yaml", "credentialName: egress-identity-no-identity", "credentialName: egress-identity-team-app1", "would leave without an identity"},
+		{"a tcp identity with another Secret", "destination-rules.yaml", "host: team-app2.partner-db.egress-identity.internal\n  exportTo:\n  - \".\"\n  trafficPolicy:\n    tls:\n      mode: MUTUAL\n      credentialName: egress-identity-team-app2", "host: team-app2.partner-db.egress-identity.internal\n  exportTo:\n  - \".\"\n  trafficPolicy:\n    tls:\n      mode: MUTUAL\n      credentialName: egress-identity-team-app1", "not the Secret of identity team.app2"},
+		{"a tcp identity not bound to the waypoint", "service-entries.yaml", "name: partner-db-team-app1\n  namespace: egress-waypoint\n  labels:\n    istio.io/use-waypoint: egress-waypoint", "name: partner-db-team-app1\n  namespace: egress-waypoint\n  labels:\n    istio.io/unbound: egress-waypoint", "which istiod does not generate"},
+		{"the tcp destination not bound to the waypoint", "service-entries.yaml", "name: db-partner-example\n  namespace: egress-waypoint\n  labels:\n    istio.io/use-waypoint: egress-waypoint", "name: db-partner-example\n  namespace: egress-waypoint\n  labels:\n    istio.io/unbound: egress-waypoint", "main_internal has no chain inbound-vip|5432|tcp|db.partner.example"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -301,70 +396,4 @@ func TestWaypointMutationsAreCaught(t *testing.T) {
 			}
 		})
 	}
-}
-
-// What the waypoint's configuration says of L4 there (the question the waypoint layout leaves open: the
-// rendered waypoint carries no tcp/tls destination). A TCP ServiceEntry bound to the waypoint gets its own
-// chain of main_internal, chosen by the connection's destination VIP and port, and named
-// inbound-vip|<port>|tcp|<host>: a network filter there could name the destination by
-// xds.filter_chain_name, since no SNI does. It ends in tcp_proxy after istio's RBAC; a network WasmPlugin
-// lands there (asserted below), so the L4 design can build on it. The cluster guard, attached to the
-// waypoint, must not deny that chain's callers.
-func TestWaypointNamesATCPDestinationByItsFilterChain(t *testing.T) {
-	tcp := `
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: db-partner-example
-  namespace: egress-waypoint
-  labels: {istio.io/use-waypoint: egress-waypoint}
-spec:
-  hosts: [db.partner.example]
-  addresses: [240.240.1.1]
-  location: MESH_EXTERNAL
-  resolution: DNS
-  ports: [{number: 5432, name: tcp-5432, protocol: TCP}]
----
-apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata:
-  name: egress-identity-l4
-  namespace: egress-waypoint
-spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: egress-waypoint}]
-  type: NETWORK
-  pluginName: egress-identity-l4
-  url: oci://example/egress-identity@sha256:0000000000000000000000000000000000000000000000000000000000000000
-  pluginConfig: {}
-`
-	g := generateWaypoint(t, nil, tcp)
-	var chain *listener.FilterChain
-	for _, l := range g.server.Listeners(g.proxy) {
-		if l.Name != "main_internal" {
-			continue
-		}
-		for _, fc := range l.FilterChains {
-			if fc.Name == "inbound-vip|5432|tcp|db.partner.example" {
-				chain = fc
-			}
-		}
-	}
-	if chain == nil {
-		t.Fatal("no chain inbound-vip|5432|tcp|db.partner.example in main_internal")
-	}
-	var filters []string
-	for _, f := range chain.Filters {
-		filters = append(filters, f.Name)
-	}
-	got := strings.Join(filters, " ")
-	if !strings.Contains(got, "egress-waypoint.egress-identity-l4~") || !strings.HasSuffix(got, "envoy.filters.network.tcp_proxy") {
-		t.Errorf("the TCP chain's filters: %v", filters)
-	}
-	var p problems
-	checkGuardSparesL4(t, &p, "db.partner.example", chain, 80)
-	for _, problem := range p {
-		t.Error(problem)
-	}
-	t.Logf("TCP chain of the waypoint: %s: %v", chain.Name, filters)
 }

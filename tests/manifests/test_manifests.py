@@ -1480,15 +1480,19 @@ def test_envoy_accepts_the_envoy_configuration_of_the_examples(envoy: str, tmp_p
     # tcp_proxy (ON_DOWNSTREAM_DATA: the filter decides on the caller's first bytes; the unrouted cluster).
     l4 = {listener["name"]: listener["filter_chains"][0]["filters"] for listener in bootstrap["static_resources"]["listeners"][1:]}
     assert sorted(l4) == ["check-l4-istio", "check-l4-kuma"], sorted(l4)
+    # Istio's: the egress gateway's and the ambient waypoint's network plugins (the waypoint's chains keep
+    # Istio's own tcp_proxy; loading both here checks the waypoint's plugin configuration too).
+    wasm_filters = {"check-l4-istio": 2, "check-l4-kuma": 1}
     for name, filters in l4.items():
         assert [f["name"].rsplit(".", 1)[0] if "wasm" in f["name"] else f["name"] for f in filters] == [
-            "envoy.filters.network.wasm", "envoy.filters.network.tcp_proxy"], (name, filters)
+            "envoy.filters.network.wasm"] * wasm_filters[name] + ["envoy.filters.network.tcp_proxy"], (name, filters)
         proxy = filters[-1]["typed_config"]
         assert proxy.get("upstream_connect_mode", proxy.get("upstreamConnectMode")) == "ON_DOWNSTREAM_DATA", name
         assert proxy["cluster"] == "egress-identity-unrouted", name
-        wasm_config = (filters[0].get("typed_config") or filters[0]["typedConfig"])["config"]
-        root_id = wasm_config.get("root_id", wasm_config.get("rootId"))
-        assert root_id.endswith("-l4"), (name, root_id)
+        for wasm_filter in filters[:-1]:
+            wasm_config = (wasm_filter.get("typed_config") or wasm_filter["typedConfig"])["config"]
+            root_id = wasm_config.get("root_id", wasm_config.get("rootId"))
+            assert root_id.endswith("-l4"), (name, root_id)
 
 
 def test_envoy_check_is_not_vacuous(envoy: str, tmp_path: Path) -> None:

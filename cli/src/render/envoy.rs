@@ -556,6 +556,25 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
     }
     entries.push(e("connect_timeout", s("5s")));
     entries.push(e("per_connection_buffer_limit_bytes", int(hardening::BUFFER_LIMIT_BYTES)));
+    if let Presents::Shared(c) = &presents {
+        // Envoy's defaults per cluster, times the identities it stands for: what one cluster per identity gets.
+        let identities = u32::try_from(c.identities.len()).unwrap_or(u32::MAX).max(1);
+        let limit = ENVOY_DEFAULT_CIRCUIT_BREAKER.saturating_mul(identities).min(MAX_SHARED_LIMIT);
+        entries.push(e(
+            "circuit_breakers",
+            commented(
+                "One cluster for all the destination's identities (and, dynamic, all its hosts): Envoy's default\nlimits (1,024 connections, pending and concurrent requests) per identity, as one cluster per\nidentity would have (measured: BENCHMARKS.md, \"Dynamic destinations\").",
+                map([(
+                    "thresholds",
+                    Yaml::Seq(vec![map([
+                        ("max_connections", int(limit)),
+                        ("max_pending_requests", int(limit)),
+                        ("max_requests", int(limit)),
+                    ])]),
+                )]),
+            ),
+        ));
+    }
     if up.dynamic {
         let mut options = vec![
             e("explicit_http_config", map([("http_protocol_options", map::<&str>([]))])),
@@ -778,6 +797,11 @@ fn sni_dynamic_forward_proxy(opts: &EnvoyOptions) -> Yaml {
         ]),
     )
 }
+
+/// Envoy's default circuit-breaker thresholds of a cluster (connections, pending and concurrent requests).
+const ENVOY_DEFAULT_CIRCUIT_BREAKER: u32 = 1024;
+/// The most a shared cluster's thresholds reach, whatever its identities.
+const MAX_SHARED_LIMIT: u32 = 1_000_000;
 
 /// The filter-state key the shared clusters' certificate mapper reads (Envoy's, not configurable).
 pub const ON_DEMAND_SECRET_KEY: &str = "envoy.tls.certificate_mappers.on_demand_secret";

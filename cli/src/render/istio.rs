@@ -101,8 +101,9 @@ fn istio_principal(pattern: &str) -> String {
 enum PluginForm {
     /// The HTTP filter (requests).
     Http,
-    /// The network filter before tcp_proxy (connections to tcp and tls destinations), on these ports only.
-    Network(u16),
+    /// The network filter before tcp_proxy (connections to tcp and tls destinations), on this port only
+    /// (the gateway's L4 port), or on every chain (a waypoint: its tcp chains are one per destination).
+    Network(Option<u16>),
 }
 
 impl PluginForm {
@@ -160,7 +161,7 @@ fn wasm_fields(policy: &PolicyFile, opts: &IstioOptions, form: PluginForm) -> Ve
 /// Where a plugin resource applies: the pods or Gateway, the phase, and for the network filter its port.
 fn placement(attach: &(&str, Yaml), form: PluginForm) -> Vec<(String, Yaml)> {
     let mut fields = vec![(attach.0.to_string(), attach.1.clone()), ("phase".to_string(), s("AUTHZ"))];
-    if let PluginForm::Network(port) = form {
+    if let PluginForm::Network(Some(port)) = form {
         fields.push((
             "match".to_string(),
             commented(
@@ -206,7 +207,8 @@ fn plugin_files(
     let mut forms = vec![(PluginForm::Http, comments.0)];
     let platform = &policy.config.platform;
     if policy.config.destinations.iter().any(|d| d.protocol.is_l4() && platform.carries(d.protocol)) {
-        forms.push((PluginForm::Network(L4_GATEWAY_PORT), comments.1));
+        let port = (mode != "waypoint").then_some(L4_GATEWAY_PORT);
+        forms.push((PluginForm::Network(port), comments.1));
     }
     let plugins = forms.iter().map(|(form, comment)| wasm_plugin(policy, opts, &attach, *form, comment)).collect();
     let mut extensions: Vec<Yaml> =
@@ -685,7 +687,7 @@ fn gateway_servers(dests: &[Dest]) -> Vec<Yaml> {
 fn l4_service_entry(d: &Dest, ns: &str, waypoint: Option<&str>) -> Yaml {
     let (port_name, protocol, how) = match d.protocol {
         Protocol::Tls => ("tls", "TLS", format!("open their own TLS to {}:{} (the sidecar matches the ClientHello's SNI) and\nkeep it end to end: the gateway only decides and forwards (passthrough)", d.host, d.port)),
-        _ => ("tcp", "TCP", format!("connect to {}:{} in plain TCP; the sidecar matches the connection by address, so\nIstio's DNS proxy must give this host name an address (ISTIO_META_DNS_CAPTURE and\nISTIO_META_DNS_AUTO_ALLOCATE, or ambient's automatic allocation); the gateway originates mTLS as the\ncaller's external identity", d.host, d.port)),
+        _ => ("tcp", "TCP", format!("connect to {}:{} in plain TCP; the sidecar or ztunnel matches the connection by address, so\nIstio must give this host name an address (ISTIO_META_DNS_CAPTURE and ISTIO_META_DNS_AUTO_ALLOCATE,\nor ambient's automatic allocation); the egress originates mTLS as the caller's external identity", d.host, d.port)),
     };
     let mut metadata = vec![("name".to_string(), s(k8s_name(&d.host))), ("namespace".to_string(), s(ns))];
     if let Some(w) = waypoint {
@@ -861,7 +863,7 @@ fn tcp_proxy_patch() -> Yaml {
 }
 
 fn internal_host(c: &IdentityCluster) -> String {
-    format!("{}.{}.egress-identity.internal", k8s_name(&c.identity), k8s_name(&c.destination))
+    egress_identity_core::platform::internal_host(&k8s_name(&c.destination), &k8s_name(&c.identity))
 }
 
 fn identity_object_name(c: &IdentityCluster) -> String {
@@ -921,7 +923,8 @@ fn waypoint(
     );
 
     let mut entries = Vec::new();
-    for d in dests {
+    let mut drs = Vec::new();
+    for d in dests.iter().filter(|d| !d.is_l4()) {
         entries.push(commented(
             format!("Destination {}: what applications call (http://{}/, port 80), bound to the waypoint. The only\nport is 80: no TLS passthrough to the partner skips the waypoint.", d.name, d.host),
             map([
@@ -942,11 +945,43 @@ fn waypoint(
             ]),
         ));
     }
-    let mut rules_by_dest: Vec<(&Dest, Vec<Yaml>)> = dests.iter().map(|d| (d, Vec::new())).collect();
-    let mut drs = Vec::new();
+    for d in dests.iter().filter(|d| d.is_l4()) {
+        entries.push(l4_service_entry(d, ns, Some(WAYPOINT)));
+        drs.push(commented(
+            format!(
+                "Fail closed: the waypoint's own route for {}:{} (tcp_proxy's cluster when the filter names none)
+would reach the partner without an identity; this Secret never exists, so that path never completes a
+handshake. The filter names each allowed connection's identity cluster (the ServiceEntries below).",
+                d.host, d.port
+            ),
+            object(
+                "networking.istio.io/v1",
+                "DestinationRule",
+                meta(&format!("{}-{}", k8s_name(&d.host), d.port), ns),
+                map([
+                    ("host", s(&d.host)),
+                    (
+                        "trafficPolicy",
+                        map([(
+                            "tls",
+                            map([("mode", s("MUTUAL")), ("credentialName", s(super::envoy::NO_IDENTITY_SECRET))]),
+                        )]),
+                    ),
+                ]),
+            ),
+        ));
+    }
+    let mut rules_by_dest: Vec<(&Dest, Vec<Yaml>)> =
+        dests.iter().filter(|d| !d.is_l4()).map(|d| (d, Vec::new())).collect();
     for c in clusters {
         let Some(d) = dest_of(dests, &c.destination) else { continue };
         let host = internal_host(c);
+        if d.is_l4() {
+            let (entry, dr) = waypoint_l4_identity(c, d, ns);
+            entries.push(entry);
+            drs.push(dr);
+            continue;
+        }
         entries.push(commented(
             format!("External identity {} of {}: an internal host with its own DestinationRule, so its own client\ncertificate. exportTo \".\": only the waypoint's routes can address it.", c.identity, c.destination),
             object(
@@ -1059,7 +1094,7 @@ fn waypoint(
         ("targetRefs", target()),
         (
             "The egress-identity filter on the egress waypoint (waypoints ignore `selector`: targetRefs). phase AUTHZ:\nbefore Istio's RBAC filter and the route, which matches the header the filter sets. A module that cannot be\nloaded or refuses its configuration is replaced by a deny-all.",
-            "",
+            "The same module as the network filter of the waypoint's tcp chains (root id ending in -l4), phase AUTHZ:\nbefore Istio's RBAC and tcp_proxy. The chain's name (inbound-vip|<port>|tcp|<host>) names the destination\nand the caller's principal is in filter state io.istio.peer_principal: each connection is decided at once,\nand an allowed one is sent to its identity's cluster (envoy.tcp_proxy.cluster), a denied one closed.",
         ),
     );
     let auth = guard(policy, ns, ("targetRefs", target()), egress_identity_core::platform::MESH_HTTP_PORT);
@@ -1080,6 +1115,79 @@ fn waypoint(
             vec![stats_configmap(ns, "The waypoint (waypoint.yaml) carries these annotations in\nspec.infrastructure, which Istio copies onto its pods:")],
         ),
     ]
+}
+
+/// A tcp destination's identity in the waypoint: an internal host bound to the waypoint (so istiod gives it a
+/// cluster there, `inbound-vip|<port>|tcp|<host>`, which the filter names in `envoy.tcp_proxy.cluster`), whose
+/// DestinationRule originates mTLS with the identity's Secret.
+fn waypoint_l4_identity(c: &IdentityCluster, d: &Dest, ns: &str) -> (Yaml, Yaml) {
+    let host = internal_host(c);
+    let port_name = format!("tcp-{}", d.port);
+    let entry = commented(
+        format!(
+            "External identity {} of {} (tcp): an internal host with its own DestinationRule, bound to the
+waypoint so that istiod builds its cluster there ({}), which the filter names for the connections it
+allows as this identity. exportTo \".\": nothing outside this namespace addresses it.",
+            c.identity, c.destination, c.cluster
+        ),
+        object(
+            "networking.istio.io/v1",
+            "ServiceEntry",
+            map([
+                ("name", s(identity_object_name(c))),
+                ("namespace", s(ns)),
+                ("labels", map([("istio.io/use-waypoint", s(WAYPOINT))])),
+            ]),
+            map([
+                ("hosts", strs([host.as_str()])),
+                ("exportTo", strs(["."])),
+                ("location", s("MESH_EXTERNAL")),
+                ("resolution", s("DNS")),
+                (
+                    "endpoints",
+                    Yaml::Seq(vec![map([
+                        ("address", s(&d.host)),
+                        ("ports", map([(port_name.as_str(), int(d.port))])),
+                    ])]),
+                ),
+                (
+                    "ports",
+                    Yaml::Seq(vec![map([("number", int(d.port)), ("name", s(&port_name)), ("protocol", s("TCP"))])]),
+                ),
+            ]),
+        ),
+    );
+    let dr = commented(
+        format!(
+            "mTLS as {} to {}:{}: Secret {} (tls.crt, tls.key, ca.crt), delivered over SDS.",
+            c.identity,
+            d.host,
+            d.port,
+            identity_secret(&c.identity)
+        ),
+        object(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            meta(&identity_object_name(c), ns),
+            map([
+                ("host", s(&host)),
+                ("exportTo", strs(["."])),
+                (
+                    "trafficPolicy",
+                    map([(
+                        "tls",
+                        map([
+                            ("mode", s("MUTUAL")),
+                            ("credentialName", s(identity_secret(&c.identity))),
+                            ("sni", s(&d.host)),
+                            ("subjectAltNames", strs([d.host.as_str()])),
+                        ]),
+                    )]),
+                ),
+            ]),
+        ),
+    );
+    (entry, dr)
 }
 
 /// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
@@ -1179,21 +1287,38 @@ mod tests {
         assert!(out.contains("\"platform\": {\"kind\":\"istio-waypoint\"}"), "{out}");
     }
 
-    /// A waypoint carries no tcp/tls destination: the core warns, and nothing of them is rendered.
+    /// A waypoint carries tcp destinations (each on its own chain, decided by the network filter) but not tls
+    /// passthrough ones: the core warns of those, and nothing of them is rendered.
     #[test]
-    fn waypoint_mode_leaves_out_what_it_cannot_carry() {
+    fn waypoint_mode_carries_tcp_and_leaves_out_tls() {
         let l4 = POLICY.replace(
             r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },"#,
             r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },
-               { "name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["x.one"] },"#,
+               { "name": "db", "protocol": "tcp", "host": "db.example", "port": 5432, "identities": ["x.one"] },
+               { "name": "files", "protocol": "tls", "host": "files.example", "port": 443 },"#,
         );
         let p = policy(&l4, IstioMode::Waypoint);
         assert_eq!(p.config.warnings.len(), 1, "{:?}", p.config.warnings);
         assert!(p.config.warnings[0]
             .to_string()
-            .starts_with("destinations[1]: db (tcp) is not carried by istio-waypoint"));
+            .starts_with("destinations[2]: files (tls) is not carried by istio-waypoint"));
         let out = all(&render(&p, &opts(IstioMode::Waypoint)).unwrap());
-        assert!(!out.contains("name: db.example") && !out.contains("type: NETWORK"), "{out}");
+        assert!(!out.contains("name: files-example") && !out.contains("- files.example"), "{out}");
+        // The destination bound to the waypoint, its fail-closed DestinationRule, the identity's internal host
+        // (bound too, so istiod builds the cluster the core names) with its Secret, and the network plugin on
+        // every chain (no port match).
+        for want in [
+            "name: db-example\n",
+            "name: db-example-5432\n",
+            "credentialName: egress-identity-no-identity",
+            "- x-one.db.egress-identity.internal",
+            "inbound-vip|5432|tcp|x-one.db.egress-identity.internal",
+            "type: NETWORK",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        let network = out.split("type: NETWORK").next().unwrap().rsplit("kind: WasmPlugin").next().unwrap();
+        assert!(!network.contains("match:"), "{network}");
     }
 
     #[test]
