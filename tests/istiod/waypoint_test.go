@@ -165,14 +165,11 @@ func checkWaypoint(t *testing.T, g generated) problems {
 			p.add("%s: main_internal has no HTTP chain %s", d.Name, chainName)
 			continue
 		}
-		position := map[string]int{}
-		ours := ""
-		for i, f := range conn.HttpFilters {
-			position[f.Name] = i
-			if isOursIn(f.Name, "egress-waypoint", "egress-identity") {
-				ours = f.Name
-			}
+		names := make([]string, 0, len(conn.HttpFilters))
+		for _, f := range conn.HttpFilters {
+			names = append(names, f.Name)
 		}
+		position, ours := filterPositions(names, "egress-identity")
 		if ours == "" {
 			p.add("%s: the egress-identity filter is not in the chain's HTTP filters (%v)", d.Name, position)
 		} else {
@@ -250,14 +247,11 @@ func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, mai
 		p.add("%s: main_internal has no chain %s", d.Name, chainName)
 		return
 	}
-	position := map[string]int{}
-	ours := ""
-	for i, f := range chain.Filters {
-		position[f.Name] = i
-		if isOursIn(f.Name, "egress-waypoint", "egress-identity-l4") {
-			ours = f.Name
-		}
+	names := make([]string, 0, len(chain.Filters))
+	for _, f := range chain.Filters {
+		names = append(names, f.Name)
 	}
+	position, ours := filterPositions(names, "egress-identity-l4")
 	if ours == "" {
 		p.add("%s: the network filter is not in the chain %s (%v)", d.Name, chainName, position)
 		return
@@ -290,6 +284,20 @@ func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, mai
 			p.add("%s: cluster %s presents %q (SNI %q, SANs %v), not the Secret of identity %s, %q, to %s", d.Name, c.Name, secret, sni, sans, r.Decision.Identity, wantSecret, d.Host)
 		}
 	}
+}
+
+// filterPositions is each filter's position in a chain, and the name of the waypoint's plugin with root id
+// root ("" when it is not there).
+func filterPositions(names []string, root string) (map[string]int, string) {
+	position := map[string]int{}
+	ours := ""
+	for i, name := range names {
+		position[name] = i
+		if isOursIn(name, "egress-waypoint", root) {
+			ours = name
+		}
+	}
+	return position, ours
 }
 
 // internalTLS is the client certificate, SNI and SAN matchers of a waypoint inbound-vip cluster's TLS to the

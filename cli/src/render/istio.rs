@@ -1001,29 +1001,11 @@ handshake. The filter names each allowed connection's identity cluster (the Serv
                 ]),
             ),
         ));
-        drs.push(commented(
+        drs.push(identity_destination_rule(
+            c,
+            d,
+            ns,
             format!("TLS origination as {}: Secret {} (tls.crt, tls.key, ca.crt), delivered over SDS;\nupdating the Secret rotates the certificate without a restart.", c.identity, identity_secret(&c.identity)),
-            object(
-                "networking.istio.io/v1",
-                "DestinationRule",
-                meta(&identity_object_name(c), ns),
-                map([
-                    ("host", s(&host)),
-                    ("exportTo", strs(["."])),
-                    (
-                        "trafficPolicy",
-                        map([(
-                            "tls",
-                            map([
-                                ("mode", s("MUTUAL")),
-                                ("credentialName", s(identity_secret(&c.identity))),
-                                ("sni", s(&d.host)),
-                                ("subjectAltNames", strs([d.host.as_str()])),
-                            ]),
-                        )]),
-                    ),
-                ]),
-            ),
         ));
         if let Some((_, rules)) = rules_by_dest.iter_mut().find(|(rd, _)| rd.name == d.name) {
             rules.push(map([
@@ -1117,6 +1099,35 @@ handshake. The filter names each allowed connection's identity cluster (the Serv
     ]
 }
 
+/// The DestinationRule of an identity's internal host in the waypoint: mTLS to the partner with the identity's
+/// Secret, the partner's name as SNI and SAN. exportTo ".": only the waypoint uses it.
+fn identity_destination_rule(c: &IdentityCluster, d: &Dest, ns: &str, comment: String) -> Yaml {
+    commented(
+        comment,
+        object(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            meta(&identity_object_name(c), ns),
+            map([
+                ("host", s(internal_host(c))),
+                ("exportTo", strs(["."])),
+                (
+                    "trafficPolicy",
+                    map([(
+                        "tls",
+                        map([
+                            ("mode", s("MUTUAL")),
+                            ("credentialName", s(identity_secret(&c.identity))),
+                            ("sni", s(&d.host)),
+                            ("subjectAltNames", strs([d.host.as_str()])),
+                        ]),
+                    )]),
+                ),
+            ]),
+        ),
+    )
+}
+
 /// A tcp destination's identity in the waypoint: an internal host bound to the waypoint (so istiod gives it a
 /// cluster there, `inbound-vip|<port>|tcp|<host>`, which the filter names in `envoy.tcp_proxy.cluster`), whose
 /// DestinationRule originates mTLS with the identity's Secret.
@@ -1157,34 +1168,16 @@ allows as this identity. exportTo \".\": nothing outside this namespace addresse
             ]),
         ),
     );
-    let dr = commented(
+    let dr = identity_destination_rule(
+        c,
+        d,
+        ns,
         format!(
             "mTLS as {} to {}:{}: Secret {} (tls.crt, tls.key, ca.crt), delivered over SDS.",
             c.identity,
             d.host,
             d.port,
             identity_secret(&c.identity)
-        ),
-        object(
-            "networking.istio.io/v1",
-            "DestinationRule",
-            meta(&identity_object_name(c), ns),
-            map([
-                ("host", s(&host)),
-                ("exportTo", strs(["."])),
-                (
-                    "trafficPolicy",
-                    map([(
-                        "tls",
-                        map([
-                            ("mode", s("MUTUAL")),
-                            ("credentialName", s(identity_secret(&c.identity))),
-                            ("sni", s(&d.host)),
-                            ("subjectAltNames", strs([d.host.as_str()])),
-                        ]),
-                    )]),
-                ),
-            ]),
         ),
     );
     (entry, dr)
