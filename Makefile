@@ -145,6 +145,21 @@ bench-scale: setup-test build
 	target/release/identity_scale --cli target/release/egress-identity --out target/bench-scale \
 		--sizes '$(SIZES)' --rounds '$(SCALE_ROUNDS)' $(SCALE_ARGS)
 
+## bench-dynamic: dynamic destinations (`*.bench.example`), one forward-proxy cluster per identity vs one for all
+## (singleCluster), at IDENTITIES x HOSTS (default 10,200 x 2,50): ready time, RSS and heap once ready, after
+## every identity asked every host once and once those connections closed, the warm-up's wall time
+## (BENCHMARKS.md, "Dynamic destinations"). Not part of `make test`; uses 127.0.0.1:25100-25447, 127.0.0.3:25443.
+## ~4 min. DYNAMIC_ARGS="--instructions 2000": also instructions per keep-alive request and per first request
+## of an identity to a host under callgrind, at the smallest size (+4 min; valgrind, from `make setup-bench`).
+IDENTITIES ?= 10,200
+HOSTS ?= 2,50
+DYNAMIC_ARGS ?=
+.PHONY: bench-dynamic
+bench-dynamic: setup-test build
+	$(CARGO) build --release -p egress-identity-cli -p egress-identity-harness --bin egress-identity --bin dynamic_scale
+	target/release/dynamic_scale --cli target/release/egress-identity --out target/bench-dynamic \
+		--identities '$(IDENTITIES)' --hosts '$(HOSTS)' $(DYNAMIC_ARGS)
+
 ## bench-attack: the gateway under attack (BENCHMARKS.md, "Under attack"): allowed callers alone, then while
 ## hundreds of idle L4 connections, stalled TLS handshakes and a flood of denied requests hit it; success
 ## rate, p50/p99 latency, gateway RSS side by side. Not part of `make test`; uses the test ports. ~2 min.

@@ -11,6 +11,7 @@
 //! * [`istiod`]: what istiod generates for a gateway (tests/istiod's dump) as a bootstrap upstream Envoy runs.
 //! * [`spire`]: SPIRE servers and an agent on loopback, workloads fetching their SVIDs from it.
 //! * [`dns`]: an authoritative DNS responder on loopback (A records from a table) for Envoy's c-ares resolver.
+//! * [`bench`]: what the scale benchmarks share (rendered gateways, Envoy and nginx started, RSS, callgrind).
 //!
 //! Everything runs in a *run directory* laid out as
 //!
@@ -25,6 +26,7 @@
 //! and every path inside the Envoy and nginx configurations is relative to it, so the same configuration
 //! files work unchanged in a container whose working directory holds that layout.
 
+pub mod bench;
 pub mod client;
 pub mod dns;
 pub mod hbone;

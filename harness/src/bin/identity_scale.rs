@@ -27,21 +27,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use egress_identity_harness::bench::{
+    self, caller, certificate_from_sds, fail, identity, ok, per_unit, rss_mb, secret, Args, Envoy, Variant,
+};
 use egress_identity_harness::client::{Call, Client};
 use egress_identity_harness::l4::L4Client;
 use egress_identity_harness::lds;
-use egress_identity_harness::pki::{CertFiles, Pki, WorkloadSpec, GATEWAY_HOST};
+use egress_identity_harness::pki::{CertFiles, Pki};
 use egress_identity_harness::process::Supervised;
-use egress_identity_harness::sds_server::{tls_certificate, SdsServer};
-use egress_identity_harness::topology::{
-    envoy_bin, nginx_bin, populate_run_dir, wasm_path, EXTERNAL_PORT, EXTERNAL_TCP_PORT,
-};
-use egress_identity_harness::{repo_root, Result};
+use egress_identity_harness::repo_root;
+use egress_identity_harness::topology::{populate_run_dir, wasm_path, EXTERNAL_PORT, EXTERNAL_TCP_PORT};
 use serde_json::{json, Value};
 
 const HOST: &str = "api.partner.example";
@@ -50,15 +48,6 @@ const SDS_PORT: u16 = 21447;
 const FIRST_REQUESTS: usize = 5;
 /// Requests per curl (one keep-alive connection) in a CPU batch.
 const BATCH: usize = 1000;
-
-fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("identity_scale: {msg}");
-    std::process::exit(1)
-}
-
-fn ok<T>(r: Result<T>, what: &str) -> T {
-    r.unwrap_or_else(|e| fail(format!("{what}: {e}")))
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
@@ -78,7 +67,7 @@ enum Mode {
     PerClusterCopy,
 }
 
-impl Mode {
+impl Variant for Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::PerCluster => "per-cluster",
@@ -87,14 +76,6 @@ impl Mode {
             Mode::ConstantCopy => "single-cluster-constant-copy",
             Mode::PerClusterCopy => "per-cluster-with-copy",
         }
-    }
-    fn per_cluster(self) -> bool {
-        matches!(self, Mode::PerCluster | Mode::PerClusterCopy)
-    }
-
-    /// The gateway's tcp listener (instruction runs only).
-    fn l4_port(self) -> u16 {
-        self.ports().0 + 5
     }
 
     fn ports(self) -> (u16, u16, u16) {
@@ -108,79 +89,52 @@ impl Mode {
     }
 }
 
-fn identity(i: usize) -> String {
-    format!("id-{i}")
-}
+impl Mode {
+    fn per_cluster(self) -> bool {
+        matches!(self, Mode::PerCluster | Mode::PerClusterCopy)
+    }
 
-fn principal(i: usize) -> String {
-    format!("spiffe://cluster.local/ns/bench/sa/id-{i}")
+    /// The gateway's tcp listener (instruction runs only).
+    fn l4_port(self) -> u16 {
+        self.ports().0 + 5
+    }
 }
 
 /// The policy: `n` identities, declared once, everybody allowed; one destination presenting them all (in
 /// single-cluster mode, one cluster for all); with `l4`, also the tcp destination `bench-tcp` (the same
 /// identities, on the mode's tcp port). The identity clusters are derived: `<destination>|id-<i>`.
 fn policy(n: usize, mode: Mode, l4: bool) -> Value {
-    let identities: Vec<Value> = (0..n).map(|i| json!({"name": identity(i), "principals": [principal(i)]})).collect();
-    let names: Vec<String> = (0..n).map(identity).collect();
-    let destination = |name: &str, port: u16| {
-        let mut destination = json!({
-            "name": name, "host": HOST, "port": port,
-            "policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}],
-            "identities": names
-        });
-        if !mode.per_cluster() {
-            destination["singleCluster"] = json!(true);
-        }
-        destination
-    };
+    let destination =
+        |name: &str, port: u16| bench::destination(name, json!(HOST), json!(port), n, !mode.per_cluster());
     let mut destinations = vec![destination("bench", 443)];
     if l4 {
         let mut tcp = destination("bench-tcp", mode.l4_port());
         tcp["protocol"] = json!("tcp");
         destinations.push(tcp);
     }
-    json!({
-        "trustDomains": ["cluster.local"],
-        "auditRecord": "none",
-        "identities": identities,
-        "gateway": {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]},
-        "destinations": destinations
-    })
+    bench::policy(n, destinations)
 }
 
 /// Renders the policy with the CLI and splits the bootstrap: listeners over file LDS and, one cluster per
 /// identity, the clusters over file CDS (how a control plane would add one). Returns the bootstrap path.
 /// `l4` adds the tcp destination (instruction runs).
 fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
-    let (listen, admin, metrics) = mode.ports();
-    let policy_file = dir.join(format!("policy-{}.json", mode.name()));
-    // Compact, as a generated policy of thousands of identities would be: Envoy parses it inside the LDS
-    // resource (pretty-printed, it is twice the size).
-    ok(
-        fs::write(&policy_file, serde_json::to_vec(&policy(n, mode, l4)).unwrap_or_default()).map_err(Into::into),
-        "policy",
-    );
-    let mut cmd = Command::new(cli);
-    cmd.arg("render").arg("envoy").arg(&policy_file);
-    cmd.args(["--listen", &format!("127.0.0.1:{listen}"), "--admin", &format!("127.0.0.1:{admin}")]);
-    cmd.args(["--metrics", &format!("127.0.0.1:{metrics}"), "--access-log", "/dev/null"]);
-    cmd.args(["--upstream", &format!("bench=127.0.0.1:{EXTERNAL_PORT}"), "--ca-secret", "bench=partner-ca"]);
+    let mut args: Vec<String> = vec![
+        "--upstream".into(),
+        format!("bench=127.0.0.1:{EXTERNAL_PORT}"),
+        "--ca-secret".into(),
+        "bench=partner-ca".into(),
+    ];
     if l4 {
         // The L4 listener listens on the tcp destination's port (mode.l4_port()).
-        cmd.args(["--l4-address", "127.0.0.1"]);
-        cmd.args(["--upstream", &format!("bench-tcp=127.0.0.1:{EXTERNAL_TCP_PORT}")]);
-        cmd.args(["--ca-secret", "bench-tcp=partner-ca"]);
+        args.extend(["--l4-address".into(), "127.0.0.1".into()]);
+        args.extend(["--upstream".into(), format!("bench-tcp=127.0.0.1:{EXTERNAL_TCP_PORT}")]);
+        args.extend(["--ca-secret".into(), "bench-tcp=partner-ca".into()]);
     }
     if !mode.per_cluster() {
-        cmd.args(["--identity-sds", &format!("127.0.0.1:{SDS_PORT}")]);
+        args.extend(["--identity-sds".into(), format!("127.0.0.1:{SDS_PORT}")]);
     }
-    let out = cmd.output().unwrap_or_else(|e| fail(format!("running {}: {e}", cli.display())));
-    if !out.status.success() {
-        fail(format!("render: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let yaml = dir.join(format!("gateway-{}.yaml", mode.name()));
-    ok(fs::write(&yaml, &out.stdout).map_err(Into::into), "bootstrap");
-    let bootstrap = ok(lds::yaml_file_to_json(&yaml), "bootstrap to JSON");
+    let bootstrap = bench::render(cli, dir, mode, &policy(n, mode, l4), &args);
     let (mut bootstrap, mut listeners) = ok(lds::split(bootstrap), "LDS split");
     if mode == Mode::NoCopy {
         for l in &mut listeners {
@@ -209,17 +163,8 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
             clusters.into_iter().partition(|c| c["name"].as_str().is_some_and(|n| n.contains('|')));
         // The same certificate source as single-cluster mode: file SDS watches a directory per secret and
         // Envoy runs out of inotify instances (max_user_instances, 128 by default) long before 1,000.
-        for c in &mut identity_clusters {
-            let name = c["name"]
-                .as_str()
-                .unwrap_or_default()
-                .split_once('|')
-                .map(|(_, id)| id.to_string())
-                .unwrap_or_default();
-            c["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"] =
-                json!([{"name": name, "sds_config": grpc_sds_config()}]);
-        }
-        other.push(sds_cluster());
+        identity_clusters.iter_mut().for_each(certificate_from_sds);
+        other.push(bench::sds_cluster(SDS_PORT));
         bootstrap["static_resources"]["clusters"] = Value::Array(other);
         let cds_dir = mode_dir.join("cds");
         write_clusters(&cds_dir, &identity_clusters);
@@ -228,9 +173,7 @@ fn render(cli: &Path, dir: &Path, n: usize, mode: Mode, l4: bool) -> PathBuf {
             "path_config_source": {"path": cds_dir.join("clusters.json"), "watched_directory": {"path": cds_dir}}
         });
     }
-    let path = dir.join(format!("gateway-{}.json", mode.name()));
-    ok(fs::write(&path, serde_json::to_vec(&bootstrap).unwrap_or_default()).map_err(Into::into), "bootstrap");
-    path
+    bench::write_bootstrap(dir, mode, &bootstrap)
 }
 
 /// Removes the filters named `name` from every `http_filters` list in `v`.
@@ -288,22 +231,6 @@ fn replace_key(v: &mut Value, key: &str, value: &Value) {
     }
 }
 
-/// The config source of the harness's gRPC SDS server (as `render envoy --identity-sds` writes it).
-fn grpc_sds_config() -> Value {
-    json!({"resource_api_version": "V3", "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
-        "grpc_services": [{"envoy_grpc": {"cluster_name": "egress-identity-sds"}}]}})
-}
-
-fn sds_cluster() -> Value {
-    json!({"name": "egress-identity-sds", "type": "STATIC", "connect_timeout": "1s",
-        "circuit_breakers": {"thresholds": [{"max_requests": 1_000_000, "max_pending_requests": 1_000_000, "max_connections": 1_000_000}]},
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-        "load_assignment": {"cluster_name": "egress-identity-sds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-            {"socket_address": {"address": "127.0.0.1", "port_value": SDS_PORT}}}}]}]}})
-}
-
 fn write_clusters(cds_dir: &Path, clusters: &[Value]) {
     let resources: Vec<Value> = clusters
         .iter()
@@ -322,14 +249,6 @@ fn write_clusters(cds_dir: &Path, clusters: &[Value]) {
     ok(fs::rename(&tmp, cds_dir.join("clusters.json")).map_err(Into::into), "CDS rename");
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    egress_identity_harness::topology::http_get(port, path).filter(|(s, _)| *s == 200).map(|(_, b)| b)
-}
-
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
-}
-
 struct Gateway {
     mode: Mode,
     /// Stops the gateway when dropped.
@@ -341,34 +260,8 @@ struct Gateway {
 }
 
 fn start_gateway(dir: &Path, bootstrap: &Path, mode: Mode) -> Gateway {
-    let (listen, admin, _) = mode.ports();
-    let started = Instant::now();
-    let mut process = ok(
-        Supervised::spawn(
-            mode.name(),
-            &envoy_bin(),
-            &[
-                "-c".into(),
-                bootstrap.display().to_string(),
-                "--disable-hot-restart".into(),
-                "--concurrency".into(),
-                "2".into(),
-                "--base-id".into(),
-                (admin as u32).to_string(),
-            ],
-            dir,
-            &dir.join(format!("logs/gateway-{}.log", mode.name())),
-        ),
-        "starting envoy",
-    );
-    ok(
-        process.wait_ready(Duration::from_secs(600), || {
-            http_get(admin, "/ready").is_some_and(|b| b.trim() == "LIVE") && listening(listen)
-        }),
-        "gateway ready",
-    );
-    let ready_s = started.elapsed().as_secs_f64();
-    let pid = process.program_pid().unwrap_or_else(|| fail("no envoy pid"));
+    let listen = mode.ports().0;
+    let Envoy { process, pid, ready_s } = bench::start_envoy(dir, bootstrap, mode);
     let pki = ok(Pki::load(dir.join("pki")), "PKI");
     Gateway {
         mode,
@@ -380,16 +273,6 @@ fn start_gateway(dir: &Path, bootstrap: &Path, mode: Mode) -> Gateway {
     }
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// CPU seconds the process has used, all threads, in nanoseconds' resolution (`schedstat`: time on CPU).
 fn cpu_s(pid: u32) -> f64 {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
@@ -399,10 +282,6 @@ fn cpu_s(pid: u32) -> f64 {
         .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
         .sum();
     ns as f64 / 1e9
-}
-
-fn caller(pki: &Pki, i: usize) -> CertFiles {
-    ok(pki.issue_workload(&format!("bench-id-{i}"), &WorkloadSpec::spiffe(&principal(i))), "caller certificate")
 }
 
 /// One request as caller `i`; the seconds it took and whether the partner saw identity `i`.
@@ -420,49 +299,7 @@ fn batch(g: &Gateway, cert: &CertFiles, ca: &Path, tag: &str) {
 
 /// `count` keep-alive requests in one curl to the gateway of `mode`.
 fn requests(mode: Mode, cert: &CertFiles, ca: &Path, tag: &str, count: usize) {
-    let (listen, _, _) = mode.ports();
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--http1.1", "-o", "/dev/null", "--cacert"]).arg(ca);
-    cmd.arg("--resolve").arg(format!("{GATEWAY_HOST}:{listen}:127.0.0.1"));
-    cmd.arg("--cert").arg(&cert.cert).arg("--key").arg(&cert.key).args(["-H", &format!("Host: {HOST}")]);
-    for k in 0..count {
-        cmd.arg(format!("https://{GATEWAY_HOST}:{listen}/cpu/{tag}/{k}"));
-    }
-    let out = cmd.output().unwrap_or_else(|e| fail(format!("curl: {e}")));
-    if !out.status.success() {
-        fail(format!("CPU batch failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-}
-
-/// The `summary:` of the callgrind dump `label` of `pid` in `dir`.
-fn callgrind_dump(dir: &Path, pid: u32, label: &str) -> f64 {
-    let status = Command::new("callgrind_control").arg(format!("--dump={label}")).arg(pid.to_string()).status();
-    if !status.is_ok_and(|s| s.success()) {
-        fail(format!("callgrind_control --dump {pid} failed"));
-    }
-    let prefix = format!("callgrind.out.{pid}.");
-    let trigger = format!("desc: Trigger: dump {label}\n");
-    let mut files: Vec<_> = fs::read_dir(dir)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).collect())
-        .unwrap_or_default();
-    files.sort_by_key(|e| std::cmp::Reverse(e.metadata().and_then(|m| m.modified()).ok()));
-    for f in files {
-        let text = fs::read_to_string(f.path()).unwrap_or_default();
-        if text.contains(&trigger) {
-            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("summary: ")).and_then(|v| v.trim().parse().ok())
-            {
-                return v;
-            }
-        }
-    }
-    fail(format!("no callgrind dump {label} of {pid}"))
-}
-
-fn callgrind_zero(pid: u32) {
-    let status = Command::new("callgrind_control").arg("-z").arg(pid.to_string()).status();
-    if !status.is_ok_and(|s| s.success()) {
-        fail(format!("callgrind_control -z {pid} failed"));
-    }
+    bench::requests(cert, ca, mode.ports().0, HOST, tag, count, "CPU batch failed");
 }
 
 /// `count` tcp connections of one identity through the mode's `bench-tcp` destination, each checked to
@@ -477,22 +314,6 @@ fn connections(mode: Mode, client: &L4Client, cert: &CertFiles, count: usize) {
     }
 }
 
-/// The instructions the gateway under callgrind `pid` executes per unit of `work` (which runs `count`
-/// units), minus an idle window as long (timers).
-fn per_unit(dir: &Path, pid: u32, count: usize, what: &str, work: impl FnOnce()) -> f64 {
-    callgrind_zero(pid);
-    let started = Instant::now();
-    work();
-    let busy = callgrind_dump(dir, pid, "busy");
-    let elapsed = started.elapsed();
-    callgrind_zero(pid);
-    std::thread::sleep(elapsed);
-    let idle = callgrind_dump(dir, pid, "idle");
-    let per_unit = (busy - idle) / count as f64;
-    eprintln!("{what}: {per_unit:.0} instructions each (busy {busy}, idle {idle}, {:.1}s)", elapsed.as_secs_f64());
-    per_unit
-}
-
 /// Instructions per request and per tcp connection of each mode's gateway under callgrind
 /// (`--concurrency 1`): `count` keep-alive requests of one identity after a warm-up, then `count / 10`
 /// connections, each minus an idle window as long (timers).
@@ -504,58 +325,18 @@ fn instructions(
     l4: &L4Client,
     count: usize,
 ) -> BTreeMap<Mode, (f64, f64)> {
-    let mut gateways = Vec::new();
-    for (mode, bootstrap) in bootstraps {
-        let (_, admin, _) = mode.ports();
-        let process = ok(
-            Supervised::spawn(
-                &format!("{} (callgrind)", mode.name()),
-                Path::new("valgrind"),
-                &[
-                    "--tool=callgrind".into(),
-                    "--smc-check=all-non-file".into(),
-                    format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
-                    envoy_bin().display().to_string(),
-                    "-c".into(),
-                    bootstrap.display().to_string(),
-                    "--concurrency".into(),
-                    "1".into(),
-                    "--disable-hot-restart".into(),
-                    "-l".into(),
-                    "warning".into(),
-                    "--base-id".into(),
-                    (admin as u32 + 7).to_string(),
-                ],
-                dir,
-                &dir.join(format!("logs/gateway-{}.callgrind.log", mode.name())),
-            ),
-            "valgrind",
-        );
-        gateways.push((*mode, process));
-    }
-    let mut out = BTreeMap::new();
-    for (mode, process) in &mut gateways {
-        let (listen, admin, _) = mode.ports();
-        ok(
-            process.wait_ready(Duration::from_secs(1800), || {
-                http_get(admin, "/ready").is_some_and(|b| b.trim() == "LIVE") && listening(listen)
-            }),
-            "gateway under callgrind",
-        );
-        let pid = process.program_pid().unwrap_or_else(|| fail("no valgrind pid"));
-        requests(*mode, cert, ca, "callgrind-warm", 200);
+    bench::under_callgrind(dir, bootstraps, |mode, pid| {
+        requests(mode, cert, ca, "callgrind-warm", 200);
         let per_request = per_unit(dir, pid, count, &format!("{} request", mode.name()), || {
-            requests(*mode, cert, ca, "callgrind", count)
+            requests(mode, cert, ca, "callgrind", count)
         });
         let conns = (count / 10).max(1);
-        connections(*mode, l4, cert, 5);
+        connections(mode, l4, cert, 5);
         let per_connection = per_unit(dir, pid, conns, &format!("{} tcp connection", mode.name()), || {
-            connections(*mode, l4, cert, conns)
+            connections(mode, l4, cert, conns)
         });
-        out.insert(*mode, (per_request, per_connection));
-        process.stop();
-    }
-    out
+        (per_request, per_connection)
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -577,75 +358,42 @@ fn until_served(g: &Gateway, cert: &CertFiles, i: usize, since: Instant) -> f64 
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    bench::set_program("identity_scale");
+    let args = Args::from_env();
+    let arg = |name: &str| args.value(name);
     let (Some(cli), Some(out)) = (arg("--cli"), arg("--out")) else {
         fail("usage: identity_scale --cli PATH --out DIR [--sizes 10,1000,10000] [--rounds 10] [--instructions N [--instructions-breakdown]]")
     };
-    let sizes: Vec<usize> = arg("--sizes")
-        .unwrap_or_else(|| "10,1000,10000".into())
-        .split(',')
-        .map(|s| s.trim().parse().unwrap_or_else(|_| fail(format!("bad size {s:?}"))))
-        .collect();
+    let sizes = args.sizes("--sizes", "10,1000,10000");
     let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(10);
     // Instructions per request under callgrind, at the smallest size only (valgrind makes a gateway of
     // thousands of clusters take many minutes to start).
     let instruction_requests: Option<usize> = arg("--instructions").and_then(|r| r.parse().ok());
     let smallest = sizes.iter().copied().min().unwrap_or(0);
-    let breakdown = args.iter().any(|a| a == "--instructions-breakdown");
+    let breakdown = args.flag("--instructions-breakdown");
     let cli = fs::canonicalize(&cli).unwrap_or_else(|e| fail(format!("{cli}: {e}")));
     let out = PathBuf::from(out);
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
-        .unwrap_or_default();
-    println!(
-        "identity-scale on {cpu}, {} cores; sizes {sizes:?}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    let cpu = bench::cpu_model();
+    println!("identity-scale on {cpu}, {} cores; sizes {sizes:?}", bench::cores());
     let mut results = Vec::new();
     for n in sizes {
-        let dir = ok(
-            fs::canonicalize(&out)
-                .or_else(|_| fs::create_dir_all(&out).and_then(|_| fs::canonicalize(&out)))
-                .map_err(Into::into),
-            "out dir",
-        )
-        .join(format!("n{n}"));
+        let dir = bench::out_dir(&out).join(format!("n{n}"));
         let _ = fs::remove_dir_all(&dir);
         let nginx_conf = repo_root().join("envoy/external-server/nginx.conf");
         let pki = ok(populate_run_dir(&dir, &wasm_path(), &nginx_conf), "run dir");
         // The identities' certificates, +1 for the identity added at the end.
         let t = Instant::now();
-        let sds_server = ok(SdsServer::start(SocketAddr::from(([127, 0, 0, 1], SDS_PORT))), "SDS server");
+        let sds_server = bench::start_sds(SDS_PORT);
         let mut secrets = Vec::with_capacity(n);
         for i in 0..=n {
             let files = ok(pki.issue_external_identity(&identity(i)), "external identity");
             if i < n {
-                let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
-                secrets.push((identity(i), tls_certificate(&identity(i), read(&files.cert), read(&files.key))));
+                secrets.push(secret(&identity(i), &files));
             }
         }
         sds_server.put(secrets);
         eprintln!("n={n}: {} certificates in {:.1}s", n + 1, t.elapsed().as_secs_f64());
-        let nginx = ok(
-            Supervised::spawn(
-                "partner",
-                &nginx_bin(),
-                &[
-                    "-p".into(),
-                    format!("{}/", dir.display()),
-                    "-c".into(),
-                    "external-server.nginx.conf".into(),
-                    "-e".into(),
-                    "logs/external-error.log".into(),
-                ],
-                &dir,
-                &dir.join("logs/nginx.out"),
-            ),
-            "nginx",
-        );
+        let nginx = bench::start_nginx(&dir);
         std::thread::sleep(Duration::from_millis(300));
 
         let mut row: BTreeMap<&str, Value> = BTreeMap::new();
@@ -754,8 +502,7 @@ fn main() {
         for g in &gateways {
             let text = serde_json::to_string(&policy(n + 1, g.mode, false)).unwrap_or_default();
             let started = Instant::now();
-            let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
-            sds_server.put([(identity(n), tls_certificate(&identity(n), read(&new_files.cert), read(&new_files.key)))]);
+            sds_server.put([secret(&identity(n), &new_files)]);
             if g.mode == Mode::PerCluster {
                 let cds_dir = dir.join(g.mode.name()).join("cds");
                 let text = fs::read_to_string(cds_dir.join("clusters.json")).unwrap_or_default();
@@ -781,8 +528,7 @@ fn main() {
         results.push(json!({"identities": n, "results": row}));
     }
     let report = json!({"cpu": cpu, "batch": BATCH, "rounds": rounds, "sizes": results});
-    let path = out.join("identity-scale.json");
-    ok(fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default()).map_err(Into::into), "report");
+    let path = bench::write_report(&out, "identity-scale.json", &report);
     println!("\n| identities | mode | ready s | RSS MB (ready) | RSS MB (after load) | first request ms | next request ms | CPU µs/request | add one identity s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in &results {
