@@ -4,7 +4,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::config_document::{DestinationSpec, OneOrMany, PolicySpec, Protocol};
+use crate::config_document::{DestinationSpec, OneOrMany, OperationSpec, PolicySpec, Protocol};
 use crate::config_error::{destination_name, k8s_form, report_duplicates, shown, Errors, JsonPath};
 use crate::identity::Identities;
 use crate::identity_mapping::{DestinationRef, ExternalIdentity, IdentityMapping};
@@ -354,45 +354,34 @@ fn check_dynamic_rules(
     path: &JsonPath<'_>,
     errors: &mut Errors,
 ) {
-    for (p, policy) in policies.iter().enumerate() {
-        for (r, rule) in policy.rules.iter().enumerate() {
-            for (t, to) in rule.to.iter().flatten().enumerate() {
-                let at = path.index(p);
-                let at = at.field("rules");
-                let at = at.index(r);
-                let at = at.field("to");
-                let at = at.index(t);
-                let at = at.field("operation");
-                let o = &to.operation;
-                for (name, values) in [("hosts", &o.hosts), ("notHosts", &o.not_hosts)] {
-                    for (i, value) in values.iter().flatten().enumerate() {
-                        let v = value.strip_suffix('.').unwrap_or(value).to_ascii_lowercase();
-                        if !v.contains(':') && !hosts.iter().any(|h| may_match(&v, h)) {
-                            errors.push(
-                                at.field(name).index(i),
-                                format!(
-                                    "{value:?} never matches: no host of this destination ({}) is one it matches",
-                                    hosts.join(", ")
-                                ),
-                            );
-                        }
-                    }
+    for_each_operation(policies, path, |at, o| {
+        for (name, values) in [("hosts", &o.hosts), ("notHosts", &o.not_hosts)] {
+            for (i, value) in values.iter().flatten().enumerate() {
+                let v = value.strip_suffix('.').unwrap_or(value).to_ascii_lowercase();
+                if !v.contains(':') && !hosts.iter().any(|h| may_match(&v, h)) {
+                    errors.push(
+                        at.field(name).index(i),
+                        format!(
+                            "{value:?} never matches: no host of this destination ({}) is one it matches",
+                            hosts.join(", ")
+                        ),
+                    );
                 }
-                for (name, values) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
-                    for (i, value) in values.iter().flatten().enumerate() {
-                        if let Ok(port) = crate::policy::port(value) {
-                            if !ports.contains(&port) {
-                                errors.push(
-                                    at.field(name).index(i),
-                                    format!("{port} never matches: the destination's ports are {ports:?}"),
-                                );
-                            }
-                        }
+            }
+        }
+        for (name, values) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+            for (i, value) in values.iter().flatten().enumerate() {
+                if let Ok(port) = crate::policy::port(value) {
+                    if !ports.contains(&port) {
+                        errors.push(
+                            at.field(name).index(i),
+                            format!("{port} never matches: the destination's ports are {ports:?}"),
+                        );
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// Whether the policy host value `value` (an Istio pattern: exact, `*suffix`, `prefix*` or `*`) matches some
@@ -422,26 +411,32 @@ fn may_match(value: &str, declared: &str) -> bool {
 /// An L4 connection carries no method and no path: a rule that names them could never match it (Istio
 /// silently drops such a rule for TCP; here it is an error).
 pub fn refuse_http_only_fields(policies: &[PolicySpec], path: &JsonPath<'_>, why: &str, errors: &mut Errors) {
+    for_each_operation(policies, path, |at, o| {
+        for (name, values) in
+            [("methods", &o.methods), ("notMethods", &o.not_methods), ("paths", &o.paths), ("notPaths", &o.not_paths)]
+        {
+            if values.is_some() {
+                errors.push(at.field(name), why);
+            }
+        }
+    });
+}
+
+/// Calls `each` with every `to[].operation` of `policies` and its JSON path.
+fn for_each_operation(
+    policies: &[PolicySpec],
+    path: &JsonPath<'_>,
+    mut each: impl FnMut(&JsonPath<'_>, &OperationSpec),
+) {
     for (p, policy) in policies.iter().enumerate() {
         for (r, rule) in policy.rules.iter().enumerate() {
             for (t, to) in rule.to.iter().flatten().enumerate() {
-                let o = &to.operation;
-                for (name, values) in [
-                    ("methods", &o.methods),
-                    ("notMethods", &o.not_methods),
-                    ("paths", &o.paths),
-                    ("notPaths", &o.not_paths),
-                ] {
-                    if values.is_some() {
-                        let at = path.index(p);
-                        let at = at.field("rules");
-                        let at = at.index(r);
-                        let at = at.field("to");
-                        let at = at.index(t);
-                        let at = at.field("operation");
-                        errors.push(at.field(name), why);
-                    }
-                }
+                let at = path.index(p);
+                let at = at.field("rules");
+                let at = at.index(r);
+                let at = at.field("to");
+                let at = at.index(t);
+                each(&at.field("operation"), &to.operation);
             }
         }
     }
