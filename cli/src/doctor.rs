@@ -163,7 +163,49 @@ pub fn check(dump: &Value, prometheus: &str, policy_text: &str, clock: Clock) ->
     check_stats_tags(&gateway, &config, &mut findings);
     check_clusters(&gateway, &config, clock, &mut findings);
     check_reachability(&gateway, &config, &mut findings);
+    check_forward_proxy(&gateway, &config, &mut findings);
     Ok(findings)
+}
+
+/// A dynamic destination (a wildcard, several hosts or ports) is reached through Envoy's dynamic forward
+/// proxy: each of its identity clusters must be one, and a forward-proxy filter on the path (HTTP: before the
+/// router; tcp/tls: `sni_dynamic_forward_proxy` before tcp_proxy) must fill the DNS cache the clusters read.
+fn check_forward_proxy(gateway: &Gateway<'_>, config: &Config, findings: &mut Vec<Finding>) {
+    let cluster = |name: &str| gateway.clusters.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
+    for d in config.destinations.iter().filter(|d| d.dynamic && config.platform.carries(d.protocol)) {
+        let filter = if d.protocol.is_l4() { SNI_FORWARD_PROXY } else { HTTP_FORWARD_PROXY };
+        let mut caches: Vec<&str> = Vec::new();
+        for identity in d.identities.identities() {
+            // A missing cluster is check_clusters' finding.
+            let Some(c) = cluster(&identity.cluster) else { continue };
+            let dynamic =
+                c.pointer("/cluster_type/name").and_then(Value::as_str) == Some("envoy.clusters.dynamic_forward_proxy");
+            match c.pointer("/cluster_type/typed_config/dns_cache_config/name").and_then(Value::as_str) {
+                Some(cache) if dynamic => {
+                    if !caches.contains(&cache) {
+                        caches.push(cache);
+                    }
+                }
+                _ => findings.push(Finding::Drift(format!(
+                    "{} (a wildcard, several hosts or ports): cluster {:?} is not a dynamic forward proxy: it cannot reach the host and port each caller asks for",
+                    d.name, &*identity.cluster
+                ))),
+            }
+        }
+        for cache in caches {
+            let filled = gateway.listeners.iter().find(|l| l.forward_proxies.contains(&(filter, cache)));
+            match filled {
+                Some(l) => findings.push(Finding::Ok(format!(
+                    "{}: listener {} runs {filter}, which fills its clusters' DNS cache {cache:?}",
+                    d.name, l.name
+                ))),
+                None => findings.push(Finding::Drift(format!(
+                    "{}: no listener runs {filter} on the DNS cache {cache:?} its clusters read: nothing resolves its hosts, every request or connection to it fails",
+                    d.name
+                ))),
+            }
+        }
+    }
 }
 
 fn platform_name(spec: &PlatformSpec) -> &'static str {
@@ -248,7 +290,13 @@ struct Listener<'d> {
     /// Root ids of the egress-identity plugins in it.
     roots: Vec<String>,
     tcp_proxy: bool,
+    /// The dynamic forward proxy filters in it: (filter name, the DNS cache it fills).
+    forward_proxies: Vec<(&'d str, &'d str)>,
 }
+
+/// The filters that fill a dynamic forward proxy's DNS cache: HTTP, and tcp/tls.
+const HTTP_FORWARD_PROXY: &str = "envoy.filters.http.dynamic_forward_proxy";
+const SNI_FORWARD_PROXY: &str = "envoy.filters.network.sni_dynamic_forward_proxy";
 
 impl<'d> Gateway<'d> {
     fn of(dump: &'d Value) -> Self {
@@ -304,17 +352,23 @@ impl<'d> Gateway<'d> {
                     }
                     let mut roots = Vec::new();
                     let mut tcp_proxy = false;
+                    let mut forward_proxies = Vec::new();
                     walk(listener, &mut |v| {
                         if let Some(p) = plugin(v, Some(name)) {
                             roots.push(p.root_id.clone());
                             g.plugins.push(p);
                         }
-                        if v.get("name").and_then(Value::as_str) == Some("envoy.filters.network.tcp_proxy") {
-                            tcp_proxy = true;
+                        match v.get("name").and_then(Value::as_str) {
+                            Some("envoy.filters.network.tcp_proxy") => tcp_proxy = true,
+                            Some(f @ (HTTP_FORWARD_PROXY | SNI_FORWARD_PROXY)) => {
+                                let cache = v.pointer("/typed_config/dns_cache_config/name").and_then(Value::as_str);
+                                forward_proxies.push((f, cache.unwrap_or_default()));
+                            }
+                            _ => {}
                         }
                     });
                     in_listeners.push(name.to_string());
-                    g.listeners.push(Listener { name, ports, roots, tcp_proxy });
+                    g.listeners.push(Listener { name, ports, roots, tcp_proxy, forward_proxies });
                 }
             } else {
                 // Extension configs delivered apart (Istio's WasmPlugin through ECDS), routes (RDS).
@@ -582,8 +636,9 @@ fn check_reachability(gateway: &Gateway<'_>, config: &Config, findings: &mut Vec
         }
     }
     for d in carried.iter().filter(|d| d.protocol.is_l4()) {
-        let fronts =
-            d.ports.iter().flat_map(|port| platform.fronts(&d.name, &d.host, *port, d.protocol, config.default_port));
+        let fronts = d.ports.iter().flat_map(|port| {
+            platform.fronts(&d.name, &d.host, *port, d.protocol, config.default_port, d.ports.len() == 1)
+        });
         for front in fronts {
             let Some(port) = front.port else { continue };
             let listener = gateway
@@ -726,6 +781,44 @@ mod tests {
             "{d:?}"
         );
         assert!(d.iter().any(|t| t.contains("metrics are not exported")), "{d:?}");
+    }
+
+    #[test]
+    fn a_dynamic_destination_needs_forward_proxy_clusters_and_the_filter_that_fills_their_cache() {
+        let policy = POLICY.replace("\"host\": \"api.example\"", "\"host\": \"*.api.example\"");
+        let loaded = egress_identity_core::platform::plugin_configuration(&policy, &PlatformSpec::Envoy).unwrap();
+        let prom = "egress_identity_config_generation 1\n";
+        let forward_proxy = |d: &mut Value, cache: &str| {
+            let c = d.pointer_mut("/configs/1/static_clusters/0/cluster").unwrap();
+            c["cluster_type"] = json!({"name": "envoy.clusters.dynamic_forward_proxy",
+                "typed_config": {"dns_cache_config": {"name": cache}}});
+        };
+        let filter = |d: &mut Value| {
+            let filters = d
+                .pointer_mut(
+                    "/configs/2/static_listeners/0/listener/filter_chains/0/filters/0/typed_config/http_filters",
+                )
+                .unwrap();
+            filters.as_array_mut().unwrap().push(json!({"name": HTTP_FORWARD_PROXY,
+                "typed_config": {"dns_cache_config": {"name": "egress-identity"}}}));
+        };
+        let found = |d: &Value| {
+            let f = check(d, prom, &policy, clock()).unwrap();
+            drifts(&f).into_iter().filter(|t| t.starts_with("api")).map(String::from).collect::<Vec<_>>()
+        };
+        // A fixed cluster.
+        let d = found(&dump(&loaded, 5432));
+        assert!(d.len() == 1 && d[0].contains("is not a dynamic forward proxy"), "{d:?}");
+        // A forward-proxy cluster, and nothing fills its cache.
+        let mut dynamic = dump(&loaded, 5432);
+        forward_proxy(&mut dynamic, "egress-identity");
+        let d = found(&dynamic);
+        assert!(d.len() == 1 && d[0].contains("no listener runs envoy.filters.http.dynamic_forward_proxy"), "{d:?}");
+        // The filter, on the cluster's cache: nothing drifts; on another cache: it does.
+        filter(&mut dynamic);
+        assert_eq!(found(&dynamic), Vec::<String>::new());
+        forward_proxy(&mut dynamic, "another");
+        assert!(found(&dynamic)[0].contains("on the DNS cache \"another\""));
     }
 
     #[test]

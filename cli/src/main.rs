@@ -304,6 +304,15 @@ enum RenderTarget {
         /// policy names. Repeatable.
         #[arg(long = "workload-namespace", value_name = "NAMESPACE")]
         workload_namespace: Vec<String>,
+        /// Gateway mode, dynamic destinations: a DNS server for the gateway's forward-proxy cache instead
+        /// of the pod's resolver. Repeatable.
+        #[arg(long = "dns-resolver", value_name = "ADDR:PORT")]
+        dns_resolver: Vec<HostPort>,
+        /// Gateway mode, dynamic destinations: let their names resolve into this range after all, one of
+        /// those refused by default (loopback, RFC 1918, link-local, CGNAT, ULA; e.g. 10.0.0.0/8 for partners
+        /// inside your network). Repeatable.
+        #[arg(long = "allow-resolved", value_name = "CIDR")]
+        allow_resolved: Vec<String>,
         /// Write one file per kind into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
@@ -636,6 +645,8 @@ fn render_command(target: RenderTarget) -> ExitCode {
             release,
             image_repository,
             workload_namespace,
+            dns_resolver,
+            allow_resolved,
             out_dir,
             chart,
         } => {
@@ -659,6 +670,8 @@ fn render_command(target: RenderTarget) -> ExitCode {
                 mode,
                 image,
                 workload_namespaces: workload_namespace,
+                dns_resolvers: dns_resolver,
+                allow_resolved,
             };
             if opts.image == istio::DEFAULT_IMAGE {
                 eprintln!("warning: no --image: the WasmPlugin/TrafficExtension url is a placeholder (marked PLACEHOLDER in the output)");

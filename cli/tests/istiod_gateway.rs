@@ -17,7 +17,6 @@ use egress_identity_harness::l4::{held, real_client_hello, L4Outcome};
 use egress_identity_harness::pki::CertFiles;
 use egress_identity_harness::topology::{
     Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, METRICS_PORT,
-    WASM_IN_RUN_DIR,
 };
 
 /// The readiness port of istio-agent's bootstrap.
@@ -34,27 +33,22 @@ const EXPECTED_DROPPED: &[&str] = &[
 ];
 
 fn substitutions() -> Substitutions {
-    Substitutions {
-        listener_ports: BTreeMap::from([
+    Substitutions::on_topology(
+        BTreeMap::from([
             // istio-agent's: the merged metrics Prometheus scrapes, and the readiness probe.
             ("0.0.0.0_15090".to_string(), METRICS_PORT),
             ("0.0.0.0_15021".to_string(), AGENT_HEALTH_PORT),
             ("0.0.0.0_443".to_string(), GATEWAY_PORT),
             (format!("0.0.0.0_{ISTIO_L4_PORT}"), ISTIO_L4_PORT),
         ]),
-        upstreams: BTreeMap::from([
+        BTreeMap::from([
             (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
             (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
             (("files.partner.example".to_string(), 443), EXTERNAL_TLS_PORT),
             // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
             (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
-        secrets: istiod::test_pki_secrets(),
-        absent_secrets: Default::default(),
-        wasm: WASM_IN_RUN_DIR.to_string(),
-        admin_port: ADMIN_PORT,
-        agent_bootstrap: None,
-    }
+    )
 }
 
 fn http(t: &Topology, who: &str, path: &str) -> Response {

@@ -18,7 +18,7 @@ use std::path::Path;
 use egress_identity_harness::hbone::{HboneClient, Tunneled};
 use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
 use egress_identity_harness::topology::{
-    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, GATEWAY_PORT, METRICS_PORT, WASM_IN_RUN_DIR,
+    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, GATEWAY_PORT, METRICS_PORT,
 };
 use serde_json::Value;
 
@@ -39,30 +39,29 @@ const EXPECTED_DROPPED: &[&str] = &[
 ];
 
 fn substitutions() -> Substitutions {
-    Substitutions {
-        listener_ports: BTreeMap::from([
+    let on_topology = Substitutions::on_topology(
+        BTreeMap::from([
             ("connect_terminate".to_string(), GATEWAY_PORT),
             // istio-agent's: the merged metrics Prometheus scrapes, and the readiness probe.
             ("0.0.0.0_15090".to_string(), METRICS_PORT),
             ("0.0.0.0_15021".to_string(), AGENT_HEALTH_PORT),
         ]),
-        upstreams: BTreeMap::from([
+        BTreeMap::from([
             (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
             // The tcp destination: nginx's mTLS stream server, which answers with the client subject it saw.
             (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
             // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
             (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
-        secrets: istiod::test_pki_secrets(),
+    );
+    Substitutions {
         // The fail-closed DestinationRule's Secret of the tcp destination's own cluster: it never exists.
         absent_secrets: [
             "kubernetes://egress-identity-no-identity".to_string(),
             "kubernetes://egress-identity-no-identity-cacert".to_string(),
         ]
         .into(),
-        wasm: WASM_IN_RUN_DIR.to_string(),
-        admin_port: ADMIN_PORT,
-        agent_bootstrap: None,
+        ..on_topology
     }
 }
 

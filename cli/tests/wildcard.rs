@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use egress_identity_harness::client::{Call, Response};
 use egress_identity_harness::dns::DnsServer;
 use egress_identity_harness::repo_root;
-use egress_identity_harness::topology::{Options, Topology, GATEWAY_L4_PORT};
+use egress_identity_harness::topology::{Options, Topology, ADMIN_PORT, GATEWAY_L4_PORT};
 
 const POLICY: &str = r#"{
   "trustDomains": ["cluster.local"],
@@ -226,6 +226,28 @@ fn a_wildcard_destination_reaches_the_host_and_port_each_caller_asks_for_as_its_
     let out = l4.clone().on_port(10447).call(&t.pki().workload("team-app1"), "x.db.example", b"hello\n").unwrap();
     assert_eq!(out.received.trim(), "server_name=x.db.example subject=CN=team.app1", "{out:?}");
     assert!(dns.queries() > 0);
+
+    // doctor finds the forward proxies in place: each dynamic destination's clusters and the filter that
+    // fills their DNS cache.
+    let admin = format!("http://127.0.0.1:{ADMIN_PORT}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-identity"))
+        .args(["doctor", &admin])
+        .arg(run.join("policy.json"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    for (destination, filter) in [
+        ("partner", "envoy.filters.http.dynamic_forward_proxy"),
+        ("db", "envoy.filters.network.sni_dynamic_forward_proxy"),
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with(&format!("ok:    {destination}: listener ")) && l.contains(filter)),
+            "{report}"
+        );
+    }
+    let forward_proxy_drifts: Vec<&str> =
+        report.lines().filter(|l| l.starts_with("drift:") && l.contains("forward proxy")).collect();
+    assert!(forward_proxy_drifts.is_empty(), "{report}");
     drop(t);
 
     // The same gateway without --allow-resolved: the partners' loopback addresses are the gateway's own

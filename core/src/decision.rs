@@ -406,8 +406,9 @@ impl Config {
         // the policy names them, whatever the platform's own names for it.
         let found = self.destinations.lookup(&target.host, target.port);
         let (host, port) = match found {
-            Some(d) if !d.dynamic => (&*d.host, d.port),
-            _ => (&*target.host, target.port.unwrap_or(self.default_port)),
+            Some((d, _)) if !d.dynamic => (&*d.host, d.port),
+            Some((_, partner_port)) => (&*target.host, partner_port),
+            None => (&*target.host, target.port.unwrap_or(self.default_port)),
         };
         let attributes = Attributes {
             principal: &canonical_principal,
@@ -427,7 +428,7 @@ impl Config {
             evaluation.decision = denied_by(Layer::Gateway, gateway);
             return evaluation;
         };
-        let Some(destination) = found else {
+        let Some((destination, _)) = found else {
             evaluation.decision = deny(Layer::Destination, None, Reason::UnknownDestination);
             return evaluation;
         };

@@ -40,14 +40,23 @@ pub struct Destination {
 #[derive(Debug, Default)]
 pub struct DestinationTable {
     destinations: Vec<Destination>,
-    /// Lower-case host → (port, or `None` for a request that names none; index into `destinations`).
-    fronts: FxHashMap<Box<str>, Vec<(Option<u16>, usize)>>,
+    /// Lower-case host → how the destination arrives under it.
+    fronts: FxHashMap<Box<str>, Vec<Arrival>>,
     /// The same for `*.suffix` hosts, keyed by `suffix`: tried, longest suffix first, when no exact
     /// host and port matches.
-    wildcards: FxHashMap<Box<str>, Vec<(Option<u16>, usize)>>,
+    wildcards: FxHashMap<Box<str>, Vec<Arrival>>,
     /// Number of external identities, all destinations together ([`ExternalIdentity::index`]).
     identity_count: usize,
     dynamic_l4: bool,
+}
+
+/// A destination as it arrives under a host: the port the gateway sees (`None` for a request that names
+/// none), the destination (index into `destinations`), and the partner's port this arrival stands for.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    port: Option<u16>,
+    index: usize,
+    partner_port: u16,
 }
 
 /// What compiling destinations needs besides them.
@@ -171,15 +180,16 @@ impl DestinationTable {
             }
             let mut clash = false;
             for (host, port) in hosts.iter().flat_map(|h| ports.iter().map(move |p| (h, *p))) {
-                for front in platform.fronts(&spec.name, host, port, spec.protocol, context.default_port) {
+                let only_port = ports.len() == 1;
+                for front in platform.fronts(&spec.name, host, port, spec.protocol, context.default_port, only_port) {
                     let entries = match front.host.strip_prefix("*.") {
                         Some(suffix) => table.wildcards.entry(suffix.into()).or_default(),
                         None => table.fronts.entry(front.host.as_str().into()).or_default(),
                     };
-                    match entries.iter().find(|(p, _)| *p == front.port) {
+                    match entries.iter().find(|a| a.port == front.port) {
                         // One error per destination: its other fronts clash with the same one.
                         Some(_) if clash => {}
-                        Some(&(_, other)) if other != index => {
+                        Some(&Arrival { index: other, .. }) if other != index => {
                             clash = true;
                             errors.push(
                                 path.field("host"),
@@ -193,7 +203,7 @@ impl DestinationTable {
                             )
                         }
                         Some(_) => {}
-                        None => entries.push((front.port, index)),
+                        None => entries.push(Arrival { port: front.port, index, partner_port: port }),
                     }
                 }
             }
@@ -222,12 +232,14 @@ impl DestinationTable {
     }
 
     /// The destination of `host` (lower-case, no trailing dot) and `port` (`None`: a request whose
-    /// `:authority` names no port), as the gateway receives them.
+    /// `:authority` names no port), as the gateway receives them, and the partner's port they stand for
+    /// (a dynamic destination's concrete port: on Istio, `http://<host>/` stands for its one port).
     /// An exact host wins; then the longest `*.suffix` that covers the host, if the host is a valid DNS
     /// name (a wildcard's concrete host goes to DNS and into the upstream's SNI).
-    pub fn lookup(&self, host: &str, port: Option<u16>) -> Option<&Destination> {
-        let find = |entries: &Vec<(Option<u16>, usize)>| {
-            entries.iter().find(|(p, _)| *p == port).and_then(|(_, i)| self.destinations.get(*i))
+    pub fn lookup(&self, host: &str, port: Option<u16>) -> Option<(&Destination, u16)> {
+        let find = |entries: &Vec<Arrival>| {
+            let a = entries.iter().find(|a| a.port == port)?;
+            Some((self.destinations.get(a.index)?, a.partner_port))
         };
         if let Some(found) = self.fronts.get(host).and_then(find) {
             return Some(found);
@@ -486,7 +498,7 @@ mod tests {
     }
 
     fn name(t: &DestinationTable, host: &str, port: Option<u16>) -> Option<String> {
-        t.lookup(host, port).map(|d| d.name.to_string())
+        t.lookup(host, port).map(|(d, _)| d.name.to_string())
     }
 
     #[wasm_bindgen_test(unsupported = test)]
@@ -647,7 +659,7 @@ mod tests {
             egress_port: 10002,
         });
         for (platform, protocol, field, why) in [
-            (Platform::IstioGateway, "http", "host", "designed in docs/design"),
+            (Platform::IstioWaypoint, "http", "host", "use --mode gateway"),
             (Platform::IstioGateway, "tcp", "host", "fixed tls.sni"),
             (Platform::IstioWaypoint, "tls", "host", "ENABLE_WILDCARD_HOST_SERVICE_ENTRIES_FOR_TLS"),
             (kuma, "http", "host", "one match"),
@@ -662,10 +674,36 @@ mod tests {
         }
         let e = table_on(
             json!([{"name": "w", "host": "a.example", "port": [80, 81], "identities": ["i"]}]),
-            Platform::IstioGateway,
+            Platform::IstioWaypoint,
         )
         .unwrap_err();
         assert!(e[0].starts_with("destinations[0].port: "), "{e:?}");
+    }
+
+    #[wasm_bindgen_test(unsupported = test)]
+    fn on_an_istio_gateway_a_dynamic_destination_arrives_as_applications_call_it() {
+        let found = |t: &DestinationTable, host, port| t.lookup(host, port).map(|(d, p)| (d.name.to_string(), p));
+        // One port: applications call http://<host>/, which stands for the partner's port.
+        let one = json!([{"name": "w", "host": "*.partner.example", "port": 443, "identities": ["i"]},
+                         {"name": "x", "host": "x.partner.example", "port": 8443, "identities": ["i"]}]);
+        let t = table_on(one, Platform::IstioGateway).unwrap();
+        assert_eq!(found(&t, "a.partner.example", None), Some(("w".into(), 443)));
+        assert_eq!(found(&t, "a.partner.example", Some(80)), Some(("w".into(), 443)));
+        assert_eq!(found(&t, "a.partner.example", Some(443)), None);
+        assert_eq!(found(&t, "x.partner.example", None), Some(("x".into(), 8443)), "the exact host first");
+        // Several ports: http://<host>:<port>/ each, and http://<host>/ only for port 80.
+        let several =
+            json!([{"name": "w", "host": ["a.example", "b.example"], "port": [80, 8443], "identities": ["i"]}]);
+        let t = table_on(several, Platform::IstioGateway).unwrap();
+        assert_eq!(found(&t, "b.example", Some(8443)), Some(("w".into(), 8443)));
+        assert_eq!(found(&t, "b.example", None), Some(("w".into(), 80)));
+        assert_eq!(found(&t, "b.example", Some(443)), None);
+        let t = table_on(
+            json!([{"name": "w", "host": "a.example", "port": [443, 8443], "identities": ["i"]}]),
+            Platform::IstioGateway,
+        )
+        .unwrap();
+        assert_eq!(found(&t, "a.example", None), None, "no port is the default one");
     }
 
     #[wasm_bindgen_test(unsupported = test)]

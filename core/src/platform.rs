@@ -175,8 +175,9 @@ impl Platform {
     pub fn refuses_dynamic(&self, protocol: Protocol) -> Option<&'static str> {
         match (self, protocol.is_l4()) {
             (Self::Envoy, _) => None,
-            (Self::IstioGateway | Self::IstioWaypoint, false) => Some(
-                "a wildcard, several hosts or several ports: rendered for envoy only so far (Envoy's dynamic forward proxy, one cluster per identity); the Istio layout (a ServiceEntry with the pattern and resolution NONE, the forward-proxy clusters patched in) is designed in docs/design/issue-26-wildcard-destinations.md, not rendered yet: declare one destination per host and port, or use platform envoy",
+            (Self::IstioGateway, false) => None,
+            (Self::IstioWaypoint, false) => Some(
+                "a wildcard, several hosts or several ports: not rendered for istio-waypoint: the waypoint resolves a wildcard ServiceEntry in a forward-proxy DNS cache of that host's own, which the per-identity ServiceEntries of this layout do not share, so every request would fail (docs/design/issue-26-wildcard-destinations.md, C): use --mode gateway, or declare one destination per host and port",
             ),
             (Self::IstioGateway, true) => Some(
                 "a wildcard, several hosts or several ports: sidecars bring a tcp/tls destination to the gateway over Istio mTLS whose SNI is its DestinationRule's fixed tls.sni, so one destination cannot stand for several hosts or ports there: declare one destination per host and port",
@@ -196,17 +197,31 @@ impl Platform {
         matches!(self, Self::Envoy)
     }
 
-    /// The names under which the gateway receives destination `name`'s traffic (empty when the platform
-    /// does not carry it). `default_port`: the port of a request whose `:authority` names none.
-    pub fn fronts(&self, name: &str, host: &str, port: u16, protocol: Protocol, default_port: u16) -> Vec<Front> {
+    /// The names under which the gateway receives destination `name`'s traffic to `host`:`port` (empty when
+    /// the platform does not carry it). `default_port`: the port of a request whose `:authority` names none.
+    /// `only_port`: whether `port` is the destination's only port (else the caller names the port).
+    pub fn fronts(
+        &self,
+        name: &str,
+        host: &str,
+        port: u16,
+        protocol: Protocol,
+        default_port: u16,
+        only_port: bool,
+    ) -> Vec<Front> {
         let front = |host: &str, port: Option<u16>| Front { host: host.to_string(), port };
         match (self, protocol.is_l4()) {
             (Self::Envoy, false) if port == default_port => vec![front(host, Some(port)), front(host, None)],
             (Self::Envoy, _) => vec![front(host, Some(port))],
             // Applications call http://<host>/ (the ServiceEntry's port 80): the authority names no port, or 80.
-            (Self::IstioGateway | Self::IstioWaypoint, false) => {
+            (Self::IstioGateway | Self::IstioWaypoint, false) if only_port => {
                 vec![front(host, None), front(host, Some(MESH_HTTP_PORT))]
             }
+            // Several ports: applications call http://<host>:<port>/, each a ServiceEntry port of its own.
+            (Self::IstioGateway | Self::IstioWaypoint, false) if port == MESH_HTTP_PORT => {
+                vec![front(host, None), front(host, Some(port))]
+            }
+            (Self::IstioGateway | Self::IstioWaypoint, false) => vec![front(host, Some(port))],
             // Sidecars reach the gateway's L4 port with the host as SNI.
             (Self::IstioGateway, true) => vec![front(host, Some(ISTIO_GATEWAY_L4_PORT))],
             // Its own chain, named by the ServiceEntry's host and the partner's port.
@@ -224,7 +239,7 @@ impl Platform {
         match (self, protocol.is_l4()) {
             (Self::Envoy, _) => "one destination per host and port",
             (Self::IstioGateway | Self::IstioWaypoint, false) => {
-                "applications call every HTTP destination as http://<host>/ (the ServiceEntry's port 80): one HTTP destination per host"
+                "applications call an HTTP destination as http://<host>/ (the ServiceEntry's port 80), or as http://<host>:<port>/ when it declares several ports: one HTTP destination per host and port"
             }
             (Self::IstioGateway, true) => {
                 "sidecars bring every tcp/tls destination to the gateway's port 8443, told apart by host: one tcp/tls destination per host"
@@ -358,7 +373,7 @@ mod tests {
         );
         assert_eq!(w.identity_cluster("api", "team-app1", Protocol::Http, 443), "api|team-app1");
         assert_eq!(
-            w.fronts("db", "db.example", 5432, Protocol::Tcp, 443),
+            w.fronts("db", "db.example", 5432, Protocol::Tcp, 443, true),
             [Front { host: "db.example".into(), port: Some(5432) }]
         );
     }
@@ -374,7 +389,7 @@ mod tests {
 
     #[wasm_bindgen_test(unsupported = test)]
     fn each_platform_names_the_same_destination_its_own_way() {
-        let fronts = |p: &Platform, protocol| p.fronts("partner-db", "db.partner.example", 5432, protocol, 443);
+        let fronts = |p: &Platform, protocol| p.fronts("partner-db", "db.partner.example", 5432, protocol, 443, true);
         let f = |host: &str, port: Option<u16>| Front { host: host.into(), port };
         assert_eq!(fronts(&Platform::Envoy, Protocol::Tcp), [f("db.partner.example", Some(5432))]);
         assert_eq!(fronts(&Platform::IstioGateway, Protocol::Tcp), [f("db.partner.example", Some(8443))]);
@@ -387,10 +402,10 @@ mod tests {
             fronts(&kuma(), Protocol::Http),
             [f("partner-db.extsvc.mesh.local", None), f("partner-db.extsvc.mesh.local", Some(80))]
         );
-        let api = Platform::Envoy.fronts("a", "api.example", 443, Protocol::Http, 443);
+        let api = Platform::Envoy.fronts("a", "api.example", 443, Protocol::Http, 443, true);
         assert_eq!(api, [f("api.example", Some(443)), f("api.example", None)]);
         assert_eq!(
-            Platform::Envoy.fronts("a", "api.example", 8443, Protocol::Http, 443),
+            Platform::Envoy.fronts("a", "api.example", 8443, Protocol::Http, 443, true),
             [f("api.example", Some(8443))]
         );
 

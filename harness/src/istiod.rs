@@ -92,8 +92,20 @@ pub fn start(
     proxy: Proxy<'_>,
     dir: &Path,
     cli: &Path,
+    subs: Substitutions,
+    expected: Expected<'_>,
+) -> Result<crate::topology::Topology> {
+    start_with(proxy, dir, cli, subs, expected, |_| {})
+}
+
+/// [`start`], with `configure` changing the topology's options last (another partner configuration).
+pub fn start_with(
+    proxy: Proxy<'_>,
+    dir: &Path,
+    cli: &Path,
     mut subs: Substitutions,
     expected: Expected<'_>,
+    configure: impl FnOnce(&mut crate::topology::Options),
 ) -> Result<crate::topology::Topology> {
     let dump = generate(proxy.test, proxy.dump, dir, cli)?;
     let read = |name: &str| {
@@ -123,6 +135,7 @@ pub fn start(
     let mut opts = crate::topology::Options::new(run);
     opts.gateway_config = config;
     opts.envoy_args = envoy_args;
+    configure(&mut opts);
     crate::topology::Topology::start(&opts)
 }
 
@@ -256,6 +269,25 @@ pub struct Substitutions {
     /// The bootstrap istio-agent writes for the proxy (tests/istiod renders it with Istio's template): the
     /// base of the result, istiod's resources added to its static ones. `None`: a minimal bootstrap.
     pub agent_bootstrap: Option<Value>,
+    /// The DNS server of every dynamic forward proxy's DNS cache (c-ares `resolvers`), in place of the
+    /// pod's resolver (the test's names resolve only there).
+    pub dns_resolver: Option<std::net::SocketAddr>,
+}
+
+impl Substitutions {
+    /// The substitutions of a test on the harness's topology: `listener_ports` and `upstreams` as given,
+    /// the test PKI's secrets ([`test_pki_secrets`]), the filter built for the run directory, the harness's
+    /// admin port; nothing else.
+    pub fn on_topology(listener_ports: BTreeMap<String, u16>, upstreams: BTreeMap<(String, u16), u16>) -> Self {
+        Self {
+            listener_ports,
+            upstreams,
+            secrets: test_pki_secrets(),
+            wasm: crate::topology::WASM_IN_RUN_DIR.to_string(),
+            admin_port: crate::topology::ADMIN_PORT,
+            ..Self::default()
+        }
+    }
 }
 
 /// What [`bootstrap`] changed.
@@ -277,6 +309,8 @@ pub struct Changes {
     pub readdressed: BTreeSet<String>,
     /// Top-level parts of istio-agent's bootstrap removed.
     pub agent_removed: BTreeSet<String>,
+    /// DNS caches (by name) given the test's DNS server, and how many configurations of each.
+    pub dns_caches: BTreeMap<String, usize>,
 }
 
 impl Changes {
@@ -304,6 +338,9 @@ impl Changes {
         }
         for name in &self.readdressed {
             out.push(format!("cluster {name}: endpoint -> the local partner"));
+        }
+        for (name, n) in &self.dns_caches {
+            out.push(format!("DNS cache {name} ({n} configurations): resolves through the test's DNS server"));
         }
         for key in &self.agent_removed {
             out.push(format!("istio-agent's bootstrap: {key} removed (istiod's resources are static here)"));
@@ -400,6 +437,24 @@ pub fn bootstrap(dump: &Dump, subs: &Substitutions) -> Result<(Value, Changes)> 
     }
 
     let mut resources = json!({ "listeners": listeners, "clusters": clusters });
+    if let Some(resolver) = subs.dns_resolver {
+        for_each_object(&mut resources, &mut |o| {
+            let Some(cache) = o.get_mut("dnsCacheConfig").and_then(Value::as_object_mut) else { return };
+            let name = cache.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            cache.insert(
+                "typedDnsResolverConfig".into(),
+                json!({
+                    "name": "envoy.network.dns_resolver.cares",
+                    "typedConfig": {
+                        "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                        "resolvers": [{ "socketAddress": { "address": resolver.ip().to_string(), "portValue": resolver.port() } }],
+                        "dnsResolverOptions": { "noDefaultSearchDomain": true }
+                    }
+                }),
+            );
+            *changes.dns_caches.entry(name).or_default() += 1;
+        });
+    }
     let mut sds_names = BTreeSet::new();
     for_each_object(&mut resources, &mut |o| {
         let name = o.get("name").and_then(Value::as_str).map(str::to_string);
@@ -570,7 +625,8 @@ mod tests {
                 "clusters": [
                     { "name": "eds", "edsClusterConfig": { "edsConfig": { "ads": {} } } },
                     { "name": "id", "loadAssignment": { "endpoints": [{ "lbEndpoints": [{ "endpoint": {
-                        "address": { "socketAddress": { "address": "api.example", "portValue": 443 } } } }] }] } }
+                        "address": { "socketAddress": { "address": "api.example", "portValue": 443 } } } }] }] } },
+                    { "name": "dfp", "clusterType": { "typedConfig": { "dnsCacheConfig": { "name": "c" } } } }
                 ],
                 "routes": [{ "name": "r", "virtualHosts": [] }],
                 "extensions": { "wasm": { "name": "wasm", "typedConfig": { "config": { "vmConfig": {
@@ -590,6 +646,7 @@ mod tests {
             wasm: "f.wasm".into(),
             admin_port: 9901,
             agent_bootstrap: None,
+            dns_resolver: Some("127.0.0.1:5353".parse().unwrap()),
         }
     }
 
@@ -605,6 +662,8 @@ mod tests {
         assert_eq!(changes.inlined_extensions["wasm"], "oci://x");
         assert!(changes.emptied_clusters.contains("eds") && changes.readdressed.contains("id"));
         assert_eq!(changes.rebound["0.0.0.0_443"], 10443);
+        assert_eq!(changes.dns_caches["c"], 1);
+        assert!(text.contains("\"portValue\":5353"), "{text}");
     }
 
     #[test]

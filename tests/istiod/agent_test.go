@@ -24,7 +24,7 @@ import (
 // ("#   <name>: '<value>'", the README's helm podAnnotations).
 func podAnnotations(t *testing.T, statsFile string) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repo, statsFile))
+	b, err := os.ReadFile(inRepo(statsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func podAnnotations(t *testing.T, statsFile string) map[string]string {
 // bootstrapOverride is the custom_bootstrap.json of the ConfigMap `name` in statsFile.
 func bootstrapOverride(t *testing.T, statsFile, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repo, statsFile))
+	b, err := os.ReadFile(inRepo(statsFile))
 	if err != nil {
 		t.Fatal(err)
 	}

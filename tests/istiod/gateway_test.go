@@ -412,6 +412,10 @@ func upstreamTLS(t *testing.T, c *clusterT) (sni, secret, ca string) {
 		secret = s.GetName()
 	}
 	ca = common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName()
+	if ca == "" {
+		// A forward-proxy cluster: the partner's name comes from the request (auto_san_validation).
+		ca = common.GetValidationContextSdsSecretConfig().GetName()
+	}
 	return ctx.GetSni(), secret, ca
 }
 
@@ -420,11 +424,18 @@ func TestGatewayAsIstiodGeneratesIt(t *testing.T) {
 	for _, problem := range checkGateway(t, g) {
 		t.Error(problem)
 	}
-	// What istiod pushes to the gateway, and what istio-agent starts it with, for cli/tests/istiod_gateway.rs
-	// to serve traffic through.
-	g.dump(t, filepath.Join(dumpDir(), "egress-gateway.json"))
-	stats := filepath.Join(gatewayDir, "stats.yaml")
-	agentBootstrap(t, podAnnotations(t, stats), stats, gatewayNodeID, "egress-gateway-bootstrap.json")
+	// For cli/tests/istiod_gateway.rs to serve traffic through.
+	dumpGateway(t, g, gatewayDir, "egress-gateway")
+}
+
+// dumpGateway writes what istiod pushes to the gateway (`<name>.json`) and what istio-agent starts it with
+// (`<name>-bootstrap.json`, from the stats.yaml of the rendered dir), for a test that serves traffic through
+// them.
+func dumpGateway(t *testing.T, g generated, dir, name string) {
+	t.Helper()
+	g.dump(t, filepath.Join(dumpDir(), name+".json"))
+	stats := filepath.Join(dir, "stats.yaml")
+	agentBootstrap(t, podAnnotations(t, stats), stats, gatewayNodeID, name+"-bootstrap.json")
 }
 
 // The same with the plugins as TrafficExtensions (traffic-extension/, the alternative to wasm-plugin.yaml).

@@ -48,7 +48,7 @@ func manifests(t *testing.T, dir string, files []string, mutate func(file, text 
 	t.Helper()
 	var docs []string
 	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(repo, dir, f))
+		b, err := os.ReadFile(filepath.Join(inRepo(dir), f))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +151,7 @@ func stringValue(t *testing.T, b []byte) string {
 // pluginConfig is the pluginConfig of the first WasmPlugin in file (relative to the repository), as JSON.
 func pluginConfig(t *testing.T, file string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repo, file))
+	b, err := os.ReadFile(inRepo(file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ type routed struct {
 // explain asks the CLI how the filter decides a call on platform, with the policy at policy.
 func explain(t *testing.T, policy, platform string, args ...string) routed {
 	t.Helper()
-	out, code := cli(t, append([]string{"explain", filepath.Join(repo, policy), "--platform", platform, "--json"}, args...)...)
+	out, code := cli(t, append([]string{"explain", inRepo(policy), "--platform", platform, "--json"}, args...)...)
 	var r routed
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("explain %v: exit %d, %v: %s", args, code, err, out)
@@ -258,6 +258,14 @@ func withTrafficExtensions(files []string) []string {
 		out = append(out, f)
 	}
 	return out
+}
+
+// inRepo: path p relative to the repository, or p itself when absolute (files a test rendered elsewhere).
+func inRepo(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(repo, p)
 }
 
 // dumpDir: where dump writes (ISTIOD_DUMP_DIR, else target/istiod).

@@ -1205,6 +1205,24 @@ def test_render_kuma_with_spire_writes_a_spire_mesh_identity_the_crds_accept(crd
     assert refused.returncode == 2 and "not take as its local trust domain" in refused.stderr, refused.stderr
 
 
+def test_render_istio_of_a_wildcard_destination_writes_what_the_crds_accept(crds) -> None:
+    """`render istio --mode gateway` of a wildcard destination on two ports (tests/istiod/testdata, which istiod's
+    generator and cli/tests/istiod_gateway_wildcard.rs run): every document valid against the released CRDs; the
+    ServiceEntry carries the pattern with resolution NONE and both ports; waypoint mode refuses it, with the
+    reason."""
+    policy = "tests/istiod/testdata/wildcard-policy.json"
+    result = _render("istio", "--mode", "gateway", policy, "--allow-resolved", "127.0.0.0/8")
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for doc in docs:
+        assert validate_object(doc, crds) == [], doc["kind"]
+    entry = next(d for d in docs if d["kind"] == "ServiceEntry" and d["spec"]["hosts"] == ["*.partner.example"])
+    assert entry["spec"]["resolution"] == "NONE"
+    assert [p["number"] for p in entry["spec"]["ports"]] == [18443, 18446]
+    refused = _render("istio", "--mode", "waypoint", policy)
+    assert refused.returncode == 1 and "use --mode gateway" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize("name", sorted(BROKEN_MANIFESTS))
 def test_validator_rejects_broken_manifest(name: str, crds) -> None:
     manifest = BROKEN_MANIFESTS[name]

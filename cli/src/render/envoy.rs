@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use egress_identity_core::config_document::{AuditRecord, Protocol};
+
+use super::forward_proxy::{self, Dns};
 pub use egress_identity_core::identity::NO_IDENTITY_SECRET;
 
 use super::{
@@ -83,7 +85,7 @@ pub struct EnvoyOptions {
     /// The DNS servers of the dynamic destinations' DNS cache (c-ares `resolvers`); none: the system's.
     pub dns_resolvers: Vec<HostPort>,
     /// Address ranges (CIDR) a dynamic destination's name may resolve into after all, out of
-    /// [`BLOCKED_RANGES`].
+    /// [`forward_proxy::BLOCKED_RANGES`].
     pub allow_resolved: Vec<String>,
     /// The SPIRE agent's SDS socket (`unix:PATH`): the listener's certificate is the gateway's X.509-SVID
     /// (the secret named by [`EnvoyOptions::gateway_id`]) and callers are verified against SPIRE's bundles
@@ -116,6 +118,11 @@ impl Default for EnvoyOptions {
 }
 
 impl EnvoyOptions {
+    /// The dynamic forward proxy's DNS settings.
+    pub fn dns(&self) -> Dns<'_> {
+        Dns { resolvers: &self.dns_resolvers, allow_resolved: &self.allow_resolved }
+    }
+
     /// The command-line flags that reproduce these options (those that differ from the defaults).
     pub fn flags(&self) -> Vec<String> {
         let d = Self::default();
@@ -379,7 +386,7 @@ fn sds_config(file: &str, dir: &str) -> Yaml {
     ])
 }
 
-fn typed(ty: &str, mut entries: Vec<(String, Yaml)>) -> Yaml {
+pub(super) fn typed(ty: &str, mut entries: Vec<(String, Yaml)>) -> Yaml {
     entries.insert(0, ("@type".into(), s(format!("type.googleapis.com/{ty}"))));
     Yaml::Map(entries)
 }
@@ -434,7 +441,7 @@ fn listen_list(policy: &PolicyFile, opts: &EnvoyOptions) -> String {
     l4_ports(policy).iter().map(|p| format!("{host}:{p}")).collect::<Vec<_>>().join(", ")
 }
 
-fn socket_address(hp: &HostPort) -> Yaml {
+pub(super) fn socket_address(hp: &HostPort) -> Yaml {
     map([("socket_address", map([("address", s(&hp.host)), ("port_value", int(hp.port))]))])
 }
 
@@ -532,22 +539,7 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
     let mut entries = vec![e("name", s(name))];
     if up.dynamic {
         entries.push(e("lb_policy", s("CLUSTER_PROVIDED")));
-        entries.push(e(
-            "cluster_type",
-            commented(
-                "Envoy's dynamic forward proxy: the host and port the filter allowed (filter state\nenvoy.upstream.dynamic_host/_port), resolved in the gateway's one DNS cache.",
-                map([
-                    ("name", s("envoy.clusters.dynamic_forward_proxy")),
-                    (
-                        "typed_config",
-                        typed(
-                            "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
-                            vec![e("dns_cache_config", dns_cache_config(opts))],
-                        ),
-                    ),
-                ]),
-            ),
-        ));
+        entries.push(e("cluster_type", forward_proxy::cluster_type(opts.dns())));
     } else {
         entries.push(e("type", s(if dns { "LOGICAL_DNS" } else { "STATIC" })));
         if dns {
@@ -578,13 +570,7 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
     if up.dynamic {
         let mut options = vec![
             e("explicit_http_config", map([("http_protocol_options", map::<&str>([]))])),
-            e(
-                "upstream_http_protocol_options",
-                commented(
-                    "The server name is the requested host, and the partner's certificate must carry it (HTTP: the\nrouter takes both from :authority, which the filter compared; tcp: the filter sets them in filter\nstate, since tcp_proxy applies neither).",
-                    map([("auto_sni", Yaml::Bool(true)), ("auto_san_validation", Yaml::Bool(true))]),
-                ),
-            ),
+            e("upstream_http_protocol_options", forward_proxy::upstream_http_protocol_options()),
         ];
         if up.protocol == Protocol::Http {
             options.push(e(
@@ -679,123 +665,6 @@ fn cluster(presents: Presents<'_>, up: &Upstream, opts: &EnvoyOptions) -> Yaml {
         ]),
     ));
     commented(comment, Yaml::Map(entries))
-}
-
-/// The DNS cache every dynamic forward proxy of the gateway shares (its clusters, the HTTP filter and
-/// `sni_dynamic_forward_proxy`): a cluster's load balancer finds only the hosts of its own cache, and the
-/// filters fill one, so all name the same, identical configuration.
-pub const DNS_CACHE: &str = "egress-identity";
-
-/// Where a dynamic destination's name may not resolve (the gateway would reach into its own networks under
-/// a partner's name: loopback, RFC 1918, link-local, shared CGNAT space, unique-local IPv6, "this network"),
-/// unless `--allow-resolved` opens a range.
-pub const BLOCKED_RANGES: &[&str] = &[
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "::1/128",
-    "fc00::/7",
-    "fe80::/10",
-];
-
-/// Checks `--allow-resolved`: each a range of [`BLOCKED_RANGES`].
-pub fn check_allow_resolved(opts: &EnvoyOptions) -> Result<(), RenderError> {
-    for range in &opts.allow_resolved {
-        if !BLOCKED_RANGES.contains(&range.as_str()) {
-            return Err(RenderError(format!(
-                "--allow-resolved {range}: not one of the ranges a dynamic destination may not resolve into ({}); name one of them exactly",
-                BLOCKED_RANGES.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn dns_cache_config(opts: &EnvoyOptions) -> Yaml {
-    let ranges: Vec<Yaml> = BLOCKED_RANGES
-        .iter()
-        .filter(|r| !opts.allow_resolved.iter().any(|a| a == *r))
-        .filter_map(|r| r.split_once('/'))
-        .map(|(address, len)| {
-            map([("address_prefix", s(address)), ("prefix_len", int(len.parse::<u16>().unwrap_or(128)))])
-        })
-        .collect();
-    let mut entries = vec![
-        e("name", s(DNS_CACHE)),
-        e("dns_lookup_family", s("V4_PREFERRED")),
-        e("max_hosts", int(1024)),
-        e("host_ttl", s("300s")),
-    ];
-    if !opts.dns_resolvers.is_empty() {
-        entries.push(e(
-            "typed_dns_resolver_config",
-            map([
-                ("name", s("envoy.network.dns_resolver.cares")),
-                (
-                    "typed_config",
-                    typed(
-                        "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
-                        vec![
-                            e("resolvers", Yaml::Seq(opts.dns_resolvers.iter().map(socket_address).collect())),
-                            e("dns_resolver_options", map([("no_default_search_domain", Yaml::Bool(true))])),
-                        ],
-                    ),
-                ),
-            ]),
-        ));
-    }
-    if !ranges.is_empty() {
-        entries.push(e(
-            "resolved_address_filter",
-            commented(
-                "A partner's name that resolves only into these ranges fails (503, DNS resolution failure).",
-                map([("ranges", Yaml::Seq(ranges))]),
-            ),
-        ));
-    }
-    Yaml::Map(entries)
-}
-
-/// The HTTP dynamic forward proxy filter, before the router: it loads the allowed host into the DNS cache
-/// (requests to other clusters pass untouched).
-fn http_dynamic_forward_proxy(opts: &EnvoyOptions) -> Yaml {
-    commented(
-        "Resolves the host the filter allowed for a dynamic destination (its filter state\nenvoy.upstream.dynamic_host/_port) before the router picks it.",
-        map([
-            ("name", s("envoy.filters.http.dynamic_forward_proxy")),
-            (
-                "typed_config",
-                typed(
-                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
-                    vec![
-                        e("dns_cache_config", dns_cache_config(opts)),
-                        e("allow_dynamic_host_from_filter_state", Yaml::Bool(true)),
-                    ],
-                ),
-            ),
-        ]),
-    )
-}
-
-/// The network filter that loads a dynamic tcp/tls destination's host into the DNS cache, before tcp_proxy.
-fn sni_dynamic_forward_proxy(opts: &EnvoyOptions) -> Yaml {
-    commented(
-        "Resolves the host the filter allowed for a dynamic tcp/tls destination (filter state\nenvoy.upstream.dynamic_host/_port) before tcp_proxy connects; for any other connection the filter\nsets an empty host, and nothing is resolved.",
-        map([
-            ("name", s("envoy.filters.network.sni_dynamic_forward_proxy")),
-            (
-                "typed_config",
-                typed(
-                    "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
-                    vec![e("dns_cache_config", dns_cache_config(opts)), e("port_value", int(443))],
-                ),
-            ),
-        ]),
-    )
 }
 
 /// Envoy's default circuit-breaker thresholds of a cluster (connections, pending and concurrent requests).
@@ -1147,7 +1016,7 @@ fn l4_listener(policy: &PolicyFile, opts: &EnvoyOptions, downstream_tls: Yaml) -
                     (
                         "filters",
                         Yaml::Seq(
-                            [Some(wasm), shared_l4.then(identity_filter_state_l4), dynamic_l4.then(|| sni_dynamic_forward_proxy(opts)), Some(tcp_proxy)]
+                            [Some(wasm), shared_l4.then(identity_filter_state_l4), dynamic_l4.then(|| forward_proxy::sni_filter(opts.dns())), Some(tcp_proxy)]
                                 .into_iter()
                                 .flatten()
                                 .collect(),
@@ -1242,7 +1111,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
     let shared_http = policy.config.destinations.iter().any(|d| d.single_cluster && !d.protocol.is_l4());
     let dynamic_http = policy.config.destinations.iter().any(|d| d.dynamic && !d.protocol.is_l4());
     let ups = upstreams(policy, opts)?;
-    check_allow_resolved(opts)?;
+    forward_proxy::check_allow_resolved(&opts.allow_resolved)?;
     let principal_header = policy.config.headers.principal.to_string();
     let cluster_header = policy.config.headers.cluster.to_string();
     let dir = opts.sds_dir.trim_end_matches('/');
@@ -1449,7 +1318,7 @@ pub fn render(policy: &PolicyFile, opts: &EnvoyOptions) -> Result<String, Render
                 ]
                 .into_iter()
                 .chain(shared_http.then(identity_filter_state))
-                .chain(dynamic_http.then(|| http_dynamic_forward_proxy(opts)))
+                .chain(dynamic_http.then(|| forward_proxy::http_filter(opts.dns())))
                 .chain([map([
                         ("name", s("envoy.filters.http.router")),
                         ("typed_config", typed("envoy.extensions.filters.http.router.v3.Router", vec![])),

@@ -2,7 +2,8 @@
 //! or an ambient egress waypoint (`examples/istio/egress-waypoint/`) for one policy file.
 
 use super::chart::Knob;
-use super::envoy::{identity_clusters, IdentityCluster};
+use super::envoy::{identity_clusters, HostPort, IdentityCluster};
+use super::forward_proxy::{self, Dns};
 use super::network_policy;
 use super::{
     commented, dns_san_validation, int, k8s_name, load_assignment, map, s, strs, Manifest, PolicyFile, RenderError,
@@ -46,6 +47,17 @@ pub struct IstioOptions {
     pub image: String,
     /// Namespaces to keep off the external network besides those the policy names (NetworkPolicy).
     pub workload_namespaces: Vec<String>,
+    /// Gateway mode: the DNS servers of the dynamic destinations' forward-proxy cache; none: the pod's.
+    pub dns_resolvers: Vec<HostPort>,
+    /// Gateway mode: ranges of [`forward_proxy::BLOCKED_RANGES`] a dynamic destination may resolve into.
+    pub allow_resolved: Vec<String>,
+}
+
+impl IstioOptions {
+    /// The dynamic forward proxy's DNS settings.
+    pub fn dns(&self) -> Dns<'_> {
+        Dns { resolvers: &self.dns_resolvers, allow_resolved: &self.allow_resolved }
+    }
 }
 
 /// The waypoint's Gateway name.
@@ -57,14 +69,50 @@ const SERVER_PORT_NAME: &str = "https-egress-identity";
 /// A destination as the manifests publish it.
 pub(super) struct Dest {
     pub name: String,
+    /// The partner's host; a dynamic destination's first.
     pub host: String,
+    /// The partner's port; a dynamic destination's first.
     pub port: u16,
+    /// Every host (exact names and `*.suffix` patterns) and port it declares.
+    pub hosts: Vec<String>,
+    pub ports: Vec<u16>,
+    /// Reached through the gateway's dynamic forward proxy (a wildcard, several hosts or ports).
+    pub dynamic: bool,
     pub protocol: Protocol,
 }
 
 impl Dest {
     pub fn is_l4(&self) -> bool {
         self.protocol.is_l4()
+    }
+
+    /// The ports applications call an HTTP destination on: 80 (`http://<host>/`), or each of its ports
+    /// when it declares several (`http://<host>:<port>/`), as the core's fronts take them.
+    fn mesh_http_ports(&self) -> Vec<u16> {
+        if self.ports.len() > 1 {
+            self.ports.clone()
+        } else {
+            vec![80]
+        }
+    }
+
+    /// The name of its ServiceEntry (and, with `-via-egress`, its VirtualService): its host's, or
+    /// `dynamic-<destination>` for a dynamic destination (a pattern makes no name).
+    fn object_name(&self) -> String {
+        if self.dynamic {
+            format!("dynamic-{}", k8s_name(&self.name))
+        } else {
+            k8s_name(&self.host)
+        }
+    }
+
+    /// The server name sidecars send the gateway for this destination (the DestinationRule subset's
+    /// `tls.sni`): a name the gateway server's hosts match; under a wildcard, the label `egress-identity`.
+    fn mesh_sni(&self) -> String {
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => format!("egress-identity.{suffix}"),
+            None => self.host.clone(),
+        }
     }
 }
 
@@ -75,7 +123,15 @@ pub(super) fn destinations(policy: &PolicyFile) -> Vec<Dest> {
     let platform = &policy.config.platform;
     let carried = policy.config.destinations.iter().filter(|d| platform.carries(d.protocol));
     carried
-        .map(|d| Dest { name: d.name.to_string(), host: d.host.to_string(), port: d.port, protocol: d.protocol })
+        .map(|d| Dest {
+            name: d.name.to_string(),
+            host: d.host.to_string(),
+            port: d.port,
+            hosts: d.hosts.iter().map(ToString::to_string).collect(),
+            ports: d.ports.clone(),
+            dynamic: d.dynamic,
+            protocol: d.protocol,
+        })
         .collect()
 }
 
@@ -289,6 +345,13 @@ pub fn render(policy: &PolicyFile, opts: &IstioOptions) -> Result<Vec<Manifest>,
     let clusters = identity_clusters(policy);
     let dests = destinations(policy);
     let namespaces = network_policy::workload_namespaces(&policy.config, &opts.workload_namespaces, &opts.namespace)?;
+    forward_proxy::check_allow_resolved(&opts.allow_resolved)?;
+    let dns_flags = !opts.dns_resolvers.is_empty() || !opts.allow_resolved.is_empty();
+    if dns_flags && !dests.iter().any(|d| d.dynamic) {
+        return Err(RenderError(
+            "--dns-resolver and --allow-resolved set the gateway's forward-proxy DNS cache, which only dynamic destinations (a wildcard, several hosts or ports) use; this policy has none".into(),
+        ));
+    }
     match opts.mode {
         IstioMode::Gateway => {
             let network_policies = network_policy::lockdown(&namespaces, "the egress gateway");
@@ -352,6 +415,9 @@ fn gateway(
             if d.is_l4() {
                 return l4_service_entry(d, ns, None);
             }
+            if d.dynamic {
+                return dynamic_service_entry(d, ns);
+            }
             commented(
                 format!(
                     "Destination {}: applications call http://{}/ (port 80); their sidecar sends the request to the\negress gateway over Istio mTLS, where the filter picks the per-identity cluster that originates TLS\nto port {}. Port 80 is the only port: no TLS passthrough lets a workload skip the gateway.",
@@ -402,7 +468,7 @@ fn gateway(
                                             "portLevelSettings",
                                             Yaml::Seq(vec![map([
                                                 ("port", map([("number", int(gateway_port(d)))])),
-                                                ("tls", map([("mode", s("ISTIO_MUTUAL")), ("sni", s(&d.host))])),
+                                                ("tls", map([("mode", s("ISTIO_MUTUAL")), ("sni", s(d.mesh_sni()))])),
                                             ])]),
                                         )]),
                                     ),
@@ -422,20 +488,28 @@ fn gateway(
                 return l4_virtual_service(d, ns, &gateway_host);
             }
             commented(
-                format!("Two hops for {}: in every sidecar (gateway `mesh`) requests go to the egress gateway; in the\ngateway, route `{}` answers 503 until the EnvoyFilter turns it into `cluster_header`, so nothing\nleaves without an identity if the patch ever stops applying. The patch finds the route by its name.", d.host, k8s_name(&d.name)),
+                format!("Two hops for {}: in every sidecar (gateway `mesh`) requests go to the egress gateway; in the\ngateway, route `{}` answers 503 until the EnvoyFilter turns it into `cluster_header`, so nothing\nleaves without an identity if the patch ever stops applying. The patch finds the route by its name.", d.hosts.join(", "), k8s_name(&d.name)),
                 object(
                     "networking.istio.io/v1",
                     "VirtualService",
-                    meta(&format!("{}-via-egress", k8s_name(&d.host)), ns),
+                    meta(&format!("{}-via-egress", d.object_name()), ns),
                     map([
-                        ("hosts", strs([d.host.as_str()])),
+                        ("hosts", strs(d.hosts.iter().map(String::as_str))),
                         ("gateways", strs(["mesh", GATEWAY])),
                         (
                             "http",
                             Yaml::Seq(vec![
                                 map([
                                     ("name", s("mesh-to-egress-gateway")),
-                                    ("match", Yaml::Seq(vec![map([("gateways", strs(["mesh"])), ("port", int(80))])])),
+                                    (
+                                        "match",
+                                        Yaml::Seq(
+                                            d.mesh_http_ports()
+                                                .into_iter()
+                                                .map(|port| map([("gateways", strs(["mesh"])), ("port", int(port))]))
+                                                .collect(),
+                                        ),
+                                    ),
                                     (
                                         "route",
                                         Yaml::Seq(vec![map([(
@@ -472,26 +546,69 @@ fn gateway(
         let Some(d) = dest_of(dests, &c.destination) else { continue };
         patches.push(commented(
             identity_cluster_comment(c, d),
-            gateway_patch("CLUSTER", None, "ADD", identity_cluster(c, d)),
+            gateway_patch("CLUSTER", None, "ADD", identity_cluster(c, d, opts.dns())),
         ));
     }
+    let route_configuration = |vhost: Yaml| {
+        (
+            "routeConfiguration",
+            map([("gateway", s(format!("{ns}/{GATEWAY}"))), ("portName", s(SERVER_PORT_NAME)), ("vhost", vhost)]),
+        )
+    };
     for d in dests.iter().filter(|d| !d.is_l4()) {
+        // istiod gives each host its own virtual host, and a virtual host of a host that a wildcard also
+        // covers gets the wildcard's routes too (after or before its own, by the VirtualServices' age): the
+        // route is patched by its name in every virtual host, so whichever comes first asks the filter.
         patches.push(commented(
-            format!("the gateway route `{}` (virtual host `{}:443`): MERGE replaces the placeholder 503 by\n`cluster_header` and appends the internal headers to request_headers_to_remove.", k8s_name(&d.name), d.host),
+            format!("the gateway route `{}` (every virtual host that has it): MERGE replaces the placeholder 503 by\n`cluster_header` and appends the internal headers to request_headers_to_remove.", k8s_name(&d.name)),
             gateway_patch(
                 "HTTP_ROUTE",
-                Some((
-                    "routeConfiguration",
-                    map([
-                        ("gateway", s(format!("{ns}/{GATEWAY}"))),
-                        ("portName", s(SERVER_PORT_NAME)),
-                        ("vhost", map([("name", s(format!("{}:443", d.host))), ("route", map([("name", s(k8s_name(&d.name)))]))])),
-                    ]),
-                )),
+                Some(route_configuration(map([("route", map([("name", s(k8s_name(&d.name)))]))]))),
                 "MERGE",
                 map([
                     ("route", map([("cluster_header", s(&cluster_header)), ("timeout", s("30s"))])),
                     ("request_headers_to_remove", removed_headers(policy)),
+                ]),
+            ),
+        ));
+        for host in &d.hosts {
+            let domains: Vec<String> = d.mesh_http_ports().iter().map(|p| format!("{host}:{p}")).collect();
+            patches.push(commented(
+                format!("virtual host `{host}:443`: istiod names only the host, but a sidecar forwards the authority as the\napplication wrote it, with its port ({}): MERGE adds those domains.", domains.join(", ")),
+                gateway_patch(
+                    "VIRTUAL_HOST",
+                    Some(route_configuration(map([("name", s(format!("{host}:443")))]))),
+                    "MERGE",
+                    map([("domains", strs(domains.iter().map(String::as_str)))]),
+                ),
+            ));
+        }
+    }
+    if dests.iter().any(|d| d.dynamic) {
+        patches.push(commented(
+            "The dynamic forward proxy before the router (istiod puts none on a gateway): it resolves the host and\nport the filter allowed for a dynamic destination (filter state envoy.upstream.dynamic_host/_port) in the\nDNS cache its clusters share; requests routed to other clusters pass untouched.",
+            gateway_patch(
+                "HTTP_FILTER",
+                Some((
+                    "listener",
+                    map([
+                        ("portNumber", int(443)),
+                        (
+                            "filterChain",
+                            map([(
+                                "filter",
+                                map([
+                                    ("name", s("envoy.filters.network.http_connection_manager")),
+                                    ("subFilter", map([("name", s("envoy.filters.http.router"))])),
+                                ]),
+                            )]),
+                        ),
+                    ]),
+                )),
+                "INSERT_BEFORE",
+                map([
+                    ("name", s("envoy.filters.http.dynamic_forward_proxy")),
+                    ("typed_config", forward_proxy::http_filter_config(opts.dns())),
                 ]),
             ),
         ));
@@ -650,7 +767,8 @@ fn gateway_port(d: &Dest) -> u16 {
 /// Istio mTLS, and the filter reads the caller's workload certificate.
 fn gateway_servers(dests: &[Dest]) -> Vec<Yaml> {
     let mut servers = Vec::new();
-    let http: Vec<&str> = dests.iter().filter(|d| !d.is_l4()).map(|d| d.host.as_str()).collect();
+    let http: Vec<&str> =
+        dests.iter().filter(|d| !d.is_l4()).flat_map(|d| d.hosts.iter().map(String::as_str)).collect();
     if !http.is_empty() {
         servers.push(map([
             ("port", map([("number", int(443)), ("name", s(SERVER_PORT_NAME)), ("protocol", s("HTTPS"))])),
@@ -782,16 +900,37 @@ fn identity_cluster_comment(c: &IdentityCluster, d: &Dest) -> String {
 
 /// An external identity's upstream cluster: TLS origination with its client certificate (http, tcp), or
 /// a plain TCP cluster for a tls passthrough destination (the caller's own TLS runs inside).
-fn identity_cluster(c: &IdentityCluster, d: &Dest) -> Yaml {
+fn identity_cluster(c: &IdentityCluster, d: &Dest, dns: Dns<'_>) -> Yaml {
     let secret = identity_secret(&c.identity);
     let ads = || map([("ads", Yaml::Map(vec![])), ("resource_api_version", s("V3"))]);
-    let mut entries = vec![
-        ("name".to_string(), s(&c.cluster)),
-        ("type".to_string(), s("LOGICAL_DNS")),
-        ("dns_lookup_family".to_string(), s("V4_PREFERRED")),
-        ("connect_timeout".to_string(), s("5s")),
-        ("load_assignment".to_string(), load_assignment(&c.cluster, &d.host, d.port)),
-    ];
+    let mut entries = vec![("name".to_string(), s(&c.cluster))];
+    if d.dynamic {
+        // The host and port come from the filter (dynamic forward proxy); SNI and the partner's name from
+        // the request (auto_sni, auto_san_validation).
+        entries.extend([
+            ("lb_policy".to_string(), s("CLUSTER_PROVIDED")),
+            ("cluster_type".to_string(), forward_proxy::cluster_type(dns)),
+            ("connect_timeout".to_string(), s("5s")),
+            (
+                "typed_extension_protocol_options".to_string(),
+                map([(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    map([
+                        ("@type", s("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")),
+                        ("explicit_http_config", map([("http_protocol_options", map::<&str>([]))])),
+                        ("upstream_http_protocol_options", forward_proxy::upstream_http_protocol_options()),
+                    ]),
+                )]),
+            ),
+        ]);
+    } else {
+        entries.extend([
+            ("type".to_string(), s("LOGICAL_DNS")),
+            ("dns_lookup_family".to_string(), s("V4_PREFERRED")),
+            ("connect_timeout".to_string(), s("5s")),
+            ("load_assignment".to_string(), load_assignment(&c.cluster, &d.host, d.port)),
+        ]);
+    }
     if d.protocol == Protocol::Tls {
         return Yaml::Map(entries);
     }
@@ -803,23 +942,21 @@ fn identity_cluster(c: &IdentityCluster, d: &Dest) -> Yaml {
         "tls_certificate_sds_secret_configs".to_string(),
         Yaml::Seq(vec![map([("name", s(format!("kubernetes://{secret}"))), ("sds_config", ads())])]),
     ));
-    common.push((
-        "combined_validation_context".to_string(),
-        dns_san_validation(&d.host, map([("name", s(format!("kubernetes://{secret}-cacert"))), ("sds_config", ads())])),
-    ));
+    let ca = map([("name", s(format!("kubernetes://{secret}-cacert"))), ("sds_config", ads())]);
+    let mut tls = vec![(
+        "@type".to_string(),
+        s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+    )];
+    if d.dynamic {
+        common.push(("validation_context_sds_secret_config".to_string(), ca));
+    } else {
+        common.push(("combined_validation_context".to_string(), dns_san_validation(&d.host, ca)));
+        tls.push(("sni".to_string(), s(&d.host)));
+    }
+    tls.push(("common_tls_context".to_string(), Yaml::Map(common)));
     entries.push((
         "transport_socket".to_string(),
-        map([
-            ("name", s("envoy.transport_sockets.tls")),
-            (
-                "typed_config",
-                map([
-                    ("@type", s("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")),
-                    ("sni", s(&d.host)),
-                    ("common_tls_context", Yaml::Map(common)),
-                ]),
-            ),
-        ]),
+        map([("name", s("envoy.transport_sockets.tls")), ("typed_config", Yaml::Map(tls))]),
     ));
     Yaml::Map(entries)
 }
@@ -1185,6 +1322,45 @@ allows as this identity. exportTo \".\": nothing outside this namespace addresse
 
 /// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
 /// mesh), forwarded to the partner's `target_port`; shared by the gateway and the waypoint layouts.
+/// The ServiceEntry of a dynamic HTTP destination in gateway mode: its hosts (patterns too) with resolution
+/// NONE, since sidecars only route them to the gateway, which resolves each concrete host itself.
+fn dynamic_service_entry(d: &Dest, ns: &str) -> Yaml {
+    let ports = d.mesh_http_ports();
+    let calls = if ports.len() > 1 {
+        format!(
+            "http://<host>:<port>/ for each of its ports ({})",
+            ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        format!("http://<host>/ (port 80) for its port {}", d.port)
+    };
+    let ports: Vec<Yaml> = ports
+        .iter()
+        .map(|p| {
+            let name = if d.ports.len() > 1 { format!("http-{p}") } else { "http".to_string() };
+            map([("number", int(*p)), ("name", s(name)), ("protocol", s("HTTP"))])
+        })
+        .collect();
+    commented(
+        format!(
+            "Destination {} ({}): applications call {calls}; their sidecar sends the request to the egress\ngateway over Istio mTLS, where the filter checks the concrete host and port and the gateway's dynamic\nforward proxy resolves it. resolution NONE: only the gateway resolves these names.",
+            d.name,
+            d.hosts.join(", ")
+        ),
+        object(
+            "networking.istio.io/v1",
+            "ServiceEntry",
+            meta(&d.object_name(), ns),
+            map([
+                ("hosts", strs(d.hosts.iter().map(String::as_str))),
+                ("location", s("MESH_EXTERNAL")),
+                ("resolution", s("NONE")),
+                ("ports", Yaml::Seq(ports)),
+            ]),
+        ),
+    )
+}
+
 fn external_service_entry_spec(host: &str, target_port: u16) -> Yaml {
     map([
         ("hosts", strs([host])),
@@ -1223,6 +1399,8 @@ mod tests {
             namespace: mode.default_namespace().into(),
             image: DEFAULT_IMAGE.into(),
             workload_namespaces: vec!["t".into()],
+            dns_resolvers: Vec::new(),
+            allow_resolved: Vec::new(),
         }
     }
 
@@ -1351,5 +1529,53 @@ mod tests {
             out.contains("kind: NetworkPolicy\nmetadata:\n  name: egress-identity-no-way-around\n  namespace: t\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn gateway_mode_reaches_a_dynamic_destination_through_a_forward_proxy_cluster_per_identity() {
+        let text = POLICY.replace(
+            "\"destinations\": [",
+            r#""destinations": [
+            { "name": "w", "host": "*.w.example", "port": [443, 8443], "identities": ["x.one", "y"] },"#,
+        );
+        let dynamic = policy(&text, IstioMode::Gateway);
+        let mut o = opts(IstioMode::Gateway);
+        o.allow_resolved = vec!["10.0.0.0/8".into()];
+        let out = all(&render(&dynamic, &o).unwrap());
+        // Sidecars: the pattern, unresolved, on each port; to the gateway with a name its server matches.
+        assert!(out.contains("  hosts:\n  - \"*.w.example\"\n  location: MESH_EXTERNAL\n  resolution: NONE\n  ports:\n  - number: 443\n    name: http-443\n"), "{out}");
+        assert!(out.contains("sni: egress-identity.w.example"), "{out}");
+        assert!(out.contains("domains:\n        - \"*.w.example:443\"\n        - \"*.w.example:8443\""), "{out}");
+        // One forward-proxy cluster per identity, on one DNS cache with the filter before the router.
+        for identity in ["x-one", "y"] {
+            let cluster =
+                out.split_once(&format!("name: \"w|{identity}\"")).unwrap().1.split("- applyTo").next().unwrap();
+            assert!(
+                cluster.contains("name: envoy.clusters.dynamic_forward_proxy")
+                    && cluster.contains("auto_san_validation: true"),
+                "{cluster}"
+            );
+            assert!(
+                cluster.contains(&format!("kubernetes://egress-identity-{identity}")) && !cluster.contains(" sni: "),
+                "{cluster}"
+            );
+        }
+        assert!(
+            out.contains(
+                "operation: INSERT_BEFORE\n      value:\n        name: envoy.filters.http.dynamic_forward_proxy"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("address_prefix: \"10.0.0.0\"") && out.contains("address_prefix: \"127.0.0.0\""),
+            "{out}"
+        );
+        // Without a dynamic destination: no forward proxy, and the DNS flags are refused.
+        let plain = all(&render(&policy(POLICY, IstioMode::Gateway), &opts(IstioMode::Gateway)).unwrap());
+        assert!(!plain.contains("dynamic_forward_proxy"), "{plain}");
+        let e = render(&policy(POLICY, IstioMode::Gateway), &o).unwrap_err();
+        assert!(e.0.contains("only dynamic destinations"), "{e}");
+        o.allow_resolved = vec!["10.1.0.0/16".into()];
+        assert!(render(&dynamic, &o).unwrap_err().0.contains("--allow-resolved 10.1.0.0/16"));
     }
 }

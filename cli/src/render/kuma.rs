@@ -192,7 +192,7 @@ pub fn render(policy: &PolicyFile, opts: &KumaOptions) -> Result<Vec<Manifest>, 
     // partner endpoint is the destination's host and port unless --upstream says otherwise.
     let fronts: Vec<Front> = dests
         .iter()
-        .map(|Dest { name, host, port, protocol }| Front {
+        .map(|Dest { name, host, port, protocol, .. }| Front {
             name: name.clone(),
             port: Platform::kuma_port(*protocol, *port),
             upstream: opts.upstreams.get(name).cloned().unwrap_or_else(|| HostPort { host: host.clone(), port: *port }),

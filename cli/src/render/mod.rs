@@ -7,6 +7,7 @@
 
 pub mod chart;
 pub mod envoy;
+pub mod forward_proxy;
 pub mod hardening;
 pub mod istio;
 pub mod kuma;
