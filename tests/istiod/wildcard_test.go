@@ -10,6 +10,7 @@ package istiod
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,10 @@ import (
 	dfpcluster "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_forward_proxy/v3"
 	dfpfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"istio.io/istio/pilot/pkg/model"
 )
 
 // The wildcard policy, relative to the repository.
@@ -197,8 +201,12 @@ func checkWildcardGateway(t *testing.T, g generated) problems {
 }
 
 // virtualHostFor is the virtual host Envoy picks for authority (exact domain, then the longest suffix
-// wildcard, then the longest prefix wildcard, then "*"), as route/config_impl.cc does.
+// wildcard, then the longest prefix wildcard, then "*"), as route/config_impl.cc does; without the port when
+// the configuration ignores it (istiod sets ignore_port_in_host_matching on sidecars and gateways).
 func virtualHostFor(rc *route.RouteConfiguration, authority string) *route.VirtualHost {
+	if host, _, err := net.SplitHostPort(authority); err == nil && rc.GetIgnorePortInHostMatching() {
+		authority = host
+	}
 	var suffix, prefix, any *route.VirtualHost
 	suffixLen, prefixLen := -1, -1
 	for _, vh := range rc.VirtualHosts {
@@ -232,6 +240,97 @@ func domains(rc *route.RouteConfiguration) [][]string {
 	return out
 }
 
+// A sidecar of the callers' namespace.
+func sidecarProxy() *model.Proxy {
+	labels := map[string]string{"app": "app1"}
+	return &model.Proxy{
+		Type:            model.SidecarProxy,
+		Labels:          labels,
+		Metadata:        &model.NodeMetadata{Labels: labels, Namespace: "team"},
+		IPAddresses:     []string{"10.0.0.20"},
+		ConfigNamespace: "team",
+	}
+}
+
+// The egress gateway's cluster for a destination's DestinationRule subset, as a sidecar names it.
+func gatewaySubsetCluster(subset string) string {
+	return "outbound|443|" + subset + "|istio-egressgateway.istio-egress.svc.cluster.local"
+}
+
+// checkWildcardSidecar checks what a caller's sidecar does with the calls: the outbound route of the port the
+// application calls sends each to the egress gateway's subset of its destination, over Istio mTLS with the
+// subset's SNI, which one of the gateway server's names matches.
+func checkWildcardSidecar(t *testing.T, g generated, gatewayNames []string) problems {
+	t.Helper()
+	var p problems
+	routes := map[string]*route.RouteConfiguration{}
+	for _, r := range g.server.Routes(g.proxy) {
+		routes[r.Name] = r
+	}
+	clusters := g.server.Clusters(g.proxy)
+	for _, call := range wildcardCalls {
+		port := call.port
+		if port == "" {
+			port = "80"
+		}
+		rc := routes[port]
+		if rc == nil {
+			p.add("%s: the sidecar has no outbound route configuration for port %s", call.authority, port)
+			continue
+		}
+		vh := virtualHostFor(rc, call.authority)
+		if vh == nil || len(vh.Routes) == 0 {
+			p.add("%s: no virtual host of the sidecar's route %s matches it (domains: %v)", call.authority, rc.Name, domains(rc))
+			continue
+		}
+		want := gatewaySubsetCluster(call.destination)
+		if got := vh.Routes[0].GetRoute().GetCluster(); got != want {
+			p.add("%s: the sidecar routes it to %q, not the egress gateway's subset %q", call.authority, got, want)
+			continue
+		}
+		c := findCluster(clusters, want)
+		if c == nil {
+			p.add("%s: the sidecar has no cluster %s", call.authority, want)
+			continue
+		}
+		sni, secret := meshTLS(t, c)
+		if secret != "default" || !serverNameMatches(gatewayNames, sni) {
+			p.add("%s: the sidecar reaches the gateway with certificate %q and SNI %q, which none of the gateway server's names %v matches", call.authority, secret, sni, gatewayNames)
+		}
+	}
+	return p
+}
+
+// meshTLS: the SNI and client certificate of a sidecar's cluster towards a mesh workload (the TLS of its
+// transport socket match for Istio mTLS, tlsMode-istio).
+func meshTLS(t *testing.T, c *clusterT) (sni, secret string) {
+	for _, m := range c.GetTransportSocketMatches() {
+		if m.GetName() != "tlsMode-istio" {
+			continue
+		}
+		ctx := &tlsv3.UpstreamTlsContext{}
+		if err := m.GetTransportSocket().GetTypedConfig().UnmarshalTo(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range ctx.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs() {
+			secret = s.GetName()
+		}
+		return ctx.GetSni(), secret
+	}
+	return "", ""
+}
+
+// serverNameMatches: whether sni selects a filter chain with these server names (exact, or `*.suffix` for a
+// name with one label more or more).
+func serverNameMatches(names []string, sni string) bool {
+	for _, n := range names {
+		if n == sni || (strings.HasPrefix(n, "*.") && strings.HasSuffix(sni, n[1:]) && len(sni) > len(n)-1) {
+			return true
+		}
+	}
+	return false
+}
+
 func TestGatewayWildcardAsIstiodGeneratesIt(t *testing.T) {
 	dir := renderWildcard(t)
 	g := generate(t, manifests(t, dir, gatewayFiles, nil), gatewayKube, gatewayProxy())
@@ -240,24 +339,44 @@ func TestGatewayWildcardAsIstiodGeneratesIt(t *testing.T) {
 	}
 	// For cli/tests/istiod_gateway_wildcard.rs.
 	dumpGateway(t, g, dir, "egress-gateway-wildcard")
+
+	sidecar := generate(t, manifests(t, dir, gatewayFiles, nil), gatewayKube, sidecarProxy())
+	for _, problem := range checkWildcardSidecar(t, sidecar, gatewayServerNames(g)) {
+		t.Error(problem)
+	}
 }
 
-// Each piece the EnvoyFilter adds for dynamic destinations is needed: without it, the check above fails.
+// gatewayServerNames: the server names of the gateway's HTTPS chains.
+func gatewayServerNames(g generated) []string {
+	var names []string
+	for _, l := range g.server.Listeners(g.proxy) {
+		for _, fc := range l.FilterChains {
+			if l.Name == fmt.Sprintf("0.0.0.0_%d", gatewayHTTPSPort) {
+				names = append(names, fc.GetFilterChainMatch().GetServerNames()...)
+			}
+		}
+	}
+	return names
+}
+
+// Each piece the rendering adds for dynamic destinations is needed: without it, the checks above fail.
 func TestGatewayWildcardMutationsAreCaught(t *testing.T) {
 	dir := renderWildcard(t)
 	cases := []struct {
-		name, from, to, caught string
+		name, file, from, to, caught string
 	}{
-		{"no forward-proxy filter", "name: envoy.filters.http.dynamic_forward_proxy", "name: envoy.filters.http.dynamic_forward_proxy_x", "HTTP filters out of order"},
-		{"the host from the :authority", "allow_dynamic_host_from_filter_state: true", "allow_dynamic_host_from_filter_state: false", "does not take the host from filter state"},
-		{"the domains with ports left out", "        domains:\n        - \"*.partner.example:18443\"\n        - \"*.partner.example:18446\"\n", "        domains:\n        - \"*.partner.example:18443\"\n", "b.partner.example:18446: no virtual host"},
-		{"a cluster on another DNS cache", "        cluster_type:\n          name: envoy.clusters.dynamic_forward_proxy\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig\n            dns_cache_config:\n              name: egress-identity\n", "        cluster_type:\n          name: envoy.clusters.dynamic_forward_proxy\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig\n            dns_cache_config:\n              name: egress-identity-2\n", "DNS cache differs"},
-		{"no auto SNI", "auto_sni: true", "auto_sni: false", "auto_sni, auto_san_validation"},
+		{"no forward-proxy filter", "envoy-filter.yaml", "name: envoy.filters.http.dynamic_forward_proxy", "name: envoy.filters.http.dynamic_forward_proxy_x", "HTTP filters out of order"},
+		{"the host from the :authority", "envoy-filter.yaml", "allow_dynamic_host_from_filter_state: true", "allow_dynamic_host_from_filter_state: false", "does not take the host from filter state"},
+		{"a cluster on another DNS cache", "envoy-filter.yaml", "            dns_cache_config:\n              name: egress-identity\n", "            dns_cache_config:\n              name: egress-identity-2\n", "DNS cache differs"},
+		{"no auto SNI", "envoy-filter.yaml", "auto_sni: true", "auto_sni: false", "auto_sni, auto_san_validation"},
+		{"the route patch for the exact host only", "envoy-filter.yaml", "          route:\n            name: partner\n", "          name: \"*.partner.example:443\"\n          route:\n            name: partner\n", "by the filter's header"},
+		{"sidecars send another SNI", "destination-rule.yaml", "sni: egress-identity.partner.example", "sni: egress-identity.partner.example.other", "none of the gateway server's names"},
+		{"sidecars keep one port to themselves", "virtual-service.yaml", "      port: 18446\n", "      port: 18447\n", "a.partner.example:18446: the sidecar routes it to \"outbound|18446||*.partner.example\", not the egress gateway"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			text := manifests(t, dir, gatewayFiles, func(file, text string) string {
-				if file != "envoy-filter.yaml" {
+				if file != c.file {
 					return text
 				}
 				if !strings.Contains(text, c.from) {
@@ -265,7 +384,9 @@ func TestGatewayWildcardMutationsAreCaught(t *testing.T) {
 				}
 				return strings.Replace(text, c.from, c.to, 1)
 			})
-			got := checkWildcardGateway(t, generate(t, text, gatewayKube, gatewayProxy()))
+			gateway := generate(t, text, gatewayKube, gatewayProxy())
+			got := checkWildcardGateway(t, gateway)
+			got = append(got, checkWildcardSidecar(t, generate(t, text, gatewayKube, sidecarProxy()), gatewayServerNames(gateway))...)
 			if !got.contains(c.caught) {
 				t.Errorf("not caught (want a problem with %q), problems: %v", c.caught, got)
 			}

@@ -549,12 +549,6 @@ fn gateway(
             gateway_patch("CLUSTER", None, "ADD", identity_cluster(c, d, opts.dns())),
         ));
     }
-    let route_configuration = |vhost: Yaml| {
-        (
-            "routeConfiguration",
-            map([("gateway", s(format!("{ns}/{GATEWAY}"))), ("portName", s(SERVER_PORT_NAME)), ("vhost", vhost)]),
-        )
-    };
     for d in dests.iter().filter(|d| !d.is_l4()) {
         // istiod gives each host its own virtual host, and a virtual host of a host that a wildcard also
         // covers gets the wildcard's routes too (after or before its own, by the VirtualServices' age): the
@@ -563,7 +557,14 @@ fn gateway(
             format!("the gateway route `{}` (every virtual host that has it): MERGE replaces the placeholder 503 by\n`cluster_header` and appends the internal headers to request_headers_to_remove.", k8s_name(&d.name)),
             gateway_patch(
                 "HTTP_ROUTE",
-                Some(route_configuration(map([("route", map([("name", s(k8s_name(&d.name)))]))]))),
+                Some((
+                    "routeConfiguration",
+                    map([
+                        ("gateway", s(format!("{ns}/{GATEWAY}"))),
+                        ("portName", s(SERVER_PORT_NAME)),
+                        ("vhost", map([("route", map([("name", s(k8s_name(&d.name)))]))])),
+                    ]),
+                )),
                 "MERGE",
                 map([
                     ("route", map([("cluster_header", s(&cluster_header)), ("timeout", s("30s"))])),
@@ -571,18 +572,6 @@ fn gateway(
                 ]),
             ),
         ));
-        for host in &d.hosts {
-            let domains: Vec<String> = d.mesh_http_ports().iter().map(|p| format!("{host}:{p}")).collect();
-            patches.push(commented(
-                format!("virtual host `{host}:443`: istiod names only the host, but a sidecar forwards the authority as the\napplication wrote it, with its port ({}): MERGE adds those domains.", domains.join(", ")),
-                gateway_patch(
-                    "VIRTUAL_HOST",
-                    Some(route_configuration(map([("name", s(format!("{host}:443")))]))),
-                    "MERGE",
-                    map([("domains", strs(domains.iter().map(String::as_str)))]),
-                ),
-            ));
-        }
     }
     if dests.iter().any(|d| d.dynamic) {
         patches.push(commented(
@@ -1422,7 +1411,8 @@ mod tests {
         assert_eq!(out.matches("applyTo: CLUSTER").count(), 3, "{out}");
         assert_eq!(out.matches("applyTo: HTTP_ROUTE").count(), 2, "{out}");
         assert!(out.contains("name: kubernetes://egress-identity-x-one\n"), "{out}");
-        assert!(out.contains("name: api.b.example:443\n"), "{out}");
+        // By the route's name, in whichever virtual host istiod puts it.
+        assert!(out.contains("        vhost:\n          route:\n            name: b\n"), "{out}");
         assert!(out.contains("- cluster.local/ns/t/sa/x\n"), "guard principals without spiffe://: {out}");
         assert!(out.contains("pluginConfig:\n    # ") || out.contains("pluginConfig:\n    {"), "{out}");
         assert_eq!(out.matches("kind: VirtualService").count(), 2);
@@ -1545,7 +1535,6 @@ mod tests {
         // Sidecars: the pattern, unresolved, on each port; to the gateway with a name its server matches.
         assert!(out.contains("  hosts:\n  - \"*.w.example\"\n  location: MESH_EXTERNAL\n  resolution: NONE\n  ports:\n  - number: 443\n    name: http-443\n"), "{out}");
         assert!(out.contains("sni: egress-identity.w.example"), "{out}");
-        assert!(out.contains("domains:\n        - \"*.w.example:443\"\n        - \"*.w.example:8443\""), "{out}");
         // One forward-proxy cluster per identity, on one DNS cache with the filter before the router.
         for identity in ["x-one", "y"] {
             let cluster =
