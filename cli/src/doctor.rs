@@ -172,7 +172,7 @@ pub fn check(dump: &Value, prometheus: &str, policy_text: &str, clock: Clock) ->
 /// router; tcp/tls: `sni_dynamic_forward_proxy` before tcp_proxy) must fill the DNS cache the clusters read.
 fn check_forward_proxy(gateway: &Gateway<'_>, config: &Config, findings: &mut Vec<Finding>) {
     let cluster = |name: &str| gateway.clusters.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
-    for d in config.destinations.iter().filter(|d| d.dynamic && config.platform.carries(d.protocol)) {
+    for d in config.destinations.iter().filter(|d| d.dynamic) {
         let filter = if d.protocol.is_l4() { SNI_FORWARD_PROXY } else { HTTP_FORWARD_PROXY };
         let mut caches: Vec<&str> = Vec::new();
         for identity in d.identities.identities() {
@@ -454,7 +454,7 @@ fn check_clusters(gateway: &Gateway<'_>, config: &Config, clock: Clock, findings
         return;
     }
     let cluster = |name: &str| gateway.clusters.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
-    for d in config.destinations.iter().filter(|d| config.platform.carries(d.protocol)) {
+    for d in config.destinations.iter() {
         let mut checked_shared = false;
         for identity in d.identities.identities() {
             let what = if d.protocol == Protocol::Tls {
@@ -610,7 +610,7 @@ fn leaf(pem: &str) -> Option<(PresentedCertificate, i64, i64)> {
 /// for HTTP ones, a listener on the port they arrive on, with the network filter, for tcp/tls ones.
 fn check_reachability(gateway: &Gateway<'_>, config: &Config, findings: &mut Vec<Finding>) {
     let platform = &config.platform;
-    let carried: Vec<_> = config.destinations.iter().filter(|d| platform.carries(d.protocol)).collect();
+    let carried: Vec<_> = config.destinations.iter().collect();
     if carried.iter().any(|d| !d.protocol.is_l4()) {
         let http_listener = gateway.listeners.iter().find(|l| l.roots.iter().any(|r| !r.ends_with("-l4")));
         let ecds = gateway.plugins.iter().any(|p| p.listener.is_none() && !p.root_id.ends_with("-l4"));

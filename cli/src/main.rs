@@ -556,12 +556,7 @@ fn load_policy(path: &PathBuf, platform: &PlatformSpec) -> Option<PolicyFile> {
         }
     };
     match PolicyFile::for_platform(&text, platform) {
-        Ok(policy) => {
-            for warning in &policy.config.warnings {
-                eprintln!("{}: warning: {warning}", path.display());
-            }
-            Some(policy)
-        }
+        Ok(policy) => Some(policy),
         Err(errors) => {
             for error in &errors {
                 eprintln!("{}: {error}", path.display());

@@ -102,6 +102,8 @@ struct Hosts<'h> {
 struct DestinationContext<'a> {
     path: &'a str,
     name: &'a str,
+    /// The new (first) host, when it could be determined.
+    host: Option<&'a str>,
     protocol: Protocol,
     /// The new port, when it could be determined.
     port: Option<u16>,
@@ -259,8 +261,8 @@ impl Migration {
         let hosts = self.strings(fields.get("hosts"), &format!("{path}.hosts"));
         let ports = self.ports(fields.get("ports"), &format!("{path}.ports"));
         let (host, port) = self.endpoint(&path, name, protocol, &hosts, &ports);
-        if let Some(host) = host {
-            out.insert("host".into(), Value::String(host));
+        if let Some(host) = &host {
+            out.insert("host".into(), Value::String(host.clone()));
         }
         if let Some(port) = port {
             out.insert("port".into(), Value::from(port));
@@ -284,6 +286,7 @@ impl Migration {
         let context = DestinationContext {
             path: &path,
             name,
+            host: host.as_deref(),
             protocol,
             port: port.and_then(|p| u16::try_from(p).ok()),
             shared: shared.is_some(),
@@ -662,7 +665,7 @@ impl Migration {
             Some(identity) if context.protocol != Protocol::Tls && !context.shared => {
                 platform.identity_cluster(context.name, &k8s_form(identity), context.protocol, port)
             }
-            _ => platform.destination_cluster(context.name, context.protocol, port),
+            _ => platform.destination_cluster(context.name, context.host.unwrap_or_default(), context.protocol, port),
         };
         if derived != old {
             self.clusters.push(RenamedCluster { path, old: old.to_string(), derived });

@@ -79,13 +79,6 @@ pub fn validate(path: &Path, text: &str, platforms: &[PlatformArg]) -> ExitCode 
             eprintln!("{shown}: [{}] {line}", names.join(", "));
         }
     }
-    for o in &outcomes {
-        if let Ok(config) = &o.result {
-            for w in &config.warnings {
-                eprintln!("{shown}: [{}] warning: {w}", o.platform.name());
-            }
-        }
-    }
     let accepted: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
     if let Some(config) = accepted.first().and_then(|o| o.result.as_ref().ok()) {
         let names: Vec<&str> = accepted.iter().map(|o| o.platform.name()).collect();

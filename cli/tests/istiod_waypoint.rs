@@ -18,7 +18,7 @@ use std::path::Path;
 use egress_identity_harness::hbone::{HboneClient, Tunneled};
 use egress_identity_harness::istiod::{self, Expected, Proxy, Substitutions};
 use egress_identity_harness::topology::{
-    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, GATEWAY_PORT, METRICS_PORT,
+    Topology, ADMIN_PORT, EXTERNAL_PORT, EXTERNAL_TCP_PORT, EXTERNAL_TLS_PORT, GATEWAY_PORT, METRICS_PORT,
 };
 use serde_json::Value;
 
@@ -27,6 +27,8 @@ use serde_json::Value;
 const API_VIP: &str = "240.240.0.1:80";
 /// The same for the tcp destination `db.partner.example` (the second ServiceEntry), on the partner's port.
 const DB_VIP: &str = "240.240.0.2:5432";
+/// The same for the tls destination `files.partner.example` (the third).
+const FILES_VIP: &str = "240.240.0.3:443";
 
 /// The readiness port of istio-agent's bootstrap.
 const AGENT_HEALTH_PORT: u16 = 15021;
@@ -50,6 +52,8 @@ fn substitutions() -> Substitutions {
             (("api.partner.example".to_string(), 443), EXTERNAL_PORT),
             // The tcp destination: nginx's mTLS stream server, which answers with the client subject it saw.
             (("db.partner.example".to_string(), 5432), EXTERNAL_TCP_PORT),
+            // The tls destination: nginx's TLS stream server, the caller's own TLS reaching it.
+            (("files.partner.example".to_string(), 443), EXTERNAL_TLS_PORT),
             // istio-agent's prometheus_stats cluster reaches the admin interface, moved here.
             (("127.0.0.1".to_string(), 15000), ADMIN_PORT),
         ]),
@@ -144,6 +148,29 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(t.external_connections().len(), before, "a denied caller reached the partner");
 
+    // The tls destination (passthrough), on the chain inbound-vip|443|tcp|files.partner.example: app1 (the policy's
+    // only caller) gets its own ClientHello to the partner, which answers with its TLS server's first flight (a
+    // fatal alert after the ClientHello ends the exchange); app2 is closed at once; a ClientHello that names
+    // another host never reaches the partner (tcp_proxy has connected, but no byte goes on).
+    let hello = |sni: &str| {
+        let mut bytes = egress_identity_harness::l4::real_client_hello(sni).unwrap();
+        bytes.extend([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]); // alert: fatal, handshake_failure
+        bytes
+    };
+    let tls_sessions = |name: &str| {
+        t.external_connections().iter().filter(|c| c["port"] == EXTERNAL_TLS_PORT && c["server_name"] == name).count()
+    };
+    let tunneled = client.exchange(&t.pki().workload("team-app1"), FILES_VIP, &hello("files.partner.example")).unwrap();
+    assert_eq!(tunneled.connect_status, 200, "{tunneled:?}");
+    assert!(tunneled.received.starts_with(&[0x16, 0x03]), "the partner's TLS did not answer: {tunneled:?}");
+    for (who, sni) in [("team-app2", "files.partner.example"), ("team-app1", "other.partner.example")] {
+        let tunneled = client.exchange(&t.pki().workload(who), FILES_VIP, &hello(sni)).unwrap();
+        assert!(!tunneled.received.starts_with(&[0x16]), "{who} ({sni}) was forwarded: {tunneled:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(tls_sessions("files.partner.example"), 1, "{:?}", t.external_connections());
+    assert_eq!(tls_sessions("other.partner.example"), 0, "{:?}", t.external_connections());
+
     // A denied request with `Expect: 100-continue` gets its 403 alone (the waypoint's HCM proxies 100-continue).
     let client = HboneClient::new(t.pki().mesh_ca_cert(), GATEWAY_PORT);
     let head = "POST /v1/waypoint/expect HTTP/1.1\r\nHost: api.partner.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
@@ -167,6 +194,8 @@ fn the_waypoint_istiod_generates_serves_each_caller_as_its_own_identity() {
             1.0,
         ),
         (&[("protocol", "l4"), ("decision", "deny"), ("layer", "gateway")], 2.0),
+        (&[("protocol", "l4"), ("decision", "allow"), ("destination", "partner-files")], 1.0),
+        (&[("protocol", "l4"), ("decision", "deny"), ("destination", "partner-files")], 2.0),
     ])
     .unwrap();
 }

@@ -206,9 +206,6 @@ pub struct Config {
     pub identities: Identities,
     /// The namespaces the policy names as callers ([`crate::caller_namespaces`]).
     pub caller_namespaces: Vec<Box<str>>,
-    /// What the platform leaves out of the policy (e.g. tcp destinations in an Istio waypoint): valid, but
-    /// said aloud by `validate`, `render` and the filter's log.
-    pub warnings: Vec<ConfigError>,
 }
 
 /// Whether any policy (enforced or dry-run, either layer) constrains methods or paths. When none does,
@@ -272,7 +269,6 @@ impl Config {
     /// Validates and compiles a parsed document, taking over its strings.
     pub fn compile(spec: PluginConfigSpec) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
-        let mut warnings = Errors::default();
         let platform = Platform::compile(spec.platform.as_ref(), &mut errors);
         let platform_td = platform.local_trust_domain();
 
@@ -334,8 +330,7 @@ impl Config {
         let mut used = vec![false; identities.len()];
         let context =
             Context { declared: &identities, platform: &platform, default_port: spec.default_port, rules: &rules };
-        let destinations =
-            DestinationTable::compile(spec.destinations, &context, &mut used, &mut errors, &mut warnings);
+        let destinations = DestinationTable::compile(spec.destinations, &context, &mut used, &mut errors);
         for (i, identity) in identities.iter().enumerate() {
             if !used.get(i).copied().unwrap_or(true) {
                 errors.push(
@@ -373,7 +368,6 @@ impl Config {
             path_matching,
             identities,
             caller_namespaces,
-            warnings: warnings.into_vec(),
         })
     }
 }
@@ -510,7 +504,6 @@ pub(crate) mod tests {
         assert_eq!(config.certificate_cache_size, 1024);
         assert_eq!(config.principal_sources, [PrincipalSource::PeerCertificate], "plain Envoy's");
         assert_eq!(config.platform, Platform::Envoy);
-        assert!(config.warnings.is_empty());
         let namespaces: Vec<&str> = config.caller_namespaces.iter().map(|n| &**n).collect();
         assert_eq!(namespaces, ["quarantine", "team"]);
         assert!(config.trust_domains.accepts("cluster.local"));

@@ -69,14 +69,8 @@ pub struct Context<'a> {
 
 impl DestinationTable {
     /// Compiles `destinations`, taking over their strings. `used` marks the declared identities some
-    /// destination names; `warnings` gets what the platform leaves out.
-    pub fn compile(
-        specs: Vec<DestinationSpec>,
-        context: &Context<'_>,
-        used: &mut [bool],
-        errors: &mut Errors,
-        warnings: &mut Errors,
-    ) -> Self {
+    /// destination names.
+    pub fn compile(specs: Vec<DestinationSpec>, context: &Context<'_>, used: &mut [bool], errors: &mut Errors) -> Self {
         let path = JsonPath::Root("destinations");
         if specs.is_empty() {
             errors.push(path, "must declare at least one destination");
@@ -143,14 +137,13 @@ impl DestinationTable {
                     ),
                 );
             }
-            if !platform.carries(spec.protocol) {
-                warnings.push(
-                    path,
-                    format!("{} ({}) is not carried by {}: its {} connections never reach the gateway there (nothing is forwarded); serve it with another platform (istio-gateway for Istio)", spec.name, spec.protocol.as_str(), platform.name(), spec.protocol.as_str()),
-                );
-            }
-            let destination =
-                DestinationRef { name: &spec.name, protocol: spec.protocol, port, single_cluster: spec.single_cluster };
+            let destination = DestinationRef {
+                name: &spec.name,
+                host: host.as_deref().unwrap_or_default(),
+                protocol: spec.protocol,
+                port,
+                single_cluster: spec.single_cluster,
+            };
             let identities = IdentityMapping::compile(
                 spec.identities,
                 spec.default_identity,
@@ -485,7 +478,7 @@ mod tests {
         let declared = Identities::compile(ids, &rules, &mut errors);
         let context = Context { declared: &declared, platform: &platform, default_port: 443, rules: &rules };
         let mut used = vec![false];
-        let t = DestinationTable::compile(specs, &context, &mut used, &mut errors, &mut Errors::default());
+        let t = DestinationTable::compile(specs, &context, &mut used, &mut errors);
         if errors.is_empty() {
             Ok(t)
         } else {

@@ -53,6 +53,8 @@ pub struct IdentityMapping {
 #[derive(Clone, Copy, Debug)]
 pub struct DestinationRef<'a> {
     pub name: &'a str,
+    /// Its (first) host.
+    pub host: &'a str,
     pub protocol: Protocol,
     pub port: u16,
     pub single_cluster: bool,
@@ -88,7 +90,7 @@ impl IdentityMapping {
             }
             this.default = Some(ExternalIdentity {
                 name: PASSTHROUGH_IDENTITY.into(),
-                cluster: platform.destination_cluster(d.name, d.protocol, d.port).into_boxed_str(),
+                cluster: platform.destination_cluster(d.name, d.host, d.protocol, d.port).into_boxed_str(),
                 secret: None,
                 declared: None,
                 index: take(next_index),
@@ -105,7 +107,7 @@ impl IdentityMapping {
             }
             let (cluster, secret) = if d.single_cluster {
                 let secret = identity.certificate.secret.clone().unwrap_or_else(|| identity.name.clone());
-                (platform.destination_cluster(d.name, d.protocol, d.port), Some(secret))
+                (platform.destination_cluster(d.name, d.host, d.protocol, d.port), Some(secret))
             } else {
                 (platform.identity_cluster(d.name, &k8s_form(name), d.protocol, d.port), None)
             };
@@ -216,7 +218,7 @@ mod tests {
         let refs: Option<Vec<String>> = refs.map(|r| serde_json::from_value(r).unwrap());
         let mut next = 10;
         let mut used = vec![false; 3];
-        let d = DestinationRef { name: "d", protocol, port: 443, single_cluster };
+        let d = DestinationRef { name: "d", host: "d.example", protocol, port: 443, single_cluster };
         let m = IdentityMapping::compile(
             refs,
             default.map(str::to_string),

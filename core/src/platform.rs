@@ -156,12 +156,6 @@ impl Platform {
         }
     }
 
-    /// Whether the platform's layout carries destinations of this protocol to the filter at all (an Istio
-    /// waypoint carries `tcp` ones, each on its own filter chain; `tls` passthrough there is not rendered yet).
-    pub fn carries(&self, protocol: Protocol) -> bool {
-        !(matches!(self, Self::IstioWaypoint) && protocol == Protocol::Tls)
-    }
-
     /// How the network filter learns which destination a connection is for.
     pub fn l4_front(&self) -> L4Front {
         match self {
@@ -270,12 +264,14 @@ impl Platform {
         }
     }
 
-    /// The one cluster of destination `name` that is not an identity's: a tls destination's passthrough, or
-    /// a single-cluster destination's.
-    pub fn destination_cluster(&self, name: &str, protocol: Protocol, port: u16) -> String {
+    /// The one cluster of destination `name` (on `host`) that is not an identity's: a tls destination's
+    /// passthrough, or a single-cluster destination's.
+    pub fn destination_cluster(&self, name: &str, host: &str, protocol: Protocol, port: u16) -> String {
         let what = if protocol == Protocol::Tls { PASSTHROUGH } else { SHARED };
         match self {
             Self::Kuma(k) => k.kri(&format!("{name}-{what}"), Self::kuma_port(protocol, port)),
+            // The waypoint's own cluster of the destination's chain: tcp_proxy's, which it connects to at once.
+            Self::IstioWaypoint if protocol == Protocol::Tls => format!("inbound-vip|{port}|tcp|{host}"),
             Self::Envoy | Self::IstioGateway | Self::IstioWaypoint => format!("{name}|{what}"),
         }
     }
@@ -366,7 +362,10 @@ mod tests {
         let w = Platform::IstioWaypoint;
         assert_eq!(w.l4_front(), L4Front::FilterChainName);
         assert_eq!(Platform::Envoy.l4_front(), L4Front::ServerName);
-        assert!(w.carries(Protocol::Tcp) && !w.carries(Protocol::Tls) && w.carries(Protocol::Http));
+        assert_eq!(
+            w.destination_cluster("files", "files.example", Protocol::Tls, 443),
+            "inbound-vip|443|tcp|files.example"
+        );
         assert_eq!(
             w.identity_cluster("db", "team-app1", Protocol::Tcp, 5432),
             "inbound-vip|5432|tcp|team-app1.db.egress-identity.internal"
@@ -418,10 +417,10 @@ mod tests {
             "kri_extsvc_default_zone-1_kuma-system_partner-api-team-app1_80"
         );
         assert_eq!(
-            kuma().destination_cluster("partner-files", Protocol::Tls, 443),
+            kuma().destination_cluster("partner-files", "files.partner.example", Protocol::Tls, 443),
             "kri_extsvc_default_zone-1_kuma-system_partner-files-passthrough_443"
         );
-        assert_eq!(Platform::IstioGateway.destination_cluster("s", Protocol::Http, 443), "s|shared");
+        assert_eq!(Platform::IstioGateway.destination_cluster("s", "s.example", Protocol::Http, 443), "s|shared");
         assert_eq!(kuma().local_trust_domain().as_deref(), Some("default.zone-1.mesh.local"));
         assert_eq!(Platform::IstioWaypoint.principal_sources(), [PrincipalSource::IstioPeerPrincipal]);
     }

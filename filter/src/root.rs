@@ -158,9 +158,6 @@ impl RootContext for EgressIdentityRoot {
                 config.identities.len(),
                 config.platform.describe()
             );
-            for warning in &config.warnings {
-                log::warn!("egress-identity: configuration: {warning}");
-            }
         }
         // Declared only when written (`auditRecord`).
         if !self.guard && config.audit_record.object() && self.host.declare_decision_property(self.l4).is_err() {

@@ -14,7 +14,10 @@
 //! In an Istio ambient waypoint (`L4Front::FilterChainName`) none of that applies: the chain the connection
 //! landed on names its destination (`inbound-vip|<port>|tcp|<host>`) and the HBONE termination has put the
 //! caller's principal in filter state, so the connection is decided in `on_new_connection`, before Istio's
-//! stock tcp_proxy (which connects at once) runs; nothing is held and no deadline is needed.
+//! stock tcp_proxy (which connects at once) runs; nothing is held and no deadline is needed. A `tls`
+//! passthrough there is decided the same way and let go on (tcp_proxy connects to the partner: TCP only), but
+//! its bytes are held in `on_downstream_data` until the ClientHello names the destination's host (closed
+//! otherwise, or at the deadline): nothing of the caller's reaches the partner before that.
 //!
 //! A connection that is still undecided after `connectionDecisionTimeoutMs` (its caller sent nothing, or
 //! not the whole ClientHello) is closed by the root context's timer ([`PendingConnections`]): the filter
@@ -64,7 +67,9 @@ struct Passthrough {
     host: Box<str>,
     /// The destination forwards an encrypted ClientHello on its outer name.
     allow_encrypted: bool,
-    cluster: Box<str>,
+    /// The cluster to name for tcp_proxy; `None` on a waypoint, where tcp_proxy's own cluster is the path
+    /// and it has connected already.
+    cluster: Option<Box<str>>,
     identity: usize,
     /// The caller, for the record of a later denial.
     principal: Box<str>,
@@ -215,8 +220,20 @@ impl EgressIdentityConnection {
                     let (destination, host) = (allowed.destination.into(), allowed.partner_host(concrete).into());
                     let allow_encrypted = allowed.allow_encrypted_client_hello;
                     let principal = principal_id.into();
+                    let waypoint = config.platform.l4_front() == L4Front::FilterChainName;
+                    let cluster = (!waypoint).then_some(cluster);
                     let pending =
                         Passthrough { destination, host, allow_encrypted, cluster, identity, principal, record };
+                    if waypoint {
+                        // At the connection's creation: no bytes yet. tcp_proxy goes on (and connects); the
+                        // caller's bytes wait here for the ClientHello, until the deadline at most.
+                        let now = self.host.now_ms().unwrap_or(0);
+                        if let Ok(mut deadlines) = self.pending.try_borrow_mut() {
+                            deadlines.start(self.id, now);
+                        }
+                        self.state = State::AwaitingClientHello(pending);
+                        return Ok(Action::Continue);
+                    }
                     return self.check_client_hello(config, pending, data_size, end_of_stream);
                 }
                 if let Some(secret) = &allowed.identity.secret {
@@ -224,7 +241,7 @@ impl EgressIdentityConnection {
                     // filter lets the connection go on, hands it to the upstream connection.
                     host.set_identity_secret(secret)?;
                 }
-                self.forward(config, &cluster, identity, record)
+                self.forward(config, Some(&cluster), identity, record)
             }
         }
     }
@@ -241,7 +258,9 @@ impl EgressIdentityConnection {
         let data = self.host.downstream_data(data_size.min(MAX_CLIENT_HELLO + 64))?;
         let hello = tls_client_hello::parse(&data);
         match config.passthrough_verdict(&pending.host, pending.allow_encrypted, &hello) {
-            PassthroughVerdict::Allow => self.forward(config, &pending.cluster, pending.identity, pending.record),
+            PassthroughVerdict::Allow => {
+                self.forward(config, pending.cluster.as_deref(), pending.identity, pending.record)
+            }
             PassthroughVerdict::Wait if !end_of_stream => {
                 self.state = State::AwaitingClientHello(pending);
                 Ok(Action::Pause)
@@ -281,14 +300,17 @@ impl EgressIdentityConnection {
         self.state = State::Closed;
     }
 
+    /// Lets the connection go on, to `cluster` when the filter names it (else tcp_proxy's own).
     fn forward(
         &mut self,
         config: &Config,
-        cluster: &str,
+        cluster: Option<&str>,
         identity: usize,
         record: Record,
     ) -> Result<Action, HostError> {
-        self.host.set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
+        if let Some(cluster) = cluster {
+            self.host.set_envoy_filter_state(TCP_PROXY_CLUSTER, cluster)?;
+        }
         self.settled();
         record.store(&*self.host);
         self.counters.allowed(config, identity);
@@ -408,6 +430,57 @@ mod tests {
             ("", app1),
         ] {
             assert_eq!(run(chain, principal), (Action::Pause, vec!["close".to_string()]), "{chain} {principal}");
+        }
+    }
+
+    /// A minimal TLS ClientHello record naming `name` (one cipher suite, the server_name extension).
+    fn client_hello(name: &str) -> Vec<u8> {
+        let len = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+        let entry = [&[0u8][..], &len(name.len()), name.as_bytes()].concat();
+        let sni = [&[0u8, 0][..], &len(entry.len() + 2), &len(entry.len()), &entry].concat();
+        let body = [&[3u8, 3][..], &[7; 32], &[0, 0, 2, 0x13, 0x01, 1, 0], &len(sni.len()), &sni].concat();
+        let message = [&[1u8, 0][..], &len(body.len()), &body].concat();
+        [&[22u8, 3, 1][..], &len(message.len()), &message].concat()
+    }
+
+    /// A tls passthrough in a waypoint: decided at creation and let go on (tcp_proxy connects), its bytes
+    /// held until the ClientHello names the destination's host, under a deadline; tcp_proxy's own cluster.
+    #[test]
+    fn a_waypoint_passthrough_holds_the_callers_bytes_until_its_client_hello() {
+        let waypoint = POLICY.replacen('{', r#"{ "platform": {"kind": "istio-waypoint"},"#, 1);
+        let config = Rc::new(Config::load(waypoint.as_bytes()).unwrap());
+        for (sent, forwarded) in [("files.partner.example", true), ("other.partner.example", false)] {
+            let host = Rc::new(MockHost::default());
+            let mut properties = host.properties.borrow_mut();
+            properties
+                .insert(b"xds\0filter_chain_name".to_vec(), b"inbound-vip|443|tcp|files.partner.example".to_vec());
+            properties.insert(
+                b"filter_state\0io.istio.peer_principal".to_vec(),
+                b"spiffe://cluster.local/ns/team/sa/app1".to_vec(),
+            );
+            drop(properties);
+            let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
+            let counters = Rc::new(Counters::define(host.clone(), &config, true));
+            let mut c = EgressIdentityConnection::new(
+                host.clone(),
+                7,
+                Some(Rc::clone(&config)),
+                None,
+                counters,
+                Rc::clone(&pending),
+            );
+            assert_eq!(c.on_new_connection(), Action::Continue);
+            assert_eq!(pending.borrow().len(), 1, "a deadline for the ClientHello");
+            let hello = client_hello(sent);
+            *host.downstream.borrow_mut() = hello[..9].to_vec();
+            assert_eq!(c.on_downstream_data(9, false), Action::Pause, "a part of it: held");
+            *host.downstream.borrow_mut() = hello.clone();
+            let action = c.on_downstream_data(hello.len(), false);
+            let said = calls(&host);
+            let closed = said.iter().any(|c| c == "close");
+            assert_eq!((action == Action::Continue, closed), (forwarded, !forwarded), "{sent}: {said:?}");
+            assert!(!said.iter().any(|c| c.starts_with("set_envoy_filter_state")), "tcp_proxy's own cluster: {said:?}");
+            assert!(pending.borrow().is_empty(), "{sent}: decided");
         }
     }
 

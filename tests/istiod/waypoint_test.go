@@ -139,12 +139,9 @@ func checkWaypoint(t *testing.T, g generated) problems {
 	clusters := g.server.Clusters(g.proxy)
 	want := pluginConfig(t, waypointDir+"/wasm-plugin.yaml")
 	for _, d := range examplePolicy(t) {
-		if d.Protocol == "tcp" {
-			checkWaypointTCP(t, g, &p, d, main, clusters)
-			continue
-		}
 		if d.Protocol != "http" {
-			continue // not carried by the waypoint (the core warns)
+			checkWaypointL4(t, g, &p, d, main, clusters)
+			continue
 		}
 		chainName := fmt.Sprintf("inbound-vip|%d|http|%s", meshHTTPPort, d.Host)
 		var conn *hcm.HttpConnectionManager
@@ -224,13 +221,14 @@ func checkWaypoint(t *testing.T, g generated) problems {
 	return p
 }
 
-// checkWaypointTCP checks a tcp destination's chain in the waypoint: main_internal has a chain for its VIP
-// named inbound-vip|<port>|tcp|<host> (what the network filter reads in xds.filter_chain_name), the network
-// filter runs there before RBAC and tcp_proxy (which connects as soon as the filter lets the connection go
-// on), no HTTP chain carries it, the chain's own cluster presents the Secret that never exists (fail
-// closed), and the cluster the filter names for each allowed caller presents that identity's Secret with the
-// partner's name as SNI and SAN.
-func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, main *listener.Listener, clusters []*clusterT) {
+// checkWaypointL4 checks a tcp or tls destination's chain in the waypoint: main_internal has a chain for its
+// VIP named inbound-vip|<port>|tcp|<host> (what the network filter reads in xds.filter_chain_name), the
+// network filter runs there before RBAC and tcp_proxy (which connects as soon as the filter lets the
+// connection go on), and no HTTP chain carries it. tcp: the chain's own cluster presents the Secret that never
+// exists (fail closed), and the cluster the filter names for each allowed caller presents that identity's
+// Secret with the partner's name as SNI and SAN. tls (passthrough): the chain's own cluster is the path,
+// plain TCP, and the filter names it.
+func checkWaypointL4(t *testing.T, g generated, p *problems, d destination, main *listener.Listener, clusters []*clusterT) {
 	chainName := fmt.Sprintf("inbound-vip|%d|tcp|%s", d.Port, d.Host)
 	var chain *listener.FilterChain
 	for _, fc := range main.FilterChains {
@@ -263,14 +261,33 @@ func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, mai
 	}
 	checkExtension(t, g, p, d.Name, ours, "egress-identity-l4", pluginConfig(t, waypointDir+"/wasm-plugin.yaml"))
 	checkGuardSparesL4(t, p, d.Host, chain, meshHTTPPort)
-	if c := findCluster(clusters, chainName); c == nil {
+	own := findCluster(clusters, chainName)
+	if own == nil {
 		p.add("%s: istiod generates no cluster %s", d.Name, chainName)
-	} else if secret, _, _ := internalTLS(t, c); secret != "kubernetes://egress-identity-no-identity" {
+		return
+	}
+	secret, sni, _ := internalTLS(t, own)
+	switch {
+	case d.Protocol == "tls" && (secret != "" || sni != ""):
+		p.add("%s: the chain's own cluster %s originates TLS (%q, SNI %q): the caller's own TLS would be wrapped", d.Name, chainName, secret, sni)
+	case d.Protocol == "tcp" && secret != "kubernetes://egress-identity-no-identity":
 		p.add("%s: the chain's own cluster %s presents %q: a connection the filter names no cluster for would leave without an identity", d.Name, chainName, secret)
 	}
+	allowed := 0
 	for _, caller := range callers {
-		r := explain(t, "examples/policy.json", "istio-waypoint", "--principal", caller, "--sni", d.Host, "--port", fmt.Sprint(d.Port))
+		args := []string{"--principal", caller, "--sni", d.Host, "--port", fmt.Sprint(d.Port)}
+		if d.Protocol == "tls" {
+			args = append(args, "--inner-sni", d.Host)
+		}
+		r := explain(t, "examples/policy.json", "istio-waypoint", args...)
 		if r.Decision.Decision != "allow" {
+			continue
+		}
+		allowed++
+		if d.Protocol == "tls" {
+			if r.Decision.Cluster != chainName {
+				p.add("%s: the filter names cluster %q for %s, not the chain's own %s, which tcp_proxy connects to", d.Name, r.Decision.Cluster, caller, chainName)
+			}
 			continue
 		}
 		c := findCluster(clusters, r.Decision.Cluster)
@@ -283,6 +300,9 @@ func checkWaypointTCP(t *testing.T, g generated, p *problems, d destination, mai
 		if secret != wantSecret || sni != d.Host || len(sans) != 1 || sans[0] != d.Host {
 			p.add("%s: cluster %s presents %q (SNI %q, SANs %v), not the Secret of identity %s, %q, to %s", d.Name, c.Name, secret, sni, sans, r.Decision.Identity, wantSecret, d.Host)
 		}
+	}
+	if allowed == 0 {
+		p.add("%s: the filter allows none of the callers %v: nothing checked", d.Name, callers)
 	}
 }
 

@@ -210,8 +210,7 @@ pub fn originating_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
 /// single-cluster mode, and that the policy's platform carries), in policy order, named by the core for that
 /// platform.
 pub fn identity_clusters(policy: &PolicyFile) -> Vec<IdentityCluster> {
-    let platform = &policy.config.platform;
-    let destinations = policy.config.destinations.iter().filter(|d| !d.single_cluster && platform.carries(d.protocol));
+    let destinations = policy.config.destinations.iter().filter(|d| !d.single_cluster);
     destinations
         .flat_map(|d| {
             d.identities.identities().map(move |i| IdentityCluster {

@@ -120,9 +120,10 @@ impl Dest {
 /// those), with the partner's host and port. Applications call an HTTP destination as `http://<host>/`;
 /// they connect to a tcp or tls destination at `<host>:<port>`.
 pub(super) fn destinations(policy: &PolicyFile) -> Vec<Dest> {
-    let platform = &policy.config.platform;
-    let carried = policy.config.destinations.iter().filter(|d| platform.carries(d.protocol));
-    carried
+    policy
+        .config
+        .destinations
+        .iter()
         .map(|d| Dest {
             name: d.name.to_string(),
             host: d.host.to_string(),
@@ -261,8 +262,7 @@ fn plugin_files(
     comments: (&str, &str),
 ) -> [Manifest; 2] {
     let mut forms = vec![(PluginForm::Http, comments.0)];
-    let platform = &policy.config.platform;
-    if policy.config.destinations.iter().any(|d| d.protocol.is_l4() && platform.carries(d.protocol)) {
+    if policy.config.destinations.has_l4() {
         let port = (mode != "waypoint").then_some(L4_GATEWAY_PORT);
         forms.push((PluginForm::Network(port), comments.1));
     }
@@ -793,6 +793,7 @@ fn gateway_servers(dests: &[Dest]) -> Vec<Yaml> {
 /// `waypoint`, bound to that waypoint.
 fn l4_service_entry(d: &Dest, ns: &str, waypoint: Option<&str>) -> Yaml {
     let (port_name, protocol, how) = match d.protocol {
+        Protocol::Tls if waypoint.is_some() => ("tls", "TLS", format!("open their own TLS to {}:{} (ztunnel matches the address Istio gives this host) and keep\nit end to end: the waypoint's chain names the destination, the filter decides and checks that the\nClientHello names {} before a byte goes on (passthrough)", d.host, d.port, d.host)),
         Protocol::Tls => ("tls", "TLS", format!("open their own TLS to {}:{} (the sidecar matches the ClientHello's SNI) and\nkeep it end to end: the gateway only decides and forwards (passthrough)", d.host, d.port)),
         _ => ("tcp", "TCP", format!("connect to {}:{} in plain TCP; the sidecar or ztunnel matches the connection by address, so\nIstio must give this host name an address (ISTIO_META_DNS_CAPTURE and ISTIO_META_DNS_AUTO_ALLOCATE,\nor ambient's automatic allocation); the egress originates mTLS as the caller's external identity", d.host, d.port)),
     };
@@ -1073,6 +1074,10 @@ fn waypoint(
     }
     for d in dests.iter().filter(|d| d.is_l4()) {
         entries.push(l4_service_entry(d, ns, Some(WAYPOINT)));
+        if d.protocol == Protocol::Tls {
+            // Passthrough: the waypoint's own cluster is the path; the filter closes what it does not allow.
+            continue;
+        }
         drs.push(commented(
             format!(
                 "Fail closed: the waypoint's own route for {}:{} (tcp_proxy's cluster when the filter names none)
@@ -1102,6 +1107,9 @@ handshake. The filter names each allowed connection's identity cluster (the Serv
     for c in clusters {
         let Some(d) = dest_of(dests, &c.destination) else { continue };
         let host = internal_host(c);
+        if d.protocol == Protocol::Tls {
+            continue;
+        }
         if d.is_l4() {
             let (entry, dr) = waypoint_l4_identity(c, d, ns);
             entries.push(entry);
@@ -1451,7 +1459,7 @@ mod tests {
     /// A waypoint carries tcp destinations (each on its own chain, decided by the network filter) but not tls
     /// passthrough ones: the core warns of those, and nothing of them is rendered.
     #[test]
-    fn waypoint_mode_carries_tcp_and_leaves_out_tls() {
+    fn waypoint_mode_carries_tcp_and_tls() {
         let l4 = POLICY.replace(
             r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },"#,
             r#"{ "name": "a", "host": "a.example", "port": 443, "identities": ["x.one"] },
@@ -1459,12 +1467,10 @@ mod tests {
                { "name": "files", "protocol": "tls", "host": "files.example", "port": 443 },"#,
         );
         let p = policy(&l4, IstioMode::Waypoint);
-        assert_eq!(p.config.warnings.len(), 1, "{:?}", p.config.warnings);
-        assert!(p.config.warnings[0]
-            .to_string()
-            .starts_with("destinations[2]: files (tls) is not carried by istio-waypoint"));
         let out = all(&render(&p, &opts(IstioMode::Waypoint)).unwrap());
-        assert!(!out.contains("name: files-example") && !out.contains("- files.example"), "{out}");
+        // tls passthrough: the destination bound to the waypoint, and nothing else (its own cluster is the path).
+        assert!(out.contains("name: files-example\n") && out.contains("    protocol: TLS\n"), "{out}");
+        assert!(!out.contains("files-example-443") && !out.contains("passthrough.files"), "{out}");
         // The destination bound to the waypoint, its fail-closed DestinationRule, the identity's internal host
         // (bound too, so istiod builds the cluster the core names) with its Secret, and the network plugin on
         // every chain (no port match).
