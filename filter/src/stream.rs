@@ -392,26 +392,28 @@ mod tests {
 
     /// In an Istio waypoint the chain names the destination and filter state the caller: decided when the
     /// connection is created, with no hold and no deadline; anything but a tcp chain is refused.
-    #[test]
-    fn a_waypoint_connection_is_decided_at_once_by_its_chain() {
+    /// A connection in an Istio waypoint: on `chain`, from `principal` (as the HBONE termination sets it).
+    fn waypoint_connection(
+        chain: &str,
+        principal: &str,
+    ) -> (Rc<MockHost>, Rc<RefCell<PendingConnections>>, EgressIdentityConnection) {
         let waypoint = POLICY.replacen('{', r#"{ "platform": {"kind": "istio-waypoint"},"#, 1);
         let config = Rc::new(Config::load(waypoint.as_bytes()).unwrap());
+        let host = Rc::new(MockHost::default());
+        let mut properties = host.properties.borrow_mut();
+        properties.insert(b"xds\0filter_chain_name".to_vec(), chain.as_bytes().to_vec());
+        properties.insert(b"filter_state\0io.istio.peer_principal".to_vec(), principal.as_bytes().to_vec());
+        drop(properties);
+        let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
+        let counters = Rc::new(Counters::define(host.clone(), &config, true));
+        let c = EgressIdentityConnection::new(host.clone(), 7, Some(config), None, counters, Rc::clone(&pending));
+        (host, pending, c)
+    }
+
+    #[test]
+    fn a_waypoint_connection_is_decided_at_once_by_its_chain() {
         let run = |chain: &str, principal: &str| {
-            let host = Rc::new(MockHost::default());
-            let mut properties = host.properties.borrow_mut();
-            properties.insert(b"xds\0filter_chain_name".to_vec(), chain.as_bytes().to_vec());
-            properties.insert(b"filter_state\0io.istio.peer_principal".to_vec(), principal.as_bytes().to_vec());
-            drop(properties);
-            let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
-            let counters = Rc::new(Counters::define(host.clone(), &config, true));
-            let mut c = EgressIdentityConnection::new(
-                host.clone(),
-                7,
-                Some(Rc::clone(&config)),
-                None,
-                counters,
-                Rc::clone(&pending),
-            );
+            let (host, pending, mut c) = waypoint_connection(chain, principal);
             let action = c.on_new_connection();
             assert!(pending.borrow().is_empty(), "no deadline");
             (action, calls(&host))
@@ -447,28 +449,9 @@ mod tests {
     /// held until the ClientHello names the destination's host, under a deadline; tcp_proxy's own cluster.
     #[test]
     fn a_waypoint_passthrough_holds_the_callers_bytes_until_its_client_hello() {
-        let waypoint = POLICY.replacen('{', r#"{ "platform": {"kind": "istio-waypoint"},"#, 1);
-        let config = Rc::new(Config::load(waypoint.as_bytes()).unwrap());
         for (sent, forwarded) in [("files.partner.example", true), ("other.partner.example", false)] {
-            let host = Rc::new(MockHost::default());
-            let mut properties = host.properties.borrow_mut();
-            properties
-                .insert(b"xds\0filter_chain_name".to_vec(), b"inbound-vip|443|tcp|files.partner.example".to_vec());
-            properties.insert(
-                b"filter_state\0io.istio.peer_principal".to_vec(),
-                b"spiffe://cluster.local/ns/team/sa/app1".to_vec(),
-            );
-            drop(properties);
-            let pending = Rc::new(RefCell::new(PendingConnections::new(config.connection_decision_timeout_ms)));
-            let counters = Rc::new(Counters::define(host.clone(), &config, true));
-            let mut c = EgressIdentityConnection::new(
-                host.clone(),
-                7,
-                Some(Rc::clone(&config)),
-                None,
-                counters,
-                Rc::clone(&pending),
-            );
+            let chain = "inbound-vip|443|tcp|files.partner.example";
+            let (host, pending, mut c) = waypoint_connection(chain, "spiffe://cluster.local/ns/team/sa/app1");
             assert_eq!(c.on_new_connection(), Action::Continue);
             assert_eq!(pending.borrow().len(), 1, "a deadline for the ClientHello");
             let hello = client_hello(sent);
