@@ -117,14 +117,8 @@ impl StreamContext for EgressIdentityConnection {
         if let Some(config) = self.config.clone().filter(|c| c.platform.l4_front() == L4Front::FilterChainName) {
             // An Istio waypoint: the chain names the destination and the caller's principal is in filter state
             // already, so decide now, before Istio's stock tcp_proxy connects (it does at once).
-            return match self.decide(&config, 0, false) {
-                Ok(action) => action,
-                Err(HostError) => {
-                    log::error!("egress-identity: a host call failed; closing the connection");
-                    self.counters.host_error();
-                    self.close()
-                }
-            };
+            let decided = self.decide(&config, 0, false);
+            return self.or_close(decided);
         }
         // The deadline runs from now. Without the host's clock the connection is due at once: it is closed on
         // the next tick unless decided before (fail closed, never held for ever).
@@ -142,14 +136,8 @@ impl StreamContext for EgressIdentityConnection {
             log::error!("egress-identity: connection refused: the plugin has no valid configuration");
             return self.close();
         };
-        match self.step(&config, data_size, end_of_stream) {
-            Ok(action) => action,
-            Err(HostError) => {
-                log::error!("egress-identity: a host call failed; closing the connection");
-                self.counters.host_error();
-                self.close()
-            }
-        }
+        let stepped = self.step(&config, data_size, end_of_stream);
+        self.or_close(stepped)
     }
 
     /// The connection is closing (tcp_proxy closes it when it could not connect upstream): one host call
@@ -168,6 +156,15 @@ impl StreamContext for EgressIdentityConnection {
 }
 
 impl EgressIdentityConnection {
+    /// The action decided, or, when a host call failed, the connection closed (a host error).
+    fn or_close(&mut self, decided: Result<Action, HostError>) -> Action {
+        decided.unwrap_or_else(|HostError| {
+            log::error!("egress-identity: a host call failed; closing the connection");
+            self.counters.host_error();
+            self.close()
+        })
+    }
+
     fn step(&mut self, config: &Config, data_size: usize, end_of_stream: bool) -> Result<Action, HostError> {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Forwarding => {

@@ -1122,17 +1122,7 @@ handshake. The filter names each allowed connection's identity cluster (the Serv
                 "networking.istio.io/v1",
                 "ServiceEntry",
                 meta(&identity_object_name(c), ns),
-                map([
-                    ("hosts", strs([host.as_str()])),
-                    ("exportTo", strs(["."])),
-                    ("location", s("MESH_EXTERNAL")),
-                    ("resolution", s("DNS")),
-                    (
-                        "endpoints",
-                        Yaml::Seq(vec![map([("address", s(&d.host)), ("ports", map([("http", int(d.port))]))])]),
-                    ),
-                    ("ports", Yaml::Seq(vec![map([("number", int(80)), ("name", s("http")), ("protocol", s("HTTP"))])])),
-                ]),
+                internal_service_entry_spec(&host, d, (80, "http", "HTTP")),
             ),
         ));
         drs.push(identity_destination_rule(
@@ -1283,23 +1273,7 @@ allows as this identity. exportTo \".\": nothing outside this namespace addresse
                 ("namespace", s(ns)),
                 ("labels", map([("istio.io/use-waypoint", s(WAYPOINT))])),
             ]),
-            map([
-                ("hosts", strs([host.as_str()])),
-                ("exportTo", strs(["."])),
-                ("location", s("MESH_EXTERNAL")),
-                ("resolution", s("DNS")),
-                (
-                    "endpoints",
-                    Yaml::Seq(vec![map([
-                        ("address", s(&d.host)),
-                        ("ports", map([(port_name.as_str(), int(d.port))])),
-                    ])]),
-                ),
-                (
-                    "ports",
-                    Yaml::Seq(vec![map([("number", int(d.port)), ("name", s(&port_name)), ("protocol", s("TCP"))])]),
-                ),
-            ]),
+            internal_service_entry_spec(&host, d, (d.port, &port_name, "TCP")),
         ),
     );
     let dr = identity_destination_rule(
@@ -1317,8 +1291,6 @@ allows as this identity. exportTo \".\": nothing outside this namespace addresse
     (entry, dr)
 }
 
-/// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
-/// mesh), forwarded to the partner's `target_port`; shared by the gateway and the waypoint layouts.
 /// The ServiceEntry of a dynamic HTTP destination in gateway mode: its hosts (patterns too) with resolution
 /// NONE, since sidecars only route them to the gateway, which resolves each concrete host itself.
 fn dynamic_service_entry(d: &Dest, ns: &str) -> Yaml {
@@ -1358,6 +1330,22 @@ fn dynamic_service_entry(d: &Dest, ns: &str) -> Yaml {
     )
 }
 
+/// The spec of an identity's internal ServiceEntry in the waypoint: `host`, addressed only in this namespace,
+/// with the partner as its endpoint, on `port` (number, name, protocol), whose name maps to the partner's port.
+fn internal_service_entry_spec(host: &str, d: &Dest, port: (u16, &str, &str)) -> Yaml {
+    let (number, name, protocol) = port;
+    map([
+        ("hosts", strs([host])),
+        ("exportTo", strs(["."])),
+        ("location", s("MESH_EXTERNAL")),
+        ("resolution", s("DNS")),
+        ("endpoints", Yaml::Seq(vec![map([("address", s(&d.host)), ("ports", map([(name, int(d.port))]))])])),
+        ("ports", Yaml::Seq(vec![map([("number", int(number)), ("name", s(name)), ("protocol", s(protocol))])])),
+    ])
+}
+
+/// The spec of the ServiceEntry applications call: the external host on port 80 (plain HTTP inside the
+/// mesh), forwarded to the partner's `target_port`; shared by the gateway and the waypoint layouts.
 fn external_service_entry_spec(host: &str, target_port: u16) -> Yaml {
     map([
         ("hosts", strs([host])),
