@@ -14,6 +14,7 @@ pub const OK: HostStatus = 0;
 pub const NOT_FOUND: HostStatus = 1;
 pub const CAS_MISMATCH: HostStatus = 8;
 /// What the native stubs return.
+#[cfg(not(target_arch = "wasm32"))]
 pub const NO_HOST: HostStatus = u32::MAX;
 
 /// `proxy_wasm::types::MapType::HttpRequestHeaders`.
