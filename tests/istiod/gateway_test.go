@@ -12,7 +12,6 @@ import (
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	networkrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -187,18 +186,12 @@ func isOursIn(name, ns, root string) bool {
 }
 
 func checkHTTPChain(t *testing.T, g generated, p *problems, d destination, fc *listener.FilterChain, routes []*route.RouteConfiguration, want map[string]any) {
-	var conn *hcm.HttpConnectionManager
 	for _, f := range fc.Filters {
 		if isOurs(f.Name, "egress-identity-l4") {
 			p.add("%s: the network filter sits on the HTTPS chain too: it would decide (and refuse) HTTP connections", d.Name)
 		}
-		if f.Name == "envoy.filters.network.http_connection_manager" {
-			conn = &hcm.HttpConnectionManager{}
-			if err := f.GetTypedConfig().UnmarshalTo(conn); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
+	conn := connectionManager(t, fc)
 	if conn == nil {
 		p.add("%s: no HTTP connection manager on its chain", d.Name)
 		return

@@ -22,6 +22,7 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	wasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	networkwasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/wasm/v3"
@@ -258,6 +259,21 @@ func withTrafficExtensions(files []string) []string {
 		out = append(out, f)
 	}
 	return out
+}
+
+// connectionManager is the HTTP connection manager of a filter chain (nil when it has none).
+func connectionManager(t *testing.T, fc *listener.FilterChain) *hcm.HttpConnectionManager {
+	t.Helper()
+	for _, f := range fc.Filters {
+		if f.Name == "envoy.filters.network.http_connection_manager" {
+			conn := &hcm.HttpConnectionManager{}
+			if err := f.GetTypedConfig().UnmarshalTo(conn); err != nil {
+				t.Fatal(err)
+			}
+			return conn
+		}
+	}
+	return nil
 }
 
 // inRepo: path p relative to the repository, or p itself when absolute (files a test rendered elsewhere).

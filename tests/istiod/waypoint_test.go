@@ -146,16 +146,8 @@ func checkWaypoint(t *testing.T, g generated) problems {
 		chainName := fmt.Sprintf("inbound-vip|%d|http|%s", meshHTTPPort, d.Host)
 		var conn *hcm.HttpConnectionManager
 		for _, fc := range main.FilterChains {
-			if fc.Name != chainName {
-				continue
-			}
-			for _, f := range fc.Filters {
-				if f.Name == "envoy.filters.network.http_connection_manager" {
-					conn = &hcm.HttpConnectionManager{}
-					if err := f.GetTypedConfig().UnmarshalTo(conn); err != nil {
-						t.Fatal(err)
-					}
-				}
+			if fc.Name == chainName {
+				conn = connectionManager(t, fc)
 			}
 		}
 		if conn == nil {

@@ -22,7 +22,6 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	dfpcluster "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_forward_proxy/v3"
 	dfpfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
-	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
@@ -80,15 +79,7 @@ func checkWildcardGateway(t *testing.T, g generated) problems {
 		p.add("no filter chain of %s serves *.partner.example", l443.Name)
 		return p
 	}
-	var conn *hcm.HttpConnectionManager
-	for _, f := range chain.Filters {
-		if f.Name == "envoy.filters.network.http_connection_manager" {
-			conn = &hcm.HttpConnectionManager{}
-			if err := f.GetTypedConfig().UnmarshalTo(conn); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	conn := connectionManager(t, chain)
 	if conn == nil {
 		p.add("no HTTP connection manager on the chain of *.partner.example")
 		return p
